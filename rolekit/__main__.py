@@ -1,0 +1,3 @@
+from rolekit.cli.app import main
+
+main()

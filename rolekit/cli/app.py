@@ -1,0 +1,63 @@
+"""The `rolekit` command: one typer app; each command group lives in its own module under cli/.
+
+This is the only place that parses arguments, prints, and picks exit codes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from rolekit.errors import RolekitError
+
+app = typer.Typer(
+    name="rolekit",
+    help="Design, rehearse and test full-duplex voice personas on NVIDIA PersonaPlex 7B (MLX).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module defines `register(app: typer.Typer) -> None`.
+_COMMAND_MODULES = (
+    "rolekit.cli.persona",
+    "rolekit.cli.model",
+    "rolekit.cli.respond",
+    "rolekit.cli.scenario",
+    "rolekit.cli.live",
+    "rolekit.cli.bench",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """rolekit: personas, scenarios and live rehearsal for PersonaPlex 7B."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the rolekit version."""
+    from rolekit import __version__
+
+    typer.echo(__version__)
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: RolekitError becomes one clear message and exit code 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except RolekitError as exc:  # raised outside click's own handling
+        _report(exc)
+        sys.exit(exc.exit_code)
+
+
+def _report(exc: RolekitError) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {exc}", markup=True)
