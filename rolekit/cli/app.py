@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.model",
     "rolekit.cli.respond",
     "rolekit.cli.scenario",
+    "rolekit.cli.review",
     "rolekit.cli.live",
     "rolekit.cli.bench",
 )

@@ -1,0 +1,8 @@
+"""Suite-wide test settings: never touch the network, keep the torch oracle fast."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
