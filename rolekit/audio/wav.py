@@ -62,7 +62,13 @@ def write_wav(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int = SAMPL
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        sf.write(tmp, np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(
+            tmp,
+            np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0),
+            sample_rate,
+            subtype="PCM_16",
+            format="WAV",
+        )
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

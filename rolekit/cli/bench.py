@@ -1,9 +1,133 @@
-"""CLI commands (work in progress: filled in by the owning issue)."""
+"""`rolekit bench`: time the LM step, Mimi, the engine, the prefill and the converter, with
+Kyutai's PyTorch reference measured in the same process."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rolekit app."""
+    app.command("bench")(bench_command)
+
+
+def _cell(stats: Any) -> str:
+    if not isinstance(stats, dict) or stats.get("median") is None:
+        return "-"
+    if stats.get("n"):
+        return f"{stats['median']:.2f} ({stats['p10']:.2f}-{stats['p90']:.2f})"
+    return f"{stats['median']:.2f}"
+
+
+def _rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in report["results"]:
+        if r.get("bench") == "mimi":
+            for name, b in r.get("backends", {}).items():
+                if "error" in b:
+                    rows.append(["mimi", name, "", "", "", b["error"][:50], "", "", "", ""])
+                    continue
+                enc, dec = b["encode_step"], b["decode_step"]
+                rows.append(
+                    [
+                        "mimi",
+                        name,
+                        r["size"],
+                        "",
+                        str(r["batch"]),
+                        f"enc {enc['median_ms']:.2f} / dec {dec['median_ms']:.2f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+            continue
+        if "error" in r:
+            rows.append(
+                [r.get("bench", ""), r.get("runtime", ""), "", "", "", r["error"][:60], "", "", "", ""]
+            )
+            continue
+        speed = r.get("speedup_vs_reference")
+        rows.append(
+            [
+                r.get("bench", ""),
+                f"{r.get('runtime', '')} {r.get('variant', '')}".strip(),
+                str(r.get("size", "")),
+                str(r.get("quant", r.get("dtype", ""))),
+                str(r.get("batch", "")),
+                _cell(r.get("step")),
+                _cell(r.get("temporal")),
+                _cell(r.get("depformer")),
+                str(r.get("peak_gb", "")),
+                "-" if speed is None else f"{speed:.2f}x",
+            ]
+        )
+    return rows
+
+
+def bench_command(
+    what: str = typer.Argument("lm", help="lm | mimi | engine | prefill | convert | all"),
+    size: str = typer.Option("tiny", "--size", help="full (PersonaPlex 7B, random weights) or tiny."),
+    quant: str = typer.Option(
+        None, "--quant", help="fp32 | bf16 | q8 | q4 (default: bf16 on GPU, fp32 on CPU)."
+    ),
+    batch: int = typer.Option(1, "--batch", help="Conversations stepped together."),
+    steps: int = typer.Option(50, "--steps", help="Timed steps (frames)."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed steps first."),
+    dep_steps: int = typer.Option(
+        None, "--dep-steps", help="Depformer steps (default all 16; 8 = agent only)."
+    ),
+    compiled: bool = typer.Option(
+        False, "--compiled", help="Time the compiled step (lm) / compiled engine post."
+    ),
+    reference: bool = typer.Option(
+        True, "--reference/--no-reference", help="Also time Kyutai's PyTorch moshi."
+    ),
+    convert_dir: str = typer.Option(
+        None, "--dir", help="convert: working folder (needs ~2x 16.7 GB at full size)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Benchmark with random weights: median, p10-p90 (ms per 80 ms frame) and peak memory."""
+    from rolekit.bench.runner import BenchOptions, run_bench
+
+    opts = BenchOptions(
+        size=size,
+        quant=quant,
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        dep_steps=dep_steps,
+        compiled=compiled,
+        reference=reference,
+        convert_dir=convert_dir,
+    )
+    report = run_bench(what, opts)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    host = report["host"]
+    table = Table(title=f"rolekit bench {what} - {host['date']} - {host['machine']}, {host['cpus']} CPUs")
+    for col in (
+        "bench",
+        "runtime",
+        "size",
+        "quant",
+        "batch",
+        "step ms (p10-p90)",
+        "temporal",
+        "depformer",
+        "peak GB",
+        "vs ref",
+    ):
+        table.add_column(col)
+    for row in _rows(report):
+        table.add_row(*row)
+    Console().print(table)

@@ -1,9 +1,230 @@
-"""CLI commands (work in progress: filled in by the owning issue)."""
+"""`rolekit live` (talk to a persona through microphone and speaker) and `rolekit devices`."""
 
 from __future__ import annotations
 
+import platform
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from rolekit.errors import ConfigError, DeviceError, Problem
+
+DEFAULT_RUNS = Path("transcripts") / "live"  # next to the scripted runs of `rolekit run`
+DEFAULT_SEED = 42424242  # NVIDIA's server seed, as in `rolekit respond`
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the rolekit app."""
+    """Add `live` and `devices` to the rolekit app."""
+    app.command("devices")(devices)
+    app.command("live")(live)
+
+
+def devices() -> None:
+    """List audio devices (> default input, < default output)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rolekit.audio.devices import list_devices, no_devices_message
+
+    found = list_devices()
+    if not found:
+        raise DeviceError(no_devices_message())
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("", "#", "name", "host API", "in", "out", "rate"):
+        table.add_column(col, justify="right" if col in ("#", "in", "out", "rate") else "left")
+    for d in found:
+        mark = (">" if d.default_input else " ") + ("<" if d.default_output else " ")
+        table.add_row(
+            mark,
+            str(d.index),
+            d.name,
+            d.hostapi,
+            str(d.max_input_channels),
+            str(d.max_output_channels),
+            f"{d.default_samplerate:g}",
+        )
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    console.print(
+        "> default input, < default output; pick with --input-device/--output-device (index or name)"
+    )
+
+
+def live(
+    persona: str = typer.Argument(..., help="persona name (personas/NAME.yaml) or path to a persona YAML"),
+    var: list[str] = typer.Option([], "--var", help="template variable NAME=VALUE (repeatable)"),
+    model: str = typer.Option(
+        "nvidia/personaplex-7b-v1", "--model", "-m", help="model folder, Hugging Face id, or `tiny` (random)"
+    ),
+    input_device: str | None = typer.Option(
+        None, "--input-device", help="microphone: index or name (see `rolekit devices`)"
+    ),
+    output_device: str | None = typer.Option(None, "--output-device", help="speaker: index or name"),
+    record: Path | None = typer.Option(
+        None, "--record", help="run folder to save (default transcripts/live/PERSONA-TIME)"
+    ),
+    transcribe: bool = typer.Option(False, "--transcribe", help="add Whisper transcripts of both channels"),
+    whisper: str | None = typer.Option(None, "--whisper", help="mlx-whisper folder or hub id (--transcribe)"),
+    seconds: float | None = typer.Option(None, "--seconds", min=0.08, help="stop after this many seconds"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="sampling seed"),
+    prebuffer: int = typer.Option(3, "--prebuffer", min=0, max=25, help="playback pre-buffer, 80 ms frames"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prefill snapshot of this persona"),
+) -> None:
+    """Talk to a persona in real time through microphone and speaker (full duplex; use headphones)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from rolekit.audio.stream import DuplexStream
+    from rolekit.session.live import HEADPHONES_HINT, LiveOptions, run_live, save_live
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    values = parse_vars(var)
+    console.print(f"[yellow]{HEADPHONES_HINT}[/]")
+    # devices first: a missing microphone is reported before the model loads
+    stream = DuplexStream(input_device, output_device, prebuffer_frames=prebuffer)
+    prepared = _prepare(persona, values, model, seed, cache)
+    meta = prepared["meta"]
+    folder = record or DEFAULT_RUNS / f"{meta['persona']}-{datetime.now():%Y%m%d-%H%M%S}"
+    meta["run_id"] = Path(folder).name
+    console.print(
+        escape(
+            f"persona {meta['persona']} · voice {meta['voice']} · model {meta['model_id']} · "
+            f"mic {stream.input_device.name!r} → speaker {stream.output_device.name!r} @ {stream.rate} Hz"
+        )
+    )
+    if meta.get("is_random_model"):
+        console.print("[yellow]random test model: expect noise, not speech[/]")
+    console.print("preparing the persona (prefill) … then speak; Ctrl-C ends the session")
+    with _StatusLine(console) as status:
+        result = run_live(
+            prepared["engine"],
+            stream,
+            piece=prepared["piece"],
+            meta=meta,
+            options=LiveOptions(max_seconds=seconds),
+            prepare=prepared["prefill"],
+            on_status=status.update,
+            on_warning=status.warn,
+        )
+    if result.record.frames == 0:
+        console.print("stopped before the conversation started: nothing to save")
+        if result.failure is not None:
+            raise result.failure
+        return
+    console.print("saving" + (" and transcribing" if transcribe else "") + " …")
+    path = save_live(result, folder, transcribe=transcribe, whisper=whisper)
+    m = result.record.meta
+    st = m["stream"]
+    console.print(
+        escape(
+            f"saved {path} · {result.record.duration:.1f} s, {m['ms_per_step_mean']:.1f} ms/step "
+            f"(RTF {m['rtf']:.2f}), late {m['late_frames']}, underruns {st.get('underruns', 0)}, "
+            f"dropped {st.get('dropped_input', 0)} · `rolekit report {path}`"
+        )
+    )
+    if result.failure is not None:
+        failure = type(result.failure)(f"{result.error} (the session so far is saved in {path})")
+        raise failure
+
+
+def parse_vars(items: list[str]) -> dict[str, str]:
+    """`--var k=v` pairs -> dict (values stay strings; the persona's variable types coerce them)."""
+    out: dict[str, str] = {}
+    problems = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            problems.append(Problem(f"expected NAME=VALUE, got {item!r}", field="--var"))
+            continue
+        out[key.strip()] = value
+    if problems:
+        raise ConfigError(problems=problems)
+    return out
+
+
+def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, cache: bool) -> dict[str, Any]:
+    """Persona -> plan, model -> engine, and the prefill (or its cached snapshot) to run before the stream opens."""
+    import dataclasses
+
+    from rolekit import __version__, models
+    from rolekit.engine.engine import Engine
+    from rolekit.engine.snapshot import prefill_cached
+    from rolekit.lm.sampling import SamplingParams
+    from rolekit.persona.compile import compile_persona
+    from rolekit.persona.loader import load_persona
+    from rolekit.session.scripted import piece_of
+
+    p = load_persona(persona_name)
+    bundle = models.load(model)
+    voice = models.load_voice(bundle, p.voice)
+    frames = None if voice.embeddings is None else int(voice.embeddings.shape[0])
+    if frames is None and voice.codes is not None:
+        frames = int(voice.codes.shape[-1])
+    plan = compile_persona(p, values, bundle.tokenizer, frames)
+    params = dataclasses.replace(SamplingParams(), **plan.sampling)
+    engine = Engine(bundle, batch=1, params=params, seed=seed)
+    meta = {
+        "scenario": "live",
+        "run_id": None,
+        "persona": plan.persona or p.name,
+        "persona_hash": plan.content_hash,
+        "vars": values,
+        "model_id": bundle.model_id,
+        "is_random_model": bool(bundle.is_random),
+        "seed": seed,
+        "voice": plan.voice,
+        "sampling": dataclasses.asdict(params),
+        "prefill_frames": plan.frames,
+        "rolekit_version": __version__,
+        "mlx_version": _mlx_version(),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+    }
+    cache_dir = models.cache_root() / "prefill" if cache else None
+
+    def prefill() -> None:
+        meta["prefill_cached"] = prefill_cached(engine, [plan], [voice], cache_dir)
+
+    return {
+        "engine": engine,
+        "meta": meta,
+        "piece": lambda i: piece_of(i, bundle.tokenizer.piece),
+        "prefill": prefill,
+    }
+
+
+def _mlx_version() -> str:
+    import mlx.core as mx
+
+    return str(getattr(mx, "__version__", "?"))
+
+
+class _StatusLine:
+    """One rich status line, refreshed from the session thread (no refresh thread of its own)."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self._live = Live("", console=console, auto_refresh=False, transient=True)
+
+    def __enter__(self) -> _StatusLine:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def update(self, s: Any) -> None:
+        line = (
+            f"{s.seconds:6.1f} s  {s.ms_per_step:5.1f} ms/step  RTF {s.rtf:4.2f}  late {s.late_frames}  "
+            f"underruns {s.underruns}  overruns {s.overruns}  dropped {s.dropped_input}  "
+            f"context {s.frames_left / 12.5:5.1f} s  │ {s.text}"
+        )
+        self._live.update(line, refresh=True)
+
+    def warn(self, message: str) -> None:
+        self._live.console.print(f"[yellow]warning:[/] {message}")

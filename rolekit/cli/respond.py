@@ -1,9 +1,233 @@
-"""CLI commands (work in progress: filled in by the owning issue)."""
+"""`rolekit respond`: run a persona against a user WAV offline (NVIDIA offline.py, plus --tail)."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from rolekit.errors import ConfigError, RolekitError
+
+DEFAULT_SEED = 42424242  # NVIDIA's server seed
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rolekit app."""
+    app.command("respond")(respond)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except RolekitError as exc:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def respond(
+    input: Path = typer.Option(..., "--input", "-i", help="User audio (any WAV; resampled to 24 kHz mono)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Agent audio out: mono 24 kHz WAV."),
+    model: str = typer.Option(
+        "tiny", "--model", "-m", help="tiny (random, noise only), a model folder or a HF repo id."
+    ),
+    voice: str | None = typer.Option(
+        None, "--voice", help="Preset (NATF0..VARM4) or a .safetensors/.pt/.wav file."
+    ),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="System prompt text (wrapped in <system> tags)."
+    ),
+    persona: str | None = typer.Option(None, "--persona", help="Persona name or YAML file."),
+    var: list[str] | None = typer.Option(
+        None, "--var", help="Persona template variable NAME=VALUE (repeatable)."
+    ),
+    text_out: Path | None = typer.Option(
+        None, "--text-out", help="JSON list: the text piece of each output frame."
+    ),
+    tokens_out: Path | None = typer.Option(
+        None, "--tokens-out", help='JSON {"text": [...], "audio": [[8 ids], ...]}.'
+    ),
+    tail: float = typer.Option(
+        0.0, "--tail", help="Seconds to keep generating after the input (user silent)."
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax everywhere: the whole run is deterministic."),
+    temp_text: float | None = typer.Option(None, "--temp-text", help="Text temperature (default 0.7)."),
+    temp_audio: float | None = typer.Option(None, "--temp-audio", help="Audio temperature (default 0.8)."),
+    topk_text: int | None = typer.Option(None, "--topk-text", help="Text top-k (default 25)."),
+    topk_audio: int | None = typer.Option(None, "--topk-audio", help="Audio top-k (default 250)."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Reuse the prefill snapshot of this persona."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Respond to a user recording: one agent frame per input frame (+ --tail), text and tokens optional."""
+    with _user_errors():
+        summary = run_respond(**locals())
+    typer.echo(json.dumps(summary))
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    if (opts["prompt"] is None) == (opts["persona"] is None):
+        raise ConfigError("give exactly one of --prompt TEXT or --persona FILE")
+    if opts["var"] and opts["persona"] is None:
+        raise ConfigError("--var needs --persona")
+    if opts["tail"] < 0:
+        raise ConfigError(f"--tail must be >= 0 seconds, got {opts['tail']}")
+    for name in ("temp_text", "temp_audio"):
+        if opts[name] is not None and opts[name] < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {opts[name]}")
+    for name in ("topk_text", "topk_audio"):
+        if opts[name] is not None and opts[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {opts[name]}")
+    if not Path(opts["input"]).is_file():
+        raise ConfigError(f"--input {opts['input']}: no such file")
+    for name in ("output", "text_out", "tokens_out"):
+        path = opts[name]
+        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: the folder does not exist")
+
+
+def _persona_and_plan(opts: dict[str, Any], bundle: Any) -> tuple[Any, Any]:
+    from rolekit.persona.compile import compile_persona
+    from rolekit.persona.loader import load_persona
+    from rolekit.persona.schema import Persona
+
+    if opts["persona"] is not None:
+        persona = load_persona(opts["persona"])
+    else:
+        persona = Persona(name="prompt", prompt=opts["prompt"])
+    if opts["voice"] is not None:
+        persona = persona.model_copy(update={"voice": opts["voice"]})
+    return persona, compile_persona(persona, _parse_vars(opts["var"]), bundle.tokenizer)
+
+
+def _parse_vars(pairs: list[str] | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--var {pair!r}: expected NAME=VALUE")
+        values[name.strip()] = value
+    return values
+
+
+def _sampling(opts: dict[str, Any], persona_sampling: dict[str, float]) -> Any:
+    from rolekit.lm.sampling import SamplingParams
+
+    values = {"text_temperature": 0.7, "text_top_k": 25, "audio_temperature": 0.8, "audio_top_k": 250}
+    values.update(persona_sampling)
+    flags = {
+        "text_temperature": opts["temp_text"],
+        "text_top_k": opts["topk_text"],
+        "audio_temperature": opts["temp_audio"],
+        "audio_top_k": opts["topk_audio"],
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return SamplingParams(greedy=bool(opts["greedy"]), **values)
+
+
+def run_respond(**opts: Any) -> dict[str, Any]:
+    """Everything `respond` does; returns the summary dict (printed as one JSON line)."""
+    _check_options(opts)
+    from rolekit import models
+    from rolekit.audio.wav import read_audio, write_wav
+    from rolekit.engine.engine import Engine
+    from rolekit.engine.offline import frame_user_audio, run_offline
+    from rolekit.engine.snapshot import prefill_cached
+    from rolekit.frames import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, TEXT_SPECIAL_NAMES
+
+    user = read_audio(opts["input"])
+    t0 = time.perf_counter()
+    bundle = models.load(opts["model"])
+    load_s = time.perf_counter() - t0
+    persona, plan = _persona_and_plan(opts, bundle)
+    voice = models.load_voice(bundle, plan.voice)
+    params = _sampling(opts, dict(plan.sampling))
+    engine = Engine(bundle, batch=1, params=params, seed=int(opts["seed"]))
+    cache_dir = models.cache_root() / "prefill" if opts["cache"] else None
+    t0 = time.perf_counter()
+    cached = prefill_cached(engine, [plan], [voice], cache_dir)
+    prefill_ms = (time.perf_counter() - t0) * 1000.0
+    tail_frames = int(round(opts["tail"] / FRAME_SECONDS))
+    frames = frame_user_audio(user, tail_frames)
+    with _progress(frames.shape[1], opts["quiet"], bundle.label) as on_step:
+        result = run_offline(engine, frames, on_step)
+    write_wav(opts["output"], result.pcm[0], SAMPLE_RATE)
+    text_ids = [int(t) for t in result.text[0]]
+    if opts["text_out"] is not None:
+        pieces = [TEXT_SPECIAL_NAMES[t] if t in (0, 3) else bundle.tokenizer.piece(t) for t in text_ids]
+        _write_json(opts["text_out"], pieces)
+    if opts["tokens_out"] is not None:
+        _write_json(opts["tokens_out"], {"text": text_ids, "audio": result.audio[0].tolist()})
+    steps = result.step_ms
+    ms = sum(steps) / len(steps) if steps else 0.0
+    return {
+        "output": str(opts["output"]),
+        "model": bundle.model_id,
+        "random_weights": bundle.is_random,
+        "persona": persona.name,
+        "voice": plan.voice,
+        "prompt_tokens": len(plan.text_ids),
+        "prefill_frames": engine.offset - result.frames,
+        "prefill_ms": round(prefill_ms, 1),
+        "prefill_cached": cached,
+        "load_s": round(load_s, 2),
+        "input_frames": frames.shape[1] - tail_frames,
+        "tail_frames": tail_frames,
+        "frames": result.frames,
+        "seconds": round(result.frames * FRAME_SAMPLES / SAMPLE_RATE, 3),
+        "ms_per_step": round(ms, 2),
+        "rtf": round(ms / (FRAME_SECONDS * 1000.0), 3),
+        "seed": int(opts["seed"]),
+        "greedy": bool(opts["greedy"]),
+        "text": "".join(p for t in text_ids if t not in (0, 3) for p in [bundle.tokenizer.piece(t)]),
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+@contextmanager
+def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
+    """A rich progress bar on stderr showing ms/step and the real-time factor."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("respond"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ms]:.1f} ms/step  RTF {task.fields[rtf]:.2f}"),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("respond", total=total, ms=0.0, rtf=0.0)
+    window: list[float] = []
+
+    def on_step(i: int, ms: float) -> None:
+        window.append(ms)
+        del window[:-25]
+        avg = sum(window) / len(window)
+        progress.update(task, completed=i + 1, ms=avg, rtf=avg / 80.0)
+
+    if "noise" in label:
+        console.print(f"[yellow]note:[/] {label}")
+    with progress:
+        yield on_step

@@ -1,9 +1,136 @@
-"""CLI commands (work in progress: filled in by the owning issue)."""
+"""Review commands: `rolekit report`, `rolekit transcribe`, `rolekit whisper import-ct2`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from rolekit.errors import ConfigError
+
+whisper_app = typer.Typer(help="Whisper models for transcripts.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rolekit app."""
+    app.command("report")(report)
+    app.command("transcribe")(transcribe)
+    app.add_typer(whisper_app, name="whisper")
+
+
+def _find_runs(root: Path) -> list[Path]:
+    from rolekit.record import is_complete
+
+    return sorted(
+        p.parent for p in root.rglob("meta.json") if is_complete(p.parent) and ".partial" not in str(p)
+    )
+
+
+def _review(folder: Path, whisper: str | None, do_transcribe: bool) -> Any:
+    from rolekit.evaluate.review import review_run
+    from rolekit.record import SessionRecord
+    from rolekit.transcribe.transcript import load_transcript, write_transcript
+
+    record = SessionRecord.load(folder)
+    transcript = load_transcript(folder)
+    if do_transcribe and transcript is None:
+        from rolekit.transcribe.whisper import transcribe_record
+
+        transcript = transcribe_record(record, whisper)
+        write_transcript(folder, transcript)
+    return review_run(folder, record=record, transcript=transcript)
+
+
+def report(
+    path: Path = typer.Argument(
+        ..., help="A run folder (transcripts/<scenario>/<run-id>) or a suite folder."
+    ),
+    transcribe_missing: bool = typer.Option(
+        False, "--transcribe", help="Transcribe runs that have no transcript.json yet (Whisper)."
+    ),
+    whisper: str = typer.Option(
+        None, "--whisper", help="Whisper model folder or hub id (with --transcribe)."
+    ),
+    embed_audio: bool = typer.Option(
+        True, "--embed-audio/--link-audio", help="Embed the WAV in run reports."
+    ),
+) -> None:
+    """Evaluate metrics and assertions and write report.html (+ junit.xml and summary.md for a suite)."""
+    from rolekit.record import is_complete
+    from rolekit.report.html import write_run_report, write_suite_report
+    from rolekit.report.junit import write_junit
+    from rolekit.report.markdown import summary_markdown
+    from rolekit.report.results import read_results, run_result
+
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such folder")
+    if is_complete(path):
+        rev = _review(path, whisper, transcribe_missing)
+        out = write_run_report(path, embed_audio=embed_audio)
+        counts = {s: sum(r.status == s for r in rev.results) for s in ("pass", "fail", "error")}
+        typer.echo(
+            f"{'PASS' if rev.passed else 'FAIL'}  {path}  ({counts['pass']} pass, {counts['fail']} fail, {counts['error']} error)"
+        )
+        for r in rev.results:
+            if not r.passed:
+                typer.echo(f"  {r.status}: {r.label}: {r.message}")
+        typer.echo(f"wrote {out}")
+        return
+    results_file = path / "results.jsonl"
+    results = read_results(results_file)
+    runs = _find_runs(path)
+    if not results and not runs:
+        raise ConfigError(
+            f"{path}: neither a run folder nor a suite folder (no results.jsonl, no run folders)"
+        )
+    if not results:
+        results = []
+        for run in runs:
+            _review(run, whisper, transcribe_missing)
+            results.append(run_result(run, base=path))
+    for run in runs:
+        if not (run / "metrics.json").is_file():
+            _review(run, whisper, transcribe_missing)
+        write_run_report(run, embed_audio=embed_audio)
+    out = write_suite_report(path, results)
+    junit = write_junit(path / "junit.xml", results, name=path.name)
+    md = summary_markdown(results, title=f"rolekit suite: {path.name}")
+    (path / "summary.md").write_text(md, encoding="utf-8")
+    typer.echo(md)
+    typer.echo(f"wrote {out}, {junit}, {path / 'summary.md'}")
+
+
+def transcribe(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `rolekit run`."),
+    whisper: str = typer.Option(
+        None, "--whisper", help="mlx-whisper folder or Hugging Face repo id (default: converted tiny.en)."
+    ),
+) -> None:
+    """Transcribe both channels with Whisper (word times); write transcript.json/.md and refresh metrics."""
+    from rolekit.evaluate.review import review_run
+    from rolekit.record import SessionRecord
+    from rolekit.transcribe.transcript import write_transcript
+    from rolekit.transcribe.whisper import transcribe_record
+
+    record = SessionRecord.load(run_dir)
+    transcript = transcribe_record(record, whisper)
+    j, m = write_transcript(run_dir, transcript)
+    review_run(run_dir, record=record, transcript=transcript)
+    typer.echo(transcript.markdown(f"Transcript: {run_dir.name}"))
+    typer.echo(f"wrote {j}, {m}")
+
+
+@whisper_app.command("import-ct2")
+def import_ct2(
+    src: Path = typer.Argument(..., help="CTranslate2 / faster-whisper folder (model.bin, config.json)."),
+    dst: Path = typer.Argument(..., help="New mlx-whisper folder (config.json, weights.safetensors)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (fastest on CPU) or float16 (half the size)."
+    ),
+) -> None:
+    """Convert a CTranslate2 Whisper model to mlx-whisper's folder format (numpy only)."""
+    from rolekit.transcribe.ct2 import convert_ct2
+
+    out = convert_ct2(src, dst, dtype)
+    typer.echo(f"wrote {out} (use it with --whisper {out})")

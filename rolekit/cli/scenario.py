@@ -1,9 +1,202 @@
-"""CLI commands (work in progress: filled in by the owning issue)."""
+"""`rolekit run SCENARIO` and `rolekit test [PATHS]`: scripted conversations as a test suite.
+
+Exit codes: 0 every run passed, 1 a run failed or errored, 2 usage error (bad scenario, persona, model...).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from rolekit.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the rolekit app."""
+    """Add `run` and `test` to the rolekit app."""
+    app.command("run")(run_command)
+    app.command("test")(test_command)
+
+
+_MODEL = typer.Option(
+    "nvidia/personaplex-7b-v1",
+    "--model",
+    "-m",
+    help="Model folder, Hugging Face id, or `tiny` (random, for tests).",
+)
+_OUT = typer.Option(Path("transcripts"), "--out", "-o", help="Folder for run folders and results.jsonl.")
+_WHISPER = typer.Option(
+    None, "--whisper", help="mlx-whisper folder or hub id (default: tiny.en when installed)."
+)
+_NO_TRANSCRIBE = typer.Option(
+    False, "--no-transcribe", help="Skip Whisper (text checks then use the monologue)."
+)
+_JOBS = typer.Option(
+    1, "--jobs", "-j", min=1, max=64, help="Conversations run together in one batched engine."
+)
+_JUNIT = typer.Option(None, "--junit", help="Write JUnit XML here.")
+
+
+def run_command(
+    scenario: Path = typer.Argument(..., help="A scenario YAML file."),
+    model: str = _MODEL,
+    out: Path = _OUT,
+    whisper: str | None = _WHISPER,
+    no_transcribe: bool = _NO_TRANSCRIBE,
+    repeats: int | None = typer.Option(
+        None, "--repeats", "-n", min=1, help="Override the scenario's repeats."
+    ),
+    jobs: int = _JOBS,
+    junit: Path | None = _JUNIT,
+) -> None:
+    """Run one scenario (every matrix cell and repeat) and write transcripts/<scenario>/<run-id>/."""
+    if scenario.is_dir():
+        raise ConfigError(
+            f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
+        )
+    _suite([scenario], None, model, out, whisper, no_transcribe, False, jobs, junit, repeats)
+
+
+def test_command(
+    paths: list[Path] | None = typer.Argument(None, help="Scenario files or folders (default: scenarios/)."),
+    filter: str | None = typer.Option(
+        None, "--filter", "-k", help="Only runs whose scenario/run-id matches."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Skip runs already finished in --out."),
+    model: str = _MODEL,
+    out: Path = _OUT,
+    whisper: str | None = _WHISPER,
+    no_transcribe: bool = _NO_TRANSCRIBE,
+    jobs: int = _JOBS,
+    junit: Path | None = _JUNIT,
+) -> None:
+    """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
+    _suite(
+        paths or [Path("scenarios")], filter, model, out, whisper, no_transcribe, resume, jobs, junit, None
+    )
+
+
+def _suite(
+    paths: list[Path],
+    pattern: str | None,
+    model: str,
+    out: Path,
+    whisper: str | None,
+    no_transcribe: bool,
+    resume: bool,
+    jobs: int,
+    junit: Path | None,
+    repeats: int | None,
+) -> None:
+    from rolekit.suite.backend import MlxBackend
+    from rolekit.suite.execute import SuiteOptions, run_suite
+    from rolekit.suite.plan import plan_suite
+    from rolekit.suite.results import summarize
+
+    runs = plan_suite(paths, pattern, repeats)
+    if not runs:
+        raise ConfigError(f"no runs match --filter {pattern!r}")
+    options = SuiteOptions(out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs)
+    try:
+        with _Progress(len(runs)) as progress:
+            outcome = run_suite(runs, MlxBackend(model), options, progress.listener())
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
+        raise typer.Exit(130) from None
+    summary = summarize(outcome.rows)
+    _write_reports(out, outcome.rows, junit)
+    _print_summary(outcome.rows, summary, outcome.skipped, out)
+    raise typer.Exit(summary["exit_code"])
+
+
+def _write_reports(out: Path, rows: list[dict[str, Any]], junit: Path | None) -> None:
+    from rolekit.report.markdown import summary_markdown
+
+    (out / "summary.md").write_text(summary_markdown(rows), encoding="utf-8")
+    if junit is not None:
+        from rolekit.report.junit import write_junit
+
+        write_junit(junit, rows)
+    from rolekit.report.html import write_suite_report
+
+    write_suite_report(out, rows)
+
+
+def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], skipped: int, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(title="rolekit test")
+    for col in ("scenario", "runs", "pass", "fail", "error"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for name, c in summary["by_scenario"].items():
+        table.add_row(name, str(sum(c.values())), str(c["pass"]), str(c["fail"]), str(c["error"]))
+    console.print(table)
+    for r in rows:
+        if r.get("status") != "pass":
+            console.print(f"[red]{r['status'].upper()}[/] {r['scenario']}/{r['run_id']}")
+            for msg in r.get("failures") or []:
+                console.print(f"    {msg}", markup=False)
+            if r.get("error"):
+                console.print(f"    {r['error']}", markup=False)
+    resumed = f", {skipped} resumed" if skipped else ""
+    console.print(
+        f"{summary['pass']} passed, {summary['fail']} failed, {summary['error']} errors{resumed}; "
+        f"results: {out / 'results.jsonl'}",
+        markup=False,
+    )
+
+
+class _Progress:
+    """A rich progress bar: runs done, and frames of the current batch."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.total = total
+        self.runs: Any = None
+        self.frames: Any = None
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        self.runs = self.bar.add_task("runs", total=self.total)
+        self.frames = self.bar.add_task("frames", total=1, visible=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def listener(self) -> Any:
+        from rolekit.suite.execute import SuiteListener
+
+        def on_plan(todo: int, skipped: int) -> None:
+            self.bar.update(self.runs, completed=skipped)
+
+        def on_run_start(specs: list[Any]) -> None:
+            names = ", ".join(s.key for s in specs)
+            self.bar.update(self.frames, description=names[:60], completed=0, visible=True)
+
+        def on_step(frame: int, bound: int) -> None:
+            self.bar.update(self.frames, completed=frame, total=bound)
+
+        def on_run_end(row: dict[str, Any]) -> None:
+            self.bar.advance(self.runs)
+            color = {"pass": "green", "fail": "red"}.get(row.get("status", ""), "yellow")
+            self.console.print(f"[{color}]{row.get('status', '?'):5}[/] {row['scenario']}/{row['run_id']}")
+
+        def on_note(text: str) -> None:
+            self.console.print(f"[yellow]note:[/] {text}", markup=True)
+
+        return SuiteListener(on_plan, on_run_start, on_step, on_run_end, on_note)

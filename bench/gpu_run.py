@@ -1,0 +1,134 @@
+"""Run several benchmarks in one process on the lent GPU and save every result as JSON.
+
+Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,key=value`, e.g.
+`ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
+`fast:quant=bf16` (compiled step), `engine:...`. Prints one line per job and a table at the end.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _parse(job: str) -> tuple[str, dict[str, Any]]:
+    kind, _, rest = job.partition(":")
+    opts: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        opts[k] = int(v) if v.lstrip("-").isdigit() else v
+    return kind, opts
+
+
+def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
+    size = opts.pop("size", "full")
+    if kind == "ref":
+        from rolekit.bench.reference import bench_reference_lm
+        from rolekit.lm.config import personaplex_7b, tiny  # no mlx import: runs before mlx is installed
+
+        cfg = personaplex_7b() if size == "full" else tiny()
+        return bench_reference_lm(cfg.to_kyutai(), **opts)
+    if kind == "lm":
+        from rolekit.bench.lm import bench_lm
+
+        return bench_lm(size, **opts)
+    if kind == "fast":
+        from rolekit.bench.lm import bench_lm
+
+        return bench_lm(size, compiled=True, **opts)
+    if kind == "engine":
+        from rolekit.bench.engine import bench_engine
+
+        return bench_engine(size, **opts)
+    if kind == "prefill":
+        from rolekit.bench.engine import bench_prefill
+
+        return bench_prefill(size, **opts)
+    if kind == "check":
+        from rolekit.bench.fast_step import agreement
+        from rolekit.bench.lm import build_lm, lm_config
+
+        quant = opts.pop("quant", "bf16")
+        return {"quant": quant, **agreement(build_lm(lm_config(size), quant), **opts)}
+    if kind == "mimi":
+        from rolekit.bench.mimi import bench_mimi
+
+        return bench_mimi(size=size, backends=("mlx",), **opts)
+    if kind == "bw":
+        return _copy_bandwidth()
+    raise SystemExit(f"unknown job kind {kind}")
+
+
+def _copy_bandwidth() -> dict[str, Any]:
+    """Device-to-device copy of 2 GiB with torch (bytes read + written per second), median of 20."""
+    import torch
+
+    a = torch.randn(2**29, device="cuda")  # 2 GiB fp32
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(25):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    times = sorted(times[5:])
+    ms = times[len(times) // 2]
+    return {"device": torch.cuda.get_device_name(), "copy_gbps": round(2 * a.nbytes / ms / 1e6, 1), "ms": ms}
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import mlx.core as mx
+
+        mx.clear_cache()
+    except Exception:  # noqa: BLE001
+        pass
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def main(argv: list[str]) -> None:
+    out_dir = Path(argv[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for job in argv[1:]:
+        kind, opts = _parse(job)
+        t0 = time.perf_counter()
+        try:
+            res = _run(kind, dict(opts))
+        except Exception as exc:  # noqa: BLE001 - keep going: one failing job must not lose the others
+            traceback.print_exc()
+            res = {"error": f"{type(exc).__name__}: {exc}"}
+        res["job"] = job
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        results.append(res)
+        print("RESULT", json.dumps(res), flush=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        _free()
+    print("\n| job | step ms (p10-p90) | temporal | depformer | peak GB |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['job']} | ERROR {r['error'][:60]} | | | |")
+            continue
+        s = r.get("step", {})
+        t = r.get("temporal", {}).get("median", "")
+        d = r.get("depformer", {}).get("median", "")
+        print(
+            f"| {r['job']} | {s.get('median')} ({s.get('p10')}-{s.get('p90')}) | {t} | {d} | {r.get('peak_gb')} |"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,117 @@
+"""Engine and prefill benchmarks: the whole full-duplex step (Mimi encode -> LM -> Mimi decode, one
+host sync) and the batched prompt prefill, at full or tiny size with random weights.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.bench.lm import build_lm, default_quant, lm_config, weight_gb
+from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.codec.config import mimi_202407
+from rolekit.codec.mimi import Mimi
+from rolekit.engine.engine import Engine
+from rolekit.frames import FRAME_SAMPLES
+from rolekit.lm.sampling import SamplingParams
+from rolekit.models import ModelBundle, tiny_configs
+
+
+def build_bundle(size: str, quant: str, seed: int = 0) -> ModelBundle:
+    """Random-weight LM + Mimi of `size` (codebooks stay as initialised: timing only, not speech)."""
+    if size == "tiny":
+        lm_cfg, mimi_cfg = tiny_configs()  # the `tiny` model's sizes: LM card = Mimi bins
+    else:
+        lm_cfg, mimi_cfg = lm_config(size), mimi_202407()
+    lm = build_lm(lm_cfg, quant, seed)
+    mimi = Mimi(mimi_cfg)
+    mimi.prepare()
+    mx.eval(mimi.parameters())
+    return ModelBundle(lm, mimi, None, Path("."), f"random-{size}-{quant}", True)
+
+
+def bench_engine(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    steps: int = 50,
+    warmup: int = 5,
+    compiled: bool = False,
+    greedy: bool = False,
+    seed: int = 0,
+    bundle: ModelBundle | None = None,
+) -> dict[str, Any]:
+    """ms per `Engine.step` (user pcm in, agent pcm + tokens out as numpy), median and spread."""
+    quant = quant or default_quant()
+    mx.reset_peak_memory()
+    bundle = bundle or build_bundle(size, quant, seed)
+    params = SamplingParams(greedy=greedy)
+    engine = Engine(bundle, batch=batch, params=params, seed=seed, compiled=compiled)
+    rng = np.random.default_rng(seed)
+    pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
+    samples = []
+    for i in range(pcm.shape[0]):
+        t0 = time.perf_counter()
+        engine.step(pcm[i])
+        if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
+            samples.append((time.perf_counter() - t0) * 1000.0)
+    return {
+        "runtime": "rolekit-engine",
+        "variant": "compiled-post" if compiled else "eager",
+        "device": str(mx.default_device()),
+        "size": size,
+        "quant": quant,
+        "batch": batch,
+        "greedy": greedy,
+        "dep_steps": engine.dep_steps,
+        "weights_gb": weight_gb(bundle.lm),
+        "step": summarize(samples),
+        "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
+        "peak_rss_gb": peak_rss_gb(),
+    }
+
+
+def bench_prefill(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    frames: int = 250,
+    steps: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One batched temporal pass over `frames` prompt frames from an empty cache (voice + text)."""
+    quant = quant or default_quant()
+    cfg = lm_config(size)
+    mx.reset_peak_memory()
+    lm = build_lm(cfg, quant, seed)
+    tokens = mx.random.randint(0, cfg.card, (batch, 1 + cfg.n_q, frames)).astype(mx.int32)  # [B, 17, T]
+    x = lm.embed(tokens)  # [B, T, D]
+    mx.eval(x)
+    samples = []
+    for i in range(warmup + steps):
+        cache = lm.make_cache(batch)
+        mx.eval(*cache.arrays())
+        t0 = time.perf_counter()
+        _, logits = lm.temporal(x, cache)
+        mx.eval(logits, *cache.arrays())
+        if i >= warmup:
+            samples.append((time.perf_counter() - t0) * 1000.0)
+    stats = summarize(samples)
+    return {
+        "runtime": "rolekit-mlx",
+        "variant": "prefill",
+        "device": str(mx.default_device()),
+        "size": size,
+        "quant": quant,
+        "batch": batch,
+        "frames": frames,
+        "step": stats,
+        "frames_per_s": round(batch * frames / (stats["median"] / 1000.0), 1),
+        "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
+        "peak_rss_gb": peak_rss_gb(),
+    }

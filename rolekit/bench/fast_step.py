@@ -1,0 +1,132 @@
+"""A compiled 80 ms LM step (embed + temporal + text sampling + depformer) over an LM's own modules.
+
+Why: the eager step launches ~1000 small kernels and, because the temporal attention takes its
+position as a Python int (RoPE offset, ring slot, a numpy-built mask per layer), it cannot be
+`mx.compile`d without re-tracing every frame. Here the position is a device scalar: RoPE takes it
+as an array, the ring slot is `offset % capacity` and the visibility mask is built on the device,
+so one trace serves every step and MLX fuses the elementwise work into few kernels.
+
+It reuses the LM's weights and sub-modules (norms, projections, gated MLPs, embeddings, the
+depformer), so bf16, q8 and q4 models all work. `tests/bench/test_fast_step.py` checks that it
+produces the same tokens as the eager LM (greedy) across a ring wrap. This is a proposal for
+`rolekit.lm` (see bench/RESULTS.md); the engine does not use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+
+from rolekit.lm.model import LM
+from rolekit.lm.sampling import SamplingParams, sample
+
+
+class FastStep:
+    """Explicit state (ring K/V per layer, device offset, fed tokens, RNG key) + one compiled step."""
+
+    def __init__(
+        self,
+        lm: LM,
+        batch: int,
+        dep_steps: int | None = None,
+        params: SamplingParams | None = None,
+        seed: int = 0,
+        provided: mx.array | None = None,
+        compiled: bool = True,
+    ) -> None:
+        cfg = lm.cfg
+        self.lm = lm
+        self.batch = batch
+        self.dep_steps = cfg.dep_q if dep_steps is None else dep_steps
+        self.params = params or SamplingParams()
+        shape = (batch, cfg.num_heads, cfg.context, cfg.head_dim)  # [B, H, C, Dh]
+        self.keys = [mx.zeros(shape, dtype=lm.dtype) for _ in range(cfg.num_layers)]
+        self.values = [mx.zeros(shape, dtype=lm.dtype) for _ in range(cfg.num_layers)]
+        self.offset = mx.array(0, dtype=mx.int32)
+        first = [cfg.text_card] + [cfg.card] * cfg.n_q  # Kyutai's initial tokens
+        self.tokens = mx.broadcast_to(mx.array(first, dtype=mx.int32)[None, :, None], (batch, 1 + cfg.n_q, 1))
+        self.provided = provided if provided is not None else mx.full((batch, cfg.dep_q), -1, dtype=mx.int32)
+        self.key = mx.random.key(seed)
+        self._step = mx.compile(self._impl) if compiled else self._impl
+
+    def _attention(
+        self, layer: Any, x: mx.array, k_buf: mx.array, v_buf: mx.array, off: mx.array, mask: mx.array
+    ):
+        """x [B, 1, D] at position `off` -> (y [B, 1, D], k_buf, v_buf with this position written)."""
+        attn = layer.self_attn
+        b, t, d = x.shape
+        h = attn.num_heads
+        hd = d // h
+        qkv = attn.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
+        q = mx.fast.rope(qkv[0], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
+        k = mx.fast.rope(qkv[1], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
+        slot = (off % k_buf.shape[2]).reshape(1)
+        k_buf = mx.slice_update(k_buf, k.astype(k_buf.dtype), slot, axes=(2,))  # [B, H, C, Dh]
+        v_buf = mx.slice_update(v_buf, qkv[2].astype(v_buf.dtype), slot, axes=(2,))
+        out = mx.fast.scaled_dot_product_attention(
+            q, k_buf, v_buf, scale=hd**-0.5, mask=mask
+        )  # [B, H, 1, Dh]
+        return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf
+
+    def _impl(
+        self, tokens: mx.array, off: mx.array, key: mx.array, provided: mx.array, *kv: mx.array
+    ) -> tuple[mx.array, ...]:
+        """tokens [B, 17, 1] fed at position `off` -> (next tokens [B, 17, 1], off + 1, key, *K, *V)."""
+        lm = self.lm
+        n = lm.cfg.num_layers
+        ks, vs = list(kv[:n]), list(kv[n:])
+        cap = ks[0].shape[2]
+        # The ring's capacity is the context: after writing `off`, slot i is visible iff written.
+        mask = (mx.arange(cap) <= off)[None, None, None, :]  # [1, 1, 1, C] bool
+        x = lm.embed(tokens)  # [B, 1, D]
+        for i, layer in enumerate(lm.transformer.layers):
+            y, ks[i], vs[i] = self._attention(layer, layer.norm1(x), ks[i], vs[i], off, mask)
+            x = x + y
+            x = x + layer.gating(layer.norm2(x))
+        hidden = lm.out_norm(x)[:, 0]  # [B, D]
+        logits = lm.text_linear(hidden)  # [B, text_card]
+        key, k_text, k_dep = mx.random.split(key, 3)
+        p = self.params
+        if p.greedy:
+            text = mx.argmax(logits, axis=-1).astype(mx.int32)
+        else:
+            text = sample(logits, p.text_temperature, p.text_top_k, k_text)
+        if self.dep_steps:
+            audio = lm.depformer(hidden, text, provided, p, k_dep, steps=self.dep_steps)  # [B, dep_q]
+        else:  # temporal only (to time the two halves of a compiled step)
+            audio = mx.maximum(provided, 0)
+        nxt = mx.concatenate([text[:, None], audio], axis=1)[:, :, None]  # [B, 17, 1]
+        return (nxt, off + 1, key, *ks, *vs)
+
+    def step(self) -> mx.array:
+        """Advance one frame; returns the tokens generated (and fed next) [B, 17, 1], not yet evaluated."""
+        args = (self.tokens, self.offset, self.key, self.provided, *self.keys, *self.values)
+        n = len(self.keys)
+        # Drop our references before evaluation so the ring buffers can be updated in place.
+        self.keys, self.values = [], []
+        out = self._step(*args)
+        del args
+        self.tokens, self.offset, self.key = out[0], out[1], out[2]
+        self.keys, self.values = list(out[3 : 3 + n]), list(out[3 + n :])
+        return self.tokens
+
+    def state_arrays(self) -> list[mx.array]:
+        return [self.tokens, self.offset, self.key, *self.keys, *self.values]
+
+
+def agreement(lm: LM, batch: int = 1, steps: int = 20, compiled: bool = True) -> dict[str, Any]:
+    """Greedy tokens of FastStep vs the eager LM, each fed its own output: equal steps, first divergence."""
+    from rolekit.bench.lm import LmStepper
+
+    eager = LmStepper(lm, batch, greedy=True)
+    fast = FastStep(lm, batch, params=SamplingParams(greedy=True), compiled=compiled)
+    equal, first = 0, None
+    for i in range(steps):
+        a, b = eager.step(), fast.step()
+        mx.eval(a, b, *eager.sync_arrays(), *fast.state_arrays())
+        if bool(mx.all(a == b).item()):
+            equal += 1
+        elif first is None:
+            first = i
+    return {"steps": steps, "equal_steps": equal, "first_divergence": first}

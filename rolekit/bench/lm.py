@@ -1,0 +1,238 @@
+"""MLX LM benchmark: one 80 ms generation step (embed + temporal + text sampling + depformer).
+
+The model is built with random weights directly in MLX at the requested size (no checkpoint), cast
+to the activation dtype and optionally affine-quantized (linears only, as `convert --quant` does).
+The step mirrors Kyutai's LMGen: every frame feeds back the tokens it generated, and by default the
+depformer samples all dep_q codebooks (like the reference); `dep_steps=8` with the user stream
+provided is what rolekit's engine runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.errors import ConfigError
+from rolekit.lm.config import LmConfig, personaplex_7b, tiny
+from rolekit.lm.model import LM
+from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.nn.multilinear import MultiLinear
+
+QUANTS = ("fp32", "bf16", "q8", "q4")
+GROUP_SIZE = 64
+
+
+def lm_config(size: str) -> LmConfig:
+    """`full` = PersonaPlex 7B (8.37 B parameters), `tiny` = the test-size model."""
+    if size == "full":
+        return personaplex_7b()
+    if size == "tiny":
+        return tiny()
+    raise ConfigError(f"unknown size {size!r} (full or tiny)")
+
+
+def default_quant() -> str:
+    """bf16 on a GPU, fp32 activations on a CPU (bf16 is ~10x slower there)."""
+    return "bf16" if mx.default_device() == mx.gpu else "fp32"
+
+
+def build_lm(cfg: LmConfig, quant: str, seed: int = 0) -> LM:
+    """Random-weight LM: cast to fp32/bf16, or bf16/fp32 activations with q8/q4 linears (group 64)."""
+    if quant not in QUANTS:
+        raise ConfigError(f"unknown quantization {quant!r} (one of {', '.join(QUANTS)})")
+    mx.random.seed(seed)
+    lm = LM(cfg)
+    act = mx.float32 if quant == "fp32" or mx.default_device() == mx.cpu else mx.bfloat16
+    lm.set_dtype(act)
+    if quant in ("q8", "q4"):
+
+        def linear(path: str, m: nn.Module) -> bool:
+            # Linears of temporal layers and depformer (as convert does); never embeddings or heads.
+            if not isinstance(m, (nn.Linear, MultiLinear)) or path.startswith(("text_linear", "linears")):
+                return False
+            return m.weight.shape[-1] % GROUP_SIZE == 0
+
+        nn.quantize(lm, group_size=GROUP_SIZE, bits=8 if quant == "q8" else 4, class_predicate=linear)
+    # Materialize layer by layer so the fp32 init never exists for the whole model at once.
+    for _, p in tree_flatten(lm.parameters()):
+        mx.eval(p)
+    return lm
+
+
+def param_count_b(lm: LM) -> float:
+    return round(sum(p.size for _, p in tree_flatten(lm.parameters())) / 1e9, 3)
+
+
+def weight_gb(lm: LM) -> float:
+    return round(sum(p.nbytes for _, p in tree_flatten(lm.parameters())) / 1e9, 2)
+
+
+class LmStepper:
+    """Explicit state of the benchmark loop: LM cache, the tokens fed next, the RNG key."""
+
+    def __init__(
+        self, lm: LM, batch: int, dep_steps: int | None = None, greedy: bool = False, seed: int = 0
+    ) -> None:
+        cfg = lm.cfg
+        self.lm = lm
+        self.batch = batch
+        self.dep_steps = cfg.dep_q if dep_steps is None else dep_steps
+        self.params = SamplingParams(greedy=greedy)
+        self.cache = lm.make_cache(batch)
+        first = [cfg.text_card] + [cfg.card] * cfg.n_q  # Kyutai's initial tokens
+        self.tokens = mx.broadcast_to(mx.array(first, dtype=mx.int32)[None, :, None], (batch, 1 + cfg.n_q, 1))
+        provided = mx.full((batch, cfg.dep_q), -1, dtype=mx.int32)
+        if self.dep_steps < cfg.dep_q:  # the engine's case: the user codebooks are given
+            user = mx.random.randint(0, cfg.card, (batch, cfg.dep_q - self.dep_steps)).astype(mx.int32)
+            provided = mx.concatenate([provided[:, : self.dep_steps], user], axis=1)
+        self.provided = provided
+        self.key = mx.random.key(seed)
+
+    def temporal(self) -> tuple[mx.array, mx.array]:
+        """Embed the fed tokens, run one temporal step, sample text -> (hidden [B, D], text [B])."""
+        self.key, k_text = mx.random.split(self.key, 2)
+        h, logits = self.lm.temporal(self.lm.embed(self.tokens), self.cache)
+        p = self.params
+        text = (
+            mx.argmax(logits[:, -1], axis=-1).astype(mx.int32)
+            if p.greedy
+            else sample(logits[:, -1], p.text_temperature, p.text_top_k, k_text)
+        )
+        return h[:, -1], text
+
+    def depformer(self, hidden: mx.array, text: mx.array) -> mx.array:
+        """-> next tokens [B, 17, 1] (text + dep_q codebooks)."""
+        self.key, k_dep = mx.random.split(self.key, 2)
+        audio = self.lm.depformer(hidden, text, self.provided, self.params, k_dep, steps=self.dep_steps)
+        self.tokens = mx.concatenate([text[:, None], audio], axis=1)[:, :, None]
+        return self.tokens
+
+    def step(self) -> mx.array:
+        hidden, text = self.temporal()
+        return self.depformer(hidden, text)
+
+    def sync_arrays(self) -> list[mx.array]:
+        return [self.tokens, self.key, *self.cache.arrays()]
+
+
+def _header(
+    lm: LM, size: str, quant: str, batch: int, dep_steps: int, build_s: float, variant: str
+) -> dict[str, Any]:
+    return {
+        "runtime": "rolekit-mlx",
+        "variant": variant,
+        "device": str(mx.default_device()),
+        "size": size,
+        "quant": quant,
+        "batch": batch,
+        "dep_steps": dep_steps,
+        "params_b": param_count_b(LM(lm.cfg)),  # built lazily, never evaluated
+        "weights_gb": weight_gb(lm),
+        "build_s": round(build_s, 2),
+    }
+
+
+def _bench_compiled(
+    lm: LM,
+    st: LmStepper,
+    size: str,
+    quant: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    breakdown: bool,
+    seed: int,
+    build_s: float,
+) -> dict[str, Any]:
+    from rolekit.bench.fast_step import FastStep
+
+    def timed(dep_steps: int, n: int) -> list[float]:
+        fs = FastStep(lm, batch, dep_steps, seed=seed, provided=st.provided)
+
+        def one() -> list[mx.array]:
+            fs.step()
+            return fs.state_arrays()
+
+        return _loop(one, n, max(warmup, 2))  # the first call traces and compiles
+
+    result = _header(lm, size, quant, batch, st.dep_steps, build_s, "compiled")
+    whole = timed(st.dep_steps, steps)
+    result["step"] = summarize(whole)
+    if breakdown:
+        temporal = timed(0, max(steps // 2, 1))
+        result["temporal"] = summarize(temporal)
+        dep = float(np.median(whole)) - float(np.median(temporal))
+        result["depformer"] = {"n": 0, "median": round(dep, 3), "note": "step - temporal"}
+    result["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
+    result["peak_rss_gb"] = peak_rss_gb()
+    return result
+
+
+def _loop(step: Callable[[], list[mx.array]], steps: int, warmup: int) -> list[float]:
+    out = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        mx.eval(*step())
+        if i >= warmup:
+            out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def bench_lm(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    steps: int = 50,
+    warmup: int = 5,
+    dep_steps: int | None = None,
+    breakdown: bool = True,
+    seed: int = 0,
+    lm: LM | None = None,
+    compiled: bool = False,
+) -> dict[str, Any]:
+    """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
+
+    `compiled` times `FastStep` (one mx.compile graph per step); its split comes from a second
+    compiled step that skips the depformer (temporal) and the difference (depformer).
+    """
+    quant = quant or default_quant()
+    cfg = lm_config(size)
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    lm = lm if lm is not None else build_lm(cfg, quant, seed)
+    build_s = time.perf_counter() - t0
+    st = LmStepper(lm, batch, dep_steps, seed=seed)
+    if compiled:
+        return _bench_compiled(lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s)
+
+    def whole() -> list[mx.array]:
+        st.step()
+        return st.sync_arrays()
+
+    result = _header(lm, size, quant, batch, st.dep_steps, build_s, "eager")
+    result["step"] = summarize(_loop(whole, steps, warmup))
+    if breakdown:
+        temporal_ms: list[float] = []
+        dep_ms: list[float] = []
+        for i in range(max(warmup, 1) + max(steps // 2, 1)):
+            t0 = time.perf_counter()
+            hidden, text = st.temporal()
+            mx.eval(hidden, text, *st.cache.arrays())
+            t1 = time.perf_counter()
+            mx.eval(st.depformer(hidden, text))
+            t2 = time.perf_counter()
+            if i >= max(warmup, 1):
+                temporal_ms.append((t1 - t0) * 1000.0)
+                dep_ms.append((t2 - t1) * 1000.0)
+        result["temporal"] = summarize(temporal_ms)
+        result["depformer"] = summarize(dep_ms)
+    result["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
+    result["peak_rss_gb"] = peak_rss_gb()
+    return result

@@ -1,0 +1,80 @@
+"""SEANet encoder / decoder of Mimi (causal, constant padding, ELU, residual blocks, true skip).
+
+`model` keeps the checkpoint's `encoder.model.{i}` / `decoder.model.{i}` indices (ELU slots are
+parameter-free), so the weight map is a rename. All calls are streaming: a fresh state dict gives
+the whole-clip result (see conv.py).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rolekit.codec.config import MimiConfig
+from rolekit.codec.conv import ELU, CausalConv1d, CausalConvTranspose1d, ConvState
+
+
+class ResnetBlock(nn.Module):
+    """x + conv1x1(ELU(conv_k(ELU(x)))) with a dim // compress hidden width."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int, compress: int) -> None:
+        super().__init__()
+        hidden = dim // compress
+        self.block = [
+            ELU(),
+            CausalConv1d(dim, hidden, kernel_size, dilation=dilation),
+            ELU(),
+            CausalConv1d(hidden, dim, 1),
+        ]
+
+    def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
+        y = x
+        for i, layer in enumerate(self.block):
+            y = layer(y, state, f"{key}.{i}")
+        return x + y
+
+
+class SEANetEncoder(nn.Module):
+    def __init__(self, cfg: MimiConfig) -> None:
+        super().__init__()
+        mult = 1
+        nf = cfg.n_filters
+        model: list[nn.Module] = [CausalConv1d(cfg.channels, nf, cfg.kernel_size)]
+        for ratio in reversed(cfg.ratios):
+            for j in range(cfg.n_residual_layers):
+                model.append(
+                    ResnetBlock(mult * nf, cfg.residual_kernel_size, cfg.dilation_base**j, cfg.compress)
+                )
+            model += [ELU(), CausalConv1d(mult * nf, 2 * mult * nf, 2 * ratio, stride=ratio)]
+            mult *= 2
+        model += [ELU(), CausalConv1d(mult * nf, cfg.dimension, cfg.last_kernel_size)]
+        self.model = model
+
+    def __call__(self, x: mx.array, state: ConvState, prefix: str = "encoder") -> mx.array:
+        # x: [B, N, 1] (N a multiple of the hop length) -> [B, N / hop, dimension]
+        for i, layer in enumerate(self.model):
+            x = layer(x, state, f"{prefix}.{i}")
+        return x
+
+
+class SEANetDecoder(nn.Module):
+    def __init__(self, cfg: MimiConfig) -> None:
+        super().__init__()
+        nf = cfg.n_filters
+        mult = 2 ** len(cfg.ratios)
+        model: list[nn.Module] = [CausalConv1d(cfg.dimension, mult * nf, cfg.kernel_size)]
+        for ratio in cfg.ratios:
+            model += [ELU(), CausalConvTranspose1d(mult * nf, mult * nf // 2, 2 * ratio, stride=ratio)]
+            for j in range(cfg.n_residual_layers):
+                model.append(
+                    ResnetBlock(mult * nf // 2, cfg.residual_kernel_size, cfg.dilation_base**j, cfg.compress)
+                )
+            mult //= 2
+        model += [ELU(), CausalConv1d(nf, cfg.channels, cfg.last_kernel_size)]
+        self.model = model
+
+    def __call__(self, x: mx.array, state: ConvState, prefix: str = "decoder") -> mx.array:
+        # x: [B, T, dimension] -> [B, T * hop, 1]
+        for i, layer in enumerate(self.model):
+            x = layer(x, state, f"{prefix}.{i}")
+        return x

@@ -1,0 +1,158 @@
+"""Mimi's encoder / decoder transformer (MLX): pre-norm LayerNorm (eps 1e-5, bias), fused qkv,
+interleaved RoPE, causal attention limited to `context` keys, layer scale, exact-GELU MLP.
+
+Two call modes, matching the two modes of Kyutai's `StreamingTransformer`:
+- whole clip (`cache=None`): query p sees keys p - context < k <= p;
+- streaming (`cache` given, `T` steps per call, Mimi uses T = 2): keys live in a ring of
+  `context` slots, so after a call only the last `context` positions survive. A query that is
+  not the last of its chunk therefore sees fewer keys than in whole-clip mode once the stream is
+  longer than `context` (Kyutai's RingKVCache; moshi.md P4). We reproduce exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rolekit.codec.config import MimiConfig
+
+_BLOCK = 256  # query block of the whole-clip attention (bounds the mask to [256, 256 + context])
+
+
+def rope_tables(offset: int, steps: int, head_dim: int, max_period: float) -> tuple[mx.array, mx.array]:
+    """cos, sin [steps, head_dim / 2] in fp32, computed the way Kyutai's `apply_rope` does."""
+    ds = mx.arange(head_dim // 2, dtype=mx.float32)
+    freqs = mx.exp(ds * mx.array(-math.log(max_period) * 2 / head_dim, dtype=mx.float32))
+    ts = mx.arange(steps, dtype=mx.float32) + mx.array(float(offset), dtype=mx.float32)
+    angles = ts[:, None] * freqs[None, :]
+    return mx.cos(angles), mx.sin(angles)
+
+
+def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    # x: [B, H, T, D], pairs (x[2i], x[2i+1]) rotate together (interleaved RoPE)
+    b, h, t, d = x.shape
+    xp = x.reshape(b, h, t, d // 2, 2)
+    xr, xi = xp[..., 0], xp[..., 1]
+    out = mx.stack([xr * cos - xi * sin, xr * sin + xi * cos], axis=-1)
+    return out.reshape(b, h, t, d)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = mx.ones((dim,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x * self.scale
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.num_heads = num_heads
+
+    def qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        # x: [B, T, D] -> q, k, v [B, H, T, hd]; projected rows are ordered (q|k|v, head, hd)
+        b, t, d = x.shape
+        h = self.num_heads
+        p = self.in_proj(x).reshape(b, t, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+        return apply_rope(p[0], cos, sin), apply_rope(p[1], cos, sin), p[2]
+
+    def out(self, y: mx.array) -> mx.array:
+        # y: [B, H, T, hd] -> [B, T, D]
+        b, h, t, hd = y.shape
+        return self.out_proj(y.transpose(0, 2, 1, 3).reshape(b, t, h * hd))
+
+
+def _mask(q_pos: mx.array, k_pos: mx.array, context: int) -> mx.array:
+    delta = q_pos[:, None] - k_pos[None, :]  # [Tq, Tk]
+    return (delta >= 0) & (delta < context)
+
+
+def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: MimiConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = nn.LayerNorm(d, eps=1e-5)
+        self.norm2 = nn.LayerNorm(d, eps=1e-5)
+        self.self_attn = Attention(d, cfg.num_heads)
+        self.linear1 = nn.Linear(d, cfg.dim_feedforward, bias=False)
+        self.linear2 = nn.Linear(cfg.dim_feedforward, d, bias=False)
+        self.layer_scale_1 = LayerScale(d)
+        self.layer_scale_2 = LayerScale(d)
+
+    def mlp(self, x: mx.array) -> mx.array:
+        return x + self.layer_scale_2(self.linear2(nn.gelu(self.linear1(self.norm2(x)))))  # exact GELU
+
+
+class MimiTransformer(nn.Module):
+    """`ProjectedTransformer` with `conv_layout`: [B, T, dimension] in and out (channels-last here)."""
+
+    def __init__(self, cfg: MimiConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.d_model != cfg.dimension:
+            self.input_proj = nn.Linear(cfg.dimension, cfg.d_model, bias=False)
+            self.output_proj = nn.Linear(cfg.d_model, cfg.dimension, bias=False)
+        self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
+
+    def _project_in(self, x: mx.array) -> mx.array:
+        return self.input_proj(x) if "input_proj" in self else x
+
+    def _project_out(self, x: mx.array) -> mx.array:
+        return self.output_proj(x) if "output_proj" in self else x
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """Whole clip from position 0: x [B, T, dimension] -> [B, T, dimension]."""
+        cfg = self.cfg
+        x = self._project_in(x)
+        t = x.shape[1]
+        cos, sin = rope_tables(0, t, cfg.d_model // cfg.num_heads, cfg.max_period)
+        for layer in self.layers:
+            q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
+            parts = []
+            for s in range(0, t, _BLOCK):
+                e = min(t, s + _BLOCK)
+                ks = max(0, s - cfg.context + 1)  # earliest key any query of the block may see
+                mask = _mask(mx.arange(s, e), mx.arange(ks, e), cfg.context)
+                parts.append(attend(q[:, :, s:e], k[:, :, ks:e], v[:, :, ks:e], mask))
+            y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=2)
+            x = x + layer.layer_scale_1(layer.self_attn.out(y))
+            x = layer.mlp(x)
+        return self._project_out(x)
+
+    def step(self, x: mx.array, cache: dict[str, mx.array | None], offset: int, prefix: str) -> mx.array:
+        """Streaming call at absolute position `offset`: x [B, T, dimension] -> [B, T, dimension].
+
+        `cache[f"{prefix}.{i}.k|v"]` hold the keys / values [B, H, <= context, hd] of the last
+        positions before `offset` (None when empty); they are replaced in place.
+        """
+        cfg = self.cfg
+        x = self._project_in(x)
+        t = x.shape[1]
+        cos, sin = rope_tables(offset, t, cfg.d_model // cfg.num_heads, cfg.max_period)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
+            kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
+            old_k, old_v = cache.get(kk), cache.get(vk)
+            if old_k is not None:
+                k = mx.concatenate([old_k, k], axis=2)
+                v = mx.concatenate([old_v, v], axis=2)
+            if k.shape[2] > cfg.context:  # the ring holds `context` slots: oldest keys are gone
+                k, v = k[:, :, -cfg.context :], v[:, :, -cfg.context :]
+            cache[kk], cache[vk] = k, v
+            n = k.shape[2]
+            k_pos = mx.arange(offset + t - n, offset + t)
+            mask = _mask(mx.arange(offset, offset + t), k_pos, cfg.context)
+            x = x + layer.layer_scale_1(layer.self_attn.out(attend(q, k, v, mask)))
+            x = layer.mlp(x)
+        return self._project_out(x)

@@ -1,0 +1,286 @@
+"""The 12.5 Hz full-duplex loop: Mimi encode -> LM (temporal + depformer) -> Mimi decode, B at once.
+
+`Engine` holds every piece of state explicitly (LM ring KV cache, token ring, Mimi streams, RNG
+keys) so that it can snapshot/restore it. Arrays in, arrays out: no files, no devices, no YAML
+(disk caching of prefill snapshots lives in `engine.snapshot`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.engine import ring as R
+from rolekit.engine.prefill import PrefillInputs, prefill_inputs
+from rolekit.errors import ConfigError
+from rolekit.frames import (
+    FRAME_SAMPLES,
+    N_CODEBOOKS,
+    N_STREAMS,
+    PAD,
+    USER_STREAMS,
+    PrefillPlan,
+    StepOutput,
+)
+from rolekit.lm.sampling import SamplingParams, sample
+
+
+class Bundle(Protocol):
+    """What the engine needs of `models.ModelBundle` (the models layer is a sibling, not imported)."""
+
+    lm: Any
+    mimi: Any
+    model_id: str
+
+
+@dataclass
+class EngineSnapshot:
+    """The whole engine state at one instant (arrays are immutable, so this is a cheap copy)."""
+
+    offset: int
+    lm: dict[str, mx.array]
+    ring_cache: mx.array  # [B, 17, CT]
+    ring_provided: mx.array  # [B, 17, CT]
+    keys: mx.array  # [B, 2] uint32 RNG keys
+    mimi: dict | None = None  # None: a fresh Mimi stream (as after NVIDIA's prompt phases)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def _user_mask(batch: int) -> mx.array:
+    m = np.zeros((batch, N_STREAMS), bool)
+    m[:, list(USER_STREAMS)] = True
+    return mx.array(m)
+
+
+class Engine:
+    """B independent conversations stepped together, one 80 ms frame per `step`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        batch: int = 1,
+        params: list[SamplingParams] | SamplingParams | None = None,
+        seed: int | list[int] = 0,
+        compiled: bool = False,
+        dep_stop: bool = True,
+    ) -> None:
+        self.lm = bundle.lm
+        self.mimi = bundle.mimi
+        self.model_id = bundle.model_id
+        self.batch = batch
+        cfg = self.lm.cfg
+        if tuple(cfg.delays) != tuple(R.DELAYS):
+            raise ConfigError(f"model delays {cfg.delays} differ from PersonaPlex's {R.DELAYS}")
+        if params is None:
+            params = SamplingParams()
+        self.params = list(params) if isinstance(params, list) else [params] * batch
+        seeds = list(seed) if isinstance(seed, list) else [seed] * batch
+        if len(self.params) != batch or len(seeds) != batch:
+            raise ConfigError(f"batch {batch} needs {batch} sampling params and seeds")
+        self.seeds = seeds
+        self.greedy = all(p.greedy for p in self.params)
+        # Depformer steps 8..15 predict the user stream, which is always provided in `step`.
+        self.dep_steps = N_CODEBOOKS if dep_stop else cfg.dep_q
+        self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
+        self._initial_np = R.initial_tokens(np, cfg.text_card, cfg.card)
+        self._user_mask = _user_mask(batch)
+        self._post = mx.compile(self._post_impl) if compiled else self._post_impl
+        self.compiled = compiled
+        self.reset()
+
+    # ---- state ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Fresh state: empty caches, offset 0 (nothing primed)."""
+        self.offset = 0
+        self.lm_cache = self.lm.make_cache(self.batch)
+        self.ring = R.new_ring(mx, self.batch)
+        self.mimi_state = self.mimi.make_state(self.batch)
+        self.keys = mx.stack([mx.random.key(s) for s in self.seeds])  # [B, 2]
+        self.last_user_codes: np.ndarray | None = None
+
+    @property
+    def frames_left(self) -> int:
+        """Frames before the temporal context is full (the ring cache keeps running after that)."""
+        return max(0, int(self.lm.cfg.context) - int(self.lm_cache.offset))
+
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(
+            offset=self.offset,
+            lm=self.lm_cache.snapshot(),
+            ring_cache=self.ring.cache,
+            ring_provided=self.ring.provided,
+            keys=self.keys,
+            mimi=self.mimi_state.snapshot(),
+        )
+
+    def restore(self, snap: EngineSnapshot) -> None:
+        if snap.ring_cache.shape[0] != self.batch:
+            raise ConfigError(f"snapshot holds {snap.ring_cache.shape[0]} conversations, engine {self.batch}")
+        self.offset = int(snap.offset)
+        self.lm_cache.restore(snap.lm)
+        self.ring = R.Ring(cache=snap.ring_cache, provided=snap.ring_provided)
+        self.keys = snap.keys
+        self.mimi_state = self.mimi.make_state(self.batch)
+        if snap.mimi is not None:
+            self.mimi_state.restore(snap.mimi)
+        self.last_user_codes = None
+
+    # ---- prefill -------------------------------------------------------------------------
+    def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:
+        if len(plans) != self.batch or len(voices) != self.batch:
+            raise ConfigError(
+                f"prefill needs {self.batch} plans and voices, got {len(plans)} and {len(voices)}"
+            )
+        rows = [prefill_inputs(p, v, self._initial_np) for p, v in zip(plans, voices, strict=True)]
+        lengths = {(r.calls, r.offset) for r in rows}
+        if len(lengths) > 1:
+            raise ConfigError(
+                "conversations batched together need prompts of equal length (prefill frames: "
+                + ", ".join(str(r.offset) for r in rows)
+                + ")"
+            )
+        for r in rows:
+            if r.calls and r.offset > 0 and len(r.embeddings) and r.embeddings.shape[1] != self.lm.cfg.dim:
+                raise ConfigError(
+                    f"voice embeddings have width {r.embeddings.shape[1]}, model dim {self.lm.cfg.dim}"
+                )
+        return rows
+
+    def prefill(self, plans: list[PrefillPlan], voices: list[Any], stepwise: bool = False) -> None:
+        """Run the prompt phases of every conversation: one batched temporal pass (or stepwise).
+
+        `voices[i]` has `.embeddings` [E, D] + `.cache` [17, 4] (a preset) or `.codes` [8, T].
+        """
+        rows = self.prefill_inputs(plans, voices)
+        self.reset()
+        x = self._prefill_embeddings(rows)  # [B, L, D]
+        if x is not None:
+            if stepwise:
+                self._prefill_stepwise(x, rows)
+            else:
+                _, logits = self.lm.temporal(x, self.lm_cache)
+                mx.eval(logits, *self.lm_cache.arrays())
+        self.ring = R.Ring(
+            cache=mx.array(np.concatenate([r.ring.cache for r in rows])),
+            provided=mx.array(np.concatenate([r.ring.provided for r in rows])),
+        )
+        self.offset = rows[0].offset
+        self.mimi_state = self.mimi.make_state(self.batch)  # NVIDIA resets Mimi after the prompts
+        mx.eval(self.ring.cache, self.ring.provided)
+
+    def _prefill_embeddings(self, rows: list[PrefillInputs]) -> mx.array | None:
+        seqs = []
+        for r in rows:
+            parts = []
+            if len(r.embeddings):
+                parts.append(mx.array(r.embeddings).astype(self.lm.dtype))
+            if len(r.tokens):
+                parts.append(self.lm.embed(mx.array(r.tokens.T[None]))[0])  # [N, D]
+            if parts:
+                seqs.append(mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0])
+        return mx.stack(seqs) if seqs else None
+
+    def _prefill_stepwise(self, x: mx.array, rows: list[PrefillInputs]) -> None:
+        """NVIDIA's way: one temporal call (and a discarded depformer pass) per prompt frame."""
+        hidden_dep = SamplingParams(greedy=True)
+        for t in range(x.shape[1]):
+            h, logits = self.lm.temporal(x[:, t : t + 1], self.lm_cache)
+            text = mx.argmax(logits[:, 0], axis=-1).astype(mx.int32)
+            provided = mx.full((self.batch, self.lm.cfg.dep_q), -1, dtype=mx.int32)
+            audio = self.lm.depformer(h[:, 0], text, provided, hidden_dep, None, steps=self.dep_steps)
+            mx.eval(audio, *self.lm_cache.arrays())
+
+    # ---- one step ------------------------------------------------------------------------
+    def step(self, user_pcm: np.ndarray) -> StepOutput:
+        """user_pcm [B, 1920] float32 -> agent pcm [B, 1920], text [B], audio [B, 8]; one host sync."""
+        pcm_in = np.asarray(user_pcm, dtype=np.float32)
+        if pcm_in.shape != (self.batch, FRAME_SAMPLES):
+            raise ConfigError(
+                f"step needs user audio [{self.batch}, {FRAME_SAMPLES}], got {list(pcm_in.shape)}"
+            )
+        codes = self.mimi.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
+        user = codes[:, :N_CODEBOOKS, 0].astype(mx.int32)  # [B, 8]
+        tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
+        off = mx.array(self.offset, dtype=mx.int32)
+        ring = R.provide(mx, self.ring, tokens, self._user_mask, off, self.initial)
+        if self.offset == 0:
+            self.ring = R.prime(mx, ring, self.initial)
+            self.offset = 1
+            return self._not_ready(user)
+        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None])  # [B, 1, D]
+        hidden, text_logits = self.lm.temporal(x, self.lm_cache)
+        split = mx.random.split  # per-row key streams: row b's samples never depend on the batch
+        keys = mx.stack([split(self.keys[b], 3) for b in range(self.batch)])  # [B, 3, 2]
+        cache, provided, out = self._post(
+            hidden[:, 0], text_logits[:, 0], ring.cache, ring.provided, off, keys[:, 1], keys[:, 2]
+        )
+        self.keys = keys[:, 0]
+        self.ring = R.Ring(cache=cache, provided=provided)
+        ready = self.offset > R.MAX_DELAY
+        self.offset += 1
+        if not ready:
+            return self._not_ready(user)
+        pcm = self.mimi.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
+        mx.eval(pcm, out, user, self.keys, cache, *self.lm_cache.arrays())  # the one host sync
+        out_np = np.array(out)
+        self.last_user_codes = np.array(user)
+        return StepOutput(pcm=np.array(pcm[:, 0]), text=out_np[:, 0], audio=out_np[:, 1:], ready=True)
+
+    def _not_ready(self, user: mx.array) -> StepOutput:
+        mx.eval(self.ring.cache, user, *self.lm_cache.arrays())
+        self.last_user_codes = np.array(user)
+        return StepOutput(
+            pcm=np.zeros((self.batch, FRAME_SAMPLES), np.float32),
+            text=np.full(self.batch, PAD, np.int64),
+            audio=np.full((self.batch, N_CODEBOOKS), -1, np.int64),
+            ready=False,
+        )
+
+    def _post_impl(
+        self,
+        hidden: mx.array,
+        text_logits: mx.array,
+        cache: mx.array,
+        provided: mx.array,
+        off: mx.array,
+        text_keys: mx.array,
+        dep_keys: mx.array,
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """Sampling + depformer + ring commit: hidden [B, D], text_logits [B, V] -> ring, out [B, 9]."""
+        ring = R.Ring(cache=cache, provided=provided)
+        text = self._sample_text(text_logits, text_keys)  # [B]
+        forced = R.forced_text(mx, ring, off, text)
+        dep_given = R.depformer_provided(mx, ring, off, self.lm.cfg.dep_q)  # [B, dep_q]
+        if self.greedy:
+            audio = self.lm.depformer(
+                hidden, forced, dep_given, SamplingParams(greedy=True), None, self.dep_steps
+            )
+        else:
+            rows = [
+                self.lm.depformer(
+                    hidden[b : b + 1], forced[b : b + 1], dep_given[b : b + 1], p, dep_keys[b], self.dep_steps
+                )
+                for b, p in enumerate(self.params)
+            ]
+            audio = mx.concatenate(rows, axis=0)
+        ring = R.commit(mx, ring, off, text, audio[:, : self.dep_steps])
+        return ring.cache, ring.provided, R.output(mx, ring, off)
+
+    def _sample_text(self, logits: mx.array, keys: mx.array) -> mx.array:
+        if self.greedy:
+            return mx.argmax(logits, axis=-1).astype(mx.int32)
+        rows = []
+        for b, p in enumerate(self.params):
+            row = logits[b : b + 1]
+            if p.greedy:
+                rows.append(mx.argmax(row, axis=-1).astype(mx.int32))
+            else:
+                rows.append(sample(row, p.text_temperature, p.text_top_k, keys[b]))
+        return mx.concatenate(rows, axis=0)
+
+
+def greedy_params() -> SamplingParams:
+    return replace(SamplingParams(), greedy=True)

@@ -1,0 +1,108 @@
+"""Prefill snapshots on disk: the engine state after the prompt phases, keyed by persona + model.
+
+A second run of the same persona (same voice, prompt ids, silence, model) restores the state
+instead of running the prefill. One file per conversation (batch row), so any batch can be
+assembled from cached rows. Written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.engine.engine import Engine, EngineSnapshot
+from rolekit.frames import PrefillPlan
+
+FORMAT = "rolekit-prefill-v1"
+
+
+def prefill_key(model_id: str, plan: PrefillPlan, voice: Any) -> str:
+    """sha256 of everything that determines the post-prefill state."""
+    doc = {
+        "format": FORMAT,
+        "model": model_id,
+        "persona_hash": plan.content_hash,
+        "voice": getattr(voice, "identity", plan.voice),
+        "text_ids": list(plan.text_ids),
+        "silence": plan.silence_frames,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def snapshot_path(cache_dir: Path, model_id: str, plan: PrefillPlan, voice: Any) -> Path:
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
+    return Path(cache_dir) / safe_model / f"{prefill_key(model_id, plan, voice)[:32]}.safetensors"
+
+
+def row_arrays(snap: EngineSnapshot, row: int) -> dict[str, mx.array]:
+    """One conversation's slice of a snapshot (LM cache, token ring; no Mimi, no RNG)."""
+    out = {f"lm.{k}": v[row : row + 1] for k, v in snap.lm.items() if k != "offset"}
+    out["ring.cache"] = snap.ring_cache[row : row + 1]
+    out["ring.provided"] = snap.ring_provided[row : row + 1].astype(mx.uint8)
+    out["offset"] = mx.array(snap.offset, dtype=mx.int32)
+    out["lm_offset"] = snap.lm["offset"]
+    return out
+
+
+def save_row(path: Path, snap: EngineSnapshot, row: int, meta: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), row_arrays(snap, row), metadata={"format": FORMAT, **(meta or {})})
+    tmp.replace(path)
+    return path
+
+
+def load_rows(paths: list[Path], engine: Engine) -> EngineSnapshot:
+    """Assemble a batch snapshot from per-conversation files (fresh Mimi streams, seeded RNG)."""
+    rows = [mx.load(str(p)) for p in paths]
+    offsets = {int(r["offset"].item()) for r in rows}
+    if len(offsets) != 1:
+        raise ValueError(f"cached prefills of different lengths cannot share a batch: {sorted(offsets)}")
+    lm = {k[3:]: mx.concatenate([r[k] for r in rows], axis=0) for k in rows[0] if k.startswith("lm.")}
+    lm["offset"] = rows[0]["lm_offset"]
+    engine.reset()
+    return EngineSnapshot(
+        offset=offsets.pop(),
+        lm=lm,
+        ring_cache=mx.concatenate([r["ring.cache"] for r in rows], axis=0),
+        ring_provided=mx.concatenate([r["ring.provided"] for r in rows], axis=0).astype(mx.bool_),
+        keys=engine.keys,
+        mimi=None,
+    )
+
+
+def prefill_cached(
+    engine: Engine, plans: list[PrefillPlan], voices: list[Any], cache_dir: Path | None
+) -> bool:
+    """Restore every conversation's prefill from `cache_dir` if all are there (True), else run and save."""
+    if cache_dir is None:
+        engine.prefill(plans, voices)
+        return False
+    paths = [snapshot_path(cache_dir, engine.model_id, p, v) for p, v in zip(plans, voices, strict=True)]
+    if all(p.is_file() for p in paths):
+        try:
+            engine.restore(load_rows(paths, engine))
+            return True
+        except (ValueError, KeyError, RuntimeError):
+            pass  # unreadable or stale: recompute below
+    engine.prefill(plans, voices)
+    snap = engine.snapshot()
+    for row, path in enumerate(paths):
+        save_row(path, snap, row, {"model": engine.model_id, "persona": plans[row].persona})
+    return False
+
+
+def state_equal(a: EngineSnapshot, b: EngineSnapshot, atol: float = 0.0) -> bool:
+    """True when two snapshots hold the same ring and LM cache (within atol)."""
+    if a.offset != b.offset or a.lm.keys() != b.lm.keys():
+        return False
+    if not np.array_equal(np.array(a.ring_cache), np.array(b.ring_cache)):
+        return False
+    return all(np.allclose(np.array(a.lm[k]), np.array(b.lm[k]), atol=atol, rtol=0) for k in a.lm)

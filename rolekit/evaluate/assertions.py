@@ -1,0 +1,304 @@
+"""Evaluate a scenario's `expect:` list against a run: transcript, text stream and metrics.
+
+Each result is pass, fail or error (error: the check could not be evaluated, e.g. its turn never
+played or the scenario has no interrupt to yield to); only pass counts as passing. Every result
+carries a one-line message saying what was seen. Text checks on `source: whisper` fall back to the
+model's text stream when the run has no transcript, and say so in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rolekit.evaluate.metrics import turn_window, user_turns
+from rolekit.frames import FRAME_SECONDS
+from rolekit.record import SessionRecord
+from rolekit.scenario.expect import (
+    Expectation,
+    LatencyCheck,
+    MetricCheck,
+    NoInterruptCheck,
+    TextCheck,
+    YieldCheck,
+)
+from rolekit.transcribe.transcript import Transcript, write_text_atomic
+from rolekit.transcribe.words import normalize_words
+
+ASSERTIONS_JSON = "assertions.json"
+SPECIALS = ("PAD", "EPAD", "BOS", "EOS")
+
+
+@dataclass
+class AssertionResult:
+    kind: str
+    label: str
+    status: str  # pass | fail | error
+    message: str
+    turn: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclass
+class RunView:
+    """What assertions look at: the record, its metrics, and its transcript if any."""
+
+    record: SessionRecord
+    metrics: dict[str, Any]
+    transcript: Transcript | None
+
+
+def evaluate_expectations(
+    expect: list[Expectation | dict[str, Any]],
+    record: SessionRecord,
+    metrics: dict[str, Any],
+    transcript: Transcript | None = None,
+) -> list[AssertionResult]:
+    """One AssertionResult per item of `expect` (models or plain dicts with the same keys)."""
+    view = RunView(record, metrics, transcript)
+    out = []
+    for item in expect:
+        exp = item if isinstance(item, Expectation) else Expectation.model_validate(item)
+        check = exp.check
+        if isinstance(check, TextCheck):
+            res = _text(view, check, negate=exp.kind == "not_says")
+        elif isinstance(check, LatencyCheck):
+            res = _latency(view, check)
+        elif isinstance(check, YieldCheck):
+            res = _yield(view, check)
+        elif isinstance(check, NoInterruptCheck):
+            res = _no_interrupt(view, check)
+        else:
+            res = _metric(view, check)
+        status, message, details = res
+        out.append(
+            AssertionResult(exp.kind, exp.label, status, message, getattr(check, "turn", None), details)
+        )
+    return out
+
+
+# -- text -------------------------------------------------------------------------------------------
+
+
+def agent_text(view: RunView, source: str, turn: int | None) -> str | None:
+    """The agent's words from `source` (whisper | monologue), in a turn window or the whole run."""
+    window = None
+    if turn is not None:
+        window = turn_window(view.record.events, turn, view.record.duration)
+        if window is None:
+            return None
+    if source == "whisper":
+        if view.transcript is None:
+            return None
+        return view.transcript.text("agent", *(window or (None, None)))
+    pieces = view.record.text_pieces
+    lo, hi = window or (0.0, float("inf"))
+    return " ".join(
+        "".join(p for i, p in enumerate(pieces) if p not in SPECIALS and lo <= i * FRAME_SECONDS < hi).split()
+    )
+
+
+def _norm(s: str) -> str:
+    return " ".join(normalize_words(s))
+
+
+def _found(check: TextCheck, text: str) -> list[str]:
+    """The strings/pattern of `check` that occur in `text`."""
+    if check.regex is not None:
+        flags = 0 if check.case_sensitive else re.IGNORECASE
+        m = re.search(check.regex, text, flags)
+        return [m.group(0)] if m else []
+    if check.case_sensitive:
+        return [s for s in check.strings if s in text]
+    hay = f" {_norm(text)} "
+    return [s for s in check.strings if _norm(s) and _norm(s) in hay]
+
+
+def _text(view: RunView, check: TextCheck, negate: bool) -> tuple[str, str, dict]:
+    where = f"turn {check.turn}" if check.turn is not None else "the run"
+    if check.turn is not None and turn_window(view.record.events, check.turn, view.record.duration) is None:
+        return "error", f"turn {check.turn} was never played", {}
+    source = check.source
+    if source == "whisper" and view.transcript is None:
+        source = "monologue, no Whisper transcript"  # e.g. --no-transcribe: fall back to the text stream
+    text = agent_text(view, "whisper" if source == "whisper" else "monologue", check.turn) or ""
+    found = _found(check, text)
+    quote = text if len(text) <= 160 else text[:157] + "..."
+    details = {"source": source, "text": text, "found": found}
+    if check.regex is not None:
+        wanted = f"regex {check.regex!r}"
+        ok = bool(found)
+    elif check.any_of is not None:
+        wanted = f"any of {check.strings}"
+        ok = bool(found)
+    else:
+        wanted = f"all of {check.strings}" if len(check.strings) > 1 else repr(check.strings[0])
+        ok = len(found) == len(check.strings)
+    if negate:
+        if found:
+            return "fail", f"agent said {found} in {where} ({source}): {quote!r}", details
+        return "pass", f"agent never said {wanted} in {where} ({source})", details
+    if ok:
+        return "pass", f"agent said {found} in {where} ({source})", details
+    return "fail", f"expected {wanted} in {where} ({source}); agent said: {quote!r}", details
+
+
+# -- timing -----------------------------------------------------------------------------------------
+
+
+def _latency(view: RunView, check: LatencyCheck) -> tuple[str, str, dict]:
+    turns = view.metrics.get("turns", [])
+    if check.turn is not None:
+        turns = [t for t in turns if t["turn"] == check.turn]
+        if not turns:
+            return "error", f"turn {check.turn} is not a played user turn (say/audio/interrupt)", {}
+    if not turns:
+        return "error", "the scenario has no user turns", {}
+    missing = [t["turn"] for t in turns if t["response_latency_s"] is None]
+    lat = {t["turn"]: t["response_latency_s"] for t in turns if t["response_latency_s"] is not None}
+    details = {"latencies": lat, "no_response": missing, "stat": check.stat, "max": check.max}
+    if missing:
+        return "fail", f"no agent response to turn(s) {missing} (bound {check.max:.2f} s)", details
+    values = np.asarray(list(lat.values()))
+    if check.stat == "each":
+        slow = {k: v for k, v in lat.items() if v > check.max}
+        if slow:
+            worst = max(slow, key=slow.get)
+            return (
+                "fail",
+                f"response latency {slow[worst]:.2f} s at turn {worst} > {check.max:.2f} s ({len(slow)} slow)",
+                details,
+            )
+        return (
+            "pass",
+            f"all {len(lat)} response latencies <= {check.max:.2f} s (max {values.max():.2f} s)",
+            details,
+        )
+    value = float(values.mean() if check.stat == "mean" else np.percentile(values, 90))
+    details["value"] = round(value, 3)
+    op = "<=" if value <= check.max else ">"
+    return (
+        ("pass" if value <= check.max else "fail"),
+        f"{check.stat} response latency {value:.2f} s {op} {check.max:.2f} s",
+        details,
+    )
+
+
+def _yield(view: RunView, check: YieldCheck) -> tuple[str, str, dict]:
+    items = view.metrics.get("interruptions", [])
+    if check.turn is not None:
+        items = [x for x in items if x["turn"] == check.turn]
+    if not items:
+        return (
+            "error",
+            "no scripted interrupt" + (f" at turn {check.turn}" if check.turn is not None else ""),
+            {},
+        )
+    live = [x for x in items if x["agent_speaking"]]
+    idle = [x["turn"] for x in items if not x["agent_speaking"]]
+    details = {"interrupts": items, "within": check.within}
+    if not live:
+        return "error", f"the agent was not speaking at interrupt turn(s) {idle}: nothing to yield", details
+    slow = [x for x in live if x["time_to_yield_s"] > check.within + 1e-9]
+    note = f"; agent silent at turn(s) {idle}" if idle else ""
+    if slow:
+        x = max(slow, key=lambda x: x["time_to_yield_s"])
+        return (
+            "fail",
+            f"agent kept talking {x['time_to_yield_s']:.2f} s after the interrupt at {x['at']:.2f} s (turn {x['turn']}) > {check.within:.2f} s{note}",
+            details,
+        )
+    worst = max(x["time_to_yield_s"] for x in live)
+    return (
+        "pass",
+        f"agent yielded at {len(live)} interrupt(s) within {worst:.2f} s <= {check.within:.2f} s{note}",
+        details,
+    )
+
+
+def _no_interrupt(view: RunView, check: NoInterruptCheck) -> tuple[str, str, dict]:
+    user = [tuple(s) for s in view.metrics.get("segments", {}).get("user", [])]
+    agent = [tuple(s) for s in view.metrics.get("segments", {}).get("agent", [])]
+    window = (float("-inf"), float("inf"))
+    if check.turn is not None:
+        ev = next((e for e in user_turns(view.record.events) if e.get("turn") == check.turn), None)
+        if ev is None:
+            return "error", f"turn {check.turn} is not a played user turn", {}
+        window = (float(ev["start"]), float(ev["end"] if ev.get("end") is not None else view.record.duration))
+    bad = []
+    for a0, a1 in agent:
+        if not window[0] <= a0 < window[1]:
+            continue
+        for u0, u1 in user:
+            if u0 <= a0 < u1:
+                over = min(a1, u1) - a0
+                if over > check.max_overlap + 1e-9:
+                    bad.append({"at": round(a0, 3), "overlap_s": round(over, 3)})
+    details = {"interruptions": bad, "max_overlap": check.max_overlap}
+    if bad:
+        first = bad[0]
+        return (
+            "fail",
+            f"agent started talking over the user {len(bad)} time(s), first at {first['at']:.2f} s ({first['overlap_s']:.2f} s overlap)",
+            details,
+        )
+    return "pass", "agent never started talking while the user spoke", details
+
+
+def _metric(view: RunView, check: MetricCheck) -> tuple[str, str, dict]:
+    summary = view.metrics.get("summary", {})
+    if check.name not in summary:
+        return "error", f"unknown metric {check.name!r} (see metrics.json summary)", {}
+    value = summary[check.name]
+    if value is None:
+        return (
+            "error",
+            f"metric {check.name} is not available for this run (needs a transcript or events)",
+            {},
+        )
+    value = float(value)
+    lo = -np.inf if check.min is None else check.min
+    hi = np.inf if check.max is None else check.max
+    bounds = " and ".join(
+        b
+        for b in (
+            f">= {check.min}" if check.min is not None else "",
+            f"<= {check.max}" if check.max is not None else "",
+        )
+        if b
+    )
+    details = {"value": value, "min": check.min, "max": check.max}
+    if lo - 1e-9 <= value <= hi + 1e-9:
+        return "pass", f"{check.name} = {value:g} ({bounds})", details
+    return "fail", f"{check.name} = {value:g}, expected {bounds}", details
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+def assertions_dict(results: list[AssertionResult]) -> dict[str, Any]:
+    return {
+        "passed": all(r.passed for r in results),
+        "counts": {s: sum(r.status == s for r in results) for s in ("pass", "fail", "error")},
+        "results": [asdict(r) for r in results],
+    }
+
+
+def write_assertions(folder: Path, results: list[AssertionResult]) -> Path:
+    return write_text_atomic(
+        Path(folder) / ASSERTIONS_JSON, json.dumps(assertions_dict(results), indent=1) + "\n"
+    )
+
+
+def load_assertions(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / ASSERTIONS_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -1,0 +1,73 @@
+"""The depformer: 16 small transformer steps per frame, one weight set per step, no positions.
+
+Step k attends to steps 0..k of the same frame (Kyutai sets the depformer context to None, so the
+capacity is dep_q; `depformer_context = 8` in the kwargs is ignored). The KV cache is fresh for
+every frame.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rolekit.lm.config import LmConfig
+from rolekit.nn.mlp import GatedMLP
+from rolekit.nn.multilinear import MultiLinear
+from rolekit.nn.norm import RMSNorm
+
+StepKV = list[tuple[mx.array, mx.array]]  # per layer: keys, values [B, H, k, Dh] of steps so far
+
+
+class DepAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, steps: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj = MultiLinear(steps, dim, 3 * dim)
+        self.out_proj = MultiLinear(steps, dim, dim)
+
+    def __call__(
+        self, x: mx.array, step: int, kv: tuple[mx.array, mx.array] | None
+    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        """x [B, 1, D] for depformer step `step`; kv holds the earlier steps of this frame."""
+        b, t, d = x.shape
+        h = self.num_heads
+        hd = d // h
+        qkv = self.in_proj(x, step).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if kv is not None:
+            k = mx.concatenate([kv[0], k], axis=2)  # [B, H, step + 1, Dh]
+            v = mx.concatenate([kv[1], v], axis=2)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)  # every key is in the past
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
+        return self.out_proj(out, step), (k, v)
+
+
+class DepformerLayer(nn.Module):
+    def __init__(self, cfg: LmConfig) -> None:
+        super().__init__()
+        dim = cfg.depformer_dim
+        self.norm1 = RMSNorm(dim, cfg.norm_eps)
+        self.self_attn = DepAttention(dim, cfg.depformer_num_heads, cfg.dep_q)
+        self.norm2 = RMSNorm(dim, cfg.norm_eps)
+        self.gating = [GatedMLP(dim, cfg.depformer_hidden) for _ in range(cfg.dep_q)]
+
+    def __call__(
+        self, x: mx.array, step: int, kv: tuple[mx.array, mx.array] | None
+    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        y, kv = self.self_attn(self.norm1(x), step, kv)
+        x = x + y
+        return x + self.gating[step](self.norm2(x)), kv
+
+
+class Depformer(nn.Module):
+    def __init__(self, cfg: LmConfig) -> None:
+        super().__init__()
+        self.layers = [DepformerLayer(cfg) for _ in range(cfg.depformer_num_layers)]
+
+    def step(self, x: mx.array, step: int, kv: StepKV | None) -> tuple[mx.array, StepKV]:
+        """x [B, 1, Dd] -> ([B, 1, Dd], kv including this step)."""
+        new_kv: StepKV = []
+        for i, layer in enumerate(self.layers):
+            x, layer_kv = layer(x, step, None if kv is None else kv[i])
+            new_kv.append(layer_kv)
+        return x, new_kv

@@ -1,0 +1,128 @@
+"""LM: the PersonaPlex language model (summed embeddings, temporal transformer, text head, depformer).
+
+Module names follow NVIDIA's `model.safetensors` (`emb.3`, `transformer.layers.0.gating.linear_in`,
+`depformer.layers.1.gating.15`, ...) so weight mapping is a handful of renames (see weights.py).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rolekit.lm.config import LmConfig
+from rolekit.lm.depformer import Depformer, StepKV
+from rolekit.lm.sampling import SamplingParams, sample, split_keys
+from rolekit.lm.temporal import LmCache, Transformer
+from rolekit.nn.attention import RingKV
+from rolekit.nn.norm import RMSNorm
+
+
+def embed_tokens(emb: nn.Embedding, tokens: mx.array) -> mx.array:
+    """tokens [...] -> [..., D]; token -1 gives an exact zero vector (Kyutai ScaledEmbedding)."""
+    y = emb(mx.maximum(tokens, 0))
+    return mx.where((tokens == -1)[..., None], mx.zeros((1,), dtype=y.dtype), y)
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: LmConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.text_emb = nn.Embedding(cfg.text_card + 1, cfg.dim)
+        self.emb = [nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q)]
+        self.transformer = Transformer(cfg)
+        self.out_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.text_linear = nn.Linear(cfg.dim, cfg.text_card, bias=False)
+        self.depformer_in = [nn.Linear(cfg.dim, cfg.depformer_dim, bias=False) for _ in range(cfg.dep_q)]
+        self.depformer_text_emb = nn.Embedding(cfg.text_card + 1, cfg.depformer_dim)
+        self.depformer_emb = [nn.Embedding(cfg.card + 1, cfg.depformer_dim) for _ in range(cfg.dep_q - 1)]
+        self["depformer"] = Depformer(cfg)  # item, not attribute: `depformer` is also the method
+        self.linears = [nn.Linear(cfg.depformer_dim, cfg.card, bias=False) for _ in range(cfg.dep_q)]
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """Activation dtype (that of the embeddings, never quantized)."""
+        return self.text_emb.weight.dtype
+
+    def make_cache(self, batch: int) -> LmCache:
+        cfg = self.cfg
+        rings = [
+            RingKV.empty(batch, cfg.num_heads, cfg.context, cfg.head_dim, self.dtype)
+            for _ in range(cfg.num_layers)
+        ]
+        return LmCache(rings=rings, offset=0)
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        """tokens [B, 17, T] int32 -> summed embeddings [B, T, D] (audio streams first, then text)."""
+        x = None
+        for i, emb in enumerate(self.emb):
+            e = embed_tokens(emb, tokens[:, 1 + i])
+            x = e if x is None else x + e
+        text = embed_tokens(self.text_emb, tokens[:, 0])
+        return text if x is None else x + text
+
+    def temporal(self, x: mx.array, cache: LmCache) -> tuple[mx.array, mx.array]:
+        """x [B, T, D] -> (hidden [B, T, D] after out_norm, text_logits [B, T, text_card]).
+
+        Whole-sequence (prefill) and one-step calls give the same result for the same positions.
+        """
+        h = self.out_norm(self.transformer(x, cache))
+        return h, self.text_linear(h)
+
+    def _dep_step(
+        self, step: int, hidden: mx.array, token: mx.array, kv: StepKV | None
+    ) -> tuple[mx.array, StepKV]:
+        """hidden [B, D], token [B] (text for step 0, codebook step-1 after) -> (logits [B, card], kv)."""
+        emb = self.depformer_text_emb if step == 0 else self.depformer_emb[step - 1]
+        x = self.depformer_in[step](hidden) + embed_tokens(emb, token)  # [B, Dd]
+        y, kv = self["depformer"].step(x[:, None, :], step, kv)  # [B, 1, Dd]
+        return self.linears[step](y[:, 0]), kv
+
+    def depformer(
+        self,
+        hidden: mx.array,
+        text: mx.array,
+        provided: mx.array,
+        params: SamplingParams,
+        key: mx.array | None,
+        steps: int | None = None,
+    ) -> mx.array:
+        """Sample the audio codebooks of one frame: -> [B, dep_q] int32.
+
+        hidden [B, D] (temporal output), text [B] (this frame's text token), provided [B, dep_q]
+        (-1 = not provided). Step k conditions on the text (k = 0) or on codebook k-1, taken from
+        `provided` where given, else the sampled one; provided entries are returned as given.
+        `steps` < dep_q stops early (8 = agent codebooks only, exact when the user stream is
+        provided); the columns not run hold `provided`.
+        """
+        n = self.cfg.dep_q if steps is None else steps
+        keys = split_keys(key, n)
+        token = text.astype(mx.int32)
+        kv: StepKV | None = None
+        out = []
+        for k in range(n):
+            logits, kv = self._dep_step(k, hidden, token, kv)
+            if params.greedy:
+                drawn = mx.argmax(logits, axis=-1).astype(mx.int32)
+            else:
+                drawn = sample(logits, params.audio_temperature, params.audio_top_k, keys[k])
+            given = provided[:, k]
+            token = mx.where(given >= 0, given, drawn).astype(mx.int32)
+            out.append(token)
+        if n < self.cfg.dep_q:
+            out.extend(provided[:, k] for k in range(n, self.cfg.dep_q))
+        return mx.stack(out, axis=1).astype(mx.int32)
+
+    def depformer_logits(self, hidden: mx.array, text: mx.array, audio_in: mx.array) -> mx.array:
+        """Teacher-forced: hidden [B, D], text [B], audio_in [B, dep_q] -> logits [B, dep_q, card].
+
+        Step k > 0 conditions on audio_in[:, k - 1] (the last column is never an input).
+        """
+        kv: StepKV | None = None
+        token = text.astype(mx.int32)
+        out = []
+        for k in range(self.cfg.dep_q):
+            logits, kv = self._dep_step(k, hidden, token, kv)
+            out.append(logits)
+            token = audio_in[:, k].astype(mx.int32)
+        return mx.stack(out, axis=1)

@@ -1,0 +1,111 @@
+"""Causal self-attention with fused qkv, interleaved RoPE and a ring KV cache with a context window.
+
+Semantics (Kyutai moshi >= 0.1.1, after fix #148 "fixing bug in KV Cache"): a query at absolute
+position p sees exactly the keys at positions k with 0 <= p - k < context. The ring keeps the last
+`context` keys; slot i holds the newest position k written so far with k % context == i.
+
+NVIDIA's PersonaPlex fork still has the pre-#148 ring: once the ring has wrapped, it labels the
+oldest slot with a "future" position and masks it out, so a query sees only context - 1 keys
+(temporal LM from step 3000, i.e. after 4 minutes). We follow the fixed upstream code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+
+@dataclass
+class RingKV:
+    """One layer's ring cache: keys and values [B, H, C, Dh]; C = context. Immutable updates."""
+
+    keys: mx.array
+    values: mx.array
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype) -> RingKV:
+        shape = (batch, heads, capacity, head_dim)
+        return cls(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def write(self, k: mx.array, v: mx.array, offset: int) -> RingKV:
+        """Store k, v [B, H, T, Dh] for positions offset .. offset+T-1 (only the last C survive)."""
+        cap, t = self.capacity, k.shape[2]
+        if t > cap:
+            k, v = k[:, :, t - cap :], v[:, :, t - cap :]
+            offset, t = offset + t - cap, cap
+        start = offset % cap
+        first = min(t, cap - start)
+        keys = _put(self.keys, k[:, :, :first], start)
+        values = _put(self.values, v[:, :, :first], start)
+        if first < t:  # wrapped: the rest goes to the front of the ring
+            keys = _put(keys, k[:, :, first:], 0)
+            values = _put(values, v[:, :, first:], 0)
+        return RingKV(keys, values)
+
+
+def _put(buf: mx.array, update: mx.array, start: int) -> mx.array:
+    return mx.slice_update(buf, update, mx.array([start]), axes=(2,))
+
+
+def ring_positions(written: int, capacity: int) -> np.ndarray:
+    """Absolute position held by each ring slot after `written` positions (-1 = never written)."""
+    slots = np.arange(capacity)
+    if written == 0:
+        return np.full(capacity, -1)
+    pos = (written - 1) - ((written - 1 - slots) % capacity)
+    return np.where(pos >= 0, pos, -1)
+
+
+def context_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int) -> np.ndarray:
+    """[Tq, Tk] bool: key visible iff it exists and 0 <= q - k < context."""
+    delta = q_pos[:, None] - k_pos[None, :]
+    return (k_pos[None, :] >= 0) & (delta >= 0) & (delta < context)
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention: fused `in_proj` (q|k|v), interleaved RoPE, `out_proj`; no biases."""
+
+    def __init__(self, dim: int, num_heads: int, context: int, max_period: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.context = context
+        self.max_period = max_period
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def __call__(self, x: mx.array, ring: RingKV, offset: int) -> tuple[mx.array, RingKV]:
+        """x [B, T, D] at positions offset .. offset+T-1 -> (y [B, T, D], updated ring)."""
+        b, t, d = x.shape
+        h = self.num_heads
+        hd = d // h
+        qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        q = mx.fast.rope(qkv[0], hd, traditional=True, base=self.max_period, scale=1.0, offset=offset)
+        k = mx.fast.rope(qkv[1], hd, traditional=True, base=self.max_period, scale=1.0, offset=offset)
+        v = qkv[2]
+        q_pos = offset + np.arange(t)
+        if t == 1:
+            # One step: write first, then the ring holds exactly the visible window.
+            ring = ring.write(k, v, offset)
+            keys, values = ring.keys, ring.values
+            k_pos = ring_positions(offset + 1, ring.capacity)
+        else:
+            # Whole sequence: attend over [old ring, new keys] so that every query sees its full
+            # window (a ring alone would lose keys that later queries of the chunk overwrite).
+            keys = mx.concatenate([ring.keys, k], axis=2)  # [B, H, C + T, Dh]
+            values = mx.concatenate([ring.values, v], axis=2)
+            k_pos = np.concatenate([ring_positions(offset, ring.capacity), q_pos])
+            ring = ring.write(k, v, offset)
+        visible = context_mask(q_pos, k_pos, self.context)
+        mask = None if visible.all() else mx.array(visible)
+        out = mx.fast.scaled_dot_product_attention(
+            q, keys, values, scale=hd**-0.5, mask=mask
+        )  # [B, H, T, Dh]
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
+        return self.out_proj(out), ring

@@ -1,0 +1,126 @@
+"""The 18 PersonaPlex voice presets, where their files live, and how many prefill frames a voice takes.
+
+No mlx: frame counts come from a .safetensors header, a .pt (only if torch is installed) or a WAV's length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from rolekit.errors import ModelError
+from rolekit.frames import FRAME_SAMPLES, SAMPLE_RATE
+from rolekit.frames import VOICES as VOICE_NAMES
+from rolekit.persona.schema import VOICE_FILE_SUFFIXES
+
+VOICE_DIR = "voices"
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str
+    gender: str  # "female" | "male"
+    style: str  # "natural" | "varied"
+
+    @property
+    def description(self) -> str:
+        if self.style == "natural":
+            return f"natural {self.gender} voice (NAT set: natural conversational speakers)"
+        return f"varied {self.gender} voice (VAR set: a wider variety of speakers)"
+
+
+def _voice(name: str) -> Voice:
+    return Voice(
+        name, "female" if name[3] == "F" else "male", "natural" if name.startswith("NAT") else "varied"
+    )
+
+
+VOICES: dict[str, Voice] = {name: _voice(name) for name in VOICE_NAMES}
+
+
+def is_voice_file(name_or_path: str) -> bool:
+    return name_or_path.lower().endswith(VOICE_FILE_SUFFIXES)
+
+
+def voice_file(model_dir: Path, name_or_path: str) -> Path:
+    """The file of a preset inside `model_dir/voices/` (.safetensors preferred, else .pt), or a given path."""
+    if is_voice_file(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"voice file not found: {path}")
+        return path
+    name = name_or_path.upper()
+    if name not in VOICES:
+        raise ModelError(f"unknown voice {name_or_path!r}: use one of {', '.join(VOICES)}")
+    folder = Path(model_dir) / VOICE_DIR
+    for suffix in (".safetensors", ".pt"):
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    hint = (
+        "extract voices.tgz there"
+        if (Path(model_dir) / "voices.tgz").is_file()
+        else "the model folder has no voices"
+    )
+    raise ModelError(f"voice {name} not found in {folder} ({hint}; NVIDIA ships .pt presets in voices.tgz)")
+
+
+def voice_frames(path: Path) -> int:
+    """Prefill frames of a voice: stored embedding frames (.safetensors/.pt) or 80 ms frames of a WAV."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _safetensors_frames(path)
+    if suffix == ".pt":
+        return _pt_frames(path)
+    if suffix == ".wav":
+        import soundfile
+
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, OSError) as exc:
+            raise ModelError(f"{path}: unreadable WAV voice ({exc})") from exc
+        samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
+        return math.ceil(samples / FRAME_SAMPLES)
+    raise ModelError(f"{path}: voice files are {', '.join(VOICE_FILE_SUFFIXES)}")
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """The JSON header of a .safetensors file (tensor name -> dtype, shape, offsets), read without mlx."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError) as exc:
+        raise ModelError(f"{path}: not a valid .safetensors file ({exc})") from exc
+    header.pop("__metadata__", None)
+    return header
+
+
+def _safetensors_frames(path: Path) -> int:
+    header = safetensors_header(path)
+    if "embeddings" in header:
+        return int(header["embeddings"]["shape"][0])  # [T, ...]
+    if "codes" in header:  # [8, T] Mimi codes of the voice
+        shape = header["codes"]["shape"]
+        return int(shape[-1] if shape[0] == 8 else shape[0])
+    raise ModelError(f"{path}: no 'embeddings' or 'codes' tensor (found: {', '.join(header) or 'none'})")
+
+
+def _pt_frames(path: Path) -> int:
+    try:
+        import torch
+    except ImportError:
+        raise ModelError(
+            f"{path}: reading a .pt voice needs torch (pip install 'rolekit[convert]'), "
+            "or convert the voices to .safetensors once with `rolekit convert`"
+        ) from None
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        return int(data["embeddings"].shape[0])  # [T, 1, 1, D]
+    except Exception as exc:  # pickle, key or shape problems: one clear message
+        raise ModelError(f"{path}: not a PersonaPlex voice .pt ({type(exc).__name__}: {exc})") from exc

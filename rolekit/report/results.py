@@ -1,0 +1,124 @@
+"""results.jsonl: one JSON line per finished run, appended as each run ends (Pipecat Evals style).
+
+A line (RESULT_VERSION 1):
+    {"version": 1, "run_id", "scenario", "persona", "vars", "seed", "repeat", "model_id",
+     "status": "pass" | "fail" | "error", "duration_s", "started_at", "run_dir",
+     "assertions": {"pass": n, "fail": n, "error": n},
+     "failures": ["<label>: <message>", ...], "error": null | "<why the run itself failed>",
+     "thresholds_version", "metrics": {<metrics.json summary>}}
+`status` is error when the run crashed or an assertion could not be evaluated, fail when an
+assertion failed, else pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rolekit.evaluate.assertions import load_assertions
+from rolekit.evaluate.metrics import load_metrics
+from rolekit.record import META_JSON
+
+RESULT_VERSION = 1
+RESULTS_JSONL = "results.jsonl"
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def run_result(folder: Path, base: Path | None = None) -> dict[str, Any]:
+    """The results.jsonl line of an evaluated run folder (metrics.json / assertions.json read if present)."""
+    folder = Path(folder)
+    meta = _meta(folder)
+    metrics = load_metrics(folder) or {}
+    assertions = load_assertions(folder) or {"results": [], "counts": {"pass": 0, "fail": 0, "error": 0}}
+    counts = assertions.get("counts", {"pass": 0, "fail": 0, "error": 0})
+    failures = [
+        f"{r['label']}: {r['message']}" for r in assertions.get("results", []) if r["status"] != "pass"
+    ]
+    status = "error" if counts.get("error") else "fail" if counts.get("fail") else "pass"
+    try:
+        run_dir = str(folder.relative_to(base)) if base is not None else str(folder)
+    except ValueError:
+        run_dir = str(folder)
+    return {
+        "version": RESULT_VERSION,
+        "run_id": meta.get("run_id", folder.name),
+        "scenario": meta.get("scenario", folder.parent.name),
+        "persona": meta.get("persona"),
+        "vars": meta.get("vars", {}),
+        "seed": meta.get("seed"),
+        "repeat": meta.get("repeat"),
+        "model_id": meta.get("model_id"),
+        "status": status,
+        "duration_s": metrics.get("summary", {}).get("duration_s"),
+        "started_at": meta.get("started_at"),
+        "run_dir": run_dir,
+        "assertions": counts,
+        "failures": failures,
+        "error": None,
+        "thresholds_version": metrics.get("thresholds_version"),
+        "metrics": metrics.get("summary", {}),
+    }
+
+
+def error_result(scenario: str, run_id: str, message: str, **fields: Any) -> dict[str, Any]:
+    """The results.jsonl line of a run that could not finish (crash, bad input)."""
+    base = {
+        "version": RESULT_VERSION,
+        "run_id": run_id,
+        "scenario": scenario,
+        "persona": None,
+        "vars": {},
+        "seed": None,
+        "repeat": None,
+        "model_id": None,
+        "status": "error",
+        "duration_s": None,
+        "started_at": None,
+        "run_dir": None,
+        "assertions": {"pass": 0, "fail": 0, "error": 0},
+        "failures": [],
+        "error": message,
+        "thresholds_version": None,
+        "metrics": {},
+    }
+    base.update(fields)
+    return base
+
+
+def append_result(path: Path, result: dict[str, Any]) -> None:
+    """Append one line and fsync, so a crash never leaves a half-written earlier line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of a results.jsonl (a torn last line after a crash is skipped).
+
+    When a run id appears more than once (a resumed suite), the last line wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_id: dict[str, dict[str, Any]] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        key = f"{rec.get('scenario')}/{rec.get('run_id')}"
+        by_id.pop(key, None)
+        by_id[key] = rec
+    return list(by_id.values())

@@ -1,0 +1,84 @@
+"""What the suite needs from a model: a tokenizer for persona plans, and a prefilled engine per batch.
+
+`MlxBackend` is the real thing (rolekit.models + rolekit.engine); tests pass a fake with the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from rolekit.frames import PrefillPlan
+from rolekit.session.scripted import StepEngine
+
+
+class Backend(Protocol):
+    model_id: str
+    is_random: bool
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def piece(self, text_id: int) -> str: ...
+
+    def voice_frames(self, voice: str) -> int | None: ...
+
+    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
+        """A prefilled engine for len(plans) conversations (one seed each) and the frames of context left."""
+        ...
+
+
+class MlxBackend:
+    """rolekit.models.load(spec) once; a fresh Engine per batch of runs."""
+
+    def __init__(self, spec: str) -> None:
+        from rolekit.text import Tokenizer, tokenizer_path
+
+        self.spec = spec
+        self._tokenizer = Tokenizer(tokenizer_path(spec))
+        self._bundle: Any = None
+        self._voices: dict[str, Any] = {}
+        self.model_id = spec
+        self.is_random = spec == "tiny"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def piece(self, text_id: int) -> str:
+        return self._tokenizer.piece(text_id)
+
+    @property
+    def bundle(self) -> Any:
+        if self._bundle is None:
+            from rolekit import models
+
+            self._bundle = models.load(self.spec)
+            self.model_id = self._bundle.model_id
+            self.is_random = bool(self._bundle.is_random)
+        return self._bundle
+
+    def _voice(self, voice: str) -> Any:
+        if voice not in self._voices:
+            from rolekit import models
+
+            self._voices[voice] = models.load_voice(self.bundle, voice)
+        return self._voices[voice]
+
+    def voice_frames(self, voice: str) -> int | None:
+        v = self._voice(voice)
+        if getattr(v, "embeddings", None) is not None:
+            return int(v.embeddings.shape[0])  # [T, D]
+        if getattr(v, "codes", None) is not None:
+            return int(v.codes.shape[-1])  # [8, T]
+        return None
+
+    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
+        from rolekit.engine.engine import Engine
+        from rolekit.lm.sampling import SamplingParams
+
+        params = [SamplingParams(**p.sampling) for p in plans]
+        plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
+        engine = Engine(self.bundle, batch=len(plans), params=params, seed=list(seeds))
+        engine.prefill(plans, [self._voice(p.voice) for p in plans])
+        return engine, int(engine.frames_left)

@@ -1,0 +1,193 @@
+"""Run a planned suite: prepare every run (bad input fails before anything is written), drive the
+engine in batches, save each record atomically, transcribe, evaluate, append results.jsonl."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rolekit.errors import ModelError, RolekitError
+from rolekit.record import SessionRecord, is_complete
+from rolekit.report.results import append_result, error_result, run_result
+from rolekit.scenario.timeline import Synthesizer
+from rolekit.session.scripted import run_scripted
+from rolekit.suite.backend import Backend
+from rolekit.suite.plan import RunSpec
+from rolekit.suite.prepare import PreparedRun, check_context, prepare_run
+from rolekit.suite.results import results_path, start_results
+
+
+@dataclass
+class SuiteOptions:
+    out: Path = Path("transcripts")
+    whisper: str | None = None  # mlx-whisper folder or hub id; None = default tiny.en when available
+    transcribe: bool = True
+    resume: bool = False
+    batch: int = 1  # conversations per engine (B > 1 batches independent runs)
+    fresh_results: bool = True  # empty results.jsonl first (unless resuming); False = always append
+
+
+@dataclass
+class SuiteListener:
+    """Callbacks for progress display (all optional)."""
+
+    on_plan: Callable[[int, int], None] | None = None  # (runs to do, runs skipped by --resume)
+    on_run_start: Callable[[list[RunSpec]], None] | None = None
+    on_step: Callable[[int, int], None] | None = None  # (frame, frame bound) of the current batch
+    on_run_end: Callable[[dict[str, Any]], None] | None = None
+    on_note: Callable[[str], None] | None = None
+
+
+@dataclass
+class SuiteOutcome:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    transcribed: bool = False
+
+
+def run_folder(out: Path, spec: RunSpec) -> Path:
+    return Path(out) / spec.scenario / spec.run_id
+
+
+def run_suite(
+    runs: list[RunSpec],
+    backend: Backend,
+    options: SuiteOptions,
+    listener: SuiteListener | None = None,
+    synth: Synthesizer | None = None,
+) -> SuiteOutcome:
+    """Run every RunSpec; returns one results row per run (in plan order). RolekitError = usage error."""
+    ls = listener or SuiteListener()
+    out = Path(options.out)
+    whisper_dir = _whisper(options, ls)
+    previous = start_results(out, resume=options.resume) if options.resume else {}
+    todo: list[RunSpec] = []
+    rows: dict[str, dict[str, Any]] = {}
+    for spec in runs:
+        folder = run_folder(out, spec)
+        if options.resume and is_complete(folder):
+            row = previous.get(spec.key)
+            if row is None or row.get("status") == "error":
+                row = _review(folder, spec, None, whisper_dir, out, ls)  # saved but not evaluated
+            rows[spec.key] = row
+        else:
+            todo.append(spec)
+    prepared = [prepare_run(spec, backend.tokenizer, synth) for spec in todo]  # bad input stops here
+    for p in prepared:  # with the voice's real length (this loads the model once)
+        check_context(p.spec, p.plan, p.timeline, backend.voice_frames(p.plan.voice))
+    if not options.resume and options.fresh_results:
+        start_results(out, resume=False)
+    else:
+        for spec in runs:
+            if spec.key in rows and spec.key not in previous:
+                append_result(results_path(out), rows[spec.key])
+    if ls.on_plan:
+        ls.on_plan(len(todo), len(runs) - len(todo))
+    batch = max(1, options.batch)
+    for i in range(0, len(prepared), batch):
+        group = prepared[i : i + batch]
+        for row in _run_group(group, backend, out, whisper_dir, ls):
+            rows[f"{row['scenario']}/{row['run_id']}"] = row
+            append_result(results_path(out), row)
+            if ls.on_run_end:
+                ls.on_run_end(row)
+    ordered = [rows[s.key] for s in runs if s.key in rows]
+    return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
+
+
+def _whisper(options: SuiteOptions, ls: SuiteListener) -> Path | None:
+    if not options.transcribe:
+        return None
+    from rolekit.transcribe.whisper import resolve_whisper
+
+    try:
+        return resolve_whisper(options.whisper)
+    except ModelError as exc:
+        if options.whisper:
+            raise
+        if ls.on_note:
+            ls.on_note(f"not transcribing: {exc}")
+        return None
+
+
+def _run_group(
+    group: list[PreparedRun], backend: Backend, out: Path, whisper_dir: Path | None, ls: SuiteListener
+) -> list[dict[str, Any]]:
+    specs = [p.spec for p in group]
+    if ls.on_run_start:
+        ls.on_run_start(specs)
+    t0 = time.perf_counter()
+    try:
+        engine, frames_left = backend.start([p.plan for p in group], [p.spec.seed for p in group])
+        metas = [_meta(p, backend, len(group)) for p in group]
+        records = run_scripted(
+            engine,
+            [p.timeline for p in group],
+            metas,
+            piece=backend.piece,
+            vad_threshold_db=[p.spec.loaded.scenario.vad_threshold_db for p in group],
+            max_frames=frames_left,
+            on_step=ls.on_step,
+        )
+    except RolekitError:
+        raise
+    except Exception as exc:  # a crash in one batch is reported as an error result, the suite goes on
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return [
+            error_result(s.scenario, s.run_id, detail, persona=s.persona, vars=s.vars, seed=s.seed)
+            for s in specs
+        ]
+    wall = time.perf_counter() - t0
+    rows = []
+    for p, rec in zip(group, records, strict=True):
+        rec.meta["wall_s"] = round(wall, 3)
+        folder = rec.save(run_folder(out, p.spec))
+        rows.append(_review(folder, p.spec, rec, whisper_dir, out, ls))
+    return rows
+
+
+def _meta(p: PreparedRun, backend: Backend, batch: int) -> dict[str, Any]:
+    meta = dict(p.meta)
+    meta.update(
+        model_id=backend.model_id,
+        is_random_model=backend.is_random,
+        batch=batch,
+        expect=[e.model_dump(exclude_none=True) for e in p.spec.loaded.scenario.expect],
+        prefill_frames=p.plan.frames,
+    )
+    return meta
+
+
+def _review(
+    folder: Path,
+    spec: RunSpec,
+    record: SessionRecord | None,
+    whisper_dir: Path | None,
+    out: Path,
+    ls: SuiteListener,
+) -> dict[str, Any]:
+    """Transcribe (when a Whisper model is available), evaluate, write the run report; the results row."""
+    from rolekit.evaluate.review import review_run
+    from rolekit.report.html import write_run_report
+
+    try:
+        record = record if record is not None else SessionRecord.load(folder)
+        transcript = None
+        if whisper_dir is not None:
+            from rolekit.transcribe.transcript import write_transcript
+            from rolekit.transcribe.whisper import transcribe_record
+
+            transcript = transcribe_record(record, str(whisper_dir))
+            write_transcript(folder, transcript, title=f"{spec.scenario} / {spec.run_id}")
+        review_run(folder, record, list(spec.loaded.scenario.expect), transcript)
+        write_run_report(folder)
+    except RolekitError:
+        raise
+    except Exception as exc:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return error_result(spec.scenario, spec.run_id, f"evaluation failed: {detail}", run_dir=str(folder))
+    return run_result(folder, out)

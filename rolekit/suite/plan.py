@@ -1,0 +1,119 @@
+"""Suite planning: scenario files × matrix × repeats -> a list of runs with stable ids."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rolekit.errors import ConfigError, DocumentError
+from rolekit.scenario.schema import LoadedScenario, load_scenario
+
+SPECIAL_MATRIX_KEYS = ("persona", "voice")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One conversation to run: a scenario with one matrix cell and one repeat."""
+
+    loaded: LoadedScenario
+    persona: str
+    vars: dict[str, Any]
+    voice: str | None
+    seed: int
+    repeat: int
+    cell: dict[str, Any] = field(default_factory=dict)  # the matrix values of this run
+
+    @property
+    def scenario(self) -> str:
+        return self.loaded.name
+
+    @property
+    def run_id(self) -> str:
+        """Stable across invocations (used by --resume): matrix cell slug + repeat index."""
+        if not self.cell:
+            return f"r{self.repeat}"
+        slug = "_".join(f"{k}-{_slug(v)}" for k, v in sorted(self.cell.items()))
+        if len(slug) > 60:
+            slug = slug[:48] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+        return f"{slug}-r{self.repeat}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{self.run_id}"
+
+
+def _slug(value: Any) -> str:
+    text = re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
+    return text or "x"
+
+
+def find_scenario_files(paths: list[Path]) -> list[Path]:
+    """Scenario files from files and folders (folders: every *.yaml / *.yml inside, sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"{p}: no such scenario file or folder")
+    if not out:
+        raise ConfigError(f"no scenario files found in {', '.join(map(str, paths))}")
+    return out
+
+
+def expand(loaded: LoadedScenario, repeats: int | None = None) -> list[RunSpec]:
+    """All runs of one scenario: the cartesian product of its matrix, times repeats (seed + repeat index)."""
+    sc = loaded.scenario
+    keys = list(sc.matrix)
+    cells = [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(sc.matrix[k] for k in keys))
+    ]
+    runs = []
+    for cell in cells or [{}]:
+        variables = dict(sc.vars)
+        variables.update({k: v for k, v in cell.items() if k not in SPECIAL_MATRIX_KEYS})
+        for r in range(repeats if repeats is not None else sc.repeats):
+            runs.append(
+                RunSpec(
+                    loaded=loaded,
+                    persona=str(cell.get("persona", sc.persona)),
+                    vars=variables,
+                    voice=cell.get("voice", sc.voice),
+                    seed=sc.seed + r,
+                    repeat=r,
+                    cell=cell,
+                )
+            )
+    return runs
+
+
+def plan_suite(paths: list[Path], pattern: str | None = None, repeats: int | None = None) -> list[RunSpec]:
+    """Load every scenario (all problems of all files reported together) and expand them.
+
+    `pattern` filters runs by `scenario/run-id` (glob, or a plain substring).
+    """
+    files = find_scenario_files(paths)
+    loaded, problems = [], []
+    for f in files:
+        try:
+            loaded.append(load_scenario(f))
+        except DocumentError as exc:
+            problems.extend(exc.problems or [])
+    if problems:
+        raise DocumentError(problems=problems)
+    names: dict[str, Path] = {}
+    for ld in loaded:
+        if ld.name in names and names[ld.name] != ld.path:
+            raise ConfigError(f"two scenarios are named {ld.name!r}: {names[ld.name]} and {ld.path}")
+        names[ld.name] = ld.path
+    runs = [run for ld in loaded for run in expand(ld, repeats)]
+    if pattern:
+        glob = any(c in pattern for c in "*?[")
+        runs = [r for r in runs if (fnmatch.fnmatch(r.key, pattern) if glob else pattern in r.key)]
+    return runs

@@ -1,0 +1,1 @@
+"""pytest integration: scenario files as test items (entry point `rolekit.testing.pytest_plugin`)."""

@@ -1,0 +1,134 @@
+"""pytest plugin: scenario YAML files become test items, one per run (matrix cell × repeat).
+
+    pytest scenarios/                        # files in a folder named `scenarios` are collected
+    pytest --rolekit-scenarios path/to/x.yaml   # any YAML file with `persona:` and `user:` keys
+    pytest scenarios/ --rolekit-model tiny --rolekit-no-transcribe
+
+Each item runs its conversation, saves it under --rolekit-out, evaluates the `expect:` list and fails
+with the assertion messages. A bad scenario is a collection error naming file, line and field.
+This module imports nothing heavy at import time: it is loaded by every pytest run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_BACKENDS_KEY = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rolekit", "rolekit scenarios")
+    group.addoption(
+        "--rolekit-scenarios",
+        action="store_true",
+        help="collect every YAML file with `persona:` and `user:` as a rolekit scenario",
+    )
+    group.addoption(
+        "--rolekit-model", default="nvidia/personaplex-7b-v1", help="model folder, hub id, or `tiny`"
+    )
+    group.addoption("--rolekit-out", default="transcripts", help="where run folders and results.jsonl go")
+    group.addoption("--rolekit-whisper", default=None, help="mlx-whisper folder or hub id")
+    group.addoption("--rolekit-no-transcribe", action="store_true", help="skip Whisper transcription")
+    group.addoption(
+        "--rolekit-backend",
+        default=None,
+        help="module:callable returning a suite backend for a model spec (default: the MLX engine)",
+    )
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    if file_path.parent.name != "scenarios" and not parent.config.getoption("rolekit_scenarios"):
+        return None
+    if not _looks_like_scenario(file_path):
+        return None
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+def _looks_like_scenario(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return True  # let the real loader report the problem with its line
+    return isinstance(data, dict) and "persona" in data and "user" in data
+
+
+class ScenarioFile(pytest.File):
+    """One scenario file; its runs are the items."""
+
+    def collect(self) -> list[pytest.Item]:
+        from rolekit.errors import RolekitError
+        from rolekit.scenario.schema import load_scenario
+        from rolekit.suite.plan import expand
+
+        try:
+            runs = expand(load_scenario(self.path))
+        except RolekitError as exc:
+            raise self.CollectError(f"rolekit: {exc}") from None
+        return [ScenarioRun.from_parent(self, name=spec.run_id, spec=spec) for spec in runs]
+
+
+class ScenarioFailure(Exception):
+    """A run whose assertions failed or that could not run."""
+
+
+class ScenarioRun(pytest.Item):
+    """One conversation of a scenario."""
+
+    def __init__(self, *, spec: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.row: dict[str, Any] | None = None
+
+    def runtest(self) -> None:
+        from rolekit.errors import RolekitError
+        from rolekit.suite.execute import SuiteOptions, run_suite
+
+        cfg = self.config
+        options = SuiteOptions(
+            out=Path(cfg.getoption("rolekit_out")),
+            whisper=cfg.getoption("rolekit_whisper"),
+            transcribe=not cfg.getoption("rolekit_no_transcribe"),
+            fresh_results=False,
+        )
+        try:
+            outcome = run_suite([self.spec], _backend(cfg), options)
+        except RolekitError as exc:
+            raise ScenarioFailure(f"usage error: {exc}") from None
+        (self.row,) = outcome.rows
+        if self.row["status"] != "pass":
+            lines = [f"{self.row['status']}: {self.spec.key} ({self.row.get('run_dir') or 'not saved'})"]
+            lines += [f"  {m}" for m in self.row.get("failures") or []]
+            if self.row.get("error"):
+                lines.append(f"  {self.row['error']}")
+            raise ScenarioFailure("\n".join(lines))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"scenario {self.spec.key}"
+
+
+def _backend(config: pytest.Config) -> Any:
+    """One backend (loaded model) per model spec for the whole session."""
+    cache = config.stash.setdefault(_BACKENDS_KEY, {})
+    spec = config.getoption("rolekit_model")
+    if spec not in cache:
+        factory_path = config.getoption("rolekit_backend")
+        if factory_path:
+            module, _, attr = factory_path.partition(":")
+            factory = getattr(importlib.import_module(module), attr)
+        else:
+            from rolekit.suite.backend import MlxBackend as factory
+        cache[spec] = factory(spec)
+    return cache[spec]

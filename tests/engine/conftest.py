@@ -1,0 +1,37 @@
+"""Shared fixtures of the engine tests: the embedded tiny model, built once per session in a temp cache."""
+
+import os
+
+import numpy as np
+import pytest
+
+from rolekit.frames import PrefillPlan
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    from rolekit import models
+
+    old = os.environ.get("ROLEKIT_CACHE")
+    os.environ["ROLEKIT_CACHE"] = str(tmp_path_factory.mktemp("rolekit-cache"))
+    try:
+        yield models.load("tiny")
+    finally:
+        if old is None:
+            os.environ.pop("ROLEKIT_CACHE", None)
+        else:
+            os.environ["ROLEKIT_CACHE"] = old
+
+
+def make_plan(voice: str, n_text: int, seed: int) -> PrefillPlan:
+    ids = np.random.default_rng(seed).integers(4, 900, n_text)
+    return PrefillPlan(voice=voice, text_ids=tuple(int(i) for i in ids), content_hash=f"test-{voice}-{seed}")
+
+
+def user_frames(n: int, seed: int, batch: int = 1) -> np.ndarray:
+    """[B, n, 1920] speech-like noise bursts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n * 1920) / 24000
+    env = (np.sin(2 * np.pi * (0.5 + 0.1 * seed) * t) > 0).astype(np.float32)
+    pcm = 0.2 * env * np.sin(2 * np.pi * (150 + 20 * seed) * t) + 0.05 * rng.standard_normal((batch, t.size))
+    return pcm.astype(np.float32).reshape(batch, n, 1920)

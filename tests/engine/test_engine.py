@@ -1,0 +1,175 @@
+"""Engine behaviour on the tiny model: batched == stepwise prefill, compiled == plain step, depformer
+early stop, sessions past the context, batched conversations == batch-1 runs, snapshots."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from rolekit import models
+from rolekit.engine.engine import Engine
+from rolekit.engine.offline import run_offline
+from rolekit.errors import ConfigError
+from rolekit.lm.model import LM
+from rolekit.lm.sampling import SamplingParams
+from tests.engine.conftest import make_plan, user_frames
+
+GREEDY = SamplingParams(greedy=True)
+
+
+def _run(engine: Engine, frames: np.ndarray):
+    res = run_offline(engine, frames)
+    return np.concatenate([res.text[..., None], res.audio], axis=-1), res.pcm
+
+
+def _prefilled(bundle, plans, voices, **kw) -> Engine:
+    engine = Engine(bundle, len(plans), kw.pop("params", GREEDY), **kw)
+    engine.prefill(plans, [models.load_voice(bundle, v) for v in voices])
+    return engine
+
+
+@pytest.fixture(scope="module")
+def short_context(tiny_bundle):
+    """The tiny model with a 16-frame temporal context (the prefill alone wraps the ring)."""
+    cfg = dataclasses.replace(tiny_bundle.lm.cfg, context=16)
+    lm = LM(cfg)
+    lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
+    lm.eval()
+    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx16")
+
+
+@pytest.mark.parametrize("context", ["full", "short"])
+def test_batched_prefill_equals_stepwise(tiny_bundle, short_context, context):
+    bundle = tiny_bundle if context == "full" else short_context
+    plans = [make_plan("NATF1", 9, 1), make_plan("VARM3", 9, 2)]
+    voices = ["NATF1", "VARM3"]
+    a = _prefilled(bundle, plans, voices)
+    b = Engine(bundle, 2, GREEDY)
+    b.prefill(plans, [models.load_voice(bundle, v) for v in voices], stepwise=True)
+    sa, sb = a.snapshot(), b.snapshot()
+    assert sa.offset == sb.offset == 15 + 12 + 9
+    np.testing.assert_array_equal(np.array(sa.ring_cache), np.array(sb.ring_cache))
+    np.testing.assert_array_equal(np.array(sa.ring_provided), np.array(sb.ring_provided))
+    for k in sa.lm:
+        np.testing.assert_allclose(np.array(sa.lm[k]), np.array(sb.lm[k]), atol=2e-5, rtol=1e-4, err_msg=k)
+    frames = user_frames(12, 4, batch=2)
+    ta, pa = _run(a, frames)
+    tb, pb = _run(b, frames)
+    np.testing.assert_array_equal(ta, tb)
+    np.testing.assert_allclose(pa, pb, atol=1e-5)
+
+
+def test_compiled_step_equals_uncompiled(tiny_bundle):
+    plans, voices = [make_plan("NATM0", 6, 3)], ["NATM0"]
+    frames = user_frames(25, 5)
+    t_plain, p_plain = _run(_prefilled(tiny_bundle, plans, voices), frames)
+    compiled = _prefilled(tiny_bundle, plans, voices, compiled=True)
+    assert compiled.compiled
+    t_comp, p_comp = _run(compiled, frames)
+    np.testing.assert_array_equal(t_plain, t_comp)
+    np.testing.assert_allclose(p_plain, p_comp, atol=1e-5)
+    # sampling too: the compiled graph takes the RNG keys as inputs
+    params = SamplingParams(text_temperature=0.9, audio_temperature=0.9)
+    t1, _ = _run(_prefilled(tiny_bundle, plans, voices, params=params, seed=7), frames)
+    t2, _ = _run(_prefilled(tiny_bundle, plans, voices, params=params, seed=7, compiled=True), frames)
+    np.testing.assert_array_equal(t1, t2)
+
+
+def test_depformer_stop_at_8_is_exact_for_agent_output(tiny_bundle):
+    plans, voices = [make_plan("VARF2", 7, 4)], ["VARF2"]
+    frames = user_frames(20, 6)
+    t8, p8 = _run(_prefilled(tiny_bundle, plans, voices, dep_stop=True), frames)
+    e16 = _prefilled(tiny_bundle, plans, voices, dep_stop=False)
+    assert e16.dep_steps == 16
+    t16, p16 = _run(e16, frames)
+    np.testing.assert_array_equal(t8, t16)
+    np.testing.assert_array_equal(p8, p16)
+
+
+def test_session_runs_ten_times_the_context(short_context):
+    ctx = short_context.lm.cfg.context
+    engine = _prefilled(short_context, [make_plan("NATF3", 5, 6)], ["NATF3"])
+    assert engine.frames_left == 0  # the prefill alone fills a 16-frame context
+    tokens, pcm = _run(engine, user_frames(10 * ctx, 7))
+    assert tokens.shape == (1, 10 * ctx, 9)
+    assert np.isfinite(pcm).all() and np.abs(pcm).max() > 0
+    assert (tokens[0, :, 1:] >= 0).all() and (tokens[0, :, 1:] < short_context.lm.cfg.card).all()
+    assert len(np.unique(tokens[0, 20:, 0])) > 3  # still generating after many wraps
+    assert engine.lm_cache.offset == engine.offset - 1 > 10 * ctx
+
+
+def test_batched_conversations_equal_their_batch1_runs(tiny_bundle):
+    voices = ["NATF0", "VARM4", "NATM2"]
+    plans = [make_plan(v, 8, 10 + i) for i, v in enumerate(voices)]
+    params = [
+        GREEDY,
+        SamplingParams(text_temperature=0.7, text_top_k=25, audio_temperature=0.8, audio_top_k=250),
+        SamplingParams(text_temperature=1.2, text_top_k=5, audio_temperature=0.5, audio_top_k=20),
+    ]
+    seeds = [1, 2, 3]
+    frames = np.concatenate([user_frames(30, 20 + i) for i in range(3)])  # different user audio
+    batch = _prefilled(tiny_bundle, plans, voices, params=params, seed=seeds)
+    tb, pb = _run(batch, frames)
+    for i in range(3):
+        single = _prefilled(tiny_bundle, [plans[i]], [voices[i]], params=params[i], seed=seeds[i])
+        ts, ps = _run(single, frames[i : i + 1])
+        np.testing.assert_array_equal(tb[i], ts[0], err_msg=f"conversation {i}")
+        np.testing.assert_allclose(pb[i], ps[0], atol=1e-5)
+    assert not np.array_equal(tb[0], tb[1])
+
+
+def test_prompts_of_different_length_cannot_share_a_batch(tiny_bundle):
+    engine = Engine(tiny_bundle, 2, GREEDY)
+    voices = [models.load_voice(tiny_bundle, "NATF0")] * 2
+    with pytest.raises(ConfigError, match="equal length"):
+        engine.prefill([make_plan("NATF0", 5, 1), make_plan("NATF0", 6, 1)], voices)
+
+
+def test_snapshot_restore_replays_the_same_conversation(tiny_bundle):
+    params = SamplingParams(text_temperature=0.8, audio_temperature=0.8)
+    engine = _prefilled(tiny_bundle, [make_plan("NATF2", 6, 8)], ["NATF2"], params=params, seed=3)
+    frames = user_frames(20, 9)
+    _run(engine, frames[:, :5])
+    snap = engine.snapshot()
+    t1, p1 = _run(engine, frames[:, 5:])
+    engine.restore(snap)
+    t2, p2 = _run(engine, frames[:, 5:])
+    np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_greedy_is_deterministic_and_seeds_matter(tiny_bundle):
+    plans, voices = [make_plan("VARF0", 6, 2)], ["VARF0"]
+    frames = user_frames(15, 3)
+    g1, _ = _run(_prefilled(tiny_bundle, plans, voices, seed=1), frames)
+    g2, _ = _run(_prefilled(tiny_bundle, plans, voices, seed=2), frames)
+    np.testing.assert_array_equal(g1, g2)  # greedy ignores the seed
+    hot = SamplingParams(text_temperature=1.0, audio_temperature=1.0)
+    s1, _ = _run(_prefilled(tiny_bundle, plans, voices, params=hot, seed=1), frames)
+    s1b, _ = _run(_prefilled(tiny_bundle, plans, voices, params=hot, seed=1), frames)
+    s2, _ = _run(_prefilled(tiny_bundle, plans, voices, params=hot, seed=2), frames)
+    np.testing.assert_array_equal(s1, s1b)
+    assert not np.array_equal(s1, s2)
+
+
+def test_step_rejects_wrong_shapes(tiny_bundle):
+    engine = _prefilled(tiny_bundle, [make_plan("NATF0", 4, 1)], ["NATF0"])
+    with pytest.raises(ConfigError):
+        engine.step(np.zeros((2, 1920), np.float32))
+    with pytest.raises(ConfigError):
+        Engine(tiny_bundle, 2, [GREEDY])
+
+
+def test_one_host_sync_per_step(tiny_bundle, monkeypatch):
+    engine = _prefilled(tiny_bundle, [make_plan("NATF0", 4, 1)], ["NATF0"])
+    frames = user_frames(3, 1)
+    engine.step(frames[:, 0])
+    calls = []
+    real_eval = mx.eval
+    monkeypatch.setattr(mx, "eval", lambda *a: (calls.append(len(a)), real_eval(*a))[1])
+    engine.step(frames[:, 1])
+    assert len(calls) == 1
