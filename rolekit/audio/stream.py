@@ -221,26 +221,33 @@ class DuplexStream:
         }
 
     def start(self) -> None:
-        """Open and start the PortAudio stream (DeviceError when the device refuses)."""
-        sd = self._sd
-        try:
-            self._stream = sd.Stream(
-                device=(self.input_device.index, self.output_device.index),
-                samplerate=self.rate,
-                blocksize=self.block,
-                channels=1,
-                dtype="float32",
-                latency="low",
-                callback=self.buffers.callback,
-                finished_callback=self._on_finished,
-            )
-            self._stream.start()
-        except Exception as exc:  # PortAudioError, ValueError from sounddevice
-            self._stream = None
+        """Open and start the PortAudio stream (DeviceError when the device refuses).
+
+        Mono both ways; a speaker that takes only stereo gets the frame on both channels.
+        """
+        layouts: list[Any] = [1] + ([(1, 2)] if self.output_device.max_output_channels >= 2 else [])
+        error: Exception | None = None
+        for channels in layouts:
+            try:
+                self._stream = self._sd.Stream(
+                    device=(self.input_device.index, self.output_device.index),
+                    samplerate=self.rate,
+                    blocksize=self.block,
+                    channels=channels,
+                    dtype="float32",
+                    latency="low",
+                    callback=self.buffers.callback,
+                    finished_callback=self._on_finished,
+                )
+                self._stream.start()
+                break
+            except Exception as exc:  # PortAudioError, ValueError from sounddevice
+                self._stream, error = None, exc
+        if self._stream is None:
             raise DeviceError(
                 f"cannot open the audio stream on {self.input_device.label} -> {self.output_device.label} "
-                f"at {self.rate} Hz: {exc}"
-            ) from None
+                f"at {self.rate} Hz: {error}"
+            )
         lat = getattr(self._stream, "latency", None)
         if isinstance(lat, (tuple, list)) and len(lat) == 2:
             self.latency = (float(lat[0]), float(lat[1]))

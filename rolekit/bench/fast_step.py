@@ -34,8 +34,20 @@ class FastStep:
         seed: int = 0,
         provided: mx.array | None = None,
         compiled: bool = True,
+        attention: str = "masked",
     ) -> None:
+        """`attention`: "masked" (exact: ring + visibility mask built on the device), "trim" (exact:
+        attend over the written prefix, no mask; the prefix length is a Python int, so only for
+        compiled=False), or cost probes that are NOT exact before the ring wraps: "nomask" (the
+        whole ring, no mask: what every step costs once the ring is full) and "nowrite" (masked,
+        the new key/value not stored)."""
+        if attention not in ("masked", "trim", "nomask", "nowrite"):
+            raise ValueError(f"unknown attention mode {attention!r}")
+        if attention == "trim" and compiled:
+            raise ValueError("attention='trim' changes shapes every step: use compiled=False")
         cfg = lm.cfg
+        self.attention = attention
+        self.pos = 0  # host copy of the offset (only "trim" reads it)
         self.lm = lm
         self.batch = batch
         self.dep_steps = cfg.dep_q if dep_steps is None else dep_steps
@@ -107,6 +119,7 @@ class FastStep:
         self.keys, self.values = [], []
         out = self._step(*args)
         del args
+        self.pos += 1
         self.tokens, self.offset, self.key = out[0], out[1], out[2]
         self.keys, self.values = list(out[3 : 3 + n]), list(out[3 + n :])
         return self.tokens
@@ -115,12 +128,14 @@ class FastStep:
         return [self.tokens, self.offset, self.key, *self.keys, *self.values]
 
 
-def agreement(lm: LM, batch: int = 1, steps: int = 20, compiled: bool = True) -> dict[str, Any]:
+def agreement(
+    lm: LM, batch: int = 1, steps: int = 20, compiled: bool = True, attention: str = "masked"
+) -> dict[str, Any]:
     """Greedy tokens of FastStep vs the eager LM, each fed its own output: equal steps, first divergence."""
     from rolekit.bench.lm import LmStepper
 
     eager = LmStepper(lm, batch, greedy=True)
-    fast = FastStep(lm, batch, params=SamplingParams(greedy=True), compiled=compiled)
+    fast = FastStep(lm, batch, params=SamplingParams(greedy=True), compiled=compiled, attention=attention)
     equal, first = 0, None
     for i in range(steps):
         a, b = eager.step(), fast.step()

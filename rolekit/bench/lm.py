@@ -139,7 +139,7 @@ def _header(
     }
 
 
-def _bench_compiled(
+def _bench_fast(
     lm: LM,
     st: LmStepper,
     size: str,
@@ -150,11 +150,15 @@ def _bench_compiled(
     breakdown: bool,
     seed: int,
     build_s: float,
+    compiled: bool,
+    attention: str,
 ) -> dict[str, Any]:
     from rolekit.bench.fast_step import FastStep
 
     def timed(dep_steps: int, n: int) -> list[float]:
-        fs = FastStep(lm, batch, dep_steps, seed=seed, provided=st.provided)
+        fs = FastStep(
+            lm, batch, dep_steps, seed=seed, provided=st.provided, compiled=compiled, attention=attention
+        )
 
         def one() -> list[mx.array]:
             fs.step()
@@ -162,7 +166,8 @@ def _bench_compiled(
 
         return _loop(one, n, max(warmup, 2))  # the first call traces and compiles
 
-    result = _header(lm, size, quant, batch, st.dep_steps, build_s, "compiled")
+    variant = ("compiled" if compiled else "fast-eager") + ("" if attention == "masked" else f"-{attention}")
+    result = _header(lm, size, quant, batch, st.dep_steps, build_s, variant)
     whole = timed(st.dep_steps, steps)
     result["step"] = summarize(whole)
     if breakdown:
@@ -196,6 +201,7 @@ def bench_lm(
     seed: int = 0,
     lm: LM | None = None,
     compiled: bool = False,
+    attention: str = "masked",
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
@@ -209,8 +215,10 @@ def bench_lm(
     lm = lm if lm is not None else build_lm(cfg, quant, seed)
     build_s = time.perf_counter() - t0
     st = LmStepper(lm, batch, dep_steps, seed=seed)
-    if compiled:
-        return _bench_compiled(lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s)
+    if compiled or attention != "masked":
+        return _bench_fast(
+            lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, compiled, attention
+        )
 
     def whole() -> list[mx.array]:
         st.step()

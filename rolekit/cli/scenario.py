@@ -30,7 +30,7 @@ _WHISPER = typer.Option(
     None, "--whisper", help="mlx-whisper folder or hub id (default: tiny.en when installed)."
 )
 _NO_TRANSCRIBE = typer.Option(
-    False, "--no-transcribe", help="Skip Whisper (text checks then use the monologue)."
+    False, "--no-transcribe", help="Skip Whisper (text checks with `source: whisper` then report an error)."
 )
 _JOBS = typer.Option(
     1, "--jobs", "-j", min=1, max=64, help="Conversations run together in one batched engine."
@@ -194,7 +194,10 @@ class _Progress:
         def on_run_end(row: dict[str, Any]) -> None:
             self.bar.advance(self.runs)
             color = {"pass": "green", "fail": "red"}.get(row.get("status", ""), "yellow")
-            self.console.print(f"[{color}]{row.get('status', '?'):5}[/] {row['scenario']}/{row['run_id']}")
+            where = f"  [dim]{row['run_dir']}[/]" if row.get("run_dir") else ""
+            self.console.print(
+                f"[{color}]{row.get('status', '?'):5}[/] {row['scenario']}/{row['run_id']}{where}"
+            )
 
         def on_note(text: str) -> None:
             self.console.print(f"[yellow]note:[/] {text}", markup=True)

@@ -18,6 +18,8 @@ ConvState = dict[str, "mx.array | None"]
 
 
 class CausalConv1d(nn.Module):
+    """Causal conv; `weight` is stored [K, Cin, Cout] so that its GEMM matrix is a free reshape."""
+
     def __init__(
         self,
         in_channels: int,
@@ -29,22 +31,13 @@ class CausalConv1d(nn.Module):
         replicate: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = mx.zeros((out_channels, kernel_size, in_channels))  # MLX layout [out, k, in]
+        self.weight = mx.zeros((kernel_size, in_channels, out_channels))
         if bias:
             self.bias = mx.zeros((out_channels,))
         self._stride = stride
         self._dilation = dilation
         self._replicate = replicate
-        self._in = in_channels
         self._pad = (kernel_size - 1) * dilation + 1 - stride
-
-    def _matrix(self) -> mx.array:
-        """[K * Cin, Cout] GEMM weight, rebuilt only when the weight array was replaced."""
-        if getattr(self, "_src", None) is not self.weight:
-            cout, k, cin = self.weight.shape
-            self._w2 = mx.contiguous(self.weight.reshape(cout, k * cin).T)
-            self._src = self.weight
-        return self._w2
 
     def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
         # x: [B, T, Cin] with T % stride == 0 -> [B, T / stride, Cout]
@@ -57,13 +50,15 @@ class CausalConv1d(nn.Module):
                     prev = mx.zeros((x.shape[0], self._pad, x.shape[2]), dtype=x.dtype)
             x = mx.concatenate([prev, x], axis=1)
             state[key] = x[:, -self._pad :]
-        y = _conv1d(x, self.weight, self._stride, self._dilation, self._matrix())
+        y = _conv1d(x, self.weight, self._stride, self._dilation)
         if "bias" in self:
             y = y + self.bias
         return y
 
 
 class CausalConvTranspose1d(nn.Module):
+    """Causal transposed conv; `weight` is [Cin, K, Cout] (dense) or [K, C] (depthwise, groups=C)."""
+
     def __init__(
         self,
         in_channels: int,
@@ -74,29 +69,20 @@ class CausalConvTranspose1d(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        # MLX layout [out, k, in / groups]
-        self.weight = mx.zeros((out_channels, kernel_size, in_channels // groups))
+        if groups == 1:
+            self.weight = mx.zeros((in_channels, kernel_size, out_channels))
+        elif groups == in_channels == out_channels:
+            self.weight = mx.zeros((kernel_size, out_channels))
+        else:
+            raise ValueError("only dense or depthwise transposed convolutions are supported")
         if bias:
             self.bias = mx.zeros((out_channels,))
         self._stride = stride
-        self._groups = groups
-        self._out = out_channels
         self._overlap = kernel_size - stride
-
-    def _matrix(self) -> mx.array:
-        """[Cin, K * Cout] GEMM weight (dense) or [K, C] taps (depthwise), rebuilt on weight change."""
-        if getattr(self, "_src", None) is not self.weight:
-            cout, k, cin_g = self.weight.shape
-            if self._groups == 1:
-                self._w2 = mx.contiguous(self.weight.transpose(2, 1, 0).reshape(cin_g, k * cout))
-            else:
-                self._w2 = mx.contiguous(self.weight[:, :, 0].T)
-            self._src = self.weight
-        return self._w2
 
     def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
         # x: [B, T, Cin] -> [B, T * stride, Cout]
-        y = _conv_transpose1d(x, self.weight, self._stride, self._groups, self._matrix())
+        y = _conv_transpose1d(x, self.weight, self._stride)
         has_bias = "bias" in self
         if has_bias:
             y = y + self.bias
@@ -111,12 +97,12 @@ class CausalConvTranspose1d(nn.Module):
         return y[:, :-n]
 
 
-def _conv1d(x: mx.array, w: mx.array, stride: int, dilation: int, w2: mx.array) -> mx.array:
-    """Valid conv as one matmul over gathered windows (MLX's CPU conv is several times slower).
+def _conv1d(x: mx.array, w: mx.array, stride: int, dilation: int) -> mx.array:
+    """Valid conv as one GEMM over gathered windows (MLX's CPU conv is several times slower).
 
-    x [B, L, Cin], w [Cout, K, Cin], w2 = its [K * Cin, Cout] matrix -> [B, (L - keff) / stride + 1, Cout].
+    x [B, L, Cin], w [K, Cin, Cout] -> [B, (L - keff) / stride + 1, Cout].
     """
-    cout, k, cin = w.shape
+    k, cin, cout = w.shape
     b, n, _ = x.shape
     t = (n - (k - 1) * dilation - 1) // stride + 1
     if k == 1:
@@ -128,28 +114,27 @@ def _conv1d(x: mx.array, w: mx.array, stride: int, dilation: int, w2: mx.array) 
         xr = x[:, : (t + m - 1) * stride].reshape(b, t + m - 1, stride * cin)
         cols = mx.concatenate([xr[:, r : r + t] for r in range(m)], axis=-1)
     else:
-        return mx.conv1d(x, w, stride=stride, dilation=dilation)
-    return cols @ w2
+        return mx.conv1d(x, w.transpose(2, 0, 1), stride=stride, dilation=dilation)
+    return cols @ w.reshape(k * cin, cout)  # window-major columns match [K, Cin] rows
 
 
-def _conv_transpose1d(x: mx.array, w: mx.array, stride: int, groups: int, w2: mx.array) -> mx.array:
-    """Full transposed conv as a matmul plus an overlap-add of K / stride shifted blocks.
+def _conv_transpose1d(x: mx.array, w: mx.array, stride: int) -> mx.array:
+    """Full transposed conv as a GEMM plus an overlap-add of K / stride shifted blocks.
 
-    x [B, T, Cin], w [Cout, K, Cin / groups] -> [B, (T - 1) * stride + K, Cout].
+    x [B, T, Cin], w [Cin, K, Cout] or depthwise [K, C] -> [B, (T - 1) * stride + K, Cout].
     """
-    cout, k, cin_g = w.shape
     b, t, cin = x.shape
+    depthwise = w.ndim == 2
+    k, cout = w.shape if depthwise else w.shape[1:]
     if k % stride != 0:
-        return mx.conv_transpose1d(x, w, stride=stride, groups=groups)
+        wt = w.T[:, :, None] if depthwise else w.transpose(2, 1, 0)  # MLX conv layout [Cout, K, Cin/g]
+        return mx.conv_transpose1d(x, wt, stride=stride, groups=cin if depthwise else 1)
     m = k // stride
-    if groups == 1:
-        z = x @ w2  # [B, T, K * Cout]
-        z = z.reshape(b, t, m, stride, cout)
-    elif groups == cin == cout and cin_g == 1:  # depthwise: one K-tap filter per channel
-        z = x[:, :, None, :] * w2  # [B, T, K, C]
-        z = z.reshape(b, t, m, stride, cout)
+    if depthwise:  # one K-tap filter per channel
+        z = x[:, :, None, :] * w  # [B, T, K, C]
     else:
-        return mx.conv_transpose1d(x, w, stride=stride, groups=groups)
+        z = x @ w.reshape(cin, k * cout)  # [B, T, K * Cout]
+    z = z.reshape(b, t, m, stride, cout)
     # block r of input step i lands on output block i + r
     y = mx.pad(z[:, :, 0], [(0, 0), (0, m - 1), (0, 0), (0, 0)])
     for r in range(1, m):

@@ -19,15 +19,23 @@ class Codebook(nn.Module):
         self.embedding_sum = mx.zeros((bins, dim))
         self.cluster_usage = mx.ones((bins,))
         self._table: tuple[mx.array, mx.array] | None = None
+        self._src: tuple[mx.array, mx.array] | None = None
 
     def prepare(self) -> None:
-        """Cache the centroids and their squared norms (call after loading weights)."""
+        """Cache the centroids and their squared norms (done lazily whenever the weights change)."""
         emb = self.embedding_sum / mx.maximum(self.cluster_usage, _EPS)[:, None]  # [bins, dim]
         self._table = (emb, (emb * emb).sum(axis=-1))
+        self._src = (self.embedding_sum, self.cluster_usage)
 
     @property
     def table(self) -> tuple[mx.array, mx.array]:
-        if self._table is None:
+        src = self._src
+        if (
+            self._table is None
+            or src is None
+            or src[0] is not self.embedding_sum
+            or src[1] is not self.cluster_usage
+        ):
             self.prepare()
         assert self._table is not None
         return self._table

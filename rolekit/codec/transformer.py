@@ -39,6 +39,18 @@ def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     return out.reshape(b, h, t, d)
 
 
+class LinearT(nn.Module):
+    """Bias-free linear whose weight is stored transposed, [in, out]: `x @ w` runs as a plain GEMM,
+    about 2x faster than `x @ W.T` for the 2-row steps on CPU BLAS. weights.py transposes on load."""
+
+    def __init__(self, in_dims: int, out_dims: int) -> None:
+        super().__init__()
+        self.weight = mx.zeros((in_dims, out_dims))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.weight
+
+
 class LayerScale(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -51,8 +63,8 @@ class LayerScale(nn.Module):
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
-        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.in_proj = LinearT(dim, 3 * dim)
+        self.out_proj = LinearT(dim, dim)
         self.num_heads = num_heads
 
     def qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
@@ -85,8 +97,8 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d, eps=1e-5)
         self.norm2 = nn.LayerNorm(d, eps=1e-5)
         self.self_attn = Attention(d, cfg.num_heads)
-        self.linear1 = nn.Linear(d, cfg.dim_feedforward, bias=False)
-        self.linear2 = nn.Linear(cfg.dim_feedforward, d, bias=False)
+        self.linear1 = LinearT(d, cfg.dim_feedforward)
+        self.linear2 = LinearT(cfg.dim_feedforward, d)
         self.layer_scale_1 = LayerScale(d)
         self.layer_scale_2 = LayerScale(d)
 
@@ -101,8 +113,8 @@ class MimiTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.d_model != cfg.dimension:
-            self.input_proj = nn.Linear(cfg.dimension, cfg.d_model, bias=False)
-            self.output_proj = nn.Linear(cfg.d_model, cfg.dimension, bias=False)
+            self.input_proj = LinearT(cfg.dimension, cfg.d_model)
+            self.output_proj = LinearT(cfg.d_model, cfg.dimension)
         self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
 
     def _project_in(self, x: mx.array) -> mx.array:

@@ -19,6 +19,7 @@ from rolekit.codec.config import MimiConfig, mimi_202407
 from rolekit.codec.conv import CausalConv1d, CausalConvTranspose1d
 from rolekit.codec.mimi import Mimi
 from rolekit.codec.quantizer import Codebook
+from rolekit.codec.transformer import LinearT
 from rolekit.errors import ModelError
 
 KYUTAI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -32,27 +33,32 @@ def _same(w: np.ndarray) -> np.ndarray:
 
 
 def _conv(w: np.ndarray) -> np.ndarray:
-    return w.transpose(0, 2, 1)  # torch [out, in, k] -> MLX [out, k, in]
+    return w.transpose(2, 1, 0)  # torch [out, in, k] -> ours [k, in, out]
 
 
 def _convtr(w: np.ndarray) -> np.ndarray:
-    return w.transpose(1, 2, 0)  # torch [in, out, k] -> MLX [out, k, in]
+    return w.transpose(0, 2, 1)  # torch [in, out, k] -> ours [in, k, out]
 
 
 def _depthwise_convtr(w: np.ndarray) -> np.ndarray:
-    return w.transpose(0, 2, 1)  # torch [C, 1, k] -> MLX [C, k, 1]
+    return w[:, 0, :].T  # torch [C, 1, k] -> ours [k, C]
 
 
 def _proj(w: np.ndarray) -> np.ndarray:
     return w[:, :, 0]  # 1x1 Conv1d [out, in, 1] -> Linear [out, in]
 
 
+def _linear_t(w: np.ndarray) -> np.ndarray:
+    return w.T  # Linear [out, in] -> LinearT [in, out]
+
+
 _INVERSE: dict[Convert, Convert] = {
     _same: _same,
     _conv: _conv,
-    _depthwise_convtr: _depthwise_convtr,
-    _convtr: lambda w: w.transpose(2, 0, 1),
+    _convtr: _convtr,
+    _depthwise_convtr: lambda w: w.T[:, None, :],
     _proj: lambda w: w[:, :, None],
+    _linear_t: _linear_t,
 }
 _META_KEY = "rolekit.mimi_config"
 
@@ -67,6 +73,9 @@ def _torch_prefix(name: str, module: object) -> tuple[str, Convert]:
         if name == "upsample":
             return "upsample.convtr.convtr.convtr", _depthwise_convtr
         return f"{name}.convtr.convtr", _convtr
+    if isinstance(module, LinearT):
+        prefix, _ = _torch_prefix(name, None)
+        return prefix, _linear_t
     if isinstance(module, Codebook):
         rvq, _, idx = name.rsplit(".", 2)
         return f"{rvq}.vq.layers.{idx}._codebook", _same
@@ -84,7 +93,8 @@ def key_table(mimi: Mimi) -> dict[str, tuple[str, Convert]]:
     """Kyutai key -> (MLX parameter path, conversion). Excludes the unused `_initialized` flags."""
     table: dict[str, tuple[str, Convert]] = {}
     for name, module in mimi.named_modules():
-        own = [k for k, v in module.items() if isinstance(v, mx.array)]
+        # underscore entries are derived caches (GEMM weights of the convs), not checkpoint tensors
+        own = [k for k, v in module.items() if isinstance(v, mx.array) and not k.startswith("_")]
         if not own:
             continue
         prefix, convert = _torch_prefix(name, module)
@@ -109,12 +119,16 @@ def kyutai_key_shapes(mimi: Mimi) -> dict[str, tuple[int, ...]]:
 
 
 def _torch_shape(shape: tuple[int, ...], convert: Convert) -> tuple[int, ...]:
-    if convert is _conv or convert is _depthwise_convtr:
-        return (shape[0], shape[2], shape[1])
+    if convert is _conv:
+        return (shape[2], shape[1], shape[0])
     if convert is _convtr:
-        return (shape[2], shape[0], shape[1])
+        return (shape[0], shape[2], shape[1])
+    if convert is _depthwise_convtr:
+        return (shape[1], 1, shape[0])
     if convert is _proj:
         return (*shape, 1)
+    if convert is _linear_t:
+        return (shape[1], shape[0])
     return shape
 
 

@@ -7,7 +7,7 @@ keys) so that it can snapshot/restore it. Arrays in, arrays out: no files, no de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import mlx.core as mx
@@ -143,7 +143,7 @@ class Engine:
                 + ")"
             )
         for r in rows:
-            if r.calls and r.offset > 0 and len(r.embeddings) and r.embeddings.shape[1] != self.lm.cfg.dim:
+            if len(r.embeddings) and r.embeddings.shape[1] != self.lm.cfg.dim:
                 raise ConfigError(
                     f"voice embeddings have width {r.embeddings.shape[1]}, model dim {self.lm.cfg.dim}"
                 )
@@ -159,7 +159,7 @@ class Engine:
         x = self._prefill_embeddings(rows)  # [B, L, D]
         if x is not None:
             if stepwise:
-                self._prefill_stepwise(x, rows)
+                self._prefill_stepwise(x)
             else:
                 _, logits = self.lm.temporal(x, self.lm_cache)
                 mx.eval(logits, *self.lm_cache.arrays())
@@ -183,20 +183,20 @@ class Engine:
                 seqs.append(mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0])
         return mx.stack(seqs) if seqs else None
 
-    def _prefill_stepwise(self, x: mx.array, rows: list[PrefillInputs]) -> None:
+    def _prefill_stepwise(self, x: mx.array) -> None:
         """NVIDIA's way: one temporal call (and a discarded depformer pass) per prompt frame."""
-        hidden_dep = SamplingParams(greedy=True)
+        greedy = SamplingParams(greedy=True)
         for t in range(x.shape[1]):
             h, logits = self.lm.temporal(x[:, t : t + 1], self.lm_cache)
             text = mx.argmax(logits[:, 0], axis=-1).astype(mx.int32)
             provided = mx.full((self.batch, self.lm.cfg.dep_q), -1, dtype=mx.int32)
-            audio = self.lm.depformer(h[:, 0], text, provided, hidden_dep, None, steps=self.dep_steps)
+            audio = self.lm.depformer(h[:, 0], text, provided, greedy, None, steps=self.dep_steps)
             mx.eval(audio, *self.lm_cache.arrays())
 
     # ---- one step ------------------------------------------------------------------------
     def step(self, user_pcm: np.ndarray) -> StepOutput:
         """user_pcm [B, 1920] float32 -> agent pcm [B, 1920], text [B], audio [B, 8]; one host sync."""
-        pcm_in = np.asarray(user_pcm, dtype=np.float32)
+        pcm_in = np.ascontiguousarray(user_pcm, dtype=np.float32)
         if pcm_in.shape != (self.batch, FRAME_SAMPLES):
             raise ConfigError(
                 f"step needs user audio [{self.batch}, {FRAME_SAMPLES}], got {list(pcm_in.shape)}"
@@ -280,7 +280,3 @@ class Engine:
             else:
                 rows.append(sample(row, p.text_temperature, p.text_top_k, keys[b]))
         return mx.concatenate(rows, axis=0)
-
-
-def greedy_params() -> SamplingParams:
-    return replace(SamplingParams(), greedy=True)

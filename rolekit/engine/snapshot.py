@@ -62,6 +62,7 @@ def save_row(path: Path, snap: EngineSnapshot, row: int, meta: dict[str, str] | 
 def load_rows(paths: list[Path], engine: Engine) -> EngineSnapshot:
     """Assemble a batch snapshot from per-conversation files (fresh Mimi streams, seeded RNG)."""
     rows = [mx.load(str(p)) for p in paths]
+    mx.eval(*[a for r in rows for a in r.values()])  # read now: the file may be replaced later
     offsets = {int(r["offset"].item()) for r in rows}
     if len(offsets) != 1:
         raise ValueError(f"cached prefills of different lengths cannot share a batch: {sorted(offsets)}")

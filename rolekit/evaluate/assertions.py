@@ -149,7 +149,8 @@ def _text(view: RunView, check: TextCheck, negate: bool) -> tuple[str, str, dict
         return "pass", f"agent never said {wanted} in {where} ({source})", details
     if ok:
         return "pass", f"agent said {found} in {where} ({source})", details
-    return "fail", f"expected {wanted} in {where} ({source}); agent said: {quote!r}", details
+    said = f"agent said: {quote!r}" if text else "agent said nothing"
+    return "fail", f"expected {wanted} in {where} ({source}); {said}", details
 
 
 # -- timing -----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ COLORS = {
     "agent": "#f58518",
     "say": "#9ecae9",
     "audio": "#9ecae9",
-    "interrupt": "#e45756",
+    "interrupt": "#c62828",
     "pause": "#d0d0d0",
 }
 
@@ -103,7 +103,7 @@ def timeline_svg(
         )
         if kind == "interrupt":
             parts.append(
-                f'<line x1="{X(start):.1f}" y1="{y["script"]}" x2="{X(start):.1f}" y2="{height - 4}" class="interrupt"/>'
+                f'<line x1="{X(start):.1f}" y1="{y["script"]}" x2="{X(start):.1f}" y2="{height - 4}" class="interrupt-line"/>'
             )
     for speaker in ("user", "agent"):
         for s, e in segments.get(speaker, []):

@@ -64,7 +64,13 @@ def find_scenario_files(paths: list[Path]) -> list[Path]:
             raise ConfigError(f"{p}: no such scenario file or folder")
     if not out:
         raise ConfigError(f"no scenario files found in {', '.join(map(str, paths))}")
-    return out
+    seen: set[Path] = set()
+    unique = []
+    for f in out:  # a file named on its own and inside a named folder runs once
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 def expand(loaded: LoadedScenario, repeats: int | None = None) -> list[RunSpec]:

@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
+from rolekit.codec.blas import preload_openblas  # noqa: E402
+
+preload_openblas()  # before mlx is imported, when this directory is collected first; else a no-op
+
 FRAME = 1920
 
 

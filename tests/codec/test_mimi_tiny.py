@@ -43,9 +43,24 @@ def test_whole_clip_encode_decode_match_reference(models, oracle):
     assert oracle.rel_err(out, ref_pcm) <= 1e-4
 
 
-def test_streaming_matches_reference_streaming_past_context(models, oracle):
+def test_long_whole_clip_crosses_attention_blocks_and_conv_chunks(models, oracle):
+    """140 frames = 280 transformer steps (> one 256-query block) and 3 conv chunks of 50 frames."""
     ref, mimi = models
-    pcm = oracle.make_pcm(2, FRAMES, seed=1)
+    torch = oracle.torch
+    pcm = oracle.make_pcm(1, 140, seed=9)
+    with torch.no_grad():
+        x = torch.from_numpy(pcm)
+        ref_codes = ref.encode(x).numpy()
+        latent = ref._encode_to_unquantized_latent(x).numpy()
+        ref_pcm = ref.decode(torch.from_numpy(ref_codes)).numpy()
+    oracle.assert_codes_match(np.array(mimi.encode(mx.array(pcm))), ref_codes, ref, latent)
+    assert oracle.rel_err(np.array(mimi.decode(mx.array(ref_codes))), ref_pcm) <= 1e-4
+
+
+def test_streaming_matches_reference_streaming_far_past_context(models, oracle):
+    """40 frames = 80 steps: the context-8 ring has wrapped ten times."""
+    ref, mimi = models
+    pcm = oracle.make_pcm(2, 40, seed=1)
     ref_codes, ref_pcm = oracle.torch_stream(ref, pcm)
     codes, out = oracle.mlx_stream(mimi, pcm)
     with oracle.torch.no_grad():
@@ -125,7 +140,7 @@ def test_batch_rows_are_independent(models, oracle):
     np.testing.assert_allclose(out[1:2], one_out, atol=1e-6)
 
 
-def test_snapshot_restore_and_reset(models, oracle):
+def test_snapshot_restore_and_reset(models, oracle, tmp_path):
     _, mimi = models
     pcm = oracle.make_pcm(2, 9, seed=8)
     frames = [mx.array(pcm[..., i * 1920 : (i + 1) * 1920]) for i in range(9)]
@@ -140,8 +155,12 @@ def test_snapshot_restore_and_reset(models, oracle):
 
     first = run(frames[:5])
     snap = state.snapshot()
+    assert all(isinstance(v, mx.array) for v in snap.values())
     after = run(frames[5:])
-    state.restore(snap)
+    # a snapshot survives a trip through a safetensors file (the engine's on-disk cache)
+    path = str(tmp_path / "state.safetensors")
+    mx.save_safetensors(path, snap)
+    state.restore(mx.load(path))
     again = run(frames[5:])
     for (c1, p1), (c2, p2) in zip(after, again, strict=True):
         np.testing.assert_array_equal(c1, c2)
@@ -162,3 +181,18 @@ def test_step_shape_errors(models):
         mimi.encode_step(mx.zeros((1, 1, 1000)), state)
     with pytest.raises(ValueError):
         mimi.decode_step(mx.zeros((1, 4, 2), dtype=mx.int32), state)
+
+
+def test_transformer_narrower_than_latent_uses_projections(tmp_path_factory, oracle):
+    """d_model != dimension: Kyutai's ProjectedTransformer adds input_proj / output_projs.0."""
+    cfg = tiny(d_model=16, num_heads=2)
+    ref, mimi = _pair(tmp_path_factory, cfg, seed=9)
+    assert "input_proj" in mimi.encoder_transformer and "output_proj" in mimi.decoder_transformer
+    pcm = oracle.make_pcm(1, 5, seed=10)
+    with oracle.torch.no_grad():
+        x = oracle.torch.from_numpy(pcm)
+        ref_codes = ref.encode(x).numpy()
+        latent = ref._encode_to_unquantized_latent(x).numpy()
+        ref_pcm = ref.decode(oracle.torch.from_numpy(ref_codes)).numpy()
+    oracle.assert_codes_match(np.array(mimi.encode(mx.array(pcm))), ref_codes, ref, latent)
+    assert oracle.rel_err(np.array(mimi.decode(mx.array(ref_codes))), ref_pcm) <= 1e-4

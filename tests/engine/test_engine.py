@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from rolekit import models
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
+from rolekit.engine.snapshot import prefill_cached, snapshot_path, state_equal
 from rolekit.errors import ConfigError
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams
@@ -34,12 +35,12 @@ def _prefilled(bundle, plans, voices, **kw) -> Engine:
 
 @pytest.fixture(scope="module")
 def short_context(tiny_bundle):
-    """The tiny model with a 16-frame temporal context (the prefill alone wraps the ring)."""
-    cfg = dataclasses.replace(tiny_bundle.lm.cfg, context=16)
+    """The tiny model with an 8-frame temporal context (the prefill alone wraps the ring)."""
+    cfg = dataclasses.replace(tiny_bundle.lm.cfg, context=8)
     lm = LM(cfg)
     lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
     lm.eval()
-    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx16")
+    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx8")
 
 
 @pytest.mark.parametrize("context", ["full", "short"])
@@ -65,7 +66,7 @@ def test_batched_prefill_equals_stepwise(tiny_bundle, short_context, context):
 
 def test_compiled_step_equals_uncompiled(tiny_bundle):
     plans, voices = [make_plan("NATM0", 6, 3)], ["NATM0"]
-    frames = user_frames(25, 5)
+    frames = user_frames(15, 5)
     t_plain, p_plain = _run(_prefilled(tiny_bundle, plans, voices), frames)
     compiled = _prefilled(tiny_bundle, plans, voices, compiled=True)
     assert compiled.compiled
@@ -93,12 +94,12 @@ def test_depformer_stop_at_8_is_exact_for_agent_output(tiny_bundle):
 def test_session_runs_ten_times_the_context(short_context):
     ctx = short_context.lm.cfg.context
     engine = _prefilled(short_context, [make_plan("NATF3", 5, 6)], ["NATF3"])
-    assert engine.frames_left == 0  # the prefill alone fills a 16-frame context
+    assert engine.frames_left == 0  # the prefill alone fills an 8-frame context
     tokens, pcm = _run(engine, user_frames(10 * ctx, 7))
     assert tokens.shape == (1, 10 * ctx, 9)
     assert np.isfinite(pcm).all() and np.abs(pcm).max() > 0
     assert (tokens[0, :, 1:] >= 0).all() and (tokens[0, :, 1:] < short_context.lm.cfg.card).all()
-    assert len(np.unique(tokens[0, 20:, 0])) > 3  # still generating after many wraps
+    assert len(np.unique(tokens[0, 2 * ctx :, 0])) > 3  # still generating after many wraps
     assert engine.lm_cache.offset == engine.offset - 1 > 10 * ctx
 
 
@@ -111,7 +112,7 @@ def test_batched_conversations_equal_their_batch1_runs(tiny_bundle):
         SamplingParams(text_temperature=1.2, text_top_k=5, audio_temperature=0.5, audio_top_k=20),
     ]
     seeds = [1, 2, 3]
-    frames = np.concatenate([user_frames(30, 20 + i) for i in range(3)])  # different user audio
+    frames = np.concatenate([user_frames(16, 20 + i) for i in range(3)])  # different user audio
     batch = _prefilled(tiny_bundle, plans, voices, params=params, seed=seeds)
     tb, pb = _run(batch, frames)
     for i in range(3):
@@ -144,7 +145,7 @@ def test_snapshot_restore_replays_the_same_conversation(tiny_bundle):
 
 def test_greedy_is_deterministic_and_seeds_matter(tiny_bundle):
     plans, voices = [make_plan("VARF0", 6, 2)], ["VARF0"]
-    frames = user_frames(15, 3)
+    frames = user_frames(10, 3)
     g1, _ = _run(_prefilled(tiny_bundle, plans, voices, seed=1), frames)
     g2, _ = _run(_prefilled(tiny_bundle, plans, voices, seed=2), frames)
     np.testing.assert_array_equal(g1, g2)  # greedy ignores the seed
@@ -173,3 +174,33 @@ def test_one_host_sync_per_step(tiny_bundle, monkeypatch):
     monkeypatch.setattr(mx, "eval", lambda *a: (calls.append(len(a)), real_eval(*a))[1])
     engine.step(frames[:, 1])
     assert len(calls) == 1
+
+
+def test_first_calls_only_prime_without_prefill(tiny_bundle):
+    """NVIDIA LMGen: call 0 primes (no forward), call 1 has no output yet (max_delay 1), then frames."""
+    engine = Engine(tiny_bundle, 1, GREEDY)
+    frames = user_frames(4, 2)
+    ready = [engine.step(frames[:, i]).ready for i in range(4)]
+    assert ready == [False, False, True, True]
+    assert engine.offset == 4 and engine.lm_cache.offset == 3
+
+
+def test_prefill_snapshots_on_disk_assemble_any_batch(tiny_bundle, tmp_path):
+    voices = ["NATF0", "VARM1"]
+    plans = [make_plan(v, 7, 30 + i) for i, v in enumerate(voices)]
+    prompts = [models.load_voice(tiny_bundle, v) for v in voices]
+    fresh = Engine(tiny_bundle, 2, GREEDY)
+    assert prefill_cached(fresh, plans, prompts, tmp_path) is False  # computed and saved, one file per row
+    for p, v in zip(plans, prompts, strict=True):
+        assert snapshot_path(tmp_path, tiny_bundle.model_id, p, v).is_file()
+    again = Engine(tiny_bundle, 2, GREEDY)
+    assert prefill_cached(again, plans, prompts, tmp_path) is True
+    assert state_equal(fresh.snapshot(), again.snapshot())
+    swapped = Engine(tiny_bundle, 2, GREEDY)  # rows in another order: still served from the cache
+    assert prefill_cached(swapped, plans[::-1], prompts[::-1], tmp_path) is True
+    frames = user_frames(6, 3, batch=2)
+    t_fresh, _ = _run(fresh, frames)
+    t_swapped, _ = _run(swapped, frames[::-1])
+    np.testing.assert_array_equal(t_fresh, t_swapped[::-1])
+    other_model = dataclasses.replace(tiny_bundle, model_id="another-model")
+    assert prefill_cached(Engine(other_model, 2, GREEDY), plans, prompts, tmp_path) is False

@@ -35,7 +35,10 @@ class FakeStream:
         finished_callback=None,
         **kw,
     ) -> None:
+        if sd.refuse_open or (sd.stereo_only and channels == 1):
+            raise ValueError("Invalid number of channels" if sd.stereo_only else "Device unavailable")
         self.sd = sd
+        self.out_channels = channels[1] if isinstance(channels, tuple) else channels
         self.device, self.samplerate, self.blocksize = device, samplerate, blocksize
         self.callback, self.finished_callback = callback, finished_callback
         self.latency = (0.01, 0.02)
@@ -55,9 +58,9 @@ class FakeStream:
             if self.sd.fail_after is not None and k >= self.sd.fail_after:
                 break
             indata = np.full((self.blocksize, 1), (k + 1) / 1000.0, dtype=np.float32)
-            outdata = np.empty((self.blocksize, 1), dtype=np.float32)
+            outdata = np.empty((self.blocksize, self.out_channels), dtype=np.float32)
             self.callback(indata, outdata, self.blocksize, None, None)
-            self.played.append(outdata[:, 0].copy())
+            self.played.append(outdata[:, 0].copy() if self.out_channels == 1 else outdata.copy())
             k += 1
             delay = t0 + k * self.sd.period - time.perf_counter()
             if delay > 0:
@@ -102,6 +105,8 @@ class FakeSD:
         self.period = period
         self.refuse_24k = refuse_24k
         self.fail_after: int | None = None
+        self.stereo_only = False  # the speaker refuses mono
+        self.refuse_open = False  # every stream fails to open
         self.streams: list[FakeStream] = []
         self.started_at: list[float] = []
 

@@ -117,3 +117,27 @@ def test_live_device_failure_saves_then_exits_2(
     stream = rec.meta["stream"]
     assert stream["captured"] == 4 and rec.meta["stopped_by"] == "device_error"
     assert rec.frames == 1 + 4 - stream["dropped_input"]  # warm-up + every block kept, then the end
+
+
+def test_ctrl_c_in_a_live_session_saves_the_run(
+    tmp_path, monkeypatch, model_cache, use_sd, fake_sd_cls, capsys
+):
+    from rolekit.engine.engine import Engine
+
+    monkeypatch.setenv("ROLEKIT_CACHE", model_cache)
+    use_sd(fake_sd_cls(period=0.005))
+    real_step, calls = Engine.step, []
+
+    def step(self, pcm):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # Ctrl-C lands in the middle of MLX work
+        return real_step(self, pcm)
+
+    monkeypatch.setattr(Engine, "step", step)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["live", "refund-desk", "-m", "tiny", "--record", str(run)], capsys)
+    assert code in (0, None), err
+    rec = SessionRecord.load(run)
+    assert rec.meta["stopped_by"] == "interrupt" and rec.frames == 5
+    assert len(rec.user_pcm) == len(rec.agent_pcm) == 5 * 1920 and len(rec.step_ms) == 5

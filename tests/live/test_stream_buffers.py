@@ -150,3 +150,24 @@ def test_resampling_path_when_the_device_refuses_24k(fake_sd_cls):
     played = np.concatenate(sd.streams[0].played)  # [M] at 48 kHz
     assert np.sum(np.abs(played - 0.5) < 0.01) > 2 * 3840  # the 24 kHz frames came out at 48 kHz
     assert stream.buffers.stats.dropped_output == 0 and stream.describe()["resampled"] is True
+
+
+def test_stereo_only_speaker_and_a_refusing_device(fake_sd_cls):
+    sd = fake_sd_cls(period=0.002)
+    sd.stereo_only = True
+    stream = DuplexStream(sd=sd, prebuffer_frames=0, max_input_frames=1000)
+    stream.start()
+    try:
+        stream.read()
+        stream.write(np.full(1920, 0.25, dtype=np.float32))
+        while stream.stats.played < 1:
+            time.sleep(0.002)
+    finally:
+        stream.stop()
+    played = [b for b in sd.streams[0].played if np.any(b)]
+    assert sd.streams[0].out_channels == 2 and np.all(played[0] == 0.25)  # both channels
+
+    sd = fake_sd_cls()
+    sd.refuse_open = True
+    with pytest.raises(DeviceError, match="cannot open the audio stream .* Device unavailable"):
+        DuplexStream(sd=sd).start()

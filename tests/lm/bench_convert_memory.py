@@ -44,7 +44,17 @@ def child(src: str, dst: str, bits: int) -> None:
     result = convert(Path(src), Path(dst), bits=bits)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     out = sum(result.files.values()) / 2**30
-    print(json.dumps({"bits": bits, "seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": round(peak, 2), "output_gib": round(out, 2), "files": result.files}))
+    print(
+        json.dumps(
+            {
+                "bits": bits,
+                "seconds": round(time.perf_counter() - start, 1),
+                "peak_rss_gib": round(peak, 2),
+                "output_gib": round(out, 2),
+                "files": result.files,
+            }
+        )
+    )
 
 
 def main(bits_list: list[int]) -> None:

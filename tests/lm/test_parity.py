@@ -74,47 +74,93 @@ def test_depformer_teacher_forced_matches_torch(tiny_oracle, reference):
     assert np.abs(got[:, 8:] - dep_logits[:, 8:]).max() < ATOL
 
 
-def test_greedy_generation_token_exact_against_lmgen(tiny_oracle, oracle):
-    """220 greedy steps of Kyutai's LMGen (dep_q 16: it generates all 17 streams) vs our LM API.
+def _kyutai_greedy_loop(lm, cfg, batch: int, steps: int, user: np.ndarray | None) -> np.ndarray:
+    """Greedy generation with our LM API in Kyutai's LMGen convention.
 
-    The loop below is Kyutai's LMGen convention: call o feeds position o (initial tokens while
-    o <= delay), samples position o + 1, and outputs the frame undelayed by max_delay.
+    Call o feeds position o (initial tokens while o <= delay), samples position o + 1, and
+    outputs the frame undelayed by max_delay. User codes given at call o land at position o + delay
+    (so user frame 0 is never fed: it is overwritten by the initial token). Returns the outputs of
+    the dep_q + 1 generated streams, [B, dep_q + 1, steps - max_delay].
     """
-    torch = oracle.torch()
-    from moshi.models.lm import LMGen
-
-    cfg, lm = tiny_oracle.cfg, tiny_oracle.lm
-    b, n = 2, 220
-    gen = LMGen(tiny_oracle.model, use_sampling=False)
-    ref = []
-    with gen.streaming(b), torch.no_grad():
-        for _ in range(n):
-            out = gen.step(torch.zeros(b, 0, 1, dtype=torch.long))
-            if out is not None:
-                ref.append(out[:, :, 0].numpy())
-    ref = np.stack(ref, -1)  # [B, 17, n - max_delay]
-
+    n_gen = 1 + cfg.dep_q
     initial = np.array([cfg.text_card] + [cfg.card] * cfg.n_q)
     delays = np.array(cfg.delays)
-    cache = lm.make_cache(b)
+    cache = lm.make_cache(batch)
     params = SamplingParams(greedy=True)
-    provided = mx.full((b, cfg.dep_q), -1, dtype=mx.int32)
+    provided = mx.full((batch, cfg.dep_q), -1, dtype=mx.int32)
     generated: dict[int, np.ndarray] = {}
     outs = []
-    for o in range(n):
-        inp = np.stack([initial[k].repeat(b) if o <= delays[k] else generated[o][:, k] for k in range(17)], 1)
-        hidden, text_logits = lm.temporal(lm.embed(mx.array(inp[:, :, None].astype(np.int32))), cache)
+    for o in range(steps):
+        cols = []
+        for k in range(17):
+            if o <= delays[k]:
+                cols.append(initial[k].repeat(batch))
+            elif k < n_gen:
+                cols.append(generated[o][:, k])
+            else:
+                cols.append(user[:, k - n_gen, o - delays[k]])
+        inp = np.stack(cols, 1)[:, :, None].astype(np.int32)
+        hidden, text_logits = lm.temporal(lm.embed(mx.array(inp)), cache)
         text = mx.argmax(text_logits[:, -1], axis=-1).astype(mx.int32)
         audio = lm.depformer(hidden[:, -1], text, provided, params, None)
         generated[o + 1] = np.concatenate([_np(text)[:, None], _np(audio)], 1)
         if o + 1 > cfg.max_delay:
-            outs.append(np.stack([generated[o + 1 - cfg.max_delay + delays[k]][:, k] for k in range(17)], 1))
-    outs = np.stack(outs, -1)
+            outs.append(
+                np.stack([generated[o + 1 - cfg.max_delay + delays[k]][:, k] for k in range(n_gen)], 1)
+            )
+    assert cache.offset == steps
+    return np.stack(outs, -1)
+
+
+def _lmgen_reference(model, batch: int, steps: int, user: np.ndarray | None, torch) -> np.ndarray:
+    from moshi.models.lm import LMGen
+
+    gen = LMGen(model, use_sampling=False)
+    ref = []
+    with gen.streaming(batch), torch.no_grad():
+        for o in range(steps):
+            if user is None:
+                given = torch.zeros(batch, 0, 1, dtype=torch.long)
+            else:
+                given = torch.from_numpy(user[:, :, o : o + 1].astype(np.int64))
+            out = gen.step(given)
+            if out is not None:
+                ref.append(out[:, :, 0].numpy())
+    return np.stack(ref, -1)
+
+
+def test_greedy_generation_token_exact_against_lmgen(tiny_oracle, oracle):
+    """220 greedy steps of Kyutai's LMGen with dep_q 16 (it generates all 17 streams itself)."""
+    torch = oracle.torch()
+    cfg, lm = tiny_oracle.cfg, tiny_oracle.lm
+    b, n = 2, 220
+    ref = _lmgen_reference(tiny_oracle.model, b, n, None, torch)
+    outs = _kyutai_greedy_loop(lm, cfg, b, n, None)
     assert outs.shape == ref.shape == (b, 17, n - cfg.max_delay)
-    assert cache.offset == n > 4 * cfg.context
+    assert n > 4 * cfg.context  # the ring wrapped many times
     mismatch = np.argwhere(outs != ref)
     assert mismatch.size == 0, f"first mismatch (batch, stream, step): {mismatch[:3].tolist()}"
     assert len(np.unique(ref[:, 1])) > 10  # a non-degenerate run
+
+
+def test_greedy_generation_with_user_stream_against_lmgen(oracle, tmp_path):
+    """Moshi layout (dep_q 8): the user's 8 codebooks come from outside, 200 greedy steps."""
+    torch = oracle.torch()
+    from rolekit.lm.config import tiny
+    from rolekit.lm.weights import load_lm
+
+    cfg = tiny(dep_q=8, context=16)
+    model = oracle.build(cfg, seed=5)
+    oracle.save(model, tmp_path)
+    oracle.write_config(cfg, tmp_path)
+    lm = load_lm(tmp_path)
+    b, n = 2, 200
+    user = np.random.default_rng(9).integers(0, cfg.card, (b, 8, n))
+    ref = _lmgen_reference(model, b, n, user, torch)
+    outs = _kyutai_greedy_loop(lm, cfg, b, n, user)
+    assert outs.shape == ref.shape == (b, 9, n - cfg.max_delay)
+    mismatch = np.argwhere(outs != ref)
+    assert mismatch.size == 0, f"first mismatch (batch, stream, step): {mismatch[:3].tolist()}"
 
 
 def test_bf16_checkpoint_loads_and_stays_close(tiny_oracle, oracle, tmp_path, reference):

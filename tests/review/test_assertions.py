@@ -85,7 +85,9 @@ def test_monologue_source_and_missing_transcript(synth_record):
     )
     assert [r.status for r in res] == ["pass", "fail", "pass", "fail", "error"]
     assert res[2].message == "agent said ['help'] in the run (monologue, no Whisper transcript)"
-    assert res[3].message.startswith("agent said ['store credit'] in the run (monologue, no Whisper transcript): ")
+    assert res[3].message.startswith(
+        "agent said ['store credit'] in the run (monologue, no Whisper transcript): "
+    )
     assert res[4].message == "turn 7 was never played"
 
 

@@ -174,3 +174,6 @@ def test_resolve_whisper_messages(ct2_dir, tmp_path):
         resolve_whisper(str(tmp_path / "missing"))
     dst = convert_ct2(src, tmp_path / "mlx")
     assert resolve_whisper(str(dst)) == dst
+    # a hub id goes through rolekit.hub, offline in tests: a clear ModelError, no network
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        resolve_whisper("nobody/whisper-not-cached")

@@ -212,3 +212,5 @@ def test_cli_report_run_suite_and_bad_path(suite, tmp_path):
     (tmp_path / "empty").mkdir()
     out = _cli("report", tmp_path / "empty")
     assert out.returncode == 2 and "neither a run folder nor a suite folder" in out.stderr
+    out = _cli("transcribe", tmp_path / "empty")
+    assert out.returncode == 2 and "not a complete run folder" in out.stderr and "Traceback" not in out.stderr

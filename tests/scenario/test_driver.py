@@ -115,3 +115,28 @@ def test_max_frames_truncates(write_scenario, fake_tts, tone_engine):
     tl = _timeline(write_scenario, fake_tts, '  - say: "one two"\n', lead_in=1.0, tail=5.0)
     (rec,) = run_scripted(tone_engine(), [tl], max_frames=10)
     assert rec.meta["truncated"] and len(rec.text_ids) == 10
+
+
+def test_at_waits_for_the_previous_turn_and_interrupt_times_out(write_scenario, fake_tts, tone_engine):
+    tl = _timeline(
+        write_scenario,
+        fake_tts,
+        '  - say: "one two three four"\n  - at: 1.5\n    say: "five"\n'
+        "  - interrupt: {after_agent_starts: 0.5}\n    timeout: 1.0\n    say: six\n",
+        lead_in=1.0,
+        tail=0.5,
+    )
+    (rec,) = run_scripted(tone_engine(speak_frames=0), [tl])
+    first, second, third = rec.events
+    assert first["end"] == 2.0 and second["start"] == 2.0 and second["scheduled"] == 1.5
+    assert third["timed_out"] and third["agent_started"] is None and not third["agent_speaking"]
+    # waited timeout + after_agent_starts, counted in whole frames from the frame after the turn ended
+    assert 0 <= third["start"] - (second["end"] + 1.5) <= 2 * FRAME_SECONDS
+    assert rec.meta["frames"] * FRAME_SECONDS >= third["end"] + 0.5
+
+
+def test_frame_energy_vad():
+    t = np.arange(FRAME_SAMPLES) / SAMPLE_RATE
+    assert is_voiced((0.05 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    assert not is_voiced(np.full(FRAME_SAMPLES, 0.001, np.float32))
+    assert not is_voiced(np.zeros(FRAME_SAMPLES, np.float32))

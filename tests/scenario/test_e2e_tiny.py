@@ -27,6 +27,7 @@ def _cli(args):
     return ex.value.code
 
 
+@pytest.mark.slow
 def test_rolekit_test_on_tiny_model(project, tmp_path_factory, monkeypatch, capsys):
     monkeypatch.setenv("ROLEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "rolekit-cache"))
     (project / "scenarios" / "pass.yaml").write_text(PASS)

@@ -1,0 +1,107 @@
+"""`rolekit bench`: well-formed results from the CLI, statistics, the compiled step's tokens, the
+random-checkpoint writer. No timing assertions: benchmarks are commands, not tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from rolekit.bench.fast_step import FastStep, agreement
+from rolekit.bench.lm import LmStepper, build_lm, lm_config
+from rolekit.bench.timing import summarize
+from rolekit.lm.sampling import SamplingParams
+
+
+def _rolekit(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_TORCH_COMPILE="1", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "rolekit", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def _check_stats(stats: dict, n: int) -> None:
+    assert stats["n"] == n
+    for key in ("median", "p10", "p90", "min"):
+        assert isinstance(stats[key], float) and stats[key] > 0
+    assert stats["min"] <= stats["p10"] <= stats["median"] <= stats["p90"]
+
+
+def test_bench_lm_tiny_json_is_well_formed():
+    proc = _rolekit("bench", "lm", "--size", "tiny", "--steps", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["what"] == "lm" and report["options"]["steps"] == 3
+    assert {"date", "machine", "cpus"} <= set(report["host"])
+    ours, ref = report["results"]
+    assert ours["runtime"] == "rolekit-mlx" and ours["size"] == "tiny" and ours["batch"] == 1
+    assert ours["quant"] == "fp32" and ours["dep_steps"] == 16
+    _check_stats(ours["step"], 3)
+    _check_stats(ours["temporal"], 1)
+    _check_stats(ours["depformer"], 1)
+    assert ours["params_b"] > 0 and ours["peak_rss_gb"] > 0
+    # Kyutai's PyTorch LMGen at the same size, in the same process.
+    assert ref["runtime"] == "kyutai-moshi-torch" and ref["dtype"] == "float32", ref
+    _check_stats(ref["step"], 3)
+    assert ref["params_b"] == pytest.approx(ours["params_b"], rel=0.01)
+    assert ours["speedup_vs_reference"] == pytest.approx(
+        ref["step"]["median"] / ours["step"]["median"], rel=0.01
+    )
+
+
+def test_bench_bad_option_is_a_clean_error():
+    proc = _rolekit("bench", "lm", "--size", "huge", "--steps", "1")
+    assert proc.returncode == 2
+    assert "--size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_summarize_percentiles():
+    s = summarize([float(x) for x in range(1, 11)])
+    assert s == {"n": 10, "median": 5.5, "p10": 1.9, "p90": 9.1, "min": 1.0}
+    assert summarize([])["n"] == 0
+
+
+@pytest.mark.parametrize(("quant", "attention"), [("fp32", "masked"), ("q4", "masked"), ("fp32", "trim")])
+def test_fast_step_matches_eager_lm_across_ring_wrap(quant, attention):
+    lm = build_lm(lm_config("tiny"), quant)  # tiny context 24: 30 steps wrap the ring
+    res = agreement(lm, batch=2, steps=30, compiled=False, attention=attention)
+    assert res == {"steps": 30, "equal_steps": 30, "first_divergence": None}
+
+
+def test_fast_step_sampling_follows_provided_codebooks():
+    lm = build_lm(lm_config("tiny"), "fp32")
+    cfg = lm.cfg
+    user = mx.array(np.arange(2 * 8).reshape(2, 8) % cfg.card, dtype=mx.int32)
+    provided = mx.concatenate([mx.full((2, 8), -1, dtype=mx.int32), user], axis=1)
+    fs = FastStep(lm, 2, dep_steps=8, params=SamplingParams(), seed=3, provided=provided, compiled=False)
+    for _ in range(3):
+        out = np.array(fs.step())  # [B, 17, 1]
+    assert out.shape == (2, 17, 1)
+    assert (out[:, 9:, 0] == np.array(user)).all()  # depformer stopped at 8: user codebooks as given
+    assert ((out[:, 1:9, 0] >= 0) & (out[:, 1:9, 0] < cfg.card)).all()
+    assert ((out[:, 0, 0] >= 0) & (out[:, 0, 0] < cfg.text_card)).all()
+    assert int(fs.offset.item()) == 3
+
+
+def test_eager_stepper_feeds_back_its_tokens():
+    lm = build_lm(lm_config("tiny"), "fp32")
+    st = LmStepper(lm, 1, greedy=True)
+    first = np.array(st.step())
+    assert st.cache.offset == 1 and first.shape == (1, 17, 1)
+    assert (np.array(st.tokens) == first).all()
+
+
+def test_random_checkpoint_converts(tmp_path):
+    from rolekit.bench.convert import bench_convert
+
+    res = bench_convert("tiny", str(tmp_path), bits=(4,))
+    assert res["tensors"] > 100
+    (run,) = res["runs"]
+    assert run["exit_code"] == 0, run
+    assert run["peak_rss_gb"] > 0 and run["seconds"] > 0
+    assert not (tmp_path / "src").exists()
