@@ -59,8 +59,23 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         from rolekit.bench.mimi import bench_mimi
 
         return bench_mimi(size=size, backends=("mlx",), **opts)
+    if kind == "convert":
+        from rolekit.bench.convert import bench_convert
+
+        bits = tuple(int(b) for b in str(opts.pop("bits", "4")).split("+"))
+        Path(opts.get("workdir", "/tmp/convert")).mkdir(parents=True, exist_ok=True)
+        return bench_convert(size, opts.pop("workdir", "/tmp/convert"), bits=bits)
     if kind == "bw":
         return _copy_bandwidth()
+    if kind == "mm":
+        from rolekit.bench.matmul import bench_matmul
+
+        res = bench_matmul(**opts)
+        for r in res["rows"]:
+            print(
+                f"MM {r['shape']:<12} m={r['m']:<3} {r['layout']:<6} {r['ms']:8.4f} ms {r['gbps']:8.1f} GB/s"
+            )
+        return res
     raise SystemExit(f"unknown job kind {kind}")
 
 

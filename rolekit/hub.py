@@ -15,6 +15,11 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _GLOB_CHARS = set("*?[")
 
 
+# The model every running command uses unless --model or $ROLEKIT_MODEL says otherwise.
+DEFAULT_MODEL = "nvidia/personaplex-7b-v1"
+MODEL_ENV = "ROLEKIT_MODEL"
+
+
 def is_offline() -> bool:
     """True when HF_HUB_OFFLINE asks for cache-only access (read at call time, not import time)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -6,3 +6,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Commands default to the real model (nvidia/personaplex-7b-v1); tests run on the embedded random one.
+os.environ.setdefault("ROLEKIT_MODEL", "tiny")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
@@ -145,3 +146,38 @@ def agreement(
         elif first is None:
             first = i
     return {"steps": steps, "equal_steps": equal, "first_divergence": first}
+
+
+class PretransposedLinear(nn.Module):
+    """y = x @ Wt with Wt = W.T stored contiguous [in, out] (nn.Linear computes x @ W.T on [out, in])."""
+
+    def __init__(self, weight: mx.array) -> None:
+        super().__init__()
+        self.wt = mx.contiguous(weight.T)  # [in, out]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x @ self.wt
+
+
+def pretranspose_linears(lm: LM) -> int:
+    """Swap the temporal transformer's dense linears (and the text head) for pre-transposed ones.
+
+    A layout probe for GPU matmul kernels; quantized layers are left alone. Returns how many changed.
+    """
+    changed = 0
+
+    def swap(owner: Any, name: str) -> None:
+        nonlocal changed
+        layer = getattr(owner, name)
+        if type(layer) is nn.Linear:
+            setattr(owner, name, PretransposedLinear(layer.weight))
+            mx.eval(getattr(owner, name).wt)
+            changed += 1
+
+    for layer in lm.transformer.layers:
+        swap(layer.self_attn, "in_proj")
+        swap(layer.self_attn, "out_proj")
+        swap(layer.gating, "linear_in")
+        swap(layer.gating, "linear_out")
+    swap(lm, "text_linear")
+    return changed

@@ -167,6 +167,8 @@ def _bench_fast(
         return _loop(one, n, max(warmup, 2))  # the first call traces and compiles
 
     variant = ("compiled" if compiled else "fast-eager") + ("" if attention == "masked" else f"-{attention}")
+    if any(type(m).__name__ == "PretransposedLinear" for _, m in lm.named_modules()):
+        variant += "-pretransposed"
     result = _header(lm, size, quant, batch, st.dep_steps, build_s, variant)
     whole = timed(st.dep_steps, steps)
     result["step"] = summarize(whole)
@@ -202,6 +204,7 @@ def bench_lm(
     lm: LM | None = None,
     compiled: bool = False,
     attention: str = "masked",
+    pretranspose: bool = False,
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
@@ -213,9 +216,13 @@ def bench_lm(
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     lm = lm if lm is not None else build_lm(cfg, quant, seed)
+    if pretranspose:
+        from rolekit.bench.fast_step import pretranspose_linears
+
+        pretranspose_linears(lm)
     build_s = time.perf_counter() - t0
     st = LmStepper(lm, batch, dep_steps, seed=seed)
-    if compiled or attention != "masked":
+    if compiled or attention != "masked" or pretranspose:
         return _bench_fast(
             lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, compiled, attention
         )

@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.review",
     "rolekit.cli.live",
     "rolekit.cli.bench",
+    "rolekit.cli.demo",
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from rolekit.errors import ConfigError, DeviceError, Problem
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 DEFAULT_RUNS = Path("transcripts") / "live"  # next to the scripted runs of `rolekit run`
 DEFAULT_SEED = 42424242  # NVIDIA's server seed, as in `rolekit respond`
@@ -57,7 +58,11 @@ def live(
     persona: str = typer.Argument(..., help="persona name (personas/NAME.yaml) or path to a persona YAML"),
     var: list[str] = typer.Option([], "--var", help="template variable NAME=VALUE (repeatable)"),
     model: str = typer.Option(
-        "nvidia/personaplex-7b-v1", "--model", "-m", help="model folder, Hugging Face id, or `tiny` (random)"
+        DEFAULT_MODEL,
+        "--model",
+        "-m",
+        envvar=MODEL_ENV,
+        help="model folder, Hugging Face id, or `tiny` (random)",
     ),
     input_device: str | None = typer.Option(
         None, "--input-device", help="microphone: index or name (see `rolekit devices`)"

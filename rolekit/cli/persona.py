@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from rolekit.errors import ConfigError, RolekitError
+from rolekit.hub import MODEL_ENV
 
 persona_app = typer.Typer(
     help="Design personas: a YAML file with a Jinja prompt, variables and one of 18 voices.",
@@ -20,7 +21,11 @@ persona_app = typer.Typer(
 _VAR = typer.Option(None, "--var", "-v", help="Template variable NAME=VALUE (repeatable).")
 _JSON = typer.Option(False, "--json", help="Print plain JSON.")
 _MODEL = typer.Option(
-    "tiny", "--model", "-m", help="Tokenizer/voices source: tiny, a model folder or a HF repo id."
+    "tiny",
+    "--model",
+    "-m",
+    envvar=MODEL_ENV,
+    help="Tokenizer/voices source: tiny, a model folder or a HF repo id.",
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from rolekit.errors import ConfigError, RolekitError
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
 
@@ -37,7 +38,11 @@ def respond(
     input: Path = typer.Option(..., "--input", "-i", help="User audio (any WAV; resampled to 24 kHz mono)."),
     output: Path = typer.Option(..., "--output", "-o", help="Agent audio out: mono 24 kHz WAV."),
     model: str = typer.Option(
-        "tiny", "--model", "-m", help="tiny (random, noise only), a model folder or a HF repo id."
+        DEFAULT_MODEL,
+        "--model",
+        "-m",
+        envvar=MODEL_ENV,
+        help="tiny (random, noise only), a model folder or a HF repo id.",
     ),
     voice: str | None = typer.Option(
         None, "--voice", help="Preset (NATF0..VARM4) or a .safetensors/.pt/.wav file."

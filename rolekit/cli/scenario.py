@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from rolekit.errors import ConfigError
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 
 def register(app: typer.Typer) -> None:
@@ -20,9 +21,10 @@ def register(app: typer.Typer) -> None:
 
 
 _MODEL = typer.Option(
-    "nvidia/personaplex-7b-v1",
+    DEFAULT_MODEL,
     "--model",
     "-m",
+    envvar=MODEL_ENV,
     help="Model folder, Hugging Face id, or `tiny` (random, for tests).",
 )
 _OUT = typer.Option(Path("transcripts"), "--out", "-o", help="Folder for run folders and results.jsonl.")

@@ -1,7 +1,8 @@
 """The 12.5 Hz full-duplex loop: Mimi encode -> LM (temporal + depformer) -> Mimi decode, B at once.
 
 `Engine` holds every piece of state explicitly (LM ring KV cache, token ring, Mimi streams, RNG
-keys) so that it can snapshot/restore it. Arrays in, arrays out: no files, no devices, no YAML
+keys, per-conversation offsets) so that it can snapshot/restore it. Prompts of unequal length share
+a batch by left padding: the LM cache masks each row's padding, the token ring runs per-row offsets. Arrays in, arrays out: no files, no devices, no YAML
 (disk caching of prefill snapshots lives in `engine.snapshot`).
 """
 
@@ -18,6 +19,7 @@ from rolekit.engine.prefill import PrefillInputs, prefill_inputs
 from rolekit.errors import ConfigError
 from rolekit.frames import (
     FRAME_SAMPLES,
+    MAX_DELAY,
     N_CODEBOOKS,
     N_STREAMS,
     PAD,
@@ -40,13 +42,31 @@ class Bundle(Protocol):
 class EngineSnapshot:
     """The whole engine state at one instant (arrays are immutable, so this is a cheap copy)."""
 
-    offset: int
+    offsets: tuple[int, ...]  # per conversation: LMGen calls so far
     lm: dict[str, mx.array]
     ring_cache: mx.array  # [B, 17, CT]
     ring_provided: mx.array  # [B, 17, CT]
     keys: mx.array  # [B, 2] uint32 RNG keys
     mimi: dict | None = None  # None: a fresh Mimi stream (as after NVIDIA's prompt phases)
     meta: dict[str, str] = field(default_factory=dict)
+
+
+def _row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams:
+    """One SamplingParams with [B] values (greedy rows get temperature 0), for one batched sample."""
+    if isinstance(params, SamplingParams):
+        return params
+    if all(p.greedy for p in params):
+        return SamplingParams(greedy=True)
+
+    def col(name: str, dtype: mx.Dtype) -> mx.array:
+        return mx.array([0 if p.greedy else getattr(p, name) for p in params], dtype=dtype)  # [B]
+
+    return SamplingParams(
+        text_temperature=col("text_temperature", mx.float32),
+        text_top_k=col("text_top_k", mx.int32),
+        audio_temperature=col("audio_temperature", mx.float32),
+        audio_top_k=col("audio_top_k", mx.int32),
+    )
 
 
 def _user_mask(batch: int) -> mx.array:
@@ -82,19 +102,23 @@ class Engine:
             raise ConfigError(f"batch {batch} needs {batch} sampling params and seeds")
         self.seeds = seeds
         self.greedy = all(p.greedy for p in self.params)
+        self._sampling = _row_params(params)  # [B] values: rows sample together, each from its key
         # Depformer steps 8..15 predict the user stream, which is always provided in `step`.
         self.dep_steps = N_CODEBOOKS if dep_stop else cfg.dep_q
         self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
         self._initial_np = R.initial_tokens(np, cfg.text_card, cfg.card)
         self._user_mask = _user_mask(batch)
+        # The temporal transformer stays outside: its cache offset is a Python int (and the padding
+        # a host array), which a compiled graph would freeze at their first values.
+        self._pre = mx.compile(self._pre_impl) if compiled else self._pre_impl
         self._post = mx.compile(self._post_impl) if compiled else self._post_impl
         self.compiled = compiled
         self.reset()
 
     # ---- state ---------------------------------------------------------------------------
     def reset(self) -> None:
-        """Fresh state: empty caches, offset 0 (nothing primed)."""
-        self.offset = 0
+        """Fresh state: empty caches, offsets 0 (nothing primed)."""
+        self.offsets = np.zeros(self.batch, np.int64)  # [B] LMGen calls per conversation
         self.lm_cache = self.lm.make_cache(self.batch)
         self.ring = R.new_ring(mx, self.batch)
         self.mimi_state = self.mimi.make_state(self.batch)
@@ -102,13 +126,19 @@ class Engine:
         self.last_user_codes: np.ndarray | None = None
 
     @property
+    def offset(self) -> int:
+        """LMGen calls so far of the longest conversation (all of them at batch 1)."""
+        return int(self.offsets.max())
+
+    @property
     def frames_left(self) -> int:
-        """Frames before the temporal context is full (the ring cache keeps running after that)."""
-        return max(0, int(self.lm.cfg.context) - int(self.lm_cache.offset))
+        """Frames before the temporal context of the longest conversation is full (the ring cache
+        keeps running after that)."""
+        return max(0, int(self.lm.cfg.context) - int(self.lm_cache.positions.max()))
 
     def snapshot(self) -> EngineSnapshot:
         return EngineSnapshot(
-            offset=self.offset,
+            offsets=tuple(int(o) for o in self.offsets),
             lm=self.lm_cache.snapshot(),
             ring_cache=self.ring.cache,
             ring_provided=self.ring.provided,
@@ -119,7 +149,7 @@ class Engine:
     def restore(self, snap: EngineSnapshot) -> None:
         if snap.ring_cache.shape[0] != self.batch:
             raise ConfigError(f"snapshot holds {snap.ring_cache.shape[0]} conversations, engine {self.batch}")
-        self.offset = int(snap.offset)
+        self.offsets = np.array(snap.offsets, np.int64)
         self.lm_cache.restore(snap.lm)
         self.ring = R.Ring(cache=snap.ring_cache, provided=snap.ring_provided)
         self.keys = snap.keys
@@ -135,13 +165,7 @@ class Engine:
                 f"prefill needs {self.batch} plans and voices, got {len(plans)} and {len(voices)}"
             )
         rows = [prefill_inputs(p, v, self._initial_np) for p, v in zip(plans, voices, strict=True)]
-        lengths = {(r.calls, r.offset) for r in rows}
-        if len(lengths) > 1:
-            raise ConfigError(
-                "conversations batched together need prompts of equal length (prefill frames: "
-                + ", ".join(str(r.offset) for r in rows)
-                + ")"
-            )
+        check_offsets([r.offset for r in rows])
         for r in rows:
             if len(r.embeddings) and r.embeddings.shape[1] != self.lm.cfg.dim:
                 raise ConfigError(
@@ -152,12 +176,17 @@ class Engine:
     def prefill(self, plans: list[PrefillPlan], voices: list[Any], stepwise: bool = False) -> None:
         """Run the prompt phases of every conversation: one batched temporal pass (or stepwise).
 
+        Prompts of unequal length are left-padded to the longest: row b's LM positions start at
+        `lm_cache.start[b]` (masked before), its token ring at its own offset.
+
         `voices[i]` has `.embeddings` [E, D] + `.cache` [17, 4] (a preset) or `.codes` [8, T].
         """
         rows = self.prefill_inputs(plans, voices)
         self.reset()
-        x = self._prefill_embeddings(rows)  # [B, L, D]
+        x = self._prefill_embeddings(rows)  # [B, L, D], left-padded with zeros
         if x is not None:
+            start = x.shape[1] - np.array([r.calls for r in rows], np.int64)  # [B]
+            self.lm_cache.start = start if start.any() else None
             if stepwise:
                 self._prefill_stepwise(x)
             else:
@@ -167,21 +196,23 @@ class Engine:
             cache=mx.array(np.concatenate([r.ring.cache for r in rows])),
             provided=mx.array(np.concatenate([r.ring.provided for r in rows])),
         )
-        self.offset = rows[0].offset
+        self.offsets = np.array([r.offset for r in rows], np.int64)
         self.mimi_state = self.mimi.make_state(self.batch)  # NVIDIA resets Mimi after the prompts
         mx.eval(self.ring.cache, self.ring.provided)
 
     def _prefill_embeddings(self, rows: list[PrefillInputs]) -> mx.array | None:
+        longest = max(r.calls for r in rows)
+        if longest == 0:
+            return None
         seqs = []
         for r in rows:
-            parts = []
+            parts = [mx.zeros((longest - r.calls, self.lm.cfg.dim), dtype=self.lm.dtype)]  # padding
             if len(r.embeddings):
                 parts.append(mx.array(r.embeddings).astype(self.lm.dtype))
             if len(r.tokens):
                 parts.append(self.lm.embed(mx.array(r.tokens.T[None]))[0])  # [N, D]
-            if parts:
-                seqs.append(mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0])
-        return mx.stack(seqs) if seqs else None
+            seqs.append(mx.concatenate(parts, axis=0))  # [longest, D]
+        return mx.stack(seqs)
 
     def _prefill_stepwise(self, x: mx.array) -> None:
         """NVIDIA's way: one temporal call (and a discarded depformer pass) per prompt frame."""
@@ -203,24 +234,25 @@ class Engine:
             )
         codes = self.mimi.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
         user = codes[:, :N_CODEBOOKS, 0].astype(mx.int32)  # [B, 8]
-        tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
-        off = mx.array(self.offset, dtype=mx.int32)
-        ring = R.provide(mx, self.ring, tokens, self._user_mask, off, self.initial)
-        if self.offset == 0:
+        off = mx.array(self.offsets.astype(np.int32))  # [B]
+        if not self.offsets.any():  # LMGen's first call only primes: no forward pass
+            tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
+            ring = R.provide(mx, self.ring, tokens, self._user_mask, off, self.initial)
             self.ring = R.prime(mx, ring, self.initial)
-            self.offset = 1
+            self.offsets = self.offsets + 1
             return self._not_ready(user)
-        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None])  # [B, 1, D]
+        cache, provided, x = self._pre(self.ring.cache, self.ring.provided, off, user)
+        ring = R.Ring(cache=cache, provided=provided)
         hidden, text_logits = self.lm.temporal(x, self.lm_cache)
-        split = mx.random.split  # per-row key streams: row b's samples never depend on the batch
-        keys = mx.stack([split(self.keys[b], 3) for b in range(self.batch)])  # [B, 3, 2]
+        # per-row key streams: row b's samples never depend on the batch
+        keys = mx.vmap(lambda k: mx.random.split(k, 3))(self.keys)  # [B, 3, 2]
         cache, provided, out = self._post(
             hidden[:, 0], text_logits[:, 0], ring.cache, ring.provided, off, keys[:, 1], keys[:, 2]
         )
         self.keys = keys[:, 0]
         self.ring = R.Ring(cache=cache, provided=provided)
-        ready = self.offset > R.MAX_DELAY
-        self.offset += 1
+        ready = bool((self.offsets > MAX_DELAY).all())  # uniform: see check_offsets
+        self.offsets = self.offsets + 1
         if not ready:
             return self._not_ready(user)
         pcm = self.mimi.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
@@ -228,6 +260,15 @@ class Engine:
         out_np = np.array(out)
         self.last_user_codes = np.array(user)
         return StepOutput(pcm=np.array(pcm[:, 0]), text=out_np[:, 0], audio=out_np[:, 1:], ready=True)
+
+    def _pre_impl(
+        self, cache: mx.array, provided: mx.array, off: mx.array, user: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """User codes [B, 8] into the ring at offset + delay; -> ring, model input embeddings [B, 1, D]."""
+        tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
+        ring = R.provide(mx, R.Ring(cache, provided), tokens, self._user_mask, off, self.initial)
+        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None])  # [B, 1, D]
+        return ring.cache, ring.provided, x
 
     def _not_ready(self, user: mx.array) -> StepOutput:
         mx.eval(self.ring.cache, user, *self.lm_cache.arrays())
@@ -254,29 +295,28 @@ class Engine:
         text = self._sample_text(text_logits, text_keys)  # [B]
         forced = R.forced_text(mx, ring, off, text)
         dep_given = R.depformer_provided(mx, ring, off, self.lm.cfg.dep_q)  # [B, dep_q]
-        if self.greedy:
-            audio = self.lm.depformer(
-                hidden, forced, dep_given, SamplingParams(greedy=True), None, self.dep_steps
-            )
-        else:
-            rows = [
-                self.lm.depformer(
-                    hidden[b : b + 1], forced[b : b + 1], dep_given[b : b + 1], p, dep_keys[b], self.dep_steps
-                )
-                for b, p in enumerate(self.params)
-            ]
-            audio = mx.concatenate(rows, axis=0)
+        # One depformer pass for all rows: per-row keys keep each row equal to its batch-1 run.
+        audio = self.lm.depformer(
+            hidden, forced, dep_given, self._sampling, None if self.greedy else dep_keys, self.dep_steps
+        )
         ring = R.commit(mx, ring, off, text, audio[:, : self.dep_steps])
         return ring.cache, ring.provided, R.output(mx, ring, off)
 
     def _sample_text(self, logits: mx.array, keys: mx.array) -> mx.array:
+        """logits [B, V], keys [B, 2] -> [B]."""
         if self.greedy:
             return mx.argmax(logits, axis=-1).astype(mx.int32)
-        rows = []
-        for b, p in enumerate(self.params):
-            row = logits[b : b + 1]
-            if p.greedy:
-                rows.append(mx.argmax(row, axis=-1).astype(mx.int32))
-            else:
-                rows.append(sample(row, p.text_temperature, p.text_top_k, keys[b]))
-        return mx.concatenate(rows, axis=0)
+        p = self._sampling
+        return sample(logits, p.text_temperature, p.text_top_k, keys)
+
+
+def check_offsets(offsets: list[int]) -> None:
+    """Conversations of one batch must agree on whether frames are ready (LMGen's first
+    MAX_DELAY + 1 calls give none): equal offsets, or every prompt longer than that."""
+    if len(set(offsets)) > 1 and min(offsets) <= MAX_DELAY:
+        raise ConfigError(
+            f"a prompt of {min(offsets)} frames cannot share a batch with longer ones: "
+            f"prompts in a mixed-length batch need more than {MAX_DELAY} frames (prefill frames: "
+            + ", ".join(str(o) for o in offsets)
+            + ")"
+        )

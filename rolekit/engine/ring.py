@@ -9,7 +9,8 @@ NVIDIA's semantics (personaplex `LMGen.prepare_step_input` / `process_transforme
 - the output of call s (s > max_delay) is column `s - max_delay + delay` per stream: delays undone.
 
 Every function takes the array module `xp` (numpy or mlx.core) so that one implementation serves
-the numpy prefill simulation and the compiled MLX step. `offset` may be a Python int or a 0-d array.
+the numpy prefill simulation and the compiled MLX step. `offset` may be a Python int, a 0-d array
+or a [B] array (one offset per conversation: batches of prompts of unequal length).
 """
 
 from __future__ import annotations
@@ -51,16 +52,23 @@ def _delays(xp: Any) -> Any:
     return xp.array(DELAYS, dtype=xp.int32)
 
 
+def _per_row(xp: Any, offset: Any, trailing: int) -> Any:
+    """offset (int, 0-d or [B]) as an int32 array [B or 1, 1 x trailing] for broadcasting."""
+    arr = offset if hasattr(offset, "shape") else xp.array(offset, dtype=xp.int32)
+    return arr.astype(xp.int32).reshape((-1,) + (1,) * trailing)
+
+
 def provide(xp: Any, ring: Ring, tokens: Any, mask: Any, offset: Any, initial: Any) -> Ring:
     """Write provided tokens [B, 17] where mask [B, 17] at (offset + delay) % CT; initial-fill."""
-    delays = _delays(xp)
-    cols = _cols(xp)
-    write = cols[None, :] == ((offset + delays) % CT)[:, None]  # [17, CT]
-    sel = mask[:, :, None] & write[None]  # [B, 17, CT]
+    delays = _delays(xp)[None, :, None]  # [1, 17, 1]
+    cols = _cols(xp)[None, None, :]  # [1, 1, CT]
+    off = _per_row(xp, offset, 2)  # [B|1, 1, 1]
+    write = cols == (off + delays) % CT  # [B|1, 17, CT]
+    sel = mask[:, :, None] & write  # [B, 17, CT]
     cache = xp.where(sel, tokens[:, :, None].astype(xp.int32), ring.cache)
     provided = ring.provided | sel
     # The very beginning: delayed streams have no token yet, feed the initial one.
-    init = ((offset <= delays)[:, None] & (cols[None, :] == offset % CT))[None]  # [1, 17, CT]
+    init = (off <= delays) & (cols == off % CT)  # [B|1, 17, CT]
     cache = xp.where(init, initial[None, :, None], cache)
     return Ring(cache=cache, provided=provided | init)
 
@@ -72,8 +80,8 @@ def prime(xp: Any, ring: Ring, initial: Any) -> Ring:
 
 
 def column(xp: Any, arr: Any, col: Any) -> Any:
-    """arr[:, :, col] for an int or 0-d array col: [B, 17]."""
-    onehot = _cols(xp) == col  # [CT]
+    """arr[:, :, col] for an int, 0-d or per-row [B] col: [B, 17]."""
+    onehot = _cols(xp)[None, None, :] == _per_row(xp, col, 2)  # [B|1, 1, CT]
     if arr.dtype == xp.bool_:
         return (arr & onehot).any(axis=-1)
     return (arr * onehot.astype(arr.dtype)).sum(axis=-1).astype(arr.dtype)
@@ -104,9 +112,10 @@ def depformer_provided(xp: Any, ring: Ring, offset: Any, dep_q: int) -> Any:
 
 def commit(xp: Any, ring: Ring, offset: Any, text: Any, audio: Any) -> Ring:
     """After the call at `offset`: store sampled text [B] / audio [B, n] where not provided."""
-    cols = _cols(xp)
+    cols = _cols(xp)[None, None, :]  # [1, 1, CT]
+    off = _per_row(xp, offset, 2)  # [B|1, 1, 1]
     t = offset % CT
-    provided = ring.provided & ~(cols == (offset - 1) % CT)[None, None, :]
+    provided = ring.provided & ~(cols == (off - 1) % CT)
     target = column(xp, ring.cache, t)
     prov_t = column(xp, provided, t)
     n = audio.shape[1]
@@ -114,13 +123,13 @@ def commit(xp: Any, ring: Ring, offset: Any, text: Any, audio: Any) -> Ring:
         [text.astype(xp.int32)[:, None], audio.astype(xp.int32), target[:, 1 + n :]], axis=1
     )  # [B, 17]
     new_t = xp.where(prov_t, target, sampled)
-    at_t = (cols == t)[None, None, :]
+    at_t = cols == off % CT  # [B|1, 1, CT]
     return Ring(cache=xp.where(at_t, new_t[:, :, None], ring.cache), provided=provided)
 
 
 def output(xp: Any, ring: Ring, offset: Any) -> Any:
     """[B, 9] text + agent tokens of one consistent frame, for a call at offset > max_delay."""
-    delays = _delays(xp)[:OUT_STREAMS]
-    idx = (offset - MAX_DELAY + delays) % CT  # [9]
-    onehot = (_cols(xp)[None, :] == idx[:, None]).astype(xp.int32)  # [9, CT]
-    return (ring.cache[:, :OUT_STREAMS] * onehot[None]).sum(axis=-1).astype(xp.int32)
+    delays = _delays(xp)[None, :OUT_STREAMS]  # [1, 9]
+    idx = (_per_row(xp, offset, 1) - MAX_DELAY + delays) % CT  # [B|1, 9]
+    onehot = (_cols(xp)[None, None, :] == idx[:, :, None]).astype(xp.int32)  # [B|1, 9, CT]
+    return (ring.cache[:, :OUT_STREAMS] * onehot).sum(axis=-1).astype(xp.int32)

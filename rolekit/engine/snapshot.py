@@ -1,8 +1,9 @@
 """Prefill snapshots on disk: the engine state after the prompt phases, keyed by persona + model.
 
 A second run of the same persona (same voice, prompt ids, silence, model) restores the state
-instead of running the prefill. One file per conversation (batch row), so any batch can be
-assembled from cached rows. Written atomically (temp file + rename).
+instead of running the prefill. One file per conversation (batch row) holding its unpadded batch-1
+state, so any batch can be assembled from cached rows: rows of different lengths are left-padded at
+assembly (`lm.temporal.pad_rows`). Written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.engine.engine import Engine, EngineSnapshot
+from rolekit.engine.engine import Engine, EngineSnapshot, check_offsets
 from rolekit.frames import PrefillPlan
+from rolekit.lm.temporal import pad_rows, unpad_row
 
-FORMAT = "rolekit-prefill-v1"
+FORMAT = "rolekit-prefill-v2"
 
 
 def prefill_key(model_id: str, plan: PrefillPlan, voice: Any) -> str:
@@ -41,12 +43,13 @@ def snapshot_path(cache_dir: Path, model_id: str, plan: PrefillPlan, voice: Any)
 
 
 def row_arrays(snap: EngineSnapshot, row: int) -> dict[str, mx.array]:
-    """One conversation's slice of a snapshot (LM cache, token ring; no Mimi, no RNG)."""
-    out = {f"lm.{k}": v[row : row + 1] for k, v in snap.lm.items() if k != "offset"}
+    """One conversation's slice of a snapshot, unpadded (LM cache, token ring; no Mimi, no RNG)."""
+    lm = unpad_row(snap.lm, row)
+    out = {f"lm.{k}": v for k, v in lm.items() if k.startswith("layers.")}
     out["ring.cache"] = snap.ring_cache[row : row + 1]
     out["ring.provided"] = snap.ring_provided[row : row + 1].astype(mx.uint8)
-    out["offset"] = mx.array(snap.offset, dtype=mx.int32)
-    out["lm_offset"] = snap.lm["offset"]
+    out["offset"] = mx.array(snap.offsets[row], dtype=mx.int32)
+    out["lm_offset"] = lm["offset"]
     return out
 
 
@@ -60,17 +63,21 @@ def save_row(path: Path, snap: EngineSnapshot, row: int, meta: dict[str, str] | 
 
 
 def load_rows(paths: list[Path], engine: Engine) -> EngineSnapshot:
-    """Assemble a batch snapshot from per-conversation files (fresh Mimi streams, seeded RNG)."""
+    """Assemble a batch snapshot from per-conversation files (fresh Mimi streams, seeded RNG);
+    rows of different prompt lengths are left-padded here."""
     rows = [mx.load(str(p)) for p in paths]
     mx.eval(*[a for r in rows for a in r.values()])  # read now: the file may be replaced later
-    offsets = {int(r["offset"].item()) for r in rows}
-    if len(offsets) != 1:
-        raise ValueError(f"cached prefills of different lengths cannot share a batch: {sorted(offsets)}")
-    lm = {k[3:]: mx.concatenate([r[k] for r in rows], axis=0) for k in rows[0] if k.startswith("lm.")}
-    lm["offset"] = rows[0]["lm_offset"]
+    offsets = [int(r["offset"].item()) for r in rows]
+    check_offsets(offsets)
+    lm_rows = []
+    for r in rows:
+        lm_row = {k[3:]: v for k, v in r.items() if k.startswith("lm.")}
+        lm_row["offset"] = r["lm_offset"]
+        lm_rows.append(lm_row)
+    lm = pad_rows(lm_rows)
     engine.reset()
     return EngineSnapshot(
-        offset=offsets.pop(),
+        offsets=tuple(offsets),
         lm=lm,
         ring_cache=mx.concatenate([r["ring.cache"] for r in rows], axis=0),
         ring_provided=mx.concatenate([r["ring.provided"] for r in rows], axis=0).astype(mx.bool_),
@@ -101,9 +108,17 @@ def prefill_cached(
 
 
 def state_equal(a: EngineSnapshot, b: EngineSnapshot, atol: float = 0.0) -> bool:
-    """True when two snapshots hold the same ring and LM cache (within atol)."""
-    if a.offset != b.offset or a.lm.keys() != b.lm.keys():
+    """True when two snapshots hold the same conversations: token rings, and each row's unpadded LM
+    cache within atol (the padding itself, which no real position attends, is not compared)."""
+    if a.offsets != b.offsets or a.lm.keys() != b.lm.keys():
         return False
     if not np.array_equal(np.array(a.ring_cache), np.array(b.ring_cache)):
         return False
-    return all(np.allclose(np.array(a.lm[k]), np.array(b.lm[k]), atol=atol, rtol=0) for k in a.lm)
+    for row in range(len(a.offsets)):
+        ra, rb = unpad_row(a.lm, row), unpad_row(b.lm, row)
+        if int(ra["offset"].item()) != int(rb["offset"].item()):
+            return False
+        for k in ra:
+            if not np.allclose(np.array(ra[k]), np.array(rb[k]), atol=atol, rtol=0):
+                return False
+    return True

@@ -92,7 +92,8 @@ class LM(nn.Module):
         hidden [B, D] (temporal output), text [B] (this frame's text token), provided [B, dep_q]
         (-1 = not provided). Step k conditions on the text (k = 0) or on codebook k-1, taken from
         `provided` where given, else the sampled one; provided entries are returned as given.
-        `steps` < dep_q stops early (8 = agent codebooks only, exact when the user stream is
+        `key`: one key [2], per-row keys [B, 2] (row b's draws depend on its key alone, so one
+        batched call equals B batch-1 calls), or None. `steps` < dep_q stops early (8 = agent codebooks only, exact when the user stream is
         provided); the columns not run hold `provided`.
         """
         n = self.cfg.dep_q if steps is None else steps

@@ -3,6 +3,9 @@
 Kyutai's sample_token draws from softmax(logits / T) restricted to the top k; the same distribution
 is drawn here with mx.random.categorical over the masked, scaled logits. RNG streams cannot match
 across frameworks, so parity tests use greedy decoding.
+
+Per-row keys ([B, 2]): row b draws argmax(scaled_b + Gumbel noise from key b), so each row's sample
+depends only on its own logits and key, never on the batch (one batched depformer for all rows).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ class SamplingParams:
 
 
 def sample(logits: mx.array, temperature: Scalar, top_k: Scalar, key: mx.array | None) -> mx.array:
-    """logits [B, V] -> tokens [B] int32. Rows with temperature <= 0 take the argmax; top_k <= 0 = all."""
+    """logits [B, V] -> tokens [B] int32. Rows with temperature <= 0 take the argmax; top_k <= 0 = all.
+
+    key: None (global RNG), one key [2], or per-row keys [B, 2].
+    """
     logits = logits.astype(mx.float32)
     b, v = logits.shape
     greedy = mx.argmax(logits, axis=-1)  # [B]
@@ -37,7 +43,11 @@ def sample(logits: mx.array, temperature: Scalar, top_k: Scalar, key: mx.array |
     hot = temp > 0
     scaled = logits / mx.where(hot, temp, 1.0)[:, None]  # [B, V]
     scaled = _top_k_mask(scaled, top_k)
-    drawn = mx.random.categorical(scaled, axis=-1, key=key)  # [B]
+    if key is not None and key.ndim == 2:
+        noise = _row_gumbel(key, v)  # [B, V]
+        drawn = mx.argmax(scaled + noise, axis=-1)  # [B]
+    else:
+        drawn = mx.random.categorical(scaled, axis=-1, key=key)  # [B]
     return mx.where(hot, drawn, greedy).astype(mx.int32)
 
 
@@ -57,8 +67,16 @@ def _top_k_mask(scaled: mx.array, top_k: Scalar) -> mx.array:
     return mx.where(scaled >= thresh, scaled, -mx.inf)
 
 
+def _row_gumbel(keys: mx.array, v: int) -> mx.array:
+    """keys [B, 2] -> Gumbel noise [B, V], row b drawn from keys[b] alone."""
+    return mx.vmap(lambda k: mx.random.gumbel(shape=(v,), key=k))(keys)
+
+
 def split_keys(key: mx.array | None, n: int) -> list[mx.array | None]:
-    """n independent keys from one (or n Nones when sampling from the global RNG)."""
+    """n independent keys from one [2] (or per row from [B, 2] -> n x [B, 2]; Nones for the global RNG)."""
     if key is None:
         return [None] * n
+    if key.ndim == 2:
+        split = mx.vmap(lambda k: mx.random.split(k, n))(key)  # [B, n, 2]
+        return [split[:, i] for i in range(n)]
     return list(mx.random.split(key, n))

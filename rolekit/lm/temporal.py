@@ -6,26 +6,37 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from rolekit.lm.config import LmConfig
-from rolekit.nn.attention import Attention, RingKV
+from rolekit.nn.attention import Attention, RingKV, ring_positions
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.norm import RMSNorm
 
 
 @dataclass
 class LmCache:
-    """Ring KV caches of every temporal layer, and `offset` = positions consumed so far.
+    """Ring KV caches of every temporal layer, `offset` = global positions consumed so far, and
+    `start` [B] = each row's left padding (its first real position; host-side numpy).
 
-    All rows of the batch advance together. Arrays are replaced, never mutated in place, so a
-    snapshot stays valid after later steps.
+    All rows advance together; row b's own position is `offset - start[b]`. Arrays are replaced,
+    never mutated in place, so a snapshot stays valid after later steps.
     """
 
     rings: list[RingKV] = field(default_factory=list)
     offset: int = 0
+    start: np.ndarray | None = None  # [B] int64; None = no padding
+
+    @property
+    def positions(self) -> np.ndarray:
+        """[B] positions each conversation has consumed (its batch-1 offset)."""
+        b = self.rings[0].keys.shape[0] if self.rings else 1
+        start = np.zeros(b, np.int64) if self.start is None else np.asarray(self.start, np.int64)
+        return self.offset - start
 
     def snapshot(self) -> dict[str, mx.array]:
         out: dict[str, mx.array] = {"offset": mx.array(self.offset, dtype=mx.int32)}
+        out["start"] = mx.array(self.offset - self.positions, dtype=mx.int32)  # [B]
         for i, ring in enumerate(self.rings):
             out[f"layers.{i}.keys"] = ring.keys
             out[f"layers.{i}.values"] = ring.values
@@ -35,9 +46,44 @@ class LmCache:
         n = len(self.rings)
         self.rings = [RingKV(state[f"layers.{i}.keys"], state[f"layers.{i}.values"]) for i in range(n)]
         self.offset = int(state["offset"].item())
+        start = np.array(state["start"]).astype(np.int64) if "start" in state else None
+        self.start = start if start is not None and start.any() else None
 
     def arrays(self) -> list[mx.array]:
         return [a for r in self.rings for a in (r.keys, r.values)]
+
+
+def unpad_row(state: dict[str, mx.array], row: int) -> dict[str, mx.array]:
+    """Row `row` of a cache snapshot as its batch-1 state: ring slots at own position % C, offset =
+    own positions, slots the row never wrote zeroed (they hold padding or nothing)."""
+    offset = int(state["offset"].item())
+    start = int(state["start"][row].item()) if "start" in state else 0
+    own = offset - start
+    out: dict[str, mx.array] = {"offset": mx.array(own, dtype=mx.int32)}
+    out["start"] = mx.zeros((1,), dtype=mx.int32)
+    for k, v in state.items():
+        if not k.startswith("layers."):
+            continue
+        ring = RingKV(v[row : row + 1], v[row : row + 1]).roll(np.array([-start]))
+        cap = ring.capacity
+        valid = mx.array(ring_positions(own, cap) >= 0)[None, None, :, None]  # [1, 1, C, 1]
+        out[k] = mx.where(valid, ring.keys, mx.zeros((1,), dtype=v.dtype))
+    return out
+
+
+def pad_rows(rows: list[dict[str, mx.array]]) -> dict[str, mx.array]:
+    """Batch cache snapshot from batch-1 states of different lengths: left-pad the shorter ones."""
+    own = np.array([int(r["offset"].item()) for r in rows], np.int64)
+    offset = int(own.max())
+    start = offset - own  # [B]
+    out: dict[str, mx.array] = {"offset": mx.array(offset, dtype=mx.int32)}
+    out["start"] = mx.array(start.astype(np.int32))
+    for k in rows[0]:
+        if not k.startswith("layers."):
+            continue
+        v = mx.concatenate([r[k] for r in rows], axis=0)  # [B, H, C, Dh]
+        out[k] = RingKV(v, v).roll(start).keys if start.any() else v
+    return out
 
 
 class TemporalLayer(nn.Module):
@@ -48,8 +94,10 @@ class TemporalLayer(nn.Module):
         self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.gating = GatedMLP(cfg.dim, cfg.hidden)
 
-    def __call__(self, x: mx.array, ring: RingKV, offset: int) -> tuple[mx.array, RingKV]:
-        y, ring = self.self_attn(self.norm1(x), ring, offset)
+    def __call__(
+        self, x: mx.array, ring: RingKV, offset: int, start: np.ndarray | None = None
+    ) -> tuple[mx.array, RingKV]:
+        y, ring = self.self_attn(self.norm1(x), ring, offset, start)
         x = x + y
         return x + self.gating(self.norm2(x)), ring
 
@@ -66,7 +114,7 @@ class Transformer(nn.Module):
         offset = cache.offset
         rings = []
         for layer, ring in zip(self.layers, cache.rings, strict=True):
-            x, ring = layer(x, ring, offset)
+            x, ring = layer(x, ring, offset, cache.start)
             rings.append(ring)
         cache.rings = rings
         cache.offset = offset + x.shape[1]

@@ -4,6 +4,10 @@ Semantics (Kyutai moshi >= 0.1.1, after fix #148 "fixing bug in KV Cache"): a qu
 position p sees exactly the keys at positions k with 0 <= p - k < context. The ring keeps the last
 `context` keys; slot i holds the newest position k written so far with k % context == i.
 
+Left padding (batches of prompts of unequal length): row b starts at global position `start[b]`.
+Its keys before `start[b]` are never attended, and RoPE rotates q and k by the row's own position
+(global - start[b]), so a row's keys and scores are those of its batch-1 run.
+
 NVIDIA's PersonaPlex fork still has the pre-#148 ring: once the ring has wrapped, it labels the
 oldest slot with a "future" position and masks it out, so a query sees only context - 1 keys
 (temporal LM from step 3000, i.e. after 4 minutes). We follow the fixed upstream code.
@@ -33,6 +37,14 @@ class RingKV:
     @property
     def capacity(self) -> int:
         return self.keys.shape[2]
+
+    def roll(self, shift: np.ndarray) -> RingKV:
+        """Per-row ring rotation by shift [B] slots: slot j takes old slot (j - shift[b]) % C."""
+        cap = self.capacity
+        idx = (np.arange(cap)[None, :] - np.asarray(shift)[:, None]) % cap  # [B, C]
+        idx_mx = mx.array(idx.astype(np.int32))[:, None, :, None]  # [B, 1, C, 1]
+        take = lambda a: mx.take_along_axis(a, mx.broadcast_to(idx_mx, a.shape), axis=2)  # noqa: E731
+        return RingKV(take(self.keys), take(self.values))
 
     def write(self, k: mx.array, v: mx.array, offset: int) -> RingKV:
         """Store k, v [B, H, T, Dh] for positions offset .. offset+T-1 (only the last C survive)."""
@@ -69,6 +81,19 @@ def context_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int) -> np.ndarr
     return (k_pos[None, :] >= 0) & (delta >= 0) & (delta < context)
 
 
+def padded_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int, start: np.ndarray) -> np.ndarray:
+    """[B, 1, Tq, Tk] bool: the context mask, minus keys before each row's start.
+
+    A query of the padding itself (q < start) sees only its own key, so that no row of the
+    attention is empty (an all-masked softmax would give NaN and 0 * NaN leaks into real rows).
+    """
+    base = context_mask(q_pos, k_pos, context)[None]  # [1, Tq, Tk]
+    s = np.asarray(start)[:, None, None]  # [B, 1, 1]
+    real = base & (k_pos[None, None, :] >= s)
+    pad_self = (q_pos[None, :, None] < s) & (k_pos[None, None, :] == q_pos[None, :, None])
+    return (real | pad_self)[:, None]
+
+
 class Attention(nn.Module):
     """Multi-head causal attention: fused `in_proj` (q|k|v), interleaved RoPE, `out_proj`; no biases."""
 
@@ -80,14 +105,21 @@ class Attention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def __call__(self, x: mx.array, ring: RingKV, offset: int) -> tuple[mx.array, RingKV]:
-        """x [B, T, D] at positions offset .. offset+T-1 -> (y [B, T, D], updated ring)."""
+    def __call__(
+        self, x: mx.array, ring: RingKV, offset: int, start: np.ndarray | None = None
+    ) -> tuple[mx.array, RingKV]:
+        """x [B, T, D] at positions offset .. offset+T-1 -> (y [B, T, D], updated ring).
+
+        start [B] (None = zeros): row b's first real position (left padding before it).
+        """
         b, t, d = x.shape
         h = self.num_heads
         hd = d // h
+        padded = start is not None and bool(np.any(start))
+        rope_off = mx.array((offset - np.asarray(start)).astype(np.int32)) if padded else offset  # [B]
         qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        q = mx.fast.rope(qkv[0], hd, traditional=True, base=self.max_period, scale=1.0, offset=offset)
-        k = mx.fast.rope(qkv[1], hd, traditional=True, base=self.max_period, scale=1.0, offset=offset)
+        q = mx.fast.rope(qkv[0], hd, traditional=True, base=self.max_period, scale=1.0, offset=rope_off)
+        k = mx.fast.rope(qkv[1], hd, traditional=True, base=self.max_period, scale=1.0, offset=rope_off)
         v = qkv[2]
         q_pos = offset + np.arange(t)
         if t == 1:
@@ -102,7 +134,10 @@ class Attention(nn.Module):
             values = mx.concatenate([ring.values, v], axis=2)
             k_pos = np.concatenate([ring_positions(offset, ring.capacity), q_pos])
             ring = ring.write(k, v, offset)
-        visible = context_mask(q_pos, k_pos, self.context)
+        if padded:
+            visible = padded_mask(q_pos, k_pos, self.context, np.asarray(start))  # [B, 1, Tq, Tk]
+        else:
+            visible = context_mask(q_pos, k_pos, self.context)  # [Tq, Tk]
         mask = None if visible.all() else mx.array(visible)
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=mask

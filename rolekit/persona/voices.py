@@ -68,7 +68,14 @@ def voice_file(model_dir: Path, name_or_path: str) -> Path:
 
 
 def voice_frames(path: Path) -> int:
-    """Prefill frames of a voice: stored embedding frames (.safetensors/.pt) or 80 ms frames of a WAV."""
+    """Prefill frames of a voice: 80 ms frames (LMGen calls) its prompt phase takes.
+
+    A WAV or Mimi codes of T frames take T calls (the first only primes the token ring). A preset
+    stores the E = T - 1 input embeddings of the calls that ran a forward pass, and its replay
+    still takes E + 1 calls (personaplex.md §2.2 "Length"), so a preset counts E + 1 frames, the
+    same as the WAV it was recorded from. With this count, `PrefillPlan.frames` equals the engine's
+    offset after the prefill.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -104,7 +111,7 @@ def safetensors_header(path: Path) -> dict[str, dict]:
 def _safetensors_frames(path: Path) -> int:
     header = safetensors_header(path)
     if "embeddings" in header:
-        return int(header["embeddings"]["shape"][0])  # [T, ...]
+        return int(header["embeddings"]["shape"][0]) + 1  # [E, ...] + the priming call
     if "codes" in header:  # [8, T] Mimi codes of the voice
         shape = header["codes"]["shape"]
         return int(shape[-1] if shape[0] == 8 else shape[0])
@@ -121,6 +128,6 @@ def _pt_frames(path: Path) -> int:
         ) from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
-        return int(data["embeddings"].shape[0])  # [T, 1, 1, D]
+        return int(data["embeddings"].shape[0]) + 1  # [E, 1, 1, D] + the priming call
     except Exception as exc:  # pickle, key or shape problems: one clear message
         raise ModelError(f"{path}: not a PersonaPlex voice .pt ({type(exc).__name__}: {exc})") from exc

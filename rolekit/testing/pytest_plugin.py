@@ -12,6 +12,7 @@ This module imports nothing heavy at import time: it is loaded by every pytest r
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="collect every YAML file with `persona:` and `user:` as a rolekit scenario",
     )
     group.addoption(
-        "--rolekit-model", default="nvidia/personaplex-7b-v1", help="model folder, hub id, or `tiny`"
+        "--rolekit-model",
+        default=os.environ.get("ROLEKIT_MODEL", "nvidia/personaplex-7b-v1"),
+        help="model folder, hub id, or `tiny` (default: $ROLEKIT_MODEL or nvidia/personaplex-7b-v1)",
     )
     group.addoption("--rolekit-out", default="transcripts", help="where run folders and results.jsonl go")
     group.addoption("--rolekit-whisper", default=None, help="mlx-whisper folder or hub id")

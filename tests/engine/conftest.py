@@ -1,11 +1,19 @@
 """Shared fixtures of the engine tests: the embedded tiny model, built once per session in a temp cache."""
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rolekit.frames import PrefillPlan
+# The helpers of this folder are imported as `tests.engine.*`: make the repo root importable even
+# when pytest is started without `python -m` (import-mode=importlib adds nothing to sys.path).
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from rolekit.frames import PrefillPlan  # noqa: E402
 
 
 @pytest.fixture(scope="session")

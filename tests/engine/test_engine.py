@@ -52,7 +52,7 @@ def test_batched_prefill_equals_stepwise(tiny_bundle, short_context, context):
     b = Engine(bundle, 2, GREEDY)
     b.prefill(plans, [models.load_voice(bundle, v) for v in voices], stepwise=True)
     sa, sb = a.snapshot(), b.snapshot()
-    assert sa.offset == sb.offset == 15 + 12 + 9
+    assert sa.offsets == sb.offsets == (15 + 12 + 9,) * 2
     np.testing.assert_array_equal(np.array(sa.ring_cache), np.array(sb.ring_cache))
     np.testing.assert_array_equal(np.array(sa.ring_provided), np.array(sb.ring_provided))
     for k in sa.lm:

@@ -87,6 +87,8 @@ def test_respond_with_a_persona_file_and_vars(tiny_bundle, tmp_path, user_wav):
         (["--prompt", "x", "--voice", "NOPE1"], "unknown voice"),
         (["--prompt", "x", "--var", "a=b"], "--var needs --persona"),
         (["--persona", "personas/appointment-caller.yaml", "--var", "oops"], "NAME=VALUE"),
+        (["--prompt", "x", "--model", "/no/such/model-folder"], "model-folder"),
+        (["--prompt", "x", "--persona-typo"], "No such option"),
     ],
 )
 def test_bad_input_exits_2_with_one_message(tiny_bundle, tmp_path, user_wav, extra, message):

@@ -107,7 +107,7 @@ def test_compile_against_a_model_folder_counts_voice_frames(
     )
     plan = json.loads(out)
     assert (
-        code == 0 and plan["voice_frames"] == 48 and plan["prefill_frames"] == 48 + 12 + plan["text_tokens"]
+        code == 0 and plan["voice_frames"] == 49 and plan["prefill_frames"] == 49 + 12 + plan["text_tokens"]
     )
 
 

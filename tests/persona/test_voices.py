@@ -54,7 +54,7 @@ def test_frames_from_safetensors_header(tmp_path: Path) -> None:
         str(path),
     )
     assert safetensors_header(path)["embeddings"]["shape"] == [48, 1, 1, 16]
-    assert voice_frames(path) == 48
+    assert voice_frames(path) == 49  # 48 stored embeddings + the priming call
     codes = tmp_path / "c.safetensors"
     save_file({"codes": np.zeros((8, 37), np.int32)}, str(codes))
     assert voice_frames(codes) == 37
@@ -81,7 +81,7 @@ def test_frames_from_pt(tmp_path: Path) -> None:
     torch.save(
         {"embeddings": torch.zeros(48, 1, 1, 8), "cache": torch.zeros(1, 17, 4, dtype=torch.long)}, str(path)
     )
-    assert voice_frames(path) == 48
+    assert voice_frames(path) == 49  # 48 stored embeddings + the priming call
     bad = tmp_path / "bad.pt"
     torch.save({"something": torch.zeros(2)}, str(bad))
     with pytest.raises(ModelError, match="not a PersonaPlex voice"):
