@@ -65,6 +65,10 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         bits = tuple(int(b) for b in str(opts.pop("bits", "4")).split("+"))
         Path(opts.get("workdir", "/tmp/convert")).mkdir(parents=True, exist_ok=True)
         return bench_convert(size, opts.pop("workdir", "/tmp/convert"), bits=bits)
+    if kind == "attn":
+        from rolekit.bench.attention import bench_attention
+
+        return bench_attention(**opts)
     if kind == "bw":
         return _copy_bandwidth()
     if kind == "mm":

@@ -54,6 +54,13 @@ class VoicePrompt:
     source: str = ""
 
     @property
+    def frames(self) -> int:
+        """Prefill frames this voice takes: E stored embeddings replay after one priming frame (E + 1)."""
+        if self.embeddings is not None:
+            return int(self.embeddings.shape[0]) + 1
+        return int(self.codes.shape[-1]) if self.codes is not None else 0
+
+    @property
     def identity(self) -> str:
         """sha256 of the voice content (part of the prefill cache key)."""
         h = hashlib.sha256()

@@ -36,18 +36,26 @@ class FastStep:
         provided: mx.array | None = None,
         compiled: bool = True,
         attention: str = "masked",
+        write: str = "slice",
     ) -> None:
-        """`attention`: "masked" (exact: ring + visibility mask built on the device), "trim" (exact:
+        """`write`: how the new key/value enters the ring: "slice" (mx.slice_update at a device
+        index), "scatter" (mx.put_along_axis) or "static" (Python-int slice, compiled=False).
+        `attention`: "masked" (exact: ring + visibility mask built on the device), "trim" (exact:
         attend over the written prefix, no mask; the prefix length is a Python int, so only for
         compiled=False), or cost probes that are NOT exact before the ring wraps: "nomask" (the
         whole ring, no mask: what every step costs once the ring is full) and "nowrite" (masked,
-        the new key/value not stored)."""
-        if attention not in ("masked", "trim", "nomask", "nowrite"):
+        the new key/value not stored) and "bare" (neither stored nor masked)."""
+        if attention not in ("masked", "trim", "nomask", "nowrite", "bare"):
             raise ValueError(f"unknown attention mode {attention!r}")
         if attention == "trim" and compiled:
             raise ValueError("attention='trim' changes shapes every step: use compiled=False")
+        if write not in ("slice", "scatter", "static"):
+            raise ValueError(f"unknown ring write {write!r}")
+        if write == "static" and compiled:
+            raise ValueError("write='static' indexes with a Python int: use compiled=False")
         cfg = lm.cfg
         self.attention = attention
+        self.write = write
         self.pos = 0  # host copy of the offset (only "trim" reads it)
         self.lm = lm
         self.batch = batch
@@ -74,13 +82,31 @@ class FastStep:
         qkv = attn.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
         q = mx.fast.rope(qkv[0], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
         k = mx.fast.rope(qkv[1], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
-        slot = (off % k_buf.shape[2]).reshape(1)
-        k_buf = mx.slice_update(k_buf, k.astype(k_buf.dtype), slot, axes=(2,))  # [B, H, C, Dh]
-        v_buf = mx.slice_update(v_buf, qkv[2].astype(v_buf.dtype), slot, axes=(2,))
+        cap = k_buf.shape[2]
+        if self.attention not in ("nowrite", "bare"):
+            k_buf = self._write(k_buf, k.astype(k_buf.dtype), off)  # [B, H, C, Dh]
+            v_buf = self._write(v_buf, qkv[2].astype(v_buf.dtype), off)
+        keys, values = k_buf, v_buf
+        if self.attention == "trim" and self.pos + 1 < cap:  # before the wrap: slots 0..pos are written
+            keys, values, mask = k_buf[:, :, : self.pos + 1], v_buf[:, :, : self.pos + 1], None
+        elif self.attention in ("trim", "nomask", "bare"):
+            mask = None
         out = mx.fast.scaled_dot_product_attention(
-            q, k_buf, v_buf, scale=hd**-0.5, mask=mask
+            q, keys, values, scale=hd**-0.5, mask=mask
         )  # [B, H, 1, Dh]
         return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf
+
+    def _write(self, buf: mx.array, new: mx.array, off: mx.array) -> mx.array:
+        """buf [B, H, C, Dh] with new [B, H, 1, Dh] stored at slot off % C."""
+        cap = buf.shape[2]
+        if self.write == "static":  # Python-int slice (static SliceUpdate); eager only
+            p = self.pos % cap
+            buf[:, :, p : p + 1, :] = new
+            return buf
+        if self.write == "scatter":
+            idx = mx.broadcast_to((off % cap).astype(mx.int32).reshape(1, 1, 1, 1), new.shape)
+            return mx.put_along_axis(buf, idx, new, axis=2)
+        return mx.slice_update(buf, new, (off % cap).reshape(1), axes=(2,))
 
     def _impl(
         self, tokens: mx.array, off: mx.array, key: mx.array, provided: mx.array, *kv: mx.array
@@ -130,13 +156,20 @@ class FastStep:
 
 
 def agreement(
-    lm: LM, batch: int = 1, steps: int = 20, compiled: bool = True, attention: str = "masked"
+    lm: LM,
+    batch: int = 1,
+    steps: int = 20,
+    compiled: bool = True,
+    attention: str = "masked",
+    write: str = "slice",
 ) -> dict[str, Any]:
     """Greedy tokens of FastStep vs the eager LM, each fed its own output: equal steps, first divergence."""
     from rolekit.bench.lm import LmStepper
 
     eager = LmStepper(lm, batch, greedy=True)
-    fast = FastStep(lm, batch, params=SamplingParams(greedy=True), compiled=compiled, attention=attention)
+    fast = FastStep(
+        lm, batch, params=SamplingParams(greedy=True), compiled=compiled, attention=attention, write=write
+    )
     equal, first = 0, None
     for i in range(steps):
         a, b = eager.step(), fast.step()

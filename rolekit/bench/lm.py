@@ -150,14 +150,19 @@ def _bench_fast(
     breakdown: bool,
     seed: int,
     build_s: float,
-    compiled: bool,
-    attention: str,
+    opts: dict[str, Any],
 ) -> dict[str, Any]:
     from rolekit.bench.fast_step import FastStep
 
     def timed(dep_steps: int, n: int) -> list[float]:
         fs = FastStep(
-            lm, batch, dep_steps, seed=seed, provided=st.provided, compiled=compiled, attention=attention
+            lm,
+            batch,
+            dep_steps,
+            params=st.params,
+            seed=seed,
+            provided=st.provided,
+            **opts,
         )
 
         def one() -> list[mx.array]:
@@ -166,9 +171,13 @@ def _bench_fast(
 
         return _loop(one, n, max(warmup, 2))  # the first call traces and compiles
 
-    variant = ("compiled" if compiled else "fast-eager") + ("" if attention == "masked" else f"-{attention}")
+    variant = "compiled" if opts["compiled"] else "fast-eager"
+    variant += "" if opts["attention"] == "masked" else f"-{opts['attention']}"
+    variant += "" if opts["write"] == "slice" else f"-{opts['write']}"
     if any(type(m).__name__ == "PretransposedLinear" for _, m in lm.named_modules()):
         variant += "-pretransposed"
+    if st.params.greedy:
+        variant += "-greedy"
     result = _header(lm, size, quant, batch, st.dep_steps, build_s, variant)
     whole = timed(st.dep_steps, steps)
     result["step"] = summarize(whole)
@@ -205,6 +214,8 @@ def bench_lm(
     compiled: bool = False,
     attention: str = "masked",
     pretranspose: bool = False,
+    greedy: bool = False,
+    write: str = "slice",
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
@@ -221,11 +232,10 @@ def bench_lm(
 
         pretranspose_linears(lm)
     build_s = time.perf_counter() - t0
-    st = LmStepper(lm, batch, dep_steps, seed=seed)
-    if compiled or attention != "masked" or pretranspose:
-        return _bench_fast(
-            lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, compiled, attention
-        )
+    st = LmStepper(lm, batch, dep_steps, greedy=greedy, seed=seed)
+    if compiled or attention != "masked" or pretranspose or write != "slice":  # FastStep variants
+        opts = {"compiled": compiled, "attention": attention, "write": write}
+        return _bench_fast(lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, opts)
 
     def whole() -> list[mx.array]:
         st.step()

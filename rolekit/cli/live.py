@@ -165,10 +165,7 @@ def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, c
     p = load_persona(persona_name)
     bundle = models.load(model)
     voice = models.load_voice(bundle, p.voice)
-    frames = None if voice.embeddings is None else int(voice.embeddings.shape[0])
-    if frames is None and voice.codes is not None:
-        frames = int(voice.codes.shape[-1])
-    plan = compile_persona(p, values, bundle.tokenizer, frames)
+    plan = compile_persona(p, values, bundle.tokenizer, voice.frames)
     params = dataclasses.replace(SamplingParams(), **plan.sampling)
     engine = Engine(bundle, batch=1, params=params, seed=seed)
     meta = {

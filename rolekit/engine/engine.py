@@ -58,8 +58,11 @@ def _row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams
     if all(p.greedy for p in params):
         return SamplingParams(greedy=True)
 
-    def col(name: str, dtype: mx.Dtype) -> mx.array:
-        return mx.array([0 if p.greedy else getattr(p, name) for p in params], dtype=dtype)  # [B]
+    def col(name: str, dtype: mx.Dtype) -> mx.array | float | int:
+        values = [0.0 if p.greedy else float(getattr(p, name)) for p in params]
+        if len(set(values)) == 1:  # a scalar keeps the cheaper top-k path (no full sort)
+            return values[0]
+        return mx.array(values, dtype=dtype)  # [B]
 
     return SamplingParams(
         text_temperature=col("text_temperature", mx.float32),

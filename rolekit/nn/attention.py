@@ -130,9 +130,11 @@ class Attention(nn.Module):
         else:
             # Whole sequence: attend over [old ring, new keys] so that every query sees its full
             # window (a ring alone would lose keys that later queries of the chunk overwrite).
-            keys = mx.concatenate([ring.keys, k], axis=2)  # [B, H, C + T, Dh]
-            values = mx.concatenate([ring.values, v], axis=2)
-            k_pos = np.concatenate([ring_positions(offset, ring.capacity), q_pos])
+            # Before the ring has wrapped, only its first `offset` slots hold keys: skip the rest.
+            old = min(offset, ring.capacity)
+            keys = mx.concatenate([ring.keys[:, :, :old], k], axis=2)  # [B, H, old + T, Dh]
+            values = mx.concatenate([ring.values[:, :, :old], v], axis=2)
+            k_pos = np.concatenate([ring_positions(offset, ring.capacity)[:old], q_pos])
             ring = ring.write(k, v, offset)
         if padded:
             visible = padded_mask(q_pos, k_pos, self.context, np.asarray(start))  # [B, 1, Tq, Tk]

@@ -66,12 +66,7 @@ class MlxBackend:
         return self._voices[voice]
 
     def voice_frames(self, voice: str) -> int | None:
-        v = self._voice(voice)
-        if getattr(v, "embeddings", None) is not None:
-            return int(v.embeddings.shape[0])  # [T, D]
-        if getattr(v, "codes", None) is not None:
-            return int(v.codes.shape[-1])  # [8, T]
-        return None
+        return self._voice(voice).frames
 
     def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
         from rolekit.engine.engine import Engine

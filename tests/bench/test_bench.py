@@ -66,11 +66,26 @@ def test_summarize_percentiles():
     assert summarize([])["n"] == 0
 
 
-@pytest.mark.parametrize(("quant", "attention"), [("fp32", "masked"), ("q4", "masked"), ("fp32", "trim")])
-def test_fast_step_matches_eager_lm_across_ring_wrap(quant, attention):
+@pytest.mark.parametrize(
+    ("quant", "attention", "write"),
+    [
+        ("fp32", "masked", "slice"),
+        ("q4", "masked", "slice"),
+        ("fp32", "trim", "static"),
+        ("fp32", "masked", "scatter"),
+    ],
+)
+def test_fast_step_matches_eager_lm_across_ring_wrap(quant, attention, write):
     lm = build_lm(lm_config("tiny"), quant)  # tiny context 24: 30 steps wrap the ring
-    res = agreement(lm, batch=2, steps=30, compiled=False, attention=attention)
+    res = agreement(lm, batch=2, steps=30, compiled=False, attention=attention, write=write)
     assert res == {"steps": 30, "equal_steps": 30, "first_divergence": None}
+
+
+def test_fast_step_unmasked_probe_differs_before_the_wrap():
+    # "nomask" attends to unwritten slots: it must not match (else the mask would be untested).
+    lm = build_lm(lm_config("tiny"), "fp32")
+    res = agreement(lm, batch=2, steps=5, compiled=False, attention="nomask")
+    assert res["equal_steps"] < 5
 
 
 def test_fast_step_sampling_follows_provided_codebooks():

@@ -1,5 +1,6 @@
 """Engine behaviour on the tiny model: batched == stepwise prefill, compiled == plain step, depformer
-early stop, sessions past the context, batched conversations == batch-1 runs, snapshots."""
+early stop, sessions past the context, batched conversations == batch-1 runs, snapshots.
+Batches of prompts of unequal length: test_mixed_batch.py."""
 
 from __future__ import annotations
 
@@ -121,13 +122,6 @@ def test_batched_conversations_equal_their_batch1_runs(tiny_bundle):
         np.testing.assert_array_equal(tb[i], ts[0], err_msg=f"conversation {i}")
         np.testing.assert_allclose(pb[i], ps[0], atol=1e-5)
     assert not np.array_equal(tb[0], tb[1])
-
-
-def test_prompts_of_different_length_cannot_share_a_batch(tiny_bundle):
-    engine = Engine(tiny_bundle, 2, GREEDY)
-    voices = [models.load_voice(tiny_bundle, "NATF0")] * 2
-    with pytest.raises(ConfigError, match="equal length"):
-        engine.prefill([make_plan("NATF0", 5, 1), make_plan("NATF0", 6, 1)], voices)
 
 
 def test_snapshot_restore_replays_the_same_conversation(tiny_bundle):
