@@ -1,6 +1,6 @@
 """Turn `--model` into loaded parts: the embedded `tiny` random model, a local folder or a hub id.
 
-`tiny` is built once, deterministically, under `$ROLEKIT_CACHE/models/tiny-v1` (default
+`tiny` is built once, deterministically, under `$ROLEKIT_CACHE/models/tiny-v2` (default
 `~/.cache/rolekit`), in the real MLX layout: LM files written by `lm.weights.save_lm_mlx`, Mimi in
 Kyutai naming, the tiny SentencePiece model, and 18 preset voices made by running the voice prompt
 phase on short synthetic audio. Its weights are random: it produces noise, never speech.
@@ -23,7 +23,7 @@ from rolekit.errors import AudioInputError, ModelError
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
 
 TINY = "tiny"
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 TINY_LABEL = "tiny random-weight model: it produces noise, not speech (for tests and demos of the plumbing)"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TINY_SEED = 20260101
@@ -271,7 +271,7 @@ def _random_mimi_weights(mimi: Any) -> list[tuple[str, mx.array]]:
         elif "layer_scale" in name:
             value = np.full(shape, 0.01)
         elif len(shape) >= 2:
-            fan_in = int(np.prod(shape[1:]))
+            fan_in = int(np.prod(shape[:-1]))  # MLX Mimi keeps every weight output-last
             value = rng.standard_normal(shape) / np.sqrt(fan_in)
         else:
             value = 0.01 * rng.standard_normal(shape)

@@ -36,7 +36,7 @@ class FastStep:
         provided: mx.array | None = None,
         compiled: bool = True,
         attention: str = "masked",
-        write: str = "slice",
+        write: str = "scatter",
     ) -> None:
         """`write`: how the new key/value enters the ring: "slice" (mx.slice_update at a device
         index), "scatter" (mx.put_along_axis) or "static" (Python-int slice, compiled=False).
@@ -161,7 +161,7 @@ def agreement(
     steps: int = 20,
     compiled: bool = True,
     attention: str = "masked",
-    write: str = "slice",
+    write: str = "scatter",
 ) -> dict[str, Any]:
     """Greedy tokens of FastStep vs the eager LM, each fed its own output: equal steps, first divergence."""
     from rolekit.bench.lm import LmStepper

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import mlx.core as mx
@@ -18,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from rolekit.bench.proposals import proposed_ring_write
 from rolekit.bench.timing import peak_rss_gb, summarize
 from rolekit.errors import ConfigError
 from rolekit.lm.config import LmConfig, personaplex_7b, tiny
@@ -173,7 +175,7 @@ def _bench_fast(
 
     variant = "compiled" if opts["compiled"] else "fast-eager"
     variant += "" if opts["attention"] == "masked" else f"-{opts['attention']}"
-    variant += "" if opts["write"] == "slice" else f"-{opts['write']}"
+    variant += "" if opts["write"] == "scatter" else f"-{opts['write']}"
     if any(type(m).__name__ == "PretransposedLinear" for _, m in lm.named_modules()):
         variant += "-pretransposed"
     if st.params.greedy:
@@ -215,12 +217,15 @@ def bench_lm(
     attention: str = "masked",
     pretranspose: bool = False,
     greedy: bool = False,
-    write: str = "slice",
+    write: str | None = None,
+    p1: bool = False,
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
     `compiled` times `FastStep` (one mx.compile graph per step); its split comes from a second
     compiled step that skips the depformer (temporal) and the difference (depformer).
+    `attention` / `write` / `pretranspose` select FastStep variants (see fast_step.py); with all
+    defaults the eager LM (`rolekit.lm` as the engine runs it) is timed.
     """
     quant = quant or default_quant()
     cfg = lm_config(size)
@@ -233,31 +238,37 @@ def bench_lm(
         pretranspose_linears(lm)
     build_s = time.perf_counter() - t0
     st = LmStepper(lm, batch, dep_steps, greedy=greedy, seed=seed)
-    if compiled or attention != "masked" or pretranspose or write != "slice":  # FastStep variants
-        opts = {"compiled": compiled, "attention": attention, "write": write}
+    if compiled or attention != "masked" or pretranspose or write:  # FastStep variants
+        opts = {"compiled": compiled, "attention": attention, "write": write or "scatter"}
         return _bench_fast(lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, opts)
 
     def whole() -> list[mx.array]:
         st.step()
         return st.sync_arrays()
 
-    result = _header(lm, size, quant, batch, st.dep_steps, build_s, "eager")
-    result["step"] = summarize(_loop(whole, steps, warmup))
-    if breakdown:
-        temporal_ms: list[float] = []
-        dep_ms: list[float] = []
-        for i in range(max(warmup, 1) + max(steps // 2, 1)):
-            t0 = time.perf_counter()
-            hidden, text = st.temporal()
-            mx.eval(hidden, text, *st.cache.arrays())
-            t1 = time.perf_counter()
-            mx.eval(st.depformer(hidden, text))
-            t2 = time.perf_counter()
-            if i >= max(warmup, 1):
-                temporal_ms.append((t1 - t0) * 1000.0)
-                dep_ms.append((t2 - t1) * 1000.0)
-        result["temporal"] = summarize(temporal_ms)
-        result["depformer"] = summarize(dep_ms)
+    with proposed_ring_write() if p1 else nullcontext():
+        result = _header(lm, size, quant, batch, st.dep_steps, build_s, "eager-p1" if p1 else "eager")
+        result["step"] = summarize(_loop(whole, steps, warmup))
+        if breakdown:
+            _eager_breakdown(st, steps, warmup, result)
     result["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
+
+
+def _eager_breakdown(st: LmStepper, steps: int, warmup: int, result: dict[str, Any]) -> None:
+    """temporal (+ text sampling) and depformer timed apart, a host sync after each."""
+    temporal_ms: list[float] = []
+    dep_ms: list[float] = []
+    for i in range(max(warmup, 1) + max(steps // 2, 1)):
+        t0 = time.perf_counter()
+        hidden, text = st.temporal()
+        mx.eval(hidden, text, *st.cache.arrays())
+        t1 = time.perf_counter()
+        mx.eval(st.depformer(hidden, text))
+        t2 = time.perf_counter()
+        if i >= max(warmup, 1):
+            temporal_ms.append((t1 - t0) * 1000.0)
+            dep_ms.append((t2 - t1) * 1000.0)
+    result["temporal"] = summarize(temporal_ms)
+    result["depformer"] = summarize(dep_ms)

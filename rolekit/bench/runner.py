@@ -110,11 +110,29 @@ _RUNNERS = {
 }
 
 
+def _check_cpu_memory(what: str, opts: BenchOptions) -> None:
+    """Full size on a CPU: refuse the combinations that cannot fit in ordinary RAM."""
+    if opts.size != "full" or what in ("convert", "mimi"):
+        return
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return
+    if opts.quant in (None, "fp32", "bf16"):
+        raise ConfigError(
+            "--size full on a CPU: the 8.4 B-parameter LM needs 34 GB in fp32 (17 GB in bf16, ~10x slower);"
+            " use --quant q4 (5.4 GB) or q8, or a GPU"
+        )
+    if opts.reference and what in ("lm", "all"):
+        raise ConfigError("--size full on a CPU: Kyutai's fp32 reference needs 34 GB; add --no-reference")
+
+
 def run_bench(what: str, opts: BenchOptions) -> dict[str, Any]:
     """Run one benchmark (or `all` but convert) -> {"host", "what", "options", "results": [...]}."""
     if what not in WHATS:
         raise ConfigError(f"bench: unknown benchmark {what!r} (one of {', '.join(WHATS)})")
     opts.check()
+    _check_cpu_memory(what, opts)
     names = [w for w in WHATS if w not in ("all", "convert")] if what == "all" else [what]
     results: list[dict[str, Any]] = []
     for name in names:

@@ -22,6 +22,29 @@ def _cell(stats: Any) -> str:
     return f"{stats['median']:.2f}"
 
 
+def _convert_rows(r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for run in r["runs"]:
+        what = f"{run['seconds']} s, peak RSS {run['peak_rss_gb']} GB, {run['output_gb']} GB out"
+        if run.get("error"):
+            what = f"exit {run['exit_code']}: {run['error'][0][:50]}"
+        rows.append(
+            [
+                "convert",
+                f"{r['checkpoint_gb']} GB ckpt",
+                r["size"],
+                f"{run['bits']}-bit",
+                "",
+                what,
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    return rows
+
+
 def _rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in report["results"]:
@@ -50,6 +73,9 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [r.get("bench", ""), r.get("runtime", ""), "", "", "", r["error"][:60], "", "", "", ""]
             )
+            continue
+        if r.get("bench") == "convert":
+            rows.extend(_convert_rows(r))
             continue
         speed = r.get("speedup_vs_reference")
         rows.append(
@@ -127,7 +153,7 @@ def bench_command(
         "peak GB",
         "vs ref",
     ):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for row in _rows(report):
         table.add_row(*row)
     Console().print(table)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import platform
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from rolekit.errors import ConfigError, DeviceError, Problem
+from rolekit.cli.user_input import parse_vars
+from rolekit.errors import DeviceError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 DEFAULT_RUNS = Path("transcripts") / "live"  # next to the scripted runs of `rolekit run`
@@ -133,21 +133,6 @@ def live(
     if result.failure is not None:
         failure = type(result.failure)(f"{result.error} (the session so far is saved in {path})")
         raise failure
-
-
-def parse_vars(items: list[str]) -> dict[str, str]:
-    """`--var k=v` pairs -> dict (values stay strings; the persona's variable types coerce them)."""
-    out: dict[str, str] = {}
-    problems = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            problems.append(Problem(f"expected NAME=VALUE, got {item!r}", field="--var"))
-            continue
-        out[key.strip()] = value
-    if problems:
-        raise ConfigError(problems=problems)
-    return out
 
 
 def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, cache: bool) -> dict[str, Any]:

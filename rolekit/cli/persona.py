@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from rolekit.cli.user_input import parse_vars, user_errors
 from rolekit.errors import ConfigError, RolekitError
 from rolekit.hub import MODEL_ENV
 
@@ -35,16 +34,6 @@ def register(app: typer.Typer) -> None:
     app.command("voices")(voices)
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """A RolekitError becomes one message on stderr and exit code 2 (never a traceback)."""
-    try:
-        yield
-    except RolekitError as exc:
-        _console(stderr=True).print(f"[bold red]error:[/] {_escape(str(exc))}")
-        raise typer.Exit(exc.exit_code) from None
-
-
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -57,16 +46,6 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _parse_vars(pairs: list[str] | None) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--var {pair!r}: expected NAME=VALUE")
-        values[name.strip()] = value
-    return values
-
-
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -76,7 +55,7 @@ def list_cmd(as_json: bool = _JSON) -> None:
     """List the personas on the search path (./personas, then rolekit's samples)."""
     from rolekit.persona.loader import list_personas, load_persona
 
-    with _user_errors():
+    with user_errors():
         rows = []
         for path in list_personas():
             try:
@@ -116,7 +95,7 @@ def show(name: str = typer.Argument(..., help="Persona name or path."), as_json:
     """Show a persona: role, voice, variables, sampling and its prompt template."""
     from rolekit.persona.loader import load_persona
 
-    with _user_errors():
+    with user_errors():
         p = load_persona(name)
     data = p.model_dump() | {"source": str(p.source), "extends_chain": p.chain}
     if as_json:
@@ -158,8 +137,8 @@ def render(
     from rolekit.persona.loader import load_persona
     from rolekit.persona.render import render_prompt
 
-    with _user_errors():
-        text = render_prompt(load_persona(name), _parse_vars(var))
+    with user_errors():
+        text = render_prompt(load_persona(name), parse_vars(var))
     typer.echo(wrap_system(text) if wrapped else text)
 
 
@@ -176,11 +155,11 @@ def compile_cmd(
     from rolekit.persona.loader import load_persona
     from rolekit.text import Tokenizer, tokenizer_path
 
-    with _user_errors():
+    with user_errors():
         persona = load_persona(name)
         tokenizer = Tokenizer(tokenizer_path(model))
         frames = _voice_frames(persona.voice, model)
-        plan = compile_persona(persona, _parse_vars(var), tokenizer, frames)
+        plan = compile_persona(persona, parse_vars(var), tokenizer, frames)
     data = {
         "persona": plan.persona,
         "source": str(persona.source),
@@ -243,7 +222,7 @@ def lint(
     from rolekit.persona.loader import PACKAGED_PERSONAS
     from rolekit.text import Tokenizer, tokenizer_path
 
-    with _user_errors():
+    with user_errors():
         targets = list(paths or [])
         if not targets:
             targets = [Path("personas")] if Path("personas").is_dir() else [PACKAGED_PERSONAS]

@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from rolekit.errors import ConfigError, RolekitError
+from rolekit.cli.user_input import parse_vars, user_errors
+from rolekit.errors import ConfigError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
@@ -20,18 +21,6 @@ DEFAULT_SEED = 42424242  # NVIDIA's server seed
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rolekit app."""
     app.command("respond")(respond)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except RolekitError as exc:
-        from rich.console import Console
-        from rich.markup import escape
-
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(exc.exit_code) from None
 
 
 def respond(
@@ -75,7 +64,7 @@ def respond(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Respond to a user recording: one agent frame per input frame (+ --tail), text and tokens optional."""
-    with _user_errors():
+    with user_errors():
         summary = run_respond(**locals())
     typer.echo(json.dumps(summary))
 
@@ -112,17 +101,7 @@ def _persona_and_plan(opts: dict[str, Any], bundle: Any) -> tuple[Any, Any]:
         persona = Persona(name="prompt", prompt=opts["prompt"])
     if opts["voice"] is not None:
         persona = persona.model_copy(update={"voice": opts["voice"]})
-    return persona, compile_persona(persona, _parse_vars(opts["var"]), bundle.tokenizer)
-
-
-def _parse_vars(pairs: list[str] | None) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--var {pair!r}: expected NAME=VALUE")
-        values[name.strip()] = value
-    return values
+    return persona, compile_persona(persona, parse_vars(opts["var"]), bundle.tokenizer)
 
 
 def _sampling(opts: dict[str, Any], persona_sampling: dict[str, float]) -> Any:

@@ -19,7 +19,7 @@ from rolekit.lm.sampling import SamplingParams
 
 
 def _rolekit(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_TORCH_COMPILE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, NO_TORCH_COMPILE="1", OMP_NUM_THREADS="1", COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "rolekit", *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -58,6 +58,15 @@ def test_bench_bad_option_is_a_clean_error():
     proc = _rolekit("bench", "lm", "--size", "huge", "--steps", "1")
     assert proc.returncode == 2
     assert "--size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_table_output_and_full_size_guard():
+    proc = _rolekit("bench", "lm", "--size", "tiny", "--steps", "2", "--warmup", "0", "--no-reference")
+    assert proc.returncode == 0, proc.stderr
+    assert "rolekit-mlx" in proc.stdout and "kyutai" not in proc.stdout
+    # A full-size fp32 LM (34 GB) is refused up front on a CPU, with the way out in the message.
+    proc = _rolekit("bench", "lm", "--size", "full", "--steps", "1")
+    assert proc.returncode == 2 and "--quant q4" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_summarize_percentiles():
@@ -120,3 +129,25 @@ def test_random_checkpoint_converts(tmp_path):
     assert run["exit_code"] == 0, run
     assert run["peak_rss_gb"] > 0 and run["seconds"] > 0
     assert not (tmp_path / "src").exists()
+
+
+def test_proposed_ring_write_keeps_engine_outputs():
+    from rolekit.bench.engine import build_bundle, proposed_ring_write
+    from rolekit.engine.engine import Engine
+    from rolekit.nn import attention
+
+    bundle = build_bundle("tiny", "fp32")
+    rng = np.random.default_rng(0)
+    pcm = (0.1 * rng.standard_normal((12, 2, 1920))).astype(np.float32)
+
+    def run() -> list[tuple[np.ndarray, np.ndarray]]:
+        engine = Engine(bundle, batch=2, params=SamplingParams(greedy=True), seed=0)
+        return [(o.text.copy(), o.audio.copy()) for o in (engine.step(p) for p in pcm)]
+
+    original = attention._put
+    before = run()
+    with proposed_ring_write():
+        assert attention._put is not original
+        after = run()
+    assert attention._put is original
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(before, after, strict=True))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rolekit.cli.app import main
+from rolekit.models import TINY_VERSION
 from rolekit.record import SessionRecord, is_complete
 
 
@@ -81,7 +82,7 @@ def test_live_session_with_the_tiny_model_saves_a_run_folder(
     assert is_complete(run)
     rec = SessionRecord.load(run)
     assert rec.frames == 13 and len(rec.user_pcm) == 13 * 1920
-    assert rec.meta["persona"] == "refund-desk" and rec.meta["model_id"] == "tiny-v1"
+    assert rec.meta["persona"] == "refund-desk" and rec.meta["model_id"] == TINY_VERSION
     assert rec.meta["is_random_model"] is True and rec.meta["seed"] == 7 and rec.meta["mode"] == "live"
     assert rec.meta["run_id"] == "run" and isinstance(rec.meta["prefill_cached"], bool)
     assert rec.meta["stream"]["input_device"] == "Fake Mic"

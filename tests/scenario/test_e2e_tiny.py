@@ -6,6 +6,7 @@ import pytest
 
 from rolekit.cli.app import main
 from rolekit.frames import FRAME_SECONDS
+from rolekit.models import TINY_VERSION
 from rolekit.record import SessionRecord, is_complete
 from rolekit.text import TINY_TOKENIZER, Tokenizer
 
@@ -44,7 +45,7 @@ def test_rolekit_test_on_tiny_model(project, tmp_path_factory, monkeypatch, caps
     assert len(rec.text_ids) == round((say["end"] + 1.0) / FRAME_SECONDS + 0.5)  # lead-in + speech + tail
     assert len(rec.agent_pcm) == len(rec.user_pcm) == len(rec.text_ids) * 1920
     assert rec.agent_codes.shape == (len(rec.text_ids), 8)
-    assert rec.meta["model_id"] == "tiny-v1" and rec.meta["is_random_model"] is True
+    assert rec.meta["model_id"] == TINY_VERSION and rec.meta["is_random_model"] is True
     assert rec.meta["batch"] == 2 and rec.meta["seed"] == 3 and rec.meta["prefill_frames"] > 0
     tok = Tokenizer(TINY_TOKENIZER)
     words = [(i, p) for i, p in zip(rec.text_ids, rec.text_pieces, strict=True) if i > 3]

@@ -1,0 +1,46 @@
+"""What every command shares about user input: `--var` parsing and turning RolekitError into exit 2."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from rolekit.errors import ConfigError, Problem, RolekitError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_vars(items: list[str] | None) -> dict[str, str]:
+    """`--var k=v` pairs -> dict (values stay strings; the persona's variable types coerce them)."""
+    out: dict[str, str] = {}
+    problems = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not _NAME.fullmatch(key.strip()):
+            problems.append(Problem(f"expected NAME=VALUE, got {item!r}", field="--var"))
+            continue
+        out[key.strip()] = value
+    if problems:
+        raise ConfigError(problems=problems)
+    return out
+
+
+def print_error(exc: RolekitError) -> None:
+    """One clear message on stderr, never a traceback."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A RolekitError inside a command becomes one message on stderr and its exit code (2)."""
+    try:
+        yield
+    except RolekitError as exc:
+        print_error(exc)
+        raise typer.Exit(exc.exit_code) from None
