@@ -6,10 +6,10 @@ UNAME := $(shell uname -s)
 ifeq ($(UNAME),Linux)
   # Linux has no Metal: MLX's CPU backend. mlx-whisper declares torch: take the CPU build first,
   # or pip pulls a multi-GB CUDA build.
-  MLX_EXTRA := [cpu]
+  EXTRAS := [cpu,asr]
   TORCH := torch==2.13.0
 else
-  MLX_EXTRA :=
+  EXTRAS := [asr]
   TORCH := torch
 endif
 
@@ -17,7 +17,7 @@ endif
 
 install:
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".$(MLX_EXTRA)"
+	$(PIP) install -q -e ".$(EXTRAS)"
 
 install-test: install
 	$(PIP) install -q -e ".[test]"
