@@ -5,7 +5,6 @@ host sync) and the batched prompt prefill, at full or tiny size with random weig
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.bench.lm import build_lm, default_quant, lm_config, weight_gb
-from rolekit.bench.proposals import proposed_ring_write
 from rolekit.bench.timing import peak_rss_gb, summarize
 from rolekit.codec.config import mimi_202407
 from rolekit.codec.mimi import Mimi
@@ -46,11 +44,10 @@ def bench_engine(
     greedy: bool = False,
     seed: int = 0,
     bundle: ModelBundle | None = None,
-    p1: bool = False,
 ) -> dict[str, Any]:
     """ms per `Engine.step` (user pcm in, agent pcm + tokens out as numpy), median and spread.
 
-    `p1` applies the proposed in-place ring write (see `proposed_ring_write`) while timing."""
+    `compiled`: the engine's whole-step compiled graph (`rolekit.engine.compiled`)."""
     quant = quant or default_quant()
     mx.reset_peak_memory()
     bundle = bundle or build_bundle(size, quant, seed)
@@ -59,15 +56,14 @@ def bench_engine(
     rng = np.random.default_rng(seed)
     pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
     samples = []
-    with proposed_ring_write() if p1 else nullcontext():
-        for i in range(pcm.shape[0]):
-            t0 = time.perf_counter()
-            engine.step(pcm[i])
-            if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
-                samples.append((time.perf_counter() - t0) * 1000.0)
+    for i in range(pcm.shape[0]):
+        t0 = time.perf_counter()
+        engine.step(pcm[i])
+        if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
+            samples.append((time.perf_counter() - t0) * 1000.0)
     return {
         "runtime": "rolekit-engine",
-        "variant": ("compiled-post" if compiled else "eager") + ("-p1" if p1 else ""),
+        "variant": "compiled-step" if compiled else "eager",
         "device": str(mx.default_device()),
         "size": size,
         "quant": quant,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import mlx.core as mx
@@ -19,7 +18,6 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from rolekit.bench.proposals import proposed_ring_write
 from rolekit.bench.timing import peak_rss_gb, summarize
 from rolekit.errors import ConfigError
 from rolekit.lm.config import LmConfig, personaplex_7b, tiny
@@ -218,7 +216,6 @@ def bench_lm(
     pretranspose: bool = False,
     greedy: bool = False,
     write: str | None = None,
-    p1: bool = False,
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
@@ -246,11 +243,10 @@ def bench_lm(
         st.step()
         return st.sync_arrays()
 
-    with proposed_ring_write() if p1 else nullcontext():
-        result = _header(lm, size, quant, batch, st.dep_steps, build_s, "eager-p1" if p1 else "eager")
-        result["step"] = summarize(_loop(whole, steps, warmup))
-        if breakdown:
-            _eager_breakdown(st, steps, warmup, result)
+    result = _header(lm, size, quant, batch, st.dep_steps, build_s, "eager")
+    result["step"] = summarize(_loop(whole, steps, warmup))
+    if breakdown:
+        _eager_breakdown(st, steps, warmup, result)
     result["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
     result["peak_rss_gb"] = peak_rss_gb()
     return result

@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.engine import ring as R
+from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.prefill import PrefillInputs, prefill_inputs
 from rolekit.errors import ConfigError
 from rolekit.frames import (
@@ -111,10 +112,9 @@ class Engine:
         self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
         self._initial_np = R.initial_tokens(np, cfg.text_card, cfg.card)
         self._user_mask = _user_mask(batch)
-        # The temporal transformer stays outside: its cache offset is a Python int (and the padding
-        # a host array), which a compiled graph would freeze at their first values.
-        self._pre = mx.compile(self._pre_impl) if compiled else self._pre_impl
-        self._post = mx.compile(self._post_impl) if compiled else self._post_impl
+        # compiled: the whole LM step (ring, temporal with a device position, sampling,
+        # depformer) is one graph traced once (`engine.compiled`); eager: op by op.
+        self._compiled_step = CompiledStep(self) if compiled else None
         self.compiled = compiled
         self.reset()
 
@@ -244,15 +244,12 @@ class Engine:
             self.ring = R.prime(mx, ring, self.initial)
             self.offsets = self.offsets + 1
             return self._not_ready(user)
-        cache, provided, x = self._pre(self.ring.cache, self.ring.provided, off, user)
-        ring = R.Ring(cache=cache, provided=provided)
-        hidden, text_logits = self.lm.temporal(x, self.lm_cache)
-        # per-row key streams: row b's samples never depend on the batch
-        keys = mx.vmap(lambda k: mx.random.split(k, 3))(self.keys)  # [B, 3, 2]
-        cache, provided, out = self._post(
-            hidden[:, 0], text_logits[:, 0], ring.cache, ring.provided, off, keys[:, 1], keys[:, 2]
-        )
-        self.keys = keys[:, 0]
+        if self._compiled_step is not None:
+            cache, provided, out, self.keys = self._compiled_step(
+                self.ring.cache, self.ring.provided, off, user, self.keys, self.lm_cache
+            )
+        else:
+            cache, provided, out = self._eager_lm_step(off, user)
         self.ring = R.Ring(cache=cache, provided=provided)
         ready = bool((self.offsets > MAX_DELAY).all())  # uniform: see check_offsets
         self.offsets = self.offsets + 1
@@ -263,6 +260,15 @@ class Engine:
         out_np = np.array(out)
         self.last_user_codes = np.array(user)
         return StepOutput(pcm=np.array(pcm[:, 0]), text=out_np[:, 0], audio=out_np[:, 1:], ready=True)
+
+    def _eager_lm_step(self, off: mx.array, user: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """The LM part of `step`, op by op: -> ring cache, ring provided, out [B, 9]."""
+        cache, provided, x = self._pre_impl(self.ring.cache, self.ring.provided, off, user)
+        hidden, text_logits = self.lm.temporal(x, self.lm_cache)
+        # per-row key streams: row b's samples never depend on the batch
+        keys = mx.vmap(lambda k: mx.random.split(k, 3))(self.keys)  # [B, 3, 2]
+        self.keys = keys[:, 0]
+        return self._post_impl(hidden[:, 0], text_logits[:, 0], cache, provided, off, keys[:, 1], keys[:, 2])
 
     def _pre_impl(
         self, cache: mx.array, provided: mx.array, off: mx.array, user: mx.array

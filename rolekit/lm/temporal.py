@@ -9,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rolekit.lm.config import LmConfig
-from rolekit.nn.attention import Attention, RingKV, ring_positions
+from rolekit.nn.attention import Attention, RingKV, StepView, ring_positions, step_view
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.norm import RMSNorm
 
@@ -95,9 +95,14 @@ class TemporalLayer(nn.Module):
         self.gating = GatedMLP(cfg.dim, cfg.hidden)
 
     def __call__(
-        self, x: mx.array, ring: RingKV, offset: int, start: np.ndarray | None = None
+        self,
+        x: mx.array,
+        ring: RingKV,
+        offset: int,
+        start: np.ndarray | None = None,
+        view: StepView | None = None,
     ) -> tuple[mx.array, RingKV]:
-        y, ring = self.self_attn(self.norm1(x), ring, offset, start)
+        y, ring = self.self_attn(self.norm1(x), ring, offset, start, view)
         x = x + y
         return x + self.gating(self.norm2(x)), ring
 
@@ -112,9 +117,13 @@ class Transformer(nn.Module):
     def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
         """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
         offset = cache.offset
+        view = None
+        if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers
+            attn = self.layers[0].self_attn
+            view = step_view(offset, cache.rings[0].capacity, attn.context, cache.start)
         rings = []
         for layer, ring in zip(self.layers, cache.rings, strict=True):
-            x, ring = layer(x, ring, offset, cache.start)
+            x, ring = layer(x, ring, offset, cache.start, view)
             rings.append(ring)
         cache.rings = rings
         cache.offset = offset + x.shape[1]

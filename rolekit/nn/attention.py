@@ -63,7 +63,47 @@ class RingKV:
 
 
 def _put(buf: mx.array, update: mx.array, start: int) -> mx.array:
+    """buf [B, H, C, Dh] with update [B, H, T, Dh] at slots start .. start+T-1 (a new array).
+
+    One position (every 80 ms step) goes through `put_along_axis`: MLX then updates the ring in
+    place when nothing else holds it (a snapshot does: it then gets a copy, so it never sees this
+    write). `slice_update` at an array index would copy the whole ring every step."""
+    if update.shape[2] == 1:
+        idx = mx.broadcast_to(mx.array(start, dtype=mx.int32).reshape(1, 1, 1, 1), update.shape)
+        return mx.put_along_axis(buf, idx, update.astype(buf.dtype), axis=2)
     return mx.slice_update(buf, update, mx.array([start]), axes=(2,))
+
+
+@dataclass
+class StepView:
+    """What one-position attention reads at global position `offset`, shared by every layer.
+
+    length: ring slots attended (slots 0..offset before the ring wraps, all of it after: the
+    slots then hold exactly the visible window). mask: [B, 1, 1, length] bool, only when some row
+    is left-padded (its keys before `start[b]` are hidden) or the ring outlives the context.
+    rope_offset: the Python int offset, or [B] per-row positions when padded."""
+
+    length: int
+    mask: mx.array | None
+    rope_offset: int | mx.array
+
+
+def step_view(offset: int, capacity: int, context: int, start: np.ndarray | None = None) -> StepView:
+    """The attention view of a one-position step at `offset` (built once per step, on the host)."""
+    length = min(offset + 1, capacity)
+    padded = start is not None and bool(np.any(start))
+    rope: int | mx.array = offset
+    if padded:
+        rope = mx.array((offset - np.asarray(start)).astype(np.int32))  # [B]
+    if not padded and capacity <= context:
+        return StepView(length, None, rope)
+    k_pos = ring_positions(offset + 1, capacity)[:length]
+    q_pos = np.array([offset])
+    if padded:
+        visible = padded_mask(q_pos, k_pos, context, np.asarray(start))  # [B, 1, 1, length]
+    else:
+        visible = context_mask(q_pos, k_pos, context)  # [1, length]
+    return StepView(length, None if visible.all() else mx.array(visible), rope)
 
 
 def ring_positions(written: int, capacity: int) -> np.ndarray:
@@ -106,15 +146,24 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def __call__(
-        self, x: mx.array, ring: RingKV, offset: int, start: np.ndarray | None = None
+        self,
+        x: mx.array,
+        ring: RingKV,
+        offset: int,
+        start: np.ndarray | None = None,
+        view: StepView | None = None,
     ) -> tuple[mx.array, RingKV]:
         """x [B, T, D] at positions offset .. offset+T-1 -> (y [B, T, D], updated ring).
 
         start [B] (None = zeros): row b's first real position (left padding before it).
+        view: for T = 1, `step_view(offset, ...)` built once per step by the caller (else here).
         """
         b, t, d = x.shape
         h = self.num_heads
         hd = d // h
+        if t == 1:
+            view = view or step_view(offset, ring.capacity, self.context, start)
+            return self._step(x, ring, offset, view)
         padded = start is not None and bool(np.any(start))
         rope_off = mx.array((offset - np.asarray(start)).astype(np.int32)) if padded else offset  # [B]
         qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
@@ -122,20 +171,14 @@ class Attention(nn.Module):
         k = mx.fast.rope(qkv[1], hd, traditional=True, base=self.max_period, scale=1.0, offset=rope_off)
         v = qkv[2]
         q_pos = offset + np.arange(t)
-        if t == 1:
-            # One step: write first, then the ring holds exactly the visible window.
-            ring = ring.write(k, v, offset)
-            keys, values = ring.keys, ring.values
-            k_pos = ring_positions(offset + 1, ring.capacity)
-        else:
-            # Whole sequence: attend over [old ring, new keys] so that every query sees its full
-            # window (a ring alone would lose keys that later queries of the chunk overwrite).
-            # Before the ring has wrapped, only its first `offset` slots hold keys: skip the rest.
-            old = min(offset, ring.capacity)
-            keys = mx.concatenate([ring.keys[:, :, :old], k], axis=2)  # [B, H, old + T, Dh]
-            values = mx.concatenate([ring.values[:, :, :old], v], axis=2)
-            k_pos = np.concatenate([ring_positions(offset, ring.capacity)[:old], q_pos])
-            ring = ring.write(k, v, offset)
+        # Whole sequence: attend over [old ring, new keys] so that every query sees its full
+        # window (a ring alone would lose keys that later queries of the chunk overwrite).
+        # Before the ring has wrapped, only its first `offset` slots hold keys: skip the rest.
+        old = min(offset, ring.capacity)
+        keys = mx.concatenate([ring.keys[:, :, :old], k], axis=2)  # [B, H, old + T, Dh]
+        values = mx.concatenate([ring.values[:, :, :old], v], axis=2)
+        k_pos = np.concatenate([ring_positions(offset, ring.capacity)[:old], q_pos])
+        ring = ring.write(k, v, offset)
         if padded:
             visible = padded_mask(q_pos, k_pos, self.context, np.asarray(start))  # [B, 1, Tq, Tk]
         else:
@@ -146,3 +189,22 @@ class Attention(nn.Module):
         )  # [B, H, T, Dh]
         out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
         return self.out_proj(out), ring
+
+    def _step(self, x: mx.array, ring: RingKV, offset: int, view: StepView) -> tuple[mx.array, RingKV]:
+        """x [B, 1, D] at `offset`: write first, then attend to the view's ring prefix (no host mask
+        unless a row is padded)."""
+        b, t, d = x.shape
+        h = self.num_heads
+        hd = d // h
+        qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
+        rope = dict(traditional=True, base=self.max_period, scale=1.0, offset=view.rope_offset)
+        q = mx.fast.rope(qkv[0], hd, **rope)
+        k = mx.fast.rope(qkv[1], hd, **rope)
+        ring = ring.write(k, qkv[2], offset)
+        keys, values = ring.keys, ring.values  # [B, H, C, Dh]
+        if view.length < ring.capacity:  # before the wrap: slots 0..offset hold keys
+            keys, values = keys[:, :, : view.length], values[:, :, : view.length]
+        out = mx.fast.scaled_dot_product_attention(
+            q, keys, values, scale=hd**-0.5, mask=view.mask
+        )  # [B, H, 1, Dh]
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), ring

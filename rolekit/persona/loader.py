@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from rolekit.errors import DocumentError, Problem
 from rolekit.persona.schema import VOICE_FILE_SUFFIXES, Persona
-from rolekit.persona.yamldoc import YamlDoc, load_yaml
+from rolekit.yamldoc import YamlDoc, load_yaml
 
 PACKAGED_PERSONAS = Path(__file__).resolve().parent.parent / "assets" / "personas"
 SUFFIXES = (".yaml", ".yml")

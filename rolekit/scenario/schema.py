@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rolekit.errors import DocumentError, Problem
 from rolekit.scenario.expect import Expectation
-from rolekit.scenario.yaml_marks import MarkedDocument, field_name, load_marked_yaml
+from rolekit.yamldoc import YamlDoc, field_name, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -118,7 +118,7 @@ class LoadedScenario(BaseModel):
 
     scenario: Scenario
     path: Path
-    doc: MarkedDocument
+    doc: YamlDoc
 
     @property
     def name(self) -> str:
@@ -137,7 +137,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     path = Path(path)
     if not path.is_file():
         raise DocumentError(problems=[Problem("no such scenario file", str(path))])
-    doc = load_marked_yaml(path)
+    doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise DocumentError(problems=[Problem("a scenario must be a YAML mapping", str(path), 1)])
     try:
@@ -160,7 +160,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     return loaded
 
 
-def _problems(exc: ValidationError, doc: MarkedDocument) -> list[Problem]:
+def _problems(exc: ValidationError, doc: YamlDoc) -> list[Problem]:
     out = []
     for err in exc.errors():
         # Drop pydantic's union/function tags so the location matches the YAML path.

@@ -56,7 +56,7 @@ def test_turn_index_must_exist(write_scenario):
 def test_malformed_yaml_and_missing_audio(write_scenario, tmp_path):
     p = write_scenario("persona: shop\nuser: [\n  - say: hi\n", name="bad.yaml")
     (msg,) = _problems(p)
-    assert msg.startswith(f"{p}:3: malformed YAML")
+    assert msg.startswith(f"{p}:3: YAML syntax error")
     q = write_scenario("persona: shop\nuser:\n  - say: hi\n  - audio: clips/none.wav\n", name="audio.yaml")
     assert _problems(q) == [f"{q}:4: user[1].audio: no such audio file: {tmp_path / 'clips' / 'none.wav'}"]
 

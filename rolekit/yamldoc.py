@@ -95,3 +95,14 @@ def _value_line(node: yaml.Node, key_line: int) -> int:
     if isinstance(node, yaml.ScalarNode):
         return node.start_mark.line + 1
     return key_line
+
+
+def field_name(loc: Loc) -> str:
+    """('user', 2, 'say') -> 'user[2].say' (how errors name a field)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out

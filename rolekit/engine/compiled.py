@@ -1,0 +1,133 @@
+"""The engine's LM step as ONE compiled MLX graph: token ring in, embeddings, 32 temporal layers,
+text sampling, depformer, ring commit, tokens out.
+
+Why: the eager step launches ~1000 small kernels from Python. Compiled, MLX fuses the elementwise
+work; for the graph to be traced once and reused every 80 ms, nothing in it may depend on a Python
+value that changes per step. So the temporal position goes in as a device scalar: RoPE takes it as
+an array (per row: position - start), the ring slot is `offset % C` written with `put_along_axis`
+(in place), and the visibility mask is computed on the device from the position and the rows'
+left padding. Once the ring has wrapped and no row's padding is still inside it, every slot is
+visible: a second graph without the mask serves from then on (two traces in all).
+
+Mimi encode/decode stay outside (they have their own streaming state). The engine's eager
+`_pre_impl` / `_post_impl` are traced as they are, so both paths share the token-ring logic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.lm.temporal import LmCache
+from rolekit.nn.attention import RingKV
+
+
+class CompiledStep:
+    """Compiled temporal + sampling + depformer step of an `Engine` (explicit state stays there)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._masked = mx.compile(lambda *a: self._impl(True, *a))
+        self._full = mx.compile(lambda *a: self._impl(False, *a))
+        self._start_np: np.ndarray | None = None
+        self._start = mx.zeros((engine.batch,), dtype=mx.int32)  # [B]
+
+    def _start_array(self, start: np.ndarray | None) -> mx.array:
+        """[B] int32 left padding on the device, rebuilt only when the cache's padding changes."""
+        if start is not self._start_np:
+            b = self.engine.batch
+            host = np.zeros(b, np.int32) if start is None else np.asarray(start, np.int32)
+            self._start_np, self._start = start, mx.array(host)
+        return self._start
+
+    def __call__(
+        self,
+        ring_cache: mx.array,
+        ring_provided: mx.array,
+        off: mx.array,
+        user: mx.array,
+        keys: mx.array,
+        lm_cache: LmCache,
+    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """One frame: -> (ring cache, ring provided, out [B, 9], next RNG keys [B, 2]); lm_cache advanced.
+
+        off [B] LMGen offsets per row, user [B, 8] user codes, keys [B, 2]."""
+        pos = lm_cache.offset
+        cap = lm_cache.rings[0].capacity
+        context = self.engine.lm.transformer.layers[0].self_attn.context
+        start = lm_cache.start
+        oldest = pos + 1 - cap  # oldest position in the ring after this step's write
+        full = oldest >= 0 and cap <= context and (start is None or oldest >= int(np.max(start)))
+        kv = [r.keys for r in lm_cache.rings] + [r.values for r in lm_cache.rings]
+        lm_cache.rings = []  # drop our references: the graph may then update the ring in place
+        fn = self._full if full else self._masked
+        lm_pos = mx.array(pos, dtype=mx.int32)
+        res = fn(ring_cache, ring_provided, off, user, keys, lm_pos, self._start_array(start), *kv)
+        del kv
+        n = len(res[4:]) // 2
+        ks, vs = res[4 : 4 + n], res[4 + n :]
+        lm_cache.rings = [RingKV(k, v) for k, v in zip(ks, vs, strict=True)]
+        lm_cache.offset = pos + 1
+        return res[0], res[1], res[2], res[3]
+
+    def _impl(
+        self,
+        masked: bool,
+        ring_cache: mx.array,
+        ring_provided: mx.array,
+        off: mx.array,
+        user: mx.array,
+        keys: mx.array,
+        pos: mx.array,
+        start: mx.array,
+        *kv: mx.array,
+    ) -> tuple[mx.array, ...]:
+        eng = self.engine
+        lm = eng.lm
+        ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
+        n = len(kv) // 2
+        ks, vs = list(kv[:n]), list(kv[n:])
+        cap = ks[0].shape[2]
+        mask = self._mask(pos, start, cap) if masked else None  # [B, 1, 1, C] bool
+        rope_pos = pos - start  # [B] each row's own position
+        slot = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (x.shape[0], 1, 1, 1))  # [B, 1, 1, 1]
+        for i, layer in enumerate(lm.transformer.layers):
+            y, ks[i], vs[i] = _attend(layer.self_attn, layer.norm1(x), ks[i], vs[i], rope_pos, slot, mask)
+            x = x + y
+            x = x + layer.gating(layer.norm2(x))
+        hidden = lm.out_norm(x)  # [B, 1, D]
+        logits = lm.text_linear(hidden)  # [B, 1, text_card]
+        split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
+        ring_cache, ring_provided, out = eng._post_impl(
+            hidden[:, 0], logits[:, 0], ring_cache, ring_provided, off, split[:, 1], split[:, 2]
+        )
+        return (ring_cache, ring_provided, out, split[:, 0], *ks, *vs)
+
+    def _mask(self, pos: mx.array, start: mx.array, cap: int) -> mx.array:
+        """[B, 1, 1, C] bool: slot visible after writing `pos` (same rule as `padded_mask`)."""
+        context = self.engine.lm.transformer.layers[0].self_attn.context
+        slots = mx.arange(cap, dtype=mx.int32)  # [C]
+        held = pos - (pos - slots + cap) % cap  # [C] newest position in each slot (< 0: never written)
+        visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, C]
+        own = (pos < start)[:, None] & (slots == pos % cap)[None, :]  # padding sees only itself
+        return (visible | own)[:, None, None, :]
+
+
+def _attend(
+    attn: Any, x: mx.array, k_buf: mx.array, v_buf: mx.array, rope_pos: mx.array, slot: mx.array, mask: Any
+) -> tuple[mx.array, mx.array, mx.array]:
+    """x [B, 1, D] -> (y [B, 1, D], k_buf, v_buf [B, H, C, Dh] with this position written)."""
+    b, t, d = x.shape
+    h = attn.num_heads
+    hd = d // h
+    qkv = attn.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
+    rope = dict(traditional=True, base=attn.max_period, scale=1.0, offset=rope_pos)
+    q = mx.fast.rope(qkv[0], hd, **rope)
+    k = mx.fast.rope(qkv[1], hd, **rope)
+    idx = mx.broadcast_to(slot, k.shape)  # [B, H, 1, Dh]
+    k_buf = mx.put_along_axis(k_buf, idx, k.astype(k_buf.dtype), axis=2)
+    v_buf = mx.put_along_axis(v_buf, idx, qkv[2].astype(v_buf.dtype), axis=2)
+    out = mx.fast.scaled_dot_product_attention(q, k_buf, v_buf, scale=hd**-0.5, mask=mask)  # [B, H, 1, Dh]
+    return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf

@@ -1,0 +1,80 @@
+"""The engine's compiled step (`rolekit.engine.compiled`): equal to the eager step before, across and
+after the ring wrap, with left-padded rows and sampling; traced at most twice; snapshots taken
+between compiled steps stay valid although the ring is then written in place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from rolekit import models
+from rolekit.engine.compiled import CompiledStep
+from rolekit.engine.engine import Engine
+from rolekit.engine.offline import run_offline
+from rolekit.lm.model import LM
+from rolekit.lm.sampling import SamplingParams
+from tests.engine.conftest import make_plan, user_frames
+
+GREEDY = SamplingParams(greedy=True)
+HOT = SamplingParams(text_temperature=1.0, audio_temperature=1.0)
+WARM = SamplingParams(text_temperature=0.7, text_top_k=20, audio_temperature=0.8, audio_top_k=30)
+CONTEXT = 40
+
+
+@pytest.fixture(scope="module")
+def ctx_bundle(tiny_bundle):
+    """The tiny model with a 40-frame context: the prompts fit, the session then wraps the ring."""
+    lm = LM(dataclasses.replace(tiny_bundle.lm.cfg, context=CONTEXT))
+    lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
+    lm.eval()
+    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx40")
+
+
+def _run(engine: Engine, frames: np.ndarray):
+    res = run_offline(engine, frames)
+    return np.concatenate([res.text[..., None], res.audio], axis=-1), res.pcm
+
+
+def _engine(bundle, plans, voices, params, seeds, compiled: bool) -> Engine:
+    engine = Engine(bundle, len(plans), params, seeds, compiled=compiled)
+    engine.prefill(plans, [models.load_voice(bundle, v) for v in voices])
+    return engine
+
+
+def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monkeypatch):
+    plans = [make_plan("NATF0", 2, 1), make_plan("VARM4", 9, 2), make_plan("NATM1", 5, 3)]
+    voices = ["NATF0", "VARM4", "NATM1"]
+    params, seeds = [HOT, GREEDY, WARM], [21, 22, 23]
+    traces = []
+    real = CompiledStep._impl
+    monkeypatch.setattr(CompiledStep, "_impl", lambda self, *a: (traces.append(a[0]), real(self, *a))[1])
+    eager = _engine(ctx_bundle, plans, voices, params, seeds, compiled=False)
+    comp = _engine(ctx_bundle, plans, voices, params, seeds, compiled=True)
+    start = eager.lm_cache.start
+    assert start is not None and start.any() and eager.lm_cache.offset < CONTEXT  # padded, not wrapped
+    n = CONTEXT + 10 - eager.lm_cache.offset + int(start.max())  # past the wrap and the padding
+    frames = user_frames(n, 8, batch=3)
+    te, pe = _run(eager, frames)
+    tc, pc = _run(comp, frames)
+    np.testing.assert_array_equal(te, tc)
+    np.testing.assert_allclose(pe, pc, atol=1e-5)
+    assert comp.lm_cache.offset == eager.lm_cache.offset
+    assert sorted(traces) == [False, True]  # one masked graph, one unmasked, each traced once
+    assert len(np.unique(tc[:, :, 0])) > 3  # really generating
+
+
+def test_compiled_snapshot_is_not_overwritten_by_later_steps(ctx_bundle):
+    engine = _engine(ctx_bundle, [make_plan("VARF1", 4, 5)], ["VARF1"], HOT, 4, compiled=True)
+    frames = user_frames(12, 6)
+    _run(engine, frames[:, :4])
+    snap = engine.snapshot()
+    keys_before = np.array(snap.lm["layers.0.keys"])
+    t1, p1 = _run(engine, frames[:, 4:])
+    np.testing.assert_array_equal(np.array(snap.lm["layers.0.keys"]), keys_before)
+    engine.restore(snap)
+    t2, p2 = _run(engine, frames[:, 4:])
+    np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_array_equal(p1, p2)
