@@ -45,6 +45,10 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         from rolekit.bench.engine import bench_engine
 
         return bench_engine(size, **opts)
+    if kind == "pair":
+        from rolekit.bench.engine import bench_engine_pair
+
+        return bench_engine_pair(size, **opts)
     if kind == "prefill":
         from rolekit.bench.engine import bench_prefill
 

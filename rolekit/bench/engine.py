@@ -55,12 +55,15 @@ def bench_engine(
     engine = Engine(bundle, batch=batch, params=params, seed=seed, compiled=compiled)
     rng = np.random.default_rng(seed)
     pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
-    samples = []
+    samples, first = [], []
     for i in range(pcm.shape[0]):
         t0 = time.perf_counter()
         engine.step(pcm[i])
+        ms = (time.perf_counter() - t0) * 1000.0
         if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
-            samples.append((time.perf_counter() - t0) * 1000.0)
+            samples.append(ms)
+        elif i < 4:
+            first.append(round(ms, 1))  # the compiled graph is traced on the first LM call
     return {
         "runtime": "rolekit-engine",
         "variant": "compiled-step" if compiled else "eager",
@@ -72,6 +75,10 @@ def bench_engine(
         "dep_steps": engine.dep_steps,
         "weights_gb": weight_gb(bundle.lm),
         "step": summarize(samples),
+        "first_steps_ms": first,
+        "slowest_ms": sorted(((round(ms, 1), i + warmup + 3) for i, ms in enumerate(samples)), reverse=True)[
+            :3
+        ],
         "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
         "peak_rss_gb": peak_rss_gb(),
     }
@@ -116,4 +123,48 @@ def bench_prefill(
         "frames_per_s": round(batch * frames / (stats["median"] / 1000.0), 1),
         "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
         "peak_rss_gb": peak_rss_gb(),
+    }
+
+
+def bench_engine_pair(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    steps: int = 100,
+    warmup: int = 5,
+    greedy: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Eager and compiled `Engine.step` on one bundle, stepped alternately (eager, compiled, eager,
+    ...) on the same audio, so that drifts of a shared or throttling machine hit both alike."""
+    quant = quant or default_quant()
+    mx.reset_peak_memory()
+    bundle = build_bundle(size, quant, seed)
+    params = SamplingParams(greedy=greedy)
+    engines = {
+        name: Engine(bundle, batch=batch, params=params, seed=seed, compiled=name == "compiled")
+        for name in ("eager", "compiled")
+    }
+    rng = np.random.default_rng(seed)
+    pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
+    samples: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(pcm.shape[0]):
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.step(pcm[i])
+            if i >= warmup + 3:
+                samples[name].append((time.perf_counter() - t0) * 1000.0)
+    ratio = [e / c for e, c in zip(samples["eager"], samples["compiled"], strict=True)]
+    return {
+        "runtime": "rolekit-engine",
+        "variant": "eager-vs-compiled",
+        "device": str(mx.default_device()),
+        "size": size,
+        "quant": quant,
+        "batch": batch,
+        "eager": summarize(samples["eager"]),
+        "compiled": summarize(samples["compiled"]),
+        "step": summarize(samples["compiled"]),
+        "eager_over_compiled": round(float(np.median(ratio)), 3),
+        "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
     }

@@ -8,8 +8,8 @@ so one trace serves every step and MLX fuses the elementwise work into few kerne
 
 It reuses the LM's weights and sub-modules (norms, projections, gated MLPs, embeddings, the
 depformer), so bf16, q8 and q4 models all work. `tests/bench/test_fast_step.py` checks that it
-produces the same tokens as the eager LM (greedy) across a ring wrap. This is a proposal for
-`rolekit.lm` (see bench/RESULTS.md); the engine does not use it.
+produces the same tokens as the eager LM (greedy) across a ring wrap. It stays as the LM-only
+probe of bench/RESULTS.md; the engine's own compiled step is `rolekit.engine.compiled`.
 """
 
 from __future__ import annotations

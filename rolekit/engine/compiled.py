@@ -6,8 +6,11 @@ work; for the graph to be traced once and reused every 80 ms, nothing in it may 
 value that changes per step. So the temporal position goes in as a device scalar: RoPE takes it as
 an array (per row: position - start), the ring slot is `offset % C` written with `put_along_axis`
 (in place), and the visibility mask is computed on the device from the position and the rows'
-left padding. Once the ring has wrapped and no row's padding is still inside it, every slot is
-visible: a second graph without the mask serves from then on (two traces in all).
+left padding. Before the ring wraps, attention reads only a prefix of the ring whose length is a
+power of two (>= MIN_PREFIX; masked within): a new trace per length, i.e. a handful per session
+(256, 512, 1024, 2048, C), each reused for hundreds of steps, instead of attending to all C
+slots through a mask. Once the ring has wrapped and no row's padding is still inside it, every
+slot is visible: one more graph without any mask serves from then on.
 
 Mimi encode/decode stay outside (they have their own streaming state). The engine's eager
 `_pre_impl` / `_post_impl` are traced as they are, so both paths share the token-ring logic.
@@ -24,8 +27,16 @@ from rolekit.lm.temporal import LmCache
 from rolekit.nn.attention import RingKV
 
 
+def prefix_length(written: int, capacity: int, floor: int) -> int:
+    """Ring slots a step attends before the wrap: the next power of two >= written (>= floor), <= C."""
+    n = max(floor, 1 << max(written - 1, 0).bit_length())
+    return min(n, capacity)
+
+
 class CompiledStep:
     """Compiled temporal + sampling + depformer step of an `Engine` (explicit state stays there)."""
+
+    MIN_PREFIX = 256  # shortest attended ring prefix (fewer traces; SDPA cost is flat below it)
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -62,9 +73,14 @@ class CompiledStep:
         full = oldest >= 0 and cap <= context and (start is None or oldest >= int(np.max(start)))
         kv = [r.keys for r in lm_cache.rings] + [r.values for r in lm_cache.rings]
         lm_cache.rings = []  # drop our references: the graph may then update the ring in place
-        fn = self._full if full else self._masked
         lm_pos = mx.array(pos, dtype=mx.int32)
-        res = fn(ring_cache, ring_provided, off, user, keys, lm_pos, self._start_array(start), *kv)
+        start_mx = self._start_array(start)
+        if full:
+            res = self._full(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *kv)
+        else:  # one small mask per step, over the attended prefix only
+            length = prefix_length(pos + 1, cap, self.MIN_PREFIX)
+            mask = self._mask(lm_pos, start_mx, cap, length)  # [B, 1, 1, length]
+            res = self._masked(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, mask, *kv)
         del kv
         n = len(res[4:]) // 2
         ks, vs = res[4 : 4 + n], res[4 + n :]
@@ -82,15 +98,16 @@ class CompiledStep:
         keys: mx.array,
         pos: mx.array,
         start: mx.array,
-        *kv: mx.array,
+        *rest: mx.array,
     ) -> tuple[mx.array, ...]:
+        """rest = ([mask [B, 1, 1, L]] if masked), *K, *V; L = attended ring prefix."""
+        mask, kv = (rest[0], rest[1:]) if masked else (None, rest)
         eng = self.engine
         lm = eng.lm
         ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
         n = len(kv) // 2
         ks, vs = list(kv[:n]), list(kv[n:])
         cap = ks[0].shape[2]
-        mask = self._mask(pos, start, cap) if masked else None  # [B, 1, 1, C] bool
         rope_pos = pos - start  # [B] each row's own position
         slot = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (x.shape[0], 1, 1, 1))  # [B, 1, 1, 1]
         for i, layer in enumerate(lm.transformer.layers):
@@ -105,12 +122,12 @@ class CompiledStep:
         )
         return (ring_cache, ring_provided, out, split[:, 0], *ks, *vs)
 
-    def _mask(self, pos: mx.array, start: mx.array, cap: int) -> mx.array:
-        """[B, 1, 1, C] bool: slot visible after writing `pos` (same rule as `padded_mask`)."""
+    def _mask(self, pos: mx.array, start: mx.array, cap: int, length: int) -> mx.array:
+        """[B, 1, 1, length] bool: ring slot visible after writing `pos` (rule of `padded_mask`)."""
         context = self.engine.lm.transformer.layers[0].self_attn.context
-        slots = mx.arange(cap, dtype=mx.int32)  # [C]
-        held = pos - (pos - slots + cap) % cap  # [C] newest position in each slot (< 0: never written)
-        visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, C]
+        slots = mx.arange(length, dtype=mx.int32)  # [L]
+        held = pos - (pos - slots + cap) % cap  # [L] newest position in each slot (< 0: never written)
+        visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, L]
         own = (pos < start)[:, None] & (slots == pos % cap)[None, :]  # padding sees only itself
         return (visible | own)[:, None, None, :]
 
@@ -129,5 +146,8 @@ def _attend(
     idx = mx.broadcast_to(slot, k.shape)  # [B, H, 1, Dh]
     k_buf = mx.put_along_axis(k_buf, idx, k.astype(k_buf.dtype), axis=2)
     v_buf = mx.put_along_axis(v_buf, idx, qkv[2].astype(v_buf.dtype), axis=2)
-    out = mx.fast.scaled_dot_product_attention(q, k_buf, v_buf, scale=hd**-0.5, mask=mask)  # [B, H, 1, Dh]
+    keys, values = k_buf, v_buf  # [B, H, C, Dh]
+    if mask is not None and mask.shape[-1] < k_buf.shape[2]:  # before the wrap: a ring prefix
+        keys, values = k_buf[:, :, : mask.shape[-1]], v_buf[:, :, : mask.shape[-1]]
+    out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=hd**-0.5, mask=mask)  # [B, H, 1, Dh]
     return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf

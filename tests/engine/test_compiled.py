@@ -11,7 +11,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from rolekit import models
-from rolekit.engine.compiled import CompiledStep
+from rolekit.engine.compiled import CompiledStep, prefix_length
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
 from rolekit.lm.model import LM
@@ -21,16 +21,16 @@ from tests.engine.conftest import make_plan, user_frames
 GREEDY = SamplingParams(greedy=True)
 HOT = SamplingParams(text_temperature=1.0, audio_temperature=1.0)
 WARM = SamplingParams(text_temperature=0.7, text_top_k=20, audio_temperature=0.8, audio_top_k=30)
-CONTEXT = 40
+CONTEXT = 80
 
 
 @pytest.fixture(scope="module")
 def ctx_bundle(tiny_bundle):
-    """The tiny model with a 40-frame context: the prompts fit, the session then wraps the ring."""
+    """The tiny model with an 80-frame context: the prompts fit, the session then wraps the ring."""
     lm = LM(dataclasses.replace(tiny_bundle.lm.cfg, context=CONTEXT))
     lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
     lm.eval()
-    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx40")
+    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx80")
 
 
 def _run(engine: Engine, frames: np.ndarray):
@@ -44,13 +44,15 @@ def _engine(bundle, plans, voices, params, seeds, compiled: bool) -> Engine:
     return engine
 
 
-def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monkeypatch):
+@pytest.mark.parametrize("min_prefix", [256, 8])
+def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monkeypatch, min_prefix):
     plans = [make_plan("NATF0", 2, 1), make_plan("VARM4", 9, 2), make_plan("NATM1", 5, 3)]
     voices = ["NATF0", "VARM4", "NATM1"]
     params, seeds = [HOT, GREEDY, WARM], [21, 22, 23]
     traces = []
     real = CompiledStep._impl
     monkeypatch.setattr(CompiledStep, "_impl", lambda self, *a: (traces.append(a[0]), real(self, *a))[1])
+    monkeypatch.setattr(CompiledStep, "MIN_PREFIX", min_prefix)
     eager = _engine(ctx_bundle, plans, voices, params, seeds, compiled=False)
     comp = _engine(ctx_bundle, plans, voices, params, seeds, compiled=True)
     start = eager.lm_cache.start
@@ -62,7 +64,12 @@ def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monk
     np.testing.assert_array_equal(te, tc)
     np.testing.assert_allclose(pe, pc, atol=1e-5)
     assert comp.lm_cache.offset == eager.lm_cache.offset
-    assert sorted(traces) == [False, True]  # one masked graph, one unmasked, each traced once
+    # one masked graph per attended ring prefix (before the wrap, or while padding is in the ring),
+    # then one graph without a mask
+    p0, last_masked = comp.lm_cache.offset - n, CONTEXT - 2 + int(start.max())
+    lengths = {prefix_length(p + 1, CONTEXT, min_prefix) for p in range(p0, last_masked + 1)}
+    assert len(lengths) == (1 if min_prefix == 256 else 2)  # [80], or [64, 80]
+    assert traces.count(True) == len(lengths) and traces.count(False) == 1  # True: masked
     assert len(np.unique(tc[:, :, 0])) > 3  # really generating
 
 
