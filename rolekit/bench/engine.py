@@ -168,3 +168,70 @@ def bench_engine_pair(
         "eager_over_compiled": round(float(np.median(ratio)), 3),
         "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
     }
+
+
+def bench_prefill_modes(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    voice_frames: int = 48,
+    text_frames: int = 180,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The engine's prompt phases (voice replay, silence, text, silence) three ways: one batched pass,
+    frame by frame (what NVIDIA's LMGen does), and restored from the on-disk prefill cache."""
+    import tempfile
+
+    from rolekit.engine.snapshot import prefill_cached
+    from rolekit.frames import N_STREAMS, PrefillPlan
+    from rolekit.models import VoicePrompt
+
+    quant = quant or default_quant()
+    bundle = build_bundle(size, quant, seed)
+    dim = bundle.lm.cfg.dim
+    rng = np.random.default_rng(seed)
+    voices = [
+        VoicePrompt(
+            embeddings=(0.02 * rng.standard_normal((voice_frames - 1, dim))).astype(np.float32),
+            codes=None,
+            cache=np.full((N_STREAMS, 4), 3, np.int32),
+            source=f"random-voice-{b}",
+        )
+        for b in range(batch)
+    ]
+    plans = [
+        PrefillPlan(voice=f"random-{b}", text_ids=tuple(int(t) for t in rng.integers(4, 1000, text_frames)))
+        for b in range(batch)
+    ]
+    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed)
+
+    def timed(fn: Any) -> float:
+        t0 = time.perf_counter()
+        fn()
+        mx.eval(*engine.lm_cache.arrays())
+        return (time.perf_counter() - t0) * 1000.0
+
+    timed(lambda: engine.prefill(plans, voices))  # warm-up (kernels, graph)
+    batched = timed(lambda: engine.prefill(plans, voices))
+    stepwise = timed(lambda: engine.prefill(plans, voices, stepwise=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = cache_dir or Path(tmp)
+        first = timed(lambda: prefill_cached(engine, plans, voices, folder))
+        restored = timed(lambda: prefill_cached(engine, plans, voices, folder))
+    return {
+        "runtime": "rolekit-engine",
+        "variant": "prefill-modes",
+        "device": str(mx.default_device()),
+        "size": size,
+        "quant": quant,
+        "batch": batch,
+        "frames": plans[0].frames + voice_frames,
+        "batched_ms": round(batched, 2),
+        "stepwise_ms": round(stepwise, 2),
+        "first_run_with_save_ms": round(first, 2),
+        "restored_ms": round(restored, 2),
+        "stepwise_over_batched": round(stepwise / batched, 2),
+        "batched_over_restored": round(batched / max(restored, 1e-6), 1),
+        "peak_rss_gb": peak_rss_gb(),
+    }

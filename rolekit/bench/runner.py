@@ -79,9 +79,12 @@ def run_engine(opts: BenchOptions) -> list[dict[str, Any]]:
 
 
 def run_prefill(opts: BenchOptions) -> list[dict[str, Any]]:
-    from rolekit.bench.engine import bench_prefill
+    from rolekit.bench.engine import bench_prefill, bench_prefill_modes
 
-    return [bench_prefill(opts.size, opts.quant, opts.batch, steps=max(1, min(opts.steps, 5)), warmup=1)]
+    return [
+        bench_prefill(opts.size, opts.quant, opts.batch, steps=max(1, min(opts.steps, 5)), warmup=1),
+        bench_prefill_modes(opts.size, opts.quant, opts.batch),
+    ]
 
 
 def run_mimi(opts: BenchOptions) -> list[dict[str, Any]]:

@@ -108,7 +108,9 @@ def bench_command(
         None, "--dep-steps", help="Depformer steps (default all 16; 8 = agent only)."
     ),
     compiled: bool = typer.Option(
-        False, "--compiled", help="Time the compiled step (lm) / compiled engine post."
+        False,
+        "--compiled",
+        help="lm: the compiled LM step; engine: the engine's whole-step compiled graph (its default; without it: eager).",
     ),
     reference: bool = typer.Option(
         True, "--reference/--no-reference", help="Also time Kyutai's PyTorch moshi."
