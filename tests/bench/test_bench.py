@@ -54,6 +54,20 @@ def test_bench_lm_tiny_json_is_well_formed():
     )
 
 
+def test_bench_prefill_reports_batched_stepwise_and_restored():
+    proc = _rolekit("bench", "prefill", "--size", "tiny", "--steps", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    one_pass, modes = json.loads(proc.stdout)["results"]
+    assert one_pass["variant"] == "prefill" and one_pass["frames"] == 250
+    _check_stats(one_pass["step"], 1)
+    assert modes["variant"] == "prefill-modes" and modes["frames"] == 48 + 6 + 180 + 6
+    for key in ("batched_ms", "stepwise_ms", "first_run_with_save_ms", "restored_ms"):
+        assert modes[key] > 0, key
+    assert modes["stepwise_over_batched"] == pytest.approx(
+        modes["stepwise_ms"] / modes["batched_ms"], rel=0.02
+    )
+
+
 def test_bench_bad_option_is_a_clean_error():
     proc = _rolekit("bench", "lm", "--size", "huge", "--steps", "1")
     assert proc.returncode == 2
