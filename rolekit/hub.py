@@ -20,6 +20,11 @@ DEFAULT_MODEL = "nvidia/personaplex-7b-v1"
 MODEL_ENV = "ROLEKIT_MODEL"
 
 
+def rolekit_cache() -> Path:
+    """Where rolekit keeps what it builds or converts: $ROLEKIT_CACHE, else ~/.cache/rolekit."""
+    return Path(os.environ.get("ROLEKIT_CACHE") or Path.home() / ".cache" / "rolekit").expanduser()
+
+
 def is_offline() -> bool:
     """True when HF_HUB_OFFLINE asks for cache-only access (read at call time, not import time)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -21,6 +21,7 @@ import numpy as np
 
 from rolekit.errors import AudioInputError, ModelError
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
+from rolekit.hub import rolekit_cache
 
 TINY = "tiny"
 TINY_VERSION = "tiny-v2"
@@ -69,20 +70,21 @@ class VoicePrompt:
         return h.hexdigest()
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ROLEKIT_CACHE") or Path.home() / ".cache" / "rolekit").expanduser()
+# What a model needs from a hub repo, in either layout (NVIDIA's PyTorch folder or the MLX one);
+# NVIDIA's repo also holds a web UI (dist.tgz) that rolekit never downloads.
+MODEL_FILES = ["*.safetensors", "*.model", "*.json", "voices*.tgz", "voices/*"]  # globs: all optional
 
 
 def resolve(spec: str) -> Path:
     """`tiny` -> the embedded model folder (built on first use); else a local folder or hub id."""
     if spec == TINY:
-        folder = cache_root() / "models" / TINY_VERSION
+        folder = rolekit_cache() / "models" / TINY_VERSION
         if not (folder / "config.json").is_file():
             build_tiny(folder)
         return folder
     from rolekit.hub import resolve_model
 
-    return resolve_model(spec)
+    return resolve_model(spec, MODEL_FILES)
 
 
 def model_id_of(folder: Path) -> str:

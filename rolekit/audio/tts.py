@@ -20,6 +20,7 @@ import numpy as np
 from rolekit.audio.wav import read_audio
 from rolekit.errors import DeviceError
 from rolekit.frames import SAMPLE_RATE
+from rolekit.hub import rolekit_cache
 
 BACKENDS = ("espeak-ng", "say")
 _DEFAULT_VOICE = {"espeak-ng": "en-us", "say": None}
@@ -50,9 +51,7 @@ class TtsRequest:
 
 def cache_dir() -> Path:
     """Where rendered speech is kept: $ROLEKIT_CACHE/tts or ~/.cache/rolekit/tts."""
-    root = os.environ.get("ROLEKIT_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "rolekit"
-    return base / "tts"
+    return rolekit_cache() / "tts"
 
 
 def pick_backend(backend: str = "auto") -> str:

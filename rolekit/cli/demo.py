@@ -28,6 +28,7 @@ def demo_command(
     from rich.console import Console
     from rich.table import Table
 
+    from rolekit.cli.persona import voice_frames_for
     from rolekit.errors import DocumentError
     from rolekit.persona.compile import compile_persona
     from rolekit.persona.loader import list_personas, load_persona
@@ -39,22 +40,23 @@ def demo_command(
     console = Console(highlight=False)
     tokenizer = Tokenizer(tokenizer_path(model))
     table = Table(title=f"sample personas (tokenizer of `{model}`)")
-    for col in ("persona", "role", "voice", "text frames", "context left"):
+    for col in ("persona", "role", "voice", "prefill", "context left"):
         table.add_column(col, no_wrap=True)
     for path in list_personas():
         persona = load_persona(path)
         try:
-            plan = compile_persona(persona, {}, tokenizer)
+            plan = compile_persona(persona, {}, tokenizer, voice_frames_for(persona.voice, model))
         except DocumentError as exc:  # e.g. a required variable: show it rather than stop the demo
-            needs = ", ".join(p.field or p.message for p in exc.problems) or str(exc)
-            table.add_row(persona.name, str(persona.role), str(persona.voice), f"needs {needs}", "")
+            names = [(p.field or "").removeprefix("variables.") for p in exc.problems]
+            needs = " ".join(f"--var {n}=..." for n in names if n) or str(exc)
+            table.add_row(persona.name, str(persona.role), str(persona.voice), "", f"needs {needs}")
             continue
         table.add_row(
             persona.name,
             str(persona.role),
             str(persona.voice),
-            str(len(plan.text_ids)),
-            f"{plan.remaining_frames * 0.08:.0f} s",
+            f"{plan.frames} frames",
+            f"{plan.remaining_frames * 0.08:.0f} s of 240 s",
         )
     console.print(table)
 

@@ -11,7 +11,7 @@ import typer
 
 from rolekit.cli.user_input import parse_vars
 from rolekit.errors import DeviceError
-from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
 
 DEFAULT_RUNS = Path("transcripts") / "live"  # next to the scripted runs of `rolekit run`
 DEFAULT_SEED = 42424242  # NVIDIA's server seed, as in `rolekit respond`
@@ -170,7 +170,7 @@ def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, c
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
     }
-    cache_dir = models.cache_root() / "prefill" if cache else None
+    cache_dir = rolekit_cache() / "prefill" if cache else None
 
     def prefill() -> None:
         meta["prefill_cached"] = prefill_cached(engine, [plan], [voice], cache_dir)

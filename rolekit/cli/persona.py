@@ -158,7 +158,7 @@ def compile_cmd(
     with user_errors():
         persona = load_persona(name)
         tokenizer = Tokenizer(tokenizer_path(model))
-        frames = _voice_frames(persona.voice, model)
+        frames = voice_frames_for(persona.voice, model)
         plan = compile_persona(persona, parse_vars(var), tokenizer, frames)
     data = {
         "persona": plan.persona,
@@ -194,17 +194,19 @@ def compile_cmd(
     _console().print(table)
 
 
-def _voice_frames(voice: str, model: str) -> int | None:
-    """Frames of the voice prompt: read from a voice file, or from the model's preset; None for tiny presets."""
+def voice_frames_for(voice: str, model: str) -> int | None:
+    """Frames of the voice prompt: read from a voice file, or from the model's preset."""
     from rolekit.persona.voices import is_voice_file, voice_file, voice_frames
 
     if is_voice_file(voice):
         return voice_frames(Path(voice))
     if model == "tiny":
-        return None  # the tiny model's presets are built by rolekit.models, not read here
+        from rolekit.models import resolve  # builds the embedded model once (its presets are generated)
+
+        return voice_frames(voice_file(resolve("tiny"), voice))
     from rolekit.hub import resolve_model
 
-    folder = resolve_model(model, [f"voices/{voice}.*"])
+    folder = resolve_model(model, [f"voices/{voice}.*", "voices*.tgz"])
     return voice_frames(voice_file(folder, voice))
 
 

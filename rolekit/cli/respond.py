@@ -13,7 +13,7 @@ import typer
 
 from rolekit.cli.user_input import parse_vars, user_errors
 from rolekit.errors import ConfigError
-from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
 
@@ -137,7 +137,7 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     voice = models.load_voice(bundle, plan.voice)
     params = _sampling(opts, dict(plan.sampling))
     engine = Engine(bundle, batch=1, params=params, seed=int(opts["seed"]))
-    cache_dir = models.cache_root() / "prefill" if opts["cache"] else None
+    cache_dir = rolekit_cache() / "prefill" if opts["cache"] else None
     t0 = time.perf_counter()
     cached = prefill_cached(engine, [plan], [voice], cache_dir)
     prefill_ms = (time.perf_counter() - t0) * 1000.0

@@ -5,15 +5,20 @@ No mlx: frame counts come from a .safetensors header, a .pt (only if torch is in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
 import struct
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rolekit.errors import ModelError
 from rolekit.frames import FRAME_SAMPLES, SAMPLE_RATE
 from rolekit.frames import VOICES as VOICE_NAMES
+from rolekit.hub import rolekit_cache
 from rolekit.persona.schema import VOICE_FILE_SUFFIXES
 
 VOICE_DIR = "voices"
@@ -55,16 +60,44 @@ def voice_file(model_dir: Path, name_or_path: str) -> Path:
     name = name_or_path.upper()
     if name not in VOICES:
         raise ModelError(f"unknown voice {name_or_path!r}: use one of {', '.join(VOICES)}")
-    folder = Path(model_dir) / VOICE_DIR
-    for suffix in (".safetensors", ".pt"):
-        if (folder / f"{name}{suffix}").is_file():
-            return folder / f"{name}{suffix}"
-    hint = (
-        "extract voices.tgz there"
-        if (Path(model_dir) / "voices.tgz").is_file()
-        else "the model folder has no voices"
+    for folder in (Path(model_dir) / VOICE_DIR, _extracted_voices(Path(model_dir))):
+        if folder is None:
+            continue
+        for suffix in (".safetensors", ".pt"):
+            if (folder / f"{name}{suffix}").is_file():
+                return folder / f"{name}{suffix}"
+    raise ModelError(
+        f"voice {name} not found in {Path(model_dir) / VOICE_DIR} (the model folder has no such preset; "
+        "NVIDIA ships .pt presets in voices.tgz)"
     )
-    raise ModelError(f"voice {name} not found in {folder} ({hint}; NVIDIA ships .pt presets in voices.tgz)")
+
+
+def _extracted_voices(model_dir: Path) -> Path | None:
+    """NVIDIA's repo ships the presets as `voices.tgz` (its server unpacks it on first use): unpack
+    the `.pt` files once into rolekit's cache, keyed by the archive's size and mtime, and return the folder."""
+    archive = model_dir / "voices.tgz"
+    if not archive.is_file():
+        return None
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = rolekit_cache() / "voices" / key
+    if folder.is_dir():
+        return folder
+    tmp = folder.with_name(f"{key}.partial-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                base = Path(member.name).name  # never a path from the archive: only the file's own name
+                if member.isfile() and base.endswith(".pt") and not base.startswith("."):
+                    (tmp / base).write_bytes(tar.extractfile(member).read())
+        os.replace(tmp, folder)
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if folder.is_dir():  # a concurrent extraction won
+            return folder
+        raise ModelError(f"{archive}: cannot unpack the voice presets ({exc})") from exc
+    return folder
 
 
 def voice_frames(path: Path) -> int:

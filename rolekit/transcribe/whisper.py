@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from rolekit.errors import ModelError
+from rolekit.hub import rolekit_cache
 from rolekit.record import SessionRecord
 from rolekit.transcribe.transcript import SPEAKERS, Segment, Transcript, Word
 
@@ -31,13 +32,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 SILENT_RMS = 10 ** (-50 / 20)  # a channel whose loudest 80 ms frame is below -50 dBFS is not transcribed
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ROLEKIT_CACHE", Path.home() / ".cache" / "rolekit"))
-
-
 def default_whisper_dir() -> Path:
     """Where rolekit keeps its converted whisper tiny.en."""
-    return cache_root() / "whisper" / "tiny.en"
+    return rolekit_cache() / "whisper" / "tiny.en"
 
 
 def _is_mlx_whisper(folder: Path) -> bool:

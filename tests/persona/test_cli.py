@@ -79,8 +79,10 @@ def test_render(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_compile_json(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "persona", "compile", "desk", "--var", "agent=Maya", "--json")
     plan = json.loads(out)
-    assert code == 0 and plan["voice"] == "NATF2" and plan["voice_frames"] is None
-    assert plan["prefill_frames"] == 12 + plan["text_tokens"] == 12 + len(plan["text_ids"])
+    # the tiny model's presets are generated with it: their length is known (E stored embeddings + 1)
+    assert code == 0 and plan["voice"] == "NATF2" and plan["voice_frames"] > 1
+    assert plan["prefill_frames"] == plan["voice_frames"] + 12 + plan["text_tokens"]
+    assert plan["text_tokens"] == len(plan["text_ids"])
     assert plan["remaining_frames"] == 3000 - plan["prefill_frames"]
     assert (
         plan["wrapped_text"] == f"<system> {plan['rendered_text']} <system>"

@@ -35,16 +35,43 @@ def test_voice_file_prefers_safetensors(tmp_path: Path) -> None:
     assert voice_file(tmp_path, str(mine)) == mine
 
 
-def test_voice_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="no voices"):
+def test_voice_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLEKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelError, match="no such preset"):
         voice_file(tmp_path, "NATM0")
-    (tmp_path / "voices.tgz").write_bytes(b"")
-    with pytest.raises(ModelError, match="extract voices.tgz"):
+    (tmp_path / "voices.tgz").write_bytes(b"not a tar archive")
+    with pytest.raises(ModelError, match="cannot unpack the voice presets"):
         voice_file(tmp_path, "NATM0")
+    assert not list((tmp_path / "cache" / "voices").iterdir())  # nothing half-unpacked is left
     with pytest.raises(ModelError, match="NATF0, NATF1"):
         voice_file(tmp_path, "NOPE1")
     with pytest.raises(ModelError, match="not found"):
         voice_file(tmp_path, str(tmp_path / "gone.pt"))
+
+
+def test_presets_are_unpacked_from_nvidia_voices_tgz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import tarfile
+
+    monkeypatch.setenv("ROLEKIT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    with tarfile.open(model / "voices.tgz", "w:gz") as tar:
+        for name, data in (
+            ("voices/NATF2.pt", b"natf2"),
+            ("voices/._NATF2.pt", b"junk"),
+            ("../evil.pt", b"x"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path = voice_file(model, "NATF2")
+    assert path.name == "NATF2.pt" and path.read_bytes() == b"natf2"
+    assert path.is_relative_to(tmp_path / "cache" / "voices")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["NATF2.pt", "evil.pt"]  # names only, no paths
+    assert voice_file(model, "natf2") == path  # unpacked once, then reused
+    with pytest.raises(ModelError, match="no such preset"):
+        voice_file(model, "NATM0")
 
 
 def test_frames_from_safetensors_header(tmp_path: Path) -> None:
