@@ -204,6 +204,9 @@ def from_mlx_config(config: dict[str, Any], source: str = "config.json") -> LmCo
         t["delays"] = tuple(int(d) for d in config["delays"])
     else:
         t["delays"] = tuple(t["delays"])
+    # aufklarer's converter writes `temporal.n_q: 8`, the codebooks of ONE audio stream; the LM reads
+    # both streams (agent + user), one delay each after the text stream.
+    t["n_q"] = len(t["delays"]) - 1
     cfg = LmConfig(**t)
     cfg.validate(source)
     return cfg

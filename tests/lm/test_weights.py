@@ -51,6 +51,46 @@ def test_kyutai_config_round_trip():
     assert from_mlx_config(blocks) == personaplex_7b()
 
 
+def test_aufklarer_config_json_reads_as_personaplex_7b():
+    # config.json exactly as aufklarer/PersonaPlex-7B-MLX-4bit's converter writes it
+    # (soniqo/speech-swift scripts/convert_personaplex.py, make_config): note `temporal.n_q: 8`,
+    # the codebooks of one stream, and the gated hidden size as `dim_feedforward`.
+    config = {
+        "model_type": "personaplex",
+        "version": "personaplex-7b-v1",
+        "base_model": "kyutai/moshiko-pytorch-bf16",
+        "temporal": {
+            "dim": 4096,
+            "num_layers": 32,
+            "num_heads": 32,
+            "hidden_scale": 4.125,
+            "n_q": 8,
+            "card": 2048,
+            "text_card": 32000,
+            "context": 3000,
+            "max_period": 10000,
+        },
+        "depformer": {
+            "dim": 1024,
+            "num_layers": 6,
+            "num_heads": 16,
+            "dim_feedforward": 2816,
+            "num_steps": 16,
+            "card": 2048,
+            "text_card": 32000,
+            "context": 8,
+            "weights_per_step": True,
+            "multi_linear": True,
+        },
+        "mimi": {"sample_rate": 24000, "frame_rate": 12.5, "num_codebooks": 16, "codebook_size": 2048},
+        "sampling": {"audio_temp": 0.8, "audio_top_k": 250, "text_temp": 0.7, "text_top_k": 25},
+        "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+        "quantization": {"bits": 4, "group_size": 64, "quantized_components": ["temporal", "depformer"]},
+        "voices": ["NATF0", "NATF1"],
+    }
+    assert from_mlx_config(config) == personaplex_7b()
+
+
 def test_unsupported_kyutai_config_names_the_field():
     with pytest.raises(ModelError) as err:
         LmConfig.from_kyutai({**tiny().to_kyutai(), "gating": "gelu", "norm": "layer_norm"})
