@@ -43,3 +43,23 @@ def user_frames(n: int, seed: int, batch: int = 1) -> np.ndarray:
     env = (np.sin(2 * np.pi * (0.5 + 0.1 * seed) * t) > 0).astype(np.float32)
     pcm = 0.2 * env * np.sin(2 * np.pi * (150 + 20 * seed) * t) + 0.05 * rng.standard_normal((batch, t.size))
     return pcm.astype(np.float32).reshape(batch, n, 1920)
+
+
+def with_context(bundle, context: int):
+    """The same weights with another temporal context, so that tests wrap the ring early."""
+    import dataclasses
+
+    from mlx.utils import tree_flatten
+
+    from rolekit.lm.model import LM
+
+    lm = LM(dataclasses.replace(bundle.lm.cfg, context=context))
+    lm.load_weights(list(tree_flatten(bundle.lm.parameters())))
+    lm.eval()
+    return dataclasses.replace(bundle, lm=lm, model_id=f"{bundle.model_id}-ctx{context}")
+
+
+@pytest.fixture(scope="module")
+def short_context(tiny_bundle):
+    """The tiny model with an 8-frame temporal context (prefills and sessions wrap the ring)."""
+    return with_context(tiny_bundle, 8)

@@ -4,19 +4,15 @@ between compiled steps stay valid although the ring is then written in place."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 from rolekit import models
 from rolekit.engine.compiled import CompiledStep, prefix_length
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
-from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams
-from tests.engine.conftest import make_plan, user_frames
+from tests.engine.conftest import make_plan, user_frames, with_context
 
 GREEDY = SamplingParams(greedy=True)
 HOT = SamplingParams(text_temperature=1.0, audio_temperature=1.0)
@@ -27,10 +23,7 @@ CONTEXT = 80
 @pytest.fixture(scope="module")
 def ctx_bundle(tiny_bundle):
     """The tiny model with an 80-frame context: the prompts fit, the session then wraps the ring."""
-    lm = LM(dataclasses.replace(tiny_bundle.lm.cfg, context=CONTEXT))
-    lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
-    lm.eval()
-    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx80")
+    return with_context(tiny_bundle, CONTEXT)
 
 
 def _run(engine: Engine, frames: np.ndarray):

@@ -9,14 +9,12 @@ import dataclasses
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 from rolekit import models
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
 from rolekit.engine.snapshot import prefill_cached, snapshot_path, state_equal
 from rolekit.errors import ConfigError
-from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams
 from tests.engine.conftest import make_plan, user_frames
 
@@ -32,16 +30,6 @@ def _prefilled(bundle, plans, voices, **kw) -> Engine:
     engine = Engine(bundle, len(plans), kw.pop("params", GREEDY), **kw)
     engine.prefill(plans, [models.load_voice(bundle, v) for v in voices])
     return engine
-
-
-@pytest.fixture(scope="module")
-def short_context(tiny_bundle):
-    """The tiny model with an 8-frame temporal context (the prefill alone wraps the ring)."""
-    cfg = dataclasses.replace(tiny_bundle.lm.cfg, context=8)
-    lm = LM(cfg)
-    lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
-    lm.eval()
-    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx8")
 
 
 @pytest.mark.parametrize("context", ["full", "short"])

@@ -4,11 +4,8 @@ batches with any padding; the persona compiler's frame count equals the engine's
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 from rolekit import models
 from rolekit.engine.engine import Engine
@@ -16,7 +13,6 @@ from rolekit.engine.offline import run_offline
 from rolekit.engine.snapshot import prefill_cached, state_equal
 from rolekit.errors import ConfigError
 from rolekit.frames import PrefillPlan
-from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams
 from rolekit.persona.compile import compile_persona
 from rolekit.persona.loader import load_persona
@@ -27,16 +23,6 @@ from tests.engine.conftest import make_plan, user_frames
 GREEDY = SamplingParams(greedy=True)
 HOT = SamplingParams(text_temperature=0.9, text_top_k=20, audio_temperature=0.9, audio_top_k=40)
 WARM = SamplingParams(text_temperature=0.6, text_top_k=0, audio_temperature=1.1, audio_top_k=250)
-
-
-@pytest.fixture(scope="module")
-def short_context(tiny_bundle):
-    """The tiny model with an 8-frame temporal context (prefills and sessions wrap the ring)."""
-    cfg = dataclasses.replace(tiny_bundle.lm.cfg, context=8)
-    lm = LM(cfg)
-    lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
-    lm.eval()
-    return dataclasses.replace(tiny_bundle, lm=lm, model_id="tiny-ctx8")
 
 
 def _wav_voice(bundle, seconds: float):
