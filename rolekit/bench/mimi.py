@@ -1,5 +1,6 @@
-"""Mimi codec timing, side by side in one process: our MLX Mimi, Kyutai's PyTorch Mimi (streaming)
-and rustymimi (Rust, PyPI), all with the same random weights.
+"""Mimi codec timing, side by side in one process: our MLX Mimi (eager steps, and the
+`mx.compile` steps of `codec.compiled`), Kyutai's PyTorch Mimi (streaming) and rustymimi (Rust,
+PyPI), all with the same random weights.
 
 `bench_mimi()` returns plain data; `rolekit bench mimi` (cli/bench.py) prints it and writes it to
 bench/RESULTS.md. Times are ms per 80 ms frame (1920 samples) for one `encode_step` and one
@@ -21,7 +22,7 @@ import numpy as np
 
 from rolekit.frames import FRAME_SAMPLES, SAMPLE_RATE
 
-BACKENDS = ("mlx", "torch", "rustymimi")
+BACKENDS = ("mlx", "mlx-compiled", "torch", "rustymimi")
 
 
 def bench_mimi(
@@ -35,6 +36,7 @@ def bench_mimi(
 ) -> dict[str, Any]:
     """Median / p10 / p90 ms per frame of encode_step and decode_step for each backend."""
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    from rolekit.codec.compiled import CompiledMimi
     from rolekit.codec.config import mimi_202407, tiny
     from rolekit.codec.reference import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
@@ -61,8 +63,16 @@ def bench_mimi(
     with tempfile.TemporaryDirectory() as tmp:
         path = save_reference(ref, Path(tmp) / "tokenizer-e351c8d8-checkpoint125.safetensors")
         codes: dict[str, np.ndarray] = {}
+        loaded: list[Any] = []  # one MLX Mimi shared by the eager and the compiled runs
+
+        def mimi() -> Any:
+            if not loaded:
+                loaded.append(load_mimi(path, cfg.num_codebooks, cfg=cfg))
+            return loaded[0]
+
         runners: dict[str, Callable[[], tuple[dict, np.ndarray]]] = {
-            "mlx": lambda: _run_mlx(load_mimi(path, cfg.num_codebooks, cfg=cfg), pcm, warmup),
+            "mlx": lambda: _run_mlx(mimi(), pcm, warmup),
+            "mlx-compiled": lambda: _run_mlx(CompiledMimi(mimi()), pcm, warmup),
             "torch": lambda: _run_torch(ref, pcm, warmup, torch),
             "rustymimi": lambda: _run_rustymimi(path, cfg.num_codebooks, pcm, warmup),
         }
@@ -111,7 +121,11 @@ def _frames(pcm: np.ndarray) -> list[np.ndarray]:
 
 
 def _summary(enc: list[float], dec: list[float], warmup: int) -> dict[str, Any]:
-    return {"encode_step": _stats(enc[warmup:]), "decode_step": _stats(dec[warmup:])}
+    return {
+        "encode_step": _stats(enc[warmup:]),
+        "decode_step": _stats(dec[warmup:]),
+        "first_step_ms": {"encode": enc[0] * 1000.0, "decode": dec[0] * 1000.0},  # + trace / JIT
+    }
 
 
 def _run_mlx(mimi: Any, pcm: np.ndarray, warmup: int) -> tuple[dict, np.ndarray]:
@@ -213,3 +227,67 @@ def format_markdown(result: dict[str, Any]) -> str:
         eq = r.get("codes_equal_torch")
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {'-' if eq is None else f'{eq:.1%}'} |")
     return "\n".join(lines) + "\n"
+
+
+def bench_mimi_pair(
+    frames: int = 150, batch: int = 1, size: str = "full", warmup: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Eager vs compiled MLX Mimi steps, alternating frame by frame on one set of random weights
+    (so that drifts of a shared machine hit both alike), split at the transformer ring wrap
+    (`context` 25 Hz steps = 125 frames at full size): before it the compiled step attends to (and
+    shifts) all `context` cache slots, eager only to the filled ones; after it both do the same."""
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    import mlx.core as mx
+
+    from rolekit.codec.compiled import CompiledMimi
+    from rolekit.codec.config import mimi_202407, tiny
+    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.codec.weights import load_mimi
+
+    cfg = mimi_202407() if size == "full" else tiny()
+    pcm = _signal(batch, frames, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
+        eager = load_mimi(path, cfg.num_codebooks, cfg=cfg)
+    codecs = {"mlx": eager, "mlx-compiled": CompiledMimi(eager)}
+    states = {name: c.make_state(batch) for name, c in codecs.items()}
+    wrap = -(-cfg.context // cfg.downsample_stride)  # first frame whose step wraps the ring
+    times: dict[str, dict[str, list[float]]] = {n: {"enc": [], "dec": []} for n in codecs}
+    for frame in _frames(pcm):
+        x = mx.array(frame)
+        mx.eval(x)
+        for name, codec in codecs.items():
+            t0 = time.perf_counter()
+            c = codec.encode_step(x, states[name])
+            mx.eval(c, *states[name].arrays())
+            t1 = time.perf_counter()
+            out = codec.decode_step(c, states[name])
+            mx.eval(out, *states[name].arrays())
+            times[name]["enc"].append(t1 - t0)
+            times[name]["dec"].append(time.perf_counter() - t1)
+    phases = {"before_wrap": slice(warmup, wrap), "after_wrap": slice(wrap, frames)}
+    result: dict[str, Any] = {"size": size, "batch": batch, "frames": frames, "wrap_frame": wrap}
+    result["machine"] = _machine()
+    for phase, sl in phases.items():
+        if sl.start >= sl.stop:
+            continue
+        result[phase] = {name: {k: _stats(v[sl]) for k, v in t.items()} for name, t in times.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m rolekit.bench.mimi [BATCH [FRAMES [SIZE]]]`: `bench_mimi_pair` as JSON."""
+    import json
+    import sys
+
+    from rolekit.codec.blas import preload_openblas
+
+    preload_openblas()  # as the CLI does: before mlx is imported
+    args = sys.argv[1:] if argv is None else argv
+    batch, frames = (int(a) for a in (args + ["1", "150"])[:2])
+    size = args[2] if len(args) > 2 else "full"
+    print(json.dumps(bench_mimi_pair(frames=frames, batch=batch, size=size), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -90,7 +90,7 @@ def run_prefill(opts: BenchOptions) -> list[dict[str, Any]]:
 def run_mimi(opts: BenchOptions) -> list[dict[str, Any]]:
     from rolekit.bench.mimi import BACKENDS, bench_mimi
 
-    backends = BACKENDS if opts.reference else ("mlx",)
+    backends = BACKENDS if opts.reference else ("mlx", "mlx-compiled")
     res = bench_mimi(
         frames=opts.steps, batch=opts.batch, size=opts.size, warmup=opts.warmup, backends=backends
     )

@@ -143,6 +143,8 @@ class Mimi(nn.Module):
                 f"encode_step needs [{state.batch}, 1, {self.frame_size}] samples, got {pcm.shape}"
             )
         x = pcm.reshape(b, n, 1).astype(mx.float32)
+        if state.enc_offset == 0:  # nothing seen: the downsample replicates its first input (a
+            state.enc.pop("downsample", None)  # compiled step's state holds zeros there)
         emb = self.encoder(x, state.enc)  # [B, 2, D]
         emb = self.encoder_transformer.step(emb, state.enc, state.enc_offset, "transformer")
         state.enc_offset += emb.shape[1]

@@ -21,11 +21,16 @@ from rolekit.codec.config import MimiConfig
 _BLOCK = 256  # query block of the whole-clip attention (bounds the mask to [256, 256 + context])
 
 
-def rope_tables(offset: int, steps: int, head_dim: int, max_period: float) -> tuple[mx.array, mx.array]:
-    """cos, sin [steps, head_dim / 2] in fp32, computed the way Kyutai's `apply_rope` does."""
+def rope_tables(
+    offset: int | mx.array, steps: int, head_dim: int, max_period: float
+) -> tuple[mx.array, mx.array]:
+    """cos, sin [steps, head_dim / 2] in fp32, computed the way Kyutai's `apply_rope` does.
+
+    `offset` may be a scalar device array (the compiled step), with the same fp32 result."""
     ds = mx.arange(head_dim // 2, dtype=mx.float32)
     freqs = mx.exp(ds * mx.array(-math.log(max_period) * 2 / head_dim, dtype=mx.float32))
-    ts = mx.arange(steps, dtype=mx.float32) + mx.array(float(offset), dtype=mx.float32)
+    off = offset.astype(mx.float32) if isinstance(offset, mx.array) else mx.array(float(offset), mx.float32)
+    ts = mx.arange(steps, dtype=mx.float32) + off
     angles = ts[:, None] * freqs[None, :]
     return mx.cos(angles), mx.sin(angles)
 
@@ -156,7 +161,10 @@ class MimiTransformer(nn.Module):
             q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
             old_k, old_v = cache.get(kk), cache.get(vk)
-            if old_k is not None:
+            if old_k is not None and old_k.shape[2] > offset:  # a fixed-size cache (compiled
+                # step): slots before position 0 are empty
+                old_k, old_v = old_k[:, :, old_k.shape[2] - offset :], old_v[:, :, old_v.shape[2] - offset :]
+            if old_k is not None and old_k.shape[2] > 0:
                 k = mx.concatenate([old_k, k], axis=2)
                 v = mx.concatenate([old_v, v], axis=2)
             if k.shape[2] > cfg.context:  # the ring holds `context` slots: oldest keys are gone
@@ -165,6 +173,31 @@ class MimiTransformer(nn.Module):
             n = k.shape[2]
             k_pos = mx.arange(offset + t - n, offset + t)
             mask = _mask(mx.arange(offset, offset + t), k_pos, cfg.context)
+            x = x + layer.layer_scale_1(layer.self_attn.out(attend(q, k, v, mask)))
+            x = layer.mlp(x)
+        return self._project_out(x)
+
+    def step_fixed(self, x: mx.array, cache: dict[str, mx.array], offset: mx.array, prefix: str) -> mx.array:
+        """`step` with fixed shapes for `mx.compile`: x [B, T, dimension] -> [B, T, dimension].
+
+        `offset` is a scalar int32 device array; every `cache[f"{prefix}.{i}.k|v"]` is always
+        [B, H, context, hd] (positions offset - context .. offset - 1 in order, the oldest first;
+        slots of negative positions are zeros and masked). Same keys, same order as `step`.
+        """
+        cfg = self.cfg
+        x = self._project_in(x)
+        t = x.shape[1]
+        n = cfg.context
+        cos, sin = rope_tables(offset, t, cfg.d_model // cfg.num_heads, cfg.max_period)
+        k_pos = mx.arange(n) + (offset + t - n)  # [n] positions of the slots after the write
+        q_pos = mx.arange(t) + offset  # [t]
+        mask = _mask(q_pos, k_pos, cfg.context) & (k_pos >= 0)[None, :]  # [t, n]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
+            kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
+            k = mx.concatenate([cache[kk][:, :, t:], k], axis=2)  # [B, H, n, hd]
+            v = mx.concatenate([cache[vk][:, :, t:], v], axis=2)
+            cache[kk], cache[vk] = k, v
             x = x + layer.layer_scale_1(layer.self_attn.out(attend(q, k, v, mask)))
             x = layer.mlp(x)
         return self._project_out(x)

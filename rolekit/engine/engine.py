@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import mlx.core as mx
 import numpy as np
 
+from rolekit.codec.compiled import CompiledMimi
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.prefill import PrefillInputs, prefill_inputs
@@ -90,9 +91,13 @@ class Engine:
         seed: int | list[int] = 0,
         compiled: bool = True,
         dep_stop: bool = True,
+        compiled_mimi: bool = True,
     ) -> None:
         self.lm = bundle.lm
         self.mimi = bundle.mimi
+        # Mimi's encode/decode steps as two mx.compile graphs (codec.compiled): equal outputs,
+        # fewer launches; eager: op by op.
+        self._mimi_steps = CompiledMimi(self.mimi) if compiled_mimi else self.mimi
         self.model_id = bundle.model_id
         self.batch = batch
         cfg = self.lm.cfg
@@ -236,7 +241,7 @@ class Engine:
             raise ConfigError(
                 f"step needs user audio [{self.batch}, {FRAME_SAMPLES}], got {list(pcm_in.shape)}"
             )
-        codes = self.mimi.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
+        codes = self._mimi_steps.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
         user = codes[:, :N_CODEBOOKS, 0].astype(mx.int32)  # [B, 8]
         off = mx.array(self.offsets.astype(np.int32))  # [B]
         if not self.offsets.any():  # LMGen's first call only primes: no forward pass
@@ -256,7 +261,7 @@ class Engine:
         self.offsets = self.offsets + 1
         if not ready:
             return self._not_ready(user)
-        pcm = self.mimi.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
+        pcm = self._mimi_steps.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
         mx.eval(pcm, out, user, self.keys, cache, *self.lm_cache.arrays())  # the one host sync
         out_np = np.array(out)
         self.last_user_codes = np.array(user)

@@ -1,0 +1,151 @@
+"""Mimi's streaming steps as two `mx.compile` graphs (one frame each), equal to the eager steps.
+
+A streaming step is ~150 small ops (SEANet convs, two 8-layer transformers, the RVQ): on a GPU
+it is launch-bound, on CPU dispatch-bound. `CompiledMimi` traces `encode_step` / `decode_step`
+once per batch size with every carry an explicit input and output of fixed shape:
+- conv carries always present (zeros = "nothing seen yet"; the downsample's replicate padding of
+  a fresh stream is a `where` on `offset == 0`),
+- transformer caches always [B, H, context, hd] (`MimiTransformer.step_fixed`), the position a
+  scalar int32 device array, so the same graph serves every step, before and after the wrap.
+
+The state is a plain `MimiState`: eager and compiled steps may follow each other on one stream,
+and snapshots of either restore into either (eager trims empty cache slots, compiled pads them).
+The weights are captured as constants when a graph is traced: build a new `CompiledMimi` after
+loading other weights into the same `Mimi`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+
+from rolekit.codec.mimi import Mimi, MimiState
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+class CompiledMimi:
+    """Drop-in for a `Mimi`'s streaming API: `make_state`, `encode_step`, `decode_step`."""
+
+    def __init__(self, mimi: Mimi) -> None:
+        self.mimi = mimi
+        mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
+        mx.eval([t for cb in _codebooks(mimi) for t in cb.table])
+        self._encode: Callable[..., Any] = mx.compile(self._encode_impl)
+        self._decode: Callable[..., Any] = mx.compile(self._decode_impl)
+        self._shapes: dict[int, tuple[Shapes, Shapes]] = {}  # batch -> (enc, dec) carry shapes
+        self.traces = 0  # how many times a graph was traced (the bodies run only when tracing)
+
+    @property
+    def cfg(self) -> Any:
+        return self.mimi.cfg
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.mimi.num_codebooks
+
+    @property
+    def frame_size(self) -> int:
+        return self.mimi.frame_size
+
+    def make_state(self, batch: int) -> MimiState:
+        return MimiState(batch)
+
+    def encode_step(self, pcm: mx.array, state: MimiState) -> mx.array:
+        """One frame: pcm [B, 1, 1920] -> codes [B, K, 1]; `state` advances in place."""
+        b, _, n = pcm.shape
+        if n != self.frame_size or b != state.batch:
+            raise ValueError(
+                f"encode_step needs [{state.batch}, 1, {self.frame_size}] samples, got {pcm.shape}"
+            )
+        enc_shapes, _ = self._carry_shapes(b)
+        state.enc = _fixed(state.enc, enc_shapes)
+        off = mx.array(state.enc_offset, dtype=mx.int32)
+        codes, state.enc = self._encode(pcm.reshape(b, n, 1).astype(mx.float32), state.enc, off)
+        state.enc_offset += self.cfg.downsample_stride
+        return codes
+
+    def decode_step(self, codes: mx.array, state: MimiState) -> mx.array:
+        """One frame: codes [B, K, 1] -> pcm [B, 1, 1920]; `state` advances in place."""
+        b, _, t = codes.shape
+        if t != 1 or b != state.batch:
+            raise ValueError(f"decode_step needs codes [{state.batch}, K, 1], got {codes.shape}")
+        _, dec_shapes = self._carry_shapes(b)
+        state.dec = _fixed(state.dec, dec_shapes)
+        off = mx.array(state.dec_offset, dtype=mx.int32)
+        pcm, state.dec = self._decode(codes.astype(mx.int32), state.dec, off)
+        state.dec_offset += self.cfg.downsample_stride
+        return pcm
+
+    # ---- traced bodies -------------------------------------------------------------------
+    def _encode_impl(self, x: mx.array, enc: dict[str, mx.array], offset: mx.array) -> tuple:
+        # x [B, 1920, 1], offset scalar int32 (25 Hz steps seen) -> codes [B, K, 1], new carries
+        self.traces += 1
+        m = self.mimi
+        enc = dict(enc)
+        emb = m.encoder(x, enc)  # [B, 2, D]
+        emb = m.encoder_transformer.step_fixed(emb, enc, offset, "transformer")
+        prev = enc["downsample"]  # [B, pad, D]; a fresh stream replicates its first latent
+        enc["downsample"] = mx.where(offset == 0, mx.repeat(emb[:, :1], prev.shape[1], axis=1), prev)
+        emb = m.downsample(emb, enc, "downsample")  # [B, 1, D]
+        return m.quantizer.encode(emb, m.num_codebooks), enc
+
+    def _decode_impl(self, codes: mx.array, dec: dict[str, mx.array], offset: mx.array) -> tuple:
+        # codes [B, K, 1] int32 -> pcm [B, 1, 1920], new carries
+        self.traces += 1
+        m = self.mimi
+        dec = dict(dec)
+        b = codes.shape[0]
+        emb = m.quantizer.decode(codes)  # [B, 1, D]
+        emb = m.upsample(emb, dec, "upsample")  # [B, 2, D]
+        emb = m.decoder_transformer.step_fixed(emb, dec, offset, "transformer")
+        pcm = m.decoder(emb, dec)  # [B, 1920, 1]
+        return pcm.reshape(b, 1, -1), dec
+
+    # ---- fixed-shape carries -------------------------------------------------------------
+    def _carry_shapes(self, batch: int) -> tuple[Shapes, Shapes]:
+        """Shapes of every carry after one eager step (a lazy graph: nothing is computed), with
+        the transformer caches at their full `context` length."""
+        if batch not in self._shapes:
+            m = self.mimi
+            probe = MimiState(batch)
+            codes = m.encode_step(mx.zeros((batch, 1, m.frame_size)), probe)
+            m.decode_step(codes, probe)
+            ctx = m.cfg.context
+
+            def full(d: dict[str, mx.array | None]) -> Shapes:
+                out = {}
+                for k, v in d.items():
+                    assert v is not None
+                    s = tuple(v.shape)
+                    out[k] = (*s[:2], ctx, *s[3:]) if k.startswith("transformer.") else s
+                return out
+
+            self._shapes[batch] = (full(probe.enc), full(probe.dec))
+        return self._shapes[batch]
+
+
+def _fixed(carries: dict[str, mx.array | None], shapes: Shapes) -> dict[str, mx.array]:
+    """Carries with exactly `shapes`: missing ones zeros, short caches left-padded with zeros."""
+    if carries.keys() == shapes.keys() and all(
+        v is not None and tuple(v.shape) == shapes[k] for k, v in carries.items()
+    ):
+        return carries  # type: ignore[return-value]
+    out = {}
+    for k, shape in shapes.items():
+        v = carries.get(k)
+        if v is None:
+            out[k] = mx.zeros(shape, dtype=mx.float32)
+        elif tuple(v.shape) != shape:  # an eager cache not yet `context` long: [B, H, n, hd]
+            pad = mx.zeros((*shape[:2], shape[2] - v.shape[2], *shape[3:]), dtype=v.dtype)
+            out[k] = mx.concatenate([pad, v], axis=2)
+        else:
+            out[k] = v
+    return out
+
+
+def _codebooks(mimi: Mimi) -> list[Any]:
+    q = mimi.quantizer
+    return [*q.rvq_first.layers, *q.rvq_rest.layers]
