@@ -55,11 +55,8 @@ class CompiledMimi:
 
     def encode_step(self, pcm: mx.array, state: MimiState) -> mx.array:
         """One frame: pcm [B, 1, 1920] -> codes [B, K, 1]; `state` advances in place."""
+        state.check_frame(pcm, self.frame_size)
         b, _, n = pcm.shape
-        if n != self.frame_size or b != state.batch:
-            raise ValueError(
-                f"encode_step needs [{state.batch}, 1, {self.frame_size}] samples, got {pcm.shape}"
-            )
         enc_shapes, _ = self._carry_shapes(b)
         state.enc = _fixed(state.enc, enc_shapes)
         off = mx.array(state.enc_offset, dtype=mx.int32)
@@ -69,9 +66,8 @@ class CompiledMimi:
 
     def decode_step(self, codes: mx.array, state: MimiState) -> mx.array:
         """One frame: codes [B, K, 1] -> pcm [B, 1, 1920]; `state` advances in place."""
-        b, _, t = codes.shape
-        if t != 1 or b != state.batch:
-            raise ValueError(f"decode_step needs codes [{state.batch}, K, 1], got {codes.shape}")
+        state.check_codes(codes)
+        b = codes.shape[0]
         _, dec_shapes = self._carry_shapes(b)
         state.dec = _fixed(state.dec, dec_shapes)
         off = mx.array(state.dec_offset, dtype=mx.int32)

@@ -64,6 +64,18 @@ class MimiState:
         """Every carried array (to `mx.eval` them together with a step's output)."""
         return [a for a in (*self.enc.values(), *self.dec.values()) if a is not None]
 
+    def check_frame(self, pcm: mx.array, frame_size: int) -> None:
+        """An encode step takes exactly one frame of this stream's batch: [B, 1, frame_size]."""
+        b, _, n = pcm.shape
+        if n != frame_size or b != self.batch:
+            raise ValueError(f"encode_step needs [{self.batch}, 1, {frame_size}] samples, got {pcm.shape}")
+
+    def check_codes(self, codes: mx.array) -> None:
+        """A decode step takes one frame of codes of this stream's batch: [B, K, 1]."""
+        b, _, t = codes.shape
+        if t != 1 or b != self.batch:
+            raise ValueError(f"decode_step needs codes [{self.batch}, K, 1], got {codes.shape}")
+
 
 class Mimi(nn.Module):
     def __init__(self, cfg: MimiConfig) -> None:
@@ -137,11 +149,8 @@ class Mimi(nn.Module):
 
     def encode_step(self, pcm: mx.array, state: MimiState) -> mx.array:
         """One frame: pcm [B, 1, 1920] -> codes [B, K, 1]; `state` advances in place."""
+        state.check_frame(pcm, self.frame_size)
         b, _, n = pcm.shape
-        if n != self.frame_size or b != state.batch:
-            raise ValueError(
-                f"encode_step needs [{state.batch}, 1, {self.frame_size}] samples, got {pcm.shape}"
-            )
         x = pcm.reshape(b, n, 1).astype(mx.float32)
         if state.enc_offset == 0:  # nothing seen: the downsample replicates its first input (a
             state.enc.pop("downsample", None)  # compiled step's state holds zeros there)
@@ -153,9 +162,8 @@ class Mimi(nn.Module):
 
     def decode_step(self, codes: mx.array, state: MimiState) -> mx.array:
         """One frame: codes [B, K, 1] -> pcm [B, 1, 1920]; `state` advances in place."""
-        b, _, t = codes.shape
-        if t != 1 or b != state.batch:
-            raise ValueError(f"decode_step needs codes [{state.batch}, K, 1], got {codes.shape}")
+        state.check_codes(codes)
+        b = codes.shape[0]
         emb = self.quantizer.decode(codes.astype(mx.int32))  # [B, 1, D]
         emb = self.upsample(emb, state.dec, "upsample")  # [B, 2, D]
         emb = self.decoder_transformer.step(emb, state.dec, state.dec_offset, "transformer")

@@ -93,6 +93,16 @@ def _codebook(rvq, i: int) -> np.ndarray:
     return rvq.vq.layers[i]._codebook.embedding.detach().numpy().astype(np.float64)
 
 
+def reference_pair(tmp_path_factory, cfg, seed: int = 0):
+    """A random PyTorch Mimi of `cfg` and our Mimi loaded from its file in the real naming."""
+    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.codec.weights import load_mimi
+
+    ref = build_reference(cfg, seed=seed)
+    path = save_reference(ref, tmp_path_factory.mktemp("mimi") / "tiny.safetensors")
+    return ref, load_mimi(path, num_codebooks=cfg.num_codebooks, cfg=cfg)
+
+
 @pytest.fixture(scope="session")
 def oracle():
     """The helpers above plus torch (one thread), as one namespace for the test modules."""
@@ -106,5 +116,6 @@ def oracle():
         mlx_stream=mlx_stream,
         rel_err=rel_err,
         assert_codes_match=assert_codes_match,
+        pair=reference_pair,
         FRAME=FRAME,
     )

@@ -8,21 +8,13 @@ import pytest
 
 from rolekit.codec.compiled import CompiledMimi
 from rolekit.codec.config import tiny
-from rolekit.codec.reference import build_reference, save_reference
-from rolekit.codec.weights import load_mimi
 
 pytestmark = pytest.mark.oracle
 
 
-def _pair(tmp_path_factory, cfg, seed=0):
-    ref = build_reference(cfg, seed=seed)
-    path = save_reference(ref, tmp_path_factory.mktemp("mimi") / "tiny.safetensors")
-    return ref, load_mimi(path, num_codebooks=cfg.num_codebooks, cfg=cfg)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, oracle):
-    ref, mimi = _pair(tmp_path_factory, tiny())
+    ref, mimi = oracle.pair(tmp_path_factory, tiny())
     return ref, mimi, CompiledMimi(mimi)
 
 
@@ -55,7 +47,7 @@ def test_compiled_equals_eager_across_wraps_batch_3(models, oracle):
 
 
 def test_one_trace_per_batch_size(tmp_path_factory, oracle):
-    _, mimi = _pair(tmp_path_factory, tiny(), seed=3)
+    _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=3)
     fast = CompiledMimi(mimi)
     _run(fast, fast.make_state(1), _frames(oracle.make_pcm(1, 7, seed=2)))
     assert fast.traces == 2  # one encode graph, one decode graph, reused at every position
@@ -64,7 +56,7 @@ def test_one_trace_per_batch_size(tmp_path_factory, oracle):
 
 
 def test_compiled_equals_eager_past_the_250_step_ring_wrap(tmp_path_factory, oracle):
-    _, mimi = _pair(tmp_path_factory, tiny(context=250), seed=1)
+    _, mimi = oracle.pair(tmp_path_factory, tiny(context=250), seed=1)
     fast = CompiledMimi(mimi)
     frames = _frames(oracle.make_pcm(2, 130, seed=4))  # 260 transformer steps
     _assert_same(_run(mimi, mimi.make_state(2), frames), _run(fast, fast.make_state(2), frames))

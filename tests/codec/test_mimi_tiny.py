@@ -7,23 +7,15 @@ import numpy as np
 import pytest
 
 from rolekit.codec.config import tiny
-from rolekit.codec.reference import build_reference, save_reference
-from rolekit.codec.weights import load_mimi
 
 pytestmark = pytest.mark.oracle
 
 FRAMES = 13  # 26 transformer steps: the context-8 ring wraps three times over
 
 
-def _pair(tmp_path_factory, cfg, seed=0):
-    ref = build_reference(cfg, seed=seed)
-    path = save_reference(ref, tmp_path_factory.mktemp("mimi") / "tiny.safetensors")
-    return ref, load_mimi(path, num_codebooks=cfg.num_codebooks, cfg=cfg)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, oracle):
-    return _pair(tmp_path_factory, tiny())
+    return oracle.pair(tmp_path_factory, tiny())
 
 
 def test_whole_clip_encode_decode_match_reference(models, oracle):
@@ -104,7 +96,7 @@ def test_decode_stream_vs_whole_clip_follows_the_reference_ring(models, oracle):
 
 def test_stream_equals_whole_clip_without_wrap(tmp_path_factory, oracle):
     cfg = tiny(context=250)
-    ref, mimi = _pair(tmp_path_factory, cfg, seed=5)
+    ref, mimi = oracle.pair(tmp_path_factory, cfg, seed=5)
     pcm = oracle.make_pcm(1, 8, seed=2)
     codes, out = oracle.mlx_stream(mimi, pcm)
     full_codes = np.array(mimi.encode(mx.array(pcm)))
@@ -119,7 +111,7 @@ def test_stream_equals_whole_clip_without_wrap(tmp_path_factory, oracle):
 @pytest.mark.parametrize("k", [1, 8])
 def test_number_of_codebooks(tmp_path_factory, oracle, k):
     cfg = replace(tiny(), num_codebooks=k)
-    ref, mimi = _pair(tmp_path_factory, cfg, seed=7)
+    ref, mimi = oracle.pair(tmp_path_factory, cfg, seed=7)
     pcm = oracle.make_pcm(1, 3, seed=4)
     with oracle.torch.no_grad():
         ref_codes = ref.encode(oracle.torch.from_numpy(pcm)).numpy()
@@ -186,7 +178,7 @@ def test_step_shape_errors(models):
 def test_transformer_narrower_than_latent_uses_projections(tmp_path_factory, oracle):
     """d_model != dimension: Kyutai's ProjectedTransformer adds input_proj / output_projs.0."""
     cfg = tiny(d_model=16, num_heads=2)
-    ref, mimi = _pair(tmp_path_factory, cfg, seed=9)
+    ref, mimi = oracle.pair(tmp_path_factory, cfg, seed=9)
     assert "input_proj" in mimi.encoder_transformer and "output_proj" in mimi.decoder_transformer
     pcm = oracle.make_pcm(1, 5, seed=10)
     with oracle.torch.no_grad():
