@@ -27,6 +27,10 @@ def _parse(job: str) -> tuple[str, dict[str, Any]]:
 
 def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     size = opts.pop("size", "full")
+    if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
+        import os
+
+        os.environ["ROLEKIT_QMV"] = "1" if opts.pop("qmv") else "0"
     if kind == "ref":
         from rolekit.bench.reference import bench_reference_lm
         from rolekit.lm.config import personaplex_7b, tiny  # no mlx import: runs before mlx is installed
@@ -69,6 +73,36 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         bits = tuple(int(b) for b in str(opts.pop("bits", "4")).split("+"))
         Path(opts.get("workdir", "/tmp/convert")).mkdir(parents=True, exist_ok=True)
         return bench_convert(size, opts.pop("workdir", "/tmp/convert"), bits=bits)
+    if kind == "prof":
+        from rolekit.bench.profile import profile_engine
+
+        res = profile_engine(size, **opts)
+        for phase in ("step", "encode", "decode"):
+            p = res[phase]
+            print(
+                f"PROF {phase:<7} wall {p['wall_ms']:7.2f} ms  busy {p['gpu_busy_ms']:7.2f} ms  "
+                f"kernels {p['kernels_per_step']:7.1f}  {p['categories_ms']}"
+            )
+            for t in p["top"][:8]:
+                print(f"   {t['us_per_step']:8.1f} us  x{t['per_step']:<6} {t['name']}")
+            for t in p.get("most_launched", [])[:25] if phase == "step" else []:
+                print(f"   x{t['per_step']:<6} {t['name'][:90]}")
+        return res
+    if kind == "qmv":
+        from rolekit.bench.matmul import bench_matmul, check_qmv
+
+        checks = check_qmv()
+        for c in checks:
+            print(
+                f"QMV {c['shape']:<12} q{c['bits']} m={c['m']:<3} err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
+            )
+        res = bench_matmul(kernel=True, **opts)
+        for r in res["rows"]:
+            print(
+                f"MM {r['shape']:<12} m={r['m']:<3} {r['layout']:<6} {r['ms']:8.4f} ms {r['gbps']:8.1f} GB/s"
+            )
+        res["checks"] = checks
+        return res
     if kind == "attn":
         from rolekit.bench.attention import bench_attention
 

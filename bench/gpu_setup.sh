@@ -23,4 +23,10 @@ if [ ! -f /tmp/site/.done-mlx ] && [ -f $W/mlx_cuda_13.part-aa ] && [ -f $W/mlx_
   touch /tmp/site/.done-mlx
 fi
 export PYTHONPATH=/tmp/site:$PWD
+# MLX's NVRTC output (PTX) and the driver's compiled kernels, kept across leases: a run ends with
+# `tar czf $OUT/gpu_cache.tgz -C .cache gpu`, the file is copied to .cache/gpu_cache.tgz here and
+# carried with `.cache/gpu_cache.tgz` (saves the first-step JIT, minutes on a fresh machine).
+mkdir -p .cache/gpu/ptx .cache/gpu/nv
+[ -f .cache/gpu_cache.tgz ] && [ ! -f .cache/gpu/.unpacked ] && tar xzf .cache/gpu_cache.tgz -C .cache && touch .cache/gpu/.unpacked
+export MLX_PTX_CACHE_DIR=$PWD/.cache/gpu/ptx CUDA_CACHE_PATH=$PWD/.cache/gpu/nv CUDA_CACHE_MAXSIZE=4294967296
 set +e

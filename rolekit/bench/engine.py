@@ -44,15 +44,21 @@ def bench_engine(
     greedy: bool = False,
     seed: int = 0,
     bundle: ModelBundle | None = None,
+    start: int = 0,
 ) -> dict[str, Any]:
     """ms per `Engine.step` (user pcm in, agent pcm + tokens out as numpy), median and spread.
 
-    `compiled`: the engine's whole-step compiled graph (`rolekit.engine.compiled`)."""
+    `compiled`: the engine's whole-step compiled graph (`rolekit.engine.compiled`).
+    `start`: frames already in the LM context before the first step (one batched temporal pass
+    over random embeddings, as a prompt prefill is), e.g. past the 3000-frame ring to time the
+    steps of a conversation older than 4 minutes. Mimi starts fresh either way."""
     quant = quant or default_quant()
     mx.reset_peak_memory()
     bundle = bundle or build_bundle(size, quant, seed)
     params = SamplingParams(greedy=greedy)
     engine = Engine(bundle, batch=batch, params=params, seed=seed, compiled=compiled)
+    if start:
+        _fill_context(engine, start, seed)
     rng = np.random.default_rng(seed)
     pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
     samples, first = [], []
@@ -67,6 +73,7 @@ def bench_engine(
     return {
         "runtime": "rolekit-engine",
         "variant": "compiled-step" if compiled else "eager",
+        "start": start,
         "device": str(mx.default_device()),
         "size": size,
         "quant": quant,
@@ -82,6 +89,15 @@ def bench_engine(
         "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
         "peak_rss_gb": peak_rss_gb(),
     }
+
+
+def _fill_context(engine: Engine, frames: int, seed: int) -> None:
+    """Put `frames` positions into the engine's LM context (random embeddings, one pass)."""
+    lm = engine.lm
+    x = 0.1 * mx.random.normal((engine.batch, frames, lm.cfg.dim), key=mx.random.key(seed))
+    _, logits = lm.temporal(x.astype(lm.dtype), engine.lm_cache)
+    mx.eval(logits, *engine.lm_cache.arrays())
+    engine.offsets = np.full(engine.batch, frames + 1, np.int64)  # primed, past the delays
 
 
 def bench_prefill(

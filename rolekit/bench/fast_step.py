@@ -21,6 +21,7 @@ import mlx.nn as nn
 
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.nn.attention import split_qkv
 
 
 class FastStep:
@@ -79,13 +80,11 @@ class FastStep:
         b, t, d = x.shape
         h = attn.num_heads
         hd = d // h
-        qkv = attn.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
-        q = mx.fast.rope(qkv[0], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
-        k = mx.fast.rope(qkv[1], hd, traditional=True, base=attn.max_period, scale=1.0, offset=off)
+        q, k, v = split_qkv(attn.in_proj(x), h, attn.rope_args(off))  # [B, H, 1, Dh]
         cap = k_buf.shape[2]
         if self.attention not in ("nowrite", "bare"):
             k_buf = self._write(k_buf, k.astype(k_buf.dtype), off)  # [B, H, C, Dh]
-            v_buf = self._write(v_buf, qkv[2].astype(v_buf.dtype), off)
+            v_buf = self._write(v_buf, v.astype(v_buf.dtype), off)
         keys, values = k_buf, v_buf
         if self.attention == "trim" and self.pos + 1 < cap:  # before the wrap: slots 0..pos are written
             keys, values, mask = k_buf[:, :, : self.pos + 1], v_buf[:, :, : self.pos + 1], None

@@ -23,6 +23,7 @@ from rolekit.errors import ConfigError
 from rolekit.lm.config import LmConfig, personaplex_7b, tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.nn import qmv
 from rolekit.nn.multilinear import MultiLinear
 
 QUANTS = ("fp32", "bf16", "q8", "q4")
@@ -60,6 +61,7 @@ def build_lm(cfg: LmConfig, quant: str, seed: int = 0) -> LM:
             return m.weight.shape[-1] % GROUP_SIZE == 0
 
         nn.quantize(lm, group_size=GROUP_SIZE, bits=8 if quant == "q8" else 4, class_predicate=linear)
+        qmv.adopt(lm)
     # Materialize layer by layer so the fp32 init never exists for the whole model at once.
     for _, p in tree_flatten(lm.parameters()):
         mx.eval(p)

@@ -25,6 +25,7 @@ class BenchOptions:
     compiled: bool = False
     reference: bool = True
     convert_dir: str | None = None
+    start: int = 0  # engine: frames already in the LM context
 
     def check(self) -> None:
         if self.size not in SIZES:
@@ -36,6 +37,8 @@ class BenchOptions:
                 raise ConfigError(f"--{name}: must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup: must be >= 0, got {self.warmup}")
+        if self.start < 0:
+            raise ConfigError(f"--start: must be >= 0, got {self.start}")
         if self.dep_steps is not None and not 1 <= self.dep_steps <= 16:
             raise ConfigError(f"--dep-steps: must be 1..16, got {self.dep_steps}")
 
@@ -75,7 +78,17 @@ def run_lm(opts: BenchOptions) -> list[dict[str, Any]]:
 def run_engine(opts: BenchOptions) -> list[dict[str, Any]]:
     from rolekit.bench.engine import bench_engine
 
-    return [bench_engine(opts.size, opts.quant, opts.batch, opts.steps, opts.warmup, compiled=opts.compiled)]
+    return [
+        bench_engine(
+            opts.size,
+            opts.quant,
+            opts.batch,
+            opts.steps,
+            opts.warmup,
+            compiled=opts.compiled,
+            start=opts.start,
+        )
+    ]
 
 
 def run_prefill(opts: BenchOptions) -> list[dict[str, Any]]:

@@ -118,6 +118,11 @@ def bench_command(
     convert_dir: str = typer.Option(
         None, "--dir", help="convert: working folder (needs ~2x 16.7 GB at full size)."
     ),
+    start: int = typer.Option(
+        0,
+        "--start",
+        help="engine: frames already in the LM context (e.g. 3000: a conversation past 4 minutes).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Benchmark with random weights: median, p10-p90 (ms per 80 ms frame) and peak memory."""
@@ -133,6 +138,7 @@ def bench_command(
         compiled=compiled,
         reference=reference,
         convert_dir=convert_dir,
+        start=start,
     )
     report = run_bench(what, opts)
     if as_json:

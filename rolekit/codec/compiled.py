@@ -6,7 +6,10 @@ once per batch size with every carry an explicit input and output of fixed shape
 - conv carries always present (zeros = "nothing seen yet"; the downsample's replicate padding of
   a fresh stream is a `where` on `offset == 0`),
 - transformer caches always [B, H, context, hd] (`MimiTransformer.step_fixed`), the position a
-  scalar int32 device array, so the same graph serves every step, before and after the wrap.
+  scalar int32 device array, so one graph serves every step while the caches fill (empty slots
+  masked) and a second one every step after (20 s in): then the mask is exactly the causal one,
+  which the fused attention kernel applies without a mask array (on CUDA: one kernel per layer
+  instead of the unfused masked path's five).
 
 The state is a plain `MimiState`: eager and compiled steps may follow each other on one stream,
 and snapshots of either restore into either (eager trims empty cache slots, compiled pads them).
@@ -17,6 +20,7 @@ loading other weights into the same `Mimi`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -27,14 +31,22 @@ Shapes = dict[str, tuple[int, ...]]
 
 
 class CompiledMimi:
-    """Drop-in for a `Mimi`'s streaming API: `make_state`, `encode_step`, `decode_step`."""
+    """Drop-in for a `Mimi`'s streaming API: `make_state`, `encode_step`, `decode_step`.
+
+    Traces per batch size: encode and decode, each while filling and once full (four graphs)."""
 
     def __init__(self, mimi: Mimi) -> None:
         self.mimi = mimi
         mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
         mx.eval([t for cb in _codebooks(mimi) for t in cb.table])
-        self._encode: Callable[..., Any] = mx.compile(self._encode_impl)
-        self._decode: Callable[..., Any] = mx.compile(self._decode_impl)
+        # per direction two graphs: before the transformer caches are full (masked), and after
+        # (causal, no mask array: the fused attention kernel); the second is traced when needed
+        self._encode: dict[bool, Callable[..., Any]] = {
+            full: mx.compile(partial(self._encode_impl, full=full)) for full in (False, True)
+        }
+        self._decode: dict[bool, Callable[..., Any]] = {
+            full: mx.compile(partial(self._decode_impl, full=full)) for full in (False, True)
+        }
         self._shapes: dict[int, tuple[Shapes, Shapes]] = {}  # batch -> (enc, dec) carry shapes
         self.traces = 0  # how many times a graph was traced (the bodies run only when tracing)
 
@@ -60,7 +72,8 @@ class CompiledMimi:
         enc_shapes, _ = self._carry_shapes(b)
         state.enc = _fixed(state.enc, enc_shapes)
         off = mx.array(state.enc_offset, dtype=mx.int32)
-        codes, state.enc = self._encode(pcm.reshape(b, n, 1).astype(mx.float32), state.enc, off)
+        full = self._full(state.enc_offset)
+        codes, state.enc = self._encode[full](pcm.reshape(b, n, 1).astype(mx.float32), state.enc, off)
         state.enc_offset += self.cfg.downsample_stride
         return codes
 
@@ -71,24 +84,28 @@ class CompiledMimi:
         _, dec_shapes = self._carry_shapes(b)
         state.dec = _fixed(state.dec, dec_shapes)
         off = mx.array(state.dec_offset, dtype=mx.int32)
-        pcm, state.dec = self._decode(codes.astype(mx.int32), state.dec, off)
+        pcm, state.dec = self._decode[self._full(state.dec_offset)](codes.astype(mx.int32), state.dec, off)
         state.dec_offset += self.cfg.downsample_stride
         return pcm
 
+    def _full(self, offset: int) -> bool:
+        """After this step's write, every cache slot holds a real position."""
+        return offset + self.cfg.downsample_stride >= self.cfg.context
+
     # ---- traced bodies -------------------------------------------------------------------
-    def _encode_impl(self, x: mx.array, enc: dict[str, mx.array], offset: mx.array) -> tuple:
+    def _encode_impl(self, x: mx.array, enc: dict[str, mx.array], offset: mx.array, full: bool) -> tuple:
         # x [B, 1920, 1], offset scalar int32 (25 Hz steps seen) -> codes [B, K, 1], new carries
         self.traces += 1
         m = self.mimi
         enc = dict(enc)
         emb = m.encoder(x, enc)  # [B, 2, D]
-        emb = m.encoder_transformer.step_fixed(emb, enc, offset, "transformer")
+        emb = m.encoder_transformer.step_fixed(emb, enc, offset, "transformer", full)
         prev = enc["downsample"]  # [B, pad, D]; a fresh stream replicates its first latent
         enc["downsample"] = mx.where(offset == 0, mx.repeat(emb[:, :1], prev.shape[1], axis=1), prev)
         emb = m.downsample(emb, enc, "downsample")  # [B, 1, D]
         return m.quantizer.encode(emb, m.num_codebooks), enc
 
-    def _decode_impl(self, codes: mx.array, dec: dict[str, mx.array], offset: mx.array) -> tuple:
+    def _decode_impl(self, codes: mx.array, dec: dict[str, mx.array], offset: mx.array, full: bool) -> tuple:
         # codes [B, K, 1] int32 -> pcm [B, 1, 1920], new carries
         self.traces += 1
         m = self.mimi
@@ -96,7 +113,7 @@ class CompiledMimi:
         b = codes.shape[0]
         emb = m.quantizer.decode(codes)  # [B, 1, D]
         emb = m.upsample(emb, dec, "upsample")  # [B, 2, D]
-        emb = m.decoder_transformer.step_fixed(emb, dec, offset, "transformer")
+        emb = m.decoder_transformer.step_fixed(emb, dec, offset, "transformer", full)
         pcm = m.decoder(emb, dec)  # [B, 1920, 1]
         return pcm.reshape(b, 1, -1), dec
 

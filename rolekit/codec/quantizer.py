@@ -58,6 +58,20 @@ class ResidualVQ(nn.Module):
         self.input_proj = nn.Linear(io_dim, dim, bias=False)
         self.output_proj = nn.Linear(dim, io_dim, bias=False)
         self.layers = [Codebook(bins, dim) for _ in range(n_q)]
+        self._stack: tuple[tuple[mx.array, ...], mx.array] | None = None
+
+    def prepare(self) -> None:
+        """Cache every codebook's centroids, and all of them stacked [n_q, bins, dim] for decode."""
+        for layer in self.layers:
+            layer.prepare()
+        self._stacked()
+        mx.eval(self._stack[1], *(layer.table for layer in self.layers))
+
+    def _stacked(self) -> mx.array:
+        tables = tuple(layer.table[0] for layer in self.layers)
+        if self._stack is None or any(a is not b for a, b in zip(self._stack[0], tables, strict=True)):
+            self._stack = (tables, mx.stack(tables))
+        return self._stack[1]
 
     def encode(self, x: mx.array, n_q: int) -> mx.array:
         # x: [N, io_dim] -> codes [N, n_q]
@@ -70,11 +84,10 @@ class ResidualVQ(nn.Module):
         return mx.stack(codes, axis=-1)
 
     def decode(self, codes: mx.array) -> mx.array:
-        # codes: [N, n_q] -> [N, io_dim]
-        q = self.layers[0].decode(codes[:, 0])
-        for i in range(1, codes.shape[1]):
-            q = q + self.layers[i].decode(codes[:, i])
-        return self.output_proj(q)
+        # codes: [N, n_q] -> [N, io_dim]; one gather from the stacked tables, then one sum
+        n = codes.shape[1]
+        vectors = self._stacked()[mx.arange(n)[None, :], codes]  # [N, n_q, dim]
+        return self.output_proj(vectors.sum(axis=1))
 
 
 class SplitRVQ(nn.Module):
@@ -84,8 +97,8 @@ class SplitRVQ(nn.Module):
         self.rvq_rest = ResidualVQ(total - 1, bins, dim, io_dim)
 
     def prepare(self) -> None:
-        for layer in self.rvq_first.layers + self.rvq_rest.layers:
-            layer.prepare()
+        self.rvq_first.prepare()
+        self.rvq_rest.prepare()
 
     def encode(self, x: mx.array, n_q: int) -> mx.array:
         # x: [B, T, io_dim] -> codes [B, n_q, T] int32

@@ -76,8 +76,10 @@ class Attention(nn.Module):
         # x: [B, T, D] -> q, k, v [B, H, T, hd]; projected rows are ordered (q|k|v, head, hd)
         b, t, d = x.shape
         h = self.num_heads
-        p = self.in_proj(x).reshape(b, t, 3, h, d // h).transpose(2, 0, 3, 1, 4)
-        return apply_rope(p[0], cos, sin), apply_rope(p[1], cos, sin), p[2]
+        # slices, not integer indexing (a gather kernel each in MLX); q and k rotated in one pass
+        p = self.in_proj(x).reshape(b, t, 3, h, d // h)
+        qk = apply_rope(p[:, :, :2].reshape(b, t, 2 * h, d // h).transpose(0, 2, 1, 3), cos, sin)
+        return qk[:, :h], qk[:, h:], p[:, :, 2].transpose(0, 2, 1, 3)
 
     def out(self, y: mx.array) -> mx.array:
         # y: [B, H, T, hd] -> [B, T, D]
@@ -90,7 +92,7 @@ def _mask(q_pos: mx.array, k_pos: mx.array, context: int) -> mx.array:
     return (delta >= 0) & (delta < context)
 
 
-def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
+def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str) -> mx.array:
     scale = 1.0 / math.sqrt(q.shape[-1])
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
 
@@ -177,12 +179,16 @@ class MimiTransformer(nn.Module):
             x = layer.mlp(x)
         return self._project_out(x)
 
-    def step_fixed(self, x: mx.array, cache: dict[str, mx.array], offset: mx.array, prefix: str) -> mx.array:
+    def step_fixed(
+        self, x: mx.array, cache: dict[str, mx.array], offset: mx.array, prefix: str, full: bool = False
+    ) -> mx.array:
         """`step` with fixed shapes for `mx.compile`: x [B, T, dimension] -> [B, T, dimension].
 
         `offset` is a scalar int32 device array; every `cache[f"{prefix}.{i}.k|v"]` is always
         [B, H, context, hd] (positions offset - context .. offset - 1 in order, the oldest first;
         slots of negative positions are zeros and masked). Same keys, same order as `step`.
+        `full`: every slot holds a real position (offset + T >= context): the mask is then exactly
+        the bottom-right causal one, which the fused attention kernels apply without a mask array.
         """
         cfg = self.cfg
         x = self._project_in(x)
@@ -191,7 +197,9 @@ class MimiTransformer(nn.Module):
         cos, sin = rope_tables(offset, t, cfg.d_model // cfg.num_heads, cfg.max_period)
         k_pos = mx.arange(n) + (offset + t - n)  # [n] positions of the slots after the write
         q_pos = mx.arange(t) + offset  # [t]
-        mask = _mask(q_pos, k_pos, cfg.context) & (k_pos >= 0)[None, :]  # [t, n]
+        mask: mx.array | str = "causal"
+        if not full:
+            mask = _mask(q_pos, k_pos, cfg.context) & (k_pos >= 0)[None, :]  # [t, n]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"

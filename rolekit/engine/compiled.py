@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.lm.temporal import LmCache
-from rolekit.nn.attention import RingKV
+from rolekit.nn.attention import RingKV, split_qkv
 
 
 def prefix_length(written: int, capacity: int, floor: int) -> int:
@@ -139,13 +139,10 @@ def _attend(
     b, t, d = x.shape
     h = attn.num_heads
     hd = d // h
-    qkv = attn.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
-    rope = dict(traditional=True, base=attn.max_period, scale=1.0, offset=rope_pos)
-    q = mx.fast.rope(qkv[0], hd, **rope)
-    k = mx.fast.rope(qkv[1], hd, **rope)
+    q, k, v = split_qkv(attn.in_proj(x), h, attn.rope_args(rope_pos))  # [B, H, 1, Dh]
     idx = mx.broadcast_to(slot, k.shape)  # [B, H, 1, Dh]
     k_buf = mx.put_along_axis(k_buf, idx, k.astype(k_buf.dtype), axis=2)
-    v_buf = mx.put_along_axis(v_buf, idx, qkv[2].astype(v_buf.dtype), axis=2)
+    v_buf = mx.put_along_axis(v_buf, idx, v.astype(v_buf.dtype), axis=2)
     keys, values = k_buf, v_buf  # [B, H, C, Dh]
     if mask is not None and mask.shape[-1] < k_buf.shape[2]:  # before the wrap: a ring prefix
         keys, values = k_buf[:, :, : mask.shape[-1]], v_buf[:, :, : mask.shape[-1]]

@@ -15,7 +15,7 @@ from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.multilinear import MultiLinear
 from rolekit.nn.norm import RMSNorm
 
-StepKV = list[tuple[mx.array, mx.array]]  # per layer: keys, values [B, H, k, Dh] of steps so far
+StepKV = list[mx.array]  # per layer: keys and values of the steps so far, [B, 2H, k, Dh] (keys first)
 
 
 class DepAttention(nn.Module):
@@ -25,21 +25,22 @@ class DepAttention(nn.Module):
         self.in_proj = MultiLinear(steps, dim, 3 * dim)
         self.out_proj = MultiLinear(steps, dim, dim)
 
-    def __call__(
-        self, x: mx.array, step: int, kv: tuple[mx.array, mx.array] | None
-    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
-        """x [B, 1, D] for depformer step `step`; kv holds the earlier steps of this frame."""
+    def __call__(self, x: mx.array, step: int, kv: mx.array | None) -> tuple[mx.array, mx.array]:
+        """x [B, 1, D] for depformer step `step`; kv [B, 2H, step, Dh] holds the earlier steps.
+
+        Keys and values share one cache array (heads 0..H-1 keys, H..2H-1 values), so that each
+        step appends both with one concatenation; q, k, v are views of the projection."""
         b, t, d = x.shape
         h = self.num_heads
         hd = d // h
-        qkv = self.in_proj(x, step).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        if kv is not None:
-            k = mx.concatenate([kv[0], k], axis=2)  # [B, H, step + 1, Dh]
-            v = mx.concatenate([kv[1], v], axis=2)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)  # every key is in the past
+        qkv = self.in_proj(x, step).reshape(b, t, 3, h, hd)
+        q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # [B, H, 1, Dh]
+        new = qkv[:, :, 1:].reshape(b, t, 2 * h, hd).transpose(0, 2, 1, 3)  # [B, 2H, 1, Dh]
+        kv = new if kv is None else mx.concatenate([kv, new], axis=2)  # [B, 2H, step + 1, Dh]
+        # every key is in the past: no mask
+        out = mx.fast.scaled_dot_product_attention(q, kv[:, :h], kv[:, h:], scale=hd**-0.5)
         out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
-        return self.out_proj(out, step), (k, v)
+        return self.out_proj(out, step), kv
 
 
 class DepformerLayer(nn.Module):
@@ -51,9 +52,7 @@ class DepformerLayer(nn.Module):
         self.norm2 = RMSNorm(dim, cfg.norm_eps)
         self.gating = [GatedMLP(dim, cfg.depformer_hidden) for _ in range(cfg.dep_q)]
 
-    def __call__(
-        self, x: mx.array, step: int, kv: tuple[mx.array, mx.array] | None
-    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    def __call__(self, x: mx.array, step: int, kv: mx.array | None) -> tuple[mx.array, mx.array]:
         y, kv = self.self_attn(self.norm1(x), step, kv)
         x = x + y
         return x + self.gating[step](self.norm2(x)), kv

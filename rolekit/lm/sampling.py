@@ -36,19 +36,24 @@ def sample(logits: mx.array, temperature: Scalar, top_k: Scalar, key: mx.array |
     """
     logits = logits.astype(mx.float32)
     b, v = logits.shape
+    if isinstance(temperature, (int, float)):  # one temperature for all rows: no per-row greedy
+        if temperature <= 0:
+            return mx.argmax(logits, axis=-1).astype(mx.int32)
+        return _draw(_top_k_mask(logits / temperature, top_k), key).astype(mx.int32)
     greedy = mx.argmax(logits, axis=-1)  # [B]
-    if isinstance(temperature, (int, float)) and temperature <= 0:
-        return greedy.astype(mx.int32)
     temp = mx.broadcast_to(mx.array(temperature, dtype=mx.float32).reshape(-1), (b,))  # [B]
     hot = temp > 0
     scaled = logits / mx.where(hot, temp, 1.0)[:, None]  # [B, V]
-    scaled = _top_k_mask(scaled, top_k)
-    if key is not None and key.ndim == 2:
-        noise = _row_gumbel(key, v)  # [B, V]
-        drawn = mx.argmax(scaled + noise, axis=-1)  # [B]
-    else:
-        drawn = mx.random.categorical(scaled, axis=-1, key=key)  # [B]
+    drawn = _draw(_top_k_mask(scaled, top_k), key)
     return mx.where(hot, drawn, greedy).astype(mx.int32)
+
+
+def _draw(scaled: mx.array, key: mx.array | None) -> mx.array:
+    """One categorical draw per row of softmax(scaled) [B, V] -> [B]."""
+    if key is not None and key.ndim == 2:
+        noise = _row_gumbel(key, scaled.shape[1])  # [B, V]
+        return mx.argmax(scaled + noise, axis=-1)  # [B]
+    return mx.random.categorical(scaled, axis=-1, key=key)  # [B]
 
 
 def _top_k_mask(scaled: mx.array, top_k: Scalar) -> mx.array:

@@ -134,6 +134,21 @@ def padded_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int, start: np.nd
     return (real | pad_self)[:, None]
 
 
+def split_qkv(qkv: mx.array, heads: int, rope: dict | None = None) -> tuple[mx.array, mx.array, mx.array]:
+    """Fused projection [B, T, 3 * D] -> q, k, v [B, H, T, Dh]; q and k rotated by `rope` (keyword
+    arguments of mx.fast.rope) in ONE call. Only slices and transposes (views): an integer index
+    such as `qkv[0]` of a transposed array is a gather kernel in MLX, three per layer per step."""
+    b, t, three_d = qkv.shape
+    hd = three_d // (3 * heads)
+    x = qkv.reshape(b, t, 3, heads, hd)
+    v = x[:, :, 2].transpose(0, 2, 1, 3)
+    if rope is None:
+        return x[:, :, 0].transpose(0, 2, 1, 3), x[:, :, 1].transpose(0, 2, 1, 3), v
+    qk = x[:, :, :2].reshape(b, t, 2 * heads, hd).transpose(0, 2, 1, 3)  # [B, 2H, T, Dh]
+    qk = mx.fast.rope(qk, hd, **rope)  # per-row offsets [B] index the batch axis, as before
+    return qk[:, :heads], qk[:, heads:], v
+
+
 class Attention(nn.Module):
     """Multi-head causal attention: fused `in_proj` (q|k|v), interleaved RoPE, `out_proj`; no biases."""
 
@@ -166,10 +181,7 @@ class Attention(nn.Module):
             return self._step(x, ring, offset, view)
         padded = start is not None and bool(np.any(start))
         rope_off = mx.array((offset - np.asarray(start)).astype(np.int32)) if padded else offset  # [B]
-        qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        q = mx.fast.rope(qkv[0], hd, traditional=True, base=self.max_period, scale=1.0, offset=rope_off)
-        k = mx.fast.rope(qkv[1], hd, traditional=True, base=self.max_period, scale=1.0, offset=rope_off)
-        v = qkv[2]
+        q, k, v = split_qkv(self.in_proj(x), h, self.rope_args(rope_off))  # [B, H, T, Dh]
         q_pos = offset + np.arange(t)
         # Whole sequence: attend over [old ring, new keys] so that every query sees its full
         # window (a ring alone would lose keys that later queries of the chunk overwrite).
@@ -190,17 +202,18 @@ class Attention(nn.Module):
         out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
         return self.out_proj(out), ring
 
+    def rope_args(self, offset: int | mx.array) -> dict:
+        """Keyword arguments of `mx.fast.rope` for this layer (Kyutai: interleaved pairs)."""
+        return dict(traditional=True, base=self.max_period, scale=1.0, offset=offset)
+
     def _step(self, x: mx.array, ring: RingKV, offset: int, view: StepView) -> tuple[mx.array, RingKV]:
         """x [B, 1, D] at `offset`: write first, then attend to the view's ring prefix (no host mask
         unless a row is padded)."""
         b, t, d = x.shape
         h = self.num_heads
         hd = d // h
-        qkv = self.in_proj(x).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, 1, Dh]
-        rope = dict(traditional=True, base=self.max_period, scale=1.0, offset=view.rope_offset)
-        q = mx.fast.rope(qkv[0], hd, **rope)
-        k = mx.fast.rope(qkv[1], hd, **rope)
-        ring = ring.write(k, qkv[2], offset)
+        q, k, v = split_qkv(self.in_proj(x), h, self.rope_args(view.rope_offset))  # [B, H, 1, Dh]
+        ring = ring.write(k, v, offset)
         keys, values = ring.keys, ring.values  # [B, H, C, Dh]
         if view.length < ring.capacity:  # before the wrap: slots 0..offset hold keys
             keys, values = keys[:, :, : view.length], values[:, :, : view.length]

@@ -143,3 +143,10 @@ def test_random_checkpoint_converts(tmp_path):
     assert run["exit_code"] == 0, run
     assert run["peak_rss_gb"] > 0 and run["seconds"] > 0
     assert not (tmp_path / "src").exists()
+
+
+def test_bench_engine_can_start_past_the_lm_context():
+    from rolekit.bench.engine import bench_engine
+
+    r = bench_engine("tiny", steps=2, warmup=1, compiled=True, start=300)
+    assert r["start"] == 300 and r["step"]["n"] == 2 and r["step"]["median"] > 0

@@ -50,9 +50,11 @@ def test_one_trace_per_batch_size(tmp_path_factory, oracle):
     _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=3)
     fast = CompiledMimi(mimi)
     _run(fast, fast.make_state(1), _frames(oracle.make_pcm(1, 7, seed=2)))
-    assert fast.traces == 2  # one encode graph, one decode graph, reused at every position
-    _run(fast, fast.make_state(2), _frames(oracle.make_pcm(2, 2, seed=2)))
+    # per direction one graph while the transformer cache fills (context 8 = 4 frames), one
+    # (causal, no mask array) once it is full, each reused at every later position
     assert fast.traces == 4
+    _run(fast, fast.make_state(2), _frames(oracle.make_pcm(2, 2, seed=2)))
+    assert fast.traces == 6  # a new batch size: the filling graphs only (2 frames)
 
 
 def test_compiled_equals_eager_past_the_250_step_ring_wrap(tmp_path_factory, oracle):

@@ -1,0 +1,212 @@
+"""Quantized matrix-vector products for few-row activations on CUDA (the per-frame decode case).
+
+At batch 1..16 every 80 ms frame reads all linear weights once, so the step is bound by weight
+bandwidth: q4 should read 3.6x fewer bytes than bf16. MLX 0.32's CUDA `quantized_matmul` reaches
+only 0.4-0.9 TB/s of packed weight at one row (bench/RESULTS.md), so q4 was no faster than bf16.
+This module adds one hand-written kernel (through `mx.fast.cuda_kernel`, compiled by NVRTC on the
+first call and cached on disk by MLX) for MLX's affine layout: weight uint32 [N, K * bits / 32]
+(value j of a row sits in word j * bits / 32, lowest bits first), scales and biases [N, K / group]
+in the activation dtype, w = scale * q + bias.
+
+One warp per output row: each lane loads whole 16-byte chunks of packed weight (all of its loads
+issued before any arithmetic, so many bytes are in flight), multiplies them with the matching
+activations for every batch row, and the warp reduces.
+
+Opt-in (`ROLEKIT_QMV=1`): on an H100 the kernel alone beats MLX's qmv at one row (linear_in q4 0.055
+vs 0.075 ms, text head 0.061 vs 0.094 ms), but inside the engine step, which is bound by the host
+(about 2,000 launches per 80 ms frame), each custom-kernel launch costs more host time than it saves
+on the GPU: q4 `Engine.step` took 20.7 ms with it and 16.2 ms without (bench/RESULTS.md). Off by
+default, `qmatmul` is `mx.quantized_matmul` (same arguments, same result up to float rounding).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# Activation rows routed to the kernel by `qmatmul` (when switched on). At 16 rows it is 3-20x slower
+# than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
+MAX_ROWS = 1
+KERNEL_ROWS = 16
+ENV_ON = "ROLEKIT_QMV"  # 1: few-row products through the kernel below (CUDA only)
+
+_HEADER = """
+__device__ inline void load8(const __nv_bfloat16* p, float* o) {
+  uint4 v = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __bfloat1622float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ inline void load8(const __half* p, float* o) {
+  uint4 v = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ inline void load8(const float* p, float* o) {
+  float4 a = reinterpret_cast<const float4*>(p)[0];
+  float4 b = reinterpret_cast<const float4*>(p)[1];
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+"""
+
+# Template constants: T (activation dtype), B (rows), N (out), K (in), GS (group), BITS (4 or 8).
+_SOURCE = """
+  constexpr int EPC = 128 / BITS;          // values per 16-byte chunk of packed weight
+  constexpr int PER_WORD = 32 / BITS;
+  constexpr int CH = K / EPC;              // chunks per weight row
+  constexpr int ITERS = (CH + 31) / 32;    // chunks per lane
+  constexpr unsigned MASK = (1u << BITS) - 1u;
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= N) return;  // whole warps only: blockDim is a multiple of 32
+  const uint4* wr = reinterpret_cast<const uint4*>(w) + (size_t)row * CH;
+  const T* sr = scales + (size_t)row * (K / GS);
+  const T* br = biases + (size_t)row * (K / GS);
+  uint4 q[ITERS];
+#pragma unroll
+  for (int it = 0; it < ITERS; ++it) {
+    const int c = it * 32 + lane;
+    if (c < CH) q[it] = wr[c];
+  }
+  float acc[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) acc[b] = 0.f;
+#pragma unroll
+  for (int it = 0; it < ITERS; ++it) {
+    const int c = it * 32 + lane;
+    if (c < CH) {
+      const int g = (c * EPC) / GS;
+      const float sc = static_cast<float>(sr[g]);
+      const float bb = static_cast<float>(br[g]);
+      const unsigned wd[4] = {q[it].x, q[it].y, q[it].z, q[it].w};
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const T* xr = x + (size_t)b * K + (size_t)c * EPC;
+        float qx = 0.f, xs = 0.f;
+#pragma unroll
+        for (int j = 0; j < EPC / 8; ++j) {
+          float xv[8];
+          load8(xr + 8 * j, xv);
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+            const int e = 8 * j + t;
+            const unsigned v = (wd[e / PER_WORD] >> ((e % PER_WORD) * BITS)) & MASK;
+            qx = fmaf(static_cast<float>(v), xv[t], qx);
+            xs += xv[t];
+          }
+        }
+        acc[b] = fmaf(sc, qx, fmaf(bb, xs, acc[b]));
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float v = acc[b];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) y[(size_t)b * N + row] = static_cast<T>(v);
+  }
+"""
+
+_THREADS = 256
+
+
+@lru_cache(maxsize=1)
+def _kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name="rolekit_qmv",
+        input_names=["x", "w", "scales", "biases"],
+        output_names=["y"],
+        source=_SOURCE,
+        header=_HEADER,
+        ensure_row_contiguous=True,
+    )
+
+
+def on_cuda() -> bool:
+    """True when the kernel is switched on and MLX's default device is a CUDA GPU (read when a
+    product is built, i.e. once per trace of a compiled step)."""
+    if os.environ.get(ENV_ON, "") in ("", "0"):
+        return False
+    return mx.default_device() == mx.gpu and _cuda()
+
+
+@lru_cache(maxsize=1)
+def _cuda() -> bool:
+    return mx.cuda.is_available()
+
+
+def kernel_applies(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:
+    """Shapes the hand-written kernel covers (else MLX's quantized_matmul runs)."""
+    return (
+        1 <= rows <= MAX_ROWS
+        and bits in (4, 8)
+        and group_size in (32, 64, 128)
+        and k % 128 == 0
+        and dtype in (mx.bfloat16, mx.float16, mx.float32)
+    )
+
+
+def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int, bits: int) -> mx.array:
+    """x [..., K] with prod(leading) <= KERNEL_ROWS -> x @ dequantize(w).T  [..., N], on CUDA."""
+    k = x.shape[-1]
+    n = w.shape[0]
+    rows = x.size // k
+    x2 = x.reshape(rows, k)
+    (y,) = _kernel()(
+        inputs=[x2, w, scales.astype(x.dtype), biases.astype(x.dtype)],
+        template=[("T", x.dtype), ("B", rows), ("N", n), ("K", k), ("GS", group_size), ("BITS", bits)],
+        grid=(n * 32, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
+        output_shapes=[(rows, n)],
+        output_dtypes=[x.dtype],
+    )
+    return y.reshape(*x.shape[:-1], n)
+
+
+def qmatmul(
+    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int = 64, bits: int = 4
+) -> mx.array:
+    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)`, through the few-row CUDA
+    kernel where it applies."""
+    k = x.shape[-1]
+    if on_cuda() and kernel_applies(x.size // k, k, group_size, bits, x.dtype):
+        return qmv(x, w, scales, biases, group_size, bits)
+    return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)
+
+
+class QuantizedLinear(nn.QuantizedLinear):
+    """MLX's affine QuantizedLinear whose few-row products go through `qmatmul`."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if getattr(self, "mode", "affine") != "affine":
+            return super().__call__(x)
+        y = qmatmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+        return y + self["bias"] if "bias" in self else y
+
+
+def adopt(model: nn.Module) -> int:
+    """Route every affine nn.QuantizedLinear of `model` through `qmatmul`; returns how many.
+
+    The instances keep their parameters: only their class changes to the subclass above (no new
+    state, so the object layout is the same)."""
+    n = 0
+    for _, m in model.named_modules():
+        if type(m) is nn.QuantizedLinear and getattr(m, "mode", "affine") == "affine":
+            m.__class__ = QuantizedLinear
+            n += 1
+    return n

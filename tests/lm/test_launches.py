@@ -1,0 +1,111 @@
+"""Fewer kernel launches per frame, same numbers: views instead of gathers for q/k/v, one RoPE
+call for q and k, one-kernel RMSNorm in the activation dtype, one concatenation per depformer
+layer step, the few-row quantized product and its dispatch (its CUDA kernel is checked on the GPU
+by `bench/gpu_run.py qmv:`; here the CPU path)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from rolekit.lm.config import tiny
+from rolekit.lm.model import LM
+from rolekit.nn import qmv
+from rolekit.nn.attention import split_qkv
+from rolekit.nn.norm import RMSNorm
+
+
+def _graph_ops(*outputs: mx.array, path: str) -> list[str]:
+    import re
+
+    mx.export_to_dot(path, *outputs)
+    with open(path) as f:
+        return re.findall(r'label ="?([A-Za-z_]+)', f.read())
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_split_qkv_equals_indexing_and_two_rope_calls(per_row, tmp_path):
+    b, t, h, hd = 3, 4, 2, 8
+    qkv = mx.random.normal((b, t, 3 * h * hd), key=mx.random.key(1))
+    offset = mx.array([0, 5, 9], dtype=mx.int32) if per_row else 7
+    rope = dict(traditional=True, base=10000.0, scale=1.0, offset=offset)
+    ref = qkv.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
+    want = (mx.fast.rope(ref[0], hd, **rope), mx.fast.rope(ref[1], hd, **rope), ref[2])
+    got = split_qkv(qkv, h, rope)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == (b, h, t, hd)
+        np.testing.assert_array_equal(np.array(g), np.array(w))
+    plain = split_qkv(qkv, h)
+    np.testing.assert_array_equal(np.array(plain[0]), np.array(ref[0]))
+    ops = _graph_ops(*split_qkv(qkv, h, rope), path=str(tmp_path / "g.dot"))
+    assert "Gather" not in ops  # integer indexing of the transposed projection was 3 gathers
+
+
+def test_rms_norm_in_bf16_is_one_op_and_close_to_fp32(tmp_path):
+    norm = RMSNorm(64)
+    norm.weight = mx.random.uniform(0.5, 1.5, (64,), key=mx.random.key(2))
+    x = mx.random.normal((5, 64), key=mx.random.key(3)) * 3
+    exact = norm(x)  # fp32 in, fp32 out
+    norm.set_dtype(mx.bfloat16)
+    y = norm(x.astype(mx.bfloat16))
+    assert y.dtype == mx.bfloat16
+    err = float(mx.linalg.norm(y.astype(mx.float32) - exact) / mx.linalg.norm(exact))
+    assert err < 1e-2  # bf16 rounding only
+    xb = x.astype(mx.bfloat16)
+    mx.eval(xb, norm.weight)
+    cast = mx.fast.rms_norm(xb.astype(mx.float32), norm.weight.astype(mx.float32), 1e-8).astype(mx.bfloat16)
+    one = _graph_ops(norm(xb), path=str(tmp_path / "n.dot"))
+    three = _graph_ops(cast, path=str(tmp_path / "c.dot"))
+    assert len(one) < len(three)  # no casts around the norm (on the GPU: 1 kernel instead of 3)
+
+
+def test_depformer_keeps_keys_and_values_in_one_growing_cache():
+    mx.random.seed(4)
+    lm = LM(tiny(context=8))
+    mx.eval(lm.parameters())
+    dep = lm["depformer"]
+    x = mx.random.normal((2, 1, lm.cfg.depformer_dim))
+    _, kv = dep.step(x, 0, None)
+    _, kv = dep.step(x, 1, kv)
+    h = lm.cfg.depformer_num_heads
+    assert len(kv) == lm.cfg.depformer_num_layers
+    assert kv[0].shape == (2, 2 * h, 2, lm.cfg.depformer_dim // h)
+
+
+def test_qmatmul_on_cpu_is_mlx_quantized_matmul(monkeypatch):
+    w = mx.random.normal((96, 256), key=mx.random.key(5)) * 0.05
+    x = mx.random.normal((1, 1, 256), key=mx.random.key(6))
+    for bits in (4, 8):
+        q = mx.quantize(w, 64, bits)
+        want = mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=bits)
+        monkeypatch.setenv(qmv.ENV_ON, "1")
+        assert not qmv.on_cuda()  # no CUDA here: the switch alone does not route to the kernel
+        np.testing.assert_array_equal(np.array(qmv.qmatmul(x, *q, 64, bits)), np.array(want))
+
+
+def test_qmv_kernel_shape_rules():
+    assert qmv.kernel_applies(1, 4096, 64, 4, mx.bfloat16)
+    assert not qmv.kernel_applies(qmv.MAX_ROWS + 1, 4096, 64, 4, mx.bfloat16)  # batches: MLX's kernels
+    assert not qmv.kernel_applies(1, 4096, 64, 3, mx.bfloat16)
+    assert not qmv.kernel_applies(1, 4000, 64, 4, mx.bfloat16)  # K must be a multiple of 128
+    assert not qmv.kernel_applies(1, 4096, 64, 4, mx.int32)
+
+
+def test_adopt_routes_quantized_linears_and_keeps_outputs():
+    mx.random.seed(7)
+    lm = LM(tiny(context=8))
+    nn.quantize(
+        lm,
+        group_size=64,
+        bits=4,
+        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[1] % 64 == 0,
+    )
+    layer = lm.transformer.layers[0].gating.linear_in
+    x = mx.random.normal((1, 1, lm.cfg.dim))
+    before = layer(x)
+    n = qmv.adopt(lm)
+    assert n > 0 and type(layer) is qmv.QuantizedLinear
+    np.testing.assert_array_equal(np.array(layer(x)), np.array(before))
+    assert qmv.adopt(lm) == 0  # already adopted
