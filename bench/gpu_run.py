@@ -2,7 +2,10 @@
 
 Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,key=value`, e.g.
 `ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
-`fast:quant=bf16` (compiled step), `engine:...`. Prints one line per job and a table at the end.
+`fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `prof:quant=bf16`
+(every CUDA kernel per frame, `rolekit.bench.profile`), `qmv:` (rolekit's q4/q8 kernel: errors and
+timings), `mimi:`, `prefill:`, `convert:`, `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row
+quantized products through rolekit's kernel. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
