@@ -54,7 +54,7 @@ def check_qmv(
     batches: tuple[int, ...] = (1, 4, 16), scale: float = 1.0, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Relative error of rolekit's kernel and of mx.quantized_matmul against the dequantized weight
-    in float32, fresh random inputs per shape, bf16 activations (the GPU's); outputs poisoned first."""
+    in float32, fresh random inputs per shape, bf16 activations (the GPU's); `finite` flags NaN/inf."""
     mx.random.seed(seed)
     rows = []
     for name, n, k in SHAPES:

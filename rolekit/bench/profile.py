@@ -134,18 +134,13 @@ def profile_engine(
     state = bundle.mimi.make_state(batch)
     x = mx.array(pcm)[:, None, :]
 
-    def enc() -> None:
-        mx.eval(mimi.encode_step(x, state), *state.arrays())
-
-    for _ in range(3):
-        enc()
-    result["encode"] = _trace(enc, steps)
     codes = mx.zeros((batch, N_CODEBOOKS, 1), dtype=mx.int32)
-
-    def dec() -> None:
-        mx.eval(mimi.decode_step(codes, state), *state.arrays())
-
-    for _ in range(3):
-        dec()
-    result["decode"] = _trace(dec, steps)
+    phases = {
+        "encode": lambda: mx.eval(mimi.encode_step(x, state), *state.arrays()),
+        "decode": lambda: mx.eval(mimi.decode_step(codes, state), *state.arrays()),
+    }
+    for name, fn in phases.items():
+        for _ in range(3):  # warm-up (first calls trace the compiled graphs)
+            fn()
+        result[name] = _trace(fn, steps)
     return result

@@ -58,7 +58,7 @@ class LM(nn.Module):
         Same sums as `embed_tokens` per stream, with fewer kernels: the clamp and the -1 test run
         once for all streams, the indices are laid out stream-major once (so each stream's row
         is a view, not a copy), and the zeroing folds into the fused sum."""
-        s, b, t = tokens.shape[1], tokens.shape[0], tokens.shape[2]
+        b, _, t = tokens.shape
         idx = mx.contiguous(mx.maximum(tokens, 0).transpose(1, 0, 2))  # [S, B, T]
         keep = (tokens != -1)[..., None]  # [B, S, T, 1]
         zero = mx.zeros((1,), dtype=self.dtype)
@@ -67,7 +67,7 @@ class LM(nn.Module):
             return mx.where(keep[:, i], emb(idx[i : i + 1].reshape(b, t)), zero)  # [B, T, D]
 
         x = None
-        for i, emb in enumerate(self.emb[: s - 1]):
+        for i, emb in enumerate(self.emb):
             e = stream(emb, 1 + i)
             x = e if x is None else x + e
         text = stream(self.text_emb, 0)

@@ -13,10 +13,10 @@ issued before any arithmetic, so many bytes are in flight), multiplies them with
 activations for every batch row, and the warp reduces.
 
 Opt-in (`ROLEKIT_QMV=1`): on an H100 the kernel alone beats MLX's qmv at one row (linear_in q4 0.055
-vs 0.075 ms, text head 0.061 vs 0.094 ms), but inside the engine step, which is bound by the host
-(about 2,000 launches per 80 ms frame), each custom-kernel launch costs more host time than it saves
-on the GPU: q4 `Engine.step` took 20.7 ms with it and 16.2 ms without (bench/RESULTS.md). Off by
-default, `qmatmul` is `mx.quantized_matmul` (same arguments, same result up to float rounding).
+vs 0.075 ms, text head 0.061 vs 0.094 ms, temporal shapes only), but the q4 `Engine.step`, which is
+bound by the host (about 2,000 launches per 80 ms frame), took 20.7 ms with it and 16.2 ms without
+(bench/RESULTS.md; whether the depformer's shapes or the launches cost the difference was not
+separated). Off by default, `qmatmul` is `mx.quantized_matmul` (same arguments, same result up to float rounding).
 """
 
 from __future__ import annotations
