@@ -2,10 +2,12 @@
 
 Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,key=value`, e.g.
 `ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
-`fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `prof:quant=bf16`
+`fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `phases:` (its wall time per phase), `prof:quant=bf16`
 (every CUDA kernel per frame, `rolekit.bench.profile`), `qmv:` (rolekit's q4/q8 kernel: errors and
-timings), `mimi:`, `prefill:`, `convert:`, `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row
-quantized products through rolekit's kernel. Prints one line per job and a table at the end.
+timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `mimi:`, `prefill:`, `convert:`,
+`attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
+kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
+masked-attention kernels (MLX's masked SDPA). Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def _parse(job: str) -> tuple[str, dict[str, Any]]:
 
 def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     size = opts.pop("size", "full")
+    if "fused" in opts:  # fused=0: the op-by-op MLX path instead of rolekit.nn.fused's kernels
+        import os
+
+        os.environ["ROLEKIT_FUSED"] = str(opts.pop("fused"))
+    if "ring" in opts:  # ring=0: MLX's masked SDPA instead of rolekit.nn.ring_attention's kernels
+        import os
+
+        os.environ["ROLEKIT_RING_ATTN"] = str(opts.pop("ring"))
     if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
         import os
 
@@ -52,6 +62,17 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         from rolekit.bench.engine import bench_engine
 
         return bench_engine(size, **opts)
+    if kind == "phases":
+        from rolekit.bench.engine import bench_engine_phases
+
+        res = bench_engine_phases(size, **opts)
+        for mode in ("overlapped", "serialized"):
+            m = res[mode]
+            print(
+                f"PHASES {mode:<10} step {m['step']['median']:7.2f} ms  encode {m['encode']:6.2f}  "
+                f"lm {m['lm']:6.2f}  decode {m['decode']:6.2f}  wait {m.get('wait', '')}"
+            )
+        return res
     if kind == "pair":
         from rolekit.bench.engine import bench_engine_pair
 
@@ -106,6 +127,26 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             )
         res["checks"] = checks
         return res
+    if kind == "fusedcheck":
+        from rolekit.bench.matmul import check_fused
+
+        checks = check_fused(**opts)
+        for c in checks:
+            print(
+                f"FUSED {c['shape']:<15} {c['layout']:<4} m={c['m']} ran={c['fused']} "
+                f"err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
+            )
+        return {"checks": checks, "all_ok": all(c["ok"] and c["fused"] for c in checks)}
+    if kind == "ringcheck":
+        from rolekit.bench.attention import check_ring_attention
+
+        checks = check_ring_attention(**opts)
+        for c in checks:
+            print(
+                f"RING {c['case']:<40} {c['dtype']:<9} ran={c['ran']} err {c['rel_err']:.2e} "
+                f"(mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
+            )
+        return {"checks": checks, "all_ok": all(c["ok"] and c["ran"] for c in checks)}
     if kind == "attn":
         from rolekit.bench.attention import bench_attention
 

@@ -251,3 +251,65 @@ def bench_prefill_modes(
         "batched_over_restored": round(batched / max(restored, 1e-6), 1),
         "peak_rss_gb": peak_rss_gb(),
     }
+
+
+class _Timed:
+    """Wraps one phase of `Engine.step` (a callable): records ms per call; `sync` waits for it."""
+
+    def __init__(self, fn: Any, sync: bool) -> None:
+        self.fn, self.sync, self.ms = fn, sync, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        res = self.fn(*args, **kwargs)
+        if self.sync:
+            mx.eval(res)
+        self.ms.append((time.perf_counter() - t0) * 1000.0)
+        return res
+
+
+def bench_engine_phases(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    steps: int = 30,
+    warmup: int = 5,
+    seed: int = 0,
+    bundle: ModelBundle | None = None,
+) -> dict[str, Any]:
+    """Where a compiled `Engine.step` spends its wall time, in two runs of the same engine kind.
+
+    `overlapped` (the engine as it runs): ms to build each phase's graph on the host (Mimi encode,
+    LM step, Mimi decode: Python + MLX graph construction, no device work) and the rest of the
+    step (`wait`: MLX launching the kernels and the device finishing them). `serialized`: each
+    phase evaluated before the next starts (build + launch + device), so their sum minus the
+    overlapped step is the overlap that one graph per frame gains."""
+    quant = quant or default_quant()
+    bundle = bundle or build_bundle(size, quant, seed)
+    out: dict[str, Any] = {"runtime": "rolekit-engine-phases", "size": size, "quant": quant, "batch": batch}
+    rng = np.random.default_rng(seed)
+    pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
+    for mode in ("overlapped", "serialized"):
+        engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed, compiled=True)
+        sync = mode == "serialized"
+        mimi = engine._mimi_steps
+        enc = _Timed(mimi.encode_step, sync)
+        dec = _Timed(mimi.decode_step, sync)
+        lm = _Timed(engine._compiled_step, sync)
+        mimi.encode_step, mimi.decode_step, engine._compiled_step = enc, dec, lm
+        total = []
+        for i in range(pcm.shape[0]):
+            t0 = time.perf_counter()
+            engine.step(pcm[i])
+            total.append((time.perf_counter() - t0) * 1000.0)
+        n = pcm.shape[0] - (warmup + 3)  # the first two calls prime the delays (no LM / decode)
+        step = total[-n:]
+        phases = {"encode": enc.ms[-n:], "lm": lm.ms[-n:], "decode": dec.ms[-n:]}
+        res = {"step": summarize(step)}
+        res.update({k: summarize(v)["median"] for k, v in phases.items()})
+        if not sync:
+            res["wait"] = summarize([s - sum(p) for s, *p in zip(step, *phases.values(), strict=True)])[
+                "median"
+            ]
+        out[mode] = res
+    return out

@@ -123,3 +123,108 @@ def bench_matmul(
                 )
         del ws, wts, q4, q8
     return {"runtime": "mlx-matmul", "device": str(mx.default_device()), "dtype": str(dtype), "rows": rows}
+
+
+def _fused_case(kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, step: int | None) -> mx.array:
+    from rolekit.nn import fused
+
+    if kind == "res":
+        return fused.linear_residual(x, lin, r, step)
+    if kind == "gate":
+        return fused.norm_gated(x, norm, lin)
+    return fused.norm_linear(x, norm, lin, step)
+
+
+def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 0) -> list[dict[str, Any]]:
+    """Relative error of rolekit's fused block kernels (`rolekit.nn.fused`) and of the op-by-op MLX
+    path against float32 math on the same (dequantized) weights, for every variant the step uses:
+    RMSNorm + in_proj, RMSNorm + gated linear_in, out_proj / linear_out + residual, temporal and
+    depformer (multi-linear, step 5) shapes, dense bf16 and fp32, q4 and q8 (bf16 activations).
+    `fused` tells whether the kernel ran (CUDA, sizes covered); `ok`: finite, within 1e-4 (fp32),
+    1e-2 (bf16) or 3e-2 (q4/q8: MLX's own error there is 0.5-2.4%) and no worse than twice the MLX
+    path's error plus 1e-3."""
+    import os
+
+    import mlx.nn as nn
+
+    from rolekit.nn import fused
+    from rolekit.nn.multilinear import MultiLinear
+    from rolekit.nn.norm import RMSNorm
+
+    mx.random.seed(seed)
+    dims = lambda v: max(128, int(v * scale) // 128 * 128)  # noqa: E731
+    d, hid, dd, dhid = dims(4096), dims(11264), dims(1024), dims(2816)
+    cases = [  # (name, kind, out, in, multi-linear steps)
+        ("in_proj", "norm", 3 * d, d, 0),
+        ("linear_in", "gate", 2 * hid, d, 0),
+        ("out_proj", "res", d, d, 0),
+        ("linear_out", "res", d, hid, 0),
+        ("dep_in_proj", "norm", 3 * dd, dd, 16),
+        ("dep_out_proj", "res", dd, dd, 16),
+        ("dep_linear_in", "gate", 2 * dhid, dd, 0),
+        ("dep_linear_out", "res", dd, dhid, 0),
+    ]
+    out = []
+    saved = os.environ.get(fused.ENV)
+    try:
+        for name, kind, n, k, steps in cases:
+            for layout in ("bf16", "fp32", "q4", "q8"):
+                dtype = mx.float32 if layout == "fp32" else mx.bfloat16
+                lin: nn.Module = MultiLinear(steps, k, n) if steps else nn.Linear(k, n, bias=False)
+                lin.weight = (mx.random.normal(lin.weight.shape) * 0.02).astype(dtype)
+                if layout in ("q4", "q8"):
+                    bits = int(layout[1])
+                    lin = (
+                        lin.to_quantized(64, bits) if steps else nn.QuantizedLinear.from_linear(lin, 64, bits)
+                    )
+                    lin.set_dtype(dtype)  # scales and biases in the activation dtype, as loaded
+                wt = fused.weights_of(lin, 5 if steps else None)
+                if wt.bits:
+                    wf = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
+                else:
+                    wf = wt.w
+                wf = wf.astype(mx.float32)[wt.row0 : wt.row0 + wt.rows]  # [N, K] this step's rows
+                norm = RMSNorm(k)
+                norm.weight = mx.random.uniform(0.5, 1.5, (k,)).astype(dtype)
+                for m in rows:
+                    x = (mx.random.normal((m, 1, k)) * 2).astype(dtype)
+                    r = mx.random.normal((m, 1, n if kind != "gate" else n // 2)).astype(dtype)
+                    xf, gf = x.astype(mx.float32), norm.weight.astype(mx.float32)
+                    step = 5 if steps else None
+                    # fp32 products as sums of elementwise products: GPU matmuls of fp32 at m > 1 run
+                    # in TF32 (about 3e-4 relative), which would be the reference's own error.
+                    if kind == "res":
+                        ref = r.astype(mx.float32) + (xf[..., None, :] * wf).sum(-1)
+                    else:
+                        xn = xf * mx.rsqrt(mx.mean(xf * xf, axis=-1, keepdims=True) + norm.eps) * gf
+                        ref = (xn[..., None, :] * wf).sum(-1)
+                        if kind == "gate":
+                            h = ref.shape[-1] // 2
+                            ref = nn.silu(ref[..., :h]) * ref[..., h:]
+                    os.environ[fused.ENV] = "1"
+                    ran = fused._plan(x, lin, step) is not None
+                    ours = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
+                    os.environ[fused.ENV] = "0"
+                    mlx = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
+                    scale_ref = mx.linalg.norm(ref)
+                    err = (mx.linalg.norm(ours - ref) / scale_ref).item()
+                    mlx_err = (mx.linalg.norm(mlx - ref) / scale_ref).item()
+                    finite = bool(mx.all(mx.isfinite(ours)).item())
+                    bound = {"fp32": 1e-4, "bf16": 1e-2}.get(layout, 3e-2)
+                    out.append(
+                        {
+                            "shape": name,
+                            "layout": layout,
+                            "m": m,
+                            "fused": ran,
+                            "rel_err": err,
+                            "mlx_rel_err": mlx_err,
+                            "ok": finite and err < bound and err <= 2 * mlx_err + 1e-3,
+                        }
+                    )
+    finally:
+        if saved is None:
+            os.environ.pop(fused.ENV, None)
+        else:
+            os.environ[fused.ENV] = saved
+    return out

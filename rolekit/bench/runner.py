@@ -10,7 +10,7 @@ from typing import Any
 from rolekit.bench.timing import host_info
 from rolekit.errors import ConfigError
 
-WHATS = ("lm", "mimi", "engine", "prefill", "convert", "all")
+WHATS = ("lm", "mimi", "engine", "phases", "prefill", "convert", "all")
 SIZES = ("full", "tiny")
 
 
@@ -91,6 +91,12 @@ def run_engine(opts: BenchOptions) -> list[dict[str, Any]]:
     ]
 
 
+def run_phases(opts: BenchOptions) -> list[dict[str, Any]]:
+    from rolekit.bench.engine import bench_engine_phases
+
+    return [bench_engine_phases(opts.size, opts.quant, opts.batch, opts.steps, opts.warmup)]
+
+
 def run_prefill(opts: BenchOptions) -> list[dict[str, Any]]:
     from rolekit.bench.engine import bench_prefill, bench_prefill_modes
 
@@ -121,6 +127,7 @@ _RUNNERS = {
     "lm": run_lm,
     "mimi": run_mimi,
     "engine": run_engine,
+    "phases": run_phases,
     "prefill": run_prefill,
     "convert": run_convert,
 }

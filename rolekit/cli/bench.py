@@ -77,6 +77,26 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         if r.get("bench") == "convert":
             rows.extend(_convert_rows(r))
             continue
+        if r.get("bench") == "phases":
+            for mode in ("overlapped", "serialized"):
+                m = r[mode]
+                parts = f"enc {m['encode']:.2f} / lm {m['lm']:.2f} / dec {m['decode']:.2f}"
+                wait = f" / wait {m['wait']:.2f}" if "wait" in m else ""
+                rows.append(
+                    [
+                        "phases",
+                        mode,
+                        r["size"],
+                        r["quant"],
+                        str(r["batch"]),
+                        _cell(m["step"]),
+                        parts + wait,
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+            continue
         speed = r.get("speedup_vs_reference")
         rows.append(
             [
@@ -96,7 +116,7 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def bench_command(
-    what: str = typer.Argument("lm", help="lm | mimi | engine | prefill | convert | all"),
+    what: str = typer.Argument("lm", help="lm | mimi | engine | phases | prefill | convert | all"),
     size: str = typer.Option("tiny", "--size", help="full (PersonaPlex 7B, random weights) or tiny."),
     quant: str = typer.Option(
         None, "--quant", help="fp32 | bf16 | q8 | q4 (default: bf16 on GPU, fp32 on CPU)."

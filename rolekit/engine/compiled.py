@@ -24,7 +24,8 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.lm.temporal import LmCache
-from rolekit.nn.attention import RingKV, split_qkv
+from rolekit.nn import fused, ring_attention
+from rolekit.nn.attention import RingKV, merge_heads, split_qkv
 
 
 def prefix_length(written: int, capacity: int, floor: int) -> int:
@@ -111,9 +112,13 @@ class CompiledStep:
         rope_pos = pos - start  # [B] each row's own position
         slot = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (x.shape[0], 1, 1, 1))  # [B, 1, 1, 1]
         for i, layer in enumerate(lm.transformer.layers):
-            y, ks[i], vs[i] = _attend(layer.self_attn, layer.norm1(x), ks[i], vs[i], rope_pos, slot, mask)
-            x = x + y
-            x = x + layer.gating(layer.norm2(x))
+            attn = layer.self_attn
+            qkv = fused.norm_linear(x, layer.norm1, attn.in_proj)  # [B, 1, 3D]
+            out, ks[i], vs[i] = _attend(attn, qkv, ks[i], vs[i], rope_pos, slot, mask, pos, start)
+            x = fused.linear_residual(out, attn.out_proj, x)
+            x = fused.linear_residual(
+                fused.norm_gated(x, layer.norm2, layer.gating.linear_in), layer.gating.linear_out, x
+            )
         hidden = lm.out_norm(x)  # [B, 1, D]
         logits = lm.text_linear(hidden)  # [B, 1, text_card]
         split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
@@ -133,18 +138,36 @@ class CompiledStep:
 
 
 def _attend(
-    attn: Any, x: mx.array, k_buf: mx.array, v_buf: mx.array, rope_pos: mx.array, slot: mx.array, mask: Any
+    attn: Any,
+    qkv: mx.array,
+    k_buf: mx.array,
+    v_buf: mx.array,
+    rope_pos: mx.array,
+    slot: mx.array,
+    mask: Any,
+    pos: mx.array,
+    start: mx.array,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """x [B, 1, D] -> (y [B, 1, D], k_buf, v_buf [B, H, C, Dh] with this position written)."""
-    b, t, d = x.shape
+    """qkv [B, 1, 3D] (in_proj output) -> (attention output before out_proj [B, 1, D], k_buf, v_buf
+    [B, H, C, Dh] with this position written).
+
+    Masked steps (before the wrap) run `ring_attention`'s two CUDA kernels where they apply: they
+    evaluate the mask's rule themselves, so the mask array is then never computed."""
+    b, t, three_d = qkv.shape
+    d = three_d // 3
     h = attn.num_heads
     hd = d // h
-    q, k, v = split_qkv(attn.in_proj(x), h, attn.rope_args(rope_pos))  # [B, H, 1, Dh]
+    q, k, v = split_qkv(qkv, h, attn.rope_args(rope_pos))  # [B, H, 1, Dh]
     idx = mx.broadcast_to(slot, k.shape)  # [B, H, 1, Dh]
     k_buf = mx.put_along_axis(k_buf, idx, k.astype(k_buf.dtype), axis=2)
     v_buf = mx.put_along_axis(v_buf, idx, v.astype(v_buf.dtype), axis=2)
+    if mask is not None and ring_attention.uses_kernel(q, k_buf, v_buf, mask.shape[-1], attn.context):
+        out = ring_attention.masked_step_attention(
+            q, k_buf, v_buf, pos, start, attn.context, mask.shape[-1], hd**-0.5
+        )  # [B, H, 1, Dh]
+        return merge_heads(out), k_buf, v_buf
     keys, values = k_buf, v_buf  # [B, H, C, Dh]
     if mask is not None and mask.shape[-1] < k_buf.shape[2]:  # before the wrap: a ring prefix
         keys, values = k_buf[:, :, : mask.shape[-1]], v_buf[:, :, : mask.shape[-1]]
     out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=hd**-0.5, mask=mask)  # [B, H, 1, Dh]
-    return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf
+    return merge_heads(out), k_buf, v_buf

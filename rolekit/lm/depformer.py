@@ -11,6 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.lm.config import LmConfig
+from rolekit.nn import fused
+from rolekit.nn.attention import heads_first, merge_heads
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.multilinear import MultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -26,21 +28,26 @@ class DepAttention(nn.Module):
         self.out_proj = MultiLinear(steps, dim, dim)
 
     def __call__(self, x: mx.array, step: int, kv: mx.array | None) -> tuple[mx.array, mx.array]:
-        """x [B, 1, D] for depformer step `step`; kv [B, 2H, step, Dh] holds the earlier steps.
+        """x [B, 1, D] for depformer step `step`; kv [B, 2H, step, Dh] holds the earlier steps."""
+        out, kv = self.attend(self.in_proj(x, step), kv)
+        return self.out_proj(out, step), kv
+
+    def attend(self, qkv: mx.array, kv: mx.array | None) -> tuple[mx.array, mx.array]:
+        """qkv [B, 1, 3D] (the in_proj output) -> (attention output before out_proj [B, 1, D], kv).
 
         Keys and values share one cache array (heads 0..H-1 keys, H..2H-1 values), so that each
         step appends both with one concatenation; q, k, v are views of the projection."""
-        b, t, d = x.shape
+        b, t, three_d = qkv.shape
         h = self.num_heads
+        d = three_d // 3
         hd = d // h
-        qkv = self.in_proj(x, step).reshape(b, t, 3, h, hd)
-        q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # [B, H, 1, Dh]
-        new = qkv[:, :, 1:].reshape(b, t, 2 * h, hd).transpose(0, 2, 1, 3)  # [B, 2H, 1, Dh]
+        qkv = qkv.reshape(b, t, 3, h, hd)
+        q = heads_first(qkv[:, :, 0])  # [B, H, 1, Dh]
+        new = heads_first(qkv[:, :, 1:].reshape(b, t, 2 * h, hd))  # [B, 2H, 1, Dh]
         kv = new if kv is None else mx.concatenate([kv, new], axis=2)  # [B, 2H, step + 1, Dh]
         # every key is in the past: no mask
         out = mx.fast.scaled_dot_product_attention(q, kv[:, :h], kv[:, h:], scale=hd**-0.5)
-        out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
-        return self.out_proj(out, step), kv
+        return merge_heads(out), kv
 
 
 class DepformerLayer(nn.Module):
@@ -53,9 +60,13 @@ class DepformerLayer(nn.Module):
         self.gating = [GatedMLP(dim, cfg.depformer_hidden) for _ in range(cfg.dep_q)]
 
     def __call__(self, x: mx.array, step: int, kv: mx.array | None) -> tuple[mx.array, mx.array]:
-        y, kv = self.self_attn(self.norm1(x), step, kv)
-        x = x + y
-        return x + self.gating[step](self.norm2(x)), kv
+        """Norm, projection, gate and residual go through `nn.fused` (one kernel each on CUDA at
+        batch <= 4, exactly the MLX ops elsewhere)."""
+        attn = self.self_attn
+        out, kv = attn.attend(fused.norm_linear(x, self.norm1, attn.in_proj, step), kv)
+        x = fused.linear_residual(out, attn.out_proj, x, step)
+        mlp = self.gating[step]
+        return fused.linear_residual(fused.norm_gated(x, self.norm2, mlp.linear_in), mlp.linear_out, x), kv
 
 
 class Depformer(nn.Module):

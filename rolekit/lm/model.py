@@ -13,6 +13,7 @@ from rolekit.lm.config import LmConfig
 from rolekit.lm.depformer import Depformer, StepKV
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.lm.temporal import LmCache, Transformer
+from rolekit.nn import fused
 from rolekit.nn.attention import RingKV
 from rolekit.nn.norm import RMSNorm
 
@@ -86,7 +87,7 @@ class LM(nn.Module):
     ) -> tuple[mx.array, StepKV]:
         """hidden [B, D], token [B] (text for step 0, codebook step-1 after) -> (logits [B, card], kv)."""
         emb = self.depformer_text_emb if step == 0 else self.depformer_emb[step - 1]
-        x = self.depformer_in[step](hidden) + embed_tokens(emb, token)  # [B, Dd]
+        x = fused.linear_residual(hidden, self.depformer_in[step], embed_tokens(emb, token))  # [B, Dd]
         y, kv = self["depformer"].step(x[:, None, :], step, kv)  # [B, 1, Dd]
         return self.linears[step](y[:, 0]), kv
 

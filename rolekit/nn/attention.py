@@ -134,17 +134,36 @@ def padded_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int, start: np.nd
     return (real | pad_self)[:, None]
 
 
+def merge_heads(out: mx.array) -> mx.array:
+    """[B, H, T, Dh] -> [B, T, H * Dh]. At T = 1 both layouts are the same bytes, so a reshape
+    does it without the copy kernel that reshaping the transposed view costs (one per layer)."""
+    b, h, t, hd = out.shape
+    if t == 1:
+        return out.reshape(b, 1, h * hd)
+    return out.transpose(0, 2, 1, 3).reshape(b, t, h * hd)
+
+
+def heads_first(x: mx.array) -> mx.array:
+    """[B, T, H, Dh] -> [B, H, T, Dh]. At T = 1 both layouts are the same bytes: a reshape, so that
+    a kernel needing a contiguous input (RoPE, attention) gets one without a copy kernel."""
+    b, t, h, hd = x.shape
+    if t == 1:
+        return x.reshape(b, h, 1, hd)
+    return x.transpose(0, 2, 1, 3)
+
+
 def split_qkv(qkv: mx.array, heads: int, rope: dict | None = None) -> tuple[mx.array, mx.array, mx.array]:
     """Fused projection [B, T, 3 * D] -> q, k, v [B, H, T, Dh]; q and k rotated by `rope` (keyword
-    arguments of mx.fast.rope) in ONE call. Only slices and transposes (views): an integer index
-    such as `qkv[0]` of a transposed array is a gather kernel in MLX, three per layer per step."""
+    arguments of mx.fast.rope) in ONE call. Only slices, transposes and reshapes (views): an
+    integer index such as `qkv[0]` of a transposed array is a gather kernel in MLX, three per layer
+    per step."""
     b, t, three_d = qkv.shape
     hd = three_d // (3 * heads)
     x = qkv.reshape(b, t, 3, heads, hd)
-    v = x[:, :, 2].transpose(0, 2, 1, 3)
+    v = heads_first(x[:, :, 2])
     if rope is None:
-        return x[:, :, 0].transpose(0, 2, 1, 3), x[:, :, 1].transpose(0, 2, 1, 3), v
-    qk = x[:, :, :2].reshape(b, t, 2 * heads, hd).transpose(0, 2, 1, 3)  # [B, 2H, T, Dh]
+        return heads_first(x[:, :, 0]), heads_first(x[:, :, 1]), v
+    qk = heads_first(x[:, :, :2].reshape(b, t, 2 * heads, hd))  # [B, 2H, T, Dh]
     qk = mx.fast.rope(qk, hd, **rope)  # per-row offsets [B] index the batch axis, as before
     return qk[:, :heads], qk[:, heads:], v
 
@@ -199,8 +218,7 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=mask
         )  # [B, H, T, Dh]
-        out = out.transpose(0, 2, 1, 3).reshape(b, t, d)
-        return self.out_proj(out), ring
+        return self.out_proj(merge_heads(out)), ring
 
     def rope_args(self, offset: int | mx.array) -> dict:
         """Keyword arguments of `mx.fast.rope` for this layer (Kyutai: interleaved pairs)."""
@@ -220,4 +238,4 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=view.mask
         )  # [B, H, 1, Dh]
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), ring
+        return self.out_proj(merge_heads(out)), ring

@@ -15,6 +15,10 @@ class GatedMLP(nn.Module):
         self.linear_out = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.linear_in(x)  # [..., 2H]
-        h = h.reshape(*h.shape[:-1], 2, -1)  # [..., 2, H]: Kyutai's view(B, T, 2, H)
-        return self.linear_out(nn.silu(h[..., 0, :]) * h[..., 1, :])
+        return self.linear_out(silu_gate(self.linear_in(x)))
+
+
+def silu_gate(h: mx.array) -> mx.array:
+    """[..., 2H] -> silu(first half) * second half [..., H] (Kyutai's view(B, T, 2, H))."""
+    h = h.reshape(*h.shape[:-1], 2, -1)  # [..., 2, H]
+    return nn.silu(h[..., 0, :]) * h[..., 1, :]

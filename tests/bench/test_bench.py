@@ -150,3 +150,20 @@ def test_bench_engine_can_start_past_the_lm_context():
 
     r = bench_engine("tiny", steps=2, warmup=1, compiled=True, start=300)
     assert r["start"] == 300 and r["step"]["n"] == 2 and r["step"]["median"] > 0
+
+
+def test_bench_engine_phases_splits_the_step():
+    from rolekit.bench.engine import bench_engine_phases
+
+    r = bench_engine_phases("tiny", steps=3, warmup=1)
+    over, ser = r["overlapped"], r["serialized"]
+    for m in (over, ser):
+        assert m["step"]["n"] == 3 and all(m[k] > 0 for k in ("encode", "lm", "decode"))
+    # building graphs is a part of the overlapped step; serialized phases include their device work
+    assert over["encode"] + over["lm"] + over["decode"] < over["step"]["median"]
+    assert ser["encode"] + ser["lm"] + ser["decode"] <= ser["step"]["median"] * 1.05
+    from rolekit.bench.runner import BenchOptions, run_bench
+
+    rep = run_bench("phases", BenchOptions(steps=2, warmup=1))
+    assert [r["bench"] for r in rep["results"]] == ["phases"]
+    assert rep["results"][0]["serialized"]["step"]["n"] == 2

@@ -109,3 +109,17 @@ def test_adopt_routes_quantized_linears_and_keeps_outputs():
     assert n > 0 and type(layer) is qmv.QuantizedLinear
     np.testing.assert_array_equal(np.array(layer(x)), np.array(before))
     assert qmv.adopt(lm) == 0  # already adopted
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_heads_first_and_merge_heads_at_one_position_are_reshapes(t, tmp_path):
+    """At T = 1, [B, T, H, Dh] and [B, H, T, Dh] are the same bytes: no transpose (on the GPU a
+    transposed view reaching RoPE or attention was one copy kernel per layer, 80 per frame)."""
+    from rolekit.nn.attention import heads_first, merge_heads
+
+    x = mx.random.normal((2, t, 4, 8), key=mx.random.key(7))
+    y = heads_first(x)
+    np.testing.assert_array_equal(np.array(y), np.array(x.transpose(0, 2, 1, 3)))
+    np.testing.assert_array_equal(np.array(merge_heads(y)), np.array(x.reshape(2, t, 32)))
+    ops = _graph_ops(merge_heads(mx.exp(heads_first(mx.exp(x)))), path=str(tmp_path / "h.dot"))
+    assert ("Transpose" in ops) == (t > 1)

@@ -1,0 +1,390 @@
+"""Fused transformer-block products for the per-frame decode on CUDA: fewer kernel launches.
+
+On an H100 the batch-1 `Engine.step` is bound by the host, not the GPU: each MLX op costs about
+7 us of launch work and a frame launched ~2,070 kernels while the GPU was busy 9.5 ms of 17.7
+(bench/RESULTS.md). A transformer block at one position is, per layer:
+RMSNorm -> in_proj -> attention -> out_proj -> + residual -> RMSNorm -> linear_in -> silu gate ->
+linear_out -> + residual: 11 launches in MLX. Three kernels here cover everything but attention:
+
+- `norm_linear(x, norm, lin)` = lin(norm(x))                      (in_proj)
+- `norm_gated(x, norm, mlp)` = silu(a) * b, [a | b] = linear_in(norm(x))
+- `linear_residual(x, lin, r)` = r + lin(x)                       (out_proj, linear_out)
+
+so a layer takes 5-6 launches instead of 11. Each kernel is one matrix-vector pass with the
+prologue (RMSNorm of the few input rows, recomputed by every block into shared memory) and the
+epilogue (gate, residual) folded in: one warp per output row reads the weight row in coalesced
+16-byte chunks (dense, the activation's float type) or 32-bit words (MLX's affine q4/q8 layout
+uint32 [N, K * bits / 32], scales and biases [N, K / group], w = scale * q + bias).
+A multi-linear (one weight set per depformer step, stacked along the rows) is read in place at its
+step's row offset.
+
+Where the kernel does not apply (not CUDA, more than MAX_ROWS rows, switched off with
+`ROLEKIT_FUSED=0`, a layout it does not cover), each function is exactly the MLX ops it replaces,
+so CPU results, the PyTorch parity tests and the eager path are unchanged. On CUDA the fused
+result differs from the op-by-op one by float rounding only: the kernel keeps the normalized
+input and the products in fp32 where MLX rounds them to the activation dtype between ops
+(checked against fp32 on the GPU by `bench/gpu_run.py fused:`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rolekit.nn.mlp import silu_gate
+from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
+from rolekit.nn.norm import RMSNorm
+from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
+
+ENV = "ROLEKIT_FUSED"  # 0: always the op-by-op MLX path
+MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
+_THREADS = 256  # 8 warps = 8 output rows per block
+
+# Constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, ROW0 first
+# weight row, BITS 0 (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
+# The source is assembled per variant (`_source`): a kernel body is not a template, so a branch
+# naming an input the variant lacks would not compile even under `if constexpr`.
+_PROLOGUE = """
+  constexpr int NW = NT / 32;
+  constexpr int U = 4;  // weight chunks in flight per lane
+  extern __shared__ float xs[];  // [B, K] input rows as fp32 (normalized when NORM)
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] = static_cast<float>(x[i]);
+"""
+
+_NORM = """
+  {
+    __shared__ float part[B][NW];
+    __shared__ float inv[B];
+    __syncthreads();
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float s = 0.f;
+      for (int k = threadIdx.x; k < K; k += NT) s = fmaf(xs[b * K + k], xs[b * K + k], s);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0) part[b][warp] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < B) {
+      float s = 0.f;
+      for (int i = 0; i < NW; ++i) s += part[threadIdx.x][i];
+      inv[threadIdx.x] = rsqrtf(s / static_cast<float>(K) + EPS);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < B * K; i += NT) xs[i] *= inv[i / K] * static_cast<float>(g[i % K]);
+  }
+"""
+
+_ROWS = """
+  __syncthreads();
+  const int row = blockIdx.x * NW + warp;
+  if (row >= N) return;
+  float acc[B];
+  float acc2[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
+"""
+
+_DENSE = """
+  {
+    constexpr int CH = K / 8;  // 8 weights (one 16-byte load for 16-bit types) per chunk
+    const auto* wr = w + (size_t)(ROW0 + row) * K;
+    const auto* wr2 = w + (size_t)(ROW0 + (GATE ? N : 0) + row) * K;
+    for (int c0 = 0; c0 < CH; c0 += 32 * U) {
+      float wv[U][8];
+      float wv2[U][8];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + u * 32 + lane;
+        if (c < CH) {
+          load8(wr + c * 8, wv[u]);
+          if constexpr (GATE) load8(wr2 + c * 8, wv2[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + u * 32 + lane;
+        if (c < CH) {
+#pragma unroll
+          for (int b = 0; b < B; ++b) {
+            const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * 8);
+            const float4 xa = xr[0], xb = xr[1];
+            const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+            for (int t = 0; t < 8; ++t) {
+              acc[b] = fmaf(wv[u][t], xv[t], acc[b]);
+              if constexpr (GATE) acc2[b] = fmaf(wv2[u][t], xv[t], acc2[b]);
+            }
+          }
+        }
+      }
+    }
+  }
+"""
+
+_QUANT = """
+  {
+    // One 32-bit word (8 q4 or 4 q8 values) per lane and load: consecutive lanes read consecutive
+    // words (coalesced) and consecutive activations (float4 reads of shared memory, 2-way at most).
+    constexpr int PER_WORD = 32 / BITS;
+    constexpr int KW = K / PER_WORD;  // words per row
+    constexpr int NG = K / GS;
+    constexpr int UQ = 8;  // words in flight per lane
+    constexpr unsigned MASK = (1u << BITS) - 1u;
+    const size_t r1 = (size_t)(ROW0 + row);
+    const size_t r2 = (size_t)(ROW0 + (GATE ? N : 0) + row);
+    const uint32_t* wr = w + r1 * KW;
+    const uint32_t* wr2 = w + r2 * KW;
+    for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
+      uint32_t q[UQ];
+      uint32_t q2[UQ];
+#pragma unroll
+      for (int u = 0; u < UQ; ++u) {
+        const int c = c0 + u * 32 + lane;
+        if (c < KW) {
+          q[u] = wr[c];
+          if constexpr (GATE) q2[u] = wr2[c];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UQ; ++u) {
+        const int c = c0 + u * 32 + lane;
+        if (c < KW) {
+          const int gi = (c * PER_WORD) / GS;
+          const float sc = static_cast<float>(scales[r1 * NG + gi]);
+          const float bi = static_cast<float>(biases[r1 * NG + gi]);
+          float sc2 = 0.f, bi2 = 0.f;
+          if constexpr (GATE) {
+            sc2 = static_cast<float>(scales[r2 * NG + gi]);
+            bi2 = static_cast<float>(biases[r2 * NG + gi]);
+          }
+#pragma unroll
+          for (int b = 0; b < B; ++b) {
+            const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * PER_WORD);
+            float xv[PER_WORD];
+#pragma unroll
+            for (int j = 0; j < PER_WORD / 4; ++j) {
+              const float4 f = xr[j];
+              xv[4 * j] = f.x; xv[4 * j + 1] = f.y; xv[4 * j + 2] = f.z; xv[4 * j + 3] = f.w;
+            }
+            float qx = 0.f, qx2 = 0.f, xsum = 0.f;
+#pragma unroll
+            for (int e = 0; e < PER_WORD; ++e) {
+              qx = fmaf(static_cast<float>((q[u] >> (e * BITS)) & MASK), xv[e], qx);
+              if constexpr (GATE) qx2 = fmaf(static_cast<float>((q2[u] >> (e * BITS)) & MASK), xv[e], qx2);
+              xsum += xv[e];
+            }
+            acc[b] = fmaf(sc, qx, fmaf(bi, xsum, acc[b]));
+            if constexpr (GATE) acc2[b] = fmaf(sc2, qx2, fmaf(bi2, xsum, acc2[b]));
+          }
+        }
+      }
+    }
+  }
+"""
+
+_EPILOGUE = """
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float v = acc[b];
+    float v2 = acc2[b];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+      if constexpr (GATE) v2 += __shfl_xor_sync(0xffffffffu, v2, o);
+    }
+    if (lane == 0) {
+      if constexpr (GATE) v = v / (1.f + expf(-v)) * v2;
+      %(residual)s
+      y[(size_t)b * N + row] = static_cast<T>(v);
+    }
+  }
+"""
+
+
+def _source(quantized: bool, norm: bool, residual: bool, eps: float) -> str:
+    """The kernel body of one variant (only the inputs it has are named)."""
+    head = f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int NT = {_THREADS};\n"
+    res = "v += static_cast<float>(r[(size_t)b * N + row]);" if residual else ""
+    return (
+        head
+        + _PROLOGUE
+        + (_NORM if norm else "")
+        + _ROWS
+        + (_QUANT if quantized else _DENSE)
+        + _EPILOGUE % {"residual": res}
+    )
+
+
+def enabled() -> bool:
+    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_FUSED` is not 0
+    (read when a product is built, i.e. once per trace of a compiled step)."""
+    if os.environ.get(ENV, "1") == "0":
+        return False
+    return mx.default_device() == mx.gpu and _cuda()
+
+
+@lru_cache(maxsize=1)
+def _cuda() -> bool:
+    return bool(mx.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One linear's weight as the kernel reads it: rows row0 .. row0 + rows (x2 when gated)."""
+
+    w: mx.array
+    scales: mx.array | None
+    biases: mx.array | None
+    bits: int  # 0: dense
+    group: int
+    row0: int
+    rows: int
+
+
+def weights_of(lin: nn.Module, step: int | None = None) -> Weights | None:
+    """The kernel's view of nn.Linear / nn.QuantizedLinear (affine, no bias) / (Quantized)MultiLinear
+    at `step`; None for anything else (the caller then uses MLX)."""
+    if isinstance(lin, MultiLinear) and step is not None:
+        return Weights(lin.weight, None, None, 0, 0, step * lin.out_dims, lin.out_dims)
+    if isinstance(lin, QuantizedMultiLinear) and step is not None:
+        return Weights(
+            lin.weight, lin.scales, lin.biases, lin.bits, lin.group_size, step * lin.out_dims, lin.out_dims
+        )
+    if step is not None or "bias" in lin:
+        return None
+    if isinstance(lin, nn.QuantizedLinear):
+        if getattr(lin, "mode", "affine") != "affine":
+            return None
+        w = lin["weight"]
+        return Weights(w, lin["scales"], lin["biases"], lin.bits, lin.group_size, 0, w.shape[0])
+    if isinstance(lin, nn.Linear):
+        return Weights(lin.weight, None, None, 0, 0, 0, lin.weight.shape[0])
+    return None
+
+
+def covers(wt: Weights, k: int, rows: int, dtype: mx.Dtype) -> bool:
+    """Layouts and sizes the kernel is written for."""
+    if not (1 <= rows <= MAX_ROWS and dtype in (mx.bfloat16, mx.float16, mx.float32)):
+        return False
+    if rows * k * 4 > 160 * 1024:  # the input rows live in shared memory as fp32
+        return False
+    if wt.bits == 0:
+        return (
+            k % 8 == 0
+            and wt.w.ndim == 2
+            and wt.w.shape[1] == k
+            and wt.w.dtype in (mx.bfloat16, mx.float16, mx.float32)
+        )
+    return (
+        wt.bits in (4, 8)
+        and wt.group in (32, 64, 128)
+        and k % wt.group == 0
+        and wt.w.dtype == mx.uint32
+        and wt.w.shape[1] * 32 // wt.bits == k
+    )
+
+
+@cache
+def _kernel(names: tuple[str, ...], eps: float, smem: int) -> Any:
+    source = _source("scales" in names, "g" in names, "r" in names, eps)
+    return mx.fast.cuda_kernel(
+        name="rolekit_fused_linear",
+        input_names=list(names),
+        output_names=["y"],
+        source=source,
+        header=_LOAD_HEADER,
+        ensure_row_contiguous=True,
+        shared_memory=smem,
+    )
+
+
+def fused(
+    x: mx.array,
+    wt: Weights,
+    norm: RMSNorm | None = None,
+    gate: bool = False,
+    residual: mx.array | None = None,
+) -> mx.array:
+    """The kernel: x [..., K] -> [..., N] (N = wt.rows), with the RMSNorm prologue and the gate and
+    residual epilogues as asked. Call only where `covers` holds and `enabled()`."""
+    k = x.shape[-1]
+    rows = x.size // k
+    n = wt.rows
+    names = ["x", "w"]
+    inputs = [x.reshape(rows, k), wt.w]
+    if wt.bits:
+        names += ["scales", "biases"]
+        inputs += [wt.scales.astype(x.dtype), wt.biases.astype(x.dtype)]
+    if norm is not None:
+        names.append("g")
+        inputs.append(norm.weight)
+    if residual is not None:
+        names.append("r")
+        inputs.append(residual.reshape(rows, n))
+    nw = _THREADS // 32
+    (y,) = _kernel(tuple(names), norm.eps if norm is not None else 0.0, rows * k * 4)(
+        inputs=inputs,
+        template=[
+            ("T", x.dtype),
+            ("B", rows),
+            ("N", n),
+            ("K", k),
+            ("ROW0", wt.row0),
+            ("BITS", wt.bits),
+            ("GS", wt.group or 64),
+            ("GATE", gate),
+        ],
+        grid=(-(-n // nw) * _THREADS, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
+        output_shapes=[(rows, n)],
+        output_dtypes=[x.dtype],
+    )
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _call(lin: nn.Module, x: mx.array, step: int | None) -> mx.array:
+    return lin(x) if step is None else lin(x, step)
+
+
+def _plan(x: mx.array, lin: nn.Module, step: int | None, rows_per_out: int = 1) -> Weights | None:
+    if not enabled():
+        return None
+    wt = weights_of(lin, step)
+    if wt is None or not covers(wt, x.shape[-1], x.size // x.shape[-1], x.dtype):
+        return None
+    if wt.w.shape[0] < wt.row0 + rows_per_out * wt.rows:
+        return None
+    return wt
+
+
+def norm_linear(x: mx.array, norm: RMSNorm, lin: nn.Module, step: int | None = None) -> mx.array:
+    """lin(norm(x)); `step` selects a multi-linear's weight set."""
+    wt = _plan(x, lin, step)
+    if wt is None:
+        return _call(lin, norm(x), step)
+    return fused(x, wt, norm=norm)
+
+
+def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module) -> mx.array:
+    """silu(a) * b with [a | b] = linear_in(norm(x)) split in halves (Kyutai ActivationGating)."""
+    wt = _plan(x, linear_in, None)
+    if wt is None or wt.rows % 2:
+        return silu_gate(linear_in(norm(x)))
+    half = Weights(wt.w, wt.scales, wt.biases, wt.bits, wt.group, wt.row0, wt.rows // 2)
+    return fused(x, half, norm=norm, gate=True)
+
+
+def linear_residual(x: mx.array, lin: nn.Module, residual: mx.array, step: int | None = None) -> mx.array:
+    """residual + lin(x)."""
+    wt = _plan(x, lin, step)
+    if wt is None or residual.dtype != x.dtype or residual.size != x.size // x.shape[-1] * wt.rows:
+        return residual + _call(lin, x, step)
+    return fused(x, wt, residual=residual)

@@ -1,0 +1,383 @@
+"""One-position ("decode") attention over the temporal transformer's ring KV cache before the ring
+wraps, as two CUDA kernels instead of MLX's masked path.
+
+Why: on an H100 the batch-1 `Engine.step` is bound by the host (each MLX op costs about 7 us of
+launch work, bench/RESULTS.md). Before the wrap, `CompiledStep` attends a power-of-two prefix of
+the ring through a bool mask built on the device from the position and each row's left padding;
+per layer that is the mask's share plus the prefix slices and MLX's masked SDPA, about 5 launches,
+x 32 layers every 80 ms frame. Here the visibility rule is evaluated inside the attention kernel,
+so a layer takes exactly 2 launches and no mask is built at all.
+
+Layout: q [B, H, 1, Dh] (already rotated), k_buf / v_buf [B, H, C, Dh] (ring: slot j holds the
+newest position p written so far with p % C == j), pos an int32 device scalar (the current
+position, already written into the ring), start [B] int32 (row b's left padding). Only slots
+0 .. length - 1 are read (length <= C). Slot j is visible for row b exactly as in
+`CompiledStep._mask`: held = pos - ((pos - j + C) % C); visible = (held >= start[b]) &
+(pos - held < context), or own = (pos < start[b]) & (j == pos % C) (a padding row sees itself).
+
+Kernels (split-K "flash decoding", softmax and accumulation in fp32):
+1. `partial`: one block of NW warps per (b * H + h, split); a split is CHUNK consecutive slots.
+   Each warp takes CHUNK / NW slots; a slot is read by LPS = Dh / 8 lanes (8 values each, one
+   16-byte load per lane for 16-bit types), so a warp reads 32 / LPS slots per pass and keeps U
+   passes of K and V loads in flight. Invisible slots are skipped (never loaded). Each lane group
+   keeps an online softmax (running max, sum of exp, weighted V sum); groups merge through
+   shuffles, warps through shared memory. Outputs per (row-head, split): max m (log2 domain, -inf
+   when the split saw no visible slot), sum l (0 then) and the unnormalized V sum [Dh] (fp32).
+2. `combine`: one block of Dh threads per row-head: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s
+   over the splits with m_s > -inf (M their max), cast to q's dtype.
+
+Scores are scaled by scale * log2(e) once (q is pre-multiplied), so exp is `exp2f`.
+
+Elsewhere (CPU, `ROLEKIT_RING_ATTN=0`, Dh not 64/128, other dtypes) `masked_step_attention` is the
+MLX path `CompiledStep` used before: the [B, 1, 1, length] bool mask and
+`mx.fast.scaled_dot_product_attention` over the ring prefix.
+
+Kernel names carry a hash of their source, so the two kernels are told apart at a glance in a
+profile of an edited build (MLX's own on-disk PTX cache is keyed by a hash of the whole source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from typing import Any
+
+import mlx.core as mx
+
+from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
+
+ENV = "ROLEKIT_RING_ATTN"  # 0: always MLX's masked SDPA
+HEAD_DIMS = (64, 128)
+DTYPES = (mx.bfloat16, mx.float16, mx.float32)
+NW = 4  # warps per block of the partial kernel (NW * 32 >= Dh: the block's merge has a thread per dim)
+CHUNKS = (256, 128, 64)  # slots per split, largest first; must be multiples of NW * 32 / (Dh / 8) * U
+MIN_BLOCKS = 256  # shorter chunks until the partial kernel has this many blocks (H100: 132 SMs)
+_LOG2E = 1.4426950408889634
+
+# Template constants: T (dtype of q / k_buf / v_buf), NH (heads), CAP (ring slots C), HD (Dh),
+# LEN (attended slots), CHUNK (slots per split), NSPLIT (splits = ceil(LEN / CHUNK)), CTX
+# (context, clamped to C). QSCALE (scale * log2 e), NW and U are written into the source.
+# Inputs: q [B*H, Dh], kb / vb [B, H, C, Dh], pos [] int32, start [B] int32.
+# Outputs: pm, pl [B*H*NSPLIT] fp32, po [B*H*NSPLIT, Dh] fp32.
+_PARTIAL = """
+  constexpr int LPS = HD / 8;          // lanes per slot, 8 values each
+  constexpr int SPW = 32 / LPS;        // slots a warp reads per pass
+  constexpr int SW = CHUNK / NW;       // slots per warp
+  constexpr int PASSES = SW / SPW;
+  static_assert(HD % 64 == 0 && HD <= 256, "head dim");
+  static_assert(SW % (SPW * U) == 0, "chunk");
+  static_assert(NW * 32 >= HD, "merge needs a thread per dim");
+  const float NEG = __int_as_float(static_cast<int>(0xff800000u));  // -infinity
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int grp = lane / LPS;          // slot within a pass
+  const int sub = lane % LPS;          // dims sub * 8 .. sub * 8 + 7
+  const int bh = blockIdx.x / NSPLIT;  // b * NH + h
+  const int split = blockIdx.x % NSPLIT;
+  const int b = bh / NH;
+  const int p = pos[0];
+  const int st = start[b];
+  const int own = p < st ? p % CAP : -1;  // a padding row sees only its own slot
+  float qv[8];
+  load8(q + (size_t)bh * HD + sub * 8, qv);
+#pragma unroll
+  for (int t = 0; t < 8; ++t) qv[t] *= QSCALE;
+  const size_t base = (size_t)bh * CAP * HD + (size_t)(sub * 8);
+  float m = NEG, l = 0.f;
+  float acc[8];
+#pragma unroll
+  for (int t = 0; t < 8; ++t) acc[t] = 0.f;
+  const int j0 = split * CHUNK + warp * SW + grp;
+  for (int ps = 0; ps < PASSES; ps += U) {
+    float kv[U][8];
+    float vv[U][8];
+    bool vis[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + (ps + u) * SPW;
+      const int held = p - ((p - j + CAP) % CAP);  // newest position in slot j (< 0: never written)
+      vis[u] = j < LEN && ((held >= st && p - held < CTX) || j == own);
+      if (vis[u]) {
+        load8(kb + base + (size_t)j * HD, kv[u]);
+        load8(vb + base + (size_t)j * HD, vv[u]);
+      }
+    }
+    float sc[U];
+    float mnew = m;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float d = 0.f;
+      if (vis[u]) {
+#pragma unroll
+        for (int t = 0; t < 8; ++t) d = fmaf(qv[t], kv[u][t], d);
+      }
+#pragma unroll
+      for (int o = LPS / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      sc[u] = vis[u] ? d : NEG;
+      mnew = fmaxf(mnew, sc[u]);
+    }
+    if (mnew != NEG) {  // the same in all lanes of a group
+      const float corr = exp2f(m - mnew);  // 0 while m is -inf
+      l *= corr;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) acc[t] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (vis[u]) {
+          const float e = exp2f(sc[u] - mnew);
+          l += e;
+#pragma unroll
+          for (int t = 0; t < 8; ++t) acc[t] = fmaf(e, vv[u][t], acc[t]);
+        }
+      }
+      m = mnew;
+    }
+  }
+  // merge the lane groups of a warp (lanes with the same `sub`)
+#pragma unroll
+  for (int o = LPS; o < 32; o <<= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+    const float l2 = __shfl_xor_sync(0xffffffffu, l, o);
+    const float mm = fmaxf(m, m2);
+    const float c1 = m == NEG ? 0.f : exp2f(m - mm);
+    const float c2 = m2 == NEG ? 0.f : exp2f(m2 - mm);
+    l = l * c1 + l2 * c2;
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+      const float a2 = __shfl_xor_sync(0xffffffffu, acc[t], o);
+      acc[t] = acc[t] * c1 + a2 * c2;
+    }
+    m = mm;
+  }
+  // merge the warps of the block
+  __shared__ float sm_m[NW];
+  __shared__ float sm_l[NW];
+  __shared__ float sm_a[NW][HD];
+  if (grp == 0) {
+    if (sub == 0) {
+      sm_m[warp] = m;
+      sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int t = 0; t < 8; ++t) sm_a[warp][sub * 8 + t] = acc[t];
+  }
+  __syncthreads();
+  if (threadIdx.x < HD) {
+    float mm = NEG;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, sm_m[w]);
+    float ll = 0.f, aa = 0.f;
+    if (mm != NEG) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        if (sm_m[w] != NEG) {
+          const float c = exp2f(sm_m[w] - mm);
+          ll = fmaf(c, sm_l[w], ll);
+          aa = fmaf(c, sm_a[w][threadIdx.x], aa);
+        }
+      }
+    }
+    const size_t part = (size_t)bh * NSPLIT + split;
+    po[part * HD + threadIdx.x] = aa;
+    if (threadIdx.x == 0) {
+      pm[part] = mm;
+      pl[part] = ll;
+    }
+  }
+"""
+
+# Template constants: T (output dtype), NSPLIT, HD. Inputs pm, pl [B*H*NSPLIT], po [B*H*NSPLIT, HD]
+# (fp32); output out [B*H, HD]. One block of HD threads per row-head, a thread per dim.
+_COMBINE = """
+  const float NEG = __int_as_float(static_cast<int>(0xff800000u));  // -infinity
+  const int bh = blockIdx.x;
+  const int t = threadIdx.x;
+  const float* mr = pm + (size_t)bh * NSPLIT;
+  const float* lr = pl + (size_t)bh * NSPLIT;
+  const float* orow = po + (size_t)bh * NSPLIT * HD + t;
+  float mm = NEG;
+  for (int s = 0; s < NSPLIT; ++s) mm = fmaxf(mm, mr[s]);
+  float den = 0.f, num = 0.f;
+  if (mm != NEG) {
+    for (int s = 0; s < NSPLIT; ++s) {
+      const float ms = mr[s];
+      if (ms != NEG) {
+        const float c = exp2f(ms - mm);
+        den = fmaf(c, lr[s], den);
+        num = fmaf(c, orow[(size_t)s * HD], num);
+      }
+    }
+  }
+  out[(size_t)bh * HD + t] = static_cast<T>(den > 0.f ? num / den : 0.f);
+"""
+
+_U = 4  # passes of loads in flight per warp
+
+
+def _named(prefix: str, source: str) -> str:
+    return f"{prefix}_{hashlib.sha1(source.encode()).hexdigest()[:12]}"
+
+
+def partial_source(scale: float) -> str:
+    """The partial kernel's body for one softmax scale (written into the source as a constant)."""
+    head = f"  constexpr float QSCALE = {float(scale) * _LOG2E!r}f;\n  constexpr int NW = {NW};\n  constexpr int U = {_U};\n"
+    return head + _PARTIAL
+
+
+def combine_source() -> str:
+    return _COMBINE
+
+
+@lru_cache(maxsize=8)
+def _partial_kernel(scale: float) -> Any:
+    source = partial_source(scale)
+    return mx.fast.cuda_kernel(
+        name=_named("rolekit_ring_attn_partial", source + _LOAD_HEADER),
+        input_names=["q", "kb", "vb", "pos", "start"],
+        output_names=["pm", "pl", "po"],
+        source=source,
+        header=_LOAD_HEADER,
+        ensure_row_contiguous=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def _combine_kernel() -> Any:
+    source = combine_source()
+    return mx.fast.cuda_kernel(
+        name=_named("rolekit_ring_attn_combine", source),
+        input_names=["pm", "pl", "po"],
+        output_names=["out"],
+        source=source,
+        ensure_row_contiguous=True,
+    )
+
+
+def enabled() -> bool:
+    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_RING_ATTN` is
+    not 0 (read when the attention is built, i.e. once per trace of a compiled step)."""
+    if os.environ.get(ENV, "1") == "0":
+        return False
+    return mx.default_device() == mx.gpu and _cuda()
+
+
+@lru_cache(maxsize=1)
+def _cuda() -> bool:
+    return bool(mx.cuda.is_available())
+
+
+def covers(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:
+    """Shapes and dtypes the kernels are written for (else MLX's masked SDPA runs)."""
+    if q.ndim != 4 or k_buf.ndim != 4 or k_buf.shape != v_buf.shape:
+        return False
+    b, h, t, hd = q.shape
+    return (
+        t == 1
+        and hd in HEAD_DIMS
+        and k_buf.shape[0] == b
+        and k_buf.shape[1] == h
+        and k_buf.shape[3] == hd
+        and 1 <= length <= k_buf.shape[2]
+        and context >= 1
+        and q.dtype in DTYPES
+        and k_buf.dtype == q.dtype
+        and v_buf.dtype == q.dtype
+    )
+
+
+def uses_kernel(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:
+    """Whether `masked_step_attention` with these arguments runs the CUDA kernels."""
+    return enabled() and covers(q, k_buf, v_buf, length, context)
+
+
+def split_plan(rows: int, length: int) -> tuple[int, int]:
+    """(CHUNK, NSPLIT) for `rows` = B * H row-heads: the longest chunk that still gives the partial
+    kernel MIN_BLOCKS blocks (down to the shortest chunk)."""
+    for chunk in CHUNKS:
+        splits = -(-length // chunk)
+        if rows * splits >= MIN_BLOCKS or chunk == CHUNKS[-1]:
+            return chunk, splits
+    raise AssertionError("unreachable")
+
+
+def step_mask(pos: mx.array | int, start: mx.array, cap: int, context: int, length: int) -> mx.array:
+    """[B, 1, 1, length] bool: ring slot visible after writing `pos` (the rule of
+    `CompiledStep._mask`)."""
+    slots = mx.arange(length, dtype=mx.int32)  # [L]
+    held = pos - (pos - slots + cap) % cap  # [L] newest position in each slot (< 0: never written)
+    visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, L]
+    own = (pos < start)[:, None] & (slots == pos % cap)[None, :]  # padding sees only itself
+    return (visible | own)[:, None, None, :]
+
+
+def _kernel_attention(
+    q: mx.array,
+    k_buf: mx.array,
+    v_buf: mx.array,
+    pos: mx.array,
+    start: mx.array,
+    context: int,
+    length: int,
+    scale: float,
+) -> mx.array:
+    b, h, _, hd = q.shape
+    cap = k_buf.shape[2]
+    rows = b * h
+    chunk, splits = split_plan(rows, length)
+    threads = NW * 32
+    pm, pl, po = _partial_kernel(float(scale))(
+        inputs=[q.reshape(rows, hd), k_buf, v_buf, pos, start],
+        template=[
+            ("T", q.dtype),
+            ("NH", h),
+            ("CAP", cap),
+            ("HD", hd),
+            ("LEN", length),
+            ("CHUNK", chunk),
+            ("NSPLIT", splits),
+            ("CTX", min(context, cap)),  # pos - held < C always holds
+        ],
+        grid=(rows * splits * threads, 1, 1),
+        threadgroup=(threads, 1, 1),
+        output_shapes=[(rows * splits,), (rows * splits,), (rows * splits, hd)],
+        output_dtypes=[mx.float32, mx.float32, mx.float32],
+    )
+    (out,) = _combine_kernel()(
+        inputs=[pm, pl, po],
+        template=[("T", q.dtype), ("NSPLIT", splits), ("HD", hd)],
+        grid=(rows * hd, 1, 1),
+        threadgroup=(hd, 1, 1),
+        output_shapes=[(rows, hd)],
+        output_dtypes=[q.dtype],
+    )
+    return out.reshape(b, h, 1, hd)
+
+
+def masked_step_attention(
+    q: mx.array,
+    k_buf: mx.array,
+    v_buf: mx.array,
+    pos: mx.array | int,
+    start: mx.array,
+    context: int,
+    length: int,
+    scale: float,
+) -> mx.array:
+    """Attention of q [B, H, 1, Dh] over ring slots 0 .. length - 1 of k_buf / v_buf [B, H, C, Dh]
+    visible after writing position `pos` (int32 device scalar) with left padding start [B] int32
+    -> [B, H, 1, Dh] in q's dtype. Two CUDA kernels where `uses_kernel`, else MLX's masked SDPA."""
+    if not isinstance(pos, mx.array):
+        pos = mx.array(pos, dtype=mx.int32)
+    if uses_kernel(q, k_buf, v_buf, length, context):
+        if pos.dtype != mx.int32:
+            pos = pos.astype(mx.int32)
+        if start.dtype != mx.int32:
+            start = start.astype(mx.int32)
+        return _kernel_attention(q, k_buf, v_buf, pos, start, context, length, scale)
+    cap = k_buf.shape[2]
+    mask = step_mask(pos, start, cap, context, length)
+    keys, values = k_buf, v_buf
+    if length < cap:
+        keys, values = k_buf[:, :, :length], v_buf[:, :, :length]
+    return mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)

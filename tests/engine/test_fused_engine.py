@@ -1,0 +1,76 @@
+"""The engine's compiled step through rolekit.nn.fused's block kernels and rolekit.nn.ring_attention's
+masked attention kernels, with float32 stand-ins for the CUDA kernels (tests/lm/test_fused.py): every
+block product reaches the kernel, and the tokens equal the MLX path's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rolekit.engine.engine import Engine
+from rolekit.lm.sampling import SamplingParams
+from rolekit.nn import fused, ring_attention
+from tests.engine.conftest import user_frames
+from tests.lm.test_fused import contract
+
+
+@pytest.fixture
+def kernel_model(monkeypatch):
+    calls: list[tuple] = []
+
+    def fake(x, wt, norm=None, gate=False, residual=None):
+        calls.append((x.shape, wt.row0, wt.rows, norm is not None, gate, residual is not None))
+        return contract(x, wt, norm, gate, residual)
+
+    monkeypatch.setattr(fused, "enabled", lambda: True)
+    monkeypatch.setattr(fused, "fused", fake)
+    return calls
+
+
+def test_engine_steps_through_the_kernels_with_the_same_tokens(tiny_bundle, kernel_model, monkeypatch):
+    """The tiny engine's compiled step with the kernel stand-in gives the tokens of the MLX path,
+    and every block product of the temporal and depformer layers went to the kernel."""
+    frames = user_frames(6, 3)
+    params = SamplingParams(greedy=True)
+
+    def run() -> np.ndarray:
+        engine = Engine(tiny_bundle, 1, params, 5, compiled=True)
+        out = [engine.step(frames[:, i]) for i in range(frames.shape[1])]
+        return np.array([np.concatenate([o.text, o.audio[0]]) for o in out if o.ready])
+
+    with_kernel = run()
+    cfg = tiny_bundle.lm.cfg
+    # counted per trace of the compiled step (one here: the ring does not wrap in 6 frames)
+    dep_steps = Engine(tiny_bundle, 1, params, 5).dep_steps
+    assert len(kernel_model) == 4 * cfg.num_layers + dep_steps * (1 + 4 * cfg.depformer_num_layers)
+    monkeypatch.setattr(fused, "enabled", lambda: False)
+    np.testing.assert_array_equal(with_kernel, run())
+
+
+def test_masked_steps_hand_position_padding_and_prefix_to_the_ring_kernel(tiny_bundle, monkeypatch):
+    """`_attend` gives ring_attention's kernel what the mask was built from (stand-in: its own MLX
+    fallback): same tokens as MLX's masked attention."""
+    calls = []
+    real = ring_attention.masked_step_attention
+
+    def fake_kernel(q, k_buf, v_buf, pos, start, context, length, scale):
+        calls.append((length, context))
+        monkeypatch.setattr(ring_attention, "uses_kernel", lambda *a: False)
+        try:
+            return real(q, k_buf, v_buf, pos, start, context, length, scale)
+        finally:
+            monkeypatch.setattr(ring_attention, "uses_kernel", lambda *a: True)
+
+    frames = user_frames(5, 4)
+
+    def run() -> np.ndarray:
+        engine = Engine(tiny_bundle, 1, SamplingParams(greedy=True), 6, compiled=True)
+        out = [engine.step(frames[:, i]) for i in range(frames.shape[1])]
+        return np.array([np.concatenate([o.text, o.audio[0]]) for o in out if o.ready])
+
+    want = run()
+    monkeypatch.setattr(ring_attention, "uses_kernel", lambda *a: True)
+    monkeypatch.setattr(ring_attention, "_kernel_attention", fake_kernel)
+    got = run()
+    np.testing.assert_array_equal(got, want)
+    assert calls and all(c == (calls[0][0], tiny_bundle.lm.cfg.context) for c in calls)

@@ -1,0 +1,138 @@
+"""rolekit.nn.fused: the block products (norm + in_proj, norm + gated linear_in, linear + residual)
+are exactly the MLX ops where the CUDA kernel does not run, and the layers hand the kernel the
+right contract where it does. The kernel itself runs only on CUDA (checked on the GPU against
+fp32 by `bench/gpu_run.py fusedcheck:`); here a float32 model of its contract stands in for it, so
+that row offsets, halves, norms and residuals reaching it are tested on the CPU."""
+
+from __future__ import annotations
+
+import re
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from rolekit.nn import fused
+from rolekit.nn.mlp import GatedMLP
+from rolekit.nn.multilinear import MultiLinear
+from rolekit.nn.norm import RMSNorm
+
+
+def _norm(k: int, seed: int) -> RMSNorm:
+    norm = RMSNorm(k)
+    norm.weight = mx.random.uniform(0.5, 1.5, (k,), key=mx.random.key(seed))
+    return norm
+
+
+def _linear(kind: str, n: int, k: int, seed: int) -> nn.Module:
+    mx.random.seed(seed)
+    if kind.startswith("multi"):
+        lin = MultiLinear(4, k, n)
+    else:
+        lin = nn.Linear(k, n, bias=False)
+    if kind.endswith("q4"):
+        lin = (
+            lin.to_quantized(64, 4)
+            if isinstance(lin, MultiLinear)
+            else nn.QuantizedLinear.from_linear(lin, 64, 4)
+        )
+    return lin
+
+
+def contract(x: mx.array, wt: fused.Weights, norm=None, gate=False, residual=None) -> mx.array:
+    """What the kernel computes, in float32 MLX ops: rows row0 .. row0 + rows (x2 gated) of the
+    (dequantized) weight, the RMSNorm prologue, the gate and residual epilogues."""
+    w = wt.w
+    if wt.bits:
+        w = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
+    w = w[wt.row0 : wt.row0 + (2 if gate else 1) * wt.rows].astype(mx.float32)
+    xf = x.astype(mx.float32)
+    if norm is not None:
+        xf = mx.fast.rms_norm(xf, norm.weight.astype(mx.float32), norm.eps)
+    y = xf @ w.T
+    if gate:
+        y = nn.silu(y[..., : wt.rows]) * y[..., wt.rows :]
+    if residual is not None:
+        y = residual.astype(mx.float32) + y
+    return y.astype(x.dtype)
+
+
+@pytest.fixture
+def kernel_model(monkeypatch):
+    """Pretend the kernel applies (as on CUDA) and record its calls; it computes `contract`."""
+    calls: list[tuple] = []
+
+    def fake(x, wt, norm=None, gate=False, residual=None):
+        calls.append((x.shape, wt.row0, wt.rows, wt.bits, norm is not None, gate, residual is not None))
+        return contract(x, wt, norm, gate, residual)
+
+    monkeypatch.setattr(fused, "enabled", lambda: True)
+    monkeypatch.setattr(fused, "fused", fake)
+    return calls
+
+
+def test_off_cuda_the_functions_are_the_mlx_ops_exactly():
+    assert not fused.enabled()  # CPU
+    x = mx.random.normal((2, 1, 128), key=mx.random.key(1))
+    r = mx.random.normal((2, 1, 192), key=mx.random.key(2))
+    norm = _norm(128, 3)
+    for kind in ("dense", "q4"):
+        lin = _linear(kind, 192, 128, 4)
+        assert mx.array_equal(fused.norm_linear(x, norm, lin), lin(norm(x))).item()
+        assert mx.array_equal(fused.linear_residual(x, lin, r), r + lin(x)).item()
+    multi = _linear("multi", 192, 128, 5)
+    assert mx.array_equal(fused.norm_linear(x, norm, multi, 2), multi(norm(x), 2)).item()
+    mlp = GatedMLP(128, 96)
+    h = fused.norm_gated(x, norm, mlp.linear_in)
+    assert mx.array_equal(mlp.linear_out(h), mlp(norm(x))).item()
+
+
+@pytest.mark.parametrize("kind", ["dense", "q4", "multi", "multi-q4"])
+def test_the_kernel_receives_its_weight_rows_norm_gate_and_residual(kernel_model, kind, monkeypatch):
+    x = mx.random.normal((3, 1, 128), key=mx.random.key(6))
+    norm = _norm(128, 7)
+    lin = _linear(kind, 192, 128, 8)
+    step = 3 if kind.startswith("multi") else None
+    call = (lambda v: lin(v, step)) if step is not None else lin
+    r = mx.random.normal((3, 1, 192), key=mx.random.key(9))
+    got = [fused.norm_linear(x, norm, lin, step), fused.linear_residual(x, lin, r, step)]
+    monkeypatch.setattr(fused, "enabled", lambda: False)
+    want = [call(norm(x)), r + call(x)]
+    assert len(kernel_model) == 2
+    assert kernel_model[0][1:3] == ((step or 0) * 192, 192)  # a multi-linear's step rows
+    tol = 1e-5 if "q4" not in kind else 2e-3  # q4: dequantized matmul vs quantized_matmul
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.array(g), np.array(w), rtol=tol, atol=tol)
+
+
+def test_gated_kernel_reads_both_halves(kernel_model, monkeypatch):
+    x = mx.random.normal((1, 1, 128), key=mx.random.key(10))
+    norm = _norm(128, 11)
+    mlp = GatedMLP(128, 96)
+    got = fused.norm_gated(x, norm, mlp.linear_in)
+    assert kernel_model == [((1, 1, 128), 0, 96, 0, True, True, False)]  # half the rows, gated
+    monkeypatch.setattr(fused, "enabled", lambda: False)
+    np.testing.assert_allclose(
+        np.array(got), np.array(fused.norm_gated(x, norm, mlp.linear_in)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_batches_above_max_rows_and_odd_layouts_stay_on_mlx(kernel_model):
+    norm = _norm(128, 12)
+    lin = _linear("dense", 64, 128, 13)
+    fused.norm_linear(mx.zeros((fused.MAX_ROWS + 1, 1, 128)), norm, lin)
+    biased = nn.Linear(128, 64)
+    fused.norm_linear(mx.zeros((1, 1, 128)), norm, biased)
+    fused.norm_linear(mx.zeros((1, 1, 128), dtype=mx.int32).astype(mx.float32), norm, lin)
+    assert len(kernel_model) == 1  # only the last: the others fall back
+    assert not fused.covers(fused.weights_of(lin), 128, 1, mx.int32)
+    assert not fused.covers(fused.weights_of(_linear("q4", 64, 128, 14)), 96, 1, mx.float32)  # K mismatch
+
+
+def test_source_names_only_the_inputs_of_its_variant():
+    plain = fused._source(quantized=False, norm=False, residual=False, eps=1e-8)
+    full = fused._source(quantized=True, norm=True, residual=True, eps=1e-5)
+    named = lambda src, name: re.search(rf"\b{name}\[", src) is not None  # noqa: E731
+    assert not any(named(plain, n) for n in ("g", "r", "scales", "biases"))
+    assert all(named(full, n) for n in ("g", "r", "scales", "biases")) and "1e-05f" in full

@@ -1,0 +1,192 @@
+"""Ring attention before the wrap (rolekit.nn.ring_attention): on CPU the MLX fallback against a
+plain numpy masked softmax over a simulated ring, the CUDA switch, and the kernels' launch plan and
+source rules (the kernels themselves run only on a CUDA GPU: `check_ring_attention` there)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from rolekit.bench.attention import check_ring_attention
+from rolekit.engine.compiled import CompiledStep
+from rolekit.nn import ring_attention as ra
+
+
+def simulated_visible(pos: int, start: list[int], cap: int, context: int, length: int) -> np.ndarray:
+    """[B, length] bool from writing positions 0 .. pos into a ring of `cap` slots one by one."""
+    held = np.full(cap, -1)
+    for p in range(pos + 1):
+        held[p % cap] = p
+    out = np.zeros((len(start), length), dtype=bool)
+    for b, s in enumerate(start):
+        for j in range(length):
+            h = held[j]
+            out[b, j] = (h >= 0 and h >= s and pos - h < context) or (pos < s and j == pos % cap)
+    return out
+
+
+def numpy_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.ndarray, scale: float
+) -> np.ndarray:
+    """q [B, H, 1, D], k / v [B, H, L, D], visible [B, L] -> [B, H, 1, D], loops over rows and heads."""
+    b_n, h_n, _, d = q.shape
+    out = np.zeros((b_n, h_n, 1, d))
+    for b in range(b_n):
+        idx = np.nonzero(visible[b])[0]
+        for h in range(h_n):
+            s = (k[b, h, idx].astype(np.float64) @ q[b, h, 0].astype(np.float64)) * scale
+            w = np.exp(s - s.max())
+            w /= w.sum()
+            out[b, h, 0] = w @ v[b, h, idx].astype(np.float64)
+    return out
+
+
+CASES = [
+    # name, start, cap, pos, context, length
+    ("first-step", [0], 64, 0, 64, 16),
+    ("early", [0], 64, 3, 64, 16),
+    ("prefix", [0], 64, 20, 64, 32),
+    ("full-ring-unwrapped", [0], 64, 63, 64, 64),
+    ("padded-row-in-padding", [0, 5], 64, 3, 64, 16),
+    ("padded-row-started", [0, 5], 64, 12, 64, 16),
+    ("wrapped-context-below-cap", [0, 3], 32, 50, 20, 32),
+    ("wrapped-padding-inside", [0, 40], 32, 50, 20, 32),
+    ("wrapped-padding-inside-full-context", [0, 40], 32, 50, 32, 32),
+]
+
+
+@pytest.mark.parametrize("name,start,cap,pos,context,length", CASES, ids=[c[0] for c in CASES])
+def test_fallback_matches_numpy_reference(name, start, cap, pos, context, length):
+    rng = np.random.default_rng(len(name))
+    batch, heads, dim = len(start), 3, 16
+    scale = dim**-0.5
+    q = rng.standard_normal((batch, heads, 1, dim), dtype=np.float32)
+    k = np.full((batch, heads, cap, dim), np.nan, dtype=np.float32)  # slots past `length`: never read
+    v = np.full((batch, heads, cap, dim), np.nan, dtype=np.float32)
+    k[:, :, :length] = rng.standard_normal((batch, heads, length, dim), dtype=np.float32)
+    v[:, :, :length] = rng.standard_normal((batch, heads, length, dim), dtype=np.float32)
+    visible = simulated_visible(pos, start, cap, context, length)
+    assert visible.any(axis=1).all()
+    start_mx = mx.array(np.asarray(start, dtype=np.int32))
+    for p in (mx.array(pos, dtype=mx.int32), pos):  # device scalar or Python int
+        out = ra.masked_step_attention(
+            mx.array(q), mx.array(k), mx.array(v), p, start_mx, context, length, scale
+        )
+        assert out.shape == (batch, heads, 1, dim) and out.dtype == mx.float32
+        want = numpy_attention(q, k[:, :, :length], v[:, :, :length], visible, scale)
+        np.testing.assert_allclose(np.array(out), want, rtol=2e-5, atol=2e-6)
+
+
+def test_mask_rule_is_not_trivial():
+    """The cases above hide something (but the full unwrapped ring): an all-visible mask would not
+    test the rule."""
+    for name, start, cap, pos, ctx, ln in CASES:
+        all_visible = simulated_visible(pos, start, cap, ctx, ln).all()
+        assert all_visible == (name == "full-ring-unwrapped"), name
+    # the reference notices a wrong mask: all slots visible gives another answer
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s) for s in ((1, 1, 1, 8), (1, 1, 16, 8), (1, 1, 16, 8)))
+    vis = simulated_visible(3, [0], 64, 64, 16)
+    assert not np.allclose(
+        numpy_attention(q, k, v, vis, 0.3), numpy_attention(q, k, v, np.ones_like(vis), 0.3)
+    )
+
+
+@pytest.mark.parametrize("pos", [0, 4, 37, 63, 64, 100, 1000])
+@pytest.mark.parametrize("context", [16, 64])
+def test_step_mask_is_compiled_step_mask(pos, context):
+    cap, length = 64, 64
+    attn = SimpleNamespace(context=context)
+    layer = SimpleNamespace(self_attn=attn)
+    fake = SimpleNamespace(
+        engine=SimpleNamespace(lm=SimpleNamespace(transformer=SimpleNamespace(layers=[layer])))
+    )
+    start = mx.array(np.array([0, 5, 70], dtype=np.int32))
+    pos_mx = mx.array(pos, dtype=mx.int32)
+    want = np.array(CompiledStep._mask(fake, pos_mx, start, cap, length))
+    got = np.array(ra.step_mask(pos_mx, start, cap, context, length))
+    np.testing.assert_array_equal(got, want)
+    sim = simulated_visible(pos, [0, 5, 70], cap, context, length)
+    np.testing.assert_array_equal(got[:, 0, 0, :], sim)
+
+
+def test_switch_is_off_on_cpu(monkeypatch):
+    q = mx.zeros((1, 2, 1, 128), dtype=mx.bfloat16)
+    kv = mx.zeros((1, 2, 256, 128), dtype=mx.bfloat16)
+    for value in (None, "1", "0"):
+        if value is None:
+            monkeypatch.delenv(ra.ENV, raising=False)
+        else:
+            monkeypatch.setenv(ra.ENV, value)
+        assert ra.enabled() is False
+        assert ra.uses_kernel(q, kv, kv, 256, 256) is False
+    assert ra.covers(q, kv, kv, 256, 256)  # the shape itself is one the kernel takes
+
+
+def test_kernel_coverage_rules():
+    def arrays(b=1, h=2, t=1, c=256, d=128, dt=mx.bfloat16, kdt=None):
+        q = mx.zeros((b, h, t, d), dtype=dt)
+        kv = mx.zeros((b, h, c, d), dtype=kdt or dt)
+        return q, kv, kv
+
+    assert ra.covers(*arrays(), 256, 3000)
+    assert ra.covers(*arrays(d=64, dt=mx.float32), 100, 1)
+    assert ra.covers(*arrays(dt=mx.float16), 1, 5)
+    assert not ra.covers(*arrays(d=96), 256, 256)  # head dim
+    assert not ra.covers(*arrays(t=2), 256, 256)  # one query position only
+    assert not ra.covers(*arrays(), 257, 256)  # length > C
+    assert not ra.covers(*arrays(), 0, 256)
+    assert not ra.covers(*arrays(), 256, 0)  # no context
+    assert not ra.covers(*arrays(kdt=mx.float32), 256, 256)  # mixed dtypes
+    assert not ra.covers(*arrays(dt=mx.int32), 256, 256)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 8, 32, 64, 256])
+@pytest.mark.parametrize("length", [1, 100, 256, 512, 1024, 2048, 3000, 4096])
+def test_split_plan(rows, length):
+    chunk, splits = ra.split_plan(rows, length)
+    assert chunk in ra.CHUNKS
+    assert (splits - 1) * chunk < length <= splits * chunk  # every slot in exactly one split
+    for hd in ra.HEAD_DIMS:  # the partial kernel's static_assert: SW % (SPW * U) == 0
+        slots_per_pass = 32 // (hd // 8)
+        assert (chunk // ra.NW) % (slots_per_pass * ra._U) == 0
+        assert ra.NW * 32 >= hd
+    if chunk != ra.CHUNKS[-1]:
+        assert rows * splits >= ra.MIN_BLOCKS
+    if chunk != ra.CHUNKS[0]:  # a longer chunk would have given too few blocks
+        longer = ra.CHUNKS[ra.CHUNKS.index(chunk) - 1]
+        assert rows * -(-length // longer) < ra.MIN_BLOCKS
+
+
+def test_kernel_sources():
+    """MLX adds shape/stride arguments for any `<input>_shape|_strides|_ndim` in a body: none wanted.
+    The scale goes into the source, and the kernel name changes with the source (MLX's disk cache
+    is keyed by name and template arguments only)."""
+    bodies = {
+        ("q", "kb", "vb", "pos", "start"): ra.partial_source(128**-0.5),
+        ("pm", "pl", "po"): ra.combine_source(),
+    }
+    for names, body in bodies.items():
+        for n in names:
+            for suffix in ("_shape", "_strides", "_ndim"):
+                assert n + suffix not in body
+        assert "inf" not in body.replace("__int_as_float", "").split()  # MLX #defines `inf`
+    a, b = ra.partial_source(128**-0.5), ra.partial_source(64**-0.5)
+    assert a != b and f"{128**-0.5 * ra._LOG2E!r}f" in a
+    assert ra._named("x", a) != ra._named("x", b)
+
+
+def test_check_ring_attention_on_cpu():
+    rows = check_ring_attention()
+    assert len(rows) == 36
+    assert {r["dtype"] for r in rows} == {"bfloat16", "float32"}
+    assert any(r["case"].startswith("wrapped") for r in rows)
+    assert any("H32" in r["case"] for r in rows)
+    for r in rows:
+        assert r["ran"] is False, r
+        assert r["ok"] is True, r
+        assert r["rel_err"] == r["mlx_rel_err"], r  # on CPU both are the MLX path
+        assert r["rel_err"] < (1e-2 if r["dtype"] == "bfloat16" else 1e-4), r
