@@ -26,7 +26,13 @@ def _parse(job: str) -> tuple[str, dict[str, Any]]:
     opts: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        opts[k] = int(v) if v.lstrip("-").isdigit() else v
+        try:
+            opts[k] = int(v)
+        except ValueError:
+            try:
+                opts[k] = float(v)
+            except ValueError:
+                opts[k] = v
     return kind, opts
 
 
@@ -127,26 +133,23 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
             )
         res["checks"] = checks
         return res
-    if kind == "fusedcheck":
+    if kind in ("fusedcheck", "ringcheck"):
+        from rolekit.bench.attention import check_ring_attention
         from rolekit.bench.matmul import check_fused
 
-        checks = check_fused(**opts)
+        fused = kind == "fusedcheck"
+        checks = (check_fused if fused else check_ring_attention)(**opts)
+        ran = "fused" if fused else "ran"
         for c in checks:
-            print(
-                f"FUSED {c['shape']:<15} {c['layout']:<4} m={c['m']} ran={c['fused']} "
-                f"err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
+            what = (
+                f"{c['shape']:<15} {c['layout']:<4} m={c['m']}"
+                if fused
+                else f"{c['case']:<40} {c['dtype']:<9}"
             )
-        return {"checks": checks, "all_ok": all(c["ok"] and c["fused"] for c in checks)}
-    if kind == "ringcheck":
-        from rolekit.bench.attention import check_ring_attention
-
-        checks = check_ring_attention(**opts)
-        for c in checks:
             print(
-                f"RING {c['case']:<40} {c['dtype']:<9} ran={c['ran']} err {c['rel_err']:.2e} "
-                f"(mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
+                f"{kind.upper()} {what} ran={c[ran]} err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
             )
-        return {"checks": checks, "all_ok": all(c["ok"] and c["ran"] for c in checks)}
+        return {"checks": checks, "all_ok": all(c["ok"] and c[ran] for c in checks)}
     if kind == "attn":
         from rolekit.bench.attention import bench_attention
 

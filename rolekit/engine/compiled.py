@@ -130,11 +130,7 @@ class CompiledStep:
     def _mask(self, pos: mx.array, start: mx.array, cap: int, length: int) -> mx.array:
         """[B, 1, 1, length] bool: ring slot visible after writing `pos` (rule of `padded_mask`)."""
         context = self.engine.lm.transformer.layers[0].self_attn.context
-        slots = mx.arange(length, dtype=mx.int32)  # [L]
-        held = pos - (pos - slots + cap) % cap  # [L] newest position in each slot (< 0: never written)
-        visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, L]
-        own = (pos < start)[:, None] & (slots == pos % cap)[None, :]  # padding sees only itself
-        return (visible | own)[:, None, None, :]
+        return ring_attention.step_mask(pos, start, cap, context, length)
 
 
 def _attend(

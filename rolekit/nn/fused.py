@@ -28,14 +28,14 @@ input and the products in fp32 where MLX rounds them to the activation dtype bet
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from rolekit.nn.cuda import kernels_on
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -45,8 +45,8 @@ ENV = "ROLEKIT_FUSED"  # 0: always the op-by-op MLX path
 MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
 _THREADS = 256  # 8 warps = 8 output rows per block
 
-# Constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, ROW0 first
-# weight row, BITS 0 (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
+# Constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, BITS 0
+# (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
 # The source is assembled per variant (`_source`): a kernel body is not a template, so a branch
 # naming an input the variant lacks would not compile even under `if constexpr`.
 _PROLOGUE = """
@@ -95,8 +95,8 @@ _ROWS = """
 _DENSE = """
   {
     constexpr int CH = K / 8;  // 8 weights (one 16-byte load for 16-bit types) per chunk
-    const auto* wr = w + (size_t)(ROW0 + row) * K;
-    const auto* wr2 = w + (size_t)(ROW0 + (GATE ? N : 0) + row) * K;
+    const auto* wr = w + (size_t)row * K;
+    const auto* wr2 = w + (size_t)((GATE ? N : 0) + row) * K;
     for (int c0 = 0; c0 < CH; c0 += 32 * U) {
       float wv[U][8];
       float wv2[U][8];
@@ -138,8 +138,8 @@ _QUANT = """
     constexpr int NG = K / GS;
     constexpr int UQ = 8;  // words in flight per lane
     constexpr unsigned MASK = (1u << BITS) - 1u;
-    const size_t r1 = (size_t)(ROW0 + row);
-    const size_t r2 = (size_t)(ROW0 + (GATE ? N : 0) + row);
+    const size_t r1 = (size_t)row;
+    const size_t r2 = (size_t)((GATE ? N : 0) + row);
     const uint32_t* wr = w + r1 * KW;
     const uint32_t* wr2 = w + r2 * KW;
     for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
@@ -224,16 +224,8 @@ def _source(quantized: bool, norm: bool, residual: bool, eps: float) -> str:
 
 
 def enabled() -> bool:
-    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_FUSED` is not 0
-    (read when a product is built, i.e. once per trace of a compiled step)."""
-    if os.environ.get(ENV, "1") == "0":
-        return False
-    return mx.default_device() == mx.gpu and _cuda()
-
-
-@lru_cache(maxsize=1)
-def _cuda() -> bool:
-    return bool(mx.cuda.is_available())
+    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_FUSED` is not 0."""
+    return kernels_on(ENV, default=True)
 
 
 @dataclass(frozen=True)
@@ -319,10 +311,11 @@ def fused(
     rows = x.size // k
     n = wt.rows
     names = ["x", "w"]
-    inputs = [x.reshape(rows, k), wt.w]
+    w, scales, biases = weight_rows(wt, gate)
+    inputs = [x.reshape(rows, k), w]
     if wt.bits:
         names += ["scales", "biases"]
-        inputs += [wt.scales.astype(x.dtype), wt.biases.astype(x.dtype)]
+        inputs += [scales.astype(x.dtype), biases.astype(x.dtype)]
     if norm is not None:
         names.append("g")
         inputs.append(norm.weight)
@@ -337,7 +330,6 @@ def fused(
             ("B", rows),
             ("N", n),
             ("K", k),
-            ("ROW0", wt.row0),
             ("BITS", wt.bits),
             ("GS", wt.group or 64),
             ("GATE", gate),
@@ -348,6 +340,16 @@ def fused(
         output_dtypes=[x.dtype],
     )
     return y.reshape(*x.shape[:-1], n)
+
+
+def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.array | None]:
+    """The rows the kernel reads (x2 when gated) as views: a leading-row slice of a row-contiguous
+    matrix is row-contiguous, and MLX hands a kernel the view's own address, so nothing is copied.
+    (A row offset as a template constant made one NVRTC compile per depformer step, per process.)"""
+    rows = slice(wt.row0, wt.row0 + (2 if gate else 1) * wt.rows)
+    if not wt.bits:
+        return wt.w[rows], None, None
+    return wt.w[rows], wt.scales[rows], wt.biases[rows]
 
 
 def _call(lin: nn.Module, x: mx.array, step: int | None) -> mx.array:

@@ -21,12 +21,13 @@ separated). Off by default, `qmatmul` is `mx.quantized_matmul` (same arguments, 
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from rolekit.nn.cuda import kernels_on
 
 # Activation rows routed to the kernel by `qmatmul` (when switched on). At 16 rows it is 3-20x slower
 # than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
@@ -138,16 +139,9 @@ def _kernel() -> Any:
 
 
 def on_cuda() -> bool:
-    """True when the kernel is switched on and MLX's default device is a CUDA GPU (read when a
-    product is built, i.e. once per trace of a compiled step)."""
-    if os.environ.get(ENV_ON, "") in ("", "0"):
-        return False
-    return mx.default_device() == mx.gpu and _cuda()
-
-
-@lru_cache(maxsize=1)
-def _cuda() -> bool:
-    return mx.cuda.is_available()
+    """True when the kernel is switched on (`ROLEKIT_QMV=1`; off by default) and MLX's default
+    device is a CUDA GPU."""
+    return kernels_on(ENV_ON, default=False)
 
 
 def kernel_applies(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:

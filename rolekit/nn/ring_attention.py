@@ -39,12 +39,12 @@ profile of an edited build (MLX's own on-disk PTX cache is keyed by a hash of th
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
 
+from rolekit.nn.cuda import kernels_on
 from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
 ENV = "ROLEKIT_RING_ATTN"  # 0: always MLX's masked SDPA
@@ -256,15 +256,8 @@ def _combine_kernel() -> Any:
 
 def enabled() -> bool:
     """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_RING_ATTN` is
-    not 0 (read when the attention is built, i.e. once per trace of a compiled step)."""
-    if os.environ.get(ENV, "1") == "0":
-        return False
-    return mx.default_device() == mx.gpu and _cuda()
-
-
-@lru_cache(maxsize=1)
-def _cuda() -> bool:
-    return bool(mx.cuda.is_available())
+    not 0."""
+    return kernels_on(ENV, default=True)
 
 
 def covers(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:

@@ -136,3 +136,42 @@ def test_source_names_only_the_inputs_of_its_variant():
     named = lambda src, name: re.search(rf"\b{name}\[", src) is not None  # noqa: E731
     assert not any(named(plain, n) for n in ("g", "r", "scales", "biases"))
     assert all(named(full, n) for n in ("g", "r", "scales", "biases")) and "1e-05f" in full
+
+
+@pytest.mark.parametrize("kind", ["multi", "multi-q4", "dense"])
+@pytest.mark.parametrize("gate", [False, True])
+def test_kernel_weights_are_the_step_rows_as_views(kind, gate):
+    """`weight_rows` hands the kernel rows row0 .. row0 + rows (x2 gated) of the stacked weight (and
+    of its scales and biases), the rows `contract` multiplies, without a template row offset."""
+    lin = _linear(kind, 64, 128, 15)
+    wt = fused.weights_of(lin, 2 if kind.startswith("multi") else None)
+    if gate:
+        wt = fused.Weights(wt.w, wt.scales, wt.biases, wt.bits, wt.group, wt.row0, wt.rows // 2)
+    w, scales, biases = fused.weight_rows(wt, gate)
+    rows = slice(wt.row0, wt.row0 + (2 if gate else 1) * wt.rows)
+    assert w.shape[0] == (2 if gate else 1) * wt.rows
+    assert mx.array_equal(w, wt.w[rows]).item()
+    if wt.bits:
+        assert (
+            mx.array_equal(scales, wt.scales[rows]).item() and mx.array_equal(biases, wt.biases[rows]).item()
+        )
+    else:
+        assert scales is None and biases is None
+    assert "ROW0" not in fused._source(quantized=bool(wt.bits), norm=True, residual=True, eps=1e-8)
+
+
+def test_kernel_switches_default_and_follow_their_variable(monkeypatch):
+    """ROLEKIT_FUSED / ROLEKIT_RING_ATTN default on, ROLEKIT_QMV off; "0" is off, anything else on;
+    never without a CUDA device."""
+    from rolekit.nn import cuda, qmv, ring_attention
+
+    monkeypatch.setattr(cuda, "cuda_available", lambda: True)
+    monkeypatch.setattr(cuda.mx, "default_device", lambda: cuda.mx.gpu)
+    for var in ("ROLEKIT_FUSED", "ROLEKIT_RING_ATTN", "ROLEKIT_QMV"):
+        monkeypatch.delenv(var, raising=False)
+    assert fused.enabled() and ring_attention.enabled() and not qmv.on_cuda()
+    monkeypatch.setenv("ROLEKIT_FUSED", "0")
+    monkeypatch.setenv("ROLEKIT_QMV", "1")
+    assert not fused.enabled() and qmv.on_cuda()
+    monkeypatch.setattr(cuda, "cuda_available", lambda: False)
+    assert not ring_attention.enabled() and not qmv.on_cuda()
