@@ -21,7 +21,7 @@ import mlx.nn as nn
 
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
-from rolekit.nn.attention import split_qkv
+from rolekit.nn.attention import merge_heads, split_qkv
 
 
 class FastStep:
@@ -93,7 +93,7 @@ class FastStep:
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=mask
         )  # [B, H, 1, Dh]
-        return attn.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d)), k_buf, v_buf
+        return attn.out_proj(merge_heads(out)), k_buf, v_buf
 
     def _write(self, buf: mx.array, new: mx.array, off: mx.array) -> mx.array:
         """buf [B, H, C, Dh] with new [B, H, 1, Dh] stored at slot off % C."""

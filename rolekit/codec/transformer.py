@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.codec.config import MimiConfig
+from rolekit.nn.attention import heads_first, merge_heads
 
 _BLOCK = 256  # query block of the whole-clip attention (bounds the mask to [256, 256 + context])
 
@@ -78,13 +79,12 @@ class Attention(nn.Module):
         h = self.num_heads
         # slices, not integer indexing (a gather kernel each in MLX); q and k rotated in one pass
         p = self.in_proj(x).reshape(b, t, 3, h, d // h)
-        qk = apply_rope(p[:, :, :2].reshape(b, t, 2 * h, d // h).transpose(0, 2, 1, 3), cos, sin)
-        return qk[:, :h], qk[:, h:], p[:, :, 2].transpose(0, 2, 1, 3)
+        qk = apply_rope(heads_first(p[:, :, :2].reshape(b, t, 2 * h, d // h)), cos, sin)
+        return qk[:, :h], qk[:, h:], heads_first(p[:, :, 2])
 
     def out(self, y: mx.array) -> mx.array:
         # y: [B, H, T, hd] -> [B, T, D]
-        b, h, t, hd = y.shape
-        return self.out_proj(y.transpose(0, 2, 1, 3).reshape(b, t, h * hd))
+        return self.out_proj(merge_heads(y))
 
 
 def _mask(q_pos: mx.array, k_pos: mx.array, context: int) -> mx.array:
