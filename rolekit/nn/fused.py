@@ -357,13 +357,13 @@ def _call(lin: nn.Module, x: mx.array, step: int | None) -> mx.array:
     return lin(x) if step is None else lin(x, step)
 
 
-def _plan(x: mx.array, lin: nn.Module, step: int | None, rows_per_out: int = 1) -> Weights | None:
+def _plan(x: mx.array, lin: nn.Module, step: int | None) -> Weights | None:
     if not enabled():
         return None
     wt = weights_of(lin, step)
     if wt is None or not covers(wt, x.shape[-1], x.size // x.shape[-1], x.dtype):
         return None
-    if wt.w.shape[0] < wt.row0 + rows_per_out * wt.rows:
+    if wt.w.shape[0] < wt.row0 + wt.rows:
         return None
     return wt
 

@@ -1,30 +1,15 @@
 """The engine's compiled step through rolekit.nn.fused's block kernels and rolekit.nn.ring_attention's
-masked attention kernels, with float32 stand-ins for the CUDA kernels (tests/lm/test_fused.py): every
+masked attention kernels, with float32 stand-ins for the CUDA kernels (the `kernel_model` fixture of tests/conftest.py): every
 block product reaches the kernel, and the tokens equal the MLX path's."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from rolekit.engine.engine import Engine
 from rolekit.lm.sampling import SamplingParams
 from rolekit.nn import fused, ring_attention
 from tests.engine.conftest import user_frames
-from tests.lm.test_fused import contract
-
-
-@pytest.fixture
-def kernel_model(monkeypatch):
-    calls: list[tuple] = []
-
-    def fake(x, wt, norm=None, gate=False, residual=None):
-        calls.append((x.shape, wt.row0, wt.rows, norm is not None, gate, residual is not None))
-        return contract(x, wt, norm, gate, residual)
-
-    monkeypatch.setattr(fused, "enabled", lambda: True)
-    monkeypatch.setattr(fused, "fused", fake)
-    return calls
 
 
 def test_engine_steps_through_the_kernels_with_the_same_tokens(tiny_bundle, kernel_model, monkeypatch):

@@ -40,38 +40,6 @@ def _linear(kind: str, n: int, k: int, seed: int) -> nn.Module:
     return lin
 
 
-def contract(x: mx.array, wt: fused.Weights, norm=None, gate=False, residual=None) -> mx.array:
-    """What the kernel computes, in float32 MLX ops: rows row0 .. row0 + rows (x2 gated) of the
-    (dequantized) weight, the RMSNorm prologue, the gate and residual epilogues."""
-    w = wt.w
-    if wt.bits:
-        w = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
-    w = w[wt.row0 : wt.row0 + (2 if gate else 1) * wt.rows].astype(mx.float32)
-    xf = x.astype(mx.float32)
-    if norm is not None:
-        xf = mx.fast.rms_norm(xf, norm.weight.astype(mx.float32), norm.eps)
-    y = xf @ w.T
-    if gate:
-        y = nn.silu(y[..., : wt.rows]) * y[..., wt.rows :]
-    if residual is not None:
-        y = residual.astype(mx.float32) + y
-    return y.astype(x.dtype)
-
-
-@pytest.fixture
-def kernel_model(monkeypatch):
-    """Pretend the kernel applies (as on CUDA) and record its calls; it computes `contract`."""
-    calls: list[tuple] = []
-
-    def fake(x, wt, norm=None, gate=False, residual=None):
-        calls.append((x.shape, wt.row0, wt.rows, wt.bits, norm is not None, gate, residual is not None))
-        return contract(x, wt, norm, gate, residual)
-
-    monkeypatch.setattr(fused, "enabled", lambda: True)
-    monkeypatch.setattr(fused, "fused", fake)
-    return calls
-
-
 def test_off_cuda_the_functions_are_the_mlx_ops_exactly():
     assert not fused.enabled()  # CPU
     x = mx.random.normal((2, 1, 128), key=mx.random.key(1))
