@@ -4,10 +4,10 @@ Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,
 `ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
 `fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `phases:` (its wall time per phase), `prof:quant=bf16`
 (every CUDA kernel per frame, `rolekit.bench.profile`), `qmv:` (rolekit's q4/q8 kernel: errors and
-timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `mimi:`, `prefill:`, `convert:`,
+timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `mimi:`, `prefill:`, `convert:`,
 `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
 kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
-masked-attention kernels (MLX's masked SDPA). Prints one line per job and a table at the end.
+masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         import os
 
         os.environ["ROLEKIT_RING_ATTN"] = str(opts.pop("ring"))
+    if "dep" in opts:  # dep=0: the op-by-op MLX depformer instead of rolekit.lm.depformer_cuda's kernel
+        import os
+
+        os.environ["ROLEKIT_DEP_KERNEL"] = str(opts.pop("dep"))
     if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
         import os
 
@@ -150,6 +154,18 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                 f"{kind.upper()} {what} ran={c[ran]} err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
             )
         return {"checks": checks, "all_ok": all(c["ok"] and c[ran] for c in checks)}
+    if kind == "depcheck":
+        from rolekit.bench.depformer import check_depformer_kernel
+
+        checks = check_depformer_kernel(size, **opts)
+        for c in checks:
+            print(
+                f"DEPCHECK {c['quant']:<5} b={c['batch']} greedy={c['greedy']!s:<5} ran={c['ran']} "
+                f"timeout={c.get('timed_out')} err {c.get('logit_rel_err', float('nan')):.2e} "
+                f"exact={c.get('tokens_exact')} agree={c.get('op_agreement', '')} "
+                f"kernel {c.get('kernel_ms', float('nan')):.3f} ms ops {c.get('ops_ms', float('nan')):.3f} ms ok={c['ok']}"
+            )
+        return {"checks": checks, "all_ok": all(c["ok"] for c in checks)}
     if kind == "attn":
         from rolekit.bench.attention import bench_attention
 

@@ -54,3 +54,103 @@ def kernel_model(monkeypatch):
     monkeypatch.setattr(fused, "enabled", lambda: True)
     monkeypatch.setattr(fused, "fused", fake)
     return calls
+
+
+def depformer_contract(names, shape, bits, eps, inputs, template, output_shapes):
+    """What rolekit.lm.depformer_cuda's kernel computes, in float32 MLX ops, reading its inputs by
+    name as the CUDA source does (stacked step rows, embedding offsets, gated halves, step caches,
+    sampling rule, scratch layout) -> [tokens [B, NS] int32, scratch fp32]."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from rolekit.lm import depformer_cuda as dc
+
+    d, dd, h, f, card, n_layers = shape
+    hd = dd // h
+    arr = dict(zip(names, inputs, strict=True))
+    t = dict(template)
+    b, ns, greedy = t["B"], t["NS"], t["GREEDY"]
+    f32 = mx.float32
+
+    def mat(name, rows, s):
+        nbits, group = bits[name]
+        w = arr[name]
+        if nbits:
+            w = mx.dequantize(w, arr[name + "_s"], arr[name + "_b"], group_size=group, bits=nbits)
+        return w[s * rows : (s + 1) * rows].astype(f32)
+
+    def rms(x, g):
+        return mx.fast.rms_norm(x, arr[g].astype(f32), eps)
+
+    hx = arr["h"].astype(f32)  # [B, D]
+    cur = arr["text"]
+    caches = [[] for _ in range(n_layers)]
+    tokens, logits = [], []
+    for s in range(ns):
+        table = arr["emb_t"] if s == 0 else arr["emb_a"][(s - 1) * (card + 1) : s * (card + 1)]
+        e = mx.where((cur >= 0)[:, None], table[mx.maximum(cur, 0)].astype(f32), 0.0)
+        x = hx @ mat("win", dd, s).T + e  # [B, Dd]
+        for i in range(n_layers):
+            qkv = rms(x, f"n1_{i}") @ mat(f"qkv{i}", 3 * dd, s).T
+            q, k, v = qkv[:, :dd], qkv[:, dd : 2 * dd], qkv[:, 2 * dd :]
+            caches[i].append((k, v))
+            keys = mx.stack([c[0] for c in caches[i]], axis=1).reshape(b, s + 1, h, hd)
+            vals = mx.stack([c[1] for c in caches[i]], axis=1).reshape(b, s + 1, h, hd)
+            scores = mx.einsum("bhd,bjhd->bhj", q.reshape(b, h, hd), keys) * hd**-0.5
+            att = mx.einsum("bhj,bjhd->bhd", mx.softmax(scores, axis=-1), vals).reshape(b, dd)
+            x = x + att @ mat(f"o{i}", dd, s).T
+            gi = rms(x, f"n2_{i}") @ mat(f"gi{i}", 2 * f, s).T
+            x = x + (nn.silu(gi[:, :f]) * gi[:, f:]) @ mat(f"go{i}", dd, s).T
+        lg = x @ mat("head", card, s).T  # [B, card]
+        logits.append(lg)
+        temp, topk = arr["temp"], arr["topk"]
+        hot = (temp > 0) & (not greedy)
+        sv = mx.where(hot[:, None], lg / mx.where(hot, temp, 1.0)[:, None], lg)
+        kk = mx.where((topk <= 0) | (topk > card), card, topk)
+        thr = mx.take_along_axis(-mx.sort(-sv, axis=-1), (kk - 1)[:, None], axis=-1)
+        thr = mx.where((kk < card)[:, None], thr, -mx.inf)
+        noisy = sv if greedy else mx.where(sv >= thr, sv + arr["noise"][:, s], -mx.inf)
+        drawn = mx.argmax(mx.where(hot[:, None], noisy, sv), axis=-1).astype(mx.int32)
+        given = arr["given"][:, s]
+        cur = mx.where(given >= 0, given, drawn).astype(mx.int32)
+        tokens.append(cur)
+    layout = dc._Layout(_Cfg(shape), b, ns)
+    flat = mx.stack(logits, axis=1).reshape(-1)
+    scratch = mx.concatenate([mx.zeros((layout.logits,)), flat, mx.zeros((output_shapes[1][0] - layout.kv,))])
+    return [mx.stack(tokens, axis=1), scratch]
+
+
+class _Cfg:
+    def __init__(self, shape):
+        (
+            self.dim,
+            self.depformer_dim,
+            self.depformer_num_heads,
+            self.depformer_hidden,
+            self.card,
+            self.depformer_num_layers,
+        ) = shape
+
+
+@pytest.fixture
+def dep_kernel_model(monkeypatch):
+    """Pretend rolekit.lm.depformer_cuda's kernel runs here (CUDA, resident blocks); it computes
+    `depformer_contract`. Yields the list of its calls' template values."""
+    from rolekit.lm import depformer_cuda as dc
+
+    calls: list[dict] = []
+
+    def kernel(names, shape, bits, eps, smem):
+        def call(inputs, template, grid, threadgroup, output_shapes, output_dtypes, init_value):
+            calls.append(dict(template))
+            return depformer_contract(
+                names, shape, dict((n, (b, g)) for n, b, g in bits), eps, inputs, template, output_shapes
+            )
+
+        return call
+
+    monkeypatch.setattr(dc, "enabled", lambda: True)
+    monkeypatch.setattr(dc, "sm_count", lambda: 132)
+    monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
+    monkeypatch.setattr(dc, "_kernel", kernel)
+    return calls

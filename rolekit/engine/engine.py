@@ -29,6 +29,7 @@ from rolekit.frames import (
     PrefillPlan,
     StepOutput,
 )
+from rolekit.lm import depformer_cuda
 from rolekit.lm.sampling import SamplingParams, sample
 
 
@@ -121,6 +122,9 @@ class Engine:
         # depformer) is one graph traced once per attended ring prefix (`engine.compiled`);
         # eager: op by op. Equal outputs; compiled is ~1.15x faster on an H200 and on CPU.
         self._compiled_step = CompiledStep(self) if compiled else None
+        # On CUDA the depformer's frame is one kernel; its per-step weights are stacked once here
+        # (the modules keep views of them), outside any compiled trace.
+        depformer_cuda.pack(self.lm)
         self.compiled = compiled
         self.reset()
 

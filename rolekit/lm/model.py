@@ -9,6 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from rolekit.lm import depformer_cuda
 from rolekit.lm.config import LmConfig
 from rolekit.lm.depformer import Depformer, StepKV
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
@@ -110,6 +111,9 @@ class LM(nn.Module):
         provided); the columns not run hold `provided`.
         """
         n = self.cfg.dep_q if steps is None else steps
+        if depformer_cuda.applies(self, hidden, params, key, n):  # CUDA: the frame as one kernel
+            drawn = depformer_cuda.run(self, hidden, text, provided, params, key, n)  # [B, n]
+            return mx.concatenate([drawn, provided[:, n:].astype(mx.int32)], axis=1)
         keys = split_keys(key, n)
         token = text.astype(mx.int32)
         kv: StepKV | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 
@@ -20,3 +21,28 @@ def kernels_on(env: str, default: bool) -> bool:
 @lru_cache(maxsize=1)
 def cuda_available() -> bool:
     return bool(mx.cuda.is_available())
+
+
+@lru_cache(maxsize=1)
+def sm_count() -> int | None:
+    """Streaming multiprocessors of CUDA device 0 (from the driver, libcuda), None without one.
+    A kernel whose blocks wait for each other must launch no more blocks than can be resident."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    dev, count = ctypes.c_int(), ctypes.c_int()
+    attribute = 16  # CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+    if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), 0):
+        return None
+    if lib.cuDeviceGetAttribute(ctypes.byref(count), attribute, dev):
+        return None
+    return count.value or None
+
+
+def source_tag(source: str) -> str:
+    """12 hex digits of a kernel source for its name: MLX caches compiled kernels by name (and
+    template values), so two sources must never share one."""
+    return hashlib.sha1(source.encode()).hexdigest()[:12]

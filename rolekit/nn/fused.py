@@ -36,7 +36,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import kernels_on
+from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -44,49 +44,211 @@ from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
 ENV = "ROLEKIT_FUSED"  # 0: always the op-by-op MLX path
 MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
-_THREADS = 256  # 8 warps = 8 output rows per block
+_THREADS = 256  # 8 warps, each looping over output rows
+BLOCKS_PER_SM = 4
 
-# Constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, BITS 0
-# (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
+# Device functions shared with every kernel that does a few-row matrix-vector product (here and
+# `lm.depformer_cuda`): the block-wide RMSNorm of the staged rows, one warp's dot products over
+# one output row (two when GATE; dense or affine-quantized weights), and the warp sum.
+DOT_HEADER = (
+    _LOAD_HEADER
+    + """
+template <int B, int K, int NT, typename G>
+__device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
+  // xs [B, K] fp32 in shared memory, normalized in place (the caller synchronized after staging)
+  constexpr int NW = NT / 32;
+  __shared__ float part[B][NW];
+  __shared__ float inv[B];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float s = 0.f;
+    for (int k = threadIdx.x; k < K; k += NT) s = fmaf(xs[b * K + k], xs[b * K + k], s);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) part[b][warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < B) {
+    float s = 0.f;
+    for (int i = 0; i < NW; ++i) s += part[threadIdx.x][i];
+    inv[threadIdx.x] = rsqrtf(s / static_cast<float>(K) + eps);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] *= inv[i / K] * static_cast<float>(g[i % K]);
+  __syncthreads();
+}
+
+template <int K, int B, bool GATE, typename W>
+__device__ inline void dot_dense(
+    const W* wr, const W* wr2, const float* xs, int lane, float (&acc)[B], float (&acc2)[B]) {
+  // 8 weights (one 16-byte load for 16-bit types) per chunk, U chunks in flight per lane
+  constexpr int CH = K / 8;
+  constexpr int U = 4;
+  for (int c0 = 0; c0 < CH; c0 += 32 * U) {
+    float wv[U][8];
+    float wv2[U][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * 32 + lane;
+      if (c < CH) {
+        load8(wr + c * 8, wv[u]);
+        if constexpr (GATE) load8(wr2 + c * 8, wv2[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * 32 + lane;
+      if (c < CH) {
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+          const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * 8);
+          const float4 xa = xr[0], xb = xr[1];
+          const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+            acc[b] = fmaf(wv[u][t], xv[t], acc[b]);
+            if constexpr (GATE) acc2[b] = fmaf(wv2[u][t], xv[t], acc2[b]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int BITS>
+__device__ inline void unpack_word(uint32_t w, float* v) {
+  // q4: v[e] = 2 + q_e / 8, built by placing the nibble (pre-shifted by 3) in the mantissa's top
+  // bits under 2.0's exponent with one byte permute: no int-to-float conversion (a quarter-rate
+  // instruction that bounded the q4 kernels). q8: v[e] = q_e, through 2^23's mantissa.
+  if constexpr (BITS == 4) {
+    const uint32_t lo = (w << 3) & 0x78787878u;  // nibbles 0, 2, 4, 6 in bits 3..6 of bytes 0..3
+    const uint32_t hi = (w >> 1) & 0x78787878u;  // nibbles 1, 3, 5, 7
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      v[2 * j] = __uint_as_float(__byte_perm(lo, 0x40000000u, 0x7054u + (j << 8)));
+      v[2 * j + 1] = __uint_as_float(__byte_perm(hi, 0x40000000u, 0x7054u + (j << 8)));
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + j)) - 8388608.f;
+  }
+}
+
+template <int K, int B, int NT, int PER_WORD>
+__device__ inline void word_sums(const float* xs, float* xw) {
+  // xw[b, c] = sum of the PER_WORD inputs that word c of a quantized row multiplies (the bias term)
+  for (int i = threadIdx.x; i < B * (K / PER_WORD); i += NT) {
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER_WORD; ++e) s += xs[i * PER_WORD + e];
+    xw[i] = s;
+  }
+  __syncthreads();
+}
+
+template <int K, int B, bool GATE, int BITS, int GS, typename S>
+__device__ inline void dot_quant(
+    const uint32_t* wr, const uint32_t* wr2, const S* s1, const S* b1, const S* s2, const S* b2,
+    const float* xs, const float* xw, int lane, float (&acc)[B], float (&acc2)[B]) {
+  // MLX affine layout: row of K * BITS / 32 words, scales/biases [K / GS] per row, w = s * q + b.
+  // One 32-bit word (8 q4 or 4 q8 values) per lane and load: consecutive lanes read consecutive
+  // words (coalesced) and consecutive activations (float4 reads of shared memory, 2-way at most).
+  // sum_e w_e x_e = s * sum_e q_e x_e + b * xw; for q4 sum_e q_e x_e = 8 (sum_e v_e x_e - 2 xw).
+  constexpr int PER_WORD = 32 / BITS;
+  constexpr int KW = K / PER_WORD;
+  constexpr int UQ = 8;  // words in flight per lane
+  constexpr float QS = BITS == 4 ? 8.f : 1.f;
+  constexpr float QO = BITS == 4 ? 16.f : 0.f;
+  for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
+    uint32_t q[UQ];
+    uint32_t q2[UQ];
+#pragma unroll
+    for (int u = 0; u < UQ; ++u) {
+      const int c = c0 + u * 32 + lane;
+      if (c < KW) {
+        q[u] = wr[c];
+        if constexpr (GATE) q2[u] = wr2[c];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UQ; ++u) {
+      const int c = c0 + u * 32 + lane;
+      if (c < KW) {
+        const int gi = (c * PER_WORD) / GS;
+        const float sc = static_cast<float>(s1[gi]);
+        const float bi = static_cast<float>(b1[gi]) - QO * sc;
+        float v[PER_WORD], v2[PER_WORD];
+        unpack_word<BITS>(q[u], v);
+        float sc2 = 0.f, bi2 = 0.f;
+        if constexpr (GATE) {
+          sc2 = static_cast<float>(s2[gi]);
+          bi2 = static_cast<float>(b2[gi]) - QO * sc2;
+          unpack_word<BITS>(q2[u], v2);
+        }
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+          const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * PER_WORD);
+          float xv[PER_WORD];
+#pragma unroll
+          for (int j = 0; j < PER_WORD / 4; ++j) {
+            const float4 f = xr[j];
+            xv[4 * j] = f.x; xv[4 * j + 1] = f.y; xv[4 * j + 2] = f.z; xv[4 * j + 3] = f.w;
+          }
+          const float xsum = xw[b * KW + c];
+          float qx = 0.f, qx2 = 0.f;
+#pragma unroll
+          for (int e = 0; e < PER_WORD; ++e) {
+            qx = fmaf(v[e], xv[e], qx);
+            if constexpr (GATE) qx2 = fmaf(v2[e], xv[e], qx2);
+          }
+          acc[b] = fmaf(QS * sc, qx, fmaf(bi, xsum, acc[b]));
+          if constexpr (GATE) acc2[b] = fmaf(QS * sc2, qx2, fmaf(bi2, xsum, acc2[b]));
+        }
+      }
+    }
+  }
+}
+
+template <int B, bool GATE>
+__device__ inline void warp_sum(float (&acc)[B], float (&acc2)[B]) {
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
+      if constexpr (GATE) acc2[b] += __shfl_xor_sync(0xffffffffu, acc2[b], o);
+    }
+  }
+}
+"""
+)
+
+# Kernel constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, BITS
+# 0 (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
 # The source is assembled per variant (`_source`): a kernel body is not a template, so a branch
 # naming an input the variant lacks would not compile even under `if constexpr`.
 _PROLOGUE = """
   constexpr int NW = NT / 32;
-  constexpr int U = 4;  // weight chunks in flight per lane
   extern __shared__ float xs[];  // [B, K] input rows as fp32 (normalized when NORM)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   for (int i = threadIdx.x; i < B * K; i += NT) xs[i] = static_cast<float>(x[i]);
+  __syncthreads();
 """
 
 _NORM = """
-  {
-    __shared__ float part[B][NW];
-    __shared__ float inv[B];
-    __syncthreads();
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float s = 0.f;
-      for (int k = threadIdx.x; k < K; k += NT) s = fmaf(xs[b * K + k], xs[b * K + k], s);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (lane == 0) part[b][warp] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x < B) {
-      float s = 0.f;
-      for (int i = 0; i < NW; ++i) s += part[threadIdx.x][i];
-      inv[threadIdx.x] = rsqrtf(s / static_cast<float>(K) + EPS);
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < B * K; i += NT) xs[i] *= inv[i / K] * static_cast<float>(g[i % K]);
-  }
+  block_rms_norm<B, K, NT>(xs, g, EPS);
+"""
+
+_WORDS = """
+  float* xw = xs + B * K;  // [B, K / PER_WORD] word sums
+  word_sums<K, B, NT, 32 / BITS>(xs, xw);
 """
 
 _ROWS = """
-  __syncthreads();
-  const int row = blockIdx.x * NW + warp;
-  if (row >= N) return;
+  for (int row = blockIdx.x * NW + warp; row < N; row += gridDim.x * NW) {
   float acc[B];
   float acc2[B];
 #pragma unroll
@@ -94,118 +256,31 @@ _ROWS = """
 """
 
 _DENSE = """
-  {
-    constexpr int CH = K / 8;  // 8 weights (one 16-byte load for 16-bit types) per chunk
-    const auto* wr = w + (size_t)row * K;
-    const auto* wr2 = w + (size_t)((GATE ? N : 0) + row) * K;
-    for (int c0 = 0; c0 < CH; c0 += 32 * U) {
-      float wv[U][8];
-      float wv2[U][8];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int c = c0 + u * 32 + lane;
-        if (c < CH) {
-          load8(wr + c * 8, wv[u]);
-          if constexpr (GATE) load8(wr2 + c * 8, wv2[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int c = c0 + u * 32 + lane;
-        if (c < CH) {
-#pragma unroll
-          for (int b = 0; b < B; ++b) {
-            const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * 8);
-            const float4 xa = xr[0], xb = xr[1];
-            const float xv[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-            for (int t = 0; t < 8; ++t) {
-              acc[b] = fmaf(wv[u][t], xv[t], acc[b]);
-              if constexpr (GATE) acc2[b] = fmaf(wv2[u][t], xv[t], acc2[b]);
-            }
-          }
-        }
-      }
-    }
-  }
+  dot_dense<K, B, GATE>(w + (size_t)row * K, w + (size_t)((GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
 """
 
 _QUANT = """
   {
-    // One 32-bit word (8 q4 or 4 q8 values) per lane and load: consecutive lanes read consecutive
-    // words (coalesced) and consecutive activations (float4 reads of shared memory, 2-way at most).
-    constexpr int PER_WORD = 32 / BITS;
-    constexpr int KW = K / PER_WORD;  // words per row
+    constexpr int KW = K * BITS / 32;
     constexpr int NG = K / GS;
-    constexpr int UQ = 8;  // words in flight per lane
-    constexpr unsigned MASK = (1u << BITS) - 1u;
     const size_t r1 = (size_t)row;
     const size_t r2 = (size_t)((GATE ? N : 0) + row);
-    const uint32_t* wr = w + r1 * KW;
-    const uint32_t* wr2 = w + r2 * KW;
-    for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
-      uint32_t q[UQ];
-      uint32_t q2[UQ];
-#pragma unroll
-      for (int u = 0; u < UQ; ++u) {
-        const int c = c0 + u * 32 + lane;
-        if (c < KW) {
-          q[u] = wr[c];
-          if constexpr (GATE) q2[u] = wr2[c];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < UQ; ++u) {
-        const int c = c0 + u * 32 + lane;
-        if (c < KW) {
-          const int gi = (c * PER_WORD) / GS;
-          const float sc = static_cast<float>(scales[r1 * NG + gi]);
-          const float bi = static_cast<float>(biases[r1 * NG + gi]);
-          float sc2 = 0.f, bi2 = 0.f;
-          if constexpr (GATE) {
-            sc2 = static_cast<float>(scales[r2 * NG + gi]);
-            bi2 = static_cast<float>(biases[r2 * NG + gi]);
-          }
-#pragma unroll
-          for (int b = 0; b < B; ++b) {
-            const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * PER_WORD);
-            float xv[PER_WORD];
-#pragma unroll
-            for (int j = 0; j < PER_WORD / 4; ++j) {
-              const float4 f = xr[j];
-              xv[4 * j] = f.x; xv[4 * j + 1] = f.y; xv[4 * j + 2] = f.z; xv[4 * j + 3] = f.w;
-            }
-            float qx = 0.f, qx2 = 0.f, xsum = 0.f;
-#pragma unroll
-            for (int e = 0; e < PER_WORD; ++e) {
-              qx = fmaf(static_cast<float>((q[u] >> (e * BITS)) & MASK), xv[e], qx);
-              if constexpr (GATE) qx2 = fmaf(static_cast<float>((q2[u] >> (e * BITS)) & MASK), xv[e], qx2);
-              xsum += xv[e];
-            }
-            acc[b] = fmaf(sc, qx, fmaf(bi, xsum, acc[b]));
-            if constexpr (GATE) acc2[b] = fmaf(sc2, qx2, fmaf(bi2, xsum, acc2[b]));
-          }
-        }
-      }
-    }
+    dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, scales + r1 * NG, biases + r1 * NG,
+                                    scales + r2 * NG, biases + r2 * NG, xs, xw, lane, acc, acc2);
   }
 """
 
 _EPILOGUE = """
+  warp_sum<B, GATE>(acc, acc2);
+  if (lane == 0) {
 #pragma unroll
-  for (int b = 0; b < B; ++b) {
-    float v = acc[b];
-    float v2 = acc2[b];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      v += __shfl_xor_sync(0xffffffffu, v, o);
-      if constexpr (GATE) v2 += __shfl_xor_sync(0xffffffffu, v2, o);
-    }
-    if (lane == 0) {
-      if constexpr (GATE) v = v / (1.f + expf(-v)) * v2;
+    for (int b = 0; b < B; ++b) {
+      float v = acc[b];
+      if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
       %(residual)s
       y[(size_t)b * N + row] = static_cast<T>(v);
     }
+  }
   }
 """
 
@@ -218,6 +293,7 @@ def _source(quantized: bool, norm: bool, residual: bool, eps: float) -> str:
         head
         + _PROLOGUE
         + (_NORM if norm else "")
+        + (_WORDS if quantized else "")
         + _ROWS
         + (_QUANT if quantized else _DENSE)
         + _EPILOGUE % {"residual": res}
@@ -267,7 +343,7 @@ def covers(wt: Weights, k: int, rows: int, dtype: mx.Dtype) -> bool:
     """Layouts and sizes the kernel is written for."""
     if not (1 <= rows <= MAX_ROWS and dtype in (mx.bfloat16, mx.float16, mx.float32)):
         return False
-    if rows * k * 4 > 160 * 1024:  # the input rows live in shared memory as fp32
+    if _smem(rows, k, wt.bits) > 160 * 1024:  # inputs (and word sums) live in shared memory as fp32
         return False
     if wt.bits == 0:
         return (
@@ -289,11 +365,13 @@ def covers(wt: Weights, k: int, rows: int, dtype: mx.Dtype) -> bool:
 def _kernel(names: tuple[str, ...], eps: float, smem: int) -> Any:
     source = _source("scales" in names, "g" in names, "r" in names, eps)
     return mx.fast.cuda_kernel(
-        name="rolekit_fused_linear",
+        # MLX caches a compiled kernel by its name and template values: the variant's source
+        # (norm, residual, eps) must be in the name, or two variants of one shape would collide.
+        name=f"rolekit_fused_linear_{source_tag(source)}",
         input_names=list(names),
         output_names=["y"],
         source=source,
-        header=_LOAD_HEADER,
+        header=DOT_HEADER,
         ensure_row_contiguous=True,
         shared_memory=smem,
     )
@@ -323,8 +401,7 @@ def fused(
     if residual is not None:
         names.append("r")
         inputs.append(residual.reshape(rows, n))
-    nw = _THREADS // 32
-    (y,) = _kernel(tuple(names), norm.eps if norm is not None else 0.0, rows * k * 4)(
+    (y,) = _kernel(tuple(names), norm.eps if norm is not None else 0.0, _smem(rows, k, wt.bits))(
         inputs=inputs,
         template=[
             ("T", x.dtype),
@@ -335,12 +412,26 @@ def fused(
             ("GS", wt.group or 64),
             ("GATE", gate),
         ],
-        grid=(-(-n // nw) * _THREADS, 1, 1),
+        grid=(_blocks(n) * _THREADS, 1, 1),
         threadgroup=(_THREADS, 1, 1),
         output_shapes=[(rows, n)],
         output_dtypes=[x.dtype],
     )
     return y.reshape(*x.shape[:-1], n)
+
+
+def _smem(rows: int, k: int, bits: int) -> int:
+    """Shared memory bytes: the fp32 input rows, then (quantized) one fp32 sum per weight word."""
+    return rows * k * 4 + rows * (k * bits // 32) * 4
+
+
+def _blocks(n: int) -> int:
+    """Blocks of a launch: one warp per output row, but at most BLOCKS_PER_SM per SM, each warp then
+    looping over rows: the per-block prologue (staging and normalizing the inputs, ~16 KB read
+    from L2 per block) was as large as a q4 row block's weights when every block took 8 rows."""
+    want = -(-n // (_THREADS // 32))
+    sms = sm_count()
+    return want if sms is None else max(1, min(want, BLOCKS_PER_SM * sms))
 
 
 def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.array | None]:

@@ -38,13 +38,12 @@ profile of an edited build (MLX's own on-disk PTX cache is keyed by a hash of th
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import kernels_on
+from rolekit.nn.cuda import kernels_on, source_tag
 from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
 ENV = "ROLEKIT_RING_ATTN"  # 0: always MLX's masked SDPA
@@ -216,7 +215,7 @@ _U = 4  # passes of loads in flight per warp
 
 
 def _named(prefix: str, source: str) -> str:
-    return f"{prefix}_{hashlib.sha1(source.encode()).hexdigest()[:12]}"
+    return f"{prefix}_{source_tag(source)}"
 
 
 def partial_source(scale: float) -> str:

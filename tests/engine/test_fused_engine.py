@@ -59,3 +59,30 @@ def test_masked_steps_hand_position_padding_and_prefix_to_the_ring_kernel(tiny_b
     got = run()
     np.testing.assert_array_equal(got, want)
     assert calls and all(c == (calls[0][0], tiny_bundle.lm.cfg.context) for c in calls)
+
+
+def test_compiled_engine_runs_the_depformer_kernel_with_the_same_tokens(
+    tiny_bundle, dep_kernel_model, monkeypatch
+):
+    """Sampled batch-2 conversations through the compiled step with the depformer kernel's float32
+    stand-in (`dep_kernel_model`) give the tokens of the MLX depformer: the per-row keys, the
+    noise, the given user codebooks and the step count reach the kernel as the op path uses them."""
+    from rolekit.lm import depformer_cuda
+
+    frames = user_frames(6, 3, batch=2)
+    params = SamplingParams()
+
+    def run() -> np.ndarray:
+        engine = Engine(tiny_bundle, 2, params, [5, 6], compiled=True)
+        out = [engine.step(frames[:, i]) for i in range(frames.shape[1])]
+        return np.array([np.concatenate([o.text, o.audio.reshape(-1)]) for o in out if o.ready])
+
+    try:
+        with_kernel = run()
+        assert dep_kernel_model and all(
+            c["B"] == 2 and c["NS"] == 8 and not c["GREEDY"] for c in dep_kernel_model
+        )
+        monkeypatch.setattr(depformer_cuda, "enabled", lambda: False)
+        np.testing.assert_array_equal(with_kernel, run())
+    finally:
+        tiny_bundle.lm.__dict__.pop("_dep_packed", None)

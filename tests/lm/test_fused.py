@@ -101,7 +101,7 @@ def test_batches_above_max_rows_and_odd_layouts_stay_on_mlx(kernel_model):
 def test_source_names_only_the_inputs_of_its_variant():
     plain = fused._source(quantized=False, norm=False, residual=False, eps=1e-8)
     full = fused._source(quantized=True, norm=True, residual=True, eps=1e-5)
-    named = lambda src, name: re.search(rf"\b{name}\[", src) is not None  # noqa: E731
+    named = lambda src, name: re.search(rf"\b{name}\b", src) is not None  # noqa: E731
     assert not any(named(plain, n) for n in ("g", "r", "scales", "biases"))
     assert all(named(full, n) for n in ("g", "r", "scales", "biases")) and "1e-05f" in full
 
@@ -143,3 +143,43 @@ def test_kernel_switches_default_and_follow_their_variable(monkeypatch):
     assert not fused.enabled() and qmv.on_cuda()
     monkeypatch.setattr(cuda, "cuda_available", lambda: False)
     assert not ring_attention.enabled() and not qmv.on_cuda()
+
+
+def _byte_perm(x: int, y: int, s: int) -> int:
+    """CUDA's __byte_perm: result byte k is byte ((s >> 4k) & 7) of the 8 bytes y:x (x low)."""
+    src = (y << 32) | x
+    return sum(((src >> (8 * ((s >> (4 * k)) & 7))) & 0xFF) << (8 * k) for k in range(4))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unpack_word_and_word_sums_give_the_affine_product(bits):
+    """The kernels' dequantization, step for step (shifts, masks, byte permutes as written in
+    DOT_HEADER, the folded 8 / 16 scale terms) gives sum_e (s q_e + b) x_e of MLX's layout."""
+    assert "0x7054u + (j << 8)" in fused.DOT_HEADER and "0x7540u + j" in fused.DOT_HEADER
+    rng = np.random.default_rng(bits)
+    per_word = 32 // bits
+    for _ in range(50):
+        q = rng.integers(0, 1 << bits, per_word)
+        w = sum(int(v) << (bits * e) for e, v in enumerate(q))
+        if bits == 4:
+            lo, hi = (w << 3) & 0x78787878, (w >> 1) & 0x78787878
+            v = []
+            for j in range(4):
+                v += [
+                    _byte_perm(lo, 0x40000000, 0x7054 + (j << 8)),
+                    _byte_perm(hi, 0x40000000, 0x7054 + (j << 8)),
+                ]
+            v = np.array(v, np.uint32).view(np.float32)
+            np.testing.assert_array_equal(v, 2 + q / 8)
+            qs, qo = 8.0, 16.0
+        else:
+            v = np.array([_byte_perm(w, 0x4B000000, 0x7540 + j) for j in range(4)], np.uint32).view(
+                np.float32
+            )
+            v = v - np.float32(8388608.0)
+            np.testing.assert_array_equal(v, q)
+            qs, qo = 1.0, 0.0
+        x = rng.standard_normal(per_word).astype(np.float32)
+        sc, bi = np.float32(rng.uniform(0.01, 0.1)), np.float32(rng.uniform(-0.5, 0.5))
+        got = qs * sc * float(np.dot(v, x)) + (bi - qo * sc) * float(x.sum())
+        np.testing.assert_allclose(got, float(np.dot(sc * q + bi, x)), rtol=1e-5, atol=1e-6)
