@@ -18,9 +18,10 @@ preload_openblas()
 import pytest  # noqa: E402
 
 
-def fused_contract(x, wt, norm=None, gate=False, residual=None):
+def fused_contract(x, wt, norm=None, gate=False, residual=None, gelu=False, scale=None):
     """What rolekit.nn.fused's CUDA kernel computes, in float32 MLX ops: rows row0 .. row0 + rows
-    (x2 gated) of the (dequantized) weight, the RMSNorm prologue, the gate and residual epilogues."""
+    (x2 gated) of the (dequantized) weight, the RMSNorm / LayerNorm prologue, then the gate, GELU,
+    layer-scale and residual epilogues."""
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -29,11 +30,17 @@ def fused_contract(x, wt, norm=None, gate=False, residual=None):
         w = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
     w = w[wt.row0 : wt.row0 + (2 if gate else 1) * wt.rows].astype(mx.float32)
     xf = x.astype(mx.float32)
-    if norm is not None:
+    if isinstance(norm, nn.LayerNorm):
+        xf = mx.fast.layer_norm(xf, norm.weight.astype(mx.float32), norm.bias.astype(mx.float32), norm.eps)
+    elif norm is not None:
         xf = mx.fast.rms_norm(xf, norm.weight.astype(mx.float32), norm.eps)
     y = xf @ w.T
     if gate:
         y = nn.silu(y[..., : wt.rows]) * y[..., wt.rows :]
+    if gelu:
+        y = nn.gelu(y)
+    if scale is not None:
+        y = y * scale.astype(mx.float32)
     if residual is not None:
         y = residual.astype(mx.float32) + y
     return y.astype(x.dtype)
@@ -47,9 +54,9 @@ def kernel_model(monkeypatch):
 
     calls: list[tuple] = []
 
-    def fake(x, wt, norm=None, gate=False, residual=None):
+    def fake(x, wt, norm=None, gate=False, residual=None, gelu=False, scale=None):
         calls.append((x.shape, wt.row0, wt.rows, wt.bits, norm is not None, gate, residual is not None))
-        return fused_contract(x, wt, norm, gate, residual)
+        return fused_contract(x, wt, norm, gate, residual, gelu, scale)
 
     monkeypatch.setattr(fused, "enabled", lambda: True)
     monkeypatch.setattr(fused, "fused", fake)

@@ -222,9 +222,76 @@ def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 
                             "ok": finite and err < bound and err <= 2 * mlx_err + 1e-3,
                         }
                     )
+        out += _check_fused_mimi(scale)
     finally:
         if saved is None:
             os.environ.pop(fused.ENV, None)
         else:
             os.environ[fused.ENV] = saved
+    return out
+
+
+def _check_fused_mimi(scale: float) -> list[dict[str, Any]]:
+    """Mimi's transformer products at one step (2 positions, fp32, linears in rows layout):
+    LayerNorm + in_proj, LayerNorm + linear1 + GELU, out_proj / linear2 + layer scale + residual."""
+    import os
+
+    import mlx.nn as nn
+
+    from rolekit.codec.transformer import LinearT
+    from rolekit.nn import fused
+
+    d, ff = max(64, int(512 * scale)) // 64 * 64, max(64, int(2048 * scale)) // 64 * 64
+    out = []
+    for name, kind, n, k in (
+        ("mimi_in_proj", "ln", 3 * d, d),
+        ("mimi_linear1", "ln_gelu", ff, d),
+        ("mimi_out_proj", "scale_res", d, d),
+        ("mimi_linear2", "scale_res", d, ff),
+    ):
+        lin = LinearT(k, n)
+        lin.weight = mx.random.normal((k, n)) * 0.05
+        lin.to_rows()
+        wf = lin.weight  # [N, K]
+        norm = nn.LayerNorm(k, eps=1e-5)
+        norm.weight = mx.random.uniform(0.5, 1.5, (k,))
+        norm.bias = mx.random.normal((k,)) * 0.1
+        ls = mx.random.uniform(0.01, 0.2, (n,))
+        x = mx.random.normal((1, 2, k)) * 2
+        r = mx.random.normal((1, 2, n))
+        if kind == "scale_res":
+            ref = r + (x[..., None, :] * wf).sum(-1) * ls
+        else:
+            mu = mx.mean(x, axis=-1, keepdims=True)
+            xn = (x - mu) * mx.rsqrt(
+                mx.mean((x - mu) ** 2, axis=-1, keepdims=True) + 1e-5
+            ) * norm.weight + norm.bias
+            ref = (xn[..., None, :] * wf).sum(-1)
+            if kind == "ln_gelu":
+                ref = nn.gelu(ref)
+        results = []
+        for switch in ("1", "0"):
+            os.environ[fused.ENV] = switch
+            if kind == "scale_res":
+                results.append(fused.linear_residual(x, lin, r, scale=ls))
+            else:
+                results.append(fused.norm_linear(x, norm, lin, gelu=kind == "ln_gelu"))
+            if switch == "1":
+                ran = fused._plan(x, lin, None) is not None
+        ours, mlx = results
+        scale_ref = mx.linalg.norm(ref)
+        err = (mx.linalg.norm(ours - ref) / scale_ref).item()
+        mlx_err = (mx.linalg.norm(mlx - ref) / scale_ref).item()
+        finite = bool(mx.all(mx.isfinite(ours)).item())
+        out.append(
+            {
+                "shape": name,
+                "layout": "fp32",
+                "m": 2,
+                "fused": ran,
+                "rel_err": err,
+                "mlx_rel_err": mlx_err,
+                "ok": finite and err < 1e-4,
+            }
+        )
     return out

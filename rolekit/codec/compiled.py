@@ -26,6 +26,8 @@ from typing import Any
 import mlx.core as mx
 
 from rolekit.codec.mimi import Mimi, MimiState
+from rolekit.codec.transformer import rows_layout
+from rolekit.nn import fused
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -38,6 +40,9 @@ class CompiledMimi:
     def __init__(self, mimi: Mimi) -> None:
         self.mimi = mimi
         mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
+        if fused.enabled():  # CUDA: the transformers' linears in the layout of the fused kernels
+            rows_layout(mimi.encoder_transformer)
+            rows_layout(mimi.decoder_transformer)
         mx.eval([t for cb in _codebooks(mimi) for t in cb.table])
         # per direction two graphs: before the transformer caches are full (masked), and after
         # (causal, no mask array: the fused attention kernel); the second is traced when needed

@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.codec.config import MimiConfig
+from rolekit.nn import fused
 from rolekit.nn.attention import heads_first, merge_heads
 
 _BLOCK = 256  # query block of the whole-clip attention (bounds the mask to [256, 256 + context])
@@ -47,14 +48,23 @@ def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
 
 class LinearT(nn.Module):
     """Bias-free linear whose weight is stored transposed, [in, out]: `x @ w` runs as a plain GEMM,
-    about 2x faster than `x @ W.T` for the 2-row steps on CPU BLAS. weights.py transposes on load."""
+    about 2x faster than `x @ W.T` for the 2-row steps on CPU BLAS. weights.py transposes on load.
+
+    `to_rows()` stores it [out, in] instead (layout "rows"), the layout `nn.fused`'s CUDA kernels
+    read: the same products, one orientation at a time (no second copy)."""
 
     def __init__(self, in_dims: int, out_dims: int) -> None:
         super().__init__()
         self.weight = mx.zeros((in_dims, out_dims))
+        self.layout = "cols"
 
     def __call__(self, x: mx.array) -> mx.array:
-        return x @ self.weight
+        return x @ (self.weight.T if self.layout == "rows" else self.weight)
+
+    def to_rows(self) -> None:
+        if self.layout != "rows":
+            self.weight = mx.contiguous(self.weight.T)
+            self.layout = "rows"
 
 
 class LayerScale(nn.Module):
@@ -74,11 +84,16 @@ class Attention(nn.Module):
         self.num_heads = num_heads
 
     def qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        # x: [B, T, D] -> q, k, v [B, H, T, hd]; projected rows are ordered (q|k|v, head, hd)
-        b, t, d = x.shape
+        # x: [B, T, D] -> q, k, v [B, H, T, hd]
+        return self.split(self.in_proj(x), cos, sin)
+
+    def split(self, p: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        # p: in_proj output [B, T, 3D], rows ordered (q|k|v, head, hd) -> q, k, v [B, H, T, hd]
+        b, t, three_d = p.shape
         h = self.num_heads
+        d = three_d // 3
         # slices, not integer indexing (a gather kernel each in MLX); q and k rotated in one pass
-        p = self.in_proj(x).reshape(b, t, 3, h, d // h)
+        p = p.reshape(b, t, 3, h, d // h)
         qk = apply_rope(heads_first(p[:, :, :2].reshape(b, t, 2 * h, d // h)), cos, sin)
         return qk[:, :h], qk[:, h:], heads_first(p[:, :, 2])
 
@@ -111,6 +126,19 @@ class TransformerLayer(nn.Module):
 
     def mlp(self, x: mx.array) -> mx.array:
         return x + self.layer_scale_2(self.linear2(nn.gelu(self.linear1(self.norm2(x)))))  # exact GELU
+
+    def qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Streaming steps: norm1 + in_proj through `nn.fused` (one kernel on CUDA for <= 4 rows, the
+        same MLX ops elsewhere), then the head split and RoPE."""
+        return self.self_attn.split(fused.norm_linear(x, self.norm1, self.self_attn.in_proj), cos, sin)
+
+    def finish(self, x: mx.array, y: mx.array) -> mx.array:
+        """Streaming steps: x + ls1 * out_proj(y), then the MLP block; y [B, H, T, hd]. Through
+        `nn.fused`: out_proj + layer scale + residual, norm2 + linear1 + GELU, linear2 + layer scale
+        + residual are a kernel each on CUDA (13 launches become 3), the same MLX ops elsewhere."""
+        x = fused.linear_residual(merge_heads(y), self.self_attn.out_proj, x, scale=self.layer_scale_1.scale)
+        h = fused.norm_linear(x, self.norm2, self.linear1, gelu=True)
+        return fused.linear_residual(h, self.linear2, x, scale=self.layer_scale_2.scale)
 
 
 class MimiTransformer(nn.Module):
@@ -160,7 +188,7 @@ class MimiTransformer(nn.Module):
         t = x.shape[1]
         cos, sin = rope_tables(offset, t, cfg.d_model // cfg.num_heads, cfg.max_period)
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
+            q, k, v = layer.qkv(x, cos, sin)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
             old_k, old_v = cache.get(kk), cache.get(vk)
             if old_k is not None and old_k.shape[2] > offset:  # a fixed-size cache (compiled
@@ -175,8 +203,7 @@ class MimiTransformer(nn.Module):
             n = k.shape[2]
             k_pos = mx.arange(offset + t - n, offset + t)
             mask = _mask(mx.arange(offset, offset + t), k_pos, cfg.context)
-            x = x + layer.layer_scale_1(layer.self_attn.out(attend(q, k, v, mask)))
-            x = layer.mlp(x)
+            x = layer.finish(x, attend(q, k, v, mask))
         return self._project_out(x)
 
     def step_fixed(
@@ -201,11 +228,19 @@ class MimiTransformer(nn.Module):
         if not full:
             mask = _mask(q_pos, k_pos, cfg.context) & (k_pos >= 0)[None, :]  # [t, n]
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.self_attn.qkv(layer.norm1(x), cos, sin)
+            q, k, v = layer.qkv(x, cos, sin)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
             k = mx.concatenate([cache[kk][:, :, t:], k], axis=2)  # [B, H, n, hd]
             v = mx.concatenate([cache[vk][:, :, t:], v], axis=2)
             cache[kk], cache[vk] = k, v
-            x = x + layer.layer_scale_1(layer.self_attn.out(attend(q, k, v, mask)))
-            x = layer.mlp(x)
+            x = layer.finish(x, attend(q, k, v, mask))
         return self._project_out(x)
+
+
+def rows_layout(transformer: MimiTransformer) -> None:
+    """Store every LinearT of the transformer [out, in] (what `nn.fused`'s kernels read); call
+    where they run (CUDA), outside a compiled trace."""
+    for _, m in transformer.named_modules():
+        if isinstance(m, LinearT):
+            m.to_rows()
+    mx.eval(transformer.parameters())

@@ -80,6 +80,42 @@ __device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
   __syncthreads();
 }
 
+template <int B, int K, int NT, typename G, typename E>
+__device__ inline void block_layer_norm(float* xs, const G* g, const E* beta, float eps) {
+  // LayerNorm of xs [B, K] in place: (x - mean) / sqrt(var + eps) * g + beta (biased variance)
+  constexpr int NW = NT / 32;
+  __shared__ float part[2][B][NW];
+  __shared__ float stat[2][B];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int pass = 0; pass < 2; ++pass) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float s = 0.f;
+      for (int k = threadIdx.x; k < K; k += NT) {
+        const float d = pass == 0 ? xs[b * K + k] : xs[b * K + k] - stat[0][b];
+        s = pass == 0 ? s + d : fmaf(d, d, s);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0) part[pass][b][warp] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < B) {
+      float s = 0.f;
+      for (int i = 0; i < NW; ++i) s += part[pass][threadIdx.x][i];
+      stat[pass][threadIdx.x] = pass == 0 ? s / static_cast<float>(K) : rsqrtf(s / static_cast<float>(K) + eps);
+    }
+    __syncthreads();
+  }
+  for (int i = threadIdx.x; i < B * K; i += NT) {
+    const int b = i / K, k = i % K;
+    xs[i] = (xs[i] - stat[0][b]) * stat[1][b] * static_cast<float>(g[k]) + static_cast<float>(beta[k]);
+  }
+  __syncthreads();
+}
+
 template <int K, int B, bool GATE, typename W>
 __device__ inline void dot_dense(
     const W* wr, const W* wr2, const float* xs, int lane, float (&acc)[B], float (&acc2)[B]) {
@@ -242,6 +278,10 @@ _NORM = """
   block_rms_norm<B, K, NT>(xs, g, EPS);
 """
 
+_LAYER_NORM = """
+  block_layer_norm<B, K, NT>(xs, g, beta, EPS);
+"""
+
 _WORDS = """
   float* xw = xs + B * K;  // [B, K / PER_WORD] word sums
   word_sums<K, B, NT, 32 / BITS>(xs, xw);
@@ -277,7 +317,7 @@ _EPILOGUE = """
     for (int b = 0; b < B; ++b) {
       float v = acc[b];
       if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
-      %(residual)s
+      %(epilogue)s
       y[(size_t)b * N + row] = static_cast<T>(v);
     }
   }
@@ -285,18 +325,34 @@ _EPILOGUE = """
 """
 
 
-def _source(quantized: bool, norm: bool, residual: bool, eps: float) -> str:
-    """The kernel body of one variant (only the inputs it has are named)."""
+def _source(
+    quantized: bool,
+    norm: bool | str,
+    residual: bool,
+    eps: float,
+    gelu: bool = False,
+    scale: bool = False,
+) -> str:
+    """The kernel body of one variant (only the inputs it has are named). norm: False, True / "rms"
+    (RMSNorm, input g) or "layer" (LayerNorm, inputs g and beta); the epilogue applies, in order,
+    exact GELU, the layer scale (input ls) and the residual (input r)."""
     head = f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int NT = {_THREADS};\n"
-    res = "v += static_cast<float>(r[(size_t)b * N + row]);" if residual else ""
+    epilogue = []
+    if gelu:
+        epilogue.append("v = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));")
+    if scale:
+        epilogue.append("v *= static_cast<float>(ls[row]);")
+    if residual:
+        epilogue.append("v += static_cast<float>(r[(size_t)b * N + row]);")
+    prologue = _LAYER_NORM if norm == "layer" else (_NORM if norm else "")
     return (
         head
         + _PROLOGUE
-        + (_NORM if norm else "")
+        + prologue
         + (_WORDS if quantized else "")
         + _ROWS
         + (_QUANT if quantized else _DENSE)
-        + _EPILOGUE % {"residual": res}
+        + _EPILOGUE % {"epilogue": "\n      ".join(epilogue)}
     )
 
 
@@ -327,6 +383,8 @@ def weights_of(lin: nn.Module, step: int | None = None) -> Weights | None:
         return Weights(
             lin.weight, lin.scales, lin.biases, lin.bits, lin.group_size, step * lin.out_dims, lin.out_dims
         )
+    if step is None and getattr(lin, "layout", None) == "rows":  # e.g. Mimi's LinearT on CUDA
+        return Weights(lin.weight, None, None, 0, 0, 0, lin.weight.shape[0])
     if step is not None or "bias" in lin:
         return None
     if isinstance(lin, nn.QuantizedLinear):
@@ -362,8 +420,9 @@ def covers(wt: Weights, k: int, rows: int, dtype: mx.Dtype) -> bool:
 
 
 @cache
-def _kernel(names: tuple[str, ...], eps: float, smem: int) -> Any:
-    source = _source("scales" in names, "g" in names, "r" in names, eps)
+def _kernel(names: tuple[str, ...], eps: float, smem: int, gelu: bool = False) -> Any:
+    norm = ("layer" if "beta" in names else "rms") if "g" in names else False
+    source = _source("scales" in names, norm, "r" in names, eps, gelu, "ls" in names)
     return mx.fast.cuda_kernel(
         # MLX caches a compiled kernel by its name and template values: the variant's source
         # (norm, residual, eps) must be in the name, or two variants of one shape would collide.
@@ -380,12 +439,15 @@ def _kernel(names: tuple[str, ...], eps: float, smem: int) -> Any:
 def fused(
     x: mx.array,
     wt: Weights,
-    norm: RMSNorm | None = None,
+    norm: RMSNorm | nn.LayerNorm | None = None,
     gate: bool = False,
     residual: mx.array | None = None,
+    gelu: bool = False,
+    scale: mx.array | None = None,
 ) -> mx.array:
-    """The kernel: x [..., K] -> [..., N] (N = wt.rows), with the RMSNorm prologue and the gate and
-    residual epilogues as asked. Call only where `covers` holds and `enabled()`."""
+    """The kernel: x [..., K] -> [..., N] (N = wt.rows), with the RMSNorm / LayerNorm prologue and
+    the gate, GELU, layer-scale and residual epilogues as asked. Call only where `covers` holds and
+    `enabled()`."""
     k = x.shape[-1]
     rows = x.size // k
     n = wt.rows
@@ -398,10 +460,17 @@ def fused(
     if norm is not None:
         names.append("g")
         inputs.append(norm.weight)
+        if isinstance(norm, nn.LayerNorm):
+            names.append("beta")
+            inputs.append(norm.bias)
+    if scale is not None:
+        names.append("ls")
+        inputs.append(scale)
     if residual is not None:
         names.append("r")
         inputs.append(residual.reshape(rows, n))
-    (y,) = _kernel(tuple(names), norm.eps if norm is not None else 0.0, _smem(rows, k, wt.bits))(
+    eps = norm.eps if norm is not None else 0.0
+    (y,) = _kernel(tuple(names), eps, _smem(rows, k, wt.bits), gelu)(
         inputs=inputs,
         template=[
             ("T", x.dtype),
@@ -459,12 +528,15 @@ def _plan(x: mx.array, lin: nn.Module, step: int | None) -> Weights | None:
     return wt
 
 
-def norm_linear(x: mx.array, norm: RMSNorm, lin: nn.Module, step: int | None = None) -> mx.array:
-    """lin(norm(x)); `step` selects a multi-linear's weight set."""
+def norm_linear(
+    x: mx.array, norm: RMSNorm | nn.LayerNorm, lin: nn.Module, step: int | None = None, gelu: bool = False
+) -> mx.array:
+    """lin(norm(x)), then exact GELU when `gelu`; `step` selects a multi-linear's weight set."""
     wt = _plan(x, lin, step)
-    if wt is None:
-        return _call(lin, norm(x), step)
-    return fused(x, wt, norm=norm)
+    if wt is None or (isinstance(norm, nn.LayerNorm) and "bias" not in norm):
+        y = _call(lin, norm(x), step)
+        return nn.gelu(y) if gelu else y
+    return fused(x, wt, norm=norm, gelu=gelu)
 
 
 def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module) -> mx.array:
@@ -476,9 +548,12 @@ def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module) -> mx.array:
     return fused(x, half, norm=norm, gate=True)
 
 
-def linear_residual(x: mx.array, lin: nn.Module, residual: mx.array, step: int | None = None) -> mx.array:
-    """residual + lin(x)."""
+def linear_residual(
+    x: mx.array, lin: nn.Module, residual: mx.array, step: int | None = None, scale: mx.array | None = None
+) -> mx.array:
+    """residual + lin(x), the product times `scale` [N] first when given (a layer scale)."""
     wt = _plan(x, lin, step)
     if wt is None or residual.dtype != x.dtype or residual.size != x.size // x.shape[-1] * wt.rows:
-        return residual + _call(lin, x, step)
-    return fused(x, wt, residual=residual)
+        y = _call(lin, x, step)
+        return residual + (y if scale is None else y * scale)
+    return fused(x, wt, residual=residual, scale=scale)
