@@ -38,6 +38,8 @@ def check_depformer_kernel(
     (bf16 weights, fp32 math on both sides) and sampled tokens exact."""
     if isinstance(quants, str):
         quants = tuple(quants.split("+"))
+    if isinstance(batches, int):
+        batches = (batches,)
     out = []
     for quant in quants:
         lm = build_lm(lm_config(size), quant, seed)

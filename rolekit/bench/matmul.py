@@ -149,6 +149,9 @@ def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 
 
     from rolekit.nn import fused
     from rolekit.nn.multilinear import MultiLinear
+
+    if isinstance(rows, int):
+        rows = (rows,)
     from rolekit.nn.norm import RMSNorm
 
     mx.random.seed(seed)
