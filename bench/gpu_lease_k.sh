@@ -10,7 +10,7 @@ OLD="env PYTHONPATH=/tmp/site:$PWD/.cache/head"
 R="python3 bench/gpu_run.py"
 F="^DEPCHECK|^FUSEDCHECK|^PROF|^PHASES|^\| eng|^\| ref|Error|error"
 if [ "$1" = check ]; then
-  timeout 500 $R $OUT/a fusedcheck:rows=1 depcheck:quants=bf16+q4,batches=1 $Q 2>&1 | grep -E "$F" | grep -E "mimi|DEPCHECK|\| eng|ok=False|rror"
+  timeout 500 $R $OUT/a fusedcheck:rows=1 depcheck:quants=bf16+q4,batches=1 mimicheck: $Q 2>&1 | grep -E "$F|MIMICHECK" | grep -E "mimi|MIMI|DEPCHECK|\| eng|ok=False|rror"
 fi
 if [ "$1" = pairs ]; then
   timeout 100 $OLD $R $OUT/b $Q 2>&1 | grep -E "$F"

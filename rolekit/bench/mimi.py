@@ -275,6 +275,72 @@ def bench_mimi_pair(
     return result
 
 
+def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0) -> dict[str, Any]:
+    """The compiled Mimi step with rolekit's CUDA kernels (`nn.fused` in the transformer,
+    `codec.conv_cuda` windows) against the same step on MLX's ops, one set of random weights:
+    share of equal codes (RVQ argmins: a near-tie may flip one) and the decoder's relative error
+    when both decode the same codes. GPU only; on a CPU both sides are the MLX ops."""
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    import mlx.core as mx
+
+    from rolekit.codec.compiled import CompiledMimi
+    from rolekit.codec.config import mimi_202407, tiny
+    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.codec.transformer import LinearT
+    from rolekit.codec.weights import load_mimi
+
+    cfg = mimi_202407() if size == "full" else tiny()
+    pcm = _signal(1, frames, seed)
+    switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL")
+    saved = {k: os.environ.get(k) for k in switches}
+
+    def switch(on: bool) -> None:
+        for k in switches:
+            os.environ[k] = "1" if on else "0"
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
+            codecs = {}
+            for on in (False, True):
+                switch(on)
+                codecs[on] = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
+        states = {on: c.make_state(1) for on, c in codecs.items()}
+        equal, total, errs = 0, 0, []
+        for frame in _frames(pcm):
+            x = mx.array(frame)
+            codes = {}
+            for on in (False, True):
+                switch(on)
+                codes[on] = codecs[on].encode_step(x, states[on])
+                mx.eval(codes[on])
+            equal += int(mx.sum(codes[False] == codes[True]).item())
+            total += codes[False].size
+            outs = {}
+            for on in (False, True):
+                switch(on)
+                outs[on] = codecs[on].decode_step(codes[False], states[on])
+                mx.eval(outs[on])
+            ref = outs[False]
+            errs.append((mx.linalg.norm(outs[True] - ref) / (mx.linalg.norm(ref) + 1e-12)).item())
+        rows = [m.layout == "rows" for _, m in codecs[True].mimi.named_modules() if isinstance(m, LinearT)]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    agree = equal / max(total, 1)
+    worst = max(errs)
+    return {
+        "frames": frames,
+        "codes_agree": agree,
+        "pcm_rel_err_max": worst,
+        "rows_layout": all(rows),
+        "ok": agree >= 0.99 and worst < 1e-3,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m rolekit.bench.mimi [BATCH [FRAMES [SIZE]]]`: `bench_mimi_pair` as JSON."""
     import json

@@ -14,6 +14,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from rolekit.codec import conv_cuda
+
 ConvState = dict[str, "mx.array | None"]
 
 
@@ -39,18 +41,25 @@ class CausalConv1d(nn.Module):
         self._replicate = replicate
         self._pad = (kernel_size - 1) * dilation + 1 - stride
 
-    def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
-        # x: [B, T, Cin] with T % stride == 0 -> [B, T / stride, Cout]
-        if self._pad:
-            prev = state.get(key)
-            if prev is None:
-                if self._replicate:
-                    prev = mx.repeat(x[:, :1], self._pad, axis=1)
-                else:
-                    prev = mx.zeros((x.shape[0], self._pad, x.shape[2]), dtype=x.dtype)
-            x = mx.concatenate([prev, x], axis=1)
-            state[key] = x[:, -self._pad :]
-        y = _conv1d(x, self.weight, self._stride, self._dilation)
+    def __call__(self, x: mx.array, state: ConvState, key: str, elu: bool = False) -> mx.array:
+        # x: [B, T, Cin] with T % stride == 0 -> [B, T / stride, Cout]; `elu`: ELU(x) is the input
+        prev = state.get(key) if self._pad else None
+        if self._pad and conv_cuda.applies(prev, x):  # CUDA: carry, ELU and windows in one kernel
+            k, cin, cout = self.weight.shape
+            cols, state[key] = conv_cuda.windows(prev, x, k, self._stride, self._dilation, elu)
+            y = cols @ self.weight.reshape(k * cin, cout)
+        else:
+            if elu:
+                x = elu_(x)
+            if self._pad:
+                if prev is None:
+                    if self._replicate:
+                        prev = mx.repeat(x[:, :1], self._pad, axis=1)
+                    else:
+                        prev = mx.zeros((x.shape[0], self._pad, x.shape[2]), dtype=x.dtype)
+                x = mx.concatenate([prev, x], axis=1)
+                state[key] = x[:, -self._pad :]
+            y = _conv1d(x, self.weight, self._stride, self._dilation)
         if "bias" in self:
             y = y + self.bias
         return y
@@ -144,4 +153,26 @@ class ELU(nn.Module):
     """ELU(alpha=1), a parameter-free slot so module indices match the checkpoint's `model.{i}`."""
 
     def __call__(self, x: mx.array, state: ConvState | None = None, key: str = "") -> mx.array:
-        return mx.where(x > 0, x, mx.expm1(mx.minimum(x, 0.0)))
+        return elu_(x)
+
+
+def elu_(x: mx.array) -> mx.array:
+    """ELU(alpha=1)."""
+    return mx.where(x > 0, x, mx.expm1(mx.minimum(x, 0.0)))
+
+
+def run_layers(layers: list[nn.Module], x: mx.array, state: ConvState, prefix: str) -> mx.array:
+    """Apply Mimi's module list in order, layer i under state key f"{prefix}.{i}"; an ELU followed by a
+    causal conv is handed to that conv (`elu=True`), which applies it with its windows."""
+    skip = False
+    for i, layer in enumerate(layers):
+        if skip:
+            skip = False
+            continue
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, ELU) and isinstance(nxt, CausalConv1d):
+            x = nxt(x, state, f"{prefix}.{i + 1}", elu=True)
+            skip = True
+        else:
+            x = layer(x, state, f"{prefix}.{i}")
+    return x

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.codec.config import MimiConfig
-from rolekit.codec.conv import ELU, CausalConv1d, CausalConvTranspose1d, ConvState
+from rolekit.codec.conv import ELU, CausalConv1d, CausalConvTranspose1d, ConvState, run_layers
 
 
 class ResnetBlock(nn.Module):
@@ -28,10 +28,7 @@ class ResnetBlock(nn.Module):
         ]
 
     def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
-        y = x
-        for i, layer in enumerate(self.block):
-            y = layer(y, state, f"{key}.{i}")
-        return x + y
+        return x + run_layers(self.block, x, state, key)
 
 
 class SEANetEncoder(nn.Module):
@@ -52,9 +49,7 @@ class SEANetEncoder(nn.Module):
 
     def __call__(self, x: mx.array, state: ConvState, prefix: str = "encoder") -> mx.array:
         # x: [B, N, 1] (N a multiple of the hop length) -> [B, N / hop, dimension]
-        for i, layer in enumerate(self.model):
-            x = layer(x, state, f"{prefix}.{i}")
-        return x
+        return run_layers(self.model, x, state, prefix)
 
 
 class SEANetDecoder(nn.Module):
@@ -75,6 +70,4 @@ class SEANetDecoder(nn.Module):
 
     def __call__(self, x: mx.array, state: ConvState, prefix: str = "decoder") -> mx.array:
         # x: [B, T, dimension] -> [B, T * hop, 1]
-        for i, layer in enumerate(self.model):
-            x = layer(x, state, f"{prefix}.{i}")
-        return x
+        return run_layers(self.model, x, state, prefix)

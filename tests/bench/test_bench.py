@@ -167,3 +167,13 @@ def test_bench_engine_phases_splits_the_step():
     rep = run_bench("phases", BenchOptions(steps=2, warmup=1))
     assert [r["bench"] for r in rep["results"]] == ["phases"]
     assert rep["results"][0]["serialized"]["step"]["n"] == 2
+
+
+def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
+    """`bench/gpu_run.py mimicheck:` on the tiny codec: both sides are MLX's ops here (no CUDA),
+    so the codes agree and the audio is identical; on the GPU one side runs the kernels."""
+    from rolekit.bench.mimi import check_mimi_kernels
+
+    res = check_mimi_kernels(frames=3, size="tiny")
+    assert res["ok"] and res["codes_agree"] == 1.0 and res["pcm_rel_err_max"] == 0.0
+    assert res["rows_layout"] is False  # no CUDA: the linears keep the CPU layout

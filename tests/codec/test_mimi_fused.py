@@ -59,3 +59,38 @@ def test_rows_layout_keeps_the_products():
     assert mx.allclose(lin(x), before, atol=1e-5).item()
     wt = fused.weights_of(lin)
     assert wt is not None and wt.rows == 96 and wt.bits == 0
+
+
+def _conv_contract(prev, x, kernel, stride, dilation, elu, t_out):
+    """rolekit.codec.conv_cuda's kernel contract in MLX ops (see its docstring)."""
+    from rolekit.codec.conv import elu_
+
+    b, p, c = prev.shape
+    cat = mx.concatenate([prev, elu_(x) if elu else x], axis=1)  # [B, L, C]
+    idx = mx.arange(t_out)[:, None] * stride + mx.arange(kernel)[None, :] * dilation  # [T_out, K]
+    cols = cat[:, idx.reshape(-1)].reshape(b, t_out, kernel * c)
+    return cols, cat[:, cat.shape[1] - p :]
+
+
+def test_compiled_mimi_through_the_conv_window_kernel(tmp_path_factory, oracle, monkeypatch):
+    """Every causal conv with a carry hands carry, input and its ELU to the windows kernel (stand-in:
+    its contract in MLX ops): the same codes and audio as the MLX ops, in fewer launches on CUDA."""
+    from rolekit.codec import conv_cuda
+
+    pcm = oracle.make_pcm(2, 6, seed=4)
+    frames = [mx.array(pcm[..., i * 1920 : (i + 1) * 1920]) for i in range(6)]
+    _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=5)
+    want = _run(CompiledMimi(mimi), frames)
+    calls = []
+
+    def fake(prev, x, kernel, stride, dilation, elu, t_out):
+        calls.append((kernel, stride, elu))
+        return _conv_contract(prev, x, kernel, stride, dilation, elu, t_out)
+
+    monkeypatch.setattr(conv_cuda, "enabled", lambda: True)
+    monkeypatch.setattr(conv_cuda, "_launch", fake)
+    got = _run(CompiledMimi(mimi), frames)
+    assert calls and any(c[2] for c in calls) and any(not c[2] for c in calls)
+    for (c1, p1), (c2, p2) in zip(want, got, strict=True):
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_allclose(p1, p2, rtol=0, atol=1e-6)

@@ -1,0 +1,118 @@
+"""A streaming conv's windows as ONE CUDA kernel: carry + new samples (ELU applied) -> GEMM columns
+and the next carry.
+
+Why: in MLX a causal conv step is a concatenation of the carry and the input, a copy for the
+strided windows, a copy for the next carry (a compiled graph's output), and the GEMM; the ELU
+before most of Mimi's convs is one more launch. On CUDA the step is launch-bound (~7 us of host
+time a launch, ~700 launches per Mimi frame), so those four launches become one here.
+
+Contract, for prev [B, P, C] and x [B, T, C] with L = P + T, cat = [prev ; f(x)] along time
+(f = ELU when `elu`, else identity):
+    cols[b, i, j * C + c] = cat[b, i * stride + j * dilation, c]    i < (L - (K-1) dil - 1) / stride + 1
+    carry[b, p, c]        = cat[b, L - P + p, c]                    p < P
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import mlx.core as mx
+
+from rolekit.nn.cuda import kernels_on, source_tag
+
+ENV = "ROLEKIT_CONV_KERNEL"  # 0: MLX's concatenate / strided copy / slice
+_THREADS = 256
+
+_SOURCE = """
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  constexpr int L = P + TN;
+  constexpr size_t NCOLS = (size_t)B * TO * K * C;
+  constexpr size_t NCARRY = (size_t)B * P * C;
+  size_t b, pos, c;
+  if (i < NCOLS) {
+    c = i % C;
+    const size_t j = (i / C) % K;
+    const size_t t = (i / ((size_t)C * K)) % TO;
+    b = i / ((size_t)C * K * TO);
+    pos = t * S + j * DIL;
+  } else if (i < NCOLS + NCARRY) {
+    const size_t r = i - NCOLS;
+    c = r % C;
+    b = r / ((size_t)C * P);
+    pos = L - P + (r / C) % P;
+  } else {
+    return;
+  }
+  float v;
+  if (pos < P) {
+    v = static_cast<float>(prev[(b * P + pos) * C + c]);
+  } else {
+    v = static_cast<float>(x[(b * TN + pos - P) * C + c]);
+    if constexpr (ELU) v = v > 0.f ? v : expm1f(v);
+  }
+  if (i < NCOLS) cols[i] = static_cast<T>(v);
+  else carry[i - NCOLS] = static_cast<T>(v);
+"""
+
+
+def enabled() -> bool:
+    return kernels_on(ENV, default=True)
+
+
+def applies(prev: mx.array | None, x: mx.array) -> bool:
+    """The kernel serves this step: CUDA, a carry to prepend, a float input."""
+    return (
+        prev is not None
+        and prev.shape[1] > 0
+        and x.dtype in (mx.float32, mx.bfloat16, mx.float16)
+        and enabled()
+    )
+
+
+def windows(
+    prev: mx.array, x: mx.array, kernel: int, stride: int, dilation: int, elu: bool
+) -> tuple[mx.array, mx.array]:
+    """prev [B, P, C], x [B, T, C] -> (cols [B, T_out, K * C], next carry [B, P, C]); see the contract."""
+    b, p, c = prev.shape
+    t = x.shape[1]
+    t_out = (p + t - (kernel - 1) * dilation - 1) // stride + 1
+    return _launch(prev, x.astype(prev.dtype), kernel, stride, dilation, elu, t_out)
+
+
+def _launch(
+    prev: mx.array, x: mx.array, kernel: int, stride: int, dilation: int, elu: bool, t_out: int
+) -> tuple[mx.array, mx.array]:
+    b, p, c = prev.shape
+    total = b * t_out * kernel * c + b * p * c
+    cols, carry = _kernel()(
+        inputs=[prev, x],
+        template=[
+            ("T", prev.dtype),
+            ("B", b),
+            ("P", p),
+            ("TN", x.shape[1]),
+            ("C", c),
+            ("K", kernel),
+            ("S", stride),
+            ("DIL", dilation),
+            ("TO", t_out),
+            ("ELU", elu),
+        ],
+        grid=(-(-total // _THREADS) * _THREADS, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
+        output_shapes=[(b, t_out, kernel * c), (b, p, c)],
+        output_dtypes=[prev.dtype, prev.dtype],
+    )
+    return cols, carry
+
+
+@cache
+def _kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name=f"rolekit_conv_windows_{source_tag(_SOURCE)}",
+        input_names=["prev", "x"],
+        output_names=["cols", "carry"],
+        source=_SOURCE,
+        ensure_row_contiguous=True,
+    )
