@@ -257,8 +257,7 @@ def launch(
     layout = _Layout(cfg, b, steps)
     bits = tuple((name, m.bits, m.group) for name, m in mats)
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
-    quantized = any(m.bits for _, m in mats)
-    smem = b * kmax * 4 + (b * kmax if quantized else 0)  # stage inputs, quantized words' sums (<= K / 4)
+    smem = b * kmax * 4  # the stage inputs
     if smem <= 48000 < smem + _STATIC_SMEM:
         smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
     kernel = _kernel(tuple(names), _shape_key(cfg), bits, packed.eps, smem)
@@ -375,19 +374,18 @@ __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E ep
 
 template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, typename S, typename E>
 __device__ inline void rows_quant(
-    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, float* xw, E epi) {
+    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
   constexpr int NW = NT / 32;
   constexpr int KW = K * BITS / 32;
   constexpr int NG = K / GS;
   const int lane = threadIdx.x & 31;
-  word_sums<K, B, NT, 32 / BITS>(xs, xw);
   for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < N; row += gridDim.x * NW) {
     float acc[B], acc2[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
     const size_t r1 = row0 + row, r2 = row0 + (GATE ? N : 0) + row;
     dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
-                                    bi + r2 * NG, xs, xw, lane, acc, acc2);
+                                    bi + r2 * NG, xs, lane, acc, acc2);
     warp_sum<B, GATE>(acc, acc2);
     if (lane == 0) {
 #pragma unroll
@@ -658,7 +656,7 @@ def _rows_call(st: _Stage, bits: int, group: int) -> str:
         return f"rows_dense<{st.n}, {st.k}, B, {g}, NT>({st.name}, {row0}, xs, {st.epi});\n"
     return (
         f"rows_quant<{st.n}, {st.k}, B, {g}, NT, {bits}, {group}>"
-        f"({st.name}, {st.name}_s, {st.name}_b, {row0}, xs, xw, {st.epi});\n"
+        f"({st.name}, {st.name}_s, {st.name}_b, {row0}, xs, {st.epi});\n"
     )
 
 
@@ -684,10 +682,8 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
         f"  constexpr int HD = {hd};\n  constexpr int F = {f};\n  constexpr int CARD = {card};\n",
         f"  constexpr int NT = {THREADS};\n  constexpr float EPS = {float(eps)!r}f;\n",
         f"  constexpr float SCALE = {hd**-0.5!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
-        f"  constexpr int KMAX = {max(d, dd, f)};\n",
         """
-  extern __shared__ float xs[];  // this block's stage input [B, KMAX] fp32, then word sums
-  float* xw = xs + B * KMAX;
+  extern __shared__ float xs[];  // this block's stage input [B, KMAX] fp32
   __shared__ float sv[CARD];
   __shared__ unsigned int hist[256];
   __shared__ unsigned int info[2];

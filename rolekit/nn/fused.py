@@ -36,7 +36,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import kernels_on, sm_count, source_tag
+from rolekit.nn.cuda import kernels_on, source_tag
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -44,8 +44,7 @@ from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
 ENV = "ROLEKIT_FUSED"  # 0: always the op-by-op MLX path
 MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
-_THREADS = 256  # 8 warps, each looping over output rows
-BLOCKS_PER_SM = 4
+_THREADS = 256  # 8 warps = 8 output rows per block
 
 # Device functions shared with every kernel that does a few-row matrix-vector product (here and
 # `lm.depformer_cuda`): the block-wide RMSNorm of the staged rows, one warp's dot products over
@@ -153,50 +152,19 @@ __device__ inline void dot_dense(
   }
 }
 
-template <int BITS>
-__device__ inline void unpack_word(uint32_t w, float* v) {
-  // q4: v[e] = 2 + q_e / 8, built by placing the nibble (pre-shifted by 3) in the mantissa's top
-  // bits under 2.0's exponent with one byte permute: no int-to-float conversion (a quarter-rate
-  // instruction that bounded the q4 kernels). q8: v[e] = q_e, through 2^23's mantissa.
-  if constexpr (BITS == 4) {
-    const uint32_t lo = (w << 3) & 0x78787878u;  // nibbles 0, 2, 4, 6 in bits 3..6 of bytes 0..3
-    const uint32_t hi = (w >> 1) & 0x78787878u;  // nibbles 1, 3, 5, 7
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      v[2 * j] = __uint_as_float(__byte_perm(lo, 0x40000000u, 0x7054u + (j << 8)));
-      v[2 * j + 1] = __uint_as_float(__byte_perm(hi, 0x40000000u, 0x7054u + (j << 8)));
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + j)) - 8388608.f;
-  }
-}
-
-template <int K, int B, int NT, int PER_WORD>
-__device__ inline void word_sums(const float* xs, float* xw) {
-  // xw[b, c] = sum of the PER_WORD inputs that word c of a quantized row multiplies (the bias term)
-  for (int i = threadIdx.x; i < B * (K / PER_WORD); i += NT) {
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < PER_WORD; ++e) s += xs[i * PER_WORD + e];
-    xw[i] = s;
-  }
-  __syncthreads();
-}
-
 template <int K, int B, bool GATE, int BITS, int GS, typename S>
 __device__ inline void dot_quant(
     const uint32_t* wr, const uint32_t* wr2, const S* s1, const S* b1, const S* s2, const S* b2,
-    const float* xs, const float* xw, int lane, float (&acc)[B], float (&acc2)[B]) {
+    const float* xs, int lane, float (&acc)[B], float (&acc2)[B]) {
   // MLX affine layout: row of K * BITS / 32 words, scales/biases [K / GS] per row, w = s * q + b.
   // One 32-bit word (8 q4 or 4 q8 values) per lane and load: consecutive lanes read consecutive
   // words (coalesced) and consecutive activations (float4 reads of shared memory, 2-way at most).
-  // sum_e w_e x_e = s * sum_e q_e x_e + b * xw; for q4 sum_e q_e x_e = 8 (sum_e v_e x_e - 2 xw).
+  // (Measured on an H100: building the values with byte permutes and precomputed input sums,
+  // instead of int-to-float conversions, made the q4 kernels slower.)
   constexpr int PER_WORD = 32 / BITS;
   constexpr int KW = K / PER_WORD;
   constexpr int UQ = 8;  // words in flight per lane
-  constexpr float QS = BITS == 4 ? 8.f : 1.f;
-  constexpr float QO = BITS == 4 ? 16.f : 0.f;
+  constexpr unsigned MASK = (1u << BITS) - 1u;
   for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
     uint32_t q[UQ];
     uint32_t q2[UQ];
@@ -214,14 +182,11 @@ __device__ inline void dot_quant(
       if (c < KW) {
         const int gi = (c * PER_WORD) / GS;
         const float sc = static_cast<float>(s1[gi]);
-        const float bi = static_cast<float>(b1[gi]) - QO * sc;
-        float v[PER_WORD], v2[PER_WORD];
-        unpack_word<BITS>(q[u], v);
+        const float bi = static_cast<float>(b1[gi]);
         float sc2 = 0.f, bi2 = 0.f;
         if constexpr (GATE) {
           sc2 = static_cast<float>(s2[gi]);
-          bi2 = static_cast<float>(b2[gi]) - QO * sc2;
-          unpack_word<BITS>(q2[u], v2);
+          bi2 = static_cast<float>(b2[gi]);
         }
 #pragma unroll
         for (int b = 0; b < B; ++b) {
@@ -232,15 +197,15 @@ __device__ inline void dot_quant(
             const float4 f = xr[j];
             xv[4 * j] = f.x; xv[4 * j + 1] = f.y; xv[4 * j + 2] = f.z; xv[4 * j + 3] = f.w;
           }
-          const float xsum = xw[b * KW + c];
-          float qx = 0.f, qx2 = 0.f;
+          float qx = 0.f, qx2 = 0.f, xsum = 0.f;
 #pragma unroll
           for (int e = 0; e < PER_WORD; ++e) {
-            qx = fmaf(v[e], xv[e], qx);
-            if constexpr (GATE) qx2 = fmaf(v2[e], xv[e], qx2);
+            qx = fmaf(static_cast<float>((q[u] >> (e * BITS)) & MASK), xv[e], qx);
+            if constexpr (GATE) qx2 = fmaf(static_cast<float>((q2[u] >> (e * BITS)) & MASK), xv[e], qx2);
+            xsum += xv[e];
           }
-          acc[b] = fmaf(QS * sc, qx, fmaf(bi, xsum, acc[b]));
-          if constexpr (GATE) acc2[b] = fmaf(QS * sc2, qx2, fmaf(bi2, xsum, acc2[b]));
+          acc[b] = fmaf(sc, qx, fmaf(bi, xsum, acc[b]));
+          if constexpr (GATE) acc2[b] = fmaf(sc2, qx2, fmaf(bi2, xsum, acc2[b]));
         }
       }
     }
@@ -282,13 +247,9 @@ _LAYER_NORM = """
   block_layer_norm<B, K, NT>(xs, g, beta, EPS);
 """
 
-_WORDS = """
-  float* xw = xs + B * K;  // [B, K / PER_WORD] word sums
-  word_sums<K, B, NT, 32 / BITS>(xs, xw);
-"""
-
 _ROWS = """
-  for (int row = blockIdx.x * NW + warp; row < N; row += gridDim.x * NW) {
+  const int row = blockIdx.x * NW + warp;
+  if (row >= N) return;
   float acc[B];
   float acc2[B];
 #pragma unroll
@@ -306,7 +267,7 @@ _QUANT = """
     const size_t r1 = (size_t)row;
     const size_t r2 = (size_t)((GATE ? N : 0) + row);
     dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, scales + r1 * NG, biases + r1 * NG,
-                                    scales + r2 * NG, biases + r2 * NG, xs, xw, lane, acc, acc2);
+                                    scales + r2 * NG, biases + r2 * NG, xs, lane, acc, acc2);
   }
 """
 
@@ -320,7 +281,6 @@ _EPILOGUE = """
       %(epilogue)s
       y[(size_t)b * N + row] = static_cast<T>(v);
     }
-  }
   }
 """
 
@@ -349,7 +309,6 @@ def _source(
         head
         + _PROLOGUE
         + prologue
-        + (_WORDS if quantized else "")
         + _ROWS
         + (_QUANT if quantized else _DENSE)
         + _EPILOGUE % {"epilogue": "\n      ".join(epilogue)}
@@ -481,7 +440,7 @@ def fused(
             ("GS", wt.group or 64),
             ("GATE", gate),
         ],
-        grid=(_blocks(n) * _THREADS, 1, 1),
+        grid=(-(-n // (_THREADS // 32)) * _THREADS, 1, 1),
         threadgroup=(_THREADS, 1, 1),
         output_shapes=[(rows, n)],
         output_dtypes=[x.dtype],
@@ -490,17 +449,8 @@ def fused(
 
 
 def _smem(rows: int, k: int, bits: int) -> int:
-    """Shared memory bytes: the fp32 input rows, then (quantized) one fp32 sum per weight word."""
-    return rows * k * 4 + rows * (k * bits // 32) * 4
-
-
-def _blocks(n: int) -> int:
-    """Blocks of a launch: one warp per output row, but at most BLOCKS_PER_SM per SM, each warp then
-    looping over rows: the per-block prologue (staging and normalizing the inputs, ~16 KB read
-    from L2 per block) was as large as a q4 row block's weights when every block took 8 rows."""
-    want = -(-n // (_THREADS // 32))
-    sms = sm_count()
-    return want if sms is None else max(1, min(want, BLOCKS_PER_SM * sms))
+    """Shared memory bytes: the input rows as fp32."""
+    return rows * k * 4
 
 
 def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.array | None]:
