@@ -194,20 +194,6 @@ def applies(lm: Any, hidden: mx.array, params: SamplingParams, key: mx.array | N
 # ---- the call ------------------------------------------------------------------------------------
 
 
-def run(
-    lm: Any,
-    hidden: mx.array,
-    text: mx.array,
-    given: mx.array,
-    params: SamplingParams,
-    key: mx.array | None,
-    steps: int,
-) -> mx.array:
-    """hidden [B, D], text [B], given [B, >= steps] (-1 = sample) -> tokens [B, steps] int32."""
-    tokens, _ = launch(lm, hidden, text, given, params, key, steps)
-    return tokens
-
-
 def launch(
     lm: Any,
     hidden: mx.array,
@@ -217,7 +203,8 @@ def launch(
     key: mx.array | None,
     steps: int,
 ) -> tuple[mx.array, mx.array]:
-    """-> (tokens [B, steps], scratch): the scratch holds every step's logits (`logits_of`)."""
+    """hidden [B, D], text [B], given [B, >= steps] (-1 = sample) -> (tokens [B, steps] int32,
+    scratch): the scratch holds every step's logits (`logits_of`) and the barrier's flag."""
     packed: Packed = lm._dep_packed
     cfg = lm.cfg
     b = hidden.shape[0]

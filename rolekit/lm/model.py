@@ -112,7 +112,7 @@ class LM(nn.Module):
         """
         n = self.cfg.dep_q if steps is None else steps
         if depformer_cuda.applies(self, hidden, params, key, n):  # CUDA: the frame as one kernel
-            drawn = depformer_cuda.run(self, hidden, text, provided, params, key, n)  # [B, n]
+            drawn, _ = depformer_cuda.launch(self, hidden, text, provided, params, key, n)  # [B, n]
             return mx.concatenate([drawn, provided[:, n:].astype(mx.int32)], axis=1)
         keys = split_keys(key, n)
         token = text.astype(mx.int32)
