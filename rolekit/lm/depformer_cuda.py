@@ -339,6 +339,20 @@ __device__ inline void stage(float* xs, const float* src, const G* g, float eps)
   if constexpr (NORM) block_rms_norm<B, K, NT>(xs, g, eps);
 }
 
+template <int B, bool GATE, typename E>
+__device__ inline void finish_row(float (&acc)[B], float (&acc2)[B], int lane, int row, E epi) {
+  // sum the warp's partial products; lane 0 gates (silu(a) * b) and hands each value to `epi`
+  warp_sum<B, GATE>(acc, acc2);
+  if (lane == 0) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float v = acc[b];
+      if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
+      epi(b, row, v);
+    }
+  }
+}
+
 template <int N, int K, int B, bool GATE, int NT, typename W, typename E>
 __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E epi) {
   constexpr int NW = NT / 32;
@@ -348,15 +362,7 @@ __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E ep
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
     dot_dense<K, B, GATE>(w + (row0 + row) * K, w + (row0 + (GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
-    warp_sum<B, GATE>(acc, acc2);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        float v = acc[b];
-        if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
-        epi(b, row, v);
-      }
-    }
+    finish_row<B, GATE>(acc, acc2, lane, row, epi);
   }
 }
 
@@ -374,15 +380,7 @@ __device__ inline void rows_quant(
     const size_t r1 = row0 + row, r2 = row0 + (GATE ? N : 0) + row;
     dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
                                     bi + r2 * NG, xs, lane, acc, acc2);
-    warp_sum<B, GATE>(acc, acc2);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        float v = acc[b];
-        if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
-        epi(b, row, v);
-      }
-    }
+    finish_row<B, GATE>(acc, acc2, lane, row, epi);
   }
 }
 
