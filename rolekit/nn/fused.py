@@ -18,6 +18,8 @@ epilogue (gate, residual) folded in: one warp per output row reads the weight ro
 uint32 [N, K * bits / 32], scales and biases [N, K / group], w = scale * q + bias).
 A multi-linear (one weight set per depformer step, stacked along the rows) is read in place: its
 step's rows are a view (`weight_rows`), so one compiled variant serves every step.
+Mimi's transformer uses the same kernels with an `nn.LayerNorm` prologue, `gelu=True` after
+linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `[out, in]` on CUDA).
 
 Where the kernel does not apply (not CUDA, more than MAX_ROWS rows, switched off with
 `ROLEKIT_FUSED=0`, a layout it does not cover), each function is exactly the MLX ops it replaces,
