@@ -121,22 +121,10 @@ def depformer_contract(names, shape, bits, eps, inputs, template, output_shapes)
         given = arr["given"][:, s]
         cur = mx.where(given >= 0, given, drawn).astype(mx.int32)
         tokens.append(cur)
-    layout = dc._Layout(_Cfg(shape), b, ns)
+    layout = dc._Layout(shape, b, ns)
     flat = mx.stack(logits, axis=1).reshape(-1)
     scratch = mx.concatenate([mx.zeros((layout.logits,)), flat, mx.zeros((output_shapes[1][0] - layout.kv,))])
     return [mx.stack(tokens, axis=1), scratch]
-
-
-class _Cfg:
-    def __init__(self, shape):
-        (
-            self.dim,
-            self.depformer_dim,
-            self.depformer_num_heads,
-            self.depformer_hidden,
-            self.card,
-            self.depformer_num_layers,
-        ) = shape
 
 
 @pytest.fixture

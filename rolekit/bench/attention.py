@@ -11,7 +11,6 @@ MLX's masked SDPA with an fp32 reference (on CPU only the MLX path runs).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -159,18 +158,12 @@ def _ring_attention_with(
     """`masked_step_attention` evaluated with ROLEKIT_RING_ATTN set to 1 / 0 (restored after)
     -> (out, whether the CUDA kernels ran)."""
     from rolekit.nn import ring_attention as ra
+    from rolekit.nn.cuda import switched
 
-    old = os.environ.get(ra.ENV)
-    os.environ[ra.ENV] = "1" if switch else "0"
-    try:
+    with switched(switch, ra.ENV):
         ran = ra.uses_kernel(q, k_buf, v_buf, length, context)
         out = ra.masked_step_attention(q, k_buf, v_buf, pos, start, context, length, scale)
         mx.eval(out)
-    finally:
-        if old is None:
-            os.environ.pop(ra.ENV, None)
-        else:
-            os.environ[ra.ENV] = old
     return out, ran
 
 

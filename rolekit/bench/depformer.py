@@ -13,7 +13,6 @@ GPU only (the kernel runs on CUDA): `bench/gpu_run.py OUT depcheck:` or
 
 from __future__ import annotations
 
-import os
 import time
 from functools import partial
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 from rolekit.bench.lm import build_lm, lm_config
 from rolekit.lm import depformer_cuda
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
+from rolekit.nn.cuda import switched
 
 
 def check_depformer_kernel(
@@ -79,12 +79,12 @@ def check_depformer_kernel(
                 redraw = _resample(logits, params, keys, steps)
                 row["tokens_exact"] = bool(mx.array_equal(redraw, tokens).item())
                 if greedy:
-                    with _kernel_off():
+                    with switched(False, depformer_cuda.ENV):
                         op = lm.depformer(hidden, text, provided, params, keys, steps)[:, :steps]
                     row["op_agreement"] = float(mx.mean(op == tokens).item())
                 call = (hidden, text, provided, params, keys, steps)
                 row["kernel_ms"] = _time(partial(_tokens, lm, *call), reps)
-                with _kernel_off():
+                with switched(False, depformer_cuda.ENV):
                     row["ops_ms"] = _time(partial(lm.depformer, *call), reps)
                 row["ok"] = (not row["timed_out"]) and row["logit_rel_err"] < 2e-3 and row["tokens_exact"]
                 out.append(row)
@@ -106,18 +106,6 @@ def _resample(logits: mx.array, params: SamplingParams, keys: mx.array, steps: i
         sample(logits[:, k], params.audio_temperature, params.audio_top_k, step_keys[k]) for k in range(steps)
     ]
     return mx.stack(cols, axis=1)
-
-
-class _kernel_off:
-    def __enter__(self) -> None:
-        self.saved = os.environ.get(depformer_cuda.ENV)
-        os.environ[depformer_cuda.ENV] = "0"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is None:
-            os.environ.pop(depformer_cuda.ENV, None)
-        else:
-            os.environ[depformer_cuda.ENV] = self.saved
 
 
 def _time(fn: Any, reps: int) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from rolekit.nn.cuda import switched
 from rolekit.nn.qmv import KERNEL_ROWS, qmv
 
 # (name, out N, in K) of one PersonaPlex temporal layer, plus the text head.
@@ -143,16 +144,14 @@ def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 
     `fused` tells whether the kernel ran (CUDA, sizes covered); `ok`: finite, within 1e-4 (fp32),
     1e-2 (bf16) or 3e-2 (q4/q8: MLX's own error there is 0.5-2.4%) and no worse than twice the MLX
     path's error plus 1e-3."""
-    import os
-
     import mlx.nn as nn
 
     from rolekit.nn import fused
     from rolekit.nn.multilinear import MultiLinear
+    from rolekit.nn.norm import RMSNorm
 
     if isinstance(rows, int):
         rows = (rows,)
-    from rolekit.nn.norm import RMSNorm
 
     mx.random.seed(seed)
     dims = lambda v: max(128, int(v * scale) // 128 * 128)  # noqa: E731
@@ -168,77 +167,79 @@ def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 
         ("dep_linear_out", "res", dd, dhid, 0),
     ]
     out = []
-    saved = os.environ.get(fused.ENV)
-    try:
-        for name, kind, n, k, steps in cases:
-            for layout in ("bf16", "fp32", "q4", "q8"):
-                dtype = mx.float32 if layout == "fp32" else mx.bfloat16
-                lin: nn.Module = MultiLinear(steps, k, n) if steps else nn.Linear(k, n, bias=False)
-                lin.weight = (mx.random.normal(lin.weight.shape) * 0.02).astype(dtype)
-                if layout in ("q4", "q8"):
-                    bits = int(layout[1])
-                    lin = (
-                        lin.to_quantized(64, bits) if steps else nn.QuantizedLinear.from_linear(lin, 64, bits)
-                    )
-                    lin.set_dtype(dtype)  # scales and biases in the activation dtype, as loaded
-                wt = fused.weights_of(lin, 5 if steps else None)
-                if wt.bits:
-                    wf = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
+    for name, kind, n, k, steps in cases:
+        for layout in ("bf16", "fp32", "q4", "q8"):
+            dtype = mx.float32 if layout == "fp32" else mx.bfloat16
+            lin: nn.Module = MultiLinear(steps, k, n) if steps else nn.Linear(k, n, bias=False)
+            lin.weight = (mx.random.normal(lin.weight.shape) * 0.02).astype(dtype)
+            if layout in ("q4", "q8"):
+                bits = int(layout[1])
+                lin = lin.to_quantized(64, bits) if steps else nn.QuantizedLinear.from_linear(lin, 64, bits)
+                lin.set_dtype(dtype)  # scales and biases in the activation dtype, as loaded
+            wt = fused.weights_of(lin, 5 if steps else None)
+            if wt.bits:
+                wf = mx.dequantize(wt.w, wt.scales, wt.biases, group_size=wt.group, bits=wt.bits)
+            else:
+                wf = wt.w
+            wf = wf.astype(mx.float32)[wt.row0 : wt.row0 + wt.rows]  # [N, K] this step's rows
+            norm = RMSNorm(k)
+            norm.weight = mx.random.uniform(0.5, 1.5, (k,)).astype(dtype)
+            for m in rows:
+                x = (mx.random.normal((m, 1, k)) * 2).astype(dtype)
+                r = mx.random.normal((m, 1, n if kind != "gate" else n // 2)).astype(dtype)
+                xf, gf = x.astype(mx.float32), norm.weight.astype(mx.float32)
+                step = 5 if steps else None
+                # fp32 products as sums of elementwise products: GPU matmuls of fp32 at m > 1 run
+                # in TF32 (about 3e-4 relative), which would be the reference's own error.
+                if kind == "res":
+                    ref = r.astype(mx.float32) + (xf[..., None, :] * wf).sum(-1)
                 else:
-                    wf = wt.w
-                wf = wf.astype(mx.float32)[wt.row0 : wt.row0 + wt.rows]  # [N, K] this step's rows
-                norm = RMSNorm(k)
-                norm.weight = mx.random.uniform(0.5, 1.5, (k,)).astype(dtype)
-                for m in rows:
-                    x = (mx.random.normal((m, 1, k)) * 2).astype(dtype)
-                    r = mx.random.normal((m, 1, n if kind != "gate" else n // 2)).astype(dtype)
-                    xf, gf = x.astype(mx.float32), norm.weight.astype(mx.float32)
-                    step = 5 if steps else None
-                    # fp32 products as sums of elementwise products: GPU matmuls of fp32 at m > 1 run
-                    # in TF32 (about 3e-4 relative), which would be the reference's own error.
-                    if kind == "res":
-                        ref = r.astype(mx.float32) + (xf[..., None, :] * wf).sum(-1)
-                    else:
-                        xn = xf * mx.rsqrt(mx.mean(xf * xf, axis=-1, keepdims=True) + norm.eps) * gf
-                        ref = (xn[..., None, :] * wf).sum(-1)
-                        if kind == "gate":
-                            h = ref.shape[-1] // 2
-                            ref = nn.silu(ref[..., :h]) * ref[..., h:]
-                    os.environ[fused.ENV] = "1"
+                    xn = xf * mx.rsqrt(mx.mean(xf * xf, axis=-1, keepdims=True) + norm.eps) * gf
+                    ref = (xn[..., None, :] * wf).sum(-1)
+                    if kind == "gate":
+                        h = ref.shape[-1] // 2
+                        ref = nn.silu(ref[..., :h]) * ref[..., h:]
+                with switched(True, fused.ENV):
                     ran = fused._plan(x, lin, step) is not None
                     ours = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
-                    os.environ[fused.ENV] = "0"
+                with switched(False, fused.ENV):
                     mlx = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
-                    scale_ref = mx.linalg.norm(ref)
-                    err = (mx.linalg.norm(ours - ref) / scale_ref).item()
-                    mlx_err = (mx.linalg.norm(mlx - ref) / scale_ref).item()
-                    finite = bool(mx.all(mx.isfinite(ours)).item())
-                    bound = {"fp32": 1e-4, "bf16": 1e-2}.get(layout, 3e-2)
-                    out.append(
-                        {
-                            "shape": name,
-                            "layout": layout,
-                            "m": m,
-                            "fused": ran,
-                            "rel_err": err,
-                            "mlx_rel_err": mlx_err,
-                            "ok": finite and err < bound and err <= 2 * mlx_err + 1e-3,
-                        }
-                    )
-        out += _check_fused_mimi(scale)
-    finally:
-        if saved is None:
-            os.environ.pop(fused.ENV, None)
-        else:
-            os.environ[fused.ENV] = saved
-    return out
+                row = _fused_row(name, layout, m, ran, ours, mlx, ref)
+                bound = {"fp32": 1e-4, "bf16": 1e-2}.get(layout, 3e-2)
+                err = row["rel_err"]
+                row["ok"] = row["ok"] and err < bound and err <= 2 * row["mlx_rel_err"] + 1e-3
+                out.append(row)
+    return out + _check_fused_mimi(scale)
+
+
+def _fused_row(
+    name: str, layout: str, m: int, ran: bool, ours: mx.array, mlx: mx.array, ref: mx.array
+) -> dict[str, Any]:
+    """One check's record: relative errors of the kernel and the MLX path against `ref`; `ok` here
+    only says the kernel's output is finite (each caller adds its bounds)."""
+    scale_ref = mx.linalg.norm(ref)
+    return {
+        "shape": name,
+        "layout": layout,
+        "m": m,
+        "fused": ran,
+        "rel_err": (mx.linalg.norm(ours - ref) / scale_ref).item(),
+        "mlx_rel_err": (mx.linalg.norm(mlx - ref) / scale_ref).item(),
+        "ok": bool(mx.all(mx.isfinite(ours)).item()),
+    }
+
+
+def _mimi_case(kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, ls: mx.array) -> mx.array:
+    from rolekit.nn import fused
+
+    if kind == "scale_res":
+        return fused.linear_residual(x, lin, r, scale=ls)
+    return fused.norm_linear(x, norm, lin, gelu=kind == "ln_gelu")
 
 
 def _check_fused_mimi(scale: float) -> list[dict[str, Any]]:
     """Mimi's transformer products at one step (2 positions, fp32, linears in rows layout):
     LayerNorm + in_proj, LayerNorm + linear1 + GELU, out_proj / linear2 + layer scale + residual."""
-    import os
-
     import mlx.nn as nn
 
     from rolekit.codec.transformer import LinearT
@@ -272,29 +273,12 @@ def _check_fused_mimi(scale: float) -> list[dict[str, Any]]:
             ref = (xn[..., None, :] * wf).sum(-1)
             if kind == "ln_gelu":
                 ref = nn.gelu(ref)
-        results = []
-        for switch in ("1", "0"):
-            os.environ[fused.ENV] = switch
-            if kind == "scale_res":
-                results.append(fused.linear_residual(x, lin, r, scale=ls))
-            else:
-                results.append(fused.norm_linear(x, norm, lin, gelu=kind == "ln_gelu"))
-            if switch == "1":
-                ran = fused._plan(x, lin, None) is not None
-        ours, mlx = results
-        scale_ref = mx.linalg.norm(ref)
-        err = (mx.linalg.norm(ours - ref) / scale_ref).item()
-        mlx_err = (mx.linalg.norm(mlx - ref) / scale_ref).item()
-        finite = bool(mx.all(mx.isfinite(ours)).item())
-        out.append(
-            {
-                "shape": name,
-                "layout": "fp32",
-                "m": 2,
-                "fused": ran,
-                "rel_err": err,
-                "mlx_rel_err": mlx_err,
-                "ok": finite and err < 1e-4,
-            }
-        )
+        with switched(True, fused.ENV):
+            ran = fused._plan(x, lin, None) is not None
+            ours = _mimi_case(kind, x, norm, lin, r, ls)
+        with switched(False, fused.ENV):
+            mlx = _mimi_case(kind, x, norm, lin, r, ls)
+        row = _fused_row(name, "fp32", 2, ran, ours, mlx, ref)
+        row["ok"] = row["ok"] and row["rel_err"] < 1e-4
+        out.append(row)
     return out

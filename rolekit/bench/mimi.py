@@ -288,48 +288,35 @@ def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0) -> d
     from rolekit.codec.reference import build_reference, save_reference
     from rolekit.codec.transformer import LinearT
     from rolekit.codec.weights import load_mimi
+    from rolekit.nn.cuda import switched
 
     cfg = mimi_202407() if size == "full" else tiny()
     pcm = _signal(1, frames, seed)
     switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL")
-    saved = {k: os.environ.get(k) for k in switches}
-
-    def switch(on: bool) -> None:
-        for k in switches:
-            os.environ[k] = "1" if on else "0"
-
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
-            codecs = {}
-            for on in (False, True):
-                switch(on)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
+        codecs = {}
+        for on in (False, True):
+            with switched(on, *switches):
                 codecs[on] = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
-        states = {on: c.make_state(1) for on, c in codecs.items()}
-        equal, total, errs = 0, 0, []
-        for frame in _frames(pcm):
-            x = mx.array(frame)
-            codes = {}
-            for on in (False, True):
-                switch(on)
+    states = {on: c.make_state(1) for on, c in codecs.items()}
+    equal, total, errs = 0, 0, []
+    for frame in _frames(pcm):
+        x = mx.array(frame)
+        codes, outs = {}, {}
+        for on in (False, True):
+            with switched(on, *switches):
                 codes[on] = codecs[on].encode_step(x, states[on])
                 mx.eval(codes[on])
-            equal += int(mx.sum(codes[False] == codes[True]).item())
-            total += codes[False].size
-            outs = {}
-            for on in (False, True):
-                switch(on)
+        equal += int(mx.sum(codes[False] == codes[True]).item())
+        total += codes[False].size
+        for on in (False, True):
+            with switched(on, *switches):
                 outs[on] = codecs[on].decode_step(codes[False], states[on])
                 mx.eval(outs[on])
-            ref = outs[False]
-            errs.append((mx.linalg.norm(outs[True] - ref) / (mx.linalg.norm(ref) + 1e-12)).item())
-        rows = [m.layout == "rows" for _, m in codecs[True].mimi.named_modules() if isinstance(m, LinearT)]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        ref = outs[False]
+        errs.append((mx.linalg.norm(outs[True] - ref) / (mx.linalg.norm(ref) + 1e-12)).item())
+    rows = [m.layout == "rows" for _, m in codecs[True].mimi.named_modules() if isinstance(m, LinearT)]
     agree = equal / max(total, 1)
     worst = max(errs)
     return {

@@ -242,13 +242,14 @@ def launch(
         if m.bits:
             names += [f"{name}_s", f"{name}_b"]
             inputs += [m.scales, m.biases]
-    layout = _Layout(cfg, b, steps)
+    shape = _shape_key(cfg)
+    layout = _Layout(shape, b, steps)
     bits = tuple((name, m.bits, m.group) for name, m in mats)
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
     smem = b * kmax * 4  # the stage inputs
     if smem <= 48000 < smem + _STATIC_SMEM:
         smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
-    kernel = _kernel(tuple(names), _shape_key(cfg), bits, packed.eps, smem)
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem)
     blocks = sm_count() or 1
     tokens, scratch = kernel(
         inputs=inputs,
@@ -276,18 +277,19 @@ def _rows(value: Scalar, b: int, dtype: mx.Dtype) -> mx.array:
 
 class _Layout:
     """Offsets (in floats) of the kernel's fp32 scratch: control, x, q, attention, gate, logits
-    [B, NS, card], step caches [L, B, NS, 2, Dd]."""
+    [B, NS, card], step caches [L, B, NS, 2, Dd]; `shape` as `_shape_key` gives it (the dims the
+    kernel source is written for)."""
 
-    def __init__(self, cfg: Any, b: int, steps: int) -> None:
-        dd, f = cfg.depformer_dim, cfg.depformer_hidden
+    def __init__(self, shape: tuple[int, ...], b: int, steps: int) -> None:
+        _, dd, _, f, card, n_layers = shape
         self.logits = _CONTROL + 3 * b * dd + b * f
-        self.kv = self.logits + b * steps * cfg.card
-        self.size = self.kv + cfg.depformer_num_layers * b * steps * 2 * dd
+        self.kv = self.logits + b * steps * card
+        self.size = self.kv + n_layers * b * steps * 2 * dd
 
 
 def logits_of(lm: Any, scratch: mx.array, b: int, steps: int) -> mx.array:
     """Every step's logits [B, steps, card] fp32 from a `launch` scratch."""
-    start = _Layout(lm.cfg, b, steps).logits
+    start = _Layout(_shape_key(lm.cfg), b, steps).logits
     return scratch[start : start + b * steps * lm.cfg.card].reshape(b, steps, lm.cfg.card)
 
 
