@@ -7,7 +7,8 @@ Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,
 timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `mimicheck:` (Mimi's kernels), `mimi:`, `prefill:`, `convert:`,
 `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
 kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
-masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel. Prints one line per job and a table at the end.
+masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel, `mimi=0` the
+one-kernel Mimi steps. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         import os
 
         os.environ["ROLEKIT_DEP_KERNEL"] = str(opts.pop("dep"))
+    if "mimi" in opts:  # mimi=0: CompiledMimi's MLX graphs instead of rolekit.codec.mimi_cuda's kernels
+        import os
+
+        os.environ["ROLEKIT_MIMI_KERNEL"] = str(opts.pop("mimi"))
     if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
         import os
 

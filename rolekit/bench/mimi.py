@@ -275,56 +275,82 @@ def bench_mimi_pair(
     return result
 
 
-def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0) -> dict[str, Any]:
-    """The compiled Mimi step with rolekit's CUDA kernels (`nn.fused` in the transformer,
-    `codec.conv_cuda` windows) against the same step on MLX's ops, one set of random weights:
-    share of equal codes (RVQ argmins: a near-tie may flip one) and the decoder's relative error
-    when both decode the same codes. GPU only; on a CPU both sides are the MLX ops."""
+def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0, batch: int = 1) -> dict[str, Any]:
+    """The compiled Mimi step with rolekit's CUDA kernels (each step as one kernel,
+    `codec.mimi_cuda`, where it applies; else `nn.fused` in the transformer and `codec.conv_cuda`
+    windows) against the same step on MLX's ops, one set of random weights: share of equal codes
+    (RVQ argmins: a near-tie may flip one), the decoder's relative error when both decode the same
+    codes, and the median ms of each step (eval included) on both sides. GPU only; on a CPU both
+    sides are the MLX ops."""
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     import mlx.core as mx
 
     from rolekit.codec.compiled import CompiledMimi
     from rolekit.codec.config import mimi_202407, tiny
     from rolekit.codec.reference import build_reference, save_reference
-    from rolekit.codec.transformer import LinearT
     from rolekit.codec.weights import load_mimi
     from rolekit.nn.cuda import switched
 
     cfg = mimi_202407() if size == "full" else tiny()
-    pcm = _signal(1, frames, seed)
-    switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL")
+    pcm = _signal(batch, frames, seed)
+    switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL", "ROLEKIT_MIMI_KERNEL")
     with tempfile.TemporaryDirectory() as tmp:
         path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
         codecs = {}
         for on in (False, True):
             with switched(on, *switches):
                 codecs[on] = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
-    states = {on: c.make_state(1) for on, c in codecs.items()}
+    states = {on: c.make_state(batch) for on, c in codecs.items()}
     equal, total, errs = 0, 0, []
+    ms: dict[str, list[float]] = {
+        f"{d}_{side}": [] for d in ("encode", "decode") for side in ("ops", "kernels")
+    }
     for frame in _frames(pcm):
         x = mx.array(frame)
         codes, outs = {}, {}
         for on in (False, True):
             with switched(on, *switches):
+                t0 = time.perf_counter()
                 codes[on] = codecs[on].encode_step(x, states[on])
-                mx.eval(codes[on])
+                mx.eval(codes[on], *states[on].arrays())
+                ms[f"encode_{'kernels' if on else 'ops'}"].append((time.perf_counter() - t0) * 1e3)
         equal += int(mx.sum(codes[False] == codes[True]).item())
         total += codes[False].size
         for on in (False, True):
             with switched(on, *switches):
+                t0 = time.perf_counter()
                 outs[on] = codecs[on].decode_step(codes[False], states[on])
-                mx.eval(outs[on])
+                mx.eval(outs[on], *states[on].arrays())
+                ms[f"decode_{'kernels' if on else 'ops'}"].append((time.perf_counter() - t0) * 1e3)
         ref = outs[False]
         errs.append((mx.linalg.norm(outs[True] - ref) / (mx.linalg.norm(ref) + 1e-12)).item())
-    rows = [m.layout == "rows" for _, m in codecs[True].mimi.named_modules() if isinstance(m, LinearT)]
+    kernels = codecs[True].kernels
+    one_kernel = kernels is not None and len(kernels._programs) > 0
+    stages = {}
+    if one_kernel:
+        assert kernels is not None
+        for kind in ("enc", "dec"):
+            us = kernels.stage_us(kind)
+            stages[kind] = {
+                "total_us": round(sum(us), 1),
+                "stages": len(us),
+                "slowest": kernels.slowest(kind),
+                "all_us": [round(u, 1) for u in us],
+            }
+    timed_out = kernels.timed_out() if kernels is not None else False
     agree = equal / max(total, 1)
     worst = max(errs)
+    warm = min(3, frames - 1)
     return {
         "frames": frames,
+        "batch": batch,
+        "one_kernel_steps": one_kernel,
+        "timed_out": timed_out,
         "codes_agree": agree,
         "pcm_rel_err_max": worst,
-        "rows_layout": all(rows),
-        "ok": agree >= 0.99 and worst < 1e-3,
+        "ms_median": {k: round(float(np.median(v[warm:])), 3) for k, v in ms.items()},
+        "stage_us": stages,
+        "ok": agree >= 0.99 and worst < 1e-3 and not timed_out,
     }
 
 

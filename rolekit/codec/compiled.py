@@ -15,6 +15,9 @@ The state is a plain `MimiState`: eager and compiled steps may follow each other
 and snapshots of either restore into either (eager trims empty cache slots, compiled pads them).
 The weights are captured as constants when a graph is traced: build a new `CompiledMimi` after
 loading other weights into the same `Mimi`.
+
+On CUDA each step runs as ONE kernel instead (`codec.mimi_cuda`, from the same carries) where it
+applies; the graphs serve everything else (CPU, `ROLEKIT_MIMI_KERNEL=0`, batch > 16).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from rolekit.codec import mimi_cuda
 from rolekit.codec.mimi import Mimi, MimiState
 from rolekit.codec.transformer import rows_layout
 from rolekit.nn import fused
@@ -40,7 +44,11 @@ class CompiledMimi:
     def __init__(self, mimi: Mimi) -> None:
         self.mimi = mimi
         mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
-        if fused.enabled():  # CUDA: the transformers' linears in the layout of the fused kernels
+        # CUDA: each step as one kernel (`codec.mimi_cuda`) where it applies; else the transformers'
+        # linears in the layout of the fused kernels (the one-kernel steps read [in, out] best)
+        self.kernels = mimi_cuda.MimiKernels(mimi) if mimi_cuda.enabled() else None
+        self._kernel_ok: dict[int, bool] = {}
+        if fused.enabled() and self.kernels is None:
             rows_layout(mimi.encoder_transformer)
             rows_layout(mimi.decoder_transformer)
         mx.eval([t for cb in _codebooks(mimi) for t in cb.table])
@@ -76,9 +84,12 @@ class CompiledMimi:
         b, _, n = pcm.shape
         enc_shapes, _ = self._carry_shapes(b)
         state.enc = _fixed(state.enc, enc_shapes)
-        off = mx.array(state.enc_offset, dtype=mx.int32)
-        full = self._full(state.enc_offset)
-        codes, state.enc = self._encode[full](pcm.reshape(b, n, 1).astype(mx.float32), state.enc, off)
+        x = pcm.reshape(b, n, 1).astype(mx.float32)
+        if self._use_kernels(b):
+            codes, state.enc = self.kernels.encode(x, state.enc, state.enc_offset)  # type: ignore[union-attr]
+        else:
+            off = mx.array(state.enc_offset, dtype=mx.int32)
+            codes, state.enc = self._encode[self._full(state.enc_offset)](x, state.enc, off)
         state.enc_offset += self.cfg.downsample_stride
         return codes
 
@@ -88,10 +99,24 @@ class CompiledMimi:
         b = codes.shape[0]
         _, dec_shapes = self._carry_shapes(b)
         state.dec = _fixed(state.dec, dec_shapes)
-        off = mx.array(state.dec_offset, dtype=mx.int32)
-        pcm, state.dec = self._decode[self._full(state.dec_offset)](codes.astype(mx.int32), state.dec, off)
+        codes = codes.astype(mx.int32)
+        if self._use_kernels(b):
+            pcm, state.dec = self.kernels.decode(codes, state.dec, state.dec_offset)  # type: ignore[union-attr]
+            pcm = pcm.reshape(b, 1, -1)
+        else:
+            off = mx.array(state.dec_offset, dtype=mx.int32)
+            pcm, state.dec = self._decode[self._full(state.dec_offset)](codes, state.dec, off)
         state.dec_offset += self.cfg.downsample_stride
         return pcm
+
+    def _use_kernels(self, batch: int) -> bool:
+        """The one-kernel steps serve this batch (CUDA, `ROLEKIT_MIMI_KERNEL` not 0, supported)."""
+        if self.kernels is None or not mimi_cuda.enabled():
+            return False
+        ok = self._kernel_ok.get(batch)
+        if ok is None:
+            ok = self._kernel_ok[batch] = mimi_cuda.applies(self.mimi, batch)
+        return ok
 
     def _full(self, offset: int) -> bool:
         """After this step's write, every cache slot holds a real position."""

@@ -1,0 +1,151 @@
+"""Mimi's steps as one CUDA kernel each (`codec.mimi_cuda`). No GPU here: the kernel's program (its
+stages, run with numpy by `reference_step`, the contract the CUDA source implements) gives the codes,
+audio and carries of the MLX ops across the transformer ring's wrap, at batch 2, with the
+transformer's linears in either layout; and `CompiledMimi` wired to that program (in place of the
+compiled CUDA kernel) steps a stream interchangeably with its MLX graphs."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from rolekit.codec import mimi_cuda
+from rolekit.codec.compiled import CompiledMimi, _fixed
+from rolekit.codec.config import mimi_202407, tiny
+from rolekit.codec.mimi import Mimi
+from rolekit.codec.transformer import rows_layout
+
+pytestmark = pytest.mark.oracle
+
+
+def _frames(oracle, batch: int, n: int, seed: int) -> list[mx.array]:
+    pcm = oracle.make_pcm(batch, n, seed=seed)
+    return [mx.array(pcm[..., i * 1920 : (i + 1) * 1920]) for i in range(n)]
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a - ref).max() / (np.abs(ref).max() + 1e-12))
+
+
+@pytest.mark.parametrize("layout", ["cols", "rows"])
+def test_program_gives_the_mlx_steps(tmp_path_factory, oracle, layout):
+    _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=4)
+    if layout == "rows":
+        rows_layout(mimi.encoder_transformer)
+        rows_layout(mimi.decoder_transformer)
+    fast = CompiledMimi(mimi)  # on this CPU: the MLX graphs
+    batch = 2
+    state = fast.make_state(batch)
+    enc_shapes, dec_shapes = fast._carry_shapes(batch)
+    for i, frame in enumerate(_frames(oracle, batch, 7, seed=5)):  # context 8: wraps at frame 4
+        carries, offset = _fixed(state.enc, enc_shapes), state.enc_offset
+        prog = mimi_cuda.encoder_program(mimi, batch, carries)
+        got = mimi_cuda.reference_step(prog, {**prog.inputs, "pcm": frame.reshape(batch, 1920, 1)}, offset)
+        codes = fast.encode_step(frame, state)
+        np.testing.assert_array_equal(got["codes"], np.array(codes), err_msg=f"frame {i}")
+        assert set(prog.carries_out.values()) == set(enc_shapes)
+        for name, key in prog.carries_out.items():
+            assert _rel(got[name], np.array(state.enc[key])) < 2e-5, (i, key)
+
+        carries, offset = _fixed(state.dec, dec_shapes), state.dec_offset
+        prog = mimi_cuda.decoder_program(mimi, batch, carries, codes.shape[1])
+        got = mimi_cuda.reference_step(prog, {**prog.inputs, "codes": codes}, offset)
+        pcm = np.array(fast.decode_step(codes, state))
+        assert np.abs(pcm).max() > 0
+        assert _rel(got["pcm"].reshape(pcm.shape), pcm) < 2e-5, i
+        assert set(prog.carries_out.values()) == set(dec_shapes)
+        for name, key in prog.carries_out.items():
+            assert _rel(got[name], np.array(state.dec[key])) < 2e-5, (i, key)
+
+
+@pytest.fixture
+def program_kernel(monkeypatch):
+    """mimi_cuda's kernels replaced by their program run with numpy: the kinds of the calls."""
+    calls: list[str] = []
+
+    def make_kernel(prog, kind):
+        names = mimi_cuda._input_names(prog, kind)
+        outs = mimi_cuda._output_names(prog)
+
+        def call(inputs, grid, threadgroup, output_shapes, output_dtypes):
+            assert grid[0] == threadgroup[0] * 3
+            named = dict(zip(names, inputs, strict=True))
+            res = mimi_cuda.reference_step(prog, named, int(named["off"].item()))
+            calls.append(kind)
+            assert [tuple(s) for s in output_shapes[:-1]] == [tuple(res[n].shape) for n in outs[:-1]]
+            return [mx.array(res[n]) for n in outs[:-1]] + [
+                mx.zeros(output_shapes[-1], dtype=output_dtypes[-1])
+            ]
+
+        return call
+
+    monkeypatch.setattr(mimi_cuda, "make_kernel", make_kernel)
+    monkeypatch.setattr(mimi_cuda, "sm_count", lambda: 3)
+    monkeypatch.setattr(mimi_cuda, "enabled", lambda: True)
+    return calls
+
+
+def test_compiled_mimi_steps_through_the_kernel_program(
+    tmp_path_factory, oracle, program_kernel, monkeypatch
+):
+    frames = _frames(oracle, 2, 7, seed=6)
+    _, plain = oracle.pair(tmp_path_factory, tiny(), seed=7)
+    monkeypatch.setattr(mimi_cuda, "enabled", lambda: False)
+    ref = CompiledMimi(plain)
+    ref_state = ref.make_state(2)
+    want = []
+    for f in frames:
+        c = ref.encode_step(f, ref_state)
+        want.append((np.array(c), np.array(ref.decode_step(c, ref_state))))
+    assert not program_kernel
+    monkeypatch.setattr(mimi_cuda, "enabled", lambda: True)
+    _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=7)
+    fast = CompiledMimi(mimi)
+    assert fast.kernels is not None
+    state = fast.make_state(2)
+    for i, f in enumerate(frames):
+        # frames 2 and 3 on the MLX graphs: the same carries serve both paths
+        monkeypatch.setattr(mimi_cuda, "enabled", (lambda: False) if i in (2, 3) else (lambda: True))
+        c = fast.encode_step(f, state)
+        pcm = np.array(fast.decode_step(c, state))
+        np.testing.assert_array_equal(np.array(c), want[i][0], err_msg=f"frame {i}")
+        assert _rel(pcm, want[i][1]) < 2e-5, i
+    assert program_kernel == ["enc", "dec"] * 5
+    assert len(fast.kernels._programs) == 2  # one program per direction and batch, reused
+    # per-stage timings read from the scratch (zeros from the stand-in), stage descriptions
+    enc_prog = fast.kernels.last["enc"][0]
+    assert len(fast.kernels.stage_us("enc")) == len(enc_prog.stages)
+    slow = fast.kernels.slowest("dec", 3)
+    assert len(slow) == 3 and all(isinstance(d, str) and d for _, _, d in slow)
+    assert mimi_cuda.describe(enc_prog.stages[0]).startswith("zero carry mat:cols:")
+    # a barrier that gave up (flag word 2) voids the results and resets the counters
+    assert not fast.kernels.timed_out()
+    fast.kernels.bars["dec"] = mx.array([0, 0, 1, 0], dtype=mx.uint32)
+    assert fast.kernels.timed_out() and not fast.kernels.timed_out()
+
+
+def test_supported_covers_the_released_codec():
+    mimi = Mimi(mimi_202407())
+    assert mimi_cuda.supported(mimi, 1) and mimi_cuda.supported(mimi, mimi_cuda.MAX_BATCH)
+    assert not mimi_cuda.supported(mimi, mimi_cuda.MAX_BATCH + 1)
+    mimi.set_dtype(mx.bfloat16)
+    assert not mimi_cuda.supported(mimi, 1)
+
+
+def test_released_codec_programs_write_every_carry():
+    mimi = Mimi(mimi_202407())
+    mimi.prepare()
+    fast = CompiledMimi(mimi)
+    enc_shapes, dec_shapes = fast._carry_shapes(1)
+    enc = mimi_cuda.encoder_program(mimi, 1, _fixed({}, enc_shapes))
+    dec = mimi_cuda.decoder_program(mimi, 1, _fixed({}, dec_shapes), 8)
+    for prog, shapes in ((enc, enc_shapes), (dec, dec_shapes)):
+        assert {k: prog.outputs[n][0] for n, k in prog.carries_out.items()} == shapes
+        assert set(prog.carries_in.values()) == set(shapes)
+    # stages: SEANet 1 + 4 x 3 + 1 (zeroing with the first), 8 layers x 5, downsample, RVQ
+    # projections, 7 searches and the last reduction; decode: RVQ (+ zeroing), upsample, 8 x 5,
+    # SEANet 1 + 4 x 3 + 1
+    assert len(enc.stages) == 14 + 40 + 1 + 1 + 8
+    assert len(dec.stages) == 2 + 40 + 14
+    assert enc.outputs["codes"][0] == (1, 8, 1) and dec.outputs["pcm"][0] == (1, 1920, 1)
