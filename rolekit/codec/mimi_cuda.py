@@ -1344,29 +1344,12 @@ class _Emit:
         out.append("}\n")
         return "".join(out)
 
-    def zero(self) -> str:
+    def zero(self, job: Zero) -> str:
         return "for (size_t i = (size_t)blockIdx.x * NT + threadIdx.x; i < ZS; i += (size_t)gridDim.x * NT) S[i] = 0.f;\n"
 
     def job(self, job: Any) -> str:
-        if isinstance(job, Zero):
-            return self.zero()
-        if isinstance(job, Mat):
-            return self.mat(job)
-        if isinstance(job, Carry):
-            return self.carry(job)
-        if isinstance(job, TrSide):
-            return self.trside(job)
-        if isinstance(job, Copy):
-            return self.copy(job)
-        if isinstance(job, Upsample):
-            return self.upsample(job)
-        if isinstance(job, Attention):
-            return self.attention(job)
-        if isinstance(job, Shift):
-            return self.shift(job)
-        if isinstance(job, Search):
-            return self.search(job)
-        raise TypeError(type(job).__name__)
+        """The code of one job: the method named after its class (Mat -> mat, TrSide -> trside)."""
+        return getattr(self, type(job).__name__.lower())(job)
 
     def source(self) -> str:
         p = self.p
