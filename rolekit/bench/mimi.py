@@ -354,6 +354,52 @@ def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0, batc
     }
 
 
+def check_mimi_rows(batch: int = 16, frames: int = 6, size: str = "full", seed: int = 0) -> dict[str, Any]:
+    """The compiled Mimi step at `batch` rows against the same codec stepping each row alone
+    (batch 1), one set of random weights: share of equal codes and the decoder's relative error
+    (each row decoding its own batch-run codes). On CUDA both sides run the one-kernel steps, so
+    this isolates the batch dimension from MLX's GEMM precision (the op path runs multi-row fp32
+    products in TF32 there)."""
+    os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    import mlx.core as mx
+
+    from rolekit.codec.compiled import CompiledMimi
+    from rolekit.codec.config import mimi_202407, tiny
+    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.codec.weights import load_mimi
+
+    cfg = mimi_202407() if size == "full" else tiny()
+    pcm = _signal(batch, frames, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
+        codec = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
+    whole = codec.make_state(batch)
+    rows = [codec.make_state(1) for _ in range(batch)]
+    equal, total, errs = 0, 0, []
+    for frame in _frames(pcm):
+        x = mx.array(frame)
+        codes = codec.encode_step(x, whole)
+        out = codec.decode_step(codes, whole)
+        mx.eval(codes, out)
+        for b, st in enumerate(rows):
+            c = codec.encode_step(x[b : b + 1], st)
+            o = codec.decode_step(codes[b : b + 1], st)
+            mx.eval(c, o)
+            equal += int(mx.sum(c == codes[b : b + 1]).item())
+            total += c.size
+            errs.append((mx.linalg.norm(o - out[b : b + 1]) / (mx.linalg.norm(o) + 1e-12)).item())
+    kernels = codec.kernels
+    agree = equal / max(total, 1)
+    return {
+        "batch": batch,
+        "frames": frames,
+        "one_kernel_steps": kernels is not None and len(kernels._programs) > 0,
+        "codes_agree": agree,
+        "pcm_rel_err_max": max(errs),
+        "ok": agree >= 0.99 and max(errs) < 1e-3,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m rolekit.bench.mimi [BATCH [FRAMES [SIZE]]]`: `bench_mimi_pair` as JSON."""
     import json

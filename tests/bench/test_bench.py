@@ -169,6 +169,16 @@ def test_bench_engine_phases_splits_the_step():
     assert rep["results"][0]["serialized"]["step"]["n"] == 2
 
 
+def test_mimi_rows_check_compares_a_batch_with_its_rows_alone():
+    """`bench/gpu_run.py mimirows:` on the tiny codec: a batch of 3 streams gives each row's codes
+    and audio of that row stepped alone (here on MLX's graphs; on a GPU through the kernels)."""
+    from rolekit.bench.mimi import check_mimi_rows
+
+    res = check_mimi_rows(batch=3, frames=3, size="tiny")
+    assert res["ok"] and res["codes_agree"] == 1.0 and res["pcm_rel_err_max"] < 1e-5
+    assert res["one_kernel_steps"] is False
+
+
 def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
     """`bench/gpu_run.py mimicheck:` on the tiny codec: both sides are MLX's ops here (no CUDA),
     so the codes agree and the audio is identical; on the GPU one side runs the kernels."""
