@@ -1186,57 +1186,54 @@ class _Emit:
         )
         return "".join(out)
 
+    def _each(self, rows: int, c: int, body: str) -> str:
+        """A grid-stride loop over the elements i of [B, rows, c] as (b, r, c), running `body`."""
+        n = self.p.b * rows * c
+        return (
+            f"for (int i = blockIdx.x * NT + threadIdx.x; i < {n}; i += gridDim.x * NT) {{\n"
+            f"  const int c = i % {c}; const int r = (i / {c}) % {rows}; const int b = i / {c * rows};\n"
+            f"  {body}\n}}\n"
+        )
+
     def carry(self, job: Carry) -> str:
         xs = job.x
         cin = xs.src.c
-        n = self.p.b * xs.pad * cin
         ell = xs.pad + xs.src.t
-        return (
-            f"for (int i = blockIdx.x * NT + threadIdx.x; i < {n}; i += gridDim.x * NT) {{\n"
-            f"  const int c = i % {cin}; const int pp = (i / {cin}) % {xs.pad}; const int b = i / {cin * xs.pad};\n"
-            f"  const int u = {ell - xs.pad} + pp; const int m = 0; (void)m;\n"
-            f"  {self.concat_read(xs, 'b', 'u', 'c', cin)}\n"
-            f"  {job.out}[i] = v;\n}}\n"
+        read = self.concat_read(xs, "b", "u", "c", cin)
+        return self._each(
+            xs.pad,
+            cin,
+            f"const int u = {ell - xs.pad} + r; const int m = 0; (void)m; {read} {job.out}[i] = v;",
         )
 
     def trside(self, job: TrSide) -> str:
         d = job.dst
-        n = self.p.b * d.t * d.c
         bias = f"{job.bias}[c]" if job.bias else "0.f"
         part = (
-            f"if (p < {job.overlap}) v += {job.partial}[((size_t)b * {job.overlap} + p) * {d.c} + c];"
+            f"if (r < {job.overlap}) v += {job.partial}[((size_t)b * {job.overlap} + r) * {d.c} + c];"
             if job.partial
             else ""
         )
-        return (
-            f"for (int i = blockIdx.x * NT + threadIdx.x; i < {n}; i += gridDim.x * NT) {{\n"
-            f"  const int c = i % {d.c}; const int p = (i / {d.c}) % {d.t}; const int b = i / {d.c * d.t};\n"
-            f"  float v = {bias}; {part}\n"
-            f"  atomicAdd({d.ptr()} + ((size_t)b * {d.rows} + p) * {d.c} + c, v);\n}}\n"
-        )
+        add = f"atomicAdd({d.ptr()} + ((size_t)b * {d.rows} + r) * {d.c} + c, v);"
+        return self._each(d.t, d.c, f"float v = {bias}; {part} {add}")
 
     def copy(self, job: Copy) -> str:
         s = job.src
-        n = self.p.b * job.n * s.c
-        return (
-            f"for (int i = blockIdx.x * NT + threadIdx.x; i < {n}; i += gridDim.x * NT) {{\n"
-            f"  const int c = i % {s.c}; const int r = (i / {s.c}) % {job.n}; const int b = i / {s.c * job.n};\n"
-            f"  {job.out}[i] = __ldcg({s.ptr()} + ((size_t)b * {s.rows} + {job.row0} + r) * {s.c} + c);\n}}\n"
-        )
+        read = f"__ldcg({s.ptr()} + ((size_t)b * {s.rows} + {job.row0} + r) * {s.c} + c)"
+        return self._each(job.n, s.c, f"{job.out}[i] = {read};")
 
     def upsample(self, job: Upsample) -> str:
         s, d = job.src, job.dst
         c = s.c
         k = int(self.p.inputs[job.w].shape[0])
         ov = k - job.stride
-        n = self.p.b * k * c
-        return (
-            f"for (int i = blockIdx.x * NT + threadIdx.x; i < {n}; i += gridDim.x * NT) {{\n"
-            f"  const int c = i % {c}; const int j = (i / {c}) % {k}; const int b = i / {c * k};\n"
-            f"  float v = __ldcg({s.ptr()} + (size_t)b * {s.rows} * {c} + c) * {job.w}[j * {c} + c];\n"
-            f"  if (j < {ov}) v += {job.partial}[((size_t)b * {ov} + j) * {c} + c];\n"
-            f"  if (j < {job.stride}) {d.ptr()}[((size_t)b * {d.rows} + j) * {c} + c] = v;\n"
-            f"  else {job.partial_out}[((size_t)b * {ov} + j - {job.stride}) * {c} + c] = v;\n}}\n"
+        return self._each(
+            k,
+            c,
+            f"float v = __ldcg({s.ptr()} + (size_t)b * {s.rows} * {c} + c) * {job.w}[r * {c} + c];\n"
+            f"  if (r < {ov}) v += {job.partial}[((size_t)b * {ov} + r) * {c} + c];\n"
+            f"  if (r < {job.stride}) {d.ptr()}[((size_t)b * {d.rows} + r) * {c} + c] = v;\n"
+            f"  else {job.partial_out}[((size_t)b * {ov} + r - {job.stride}) * {c} + c] = v;",
         )
 
     def attention(self, a: Attention) -> str:
