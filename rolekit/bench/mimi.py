@@ -229,6 +229,18 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _random_mimis(size: str, seed: int, count: int) -> tuple[Any, list[Any]]:
+    """(cfg, `count` MLX Mimis) of one set of random weights, written in the real format and loaded."""
+    from rolekit.codec.config import mimi_202407, tiny
+    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.codec.weights import load_mimi
+
+    cfg = mimi_202407() if size == "full" else tiny()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
+        return cfg, [load_mimi(path, cfg.num_codebooks, cfg=cfg) for _ in range(count)]
+
+
 def bench_mimi_pair(
     frames: int = 150, batch: int = 1, size: str = "full", warmup: int = 3, seed: int = 0
 ) -> dict[str, Any]:
@@ -240,15 +252,9 @@ def bench_mimi_pair(
     import mlx.core as mx
 
     from rolekit.codec.compiled import CompiledMimi
-    from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.codec.reference import build_reference, save_reference
-    from rolekit.codec.weights import load_mimi
 
-    cfg = mimi_202407() if size == "full" else tiny()
+    cfg, (eager,) = _random_mimis(size, seed, 1)
     pcm = _signal(batch, frames, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
-        eager = load_mimi(path, cfg.num_codebooks, cfg=cfg)
     codecs = {"mlx": eager, "mlx-compiled": CompiledMimi(eager)}
     states = {name: c.make_state(batch) for name, c in codecs.items()}
     wrap = -(-cfg.context // cfg.downsample_stride)  # first frame whose step wraps the ring
@@ -286,20 +292,15 @@ def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0, batc
     import mlx.core as mx
 
     from rolekit.codec.compiled import CompiledMimi
-    from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.codec.reference import build_reference, save_reference
-    from rolekit.codec.weights import load_mimi
     from rolekit.nn.cuda import switched
 
-    cfg = mimi_202407() if size == "full" else tiny()
+    cfg, mimis = _random_mimis(size, seed, 2)
     pcm = _signal(batch, frames, seed)
     switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL", "ROLEKIT_MIMI_KERNEL")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
-        codecs = {}
-        for on in (False, True):
-            with switched(on, *switches):
-                codecs[on] = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
+    codecs = {}
+    for on, mimi in zip((False, True), mimis, strict=True):
+        with switched(on, *switches):
+            codecs[on] = CompiledMimi(mimi)
     states = {on: c.make_state(batch) for on, c in codecs.items()}
     equal, total, errs = 0, 0, []
     ms: dict[str, list[float]] = {
@@ -364,15 +365,10 @@ def check_mimi_rows(batch: int = 16, frames: int = 6, size: str = "full", seed: 
     import mlx.core as mx
 
     from rolekit.codec.compiled import CompiledMimi
-    from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.codec.reference import build_reference, save_reference
-    from rolekit.codec.weights import load_mimi
 
-    cfg = mimi_202407() if size == "full" else tiny()
+    _, (mimi,) = _random_mimis(size, seed, 1)
+    codec = CompiledMimi(mimi)
     pcm = _signal(batch, frames, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_reference(build_reference(cfg, seed=seed), Path(tmp) / "mimi.safetensors")
-        codec = CompiledMimi(load_mimi(path, cfg.num_codebooks, cfg=cfg))
     whole = codec.make_state(batch)
     rows = [codec.make_state(1) for _ in range(batch)]
     equal, total, errs = 0, 0, []

@@ -50,11 +50,9 @@ from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 
 ENV = "ROLEKIT_MIMI_KERNEL"  # 0: CompiledMimi's MLX graphs
 THREADS = 256
-MAX_BATCH = 16
+MAX_BATCH = 16  # shared-memory bounds of the RVQ stages
+MAX_BLOCKS = 1024  # blocks the RVQ search's minima have room for
 XS_FLOATS = 8192  # shared memory for a product's staged input (32 KB, dynamic)
-STATIC_SMEM = (
-    40 * 1024
-)  # upper bound of the kernel's static shared memory (RVQ / attention)  # shared-memory bounds of the RVQ stages
 
 
 def enabled() -> bool:
@@ -98,9 +96,6 @@ class View:
         if self.where == "plain":
             return f"(S + ZS + {self.off})"
         return str(self.off)
-
-    def head(self, t: int) -> View:
-        return View(self.where, self.off, self.rows, self.c, t)
 
 
 @dataclass
@@ -443,9 +438,9 @@ def encoder_program(mimi: Any, batch: int, carries: dict[str, mx.array]) -> Prog
         "k": k,
         "n": n_search,
         "tables": [(p.arr(e, "cb"), p.arr(n2, "cb")) for e, n2 in tables],  # first, rest...
-        "partials": p.plain,  # [stage, block <= 1024, kind, B, (distance, code)]
+        "partials": p.plain,  # [stage, block < MAX_BLOCKS, kind, B, (distance, code)]
     }
-    p.plain += n_search * 1024 * 2 * batch * 2
+    p.plain += n_search * MAX_BLOCKS * 2 * batch * 2
     for s in range(n_search + 1):
         p.stage(Search(s))
     p.stages[0].jobs.insert(0, Zero())
@@ -1094,25 +1089,28 @@ class _Emit:
             return f"(offset == 0 ? {self._src(xs.src, b, '0', c, cin)} : {stored})"
         return stored
 
-    def _transform(self, xs: XSpec, row: str, c: str) -> str:
+    def _transform(self, xs: XSpec, row: str | None, c: str) -> str:
+        """The reader's f applied to v; a LayerNorm needs the statistics' row (plain linears only)."""
         if xs.f == "elu":
             return "v = v > 0.f ? v : expm1f(v);"
         if xs.f == "gelu":
             return "v = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));"
         if xs.f == "ln":
-            assert xs.ln is not None
+            assert xs.ln is not None and row is not None, "a LayerNorm reads whole rows, not windows"
             g, beta, _ = xs.ln
             return f"v = (v - lnm[{row}]) * lnr[{row}] * {g}[{c}] + {beta}[{c}];"
         return ""
 
     def concat_read(self, xs: XSpec, b: str, u: str, c: str, cin: int) -> str:
         """float v = [carry ; f(src)][b, u, c]."""
-        body = f"float v = {self._src(xs.src, b, f'({u}) - {xs.pad}', c, cin)}; {self._transform(xs, 'm', c)}"
+        body = (
+            f"float v = {self._src(xs.src, b, f'({u}) - {xs.pad}', c, cin)}; {self._transform(xs, None, c)}"
+        )
         if not xs.pad:
             return body
         return (
             f"float v; if (({u}) < {xs.pad}) v = {self._carry(xs, b, u, c, cin)}; "
-            f"else {{ v = {self._src(xs.src, b, f'({u}) - {xs.pad}', c, cin)}; {self._transform(xs, 'm', c)} }}"
+            f"else {{ v = {self._src(xs.src, b, f'({u}) - {xs.pad}', c, cin)}; {self._transform(xs, None, c)} }}"
         )
 
     def xf(self, m: Mat) -> str:
@@ -1207,7 +1205,7 @@ class _Emit:
         return self._each(
             xs.pad,
             cin,
-            f"const int u = {ell - xs.pad} + r; const int m = 0; (void)m; {read} {job.out}[i] = v;",
+            f"const int u = {ell - xs.pad} + r; {read} {job.out}[i] = v;",
         )
 
     def trside(self, job: TrSide) -> str:
@@ -1297,7 +1295,7 @@ class _Emit:
                 out.append(
                     f"  for (int b = warp; b < {b}; b += NW) {{ float bd = INFINITY; int bc = 0x7fffffff;\n"
                     f"    for (int g = lane; g < (int)gridDim.x; g += 32) {{\n"
-                    f"      const float* e = {part} + ((((size_t){idx - 1} * 1024 + g) * 2 + {kind}) * {b} + b) * 2;\n"
+                    f"      const float* e = {part} + ((((size_t){idx - 1} * {MAX_BLOCKS} + g) * 2 + {kind}) * {b} + b) * 2;\n"
                     f"      const float dd = __ldcg(e); const int cc = __float_as_int(__ldcg(e + 1));\n"
                     f"      if (better(dd, cc, bd, bc)) {{ bd = dd; bc = cc; }} }}\n"
                     f"#pragma unroll\n"
@@ -1339,7 +1337,7 @@ class _Emit:
                 f"  if (threadIdx.x < 2 * {b}) {{ const int kind = threadIdx.x / {b}; const int b = threadIdx.x % {b};\n"
                 "    float bd = INFINITY; int bc = 0x7fffffff;\n"
                 "    for (int w = 0; w < NW; ++w) if (better(wbd[w][kind][b], wbc[w][kind][b], bd, bc)) { bd = wbd[w][kind][b]; bc = wbc[w][kind][b]; }\n"
-                f"    float* e = {part} + ((((size_t){idx} * 1024 + blockIdx.x) * 2 + kind) * {b} + b) * 2;\n"
+                f"    float* e = {part} + ((((size_t){idx} * {MAX_BLOCKS} + blockIdx.x) * 2 + kind) * {b} + b) * 2;\n"
                 "    e[0] = bd; e[1] = __int_as_float(bc); }\n"
             )
         out.append("}\n")
@@ -1387,53 +1385,61 @@ class _Emit:
 # ---- the call -------------------------------------------------------------------------------------
 
 
+class _Launch:
+    """A program's kernel and its call layout, fixed once: where each input comes from ("weight":
+    the array; "carry": the carry key; "io" / "off" / "bar": the step's own), output shapes and types."""
+
+    def __init__(self, prog: Program, kind: str) -> None:
+        self.prog, self.kind = prog, kind
+        self.kernel = make_kernel(prog, kind)
+        self.inputs: list[tuple[str, Any]] = []
+        for name in _input_names(prog, kind):
+            if name in prog.carries_in:
+                self.inputs.append(("carry", prog.carries_in[name]))
+            elif name in ("pcm", "codes"):
+                self.inputs.append(("io", None))
+            elif name in ("off", "bar"):
+                self.inputs.append((name, None))
+            else:
+                self.inputs.append(("weight", prog.inputs[name]))
+        self.outputs = _output_names(prog)
+        self.shapes = [prog.outputs[n][0] if n != "S" else (prog.zero + prog.plain,) for n in self.outputs]
+        self.dtypes = [prog.outputs[n][1] if n != "S" else mx.float32 for n in self.outputs]
+
+
 class MimiKernels:
     """The two kernels of one Mimi: `encode` / `decode` a step from fixed-shape carries."""
 
     def __init__(self, mimi: Any) -> None:
         self.mimi = mimi
-        self._programs: dict[tuple, tuple[Program, Any]] = {}
+        self._programs: dict[tuple, _Launch] = {}
         self.bars = {"enc": mx.zeros((4,), dtype=mx.uint32), "dec": mx.zeros((4,), dtype=mx.uint32)}
         self.last: dict[str, tuple[Program, mx.array]] = {}  # kind -> (program, scratch) of the last call
         mx.eval(list(self.bars.values()))
 
-    def _get(self, key: tuple, build: Any) -> tuple[Program, Any]:
+    def _get(self, key: tuple, build: Any) -> _Launch:
         found = self._programs.get(key)
         if found is None:
             prog = build()
             for name in prog.carries_in:  # each call passes its own carries: keep no old ones
                 prog.inputs[name] = mx.zeros((0,), dtype=mx.float32)
-            found = (prog, make_kernel(prog, key[0]))
-            self._programs[key] = found
+            found = self._programs[key] = _Launch(prog, key[0])
         return found
 
     def _call(
-        self, kind: str, prog: Program, kernel: Any, io: mx.array, carries: dict[str, mx.array], offset: int
+        self, launch: _Launch, io: mx.array, carries: dict[str, mx.array], offset: int
     ) -> tuple[mx.array, dict[str, mx.array]]:
-        inputs = []
-        for name in _input_names(prog, kind):
-            if name in prog.carries_in:
-                inputs.append(carries[prog.carries_in[name]])
-            elif name in ("pcm", "codes"):
-                inputs.append(io)
-            elif name == "off":
-                inputs.append(mx.array([offset], dtype=mx.int32))
-            elif name == "bar":
-                inputs.append(self.bars[kind])
-            else:
-                inputs.append(prog.inputs[name])
-        outs = _output_names(prog)
-        shapes = [prog.outputs[n][0] if n != "S" else (prog.zero + prog.plain,) for n in outs]
-        dtypes = [prog.outputs[n][1] if n != "S" else mx.float32 for n in outs]
-        blocks = min(sm_count() or 1, 1024)  # the RVQ minima have room for 1024 blocks
-        results = kernel(
+        kind, prog = launch.kind, launch.prog
+        special = {"io": io, "off": mx.array([offset], dtype=mx.int32), "bar": self.bars[kind]}
+        inputs = [carries[ref] if how == "carry" else special.get(how, ref) for how, ref in launch.inputs]
+        results = launch.kernel(
             inputs=inputs,
-            grid=(blocks * THREADS, 1, 1),
+            grid=(min(sm_count() or 1, MAX_BLOCKS) * THREADS, 1, 1),
             threadgroup=(THREADS, 1, 1),
-            output_shapes=shapes,
-            output_dtypes=dtypes,
+            output_shapes=launch.shapes,
+            output_dtypes=launch.dtypes,
         )
-        by_name = dict(zip(outs, results, strict=True))
+        by_name = dict(zip(launch.outputs, results, strict=True))
         self.last[kind] = (prog, by_name["S"])
         new = {key: by_name[name] for name, key in prog.carries_out.items()}
         return by_name["codes" if kind == "enc" else "pcm"], new
@@ -1443,16 +1449,16 @@ class MimiKernels:
     ) -> tuple[mx.array, dict[str, mx.array]]:
         """pcm [B, frame, 1] fp32, carries of CompiledMimi's shapes -> codes [B, K, 1], new carries."""
         b = pcm.shape[0]
-        prog, kernel = self._get(("enc", b), lambda: encoder_program(self.mimi, b, carries))
-        return self._call("enc", prog, kernel, pcm, carries, offset)
+        launch = self._get(("enc", b), lambda: encoder_program(self.mimi, b, carries))
+        return self._call(launch, pcm, carries, offset)
 
     def decode(
         self, codes: mx.array, carries: dict[str, mx.array], offset: int
     ) -> tuple[mx.array, dict[str, mx.array]]:
         """codes [B, K, 1] int32 -> pcm [B, frame, 1], new carries."""
         b, k = codes.shape[:2]
-        prog, kernel = self._get(("dec", b, k), lambda: decoder_program(self.mimi, b, carries, k))
-        return self._call("dec", prog, kernel, codes, carries, offset)
+        launch = self._get(("dec", b, k), lambda: decoder_program(self.mimi, b, carries, k))
+        return self._call(launch, codes, carries, offset)
 
     def stage_us(self, kind: str) -> list[float]:
         """Microseconds of each stage of the last `kind` ("enc" / "dec") call, barrier included (from
