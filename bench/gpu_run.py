@@ -4,11 +4,11 @@ Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,
 `ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
 `fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `phases:` (its wall time per phase), `prof:quant=bf16`
 (every CUDA kernel per frame, `rolekit.bench.profile`), `qmv:` (rolekit's q4/q8 kernel: errors and
-timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `mimicheck:` (Mimi's kernels), `mimirows:` (a batch against its rows alone), `mimi:`, `prefill:`, `convert:`,
+timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `tempcheck:` (rolekit.lm.temporal_cuda), `mimicheck:` (Mimi's kernels), `mimirows:` (a batch against its rows alone), `mimi:`, `prefill:`, `convert:`,
 `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
 kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
 masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel, `mimi=0` the
-one-kernel Mimi steps. Prints one line per job and a table at the end.
+one-kernel Mimi steps, `temporal=0` the one-kernel temporal step. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         import os
 
         os.environ["ROLEKIT_MIMI_KERNEL"] = str(opts.pop("mimi"))
+    if "temporal" in opts:  # temporal=0: the per-layer fused ops instead of rolekit.lm.temporal_cuda's kernel
+        import os
+
+        os.environ["ROLEKIT_TEMPORAL_KERNEL"] = str(opts.pop("temporal"))
     if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
         import os
 
@@ -171,6 +175,12 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                 f"kernel {c.get('kernel_ms', float('nan')):.3f} ms ops {c.get('ops_ms', float('nan')):.3f} ms ok={c['ok']}"
             )
         return {"checks": checks, "all_ok": all(c["ok"] for c in checks)}
+    if kind == "tempcheck":
+        from rolekit.bench.temporal import check_temporal_kernel
+
+        res = check_temporal_kernel(size, **opts)
+        print(f"TEMPCHECK {res}")
+        return res
     if kind == "mimirows":
         from rolekit.bench.mimi import check_mimi_rows
 

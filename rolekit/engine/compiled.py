@@ -23,6 +23,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from rolekit.lm import temporal_cuda
 from rolekit.lm.temporal import LmCache
 from rolekit.nn import fused, ring_attention
 from rolekit.nn.attention import RingKV, merge_heads, split_qkv
@@ -45,6 +46,21 @@ class CompiledStep:
         self._full = mx.compile(lambda *a: self._impl(False, *a))
         self._start_np: np.ndarray | None = None
         self._start = mx.zeros((engine.batch,), dtype=mx.int32)  # [B]
+        # On CUDA the 32 temporal layers are one kernel (`lm.temporal_cuda`): one compiled graph
+        # per (attended ring slots, whether last step's keys are still to be written).
+        self._kernel_steps: dict[tuple[int, bool], Any] = {}
+        self.launch = temporal_cuda.launch  # the tests put `temporal_cuda.reference` here
+
+    def uses_kernel(self, lm_cache: LmCache) -> bool:
+        """The temporal kernel serves the next step (read when the step is built)."""
+        lm = self.engine.lm
+        force = self.launch is not temporal_cuda.launch  # a stand-in runs on any device
+        if force:
+            return (
+                getattr(lm, "_temporal_packed", None) is not None
+                and self.engine.batch <= temporal_cuda.MAX_ROWS
+            )
+        return temporal_cuda.applies(lm, self.engine.batch, lm_cache.rings[0].keys.dtype)
 
     def _start_array(self, start: np.ndarray | None) -> mx.array:
         """[B] int32 left padding on the device, rebuilt only when the cache's padding changes."""
@@ -72,17 +88,28 @@ class CompiledStep:
         start = lm_cache.start
         oldest = pos + 1 - cap  # oldest position in the ring after this step's write
         full = oldest >= 0 and cap <= context and (start is None or oldest >= int(np.max(start)))
+        kernel = self.uses_kernel(lm_cache)
+        if not kernel:
+            lm_cache.flush()
         kv = [r.keys for r in lm_cache.rings] + [r.values for r in lm_cache.rings]
+        pending, lm_cache.pending = lm_cache.pending, None
         lm_cache.rings = []  # drop our references: the graph may then update the ring in place
         lm_pos = mx.array(pos, dtype=mx.int32)
         start_mx = self._start_array(start)
-        if full:
+        if kernel:
+            length = cap if full else prefix_length(pos + 1, cap, self.MIN_PREFIX)
+            fn = self._kernel_step(length, pending is not None)
+            extra = [] if pending is None else [pending]
+            res = fn(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *extra, *kv)
+            pending = extra = None
+            lm_cache.pending, res = res[-1], res[:-1]
+        elif full:
             res = self._full(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *kv)
         else:  # one small mask per step, over the attended prefix only
             length = prefix_length(pos + 1, cap, self.MIN_PREFIX)
             mask = self._mask(lm_pos, start_mx, cap, length)  # [B, 1, 1, length]
             res = self._masked(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, mask, *kv)
-        del kv
+        kv = None
         n = len(res[4:]) // 2
         ks, vs = res[4 : 4 + n], res[4 + n :]
         lm_cache.rings = [RingKV(k, v) for k, v in zip(ks, vs, strict=True)]
@@ -119,13 +146,59 @@ class CompiledStep:
             x = fused.linear_residual(
                 fused.norm_gated(x, layer.norm2, layer.gating.linear_in), layer.gating.linear_out, x
             )
+        return (*self._tail(x, ring_cache, ring_provided, off, keys), *ks, *vs)
+
+    def _tail(
+        self, x: mx.array, ring_cache: mx.array, ring_provided: mx.array, off: mx.array, keys: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """Final norm, text head, sampling, depformer, ring commit: x [B, 1, D] after the last layer
+        -> (ring cache, ring provided, out [B, 9], next keys [B, 2])."""
+        lm = self.engine.lm
         hidden = lm.out_norm(x)  # [B, 1, D]
         logits = lm.text_linear(hidden)  # [B, 1, text_card]
         split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
-        ring_cache, ring_provided, out = eng._post_impl(
+        ring_cache, ring_provided, out = self.engine._post_impl(
             hidden[:, 0], logits[:, 0], ring_cache, ring_provided, off, split[:, 1], split[:, 2]
         )
-        return (ring_cache, ring_provided, out, split[:, 0], *ks, *vs)
+        return ring_cache, ring_provided, out, split[:, 0]
+
+    def _kernel_step(self, length: int, pending: bool) -> Any:
+        key = (length, pending)
+        if key not in self._kernel_steps:
+            self._kernel_steps[key] = mx.compile(lambda *a: self._kernel_impl(length, pending, *a))
+        return self._kernel_steps[key]
+
+    def _kernel_impl(
+        self,
+        length: int,
+        has_pending: bool,
+        ring_cache: mx.array,
+        ring_provided: mx.array,
+        off: mx.array,
+        user: mx.array,
+        keys: mx.array,
+        pos: mx.array,
+        start: mx.array,
+        *rest: mx.array,
+    ) -> tuple[mx.array, ...]:
+        """rest = ([pending [L, 2, B, D]] if has_pending), *K, *V. Last step's keys and values go
+        into the rings first (in place: nothing else holds them), then the temporal kernel reads
+        the rings and returns this position's keys and values, pending for the next step."""
+        pending, kv = (rest[0], rest[1:]) if has_pending else (None, rest)
+        eng = self.engine
+        ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
+        n = len(kv) // 2
+        ks, vs = list(kv[:n]), list(kv[n:])
+        b, h, cap, hd = ks[0].shape
+        if pending is not None:
+            idx = mx.broadcast_to(((pos - 1) % cap).reshape(1, 1, 1, 1), (b, h, 1, hd))
+            for i in range(n):
+                ks[i] = mx.put_along_axis(ks[i], idx, pending[i, 0].reshape(b, h, 1, hd), axis=2)
+                vs[i] = mx.put_along_axis(vs[i], idx, pending[i, 1].reshape(b, h, 1, hd), axis=2)
+        context = eng.lm.transformer.layers[0].self_attn.context
+        hidden, new_kv, _ = self.launch(eng.lm, x[:, 0], pos, start, ks, vs, length, context)
+        tail = self._tail(hidden[:, None], ring_cache, ring_provided, off, keys)
+        return (*tail, *ks, *vs, new_kv)
 
     def _mask(self, pos: mx.array, start: mx.array, cap: int, length: int) -> mx.array:
         """[B, 1, 1, length] bool: ring slot visible after writing `pos` (rule of `padded_mask`)."""

@@ -29,7 +29,7 @@ from rolekit.frames import (
     PrefillPlan,
     StepOutput,
 )
-from rolekit.lm import depformer_cuda
+from rolekit.lm import depformer_cuda, temporal_cuda
 from rolekit.lm.sampling import SamplingParams, sample
 
 
@@ -125,6 +125,7 @@ class Engine:
         # On CUDA the depformer's frame is one kernel; its per-step weights are stacked once here
         # (the modules keep views of them), outside any compiled trace.
         depformer_cuda.pack(self.lm)
+        temporal_cuda.pack(self.lm)  # likewise the temporal layers' weight families
         self.compiled = compiled
         self.reset()
 

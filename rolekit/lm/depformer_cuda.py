@@ -41,6 +41,7 @@ import mlx.nn as nn
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
 from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 from rolekit.nn.fused import DOT_HEADER
+from rolekit.nn.grid import GRID_HEADER, Mat, mat_ok, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 ENV = "ROLEKIT_DEP_KERNEL"  # 0: the op-by-op MLX depformer
@@ -48,17 +49,6 @@ MAX_ROWS = 4
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)
 _CONTROL = 64  # floats at the start of the scratch: barrier counter [0], timeout flag [1]
 _STATIC_SMEM = 12 * 1024  # upper bound of the kernel's static shared memory (sampling buffers)
-
-
-@dataclass(frozen=True)
-class Mat:
-    """One weight family with every step's rows stacked: [steps * rows (x2 gated), K]."""
-
-    w: mx.array
-    scales: mx.array | None
-    biases: mx.array | None
-    bits: int  # 0: dense
-    group: int
 
 
 @dataclass(frozen=True)
@@ -76,33 +66,6 @@ def enabled() -> bool:
 
 
 # ---- packing -------------------------------------------------------------------------------------
-
-
-def _mat_of(mods: list[nn.Module]) -> Mat | None:
-    """Stack per-step nn.Linear / affine nn.QuantizedLinear (no bias, one kind) into one Mat and
-    point each module at its rows of it."""
-    first = mods[0]
-    if any("bias" in m for m in mods) or any(type(m) is not type(first) for m in mods):
-        return None
-    n = first.weight.shape[0]
-    if isinstance(first, nn.QuantizedLinear):
-        if any(getattr(m, "mode", "affine") != "affine" for m in mods):
-            return None
-        if any((m.bits, m.group_size) != (first.bits, first.group_size) for m in mods):
-            return None
-        parts = [mx.concatenate([m[name] for m in mods]) for name in ("weight", "scales", "biases")]
-        mx.eval(parts)
-        for i, m in enumerate(mods):
-            for name, arr in zip(("weight", "scales", "biases"), parts, strict=True):
-                m[name] = arr[i * n : (i + 1) * n]
-        return Mat(parts[0], parts[1], parts[2], first.bits, first.group_size)
-    if not isinstance(first, nn.Linear):
-        return None
-    w = mx.concatenate([m.weight for m in mods])
-    mx.eval(w)
-    for i, m in enumerate(mods):
-        m.weight = w[i * n : (i + 1) * n]
-    return Mat(w, None, None, 0, 0)
 
 
 def _mat_of_multi(lin: nn.Module) -> Mat | None:
@@ -134,23 +97,23 @@ def pack(lm: Any) -> Packed | None:
         return None
     if isinstance(lm.depformer_text_emb, nn.QuantizedEmbedding):
         return None
-    dep_in = _mat_of(list(lm.depformer_in))
-    head = _mat_of(list(lm.linears))
+    dep_in = stack_linears(list(lm.depformer_in))
+    head = stack_linears(list(lm.linears))
     layers = []
     for layer in lm["depformer"].layers:
         attn = layer.self_attn
         mats = (
             _mat_of_multi(attn.in_proj),
             _mat_of_multi(attn.out_proj),
-            _mat_of([g.linear_in for g in layer.gating]),
-            _mat_of([g.linear_out for g in layer.gating]),
+            stack_linears([g.linear_in for g in layer.gating]),
+            stack_linears([g.linear_out for g in layer.gating]),
         )
         if any(m is None for m in mats):
             return None
         layers.append((layer.norm1.weight, mats[0], mats[1], layer.norm2.weight, mats[2], mats[3]))
-    if dep_in is None or head is None or not all(_mat_ok(m) for m in (dep_in, head)):
+    if dep_in is None or head is None or not all(mat_ok(m) for m in (dep_in, head)):
         return None
-    if not all(_mat_ok(m) for lay in layers for m in (lay[1], lay[2], lay[4], lay[5])):
+    if not all(mat_ok(m) for lay in layers for m in (lay[1], lay[2], lay[4], lay[5])):
         return None
     packed = Packed(
         dep_in,
@@ -168,12 +131,6 @@ def _dims_ok(cfg: Any) -> bool:
     dd, f, d = cfg.depformer_dim, cfg.depformer_hidden, cfg.dim
     hd = dd // cfg.depformer_num_heads
     return dd % cfg.depformer_num_heads == 0 and hd % 32 == 0 and all(k % 64 == 0 for k in (dd, f, d))
-
-
-def _mat_ok(m: Mat) -> bool:
-    if m.bits == 0:
-        return m.w.dtype in (mx.bfloat16, mx.float16, mx.float32)
-    return m.bits in (4, 8) and m.group in (32, 64, 128) and m.w.dtype == mx.uint32
 
 
 # ---- when it applies -----------------------------------------------------------------------------
@@ -312,89 +269,6 @@ def _shape_key(cfg: Any) -> tuple[int, ...]:
 # ---- the kernel source ---------------------------------------------------------------------------
 
 _HEADER = r"""
-__device__ inline void grid_sync(unsigned int* bar, unsigned int& epoch) {
-  // All blocks are resident (one per SM): each arrives once per barrier on a monotonic counter.
-  // A waiter that sees no progress for ~2 s sets the timeout flag and stops waiting for good.
-  __syncthreads();
-  epoch += gridDim.x;
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(bar, 1u);
-    volatile unsigned int* vb = bar;
-    if (vb[1] == 0u) {
-      const long long t0 = clock64();
-      while (vb[0] < epoch) {
-        if (clock64() - t0 > 4000000000LL) { atomicExch(bar + 1, 1u); break; }
-      }
-    }
-    __threadfence();
-  }
-  __syncthreads();
-}
-
-template <int K, int B, int NT, bool NORM, typename G>
-__device__ inline void stage(float* xs, const float* src, const G* g, float eps) {
-  // this block's copy of the stage input [B, K] (written by other blocks: read through L2)
-  __syncthreads();
-  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] = __ldcg(src + i);
-  __syncthreads();
-  if constexpr (NORM) block_rms_norm<B, K, NT>(xs, g, eps);
-}
-
-template <int B, bool GATE, typename E>
-__device__ inline void finish_row(float (&acc)[B], float (&acc2)[B], int lane, int row, E epi) {
-  // sum the warp's partial products; lane 0 gates (silu(a) * b) and hands each value to `epi`
-  warp_sum<B, GATE>(acc, acc2);
-  if (lane == 0) {
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float v = acc[b];
-      if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
-      epi(b, row, v);
-    }
-  }
-}
-
-template <int N, int K, int B, bool GATE, int NT, typename W, typename E>
-__device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E epi) {
-  constexpr int NW = NT / 32;
-  const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < N; row += gridDim.x * NW) {
-    float acc[B], acc2[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    dot_dense<K, B, GATE>(w + (row0 + row) * K, w + (row0 + (GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
-    finish_row<B, GATE>(acc, acc2, lane, row, epi);
-  }
-}
-
-template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, typename S, typename E>
-__device__ inline void rows_quant(
-    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
-  constexpr int NW = NT / 32;
-  constexpr int KW = K * BITS / 32;
-  constexpr int NG = K / GS;
-  const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < N; row += gridDim.x * NW) {
-    float acc[B], acc2[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    const size_t r1 = row0 + row, r2 = row0 + (GATE ? N : 0) + row;
-    dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
-                                    bi + r2 * NG, xs, lane, acc, acc2);
-    finish_row<B, GATE>(acc, acc2, lane, row, epi);
-  }
-}
-
-template <int NT>
-__device__ inline void prefetch_l2(const void* base, size_t first, size_t bytes) {
-  // ask L2 for bytes [first, first + bytes) of base, 128-byte lines spread over the grid's threads
-  const char* p = static_cast<const char*>(base) + first;
-  const size_t stride = (size_t)gridDim.x * NT * 128;
-  for (size_t off = ((size_t)blockIdx.x * NT + threadIdx.x) * 128; off < bytes; off += stride)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
-}
-
 template <int B, int H, int HD, int DD, int NS, int NT>
 __device__ inline void block_attention(const float* q, const float* kv, float* xs, int s, float scale) {
   // Every block computes the whole attention output [B, DD] into its own shared memory (the
@@ -643,7 +517,7 @@ def _rows_call(st: _Stage, bits: int, group: int) -> str:
     if bits == 0:
         return f"rows_dense<{st.n}, {st.k}, B, {g}, NT>({st.name}, {row0}, xs, {st.epi});\n"
     return (
-        f"rows_quant<{st.n}, {st.k}, B, {g}, NT, {bits}, {group}>"
+        f"rows_quant<{st.n}, {st.k}, B, {g}, NT, {bits}, {group}, 8>"
         f"({st.name}, {st.name}_s, {st.name}_b, {row0}, xs, {st.epi});\n"
     )
 
@@ -745,7 +619,7 @@ def _kernel(
         input_names=list(names),
         output_names=["tokens", "ws"],
         source=source,
-        header=DOT_HEADER + _HEADER,
+        header=DOT_HEADER + GRID_HEADER + _HEADER,
         ensure_row_contiguous=True,
         shared_memory=smem,
     )

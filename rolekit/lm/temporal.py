@@ -26,6 +26,10 @@ class LmCache:
     rings: list[RingKV] = field(default_factory=list)
     offset: int = 0
     start: np.ndarray | None = None  # [B] int64; None = no padding
+    # [L, 2, B, D] keys (rotated) and values of position offset - 1 not yet written into the rings:
+    # the temporal kernel (`lm.temporal_cuda`) returns them and the next compiled step writes them
+    # first thing; everything else sees the rings through `flush()`.
+    pending: mx.array | None = None
 
     @property
     def positions(self) -> np.ndarray:
@@ -34,7 +38,21 @@ class LmCache:
         start = np.zeros(b, np.int64) if self.start is None else np.asarray(self.start, np.int64)
         return self.offset - start
 
+    def flush(self) -> None:
+        """Write `pending` into the rings (at slot (offset - 1) % C of every layer)."""
+        if self.pending is None:
+            return
+        b, h, _, hd = self.rings[0].keys.shape
+        pending, self.pending = self.pending, None
+        self.rings = [
+            ring.write(
+                pending[i, 0].reshape(b, h, 1, hd), pending[i, 1].reshape(b, h, 1, hd), self.offset - 1
+            )
+            for i, ring in enumerate(self.rings)
+        ]
+
     def snapshot(self) -> dict[str, mx.array]:
+        self.flush()
         out: dict[str, mx.array] = {"offset": mx.array(self.offset, dtype=mx.int32)}
         out["start"] = mx.array(self.offset - self.positions, dtype=mx.int32)  # [B]
         for i, ring in enumerate(self.rings):
@@ -44,13 +62,15 @@ class LmCache:
 
     def restore(self, state: dict[str, mx.array]) -> None:
         n = len(self.rings)
+        self.pending = None
         self.rings = [RingKV(state[f"layers.{i}.keys"], state[f"layers.{i}.values"]) for i in range(n)]
         self.offset = int(state["offset"].item())
         start = np.array(state["start"]).astype(np.int64) if "start" in state else None
         self.start = start if start is not None and start.any() else None
 
     def arrays(self) -> list[mx.array]:
-        return [a for r in self.rings for a in (r.keys, r.values)]
+        out = [a for r in self.rings for a in (r.keys, r.values)]
+        return out if self.pending is None else [*out, self.pending]
 
 
 def unpad_row(state: dict[str, mx.array], row: int) -> dict[str, mx.array]:
@@ -116,6 +136,7 @@ class Transformer(nn.Module):
 
     def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
         """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
+        cache.flush()
         offset = cache.offset
         view = None
         if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers

@@ -178,7 +178,7 @@ __device__ inline void quant_values(uint32_t w, float (&v)[32 / BITS]) {
   }
 }
 
-template <int K, int B, bool GATE, int BITS, int GS, typename S>
+template <int K, int B, bool GATE, int BITS, int GS, typename S, int UQ = 8>  // UQ: words in flight per lane
 __device__ inline void dot_quant(
     const uint32_t* wr, const uint32_t* wr2, const S* s1, const S* b1, const S* s2, const S* b2,
     const float* xs, int lane, float (&acc)[B], float (&acc2)[B]) {
@@ -191,7 +191,6 @@ __device__ inline void dot_quant(
   // shared memory, an earlier variant, measured slower on an H100 than int-to-float conversions.)
   constexpr int PER_WORD = 32 / BITS;
   constexpr int KW = K / PER_WORD;
-  constexpr int UQ = 8;  // words in flight per lane
   for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
     uint32_t q[UQ];
     uint32_t q2[UQ];

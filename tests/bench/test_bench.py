@@ -188,3 +188,20 @@ def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
     assert res["ok"] and res["codes_agree"] == 1.0 and res["pcm_rel_err_max"] == 0.0
     assert res["one_kernel_steps"] is False and res["stage_us"] == {}  # no CUDA: no Mimi kernel
     assert set(res["ms_median"]) == {"encode_ops", "encode_kernels", "decode_ops", "decode_kernels"}
+
+
+def test_temporal_check_through_the_kernel_contract(monkeypatch):
+    """`tempcheck:` on a tiny model with 64-wide heads, the kernel replaced by its contract: errors
+    near zero against it, bf16-free op path close, a wrapped ring (context 16 < prefill + steps)."""
+    from rolekit.bench import temporal as bt
+    from rolekit.lm import temporal_cuda as tc
+
+    monkeypatch.setattr(tc, "launch", tc.reference)
+    monkeypatch.setattr(tc, "applies", lambda lm, b, dtype: True)
+    real_pack = tc.pack
+    monkeypatch.setattr(tc, "pack", lambda lm: real_pack(lm, force=True))
+    res = bt.check_temporal_kernel("tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, reps=1)
+    assert res["ran"] and res["ok"] and not res["timed_out"], res
+    assert res["hidden_vs_ref"] == 0.0 and res["kv_vs_ref"] == 0.0
+    assert res["hidden_vs_ops"] < 1e-4 and res["kv_vs_ops"] < 1e-4  # the tiny model is fp32
+    assert res["positions"] == [14, 16] and set(res["stage_us"]) == {*bt.STAGES, "output"}

@@ -140,7 +140,7 @@ def test_kernel_sources_differ_by_layout_and_name_their_variant():
     dense = dc._source(shape, {m: (0, 0) for m in mats}, 1e-8)
     q4 = dc._source(shape, {m: ((0, 0) if m == "head" else (4, 64)) for m in mats}, 1e-8)
     assert dense != q4
-    assert "rows_quant<3 * DD, DD, B, false, NT, 4, 64>(qkv5, qkv5_s, qkv5_b" in q4
+    assert "rows_quant<3 * DD, DD, B, false, NT, 4, 64, 8>(qkv5, qkv5_s, qkv5_b" in q4
     assert "head_s" not in q4 and "rows_dense<CARD, DD, B, false, NT>(head" in q4
     assert dense.count("grid_sync(bar, epoch);") == 2 + 4 * 6  # per step: input, 4 per layer, head
     assert dense.count("block_attention<") == 6 and "step_attention" not in dense

@@ -1,0 +1,122 @@
+"""The temporal-step kernel (`rolekit.lm.temporal_cuda`) checked and timed on the GPU.
+
+GPU only (the kernel runs on CUDA): `bench/gpu_run.py OUT tempcheck:` or `check_temporal_kernel()`.
+After a prefill of `prefill` positions through the op path (batch > 1: row b left-padded by 3 b
+positions), for `steps` steps of random inputs:
+- the kernel's hidden state and keys/values against its contract `temporal_cuda.reference` (fp32
+  MLX ops on the same dequantized weights; MLX may run its fp32 products in TF32 on the GPU) and
+  against the op path in the activation dtype (`lm.transformer`, informative: bf16 rounding);
+- the barrier's timeout flag; the kernel's wall time (launch + eval, median) and its stages'
+  GPU time from block 0's global-timer stamps.
+The op path then advances the cache, so every step starts from the same rings on both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.bench.lm import build_lm, lm_config
+from rolekit.engine.compiled import CompiledStep, prefix_length
+from rolekit.lm import temporal_cuda
+
+STAGES = ("qkv", "attention", "out", "gate", "down")
+
+
+def _rel(a: mx.array, b: mx.array) -> float:
+    a, b = a.astype(mx.float32), b.astype(mx.float32)
+    return float((mx.sqrt(mx.sum((a - b) ** 2)) / mx.maximum(mx.sqrt(mx.sum(b**2)), 1e-30)).item())
+
+
+def check_temporal_kernel(
+    size: str = "full",
+    quant: str = "q4",
+    batch: int = 1,
+    steps: int = 4,
+    prefill: int = 100,
+    layers: int = 0,
+    context: int = 0,
+    heads: int = 0,
+    reps: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`ok`: the kernel ran, no timeout, hidden and keys within 2e-3 of the fp32 contract at every step.
+    `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps)."""
+    cfg = lm_config(size)
+    if layers:
+        cfg = dataclasses.replace(cfg, num_layers=layers)
+    if context:
+        cfg = dataclasses.replace(cfg, context=context)
+    if heads:
+        cfg = dataclasses.replace(cfg, num_heads=heads)
+    lm = build_lm(cfg, quant, seed)
+    packed = temporal_cuda.pack(lm)
+    row: dict[str, Any] = {"quant": quant, "batch": batch, "layers": cfg.num_layers, "context": cfg.context}
+    row["packed"] = packed is not None
+    cache = lm.make_cache(batch)
+    row["ran"] = packed is not None and temporal_cuda.applies(lm, batch, cache.rings[0].keys.dtype)
+    if not row["ran"]:
+        row["ok"] = False
+        return row
+    rng = np.random.default_rng(seed)
+    start = np.arange(batch, dtype=np.int64) * 3
+    cache.start = start if start.any() else None
+    x0 = mx.array(rng.standard_normal((batch, prefill, cfg.dim)).astype(np.float32)).astype(lm.dtype)
+    lm.transformer(x0, cache)
+    mx.eval(*cache.arrays())
+    start_mx = mx.array(start.astype(np.int32))
+    worst = {"hidden_vs_ref": 0.0, "kv_vs_ref": 0.0, "hidden_vs_ops": 0.0, "kv_vs_ops": 0.0}
+    timed_out = False
+    stages = None
+    kernel_ms = []
+    cap = cache.rings[0].capacity
+    for _ in range(steps):
+        pos = cache.offset
+        oldest = pos + 1 - cap
+        full = oldest >= 0 and cap <= cfg.context and oldest >= int(start.max())
+        length = cap if full else prefix_length(pos + 1, cap, CompiledStep.MIN_PREFIX)
+        x = mx.array(rng.standard_normal((batch, cfg.dim)).astype(np.float32)).astype(lm.dtype)
+        ks = [r.keys for r in cache.rings]
+        vs = [r.values for r in cache.rings]
+        args = (lm, x, mx.array(pos, dtype=mx.int32), start_mx, ks, vs, length, cfg.context)
+        hidden, new_kv, scratch = temporal_cuda.launch(*args)
+        mx.eval(hidden, new_kv, scratch)
+        timed_out |= temporal_cuda.timed_out(scratch)
+        ref_h, ref_kv, _ = temporal_cuda.reference(*args)
+        worst["hidden_vs_ref"] = max(worst["hidden_vs_ref"], _rel(hidden, ref_h))
+        worst["kv_vs_ref"] = max(worst["kv_vs_ref"], _rel(new_kv, ref_kv))
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            mx.eval(temporal_cuda.launch(*args))
+            kernel_ms.append((time.perf_counter() - t0) * 1e3)
+        _, _, scratch = temporal_cuda.launch(*args)
+        mx.eval(scratch)
+        us = temporal_cuda.stage_us(lm, scratch, batch, length)
+        stages = us if stages is None else stages + us
+        ops_h = lm.transformer(x[:, None], cache)[:, 0]  # advances the cache (the op path's write)
+        slot = pos % cap
+        ops_kv = mx.stack(
+            [
+                mx.stack([r.keys[:, :, slot].reshape(batch, -1), r.values[:, :, slot].reshape(batch, -1)])
+                for r in cache.rings
+            ]
+        )
+        worst["hidden_vs_ops"] = max(worst["hidden_vs_ops"], _rel(hidden, ops_h))
+        worst["kv_vs_ops"] = max(worst["kv_vs_ops"], _rel(new_kv, ops_kv))
+        mx.eval(*cache.arrays())
+    row.update(worst)
+    row["timed_out"] = timed_out
+    row["positions"] = [cache.offset - steps, cache.offset - 1]
+    row["kernel_ms"] = float(np.median(kernel_ms))
+    per = stages / steps
+    row["stage_us"] = {
+        name: round(float(per[i::5][: cfg.num_layers].sum()), 1) for i, name in enumerate(STAGES)
+    }
+    row["stage_us"]["output"] = round(float(per[5 * cfg.num_layers]), 1)
+    row["gpu_us"] = round(float(per.sum()), 1)
+    row["ok"] = (not timed_out) and worst["hidden_vs_ref"] < 2e-3 and worst["kv_vs_ref"] < 2e-3
+    return row

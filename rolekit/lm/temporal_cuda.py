@@ -1,0 +1,585 @@
+"""The temporal transformer's one-position step (all 32 layers) as ONE CUDA kernel.
+
+Why: on an H100 the q4 LM step launched ~390 kernels a frame, ~300 of them for the temporal
+layers (5-6 fused products and ring-attention kernels a layer plus the ring writes), and its wall
+time was ~3 ms above its GPU time (bench/RESULTS.md: 9.2 ms serialized for ~6.1 ms of GPU work,
+1.6 ms of it host graph building). Here the layers are one persistent kernel: one block per SM,
+grid barriers between stages (`nn.grid`), the fp32 residual stream in global scratch. Per layer:
+
+    S1  q | k | v = in_proj[l] rms1(X)                       (every block normalizes X itself)
+    S2  attention partials: a block per (row, head, split of the attended ring slots); q and the
+        new k are rotated (interleaved RoPE at the row's own position) on the fly; the current
+        slot's key and value come from S1 (rounded to the cache dtype, as the op path stores them)
+    S3  X += out_proj[l] a,  a = the splits combined (every block combines all of them itself)
+    S4  G = silu(u) * w,  u | w = linear_in[l] rms2(X)
+    S5  X += linear_out[l] G
+
+then `hidden` = X (before the final norm, in the activation dtype). Products: one warp per output
+row (`nn.grid.rows_quant` / `rows_dense`, 16 packed words in flight per lane); before each barrier
+the grid asks L2 for the first wave of rows of the next product.
+
+The ring cache is read, never written, by the kernel: it returns the step's keys and values
+`new_kv` [L, 2, B, D] and the caller writes them into the rings at the start of the NEXT step
+(`LmCache.pending`; the write comes first in that step's graph, so MLX updates the ring buffers in
+place, as for the op path). Visibility of a ring slot is `ring_attention`'s rule (context window,
+each row's left padding, a padding row sees only itself), evaluated in the kernel.
+
+`reference` computes the same contract with MLX ops (fp32 throughout): the CPU tests run the
+engine through it in place of the kernel, and it documents what the CUDA source implements.
+Where the kernel does not apply (not CUDA, batch > MAX_ROWS, a layout it does not cover,
+`ROLEKIT_TEMPORAL_KERNEL=0`), `engine.compiled` runs the fused per-layer ops as before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from rolekit.nn import ring_attention
+from rolekit.nn.cuda import kernels_on, sm_count, source_tag
+from rolekit.nn.fused import DOT_HEADER
+from rolekit.nn.grid import GRID_HEADER, Mat, mat_ok, stack_linears, stack_norms
+
+ENV = "ROLEKIT_TEMPORAL_KERNEL"  # 0: the per-layer fused ops
+MAX_ROWS = 4
+THREADS = 256  # per block: 8 warps (MLX sets no launch bounds: 255 registers a thread must fit)
+UQ = 16  # packed words in flight per lane (a whole q4 row of 4096 per warp pass)
+_CONTROL = 64  # floats at the start of the scratch: barrier counter [0], timeout flag [1]
+_STATIC_SMEM = 16 * 1024  # upper bound of the kernel's static shared memory
+_LOG2E = 1.4426950408889634
+FAMILIES = ("wq", "wo", "wi", "wd")  # in_proj, out_proj, gating linear_in, gating linear_out
+
+
+@dataclass(frozen=True)
+class Packed:
+    mats: dict[str, Mat]  # FAMILIES -> every layer's rows stacked
+    norm1: mx.array  # [L, D]
+    norm2: mx.array  # [L, D]
+    eps: float
+
+
+def enabled() -> bool:
+    return kernels_on(ENV, default=True)
+
+
+def pack(lm: Any, force: bool = False) -> Packed | None:
+    """Stack each weight family of the temporal layers once (the modules keep views of the stacks,
+    so the op path reads the same numbers) and keep the kernel's view on `lm`; None where the
+    kernel cannot serve this model (`force`: pack on any device, for `reference`). Call outside
+    of mx.compile (it evaluates)."""
+    found = getattr(lm, "_temporal_packed", None)
+    if found is not None or not (force or enabled()):
+        return found
+    cfg = lm.cfg
+    layers = lm.transformer.layers
+    if not layers or not _dims_ok(cfg):
+        return None
+    mats = {
+        "wq": stack_linears([la.self_attn.in_proj for la in layers]),
+        "wo": stack_linears([la.self_attn.out_proj for la in layers]),
+        "wi": stack_linears([la.gating.linear_in for la in layers]),
+        "wd": stack_linears([la.gating.linear_out for la in layers]),
+    }
+    if any(m is None or not mat_ok(m) for m in mats.values()):
+        return None
+    packed = Packed(
+        mats,  # type: ignore[arg-type]
+        stack_norms([la.norm1 for la in layers]),
+        stack_norms([la.norm2 for la in layers]),
+        float(layers[0].norm1.eps),
+    )
+    lm._temporal_packed = packed
+    return packed
+
+
+def _dims_ok(cfg: Any) -> bool:
+    hd = cfg.dim // cfg.num_heads
+    return cfg.dim % cfg.num_heads == 0 and hd in (64, 128) and cfg.dim % 64 == 0 and cfg.hidden % 64 == 0
+
+
+def applies(lm: Any, batch: int, cache_dtype: mx.Dtype) -> bool:
+    """The kernel serves this step: packed model, CUDA, 1..MAX_ROWS rows, the ring cache in the
+    activation dtype."""
+    if getattr(lm, "_temporal_packed", None) is None or not enabled():
+        return False
+    if not 1 <= batch <= MAX_ROWS or lm.dtype not in (mx.bfloat16, mx.float16, mx.float32):
+        return False
+    return cache_dtype == lm.dtype and sm_count() is not None
+
+
+def split_plan(batch: int, heads: int, length: int, blocks: int) -> tuple[int, int]:
+    """(splits, slots per split) of the attended ring prefix: about one attention item per block."""
+    nsplit = max(1, min(blocks // (batch * heads), -(-length // 64)))
+    return nsplit, -(-length // nsplit)
+
+
+class _Layout:
+    """Offsets (floats) of the fp32 scratch: control, X [B, D], QKV [B, 3D], G [B, F], partial
+    maxima / sums [B H S], partial outputs [B H S, HD], stage stamps [stages, 2] (uint32 pairs)."""
+
+    def __init__(self, b: int, d: int, f: int, heads: int, nsplit: int, n_layers: int) -> None:
+        hd = d // heads
+        items = b * heads * nsplit
+        self.x = _CONTROL
+        self.partials = self.x + b * d + 3 * b * d + b * f
+        self.stamps = self.partials + 2 * items + items * hd
+        self.n_stamps = 5 * n_layers + 2
+        self.size = self.stamps + 2 * self.n_stamps
+
+
+# ---- the call ------------------------------------------------------------------------------------
+
+
+def launch(
+    lm: Any,
+    x: mx.array,
+    pos: mx.array,
+    start: mx.array,
+    ks: list[mx.array],
+    vs: list[mx.array],
+    length: int,
+    context: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """x [B, D] (embedded step input), pos int32 scalar (global position of this step), start [B]
+    int32 (left padding), ks / vs per layer [B, H, C, Dh] (the rings WITHOUT this position),
+    length: ring slots attended (a prefix before the wrap, C after) -> (hidden [B, D] before the
+    final norm, new_kv [L, 2, B, D] this position's keys (rotated) and values, scratch)."""
+    packed: Packed = lm._temporal_packed
+    cfg = lm.cfg
+    b = x.shape[0]
+    cap = ks[0].shape[2]
+    blocks = sm_count() or 1
+    nsplit, chunk = split_plan(b, cfg.num_heads, length, blocks)
+    names = ["x", "pos", "start", "n1", "n2"]
+    inputs = [x, pos.reshape(1).astype(mx.int32), start.astype(mx.int32), packed.norm1, packed.norm2]
+    for name in FAMILIES:
+        m = packed.mats[name]
+        names.append(name)
+        inputs.append(m.w)
+        if m.bits:
+            names += [f"{name}_s", f"{name}_b"]
+            inputs += [m.scales, m.biases]
+    n_layers = len(ks)
+    names += [f"k{i}" for i in range(n_layers)] + [f"v{i}" for i in range(n_layers)]
+    inputs += list(ks) + list(vs)
+    layout = _Layout(b, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, n_layers)
+    bits = tuple((n, packed.mats[n].bits, packed.mats[n].group) for n in FAMILIES)
+    shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
+    smem = b * max(cfg.dim, cfg.hidden) * 4
+    if smem <= 48000 < smem + _STATIC_SMEM:
+        smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
+    rope_log2 = math.log2(float(lm.transformer.layers[0].self_attn.max_period))
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, rope_log2, smem)
+    hidden, new_kv, scratch = kernel(
+        inputs=inputs,
+        template=[("T", x.dtype), ("B", b)],
+        grid=(blocks * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(b, cfg.dim), (n_layers, 2, b, cfg.dim), (layout.size,)],
+        output_dtypes=[x.dtype, x.dtype, mx.float32],
+        init_value=0,
+    )
+    return hidden, new_kv, scratch
+
+
+def timed_out(scratch: mx.array) -> bool:
+    """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
+    return bool(scratch[1].item() != 0)
+
+
+def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
+    """Microseconds of each stage of a launch (block 0's global-timer stamps):
+    [(qkv, attention, out, gate, down) x L, output]."""
+    cfg = lm.cfg
+    nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
+    lay = _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
+    raw = np.array(scratch[lay.stamps : lay.stamps + 2 * lay.n_stamps]).view(np.uint32).astype(np.uint64)
+    t = raw[0::2] | (raw[1::2] << np.uint64(32))
+    return np.diff(t.astype(np.int64)) / 1000.0
+
+
+# ---- the contract, with MLX ops ------------------------------------------------------------------
+
+
+def _rows(m: Mat, layer: int, n: int) -> mx.array:
+    """Layer `layer`'s [n, K] rows of a family, dequantized, fp32."""
+    w = m.w[layer * n : (layer + 1) * n]
+    if m.bits:
+        s = m.scales[layer * n : (layer + 1) * n]
+        bi = m.biases[layer * n : (layer + 1) * n]
+        w = mx.dequantize(w, s, bi, group_size=m.group, bits=m.bits)
+    return w.astype(mx.float32)
+
+
+def reference(
+    lm: Any,
+    x: mx.array,
+    pos: mx.array,
+    start: mx.array,
+    ks: list[mx.array],
+    vs: list[mx.array],
+    length: int,
+    context: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """What `launch` computes, with MLX ops in fp32 (same arguments and results; the scratch is all
+    zeros: no barrier, no stamps): the CPU tests' stand-in for the kernel."""
+    packed: Packed = lm._temporal_packed
+    cfg = lm.cfg
+    b, d = x.shape
+    h = cfg.num_heads
+    hd = d // h
+    f = cfg.hidden
+    cap = ks[0].shape[2]
+    eps = packed.eps
+    dtype = x.dtype
+    base = float(lm.transformer.layers[0].self_attn.max_period)
+    rope_pos = (pos.astype(mx.int32) - start.astype(mx.int32)).astype(mx.int32)  # [B]
+    slot = (pos.astype(mx.int32) % cap).reshape(1, 1, 1, 1)
+    idx = mx.broadcast_to(slot, (b, h, 1, hd))
+    mask = ring_attention.step_mask(
+        pos.astype(mx.int32), start.astype(mx.int32), cap, min(context, cap), length
+    )
+    xf = x.astype(mx.float32)
+    new_kv = []
+
+    def rms(v: mx.array, g: mx.array) -> mx.array:
+        return v * mx.rsqrt(mx.mean(v * v, axis=-1, keepdims=True) + eps) * g.astype(mx.float32)
+
+    for i in range(len(ks)):
+        qkv = rms(xf, packed.norm1[i]) @ _rows(packed.mats["wq"], i, 3 * d).T  # [B, 3D]
+        q, k, v = (qkv[:, j * d : (j + 1) * d].reshape(b, h, 1, hd) for j in range(3))
+        qk = mx.fast.rope(
+            mx.concatenate([q, k], axis=1), hd, traditional=True, base=base, scale=1.0, offset=rope_pos
+        )
+        q, k = qk[:, :h], qk[:, h:]
+        k, v = k.astype(dtype), v.astype(dtype)  # as the ring stores them
+        new_kv.append(mx.stack([k.reshape(b, d), v.reshape(b, d)]))
+        keys = mx.put_along_axis(ks[i], idx, k, axis=2)[:, :, :length].astype(mx.float32)
+        values = mx.put_along_axis(vs[i], idx, v, axis=2)[:, :, :length].astype(mx.float32)
+        a = mx.fast.scaled_dot_product_attention(q, keys, values, scale=hd**-0.5, mask=mask)
+        xf = xf + a.reshape(b, d) @ _rows(packed.mats["wo"], i, d).T
+        ab = rms(xf, packed.norm2[i]) @ _rows(packed.mats["wi"], i, 2 * f).T  # [B, 2F]
+        u, w = ab[:, :f], ab[:, f:]
+        xf = xf + (u * mx.sigmoid(u) * w) @ _rows(packed.mats["wd"], i, d).T
+    nsplit, _ = split_plan(b, h, length, sm_count() or 1)
+    scratch = mx.zeros((_Layout(b, d, f, h, nsplit, len(ks)).size,), mx.float32)
+    return xf.astype(dtype), mx.stack(new_kv), scratch
+
+
+# ---- the kernel source ---------------------------------------------------------------------------
+
+_HEADER = r"""
+__device__ inline void stamp(float* tm, int i) {
+  // block 0 writes the global timer (ns) after stage i
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    tm[2 * i] = __uint_as_float(static_cast<unsigned int>(t & 0xffffffffull));
+    tm[2 * i + 1] = __uint_as_float(static_cast<unsigned int>(t >> 32));
+  }
+}
+
+__device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2, float l2, const float (&o2)[8]) {
+  // two online-softmax states (log2 domain) into one; a state that saw nothing has m = -inf
+  const float M = fmaxf(m, m2);
+  if (M == -INFINITY) return;
+  const float a = exp2f(m - M), c = exp2f(m2 - M);
+  l = l * a + l2 * c;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) o[t] = o[t] * a + o2[t] * c;
+  m = M;
+}
+
+template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT>
+__device__ inline void attention_stage(
+    const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
+    const int* start, float qscale, float log2base, float* qs, float* kn, float* vn, float* rm,
+    float* rl, float* ro) {
+  // items (row, head, split) over the blocks; a slot is read by LPS lanes, 8 values each
+  constexpr int NW = NT / 32;
+  constexpr int LPS = HD / 8;
+  constexpr int SPW = 32 / LPS;
+  constexpr int U = 4;  // slot passes in flight per warp
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int grp = lane / LPS, sub = lane % LPS;
+  const int cur = p % C;
+  for (int item = blockIdx.x; item < B * H * NSPLIT; item += gridDim.x) {
+    const int bh = item / NSPLIT, split = item % NSPLIT;
+    const int b = bh / H, h = bh % H;
+    const int st = start[b];
+    const float rp = static_cast<float>(p - st);
+    __syncthreads();  // qs / kn / vn / reductions free
+    for (int i = threadIdx.x; i < HD / 2; i += NT) {
+      const float inv = exp2f(-(static_cast<float>(i) / static_cast<float>(HD / 2)) * log2base);
+      float sn, cs;
+      sincosf(rp * inv, &sn, &cs);
+      const float* src = QKV + (size_t)b * 3 * D + h * HD + 2 * i;
+      const float q0 = __ldcg(src), q1 = __ldcg(src + 1);
+      const float k0 = __ldcg(src + D), k1 = __ldcg(src + D + 1);
+      qs[2 * i] = (q0 * cs - q1 * sn) * qscale;
+      qs[2 * i + 1] = (q0 * sn + q1 * cs) * qscale;
+      const T ka = static_cast<T>(k0 * cs - k1 * sn), kb = static_cast<T>(k0 * sn + k1 * cs);
+      const T va = static_cast<T>(__ldcg(src + 2 * D)), vb = static_cast<T>(__ldcg(src + 2 * D + 1));
+      kn[2 * i] = static_cast<float>(ka);
+      kn[2 * i + 1] = static_cast<float>(kb);
+      vn[2 * i] = static_cast<float>(va);
+      vn[2 * i + 1] = static_cast<float>(vb);
+      if (split == 0) {
+        T* kout = nkv + (size_t)b * D + h * HD + 2 * i;  // keys [B, D], values B * D further
+        kout[0] = ka;
+        kout[1] = kb;
+        kout[B * D] = va;
+        kout[B * D + 1] = vb;
+      }
+    }
+    __syncthreads();
+    float qv[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) qv[t] = qs[sub * 8 + t];
+    float m = -INFINITY, l = 0.f, o[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) o[t] = 0.f;
+    const T* kb = kc + (size_t)bh * C * HD + sub * 8;
+    const T* vb = vc + (size_t)bh * C * HD + sub * 8;
+    const int j0 = split * CHUNK;
+    const int j1 = min(LEN, j0 + CHUNK);
+    for (int jb = j0 + warp * SPW; jb < j1; jb += NW * SPW * U) {
+      float kv[U][8], vv[U][8];
+      bool ok[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int j = jb + u * NW * SPW + grp;
+        const int held = p - ((p - j + C) % C);
+        ok[u] = j < j1 && (p < st ? j == cur : (held >= st && p - held < CTX));
+        if (ok[u] && j != cur) {
+          load8(kb + (size_t)j * HD, kv[u]);
+          load8(vb + (size_t)j * HD, vv[u]);
+        } else {
+#pragma unroll
+          for (int t = 0; t < 8; ++t) { kv[u][t] = kn[sub * 8 + t]; vv[u][t] = vn[sub * 8 + t]; }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float s = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) s = fmaf(qv[t], kv[u][t], s);
+#pragma unroll
+        for (int off = LPS / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (ok[u]) {
+          const float M = fmaxf(m, s);
+          const float a = exp2f(m - M), e = exp2f(s - M);
+          l = l * a + e;
+#pragma unroll
+          for (int t = 0; t < 8; ++t) o[t] = fmaf(e, vv[u][t], o[t] * a);
+          m = M;
+        }
+      }
+    }
+    // the warp's slot groups, then the block's warps
+#pragma unroll
+    for (int off = LPS; off < 32; off <<= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+      float o2[8];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o2[t] = __shfl_xor_sync(0xffffffffu, o[t], off);
+      merge_softmax(m, l, o, m2, l2, o2);
+    }
+    if (grp == 0) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) ro[warp * HD + sub * 8 + t] = o[t];
+      if (sub == 0) { rm[warp] = m; rl[warp] = l; }
+    }
+    __syncthreads();
+    for (int dd = threadIdx.x; dd < HD; dd += NT) {
+      float M = -INFINITY;
+      for (int w = 0; w < NW; ++w) M = fmaxf(M, rm[w]);
+      float L = 0.f, O = 0.f;
+      for (int w = 0; w < NW; ++w) {
+        if (rm[w] == -INFINITY) continue;
+        const float c = exp2f(rm[w] - M);
+        L += c * rl[w];
+        O += c * ro[w * HD + dd];
+      }
+      PO[(size_t)item * HD + dd] = O;
+      if (dd == 0) { PM[item] = M; PL[item] = L; }
+    }
+  }
+}
+
+template <int B, int D, int H, int HD, int NSPLIT, int NT>
+__device__ inline void combine_stage(const float* PM, const float* PL, const float* PO, float* xs) {
+  // every block: the attention output [B, D] from the splits' partial states, into shared memory
+  __syncthreads();
+  for (int i = threadIdx.x; i < B * D; i += NT) {
+    const int b = i / D, c = i % D, h = c / HD, dd = c % HD;
+    const int base = (b * H + h) * NSPLIT;
+    float M = -INFINITY;
+    for (int s = 0; s < NSPLIT; ++s) M = fmaxf(M, __ldcg(PM + base + s));
+    float L = 0.f, O = 0.f;
+    for (int s = 0; s < NSPLIT; ++s) {
+      const float ms = __ldcg(PM + base + s);
+      if (ms == -INFINITY) continue;
+      const float c2 = exp2f(ms - M);
+      L += c2 * __ldcg(PL + base + s);
+      O += c2 * __ldcg(PO + (size_t)(base + s) * HD + dd);
+    }
+    xs[i] = O / L;
+  }
+  __syncthreads();
+}
+"""
+
+
+def _rows_call(name: str, n: str, k: str, gate: bool, row0: str, epi: str, bits: int, group: int) -> str:
+    g = "true" if gate else "false"
+    if bits == 0:
+        return f"    rows_dense<{n}, {k}, B, {g}, NT>({name}, {row0}, xs, {epi});\n"
+    return (
+        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, {UQ}>"
+        f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
+    )
+
+
+def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int) -> str:
+    """L2 prefetch of the first wave of rows (one per warp of the grid) of a family's slice."""
+    wave = f"(size_t)min((int)({rows}), (int)(gridDim.x * (NT / 32)))"
+    if bits == 0:
+        row_bytes = f"(size_t)({k}) * sizeof(*{name})"
+        return f"    prefetch_l2<NT>({name}, (size_t)({first}) * {row_bytes}, {wave} * {row_bytes});\n"
+    words = f"(size_t)({k}) / {32 // bits}"
+    groups = f"(size_t)({k}) / {group}"
+    out = f"    prefetch_l2<NT>({name}, (size_t)({first}) * {words} * 4, {wave} * {words} * 4);\n"
+    for part in ("_s", "_b"):
+        size = f"{groups} * sizeof(*{name}{part})"
+        out += f"    prefetch_l2<NT>({name}{part}, (size_t)({first}) * {size}, {wave} * {size});\n"
+    return out
+
+
+def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float, rope_log2: float) -> str:
+    d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
+    hd = d // h
+    kp = ", ".join(f"k{i}" for i in range(n_layers))
+    vp = ", ".join(f"v{i}" for i in range(n_layers))
+    out = [
+        f"  constexpr int D = {d};\n  constexpr int H = {h};\n  constexpr int HD = {hd};\n",
+        f"  constexpr int F = {f};\n  constexpr int L = {n_layers};\n  constexpr int C = {cap};\n",
+        f"  constexpr int CTX = {ctx};\n  constexpr int LEN = {length};\n",
+        f"  constexpr int NSPLIT = {nsplit};\n  constexpr int CHUNK = {chunk};\n",
+        f"  constexpr int NT = {THREADS};\n  constexpr int NW = NT / 32;\n",
+        f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
+        f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n  const float LOG2BASE = {rope_log2!r}f;\n",
+        f"""
+  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32
+  __shared__ float qs[HD], kn[HD], vn[HD];
+  __shared__ float rm[NW], rl[NW];
+  __shared__ float ro[NW * HD];
+  __shared__ const T* kp[L];
+  __shared__ const T* vp[L];
+  if (threadIdx.x == 0) {{
+    const T* ka[L] = {{{kp}}};
+    const T* va[L] = {{{vp}}};
+    for (int i = 0; i < L; ++i) {{ kp[i] = ka[i]; vp[i] = va[i]; }}
+  }}
+  unsigned int* bar = reinterpret_cast<unsigned int*>(ws);
+  unsigned int epoch = 0u;
+  float* X = ws + CONTROL;         // [B, D] residual stream
+  float* QKV = X + B * D;          // [B, 3D]
+  float* G = QKV + B * 3 * D;      // [B, F] gated hidden
+  float* PM = G + B * F;           // [B * H * NSPLIT] partial maxima (log2 domain)
+  float* PL = PM + B * H * NSPLIT; // partial sums
+  float* PO = PL + B * H * NSPLIT; // [B * H * NSPLIT, HD] partial outputs
+  float* TM = PO + B * H * NSPLIT * HD;  // stage stamps
+  const int p = pos[0];
+  stamp(TM, 0);
+  for (int i = blockIdx.x * NT + threadIdx.x; i < B * D; i += gridDim.x * NT) X[i] = static_cast<float>(x[i]);
+  for (int l = 0; l < L; ++l) {{
+    // S1: q | k | v = in_proj rms1(X); layer 0 reads its input directly (X is being written)
+    if (l == 0) {{
+      __syncthreads();
+      for (int i = threadIdx.x; i < B * D; i += NT) xs[i] = static_cast<float>(x[i]);
+      __syncthreads();
+      block_rms_norm<B, D, NT>(xs, n1, EPS);
+    }} else {{
+      stage<D, B, NT, true>(xs, X, n1 + (size_t)l * D, EPS);
+    }}
+""",
+    ]
+    b_q, b_o, b_i, b_d = (bits[n] for n in FAMILIES)
+    out.append(
+        _rows_call(
+            "wq",
+            "3 * D",
+            "D",
+            False,
+            "(size_t)l * 3 * D",
+            "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
+            *b_q,
+        )
+    )
+    out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o))
+    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 1 + 5 * l);\n")
+    out.append(
+        "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT>(QKV, kp[l], vp[l],\n"
+        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro);\n"
+        "    grid_sync(bar, epoch);\n    stamp(TM, 2 + 5 * l);\n"
+        "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs);\n"
+    )
+    add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
+    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o))
+    out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
+    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 3 + 5 * l);\n")
+    out.append("    stage<D, B, NT, true>(xs, X, n2 + (size_t)l * D, EPS);\n")
+    out.append(
+        _rows_call(
+            "wi",
+            "F",
+            "D",
+            True,
+            "(size_t)l * 2 * F",
+            "[&](int b, int row, float v) { G[b * F + row] = v; }",
+            *b_i,
+        )
+    )
+    out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d))
+    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 4 + 5 * l);\n")
+    out.append("    stage<F, B, NT, false>(xs, G, (const float*)nullptr, 0.f);\n")
+    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d))
+    out.append(
+        "    if (l + 1 < L) {\n" + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q) + "    }\n"
+    )
+    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 5 + 5 * l);\n  }\n")
+    out.append(
+        "  for (int i = blockIdx.x * NT + threadIdx.x; i < B * D; i += gridDim.x * NT)\n"
+        "    hidden[i] = static_cast<T>(__ldcg(X + i));\n"
+        "  stamp(TM, 5 * L + 1);\n"
+    )
+    return "".join(out)
+
+
+@cache
+def _kernel(
+    names: tuple[str, ...],
+    shape: tuple[int, ...],
+    bits: tuple[tuple[str, int, int], ...],
+    eps: float,
+    rope_log2: float,
+    smem: int,
+) -> Any:
+    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, rope_log2)
+    header = DOT_HEADER + GRID_HEADER + _HEADER
+    return mx.fast.cuda_kernel(
+        name=f"rolekit_temporal_{source_tag(header + source)}",
+        input_names=list(names),
+        output_names=["hidden", "new_kv", "ws"],
+        source=source,
+        header=header,
+        ensure_row_contiguous=True,
+        shared_memory=smem,
+    )

@@ -1,0 +1,106 @@
+"""rolekit.lm.temporal_cuda: the temporal layers' step as one CUDA kernel.
+
+The kernel runs only on CUDA (checked there against the op path by `bench/gpu_run.py tempcheck:`).
+Here: off CUDA nothing is packed; packing keeps every weight and the op path's output; the
+kernel's contract (`reference`, fp32 MLX ops) gives the op path's hidden state and keys; the
+generated source's stages. The engine through the contract: tests/engine/test_temporal_kernel.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from rolekit.lm import temporal_cuda as tc
+from rolekit.lm.config import tiny
+from rolekit.lm.model import LM
+
+
+def _lm(seed: int = 0, **kw) -> LM:
+    mx.random.seed(seed)
+    lm = LM(tiny(num_heads=1, **kw))  # head dim 64: a layout the kernel takes
+    mx.eval(lm.parameters())
+    return lm
+
+
+def test_off_cuda_nothing_is_packed_and_the_kernel_never_applies():
+    lm = _lm()
+    assert tc.pack(lm) is None and getattr(lm, "_temporal_packed", None) is None
+    assert not tc.applies(lm, 1, mx.float32)
+
+
+def test_layouts_the_kernel_does_not_take_are_not_packed():
+    lm = LM(tiny())  # head dim 16
+    assert tc.pack(lm, force=True) is None
+
+
+def test_packing_keeps_every_weight_and_the_op_path():
+    lm = _lm(1)
+    x = mx.random.normal((2, 3, lm.cfg.dim))
+    before = {k: np.array(v) for k, v in tree_flatten(lm.transformer.parameters())}
+    y0 = np.array(lm.transformer(x, lm.make_cache(2)))
+    packed = tc.pack(lm, force=True)
+    assert packed is not None and packed.mats["wq"].w.shape[0] == lm.cfg.num_layers * 3 * lm.cfg.dim
+    after = {k: np.array(v) for k, v in tree_flatten(lm.transformer.parameters())}
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    np.testing.assert_allclose(np.array(lm.transformer(x, lm.make_cache(2))), y0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quant", [False, True])
+def test_reference_is_the_op_path_step(quant):
+    """Five steps after a 3-frame prefill of two rows, one left-padded: hidden and keys equal."""
+    lm = _lm(2)
+    if quant:
+        import mlx.nn as nn
+
+        nn.quantize(lm.transformer, group_size=64, bits=4)
+        mx.eval(lm.parameters())
+    tc.pack(lm, force=True)
+    cfg = lm.cfg
+    cache = lm.make_cache(2)
+    cache.start = np.array([0, 2])
+    lm.transformer(mx.random.normal((2, 3, cfg.dim)), cache)
+    ref_rings = [dataclasses.replace(r) for r in cache.rings]
+    for _ in range(5):
+        x = mx.random.normal((2, cfg.dim))
+        pos = cache.offset
+        ks = [r.keys for r in ref_rings]
+        vs = [r.values for r in ref_rings]
+        start = mx.array(cache.start.astype(np.int32))
+        length = min(cfg.context, 8 * (1 + pos // 8))
+        hidden, new_kv, _ = tc.reference(
+            lm, x, mx.array(pos, dtype=mx.int32), start, ks, vs, length, cfg.context
+        )
+        want = lm.transformer(x[:, None], cache)[:, 0]
+        np.testing.assert_allclose(np.array(hidden), np.array(want), rtol=1e-4, atol=1e-4)
+        b, h, _, hd = cache.rings[0].keys.shape
+        slot = pos % cache.rings[0].capacity
+        for i, ring in enumerate(cache.rings):
+            np.testing.assert_allclose(
+                np.array(new_kv[i, 0]), np.array(ring.keys[:, :, slot]).reshape(b, h * hd), atol=1e-5
+            )
+            np.testing.assert_allclose(
+                np.array(new_kv[i, 1]), np.array(ring.values[:, :, slot]).reshape(b, h * hd), atol=1e-5
+            )
+        ref_rings = [
+            r.write(*(new_kv[i, j].reshape(b, h, 1, hd) for j in (0, 1)), pos)
+            for i, r in enumerate(ref_rings)
+        ]
+
+
+def test_source_has_a_stage_per_layer_step_and_the_prefetches():
+    shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
+    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
+    assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
+    assert src.count("rows_quant<") == 4 and "rows_dense<" not in src
+    assert src.count("prefetch_l2<NT>(") == 4 * 3  # four families, weights + scales + biases
+    dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
+    assert dense.count("rows_dense<") == 4 and "rows_quant<" not in dense
+    assert tc.split_plan(1, 32, 256, 132) == (4, 64)
+    assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
+    assert tc.split_plan(1, 32, 100, 132) == (2, 50)
