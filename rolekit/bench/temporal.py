@@ -7,7 +7,7 @@ positions), for `steps` steps of random inputs:
   MLX ops on the same dequantized weights; MLX may run its fp32 products in TF32 on the GPU) and
   against the op path in the activation dtype (`lm.transformer`, informative: bf16 rounding);
 - the barrier's timeout flag; the kernel's wall time (launch + eval, median) and its stages'
-  GPU time from block 0's global-timer stamps.
+  GPU time from block 0's global-timer stamps (per stage kind: whole, and block 0's own work).
 The op path then advances the cache, so every step starts from the same rings on both sides.
 """
 
@@ -95,7 +95,8 @@ def check_temporal_kernel(
             kernel_ms.append((time.perf_counter() - t0) * 1e3)
         _, _, scratch = temporal_cuda.launch(*args)
         mx.eval(scratch)
-        us = temporal_cuda.stage_us(lm, scratch, batch, length)
+        work, wait, _ = temporal_cuda.stage_us(lm, scratch, batch, length)
+        us = np.stack([work, wait])
         stages = us if stages is None else stages + us
         ops_h = lm.transformer(x[:, None], cache)[:, 0]  # advances the cache (the op path's write)
         slot = pos % cap
@@ -113,10 +114,9 @@ def check_temporal_kernel(
     row["positions"] = [cache.offset - steps, cache.offset - 1]
     row["kernel_ms"] = float(np.median(kernel_ms))
     per = stages / steps
-    row["stage_us"] = {
-        name: round(float(per[i::5][: cfg.num_layers].sum()), 1) for i, name in enumerate(STAGES)
-    }
-    row["stage_us"]["output"] = round(float(per[5 * cfg.num_layers]), 1)
+    # per stage kind over the layers: whole (block 0's own work, then the wait at the barrier)
+    row["stage_us"] = {name: round(float(per[:, i::5].sum()), 1) for i, name in enumerate(STAGES)}
+    row["work_us"] = {name: round(float(per[0, i::5].sum()), 1) for i, name in enumerate(STAGES)}
     row["gpu_us"] = round(float(per.sum()), 1)
     row["ok"] = (not timed_out) and worst["hidden_vs_ref"] < 2e-3 and worst["kv_vs_ref"] < 2e-3
     return row

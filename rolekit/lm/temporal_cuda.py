@@ -128,7 +128,7 @@ class _Layout:
         self.x = _CONTROL
         self.partials = self.x + b * d + 3 * b * d + b * f
         self.stamps = self.partials + 2 * items + items * hd
-        self.n_stamps = 5 * n_layers + 2
+        self.n_stamps = 10 * n_layers + 2
         self.size = self.stamps + 2 * self.n_stamps
 
 
@@ -192,15 +192,17 @@ def timed_out(scratch: mx.array) -> bool:
     return bool(scratch[1].item() != 0)
 
 
-def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
-    """Microseconds of each stage of a launch (block 0's global-timer stamps):
-    [(qkv, attention, out, gate, down) x L, output]."""
+def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Microseconds of a launch's stages from block 0's global-timer stamps: (work [5 L], wait
+    [5 L], output); stage 5 l + j is layer l's qkv, attention, out, gate, down (j = 0..4); work =
+    block 0's own share, wait = then until every block had passed the barrier."""
     cfg = lm.cfg
     nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
     lay = _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
     raw = np.array(scratch[lay.stamps : lay.stamps + 2 * lay.n_stamps]).view(np.uint32).astype(np.uint64)
-    t = raw[0::2] | (raw[1::2] << np.uint64(32))
-    return np.diff(t.astype(np.int64)) / 1000.0
+    t = (raw[0::2] | (raw[1::2] << np.uint64(32))).astype(np.int64)
+    d = np.diff(t) / 1000.0
+    return d[0:-1:2], d[1:-1:2], float(d[-1])
 
 
 # ---- the contract, with MLX ops ------------------------------------------------------------------
@@ -209,9 +211,9 @@ def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
 def _rows(m: Mat, layer: int, n: int) -> mx.array:
     """Layer `layer`'s [n, K] rows of a family, dequantized, fp32."""
     w = m.w[layer * n : (layer + 1) * n]
-    if m.bits:
-        s = m.scales[layer * n : (layer + 1) * n]
-        bi = m.biases[layer * n : (layer + 1) * n]
+    if m.bits:  # scale * q + bias in fp32, as the kernel (not rounded to the scales' dtype)
+        s = m.scales[layer * n : (layer + 1) * n].astype(mx.float32)
+        bi = m.biases[layer * n : (layer + 1) * n].astype(mx.float32)
         w = mx.dequantize(w, s, bi, group_size=m.group, bits=m.bits)
     return w.astype(mx.float32)
 
@@ -414,23 +416,55 @@ __device__ inline void attention_stage(
 }
 
 template <int B, int D, int H, int HD, int NSPLIT, int NT>
-__device__ inline void combine_stage(const float* PM, const float* PL, const float* PO, float* xs) {
-  // every block: the attention output [B, D] from the splits' partial states, into shared memory
+__device__ inline void combine_stage(const float* PM, const float* PL, const float* PO, float* xs, float* cw) {
+  // every block: the attention output [B, D] from the splits' partial states, into shared memory;
+  // cw [B * H * NSPLIT] (shared) first takes each split's weight 2^(m_s - M) / L
   __syncthreads();
-  for (int i = threadIdx.x; i < B * D; i += NT) {
-    const int b = i / D, c = i % D, h = c / HD, dd = c % HD;
-    const int base = (b * H + h) * NSPLIT;
+  for (int i = threadIdx.x; i < B * H; i += NT) {
+    float m[NSPLIT], l[NSPLIT];
     float M = -INFINITY;
-    for (int s = 0; s < NSPLIT; ++s) M = fmaxf(M, __ldcg(PM + base + s));
-    float L = 0.f, O = 0.f;
+#pragma unroll
     for (int s = 0; s < NSPLIT; ++s) {
-      const float ms = __ldcg(PM + base + s);
-      if (ms == -INFINITY) continue;
-      const float c2 = exp2f(ms - M);
-      L += c2 * __ldcg(PL + base + s);
-      O += c2 * __ldcg(PO + (size_t)(base + s) * HD + dd);
+      m[s] = __ldcg(PM + i * NSPLIT + s);
+      l[s] = __ldcg(PL + i * NSPLIT + s);
     }
-    xs[i] = O / L;
+#pragma unroll
+    for (int s = 0; s < NSPLIT; ++s) M = fmaxf(M, m[s]);
+    float L = 0.f;
+#pragma unroll
+    for (int s = 0; s < NSPLIT; ++s) L += m[s] == -INFINITY ? 0.f : exp2f(m[s] - M) * l[s];
+#pragma unroll
+    for (int s = 0; s < NSPLIT; ++s) cw[i * NSPLIT + s] = m[s] == -INFINITY ? 0.f : exp2f(m[s] - M) / L;
+  }
+  __syncthreads();
+  constexpr int N4 = B * D / 4;
+  constexpr int UB = 4;
+  const float4* po = reinterpret_cast<const float4*>(PO);
+  float4* x4 = reinterpret_cast<float4*>(xs);
+  for (int i0 = threadIdx.x; i0 < N4; i0 += NT * UB) {
+    float4 acc[UB];
+#pragma unroll
+    for (int u = 0; u < UB; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < NSPLIT; ++s) {
+#pragma unroll
+      for (int u = 0; u < UB; ++u) {
+        const int i = i0 + u * NT;  // float4 index: row b, dims c .. c + 3 of head c / HD
+        if (i < N4) {
+          const int bh = (i * 4) / HD;  // = b * H + h (rows of D = H * HD)
+          const float w = cw[bh * NSPLIT + s];
+          const float4 v = __ldcg(po + ((size_t)(bh * NSPLIT + s) * HD + (i * 4) % HD) / 4);
+          acc[u].x = fmaf(w, v.x, acc[u].x);
+          acc[u].y = fmaf(w, v.y, acc[u].y);
+          acc[u].z = fmaf(w, v.z, acc[u].z);
+          acc[u].w = fmaf(w, v.w, acc[u].w);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UB; ++u) {
+      if (i0 + u * NT < N4) x4[i0 + u * NT] = acc[u];
+    }
   }
   __syncthreads();
 }
@@ -462,6 +496,12 @@ def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int) -
     return out
 
 
+def _barrier(k: str) -> str:
+    """The grid barrier after stage k: block 0 stamps the time it finished its own share of the
+    stage (1 + 2k) and the time every block had (2 + 2k)."""
+    return f"    stamp(TM, 1 + 2 * ({k}));\n    grid_sync(bar, epoch);\n    stamp(TM, 2 + 2 * ({k}));\n"
+
+
 def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float, rope_log2: float) -> str:
     d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
     hd = d // h
@@ -480,6 +520,7 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
   __shared__ float qs[HD], kn[HD], vn[HD];
   __shared__ float rm[NW], rl[NW];
   __shared__ float ro[NW * HD];
+  __shared__ float cw[B * H * NSPLIT];
   __shared__ const T* kp[L];
   __shared__ const T* vp[L];
   if (threadIdx.x == 0) {{
@@ -524,17 +565,17 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
         )
     )
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o))
-    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 1 + 5 * l);\n")
+    out.append(_barrier("5 * l"))
     out.append(
         "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT>(QKV, kp[l], vp[l],\n"
         "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro);\n"
-        "    grid_sync(bar, epoch);\n    stamp(TM, 2 + 5 * l);\n"
-        "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs);\n"
+        + _barrier("5 * l + 1")
+        + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
     out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
-    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 3 + 5 * l);\n")
+    out.append(_barrier("5 * l + 2"))
     out.append("    stage<D, B, NT, true>(xs, X, n2 + (size_t)l * D, EPS);\n")
     out.append(
         _rows_call(
@@ -548,17 +589,17 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
         )
     )
     out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d))
-    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 4 + 5 * l);\n")
+    out.append(_barrier("5 * l + 3"))
     out.append("    stage<F, B, NT, false>(xs, G, (const float*)nullptr, 0.f);\n")
     out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d))
     out.append(
         "    if (l + 1 < L) {\n" + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q) + "    }\n"
     )
-    out.append("    grid_sync(bar, epoch);\n    stamp(TM, 5 + 5 * l);\n  }\n")
+    out.append(_barrier("5 * l + 4") + "  }\n")
     out.append(
         "  for (int i = blockIdx.x * NT + threadIdx.x; i < B * D; i += gridDim.x * NT)\n"
         "    hidden[i] = static_cast<T>(__ldcg(X + i));\n"
-        "  stamp(TM, 5 * L + 1);\n"
+        "  stamp(TM, 10 * L + 1);\n"
     )
     return "".join(out)
 
