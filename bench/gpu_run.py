@@ -59,6 +59,11 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         import os
 
         os.environ["ROLEKIT_TEMPORAL_KERNEL"] = str(opts.pop("temporal"))
+    import os
+
+    os.environ.pop("ROLEKIT_TEMPORAL_TUNE", None)  # per job: tune=u=2/prefetch=0 (Tuning fields)
+    if "tune" in opts:
+        os.environ["ROLEKIT_TEMPORAL_TUNE"] = str(opts.pop("tune")).replace("/", ",")
     if "qmv" in opts:  # qmv=1: rolekit's few-row kernel (rolekit.nn.qmv) instead of MLX's qmv
         import os
 

@@ -14,6 +14,7 @@ The op path then advances the cache, so every step starts from the same rings on
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -43,9 +44,13 @@ def check_temporal_kernel(
     heads: int = 0,
     reps: int = 20,
     seed: int = 0,
+    tunes: str = "",
 ) -> dict[str, Any]:
     """`ok`: the kernel ran, no timeout, hidden and keys within 2e-3 of the fp32 contract at every step.
-    `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps)."""
+    `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps).
+    `tunes`: kernel shapes to run after the default one on the same model, "-" between them, "/"
+    between their `temporal_cuda.Tuning` fields (e.g. "u=2-prefetch=0/uq=8"): each gets its own
+    `steps` steps, reported under `tunes`."""
     cfg = lm_config(size)
     if layers:
         cfg = dataclasses.replace(cfg, num_layers=layers)
@@ -68,6 +73,31 @@ def check_temporal_kernel(
     x0 = mx.array(rng.standard_normal((batch, prefill, cfg.dim)).astype(np.float32)).astype(lm.dtype)
     lm.transformer(x0, cache)
     mx.eval(*cache.arrays())
+    saved = os.environ.get(temporal_cuda.TUNE_ENV)
+    try:
+        os.environ.pop(temporal_cuda.TUNE_ENV, None)
+        row.update(_steps(lm, cache, start, rng, steps, reps))
+        row["tunes"] = {}
+        for tune in filter(None, tunes.split("-")):
+            os.environ[temporal_cuda.TUNE_ENV] = tune.replace("/", ",")
+            try:
+                row["tunes"][tune] = _steps(lm, cache, start, rng, steps, reps)
+            except Exception as e:  # a shape the device refuses (e.g. registers): reported, not fatal
+                row["tunes"][tune] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    finally:
+        if saved is None:
+            os.environ.pop(temporal_cuda.TUNE_ENV, None)
+        else:
+            os.environ[temporal_cuda.TUNE_ENV] = saved
+    return row
+
+
+def _steps(
+    lm: Any, cache: Any, start: np.ndarray, rng: np.random.Generator, steps: int, reps: int
+) -> dict[str, Any]:
+    """`steps` kernel steps from the cache's position, each checked and timed, then taken by the op path."""
+    cfg = lm.cfg
+    batch = len(start)
     start_mx = mx.array(start.astype(np.int32))
     worst = {"hidden_vs_ref": 0.0, "kv_vs_ref": 0.0, "hidden_vs_ops": 0.0, "kv_vs_ops": 0.0}
     timed_out = False
@@ -109,7 +139,7 @@ def check_temporal_kernel(
         worst["hidden_vs_ops"] = max(worst["hidden_vs_ops"], _rel(hidden, ops_h))
         worst["kv_vs_ops"] = max(worst["kv_vs_ops"], _rel(new_kv, ops_kv))
         mx.eval(*cache.arrays())
-    row.update(worst)
+    row: dict[str, Any] = dict(worst)
     row["timed_out"] = timed_out
     row["positions"] = [cache.offset - steps, cache.offset - 1]
     row["kernel_ms"] = float(np.median(kernel_ms))

@@ -33,6 +33,7 @@ Where the kernel does not apply (not CUDA, batch > MAX_ROWS, a layout it does no
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -47,8 +48,35 @@ from rolekit.nn.grid import GRID_HEADER, Mat, mat_ok, stack_linears, stack_norms
 
 ENV = "ROLEKIT_TEMPORAL_KERNEL"  # 0: the per-layer fused ops
 MAX_ROWS = 4
-THREADS = 256  # per block: 8 warps (MLX sets no launch bounds: 255 registers a thread must fit)
-UQ = 16  # packed words in flight per lane (a whole q4 row of 4096 per warp pass)
+TUNE_ENV = "ROLEKIT_TEMPORAL_TUNE"  # e.g. "threads=512,uq=8,u=2,prefetch=0" (benchmarks)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Shape of the generated kernel: threads per block (8 warps: MLX sets no launch bounds, so
+    255 registers a thread must fit), packed words in flight per lane in the products (16: a whole
+    q4 row of 4096 per warp pass), slot passes in flight per warp in the attention, and whether
+    the next product's first rows are prefetched into L2 before each barrier."""
+
+    threads: int = 256
+    uq: int = 16
+    u: int = 4
+    prefetch: bool = True
+
+
+def tuning() -> Tuning:
+    """The defaults, or the values of ROLEKIT_TEMPORAL_TUNE."""
+    raw = os.environ.get(TUNE_ENV, "")
+    values = dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
+    base = Tuning()
+    return Tuning(
+        threads=int(values.get("threads", base.threads)),
+        uq=int(values.get("uq", base.uq)),
+        u=int(values.get("u", base.u)),
+        prefetch=values.get("prefetch", "1") != "0",
+    )
+
+
 _CONTROL = 64  # floats at the start of the scratch: barrier counter [0], timeout flag [1]
 _STATIC_SMEM = 16 * 1024  # upper bound of the kernel's static shared memory
 _LOG2E = 1.4426950408889634
@@ -174,12 +202,13 @@ def launch(
     if smem <= 48000 < smem + _STATIC_SMEM:
         smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
     rope_log2 = math.log2(float(lm.transformer.layers[0].self_attn.max_period))
-    kernel = _kernel(tuple(names), shape, bits, packed.eps, rope_log2, smem)
+    tune = tuning()
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, rope_log2, smem, tune)
     hidden, new_kv, scratch = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("B", b)],
-        grid=(blocks * THREADS, 1, 1),
-        threadgroup=(THREADS, 1, 1),
+        grid=(blocks * tune.threads, 1, 1),
+        threadgroup=(tune.threads, 1, 1),
         output_shapes=[(b, cfg.dim), (n_layers, 2, b, cfg.dim), (layout.size,)],
         output_dtypes=[x.dtype, x.dtype, mx.float32],
         init_value=0,
@@ -297,7 +326,7 @@ __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2
   m = M;
 }
 
-template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT>
+template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
 __device__ inline void attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
     const int* start, float qscale, float log2base, float* qs, float* kn, float* vn, float* rm,
@@ -306,7 +335,6 @@ __device__ inline void attention_stage(
   constexpr int NW = NT / 32;
   constexpr int LPS = HD / 8;
   constexpr int SPW = 32 / LPS;
-  constexpr int U = 4;  // slot passes in flight per warp
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int grp = lane / LPS, sub = lane % LPS;
   const int cur = p % C;
@@ -476,24 +504,26 @@ def _rows_call(name: str, n: str, k: str, gate: bool, row0: str, epi: str, bits:
     if bits == 0:
         return f"    rows_dense<{n}, {k}, B, {g}, NT>({name}, {row0}, xs, {epi});\n"
     return (
-        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, {UQ}>"
+        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, UQ>"
         f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
     )
 
 
 def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int) -> str:
-    """L2 prefetch of the first wave of rows (one per warp of the grid) of a family's slice."""
+    """L2 prefetch of the first wave of rows (one per warp of the grid) of a family's slice
+    (emitted under `if constexpr (PREFETCH)`)."""
     wave = f"(size_t)min((int)({rows}), (int)(gridDim.x * (NT / 32)))"
     if bits == 0:
         row_bytes = f"(size_t)({k}) * sizeof(*{name})"
-        return f"    prefetch_l2<NT>({name}, (size_t)({first}) * {row_bytes}, {wave} * {row_bytes});\n"
-    words = f"(size_t)({k}) / {32 // bits}"
-    groups = f"(size_t)({k}) / {group}"
-    out = f"    prefetch_l2<NT>({name}, (size_t)({first}) * {words} * 4, {wave} * {words} * 4);\n"
-    for part in ("_s", "_b"):
-        size = f"{groups} * sizeof(*{name}{part})"
-        out += f"    prefetch_l2<NT>({name}{part}, (size_t)({first}) * {size}, {wave} * {size});\n"
-    return out
+        out = f"prefetch_l2<NT>({name}, (size_t)({first}) * {row_bytes}, {wave} * {row_bytes}); "
+    else:
+        words = f"(size_t)({k}) / {32 // bits}"
+        groups = f"(size_t)({k}) / {group}"
+        out = f"prefetch_l2<NT>({name}, (size_t)({first}) * {words} * 4, {wave} * {words} * 4); "
+        for part in ("_s", "_b"):
+            size = f"{groups} * sizeof(*{name}{part})"
+            out += f"prefetch_l2<NT>({name}{part}, (size_t)({first}) * {size}, {wave} * {size}); "
+    return f"    if constexpr (PREFETCH) {{ {out}}}\n"
 
 
 def _barrier(k: str) -> str:
@@ -502,7 +532,13 @@ def _barrier(k: str) -> str:
     return f"    stamp(TM, 1 + 2 * ({k}));\n    grid_sync(bar, epoch);\n    stamp(TM, 2 + 2 * ({k}));\n"
 
 
-def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float, rope_log2: float) -> str:
+def _source(
+    shape: tuple[int, ...],
+    bits: dict[str, tuple[int, int]],
+    eps: float,
+    rope_log2: float,
+    tune: Tuning = Tuning(),
+) -> str:
     d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
     hd = d // h
     kp = ", ".join(f"k{i}" for i in range(n_layers))
@@ -512,7 +548,9 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
         f"  constexpr int F = {f};\n  constexpr int L = {n_layers};\n  constexpr int C = {cap};\n",
         f"  constexpr int CTX = {ctx};\n  constexpr int LEN = {length};\n",
         f"  constexpr int NSPLIT = {nsplit};\n  constexpr int CHUNK = {chunk};\n",
-        f"  constexpr int NT = {THREADS};\n  constexpr int NW = NT / 32;\n",
+        f"  constexpr int NT = {tune.threads};\n  constexpr int NW = NT / 32;\n",
+        f"  constexpr int UQ = {tune.uq};\n  constexpr int SLOT_U = {tune.u};\n",
+        f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n  const float LOG2BASE = {rope_log2!r}f;\n",
         f"""
@@ -567,7 +605,7 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o))
     out.append(_barrier("5 * l"))
     out.append(
-        "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT>(QKV, kp[l], vp[l],\n"
+        "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
         "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro);\n"
         + _barrier("5 * l + 1")
         + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
@@ -612,8 +650,9 @@ def _kernel(
     eps: float,
     rope_log2: float,
     smem: int,
+    tune: Tuning,
 ) -> Any:
-    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, rope_log2)
+    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, rope_log2, tune)
     header = DOT_HEADER + GRID_HEADER + _HEADER
     return mx.fast.cuda_kernel(
         name=f"rolekit_temporal_{source_tag(header + source)}",

@@ -201,8 +201,17 @@ def test_temporal_check_through_the_kernel_contract(monkeypatch):
     real_pack = tc.pack
     monkeypatch.setattr(tc, "pack", lambda lm: real_pack(lm, force=True))
     res = bt.check_temporal_kernel(
-        "tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, reps=1
+        "tiny",
+        quant="bf16",
+        batch=2,
+        steps=3,
+        prefill=14,
+        heads=1,
+        context=16,
+        reps=1,
+        tunes="u=2/prefetch=0",
     )
+    assert res["tunes"]["u=2/prefetch=0"]["ok"] and res["tunes"]["u=2/prefetch=0"]["positions"] == [17, 19]
     assert res["ran"] and res["ok"] and not res["timed_out"], res
     assert res["hidden_vs_ref"] == 0.0 and res["kv_vs_ref"] == 0.0
     assert res["hidden_vs_ops"] < 1e-4 and res["kv_vs_ops"] < 1e-4  # the tiny model is fp32

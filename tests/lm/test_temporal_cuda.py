@@ -97,10 +97,19 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
     src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
-    assert src.count("rows_quant<") == 4 and "rows_dense<" not in src
+    assert src.count("rows_quant<") == 4 and "rows_dense<" not in src and ", UQ>(wq, wq_s, wq_b" in src
     assert src.count("prefetch_l2<NT>(") == 4 * 3  # four families, weights + scales + biases
+    assert src.count("if constexpr (PREFETCH)") == 4 and "constexpr bool PREFETCH = true;" in src
+    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, 13.3, tc.Tuning(prefetch=False, u=2))
+    assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
     dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
     assert dense.count("rows_dense<") == 4 and "rows_quant<" not in dense
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
     assert tc.split_plan(1, 32, 100, 132) == (2, 50)
+
+
+def test_tuning_reads_its_switch(monkeypatch):
+    assert tc.tuning() == tc.Tuning()
+    monkeypatch.setenv(tc.TUNE_ENV, "threads=512,uq=8,u=2,prefetch=0")
+    assert tc.tuning() == tc.Tuning(threads=512, uq=8, u=2, prefetch=False)
