@@ -102,6 +102,7 @@ def _steps(
     worst = {"hidden_vs_ref": 0.0, "kv_vs_ref": 0.0, "hidden_vs_ops": 0.0, "kv_vs_ops": 0.0}
     timed_out = False
     stages = None
+    probes = None
     kernel_ms = []
     cap = cache.rings[0].capacity
     for _ in range(steps):
@@ -126,6 +127,11 @@ def _steps(
         _, _, scratch = temporal_cuda.launch(*args)
         mx.eval(scratch)
         work, wait, _ = temporal_cuda.stage_us(lm, scratch, batch, length)
+        probe = temporal_cuda.probe_us(lm, scratch, batch, length)
+        if temporal_cuda.tuning().probe:
+            # attention of block 0 before the slots (rotary + sync), slots, warp merge, block merge
+            attn = np.stack([work[1::5] - probe.sum(axis=1), *probe.T], axis=1).sum(axis=0)
+            probes = attn if probes is None else probes + attn
         us = np.stack([work, wait])
         stages = us if stages is None else stages + us
         ops_h = lm.transformer(x[:, None], cache)[:, 0]  # advances the cache (the op path's write)
@@ -148,5 +154,7 @@ def _steps(
     row["stage_us"] = {name: round(float(per[:, i::5].sum()), 1) for i, name in enumerate(STAGES)}
     row["work_us"] = {name: round(float(per[0, i::5].sum()), 1) for i, name in enumerate(STAGES)}
     row["gpu_us"] = round(float(per.sum()), 1)
+    if probes is not None:
+        row["attention_phases_us"] = [round(float(v), 1) for v in probes / steps]
     row["ok"] = (not timed_out) and worst["hidden_vs_ref"] < 2e-3 and worst["kv_vs_ref"] < 2e-3
     return row

@@ -62,6 +62,8 @@ class Tuning:
     uq: int = 16
     u: int = 4
     prefetch: bool = True
+    pairs: bool = True  # the non-gated products take two rows per warp at a time
+    probe: bool = False  # block 0 stamps the attention's phases (rope, slots, merge) per layer
 
 
 def tuning() -> Tuning:
@@ -74,6 +76,8 @@ def tuning() -> Tuning:
         uq=int(values.get("uq", base.uq)),
         u=int(values.get("u", base.u)),
         prefetch=values.get("prefetch", "1") != "0",
+        pairs=values.get("pairs", "1") != "0",
+        probe=values.get("probe", "0") != "0",
     )
 
 
@@ -148,7 +152,8 @@ def split_plan(batch: int, heads: int, length: int, blocks: int) -> tuple[int, i
 
 class _Layout:
     """Offsets (floats) of the fp32 scratch: control, X [B, D], QKV [B, 3D], G [B, F], partial
-    maxima / sums [B H S], partial outputs [B H S, HD], stage stamps [stages, 2] (uint32 pairs)."""
+    maxima / sums [B H S], partial outputs [B H S, HD], stage stamps [stages, 2] (uint32 pairs),
+    attention probes [L, 4, 2]."""
 
     def __init__(self, b: int, d: int, f: int, heads: int, nsplit: int, n_layers: int) -> None:
         hd = d // heads
@@ -157,7 +162,8 @@ class _Layout:
         self.partials = self.x + b * d + 3 * b * d + b * f
         self.stamps = self.partials + 2 * items + items * hd
         self.n_stamps = 10 * n_layers + 2
-        self.size = self.stamps + 2 * self.n_stamps
+        self.probes = self.stamps + 2 * self.n_stamps  # [L, 4] attention phases (Tuning.probe)
+        self.size = self.probes + 8 * n_layers
 
 
 # ---- the call ------------------------------------------------------------------------------------
@@ -219,6 +225,17 @@ def launch(
 def timed_out(scratch: mx.array) -> bool:
     """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
     return bool(scratch[1].item() != 0)
+
+
+def probe_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
+    """[L, 3] microseconds of block 0's attention phases (slots loop, warp merge, block merge)
+    after the rotary part, from a launch with `Tuning(probe=True)`; zeros without."""
+    cfg = lm.cfg
+    nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
+    lay = _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
+    raw = np.array(scratch[lay.probes : lay.probes + 8 * cfg.num_layers]).view(np.uint32).astype(np.uint64)
+    t = (raw[0::2] | (raw[1::2] << np.uint64(32))).astype(np.int64).reshape(cfg.num_layers, 4)
+    return np.diff(t, axis=1) / 1000.0
 
 
 def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -330,7 +347,7 @@ template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int 
 __device__ inline void attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
     const int* start, float qscale, float log2base, float* qs, float* kn, float* vn, float* rm,
-    float* rl, float* ro) {
+    float* rl, float* ro, float* probe) {
   // items (row, head, split) over the blocks; a slot is read by LPS lanes, 8 values each
   constexpr int NW = NT / 32;
   constexpr int LPS = HD / 8;
@@ -368,6 +385,7 @@ __device__ inline void attention_stage(
       }
     }
     __syncthreads();
+    if (probe && item == blockIdx.x) stamp(probe, 0);
     float qv[8];
 #pragma unroll
     for (int t = 0; t < 8; ++t) qv[t] = qs[sub * 8 + t];
@@ -411,6 +429,7 @@ __device__ inline void attention_stage(
         }
       }
     }
+    if (probe && item == blockIdx.x) stamp(probe, 1);
     // the warp's slot groups, then the block's warps
 #pragma unroll
     for (int off = LPS; off < 32; off <<= 1) {
@@ -427,6 +446,7 @@ __device__ inline void attention_stage(
       if (sub == 0) { rm[warp] = m; rl[warp] = l; }
     }
     __syncthreads();
+    if (probe && item == blockIdx.x) stamp(probe, 2);
     for (int dd = threadIdx.x; dd < HD; dd += NT) {
       float M = -INFINITY;
       for (int w = 0; w < NW; ++w) M = fmaxf(M, rm[w]);
@@ -440,6 +460,7 @@ __device__ inline void attention_stage(
       PO[(size_t)item * HD + dd] = O;
       if (dd == 0) { PM[item] = M; PL[item] = L; }
     }
+    if (probe && item == blockIdx.x) stamp(probe, 3);
   }
 }
 
@@ -499,8 +520,17 @@ __device__ inline void combine_stage(const float* PM, const float* PL, const flo
 """
 
 
-def _rows_call(name: str, n: str, k: str, gate: bool, row0: str, epi: str, bits: int, group: int) -> str:
+def _rows_call(
+    name: str, n: str, k: str, gate: bool, row0: str, epi: str, bits: int, group: int, pairs: bool = False
+) -> str:
     g = "true" if gate else "false"
+    if pairs and not gate:
+        if bits == 0:
+            return f"    rows_dense_pairs<{n}, {k}, B, NT>({name}, {row0}, xs, {epi});\n"
+        return (
+            f"    rows_quant_pairs<{n}, {k}, B, NT, {bits}, {group}, UQ>"
+            f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
+        )
     if bits == 0:
         return f"    rows_dense<{n}, {k}, B, {g}, NT>({name}, {row0}, xs, {epi});\n"
     return (
@@ -509,9 +539,14 @@ def _rows_call(name: str, n: str, k: str, gate: bool, row0: str, epi: str, bits:
     )
 
 
-def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int) -> str:
+def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int, pairs: bool = False) -> str:
     """L2 prefetch of the first wave of rows (one per warp of the grid) of a family's slice
-    (emitted under `if constexpr (PREFETCH)`)."""
+    (emitted under `if constexpr (PREFETCH)`); `pairs`: of each half (rows_*_pairs)."""
+    if pairs:
+        half = f"({rows}) / 2"
+        return _prefetch(name, half, k, first, bits, group) + _prefetch(
+            name, half, k, f"({first}) + {half}", bits, group
+        )
     wave = f"(size_t)min((int)({rows}), (int)(gridDim.x * (NT / 32)))"
     if bits == 0:
         row_bytes = f"(size_t)({k}) * sizeof(*{name})"
@@ -551,6 +586,7 @@ def _source(
         f"  constexpr int NT = {tune.threads};\n  constexpr int NW = NT / 32;\n",
         f"  constexpr int UQ = {tune.uq};\n  constexpr int SLOT_U = {tune.u};\n",
         f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
+        f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n  const float LOG2BASE = {rope_log2!r}f;\n",
         f"""
@@ -600,18 +636,20 @@ def _source(
             "(size_t)l * 3 * D",
             "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
             *b_q,
+            tune.pairs,
         )
     )
-    out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o))
+    out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, tune.pairs))
     out.append(_barrier("5 * l"))
     out.append(
         "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
-        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro);\n"
+        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro,\n"
+        "        PROBE ? TM + 2 * (10 * L + 2) + 8 * l : nullptr);\n"
         + _barrier("5 * l + 1")
         + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
-    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o))
+    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, tune.pairs))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
     out.append(_barrier("5 * l + 2"))
     out.append("    stage<D, B, NT, true>(xs, X, n2 + (size_t)l * D, EPS);\n")
@@ -626,12 +664,14 @@ def _source(
             *b_i,
         )
     )
-    out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d))
+    out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, tune.pairs))
     out.append(_barrier("5 * l + 3"))
     out.append("    stage<F, B, NT, false>(xs, G, (const float*)nullptr, 0.f);\n")
-    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d))
+    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, tune.pairs))
     out.append(
-        "    if (l + 1 < L) {\n" + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q) + "    }\n"
+        "    if (l + 1 < L) {\n"
+        + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, tune.pairs)
+        + "    }\n"
     )
     out.append(_barrier("5 * l + 4") + "  }\n")
     out.append(

@@ -9,7 +9,7 @@ the op path keeps reading the same numbers.
 
 GRID_HEADER (after `nn.fused.DOT_HEADER`): `grid_sync`, `stage` (a block's copy of a stage input,
 RMS-normalized in place on request), `rows_dense` / `rows_quant` (one warp per output row, an
-epilogue functor per value), `prefetch_l2`.
+epilogue functor per value; `_pairs`: two rows per warp at a time), `prefetch_l2`.
 """
 
 from __future__ import annotations
@@ -164,6 +164,52 @@ __device__ inline void rows_quant(
     dot_quant<K, B, GATE, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
                                     bi + r2 * NG, xs, lane, acc, acc2);
     finish_row<B, GATE>(acc, acc2, lane, row, epi);
+  }
+}
+
+template <int N, int K, int B, int NT, typename W, typename E>
+__device__ inline void rows_dense_pairs(const W* w, size_t row0, const float* xs, E epi) {
+  // rows_dense with two output rows per warp at a time (row and row + N / 2): twice the bytes in
+  // flight per warp
+  static_assert(N % 2 == 0, "pairs");
+  constexpr int NW = NT / 32;
+  constexpr int H2 = N / 2;
+  const int lane = threadIdx.x & 31;
+  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < H2; row += gridDim.x * NW) {
+    float acc[B], acc2[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
+    dot_dense<K, B, true>(w + (row0 + row) * K, w + (row0 + H2 + row) * K, xs, lane, acc, acc2);
+    warp_sum<B, true>(acc, acc2);
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) { epi(b, row, acc[b]); epi(b, row + H2, acc2[b]); }
+    }
+  }
+}
+
+template <int N, int K, int B, int NT, int BITS, int GS, int UQ, typename S, typename E>
+__device__ inline void rows_quant_pairs(
+    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
+  // rows_quant with two output rows per warp at a time (row and row + N / 2)
+  static_assert(N % 2 == 0, "pairs");
+  constexpr int NW = NT / 32;
+  constexpr int KW = K * BITS / 32;
+  constexpr int NG = K / GS;
+  constexpr int H2 = N / 2;
+  const int lane = threadIdx.x & 31;
+  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < H2; row += gridDim.x * NW) {
+    float acc[B], acc2[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
+    const size_t r1 = row0 + row, r2 = row0 + H2 + row;
+    dot_quant<K, B, true, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
+                                          bi + r2 * NG, xs, lane, acc, acc2);
+    warp_sum<B, true>(acc, acc2);
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) { epi(b, row, acc[b]); epi(b, row + H2, acc2[b]); }
+    }
   }
 }
 
