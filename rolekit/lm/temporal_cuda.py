@@ -405,8 +405,8 @@ __device__ inline void attention_stage(
         const int held = p - ((p - j + C) % C);
         ok[u] = j < j1 && (p < st ? j == cur : (held >= st && p - held < CTX));
         if (ok[u] && j != cur) {
-          load8(kb + (size_t)j * HD, kv[u]);
-          load8(vb + (size_t)j * HD, vv[u]);
+          load8s(kb + (size_t)j * HD, kv[u]);  // streamed, as the weights: read once a frame
+          load8s(vb + (size_t)j * HD, vv[u]);
         } else {
 #pragma unroll
           for (int t = 0; t < 8; ++t) { kv[u][t] = kn[sub * 8 + t]; vv[u][t] = vn[sub * 8 + t]; }

@@ -54,6 +54,35 @@ _THREADS = 256  # 8 warps = 8 output rows per block
 DOT_HEADER = (
     _LOAD_HEADER
     + """
+// load8 for weights: a streaming load (ld.global.cs: evict first from L1 and L2), so that a frame's
+// single pass over gigabytes of weights does not push the kernels' code, activations and caches
+// out of L2 (a persistent kernel re-fetched its stages' code from memory every layer)
+__device__ inline void load8s(const __nv_bfloat16* p, float* o) {
+  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ inline void load8s(const __half* p, float* o) {
+  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ inline void load8s(const float* p, float* o) {
+  const float4 a = __ldcs(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldcs(reinterpret_cast<const float4*>(p) + 1);
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
 template <int B, int K, int NT, typename G>
 __device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
   // xs [B, K] fp32 in shared memory, normalized in place (the caller synchronized after staging)
@@ -130,8 +159,8 @@ __device__ inline void dot_dense(
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * 32 + lane;
       if (c < CH) {
-        load8(wr + c * 8, wv[u]);
-        if constexpr (GATE) load8(wr2 + c * 8, wv2[u]);
+        load8s(wr + c * 8, wv[u]);
+        if constexpr (GATE) load8s(wr2 + c * 8, wv2[u]);
       }
     }
 #pragma unroll
@@ -198,8 +227,8 @@ __device__ inline void dot_quant(
     for (int u = 0; u < UQ; ++u) {
       const int c = c0 + u * 32 + lane;
       if (c < KW) {
-        q[u] = wr[c];
-        if constexpr (GATE) q2[u] = wr2[c];
+        q[u] = __ldcs(wr + c);  // streamed: read once a frame, first out of L2
+        if constexpr (GATE) q2[u] = __ldcs(wr2 + c);
       }
     }
 #pragma unroll
@@ -207,15 +236,15 @@ __device__ inline void dot_quant(
       const int c = c0 + u * 32 + lane;
       if (c < KW) {
         const int gi = (c * PER_WORD) / GS;
-        const float sc = static_cast<float>(s1[gi]);
-        const float bi = static_cast<float>(b1[gi]);
+        const float sc = static_cast<float>(__ldcs(s1 + gi));
+        const float bi = static_cast<float>(__ldcs(b1 + gi));
         float sc2 = 0.f, bi2 = 0.f;
         float qv[PER_WORD];
         float qv2[PER_WORD];
         quant_values<BITS>(q[u], qv);
         if constexpr (GATE) {
-          sc2 = static_cast<float>(s2[gi]);
-          bi2 = static_cast<float>(b2[gi]);
+          sc2 = static_cast<float>(__ldcs(s2 + gi));
+          bi2 = static_cast<float>(__ldcs(b2 + gi));
           quant_values<BITS>(q2[u], qv2);
         }
 #pragma unroll
