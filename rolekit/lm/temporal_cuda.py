@@ -8,7 +8,8 @@ grid barriers between stages (`nn.grid`), the fp32 residual stream in global scr
 
     S1  q | k | v = in_proj[l] rms1(X)                       (every block normalizes X itself)
     S2  attention partials: a block per (row, head, split of the attended ring slots); q and the
-        new k are rotated (interleaved RoPE at the row's own position) on the fly; the current
+        new k are rotated (interleaved RoPE at the row's own position, angles from `rope_table`)
+        on the fly; the current
         slot's key and value come from S1 (rounded to the cache dtype, as the op path stores them)
     S3  X += out_proj[l] a,  a = the splits combined (every block combines all of them itself)
     S4  G = silu(u) * w,  u | w = linear_in[l] rms2(X)
@@ -189,8 +190,9 @@ def launch(
     cap = ks[0].shape[2]
     blocks = sm_count() or 1
     nsplit, chunk = split_plan(b, cfg.num_heads, length, blocks)
-    names = ["x", "pos", "start", "n1", "n2"]
-    inputs = [x, pos.reshape(1).astype(mx.int32), start.astype(mx.int32), packed.norm1, packed.norm2]
+    names = ["x", "pos", "start", "rope", "n1", "n2"]
+    rope = rope_table(pos, start, cfg.dim // cfg.num_heads, lm.transformer.layers[0].self_attn.max_period)
+    inputs = [x, pos.reshape(1).astype(mx.int32), start.astype(mx.int32), rope, packed.norm1, packed.norm2]
     for name in FAMILIES:
         m = packed.mats[name]
         names.append(name)
@@ -207,9 +209,8 @@ def launch(
     smem = b * max(cfg.dim, cfg.hidden) * 4
     if smem <= 48000 < smem + _STATIC_SMEM:
         smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
-    rope_log2 = math.log2(float(lm.transformer.layers[0].self_attn.max_period))
     tune = tuning()
-    kernel = _kernel(tuple(names), shape, bits, packed.eps, rope_log2, smem, tune)
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune)
     hidden, new_kv, scratch = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("B", b)],
@@ -220,6 +221,16 @@ def launch(
         init_value=0,
     )
     return hidden, new_kv, scratch
+
+
+def rope_table(pos: mx.array, start: mx.array, head_dim: int, base: float) -> mx.array:
+    """[B, Dh / 2, 2] fp32 (cos, sin) of each row's rotary angles at its own position pos - start[b]:
+    theta_i = position * base^(-i / (Dh / 2)), as MLX's interleaved rope computes them (a few
+    elementwise ops in the step's graph instead of sin / cos code run once a layer in the kernel)."""
+    half = head_dim // 2
+    inv = mx.power(2.0, -(mx.arange(half, dtype=mx.float32) / half) * math.log2(float(base)))  # [Dh/2]
+    theta = (pos.astype(mx.int32) - start.astype(mx.int32)).astype(mx.float32)[:, None] * inv[None]
+    return mx.stack([mx.cos(theta), mx.sin(theta)], axis=-1)
 
 
 def timed_out(scratch: mx.array) -> bool:
@@ -346,7 +357,7 @@ __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2
 template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
 __device__ inline void attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
-    const int* start, float qscale, float log2base, float* qs, float* kn, float* vn, float* rm,
+    const int* start, const float* rope, float qscale, float* qs, float* kn, float* vn, float* rm,
     float* rl, float* ro, float* probe) {
   // items (row, head, split) over the blocks; a slot is read by LPS lanes, 8 values each
   constexpr int NW = NT / 32;
@@ -359,12 +370,9 @@ __device__ inline void attention_stage(
     const int bh = item / NSPLIT, split = item % NSPLIT;
     const int b = bh / H, h = bh % H;
     const int st = start[b];
-    const float rp = static_cast<float>(p - st);
     __syncthreads();  // qs / kn / vn / reductions free
     for (int i = threadIdx.x; i < HD / 2; i += NT) {
-      const float inv = exp2f(-(static_cast<float>(i) / static_cast<float>(HD / 2)) * log2base);
-      float sn, cs;
-      sincosf(rp * inv, &sn, &cs);
+      const float cs = rope[(b * (HD / 2) + i) * 2], sn = rope[(b * (HD / 2) + i) * 2 + 1];
       const float* src = QKV + (size_t)b * 3 * D + h * HD + 2 * i;
       const float q0 = __ldcg(src), q1 = __ldcg(src + 1);
       const float k0 = __ldcg(src + D), k1 = __ldcg(src + D + 1);
@@ -571,7 +579,6 @@ def _source(
     shape: tuple[int, ...],
     bits: dict[str, tuple[int, int]],
     eps: float,
-    rope_log2: float,
     tune: Tuning = Tuning(),
 ) -> str:
     d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
@@ -588,7 +595,7 @@ def _source(
         f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
         f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
-        f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n  const float LOG2BASE = {rope_log2!r}f;\n",
+        f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n",
         f"""
   extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32
   __shared__ float qs[HD], kn[HD], vn[HD];
@@ -643,7 +650,7 @@ def _source(
     out.append(_barrier("5 * l"))
     out.append(
         "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
-        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, QSCALE, LOG2BASE, qs, kn, vn, rm, rl, ro,\n"
+        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, rope, QSCALE, qs, kn, vn, rm, rl, ro,\n"
         "        PROBE ? TM + 2 * (10 * L + 2) + 8 * l : nullptr);\n"
         + _barrier("5 * l + 1")
         + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
@@ -688,11 +695,10 @@ def _kernel(
     shape: tuple[int, ...],
     bits: tuple[tuple[str, int, int], ...],
     eps: float,
-    rope_log2: float,
     smem: int,
     tune: Tuning,
 ) -> Any:
-    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, rope_log2, tune)
+    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, tune)
     header = DOT_HEADER + GRID_HEADER + _HEADER
     return mx.fast.cuda_kernel(
         name=f"rolekit_temporal_{source_tag(header + source)}",

@@ -220,13 +220,14 @@ __device__ inline void dot_quant(
   // shared memory, an earlier variant, measured slower on an H100 than int-to-float conversions.)
   constexpr int PER_WORD = 32 / BITS;
   constexpr int KW = K / PER_WORD;
+  constexpr bool FULL = KW % (32 * UQ) == 0;  // no partial chunk: no bounds test (freer scheduling)
   for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
     uint32_t q[UQ];
     uint32_t q2[UQ];
 #pragma unroll
     for (int u = 0; u < UQ; ++u) {
       const int c = c0 + u * 32 + lane;
-      if (c < KW) {
+      if (FULL || c < KW) {
         q[u] = __ldcs(wr + c);  // streamed: read once a frame, first out of L2
         if constexpr (GATE) q2[u] = __ldcs(wr2 + c);
       }
@@ -234,7 +235,7 @@ __device__ inline void dot_quant(
 #pragma unroll
     for (int u = 0; u < UQ; ++u) {
       const int c = c0 + u * 32 + lane;
-      if (c < KW) {
+      if (FULL || c < KW) {
         const int gi = (c * PER_WORD) / GS;
         const float sc = static_cast<float>(__ldcs(s1 + gi));
         const float bi = static_cast<float>(__ldcs(b1 + gi));

@@ -95,7 +95,7 @@ def test_reference_is_the_op_path_step(quant):
 
 def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
-    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
+    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
     # gated linear_in two rows a warp by its gate, the other three by pairs of rows
     assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 3 and "rows_dense" not in src
@@ -103,15 +103,15 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
-    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, 13.3, tc.Tuning(prefetch=False, u=2))
+    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(prefetch=False, u=2))
     assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
-    dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8, np.log2(10000.0))
+    dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
     assert (
         dense.count("rows_dense<") == 1
         and dense.count("rows_dense_pairs<") == 3
         and "rows_quant" not in dense
     )
-    single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, 13.3, tc.Tuning(pairs=False))
+    single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pairs=False))
     assert single.count("rows_quant<") == 4 and "pairs" not in single
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
@@ -122,3 +122,15 @@ def test_tuning_reads_its_switch(monkeypatch):
     assert tc.tuning() == tc.Tuning()
     monkeypatch.setenv(tc.TUNE_ENV, "threads=512,uq=8,u=2,prefetch=0")
     assert tc.tuning() == tc.Tuning(threads=512, uq=8, u=2, prefetch=False)
+
+
+def test_rope_table_rotates_as_mlx_rope():
+    """cos / sin of the table applied to interleaved pairs give mx.fast.rope at each row's position."""
+    pos, start = mx.array(37, dtype=mx.int32), mx.array([0, 5, 36], dtype=mx.int32)
+    table = tc.rope_table(pos, start, 64, 10000.0)  # [3, 32, 2]
+    x = mx.random.normal((3, 1, 1, 64))
+    want = mx.fast.rope(x, 64, traditional=True, base=10000.0, scale=1.0, offset=pos - start)
+    c, s = table[:, None, None, :, 0], table[:, None, None, :, 1]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    got = mx.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape)
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=2e-5)
