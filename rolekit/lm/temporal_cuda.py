@@ -16,7 +16,7 @@ grid barriers between stages (`nn.grid`), the fp32 residual stream in global scr
     S5  X += linear_out[l] G
 
 then `hidden` = X (before the final norm, in the activation dtype). Products: one warp per output
-row (`nn.grid.rows_quant` / `rows_dense`, 16 packed words in flight per lane); before each barrier
+row, or two at a time (`nn.grid.rows_quant(_pairs)` / `rows_dense(_pairs)`, 8 packed words in flight per lane); before each barrier
 the grid asks L2 for the first wave of rows of the next product.
 
 The ring cache is read, never written, by the kernel: it returns the step's keys and values
@@ -55,12 +55,13 @@ TUNE_ENV = "ROLEKIT_TEMPORAL_TUNE"  # e.g. "threads=512,uq=8,u=2,prefetch=0" (be
 @dataclass(frozen=True)
 class Tuning:
     """Shape of the generated kernel: threads per block (8 warps: MLX sets no launch bounds, so
-    255 registers a thread must fit), packed words in flight per lane in the products (16: a whole
-    q4 row of 4096 per warp pass), slot passes in flight per warp in the attention, and whether
+    255 registers a thread must fit), packed words in flight per lane in the products (8: half a
+    q4 row of 4096 per warp pass; 16 measured slower on an H100, bench/RESULTS.md), slot passes
+    in flight per warp in the attention, and whether
     the next product's first rows are prefetched into L2 before each barrier."""
 
     threads: int = 256
-    uq: int = 16
+    uq: int = 8
     u: int = 4
     prefetch: bool = True
     pairs: bool = True  # the non-gated products take two rows per warp at a time

@@ -122,21 +122,6 @@ __device__ inline void stage(float* xs, const float* src, const G* g, float eps)
   if constexpr (NORM) block_rms_norm<B, K, NT>(xs, g, eps);
 }
 
-template <int BYTES>
-__device__ inline void prefetch_row(const void* p, int lane) {
-  // a warp asks L2 for one weight row (or its scales) ahead of its use: 128-byte lines over the lanes
-  const char* c = static_cast<const char*>(p);
-#pragma unroll
-  for (int off = lane * 128; off < BYTES; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
-}
-
-template <int K, int BITS, int GS, typename S>
-__device__ inline void prefetch_qrow(const uint32_t* w, const S* sc, const S* bi, size_t r, int lane) {
-  prefetch_row<K * BITS / 8>(w + r * (K * BITS / 32), lane);
-  prefetch_row<(K / GS) * (int)sizeof(S)>(sc + r * (K / GS), lane);
-  prefetch_row<(K / GS) * (int)sizeof(S)>(bi + r * (K / GS), lane);
-}
-
 template <int B, bool GATE, typename E>
 __device__ inline void finish_row(float (&acc)[B], float (&acc2)[B], int lane, int row, E epi) {
   // sum the warp's partial products; lane 0 gates (silu(a) * b) and hands each value to `epi`
@@ -159,10 +144,6 @@ __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E ep
     float acc[B], acc2[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    if (row + gridDim.x * NW < N) {
-      prefetch_row<K * (int)sizeof(W)>(w + (row0 + row + gridDim.x * NW) * K, lane);
-      if constexpr (GATE) prefetch_row<K * (int)sizeof(W)>(w + (row0 + N + row + gridDim.x * NW) * K, lane);
-    }
     dot_dense<K, B, GATE>(w + (row0 + row) * K, w + (row0 + (GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
     finish_row<B, GATE>(acc, acc2, lane, row, epi);
   }
@@ -180,10 +161,6 @@ __device__ inline void rows_quant(
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
     const size_t r1 = row0 + row, r2 = row0 + (GATE ? N : 0) + row;
-    if (row + gridDim.x * NW < N) {  // the warp's next row(s) into L2 while this one is read
-      prefetch_qrow<K, BITS, GS>(w, sc, bi, r1 + gridDim.x * NW, lane);
-      if constexpr (GATE) prefetch_qrow<K, BITS, GS>(w, sc, bi, r2 + gridDim.x * NW, lane);
-    }
     dot_quant<K, B, GATE, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
                                     bi + r2 * NG, xs, lane, acc, acc2);
     finish_row<B, GATE>(acc, acc2, lane, row, epi);
@@ -202,10 +179,6 @@ __device__ inline void rows_dense_pairs(const W* w, size_t row0, const float* xs
     float acc[B], acc2[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    if (row + gridDim.x * NW < H2) {
-      prefetch_row<K * (int)sizeof(W)>(w + (row0 + row + gridDim.x * NW) * K, lane);
-      prefetch_row<K * (int)sizeof(W)>(w + (row0 + H2 + row + gridDim.x * NW) * K, lane);
-    }
     dot_dense<K, B, true>(w + (row0 + row) * K, w + (row0 + H2 + row) * K, xs, lane, acc, acc2);
     warp_sum<B, true>(acc, acc2);
     if (lane == 0) {
@@ -230,10 +203,6 @@ __device__ inline void rows_quant_pairs(
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
     const size_t r1 = row0 + row, r2 = row0 + H2 + row;
-    if (row + gridDim.x * NW < H2) {  // the warp's next pair into L2 while this one is read
-      prefetch_qrow<K, BITS, GS>(w, sc, bi, r1 + gridDim.x * NW, lane);
-      prefetch_qrow<K, BITS, GS>(w, sc, bi, r2 + gridDim.x * NW, lane);
-    }
     dot_quant<K, B, true, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
                                           bi + r2 * NG, xs, lane, acc, acc2);
     warp_sum<B, true>(acc, acc2);
