@@ -6,6 +6,7 @@ positions), for `steps` steps of random inputs:
 - the kernel's hidden state and keys/values against its contract `temporal_cuda.reference` (fp32
   MLX ops on the same dequantized weights; MLX may run its fp32 products in TF32 on the GPU) and
   against the op path in the activation dtype (`lm.transformer`, informative: bf16 rounding);
+- that the kernel wrote its keys and values into the rings in place (slot pos % C);
 - the barrier's timeout flag; the kernel's wall time (launch + eval, median) and its stages'
   GPU time from block 0's global-timer stamps (per stage kind: whole, and block 0's own work).
 The op path then advances the cache, so every step starts from the same rings on both sides.
@@ -103,6 +104,8 @@ def _steps(
     timed_out = False
     stages = None
     probes = None
+    in_place = getattr(temporal_cuda.launch, "__name__", "") == "launch"  # not a CPU stand-in
+    written = True
     kernel_ms = []
     cap = cache.rings[0].capacity
     for _ in range(steps):
@@ -117,6 +120,15 @@ def _steps(
         hidden, new_kv, scratch = temporal_cuda.launch(*args)
         mx.eval(hidden, new_kv, scratch)
         timed_out |= temporal_cuda.timed_out(scratch)
+        if in_place:  # the kernel wrote new_kv into the rings at slot pos % C
+            slot = pos % cap
+            ring = mx.stack(
+                [
+                    mx.stack([k[:, :, slot].reshape(batch, -1), v[:, :, slot].reshape(batch, -1)])
+                    for k, v in zip(ks, vs, strict=True)
+                ]
+            )
+            written &= bool(mx.array_equal(ring, new_kv).item())
         ref_h, ref_kv, _ = temporal_cuda.reference(*args)
         worst["hidden_vs_ref"] = max(worst["hidden_vs_ref"], _rel(hidden, ref_h))
         worst["kv_vs_ref"] = max(worst["kv_vs_ref"], _rel(new_kv, ref_kv))
@@ -147,6 +159,7 @@ def _steps(
         mx.eval(*cache.arrays())
     row: dict[str, Any] = dict(worst)
     row["timed_out"] = timed_out
+    row["rings_written"] = written if in_place else None
     row["positions"] = [cache.offset - steps, cache.offset - 1]
     row["kernel_ms"] = float(np.median(kernel_ms))
     per = stages / steps
@@ -156,5 +169,5 @@ def _steps(
     row["gpu_us"] = round(float(per.sum()), 1)
     if probes is not None:
         row["attention_phases_us"] = [round(float(v), 1) for v in probes / steps]
-    row["ok"] = (not timed_out) and worst["hidden_vs_ref"] < 2e-3 and worst["kv_vs_ref"] < 2e-3
+    row["ok"] = (not timed_out) and written and worst["hidden_vs_ref"] < 2e-3 and worst["kv_vs_ref"] < 2e-3
     return row

@@ -47,8 +47,8 @@ class CompiledStep:
         self._start_np: np.ndarray | None = None
         self._start = mx.zeros((engine.batch,), dtype=mx.int32)  # [B]
         # On CUDA the 32 temporal layers are one kernel (`lm.temporal_cuda`): one compiled graph
-        # per (attended ring slots, whether last step's keys are still to be written).
-        self._kernel_steps: dict[tuple[int, bool], Any] = {}
+        # per attended ring prefix, as for the op path.
+        self._kernel_steps: dict[int, Any] = {}
         self.launch = temporal_cuda.launch  # the tests put `temporal_cuda.reference` here
 
     def uses_kernel(self, lm_cache: LmCache) -> bool:
@@ -89,20 +89,13 @@ class CompiledStep:
         oldest = pos + 1 - cap  # oldest position in the ring after this step's write
         full = oldest >= 0 and cap <= context and (start is None or oldest >= int(np.max(start)))
         kernel = self.uses_kernel(lm_cache)
-        if not kernel:
-            lm_cache.flush()
         kv = [r.keys for r in lm_cache.rings] + [r.values for r in lm_cache.rings]
-        pending, lm_cache.pending = lm_cache.pending, None
         lm_cache.rings = []  # drop our references: the graph may then update the ring in place
         lm_pos = mx.array(pos, dtype=mx.int32)
         start_mx = self._start_array(start)
         if kernel:
             length = cap if full else prefix_length(pos + 1, cap, self.MIN_PREFIX)
-            fn = self._kernel_step(length, pending is not None)
-            extra = [] if pending is None else [pending]
-            res = fn(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *extra, *kv)
-            pending = extra = None
-            lm_cache.pending, res = res[-1], res[:-1]
+            res = self._kernel_step(length)(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *kv)
         elif full:
             res = self._full(ring_cache, ring_provided, off, user, keys, lm_pos, start_mx, *kv)
         else:  # one small mask per step, over the attended prefix only
@@ -162,16 +155,14 @@ class CompiledStep:
         )
         return ring_cache, ring_provided, out, split[:, 0]
 
-    def _kernel_step(self, length: int, pending: bool) -> Any:
-        key = (length, pending)
-        if key not in self._kernel_steps:
-            self._kernel_steps[key] = mx.compile(lambda *a: self._kernel_impl(length, pending, *a))
-        return self._kernel_steps[key]
+    def _kernel_step(self, length: int) -> Any:
+        if length not in self._kernel_steps:
+            self._kernel_steps[length] = mx.compile(lambda *a: self._kernel_impl(length, *a))
+        return self._kernel_steps[length]
 
     def _kernel_impl(
         self,
         length: int,
-        has_pending: bool,
         ring_cache: mx.array,
         ring_provided: mx.array,
         off: mx.array,
@@ -179,26 +170,25 @@ class CompiledStep:
         keys: mx.array,
         pos: mx.array,
         start: mx.array,
-        *rest: mx.array,
+        *kv: mx.array,
     ) -> tuple[mx.array, ...]:
-        """rest = ([pending [L, 2, B, D]] if has_pending), *K, *V. Last step's keys and values go
-        into the rings first (in place: nothing else holds them), then the temporal kernel reads
-        the rings and returns this position's keys and values, pending for the next step."""
-        pending, kv = (rest[0], rest[1:]) if has_pending else (None, rest)
+        """kv = *K, *V. The temporal kernel writes this position's keys and values into the rings
+        in place and returns them; the CPU tests' stand-in (`temporal_cuda.reference`) cannot, so
+        its keys are written here with `put_along_axis`."""
         eng = self.engine
         ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
         n = len(kv) // 2
         ks, vs = list(kv[:n]), list(kv[n:])
-        b, h, cap, hd = ks[0].shape
-        if pending is not None:
-            idx = mx.broadcast_to(((pos - 1) % cap).reshape(1, 1, 1, 1), (b, h, 1, hd))
-            for i in range(n):
-                ks[i] = mx.put_along_axis(ks[i], idx, pending[i, 0].reshape(b, h, 1, hd), axis=2)
-                vs[i] = mx.put_along_axis(vs[i], idx, pending[i, 1].reshape(b, h, 1, hd), axis=2)
         context = eng.lm.transformer.layers[0].self_attn.context
         hidden, new_kv, _ = self.launch(eng.lm, x[:, 0], pos, start, ks, vs, length, context)
+        if self.launch is not temporal_cuda.launch:
+            b, h, cap, hd = ks[0].shape
+            idx = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (b, h, 1, hd))
+            for i in range(n):
+                ks[i] = mx.put_along_axis(ks[i], idx, new_kv[i, 0].reshape(b, h, 1, hd), axis=2)
+                vs[i] = mx.put_along_axis(vs[i], idx, new_kv[i, 1].reshape(b, h, 1, hd), axis=2)
         tail = self._tail(hidden[:, None], ring_cache, ring_provided, off, keys)
-        return (*tail, *ks, *vs, new_kv)
+        return (*tail, *ks, *vs)
 
     def _mask(self, pos: mx.array, start: mx.array, cap: int, length: int) -> mx.array:
         """[B, 1, 1, length] bool: ring slot visible after writing `pos` (rule of `padded_mask`)."""

@@ -19,17 +19,15 @@ class LmCache:
     """Ring KV caches of every temporal layer, `offset` = global positions consumed so far, and
     `start` [B] = each row's left padding (its first real position; host-side numpy).
 
-    All rows advance together; row b's own position is `offset - start[b]`. Arrays are replaced,
-    never mutated in place, so a snapshot stays valid after later steps.
+    All rows advance together; row b's own position is `offset - start[b]`. On CUDA the temporal
+    kernel (`lm.temporal_cuda`) writes each step's keys and values into the ring arrays in place,
+    so `snapshot` and `restore` copy the rings: a snapshot never shares a buffer with a live cache
+    and stays valid after later steps.
     """
 
     rings: list[RingKV] = field(default_factory=list)
     offset: int = 0
     start: np.ndarray | None = None  # [B] int64; None = no padding
-    # [L, 2, B, D] keys (rotated) and values of position offset - 1 not yet written into the rings:
-    # the temporal kernel (`lm.temporal_cuda`) returns them and the next compiled step writes them
-    # first thing; everything else sees the rings through `flush()`.
-    pending: mx.array | None = None
 
     @property
     def positions(self) -> np.ndarray:
@@ -38,39 +36,30 @@ class LmCache:
         start = np.zeros(b, np.int64) if self.start is None else np.asarray(self.start, np.int64)
         return self.offset - start
 
-    def flush(self) -> None:
-        """Write `pending` into the rings (at slot (offset - 1) % C of every layer)."""
-        if self.pending is None:
-            return
-        b, h, _, hd = self.rings[0].keys.shape
-        pending, self.pending = self.pending, None
-        self.rings = [
-            ring.write(
-                pending[i, 0].reshape(b, h, 1, hd), pending[i, 1].reshape(b, h, 1, hd), self.offset - 1
-            )
-            for i, ring in enumerate(self.rings)
-        ]
-
     def snapshot(self) -> dict[str, mx.array]:
-        self.flush()
         out: dict[str, mx.array] = {"offset": mx.array(self.offset, dtype=mx.int32)}
         out["start"] = mx.array(self.offset - self.positions, dtype=mx.int32)  # [B]
         for i, ring in enumerate(self.rings):
-            out[f"layers.{i}.keys"] = ring.keys
-            out[f"layers.{i}.values"] = ring.values
+            out[f"layers.{i}.keys"] = _copy(ring.keys)
+            out[f"layers.{i}.values"] = _copy(ring.values)
         return out
 
     def restore(self, state: dict[str, mx.array]) -> None:
         n = len(self.rings)
-        self.pending = None
-        self.rings = [RingKV(state[f"layers.{i}.keys"], state[f"layers.{i}.values"]) for i in range(n)]
+        self.rings = [
+            RingKV(_copy(state[f"layers.{i}.keys"]), _copy(state[f"layers.{i}.values"])) for i in range(n)
+        ]
         self.offset = int(state["offset"].item())
         start = np.array(state["start"]).astype(np.int64) if "start" in state else None
         self.start = start if start is not None and start.any() else None
 
     def arrays(self) -> list[mx.array]:
-        out = [a for r in self.rings for a in (r.keys, r.values)]
-        return out if self.pending is None else [*out, self.pending]
+        return [a for r in self.rings for a in (r.keys, r.values)]
+
+
+def _copy(a: mx.array) -> mx.array:
+    """A new buffer with a's values (an elementwise op: a stays referenced, so nothing is donated)."""
+    return a + mx.zeros((), dtype=a.dtype)
 
 
 def unpad_row(state: dict[str, mx.array], row: int) -> dict[str, mx.array]:
@@ -136,7 +125,6 @@ class Transformer(nn.Module):
 
     def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
         """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
-        cache.flush()
         offset = cache.offset
         view = None
         if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers

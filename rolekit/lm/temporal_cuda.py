@@ -19,10 +19,11 @@ then `hidden` = X (before the final norm, in the activation dtype). Products: on
 row, or two at a time (`nn.grid.rows_quant(_pairs)` / `rows_dense(_pairs)`, 8 packed words in flight per lane); before each barrier
 the grid asks L2 for the first wave of rows of the next product.
 
-The ring cache is read, never written, by the kernel: it returns the step's keys and values
-`new_kv` [L, 2, B, D] and the caller writes them into the rings at the start of the NEXT step
-(`LmCache.pending`; the write comes first in that step's graph, so MLX updates the ring buffers in
-place, as for the op path). Visibility of a ring slot is `ring_attention`'s rule (context window,
+The kernel writes the step's keys and values into the ring arrays IN PLACE (slot pos % C of each
+layer; no other slot changes, and that slot is never read from the ring in the step: its key and
+value come from S1) and also returns them (`new_kv` [L, 2, B, D], for the checks). In place, because
+MLX's 64 `put_along_axis` writes per frame took ~1.2 ms of GPU time (bench/RESULTS.md); so
+`LmCache.snapshot` / `restore` copy the rings. Visibility of a ring slot is `ring_attention`'s rule (context window,
 each row's left padding, a padding row sees only itself), evaluated in the kernel.
 
 `reference` computes the same contract with MLX ops (fp32 throughout): the CPU tests run the
@@ -184,7 +185,8 @@ def launch(
     """x [B, D] (embedded step input), pos int32 scalar (global position of this step), start [B]
     int32 (left padding), ks / vs per layer [B, H, C, Dh] (the rings WITHOUT this position),
     length: ring slots attended (a prefix before the wrap, C after) -> (hidden [B, D] before the
-    final norm, new_kv [L, 2, B, D] this position's keys (rotated) and values, scratch)."""
+    final norm, new_kv [L, 2, B, D] this position's keys (rotated) and values, scratch). The
+    kernel also writes new_kv into ks / vs at slot pos % C, in place."""
     packed: Packed = lm._temporal_packed
     cfg = lm.cfg
     b = x.shape[0]
@@ -287,7 +289,8 @@ def reference(
     context: int,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """What `launch` computes, with MLX ops in fp32 (same arguments and results; the scratch is all
-    zeros: no barrier, no stamps): the CPU tests' stand-in for the kernel."""
+    zeros: no barrier, no stamps; the rings are not written: the caller does, functionally): the
+    CPU tests' stand-in for the kernel."""
     packed: Packed = lm._temporal_packed
     cfg = lm.cfg
     b, d = x.shape
@@ -391,6 +394,12 @@ __device__ inline void attention_stage(
         kout[1] = kb;
         kout[B * D] = va;
         kout[B * D + 1] = vb;
+        // and into the rings, in place: slot cur is never read from them in this step
+        const size_t at = ((size_t)bh * C + cur) * HD + 2 * i;
+        const_cast<T*>(kc)[at] = ka;
+        const_cast<T*>(kc)[at + 1] = kb;
+        const_cast<T*>(vc)[at] = va;
+        const_cast<T*>(vc)[at + 1] = vb;
       }
     }
     __syncthreads();
