@@ -213,6 +213,124 @@ __device__ inline void rows_quant_pairs(
   }
 }
 
+template <int UQ>
+struct QTile {
+  // one warp's share of a q4/q8 tile: UQ packed words of two rows per lane, with their scales / biases
+  uint32_t q1[UQ], q2[UQ];
+  float s1[UQ], b1[UQ], s2[UQ], b2[UQ];
+};
+
+template <int K, int BITS, int GS, int UQ, typename S>
+__device__ inline void load_qtile(QTile<UQ>& t, const uint32_t* w, const S* sc, const S* bi, size_t r1, size_t r2,
+                                  int c0, int lane) {
+  constexpr int KW = K * BITS / 32;
+  constexpr int NG = K / GS;
+  constexpr int PER_WORD = 32 / BITS;
+#pragma unroll
+  for (int u = 0; u < UQ; ++u) {
+    const int c = c0 + u * 32 + lane;
+    if (KW % (32 * UQ) == 0 || c < KW) {
+      const int gi = (c * PER_WORD) / GS;
+      t.q1[u] = __ldcs(w + r1 * KW + c);
+      t.q2[u] = __ldcs(w + r2 * KW + c);
+      t.s1[u] = static_cast<float>(__ldcs(sc + r1 * NG + gi));
+      t.b1[u] = static_cast<float>(__ldcs(bi + r1 * NG + gi));
+      t.s2[u] = static_cast<float>(__ldcs(sc + r2 * NG + gi));
+      t.b2[u] = static_cast<float>(__ldcs(bi + r2 * NG + gi));
+    }
+  }
+}
+
+template <int K, int B, int BITS, int UQ>
+__device__ inline void dot_qtile(const QTile<UQ>& t, const float* xs, int c0, int lane, float (&acc)[B],
+                                 float (&acc2)[B]) {
+  // the tile's products with the staged input, as dot_quant: s * sum(q x) + b * sum(x) per word
+  constexpr int KW = K * BITS / 32;
+  constexpr int PER_WORD = 32 / BITS;
+#pragma unroll
+  for (int u = 0; u < UQ; ++u) {
+    const int c = c0 + u * 32 + lane;
+    if (KW % (32 * UQ) == 0 || c < KW) {
+      float qv[PER_WORD], qv2[PER_WORD];
+      quant_values<BITS>(t.q1[u], qv);
+      quant_values<BITS>(t.q2[u], qv2);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const float4* xr = reinterpret_cast<const float4*>(xs + b * K + c * PER_WORD);
+        float xv[PER_WORD];
+#pragma unroll
+        for (int j = 0; j < PER_WORD / 4; ++j) {
+          const float4 f = xr[j];
+          xv[4 * j] = f.x; xv[4 * j + 1] = f.y; xv[4 * j + 2] = f.z; xv[4 * j + 3] = f.w;
+        }
+        float qx = qv[0] * xv[0], qx2 = qv2[0] * xv[0];
+#pragma unroll
+        for (int e = 1; e < PER_WORD; ++e) {
+          qx = fmaf(qv[e], xv[e], qx);
+          qx2 = fmaf(qv2[e], xv[e], qx2);
+        }
+        float xsum = (xv[0] + xv[1]) + (xv[2] + xv[3]);
+        if constexpr (PER_WORD == 8) xsum += (xv[4] + xv[5]) + (xv[6] + xv[7]);
+        acc[b] = fmaf(t.s1[u], qx, fmaf(t.b1[u], xsum, acc[b]));
+        acc2[b] = fmaf(t.s2[u], qx2, fmaf(t.b2[u], xsum, acc2[b]));
+      }
+    }
+  }
+}
+
+template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int UQ, typename S, typename E>
+__device__ inline void rows_quant_pipe(
+    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
+  // Two rows per warp at a time (GATE: row and its gate row N further, one gated output; else row
+  // and row + N / 2, two outputs), software-pipelined: the warp's next tile (UQ words a lane of
+  // both rows, with scales and biases) is loaded while the current one is multiplied, so a warp
+  // keeps its loads in flight instead of waiting for each row.
+  constexpr int NW = NT / 32;
+  constexpr int KW = K * BITS / 32;
+  constexpr int CH = (KW + 32 * UQ - 1) / (32 * UQ);  // tiles per row
+  constexpr int NR = GATE ? N : N / 2;                // row iterations
+  constexpr int SECOND = GATE ? N : N / 2;            // the second row, rows further
+  static_assert(GATE || N % 2 == 0, "pairs");
+  const int lane = threadIdx.x & 31;
+  const int first = blockIdx.x * NW + (threadIdx.x >> 5);
+  const int stride = gridDim.x * NW;
+  if (first >= NR) return;
+  const int nt = ((NR - 1 - first) / stride + 1) * CH;
+  QTile<UQ> ta, tb;
+  float acc[B], acc2[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
+  auto row_of = [&](int t) { return row0 + first + (size_t)(t / CH) * stride; };
+  auto finish = [&](int t) {
+    if (t % CH != CH - 1) return;
+    warp_sum<B, true>(acc, acc2);
+    const int row = first + (t / CH) * stride;
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if constexpr (GATE) {
+          epi(b, row, acc[b] / (1.f + expf(-acc[b])) * acc2[b]);
+        } else {
+          epi(b, row, acc[b]);
+          epi(b, row + N / 2, acc2[b]);
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
+  };
+  load_qtile<K, BITS, GS, UQ>(ta, w, sc, bi, row_of(0), row_of(0) + SECOND, 0, lane);
+  for (int t = 0; t < nt; t += 2) {
+    if (t + 1 < nt) load_qtile<K, BITS, GS, UQ>(tb, w, sc, bi, row_of(t + 1), row_of(t + 1) + SECOND, ((t + 1) % CH) * 32 * UQ, lane);
+    dot_qtile<K, B, BITS, UQ>(ta, xs, (t % CH) * 32 * UQ, lane, acc, acc2);
+    finish(t);
+    if (t + 1 >= nt) break;
+    if (t + 2 < nt) load_qtile<K, BITS, GS, UQ>(ta, w, sc, bi, row_of(t + 2), row_of(t + 2) + SECOND, ((t + 2) % CH) * 32 * UQ, lane);
+    dot_qtile<K, B, BITS, UQ>(tb, xs, ((t + 1) % CH) * 32 * UQ, lane, acc, acc2);
+    finish(t + 1);
+  }
+}
+
 template <int NT>
 __device__ inline void prefetch_l2(const void* base, size_t first, size_t bytes) {
   // ask L2 for bytes [first, first + bytes) of base, 128-byte lines spread over the grid's threads
