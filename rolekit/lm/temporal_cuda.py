@@ -16,8 +16,7 @@ grid barriers between stages (`nn.grid`), the fp32 residual stream in global scr
     S5  X += linear_out[l] G
 
 then `hidden` = X (before the final norm, in the activation dtype). Products: one warp per output
-row pair at a time, software-pipelined (`nn.grid.rows_quant_pipe`: the next tile of packed words is in flight
-while the current one is multiplied; dense weights: `rows_dense(_pairs)`); before each barrier
+row, or two at a time (`nn.grid.rows_quant(_pairs)` / `rows_dense(_pairs)`, 8 packed words in flight per lane); before each barrier
 the grid asks L2 for the first wave of rows of the next product.
 
 The kernel writes the step's keys and values into the ring arrays IN PLACE (slot pos % C of each
@@ -67,7 +66,6 @@ class Tuning:
     u: int = 4
     prefetch: bool = True
     pairs: bool = True  # the non-gated products take two rows per warp at a time
-    pipe: bool = True  # q4/q8 products software-pipelined (nn.grid.rows_quant_pipe; implies pairs)
     probe: bool = False  # block 0 stamps the attention's phases (rope, slots, merge) per layer
 
 
@@ -82,7 +80,6 @@ def tuning() -> Tuning:
         u=int(values.get("u", base.u)),
         prefetch=values.get("prefetch", "1") != "0",
         pairs=values.get("pairs", "1") != "0",
-        pipe=values.get("pipe", "1") != "0",
         probe=values.get("probe", "0") != "0",
     )
 
@@ -551,14 +548,8 @@ def _rows_call(
     bits: int,
     group: int,
     pairs: bool = False,
-    pipe: bool = False,
 ) -> str:
     g = "true" if gate else "false"
-    if pipe and bits:
-        return (
-            f"    rows_quant_pipe<{n}, {k}, B, {g}, NT, {bits}, {group}, UQ>"
-            f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
-        )
     if pairs and not gate:
         if bits == 0:
             return f"    rows_dense_pairs<{n}, {k}, B, NT>({name}, {row0}, xs, {epi});\n"
@@ -671,7 +662,6 @@ def _source(
             "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
             *b_q,
             tune.pairs,
-            tune.pipe,
         )
     )
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, tune.pairs))
@@ -684,7 +674,7 @@ def _source(
         + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
-    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, tune.pairs, tune.pipe))
+    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, tune.pairs))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
     out.append(_barrier("5 * l + 2"))
     out.append("    stage<D, B, NT, true>(xs, X, n2 + (size_t)l * D, EPS);\n")
@@ -697,14 +687,12 @@ def _source(
             "(size_t)l * 2 * F",
             "[&](int b, int row, float v) { G[b * F + row] = v; }",
             *b_i,
-            False,
-            tune.pipe,
         )
     )
     out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, tune.pairs))
     out.append(_barrier("5 * l + 3"))
     out.append("    stage<F, B, NT, false>(xs, G, (const float*)nullptr, 0.f);\n")
-    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, tune.pairs, tune.pipe))
+    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, tune.pairs))
     out.append(
         "    if (l + 1 < L) {\n"
         + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, tune.pairs)

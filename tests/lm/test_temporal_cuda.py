@@ -97,12 +97,9 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
     src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
-    # quantized: every product software-pipelined, two rows a warp (the gated one by its gate)
-    assert src.count("rows_quant_pipe<") == 4 and "rows_dense" not in src and "rows_quant<" not in src
-    assert "rows_quant_pipe<3 * D, D, B, false, NT, 4, 64, UQ>(wq, wq_s, wq_b" in src
-    assert "rows_quant_pipe<F, D, B, true, NT, 4, 64, UQ>(wi, wi_s, wi_b" in src
-    unpiped = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pipe=False))
-    assert unpiped.count("rows_quant<") == 1 and unpiped.count("rows_quant_pairs<") == 3
+    # gated linear_in two rows a warp by its gate, the other three by pairs of rows
+    assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 3 and "rows_dense" not in src
+    assert "rows_quant_pairs<3 * D, D, B, NT, 4, 64, UQ>(wq, wq_s, wq_b" in src
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
@@ -114,7 +111,7 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
         and dense.count("rows_dense_pairs<") == 3
         and "rows_quant" not in dense
     )
-    single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pairs=False, pipe=False))
+    single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pairs=False))
     assert single.count("rows_quant<") == 4 and "pairs" not in single
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
@@ -123,8 +120,8 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
 
 def test_tuning_reads_its_switch(monkeypatch):
     assert tc.tuning() == tc.Tuning()
-    monkeypatch.setenv(tc.TUNE_ENV, "threads=512,uq=8,u=2,prefetch=0,pipe=0")
-    assert tc.tuning() == tc.Tuning(threads=512, uq=8, u=2, prefetch=False, pipe=False)
+    monkeypatch.setenv(tc.TUNE_ENV, "threads=512,uq=16,u=2,prefetch=0,pairs=0")
+    assert tc.tuning() == tc.Tuning(threads=512, uq=16, u=2, prefetch=False, pairs=False)
 
 
 def test_rope_table_rotates_as_mlx_rope():
