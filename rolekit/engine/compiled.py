@@ -12,6 +12,10 @@ power of two (>= MIN_PREFIX; masked within): a new trace per length, i.e. a hand
 slots through a mask. Once the ring has wrapped and no row's padding is still inside it, every
 slot is visible: one more graph without any mask serves from then on.
 
+On CUDA (batch <= 4) the 32 temporal layers in the graph are one kernel (`lm.temporal_cuda`),
+which also writes the step's keys into the rings in place; the graph is then the embeddings, that
+kernel, the text head, sampling and the depformer (one graph per attended prefix, as above).
+
 Mimi encode/decode stay outside (they have their own streaming state). The engine's eager
 `_pre_impl` / `_post_impl` are traced as they are, so both paths share the token-ring logic.
 """
