@@ -6,12 +6,11 @@ time was ~3 ms above its GPU time (bench/RESULTS.md: 9.2 ms serialized for ~6.1 
 1.6 ms of it host graph building). Here the layers are one persistent kernel: one block per SM,
 grid barriers between stages (`nn.grid`), the fp32 residual stream in global scratch. Per layer:
 
-    S1  q | k | v = in_proj[l] rms1(X)                       (every block normalizes X itself);
-        a warp takes two adjacent rows, a rotary pair: q and k leave rotated (interleaved RoPE at
-        the row's own position, angles from `rope_table`), k and v rounded to the cache dtype (as
-        the op path stores them) and written into the ring
-    S2  attention partials: a block per (row, head, split of the attended ring slots); the
-        current slot's key and value come from S1's scratch
+    S1  q | k | v = in_proj[l] rms1(X)                       (every block normalizes X itself)
+    S2  attention partials: a block per (row, head, split of the attended ring slots); q and the
+        new k are rotated on the fly (interleaved RoPE at the row's own position, angles from
+        `rope_table`); the current slot's key and value come from S1 (rounded to the cache dtype,
+        as the op path stores them)
     S3  X += out_proj[l] a,  a = the splits combined (every block combines all of them itself)
     S4  G = silu(u) * w,  u | w = linear_in[l] rms2(X)
     S5  X += linear_out[l] G
@@ -23,8 +22,8 @@ product. Measured on an H100 (bench/RESULTS.md): ~3.8-4.1 ms of GPU a frame in q
 10.5-11.0 -> 8.2-8.6 ms.
 
 The kernel writes the step's keys and values into the ring arrays IN PLACE (slot pos % C of each
-layer, in S1; no other slot changes, and that slot is never read from the ring in the step: S2
-takes its key and value from S1's scratch) and also returns them (`new_kv` [L, 2, B, D], for the checks). In place,
+layer; no other slot changes, and that slot is never read from the ring in the step: its key and
+value come from S1) and also returns them (`new_kv` [L, 2, B, D], for the checks). In place,
 because MLX's 64 `put_along_axis` writes a frame took ~1.2 ms of GPU time; so `LmCache.snapshot`
 and `restore` copy the rings. Visibility of a ring slot is `ring_attention`'s rule (context
 window, each row's left padding, a padding row sees only itself), evaluated in the kernel.
@@ -363,10 +362,10 @@ __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2
 
 template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
 __device__ inline void attention_stage(
-    const float* QKV, const T* kc, const T* vc, float* PM, float* PL, float* PO, int p, const int* start,
-    float* qs, float* kn, float* vn, float* rm, float* rl, float* ro, float* probe) {
-  // items (row, head, split) over the blocks; a slot is read by LPS lanes, 8 values each. QKV holds
-  // q rotated and scaled, and the current slot's k (rotated) and v as the ring stores them
+    const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
+    const int* start, const float* rope, float qscale, float* qs, float* kn, float* vn, float* rm,
+    float* rl, float* ro, float* probe) {
+  // items (row, head, split) over the blocks; a slot is read by LPS lanes, 8 values each
   constexpr int NW = NT / 32;
   constexpr int LPS = HD / 8;
   constexpr int SPW = 32 / LPS;
@@ -378,11 +377,32 @@ __device__ inline void attention_stage(
     const int b = bh / H, h = bh % H;
     const int st = start[b];
     __syncthreads();  // qs / kn / vn / reductions free
-    for (int i = threadIdx.x; i < HD; i += NT) {
-      const float* src = QKV + (size_t)b * 3 * D + h * HD + i;
-      qs[i] = __ldcg(src);
-      kn[i] = __ldcg(src + D);
-      vn[i] = __ldcg(src + 2 * D);
+    for (int i = threadIdx.x; i < HD / 2; i += NT) {
+      const float cs = rope[(b * (HD / 2) + i) * 2], sn = rope[(b * (HD / 2) + i) * 2 + 1];
+      const float* src = QKV + (size_t)b * 3 * D + h * HD + 2 * i;
+      const float q0 = __ldcg(src), q1 = __ldcg(src + 1);
+      const float k0 = __ldcg(src + D), k1 = __ldcg(src + D + 1);
+      qs[2 * i] = (q0 * cs - q1 * sn) * qscale;
+      qs[2 * i + 1] = (q0 * sn + q1 * cs) * qscale;
+      const T ka = static_cast<T>(k0 * cs - k1 * sn), kb = static_cast<T>(k0 * sn + k1 * cs);
+      const T va = static_cast<T>(__ldcg(src + 2 * D)), vb = static_cast<T>(__ldcg(src + 2 * D + 1));
+      kn[2 * i] = static_cast<float>(ka);
+      kn[2 * i + 1] = static_cast<float>(kb);
+      vn[2 * i] = static_cast<float>(va);
+      vn[2 * i + 1] = static_cast<float>(vb);
+      if (split == 0) {
+        T* kout = nkv + (size_t)b * D + h * HD + 2 * i;  // keys [B, D], values B * D further
+        kout[0] = ka;
+        kout[1] = kb;
+        kout[B * D] = va;
+        kout[B * D + 1] = vb;
+        // and into the rings, in place: slot cur is never read from them in this step
+        const size_t at = ((size_t)bh * C + cur) * HD + 2 * i;
+        const_cast<T*>(kc)[at] = ka;
+        const_cast<T*>(kc)[at + 1] = kb;
+        const_cast<T*>(vc)[at] = va;
+        const_cast<T*>(vc)[at + 1] = vb;
+      }
     }
     __syncthreads();
     if (probe && item == blockIdx.x) stamp(probe, 0);
@@ -461,32 +481,6 @@ __device__ inline void attention_stage(
       if (dd == 0) { PM[item] = M; PL[item] = L; }
     }
     if (probe && item == blockIdx.x) stamp(probe, 3);
-  }
-}
-
-template <int N, int K, int B, int NT, int BITS, int GS, int UQ, typename W, typename S, typename E>
-__device__ inline void rows_adjacent(const W* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
-  // two adjacent output rows (2 r, 2 r + 1: a rotary pair) per warp; epi(b, 2 r, v0, v1)
-  constexpr int NW = NT / 32;
-  const int lane = threadIdx.x & 31;
-  for (int r = blockIdx.x * NW + (threadIdx.x >> 5); r < N / 2; r += gridDim.x * NW) {
-    float acc[B], acc2[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    const size_t r1 = row0 + 2 * (size_t)r, r2 = r1 + 1;
-    if constexpr (BITS == 0) {
-      dot_dense<K, B, true>(w + r1 * K, w + r2 * K, xs, lane, acc, acc2);
-    } else {
-      constexpr int KW = K * BITS / 32;
-      constexpr int NG = K / GS;
-      dot_quant<K, B, true, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
-                                            bi + r2 * NG, xs, lane, acc, acc2);
-    }
-    warp_sum<B, true>(acc, acc2);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) epi(b, 2 * r, acc[b], acc2[b]);
-    }
   }
 }
 
@@ -573,17 +567,15 @@ def _rows_call(
     )
 
 
-def _prefetch(
-    name: str, rows: str, k: str, first: str, bits: int, group: int, pairs: bool = False, per_warp: int = 1
-) -> str:
-    """L2 prefetch of the first wave of rows (`per_warp` per warp of the grid) of a family's slice
+def _prefetch(name: str, rows: str, k: str, first: str, bits: int, group: int, pairs: bool = False) -> str:
+    """L2 prefetch of the first wave of rows (one per warp of the grid) of a family's slice
     (emitted under `if constexpr (PREFETCH)`); `pairs`: of each half (rows_*_pairs)."""
     if pairs:
         half = f"({rows}) / 2"
         return _prefetch(name, half, k, first, bits, group) + _prefetch(
             name, half, k, f"({first}) + {half}", bits, group
         )
-    wave = f"(size_t)min((int)({rows}), (int)(gridDim.x * (NT / 32) * {per_warp}))"
+    wave = f"(size_t)min((int)({rows}), (int)(gridDim.x * (NT / 32)))"
     if bits == 0:
         row_bytes = f"(size_t)({k}) * sizeof(*{name})"
         out = f"prefetch_l2<NT>({name}, (size_t)({first}) * {row_bytes}, {wave} * {row_bytes}); "
@@ -595,34 +587,6 @@ def _prefetch(
             size = f"{groups} * sizeof(*{name}{part})"
             out += f"prefetch_l2<NT>({name}{part}, (size_t)({first}) * {size}, {wave} * {size}); "
     return f"    if constexpr (PREFETCH) {{ {out}}}\n"
-
-
-QKV_EPI = """[&](int b, int row, float a0, float a1) {
-      // q rotated and scaled; k rotated and v as the ring stores them (into the ring at slot
-      // p % C in place, into new_kv, and as floats into QKV for the attention's current slot)
-      const int part = row / D, c = row % D, hh = c / HD;
-      float* dst = QKV + (size_t)b * 3 * D + row;
-      float r0 = a0, r1 = a1;
-      if (part < 2) {
-        const float cs = rope[(b * (HD / 2) + (c % HD) / 2) * 2], sn = rope[(b * (HD / 2) + (c % HD) / 2) * 2 + 1];
-        r0 = a0 * cs - a1 * sn;
-        r1 = a0 * sn + a1 * cs;
-      }
-      if (part == 0) {
-        dst[0] = r0 * QSCALE;
-        dst[1] = r1 * QSCALE;
-        return;
-      }
-      const T t0 = static_cast<T>(r0), t1 = static_cast<T>(r1);
-      dst[0] = static_cast<float>(t0);
-      dst[1] = static_cast<float>(t1);
-      T* ring = const_cast<T*>(part == 1 ? kp[l] : vp[l]) + ((size_t)(b * H + hh) * C + p % C) * HD + c % HD;
-      ring[0] = t0;
-      ring[1] = t1;
-      T* out = new_kv + (size_t)l * 2 * B * D + (size_t)(part - 1) * B * D + (size_t)b * D + c;
-      out[0] = t0;
-      out[1] = t1;
-    }"""
 
 
 def _barrier(k: str) -> str:
@@ -690,21 +654,24 @@ def _source(
 """,
     ]
     b_q, b_o, b_i, b_d = (bits[n] for n in FAMILIES)
-    bits_q = b_q
-    bq, gq = bits_q
-    if bq:
-        out.append(
-            f"    rows_adjacent<3 * D, D, B, NT, {bq}, {gq}, UQ>(wq, wq_s, wq_b, (size_t)l * 3 * D, xs, {QKV_EPI});\n"
+    out.append(
+        _rows_call(
+            "wq",
+            "3 * D",
+            "D",
+            False,
+            "(size_t)l * 3 * D",
+            "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
+            *b_q,
+            tune.pairs,
         )
-    else:
-        out.append(
-            f"    rows_adjacent<3 * D, D, B, NT, 0, 1, UQ>(wq, (const T*)nullptr, (const T*)nullptr, (size_t)l * 3 * D, xs, {QKV_EPI});\n"
-        )
+    )
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, tune.pairs))
     out.append(_barrier("5 * l"))
     out.append(
         "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
-        "        PM, PL, PO, p, start, qs, kn, vn, rm, rl, ro, PROBE ? TM + 2 * (10 * L + 2) + 8 * l : nullptr);\n"
+        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, rope, QSCALE, qs, kn, vn, rm, rl, ro,\n"
+        "        PROBE ? TM + 2 * (10 * L + 2) + 8 * l : nullptr);\n"
         + _barrier("5 * l + 1")
         + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
     )
@@ -730,7 +697,7 @@ def _source(
     out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, tune.pairs))
     out.append(
         "    if (l + 1 < L) {\n"
-        + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, per_warp=2)
+        + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, tune.pairs)
         + "    }\n"
     )
     out.append(_barrier("5 * l + 4") + "  }\n")

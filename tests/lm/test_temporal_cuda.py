@@ -97,23 +97,22 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
     src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
-    # in_proj two adjacent rows (a rotary pair) a warp, linear_in a row and its gate, out_proj and
-    # linear_out two rows of the two halves
-    assert "rows_adjacent<3 * D, D, B, NT, 4, 64, UQ>(wq, wq_s, wq_b" in src
-    assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 2 and "rows_dense" not in src
-    # four families, weights + scales + biases, both halves of the two paired ones
-    assert src.count("prefetch_l2<NT>(") == 6 * 3
-    assert src.count("if constexpr (PREFETCH)") == 6 and "constexpr bool PREFETCH = true;" in src
+    # gated linear_in two rows a warp by its gate, the other three by pairs of rows
+    assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 3 and "rows_dense" not in src
+    assert "rows_quant_pairs<3 * D, D, B, NT, 4, 64, UQ>(wq, wq_s, wq_b" in src
+    # four families, weights + scales + biases, both halves of the three paired ones
+    assert src.count("prefetch_l2<NT>(") == 7 * 3
+    assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
     off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(prefetch=False, u=2))
     assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
     dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
-    assert dense.count("rows_dense<") == 1 and dense.count("rows_dense_pairs<") == 2
     assert (
-        "rows_quant" not in dense
-        and "rows_adjacent<3 * D, D, B, NT, 0, 1, UQ>(wq, (const T*)nullptr" in dense
+        dense.count("rows_dense<") == 1
+        and dense.count("rows_dense_pairs<") == 3
+        and "rows_quant" not in dense
     )
     single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pairs=False))
-    assert single.count("rows_quant<") == 3 and "pairs" not in single
+    assert single.count("rows_quant<") == 4 and "pairs" not in single
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
     assert tc.split_plan(1, 32, 100, 132) == (2, 50)
