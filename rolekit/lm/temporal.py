@@ -42,6 +42,7 @@ class LmCache:
         for i, ring in enumerate(self.rings):
             out[f"layers.{i}.keys"] = _copy(ring.keys)
             out[f"layers.{i}.values"] = _copy(ring.values)
+        mx.eval(*out.values())  # copied now, before a later step writes the rings in place
         return out
 
     def restore(self, state: dict[str, mx.array]) -> None:
