@@ -23,6 +23,7 @@ import numpy as np
 from rolekit.bench.lm import build_lm, lm_config
 from rolekit.lm import depformer_cuda
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
+from rolekit.nn import grid
 from rolekit.nn.cuda import switched
 
 
@@ -71,7 +72,7 @@ def check_depformer_kernel(
                 tokens, scratch = depformer_cuda.launch(lm, hidden, text, provided, params, keys, steps)
                 logits = depformer_cuda.logits_of(lm, scratch, b, steps)
                 mx.eval(tokens, logits)
-                row["timed_out"] = depformer_cuda.timed_out(scratch)
+                row["timed_out"] = grid.timed_out(scratch)
                 audio_in = mx.concatenate([tokens, provided[:, steps:]], axis=1)
                 ref = lm.depformer_logits(hidden.astype(mx.float32), text, audio_in)[:, :steps]
                 err = mx.sqrt(mx.sum((logits - ref) ** 2, axis=(0, 2)) / mx.sum(ref**2, axis=(0, 2)))

@@ -25,6 +25,7 @@ import numpy as np
 from rolekit.bench.lm import build_lm, lm_config
 from rolekit.engine.compiled import CompiledStep, prefix_length
 from rolekit.lm import temporal_cuda
+from rolekit.nn import grid
 
 STAGES = ("qkv", "attention", "out", "gate", "down")
 
@@ -119,7 +120,7 @@ def _steps(
         args = (lm, x, mx.array(pos, dtype=mx.int32), start_mx, ks, vs, length, cfg.context)
         hidden, new_kv, scratch = temporal_cuda.launch(*args)
         mx.eval(hidden, new_kv, scratch)
-        timed_out |= temporal_cuda.timed_out(scratch)
+        timed_out |= grid.timed_out(scratch)
         if in_place:  # the kernel wrote new_kv into the rings at slot pos % C
             slot = pos % cap
             ring = mx.stack(

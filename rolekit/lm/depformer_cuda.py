@@ -41,13 +41,12 @@ import mlx.nn as nn
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
 from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 from rolekit.nn.fused import DOT_HEADER
-from rolekit.nn.grid import GRID_HEADER, Mat, mat_ok, stack_linears
+from rolekit.nn.grid import CONTROL, GRID_HEADER, Mat, mat_ok, shared_memory, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 ENV = "ROLEKIT_DEP_KERNEL"  # 0: the op-by-op MLX depformer
 MAX_ROWS = 4
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)
-_CONTROL = 64  # floats at the start of the scratch: barrier counter [0], timeout flag [1]
 _STATIC_SMEM = 12 * 1024  # upper bound of the kernel's static shared memory (sampling buffers)
 
 
@@ -204,8 +203,7 @@ def launch(
     bits = tuple((name, m.bits, m.group) for name, m in mats)
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
     smem = b * kmax * 4  # the stage inputs
-    if smem <= 48000 < smem + _STATIC_SMEM:
-        smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
+    smem = shared_memory(smem, _STATIC_SMEM)
     kernel = _kernel(tuple(names), shape, bits, packed.eps, smem)
     blocks = sm_count() or 1
     tokens, scratch = kernel(
@@ -239,7 +237,7 @@ class _Layout:
 
     def __init__(self, shape: tuple[int, ...], b: int, steps: int) -> None:
         _, dd, _, f, card, n_layers = shape
-        self.logits = _CONTROL + 3 * b * dd + b * f
+        self.logits = CONTROL + 3 * b * dd + b * f
         self.kv = self.logits + b * steps * card
         self.size = self.kv + n_layers * b * steps * 2 * dd
 
@@ -248,11 +246,6 @@ def logits_of(lm: Any, scratch: mx.array, b: int, steps: int) -> mx.array:
     """Every step's logits [B, steps, card] fp32 from a `launch` scratch."""
     start = _Layout(_shape_key(lm.cfg), b, steps).logits
     return scratch[start : start + b * steps * lm.cfg.card].reshape(b, steps, lm.cfg.card)
-
-
-def timed_out(scratch: mx.array) -> bool:
-    """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
-    return bool(scratch[1].item() != 0)
 
 
 def _shape_key(cfg: Any) -> tuple[int, ...]:
@@ -543,7 +536,7 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
         f"  constexpr int D = {d};\n  constexpr int DD = {dd};\n  constexpr int H = {h};\n",
         f"  constexpr int HD = {hd};\n  constexpr int F = {f};\n  constexpr int CARD = {card};\n",
         f"  constexpr int NT = {THREADS};\n  constexpr float EPS = {float(eps)!r}f;\n",
-        f"  constexpr float SCALE = {hd**-0.5!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
+        f"  constexpr float SCALE = {hd**-0.5!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         """
   extern __shared__ float xs[];  // this block's stage input [B, KMAX] fp32
   __shared__ float sv[CARD];

@@ -48,7 +48,15 @@ import numpy as np
 from rolekit.nn import ring_attention
 from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 from rolekit.nn.fused import DOT_HEADER
-from rolekit.nn.grid import GRID_HEADER, Mat, mat_ok, stack_linears, stack_norms
+from rolekit.nn.grid import (
+    CONTROL,
+    GRID_HEADER,
+    Mat,
+    mat_ok,
+    shared_memory,
+    stack_linears,
+    stack_norms,
+)
 
 ENV = "ROLEKIT_TEMPORAL_KERNEL"  # 0: the per-layer fused ops
 MAX_ROWS = 4
@@ -86,7 +94,6 @@ def tuning() -> Tuning:
     )
 
 
-_CONTROL = 64  # floats at the start of the scratch: barrier counter [0], timeout flag [1]
 _STATIC_SMEM = 16 * 1024  # upper bound of the kernel's static shared memory
 _LOG2E = 1.4426950408889634
 FAMILIES = ("wq", "wo", "wi", "wd")  # in_proj, out_proj, gating linear_in, gating linear_out
@@ -163,7 +170,7 @@ class _Layout:
     def __init__(self, b: int, d: int, f: int, heads: int, nsplit: int, n_layers: int) -> None:
         hd = d // heads
         items = b * heads * nsplit
-        self.x = _CONTROL
+        self.x = CONTROL
         self.partials = self.x + b * d + 3 * b * d + b * f
         self.stamps = self.partials + 2 * items + items * hd
         self.n_stamps = 10 * n_layers + 2
@@ -212,8 +219,7 @@ def launch(
     bits = tuple((n, packed.mats[n].bits, packed.mats[n].group) for n in FAMILIES)
     shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
     smem = b * max(cfg.dim, cfg.hidden) * 4
-    if smem <= 48000 < smem + _STATIC_SMEM:
-        smem = 48004  # past 48 KB in all, MLX must raise the block's shared-memory limit
+    smem = shared_memory(smem, _STATIC_SMEM)
     tune = tuning()
     kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune)
     hidden, new_kv, scratch = kernel(
@@ -238,32 +244,32 @@ def rope_table(pos: mx.array, start: mx.array, head_dim: int, base: float) -> mx
     return mx.stack([mx.cos(theta), mx.sin(theta)], axis=-1)
 
 
-def timed_out(scratch: mx.array) -> bool:
-    """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
-    return bool(scratch[1].item() != 0)
+def _layout_of(lm: Any, batch: int, length: int) -> _Layout:
+    cfg = lm.cfg
+    nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
+    return _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
+
+
+def _timer(scratch: mx.array, first: int, count: int) -> np.ndarray:
+    """`count` global-timer values (ns, int64) stored as uint32 pairs from float `first` of a scratch."""
+    raw = np.array(scratch[first : first + 2 * count]).view(np.uint32).astype(np.uint64)
+    return (raw[0::2] | (raw[1::2] << np.uint64(32))).astype(np.int64)
 
 
 def probe_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
     """[L, 3] microseconds of block 0's attention phases (slots loop, warp merge, block merge)
     after the rotary part, from a launch with `Tuning(probe=True)`; zeros without."""
-    cfg = lm.cfg
-    nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
-    lay = _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
-    raw = np.array(scratch[lay.probes : lay.probes + 8 * cfg.num_layers]).view(np.uint32).astype(np.uint64)
-    t = (raw[0::2] | (raw[1::2] << np.uint64(32))).astype(np.int64).reshape(cfg.num_layers, 4)
-    return np.diff(t, axis=1) / 1000.0
+    n = lm.cfg.num_layers
+    t = _timer(scratch, _layout_of(lm, batch, length).probes, 4 * n)
+    return np.diff(t.reshape(n, 4), axis=1) / 1000.0
 
 
 def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Microseconds of a launch's stages from block 0's global-timer stamps: (work [5 L], wait
     [5 L], output); stage 5 l + j is layer l's qkv, attention, out, gate, down (j = 0..4); work =
     block 0's own share, wait = then until every block had passed the barrier."""
-    cfg = lm.cfg
-    nsplit, _ = split_plan(batch, cfg.num_heads, length, sm_count() or 1)
-    lay = _Layout(batch, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, cfg.num_layers)
-    raw = np.array(scratch[lay.stamps : lay.stamps + 2 * lay.n_stamps]).view(np.uint32).astype(np.uint64)
-    t = (raw[0::2] | (raw[1::2] << np.uint64(32))).astype(np.int64)
-    d = np.diff(t) / 1000.0
+    lay = _layout_of(lm, batch, length)
+    d = np.diff(_timer(scratch, lay.stamps, lay.n_stamps)) / 1000.0
     return d[0:-1:2], d[1:-1:2], float(d[-1])
 
 
@@ -614,7 +620,7 @@ def _source(
         f"  constexpr int UQ = {tune.uq};\n  constexpr int SLOT_U = {tune.u};\n",
         f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
         f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
-        f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {_CONTROL};\n",
+        f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n",
         f"""
   extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32

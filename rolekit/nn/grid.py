@@ -67,6 +67,20 @@ def stack_norms(norms: list[nn.Module]) -> mx.array:
     return w
 
 
+CONTROL = 64  # floats at the start of a persistent kernel's scratch: barrier counter [0], timeout flag [1]
+
+
+def timed_out(scratch: mx.array) -> bool:
+    """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
+    return bool(scratch[1].item() != 0)
+
+
+def shared_memory(dynamic: int, static_bound: int) -> int:
+    """Dynamic shared memory to ask MLX for: past 48 KB in all (dynamic + the kernel's static
+    shared memory), MLX must raise the block's limit, which it does for a request over 48000 bytes."""
+    return 48004 if dynamic <= 48000 < dynamic + static_bound else dynamic
+
+
 def mat_ok(m: Mat) -> bool:
     """A family the kernels read: a float dense matrix, or MLX affine q4/q8 of group 32/64/128."""
     if m.bits == 0:

@@ -134,3 +134,11 @@ def test_rope_table_rotates_as_mlx_rope():
     x0, x1 = x[..., 0::2], x[..., 1::2]
     got = mx.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1).reshape(x.shape)
     np.testing.assert_allclose(np.array(got), np.array(want), atol=2e-5)
+
+
+def test_shared_memory_request_raises_mlx_limit_only_when_needed():
+    from rolekit.nn import grid
+
+    assert grid.shared_memory(4096, 16 * 1024) == 4096  # fits the default 48 KB with the static part
+    assert grid.shared_memory(45056, 16 * 1024) == 48004  # one row of linear_out's input: raise it
+    assert grid.shared_memory(4 * 45056, 16 * 1024) == 4 * 45056  # already above: MLX raises it
