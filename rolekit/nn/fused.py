@@ -54,35 +54,6 @@ _THREADS = 256  # 8 warps = 8 output rows per block
 DOT_HEADER = (
     _LOAD_HEADER
     + """
-// load8 for weights: a streaming load (ld.global.cs: evict first from L1 and L2), so that a frame's
-// single pass over gigabytes of weights does not push the kernels' code, activations and caches
-// out of L2 (a persistent kernel re-fetched its stages' code from memory every layer)
-__device__ inline void load8s(const __nv_bfloat16* p, float* o) {
-  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x;
-    o[2 * i + 1] = f.y;
-  }
-}
-__device__ inline void load8s(const __half* p, float* o) {
-  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
-  const __half2* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x;
-    o[2 * i + 1] = f.y;
-  }
-}
-__device__ inline void load8s(const float* p, float* o) {
-  const float4 a = __ldcs(reinterpret_cast<const float4*>(p));
-  const float4 b = __ldcs(reinterpret_cast<const float4*>(p) + 1);
-  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
-  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-}
 template <int B, int K, int NT, typename G>
 __device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
   // xs [B, K] fp32 in shared memory, normalized in place (the caller synchronized after staging)
