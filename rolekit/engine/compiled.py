@@ -55,11 +55,15 @@ class CompiledStep:
         self._kernel_steps: dict[int, Any] = {}
         self.launch = temporal_cuda.launch  # the tests put `temporal_cuda.reference` here
 
+    @property
+    def _stand_in(self) -> bool:
+        """`launch` is not the CUDA kernel (a test's stand-in: any device, no in-place ring write)."""
+        return self.launch is not temporal_cuda.launch
+
     def uses_kernel(self, lm_cache: LmCache) -> bool:
         """The temporal kernel serves the next step (read when the step is built)."""
         lm = self.engine.lm
-        force = self.launch is not temporal_cuda.launch  # a stand-in runs on any device
-        if force:
+        if self._stand_in:
             return (
                 getattr(lm, "_temporal_packed", None) is not None
                 and self.engine.batch <= temporal_cuda.MAX_ROWS
@@ -185,7 +189,7 @@ class CompiledStep:
         ks, vs = list(kv[:n]), list(kv[n:])
         context = eng.lm.transformer.layers[0].self_attn.context
         hidden, new_kv, _ = self.launch(eng.lm, x[:, 0], pos, start, ks, vs, length, context)
-        if self.launch is not temporal_cuda.launch:
+        if self._stand_in:
             b, h, cap, hd = ks[0].shape
             idx = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (b, h, 1, hd))
             for i in range(n):
