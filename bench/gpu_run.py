@@ -8,7 +8,7 @@ timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringch
 `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
 kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
 masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel, `mimi=0` the
-one-kernel Mimi steps, `temporal=0` the one-kernel temporal step. Prints one line per job and a table at the end.
+one-kernel Mimi steps, `temporal=0` the one-kernel temporal step, `tune=threads=256/stages=0` its shape (`Tuning`), `dep_threads=512` the depformer kernel's block. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         os.environ["ROLEKIT_TEMPORAL_KERNEL"] = str(opts.pop("temporal"))
     import os
 
+    os.environ.pop("ROLEKIT_DEP_THREADS", None)  # per job: dep_threads=512 (the depformer kernel's block)
+    if "dep_threads" in opts:
+        os.environ["ROLEKIT_DEP_THREADS"] = str(opts.pop("dep_threads"))
     os.environ.pop("ROLEKIT_TEMPORAL_TUNE", None)  # per job: tune=u=2/prefetch=0 (Tuning fields)
     if "tune" in opts:
         os.environ["ROLEKIT_TEMPORAL_TUNE"] = str(opts.pop("tune")).replace("/", ",")

@@ -135,7 +135,7 @@ def dep_kernel_model(monkeypatch):
 
     calls: list[dict] = []
 
-    def kernel(names, shape, bits, eps, smem):
+    def kernel(names, shape, bits, eps, smem, nt=256):
         def call(inputs, template, grid, threadgroup, output_shapes, output_dtypes, init_value):
             calls.append(dict(template))
             return depformer_contract(

@@ -15,6 +15,7 @@ from rolekit.bench.lm import build_lm, default_quant, lm_config, weight_gb
 from rolekit.bench.timing import peak_rss_gb, summarize
 from rolekit.codec.config import mimi_202407
 from rolekit.codec.mimi import Mimi
+from rolekit.engine import engine as engine_module
 from rolekit.engine.engine import Engine
 from rolekit.frames import FRAME_SAMPLES
 from rolekit.lm.sampling import SamplingParams
@@ -45,8 +46,15 @@ def bench_engine(
     seed: int = 0,
     bundle: ModelBundle | None = None,
     start: int = 0,
+    hold: bool = False,
+    cache: int = -1,
 ) -> dict[str, Any]:
     """ms per `Engine.step` (user pcm in, agent pcm + tokens out as numpy), median and spread.
+
+    Diagnostics of MLX's CUDA memory (an array the host reads moves into managed memory, and the
+    allocator's cache later hands that buffer to a GPU kernel's output): `hold` keeps every array
+    the step reads on the host alive for the whole run (no such buffer is reused), `cache` >= 0
+    sets MLX's buffer-cache limit in bytes for the run (0: nothing is reused).
 
     `compiled`: the engine's whole-step compiled graph (`rolekit.engine.compiled`).
     `start`: frames already in the LM context before the first step (one batched temporal pass
@@ -62,17 +70,31 @@ def bench_engine(
     rng = np.random.default_rng(seed)
     pcm = (0.1 * rng.standard_normal((warmup + steps + 3, batch, FRAME_SAMPLES))).astype(np.float32)
     samples, first = [], []
-    for i in range(pcm.shape[0]):
-        t0 = time.perf_counter()
-        engine.step(pcm[i])
-        ms = (time.perf_counter() - t0) * 1000.0
-        if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
-            samples.append(ms)
-        elif i < 4:
-            first.append(round(ms, 1))  # the compiled graph is traced on the first LM call
+    held: list[Any] = []
+    saved_np, saved_cache = engine_module.np, None
+    if hold:
+        engine_module.np = _Holding(np, held)
+    if cache >= 0:
+        saved_cache = mx.set_cache_limit(cache)
+    try:
+        for i in range(pcm.shape[0]):
+            t0 = time.perf_counter()
+            engine.step(pcm[i])
+            ms = (time.perf_counter() - t0) * 1000.0
+            if i >= warmup + 3:  # the first two calls prime the delays and skip the depformer/decoder
+                samples.append(ms)
+            elif i < 4:
+                first.append(round(ms, 1))  # the compiled graph is traced on the first LM call
+    finally:
+        engine_module.np = saved_np
+        if saved_cache is not None:
+            mx.set_cache_limit(saved_cache)
     return {
         "runtime": "rolekit-engine",
         "variant": "compiled-step" if compiled else "eager",
+        "hold": hold,
+        "cache": cache,
+        "held": len(held),
         "start": start,
         "device": str(mx.default_device()),
         "size": size,
@@ -89,6 +111,22 @@ def bench_engine(
         "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
         "peak_rss_gb": peak_rss_gb(),
     }
+
+
+class _Holding:
+    """numpy for `rolekit.engine.engine` in `bench_engine(hold=True)`: `array` keeps each MLX array
+    it converts referenced in `held`."""
+
+    def __init__(self, module: Any, held: list[Any]) -> None:
+        self._module, self._held = module, held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def array(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, mx.array):
+            self._held.append(value)
+        return self._module.array(value, *args, **kwargs)
 
 
 def _fill_context(engine: Engine, frames: int, seed: int) -> None:

@@ -137,12 +137,13 @@ def _steps(
             t0 = time.perf_counter()
             mx.eval(temporal_cuda.launch(*args))
             kernel_ms.append((time.perf_counter() - t0) * 1e3)
+        mx.clear_cache()  # the stamped launch's scratch is fresh device memory, not a buffer the host read
         _, _, scratch = temporal_cuda.launch(*args)
         mx.eval(scratch)
         work, wait, _ = temporal_cuda.stage_us(lm, scratch, batch, length)
         probe = temporal_cuda.probe_us(lm, scratch, batch, length)
         if temporal_cuda.tuning().probe:
-            # attention of block 0 before the slots (rotary + sync), slots, warp merge, block merge
+            # attention of block 0: until its first item, rotary part, sync, slots, warp merge, block merge
             attn = np.stack([work[1::5] - probe.sum(axis=1), *probe.T], axis=1).sum(axis=0)
             probes = attn if probes is None else probes + attn
         us = np.stack([work, wait])

@@ -31,6 +31,7 @@ Where the kernel does not apply (not CUDA, batch > MAX_ROWS, a global RNG, an un
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -41,12 +42,20 @@ import mlx.nn as nn
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
 from rolekit.nn.cuda import kernels_on, sm_count, source_tag
 from rolekit.nn.fused import DOT_HEADER
-from rolekit.nn.grid import CONTROL, GRID_HEADER, Mat, mat_ok, shared_memory, stack_linears
+from rolekit.nn.grid import CONTROL, GRID_HEADER, Mat, launch_bounds, mat_ok, shared_memory, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 ENV = "ROLEKIT_DEP_KERNEL"  # 0: the op-by-op MLX depformer
 MAX_ROWS = 4
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)
+THREADS_ENV = "ROLEKIT_DEP_THREADS"  # benchmarks: another block size, under launch bounds
+
+
+def threads() -> int:
+    """Threads per block: THREADS, or ROLEKIT_DEP_THREADS (a multiple of 32, up to 1024)."""
+    return int(os.environ.get(THREADS_ENV, "") or THREADS)
+
+
 _STATIC_SMEM = 12 * 1024  # upper bound of the kernel's static shared memory (sampling buffers)
 
 
@@ -204,13 +213,14 @@ def launch(
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
     smem = b * kmax * 4  # the stage inputs
     smem = shared_memory(smem, _STATIC_SMEM)
-    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem)
+    nt = threads()
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, nt)
     blocks = sm_count() or 1
     tokens, scratch = kernel(
         inputs=inputs,
         template=[("T", hidden.dtype), ("B", b), ("NS", steps), ("GREEDY", bool(greedy))],
-        grid=(blocks * THREADS, 1, 1),
-        threadgroup=(THREADS, 1, 1),
+        grid=(blocks * nt, 1, 1),
+        threadgroup=(nt, 1, 1),
         output_shapes=[(b, steps), (layout.size,)],
         output_dtypes=[mx.int32, mx.float32],
         init_value=0,
@@ -394,9 +404,9 @@ _SAMPLE = r"""
     // sampling: every block draws every row's token (same logits and noise -> same token)
     for (int b = 0; b < B; ++b) {
       const float* lg = LG + ((size_t)b * NS + s) * CARD;
-      const float t = temp[b];
+      const float t = temp_s[b];
       const bool hot = !GREEDY && t > 0.f;
-      int kk = topk[b];
+      int kk = topk_s[b];
       if (kk <= 0 || kk > CARD) kk = CARD;
       for (int i = threadIdx.x; i < CARD; i += NT) {
         const float v = __ldcg(lg + i);
@@ -529,13 +539,13 @@ def _prefetch(st: _Stage, bits: int, group: int, step: str) -> str:
     return out
 
 
-def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float) -> str:
+def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float, nt: int = THREADS) -> str:
     d, dd, h, f, card, n_layers = shape
     hd = dd // h
     out = [
         f"  constexpr int D = {d};\n  constexpr int DD = {dd};\n  constexpr int H = {h};\n",
         f"  constexpr int HD = {hd};\n  constexpr int F = {f};\n  constexpr int CARD = {card};\n",
-        f"  constexpr int NT = {THREADS};\n  constexpr float EPS = {float(eps)!r}f;\n",
+        f"  constexpr int NT = {nt};\n  constexpr float EPS = {float(eps)!r}f;\n",
         f"  constexpr float SCALE = {hd**-0.5!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         """
   extern __shared__ float xs[];  // this block's stage input [B, KMAX] fp32
@@ -545,6 +555,8 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
   __shared__ float rv[NT / 32];
   __shared__ int ri[NT / 32];
   __shared__ int cur[B];
+  __shared__ float temp_s[B];  // per-row sampling settings, read once: a [1] array of MLX's CUDA
+  __shared__ int topk_s[B];    // backend lives in host memory the GPU reads over the bus
   unsigned int* bar = reinterpret_cast<unsigned int*>(ws);
   unsigned int epoch = 0u;
   float* X = ws + CONTROL;   // [B, DD] residual stream
@@ -553,7 +565,11 @@ def _source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float
   float* G = A + B * DD;     // [B, F] gated hidden
   float* LG = G + B * F;     // [B, NS, CARD] logits
   float* KV = LG + B * NS * CARD;  // [L, B, NS, 2, DD] step caches
-  if (threadIdx.x < B) cur[threadIdx.x] = text[threadIdx.x];
+  if (threadIdx.x < B) {
+    cur[threadIdx.x] = text[threadIdx.x];
+    temp_s[threadIdx.x] = temp[threadIdx.x];
+    topk_s[threadIdx.x] = topk[threadIdx.x];
+  }
   __syncthreads();
   for (int s = 0; s < NS; ++s) {
 """,
@@ -605,14 +621,16 @@ def _kernel(
     bits: tuple[tuple[str, int, int], ...],
     eps: float,
     smem: int,
+    nt: int = THREADS,
 ) -> Any:
-    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps)
+    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, nt)
+    header = DOT_HEADER + GRID_HEADER + _HEADER + launch_bounds(nt)
     return mx.fast.cuda_kernel(
-        name=f"rolekit_depformer_{source_tag(source)}",
+        name=f"rolekit_depformer_{source_tag(header + source)}",
         input_names=list(names),
         output_names=["tokens", "ws"],
         source=source,
-        header=DOT_HEADER + GRID_HEADER + _HEADER,
+        header=header,
         ensure_row_contiguous=True,
         shared_memory=smem,
     )

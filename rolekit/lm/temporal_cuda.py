@@ -16,10 +16,17 @@ grid barriers between stages (`nn.grid`), the fp32 residual stream in global scr
     S5  X += linear_out[l] G
 
 then `hidden` = X (before the final norm, in the activation dtype). Products: one warp per output
-row, or two at a time (`nn.grid.rows_quant(_pairs)` / `rows_dense(_pairs)`, 8 packed words in
-flight per lane); before each barrier the grid asks L2 for the first wave of rows of the next
-product. Measured on an H100 (bench/RESULTS.md): ~3.8-4.1 ms of GPU a frame in q4, the step
-10.5-11.0 -> 8.2-8.6 ms.
+row at a time. In q4 / q8 each warp streams its rows' packed words, scales and biases through a
+ring of `Tuning.stages` slots in shared memory (`nn.grid.rows_async`, cp.async: 8 units of 512
+bytes in flight per warp, across row boundaries, with no registers held), each lane reading back
+its own 16 bytes against a swizzled, bank-conflict-free copy of the stage input and precomputed
+chunk sums (the bias term); dense weights, or `stages=0`, use `nn.grid.rows_dense` / `rows_quant`.
+Before each barrier the grid asks L2 for the first wave of rows of the next product. 512 threads a
+block under launch bounds (`nn.grid.launch_bounds`, 128 registers a thread). The step's position
+and the rows' padding are read once per block into shared memory: MLX's CUDA backend keeps an
+array of 8 bytes or less in host memory that the GPU reads over the bus, and reading `start[b]`
+once per layer and block had cost ~25 us a layer. Measured on an H100 (bench/RESULTS.md): 2.8 ms
+of GPU a frame in q4 (4.1 ms before these three changes), the step 8.2 -> 7.2 ms.
 
 The kernel writes the step's keys and values into the ring arrays IN PLACE (slot pos % C of each
 layer; no other slot changes, and that slot is never read from the ring in the step: its key and
@@ -46,12 +53,13 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.nn import ring_attention
-from rolekit.nn.cuda import kernels_on, sm_count, source_tag
+from rolekit.nn.cuda import kernels_on, shared_optin, sm_count, source_tag
 from rolekit.nn.fused import DOT_HEADER
 from rolekit.nn.grid import (
     CONTROL,
     GRID_HEADER,
     Mat,
+    launch_bounds,
     mat_ok,
     shared_memory,
     stack_linears,
@@ -65,18 +73,20 @@ TUNE_ENV = "ROLEKIT_TEMPORAL_TUNE"  # e.g. "threads=512,uq=8,u=2,prefetch=0" (be
 
 @dataclass(frozen=True)
 class Tuning:
-    """Shape of the generated kernel: threads per block (8 warps: MLX sets no launch bounds, so
-    255 registers a thread must fit), packed words in flight per lane in the products (8: half a
-    q4 row of 4096 per warp pass; 16 measured slower on an H100, bench/RESULTS.md), slot passes
-    in flight per warp in the attention, and whether
-    the next product's first rows are prefetched into L2 before each barrier."""
+    """Shape of the generated kernel: threads per block (16 warps, under launch bounds that keep a
+    thread within 128 registers; 8 warps took 16% more GPU time on an H100, bench/RESULTS.md), the
+    slots of each warp's cp.async weight ring in the q4 / q8 products (`nn.grid.rows_async`; 0:
+    the register path `rows_quant`, with `uq` packed words in flight per lane and `pairs`), slot
+    passes in flight per warp in the attention, and whether the next product's first rows are
+    prefetched into L2 before each barrier."""
 
-    threads: int = 256
+    threads: int = 512
     uq: int = 8
     u: int = 4
     prefetch: bool = True
-    pairs: bool = True  # the non-gated products take two rows per warp at a time
-    probe: bool = False  # block 0 stamps the attention's phases (rope, slots, merge) per layer
+    pairs: bool = True  # register path: the non-gated products take two rows per warp at a time
+    probe: bool = False  # block 0 stamps the attention's phases per layer (PROBES)
+    stages: int = 8
 
 
 def tuning() -> Tuning:
@@ -91,9 +101,13 @@ def tuning() -> Tuning:
         prefetch=values.get("prefetch", "1") != "0",
         pairs=values.get("pairs", "1") != "0",
         probe=values.get("probe", "0") != "0",
+        stages=int(values.get("stages", base.stages)),
     )
 
 
+PROBES = (
+    6  # attention stamps a layer (Tuning.probe): item start, rope done, synced, slots, warp / block merge
+)
 _STATIC_SMEM = 16 * 1024  # upper bound of the kernel's static shared memory
 _LOG2E = 1.4426950408889634
 FAMILIES = ("wq", "wo", "wi", "wd")  # in_proj, out_proj, gating linear_in, gating linear_out
@@ -165,7 +179,7 @@ def split_plan(batch: int, heads: int, length: int, blocks: int) -> tuple[int, i
 class _Layout:
     """Offsets (floats) of the fp32 scratch: control, X [B, D], QKV [B, 3D], G [B, F], partial
     maxima / sums [B H S], partial outputs [B H S, HD], stage stamps [stages, 2] (uint32 pairs),
-    attention probes [L, 4, 2]."""
+    attention probes [L, PROBES, 2]."""
 
     def __init__(self, b: int, d: int, f: int, heads: int, nsplit: int, n_layers: int) -> None:
         hd = d // heads
@@ -174,8 +188,46 @@ class _Layout:
         self.partials = self.x + b * d + 3 * b * d + b * f
         self.stamps = self.partials + 2 * items + items * hd
         self.n_stamps = 10 * n_layers + 2
-        self.probes = self.stamps + 2 * self.n_stamps  # [L, 4] attention phases (Tuning.probe)
-        self.size = self.probes + 8 * n_layers
+        self.probes = self.stamps + 2 * self.n_stamps  # [L, PROBES] attention phases (Tuning.probe)
+        self.size = self.probes + 2 * PROBES * n_layers
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How the kernel's quantized products read their weights: `stages` slots of each warp's
+    cp.async ring (`nn.grid.rows_async`; 0: the register path `rows_quant`), the values of one
+    lane's 16 bytes (`vpc`), the floats of the chunk sums and the words of a ring slot, and the
+    dynamic shared memory in all (stage input [B, max(D, F)] fp32, chunk sums, rings)."""
+
+    stages: int
+    vpc: int
+    sums: int
+    slot_words: int
+    smem: int
+
+
+def pipeline(packed: Packed, b: int, d: int, f: int, dtype: mx.Dtype, tune: Tuning) -> Pipeline:
+    """The weight pipeline for this model and batch: on when every family is affine q4 / q8 of one
+    group size, its rows split into 16-byte chunks and its scale rows into 4-byte words, and at
+    least 2 slots a warp fit in the block's shared memory next to the stage input."""
+    xs = b * max(d, f) * 4
+    mats = [packed.mats[n] for n in FAMILIES]
+    bits, group = mats[0].bits, mats[0].group
+    size = 2 if dtype in (mx.bfloat16, mx.float16) else 4
+    ok = tune.stages >= 2 and bits in (4, 8) and all((m.bits, m.group) == (bits, group) for m in mats)
+    ok = ok and all((k * bits // 32) % 4 == 0 and (k // group * size) % 4 == 0 for k in (d, f))
+    if not ok:
+        return Pipeline(0, 0, 0, 0, xs)
+    vpc = 128 // bits
+    sums = -(-(b * max(d, f) // vpc) // 4) * 4
+    scale_bytes = 32 * vpc // group * size
+    slot_words = 128 + 2 * (-(-scale_bytes // 16) * 4)
+    room = (shared_optin() or 48 * 1024) - _STATIC_SMEM - xs - 4 * sums
+    per_stage = (tune.threads // 32) * slot_words * 4
+    stages = min(tune.stages, room // per_stage)
+    if stages < 2:
+        return Pipeline(0, 0, 0, 0, xs)
+    return Pipeline(stages, vpc, sums, slot_words, xs + 4 * sums + stages * per_stage)
 
 
 # ---- the call ------------------------------------------------------------------------------------
@@ -218,10 +270,10 @@ def launch(
     layout = _Layout(b, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, n_layers)
     bits = tuple((n, packed.mats[n].bits, packed.mats[n].group) for n in FAMILIES)
     shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
-    smem = b * max(cfg.dim, cfg.hidden) * 4
-    smem = shared_memory(smem, _STATIC_SMEM)
     tune = tuning()
-    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune)
+    plan = pipeline(packed, b, cfg.dim, cfg.hidden, x.dtype, tune)
+    smem = shared_memory(plan.smem, _STATIC_SMEM)
+    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune, plan)
     hidden, new_kv, scratch = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("B", b)],
@@ -257,11 +309,12 @@ def _timer(scratch: mx.array, first: int, count: int) -> np.ndarray:
 
 
 def probe_us(lm: Any, scratch: mx.array, batch: int, length: int) -> np.ndarray:
-    """[L, 3] microseconds of block 0's attention phases (slots loop, warp merge, block merge)
-    after the rotary part, from a launch with `Tuning(probe=True)`; zeros without."""
+    """[L, PROBES - 1] microseconds of block 0's attention phases from the start of its first item
+    (rotary part, the block's sync, slots loop, warp merge, block merge), from a launch with
+    `Tuning(probe=True)`; zeros without."""
     n = lm.cfg.num_layers
-    t = _timer(scratch, _layout_of(lm, batch, length).probes, 4 * n)
-    return np.diff(t.reshape(n, 4), axis=1) / 1000.0
+    t = _timer(scratch, _layout_of(lm, batch, length).probes, PROBES * n)
+    return np.diff(t.reshape(n, PROBES), axis=1) / 1000.0
 
 
 def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -383,6 +436,7 @@ __device__ inline void attention_stage(
     const int b = bh / H, h = bh % H;
     const int st = start[b];
     __syncthreads();  // qs / kn / vn / reductions free
+    if (probe && item == blockIdx.x) stamp(probe, 0);
     for (int i = threadIdx.x; i < HD / 2; i += NT) {
       const float cs = rope[(b * (HD / 2) + i) * 2], sn = rope[(b * (HD / 2) + i) * 2 + 1];
       const float* src = QKV + (size_t)b * 3 * D + h * HD + 2 * i;
@@ -410,8 +464,9 @@ __device__ inline void attention_stage(
         const_cast<T*>(vc)[at + 1] = vb;
       }
     }
+    if (probe && item == blockIdx.x) stamp(probe, 1);
     __syncthreads();
-    if (probe && item == blockIdx.x) stamp(probe, 0);
+    if (probe && item == blockIdx.x) stamp(probe, 2);
     float qv[8];
 #pragma unroll
     for (int t = 0; t < 8; ++t) qv[t] = qs[sub * 8 + t];
@@ -455,7 +510,7 @@ __device__ inline void attention_stage(
         }
       }
     }
-    if (probe && item == blockIdx.x) stamp(probe, 1);
+    if (probe && item == blockIdx.x) stamp(probe, 3);
     // the warp's slot groups, then the block's warps
 #pragma unroll
     for (int off = LPS; off < 32; off <<= 1) {
@@ -472,7 +527,7 @@ __device__ inline void attention_stage(
       if (sub == 0) { rm[warp] = m; rl[warp] = l; }
     }
     __syncthreads();
-    if (probe && item == blockIdx.x) stamp(probe, 2);
+    if (probe && item == blockIdx.x) stamp(probe, 4);
     for (int dd = threadIdx.x; dd < HD; dd += NT) {
       float M = -INFINITY;
       for (int w = 0; w < NW; ++w) M = fmaxf(M, rm[w]);
@@ -486,11 +541,11 @@ __device__ inline void attention_stage(
       PO[(size_t)item * HD + dd] = O;
       if (dd == 0) { PM[item] = M; PL[item] = L; }
     }
-    if (probe && item == blockIdx.x) stamp(probe, 3);
+    if (probe && item == blockIdx.x) stamp(probe, 5);
   }
 }
 
-template <int B, int D, int H, int HD, int NSPLIT, int NT>
+template <int B, int D, int H, int HD, int NSPLIT, int NT, bool SWZ>
 __device__ inline void combine_stage(const float* PM, const float* PL, const float* PO, float* xs, float* cw) {
   // every block: the attention output [B, D] from the splits' partial states, into shared memory;
   // cw [B * H * NSPLIT] (shared) first takes each split's weight 2^(m_s - M) / L
@@ -538,7 +593,7 @@ __device__ inline void combine_stage(const float* PM, const float* PL, const flo
     }
 #pragma unroll
     for (int u = 0; u < UB; ++u) {
-      if (i0 + u * NT < N4) x4[i0 + u * NT] = acc[u];
+      if (i0 + u * NT < N4) x4[SWZ ? swz4(i0 + u * NT) : i0 + u * NT] = acc[u];
     }
   }
   __syncthreads();
@@ -556,8 +611,14 @@ def _rows_call(
     bits: int,
     group: int,
     pairs: bool = False,
+    stages: int = 0,
 ) -> str:
     g = "true" if gate else "false"
+    if stages and bits:
+        return (
+            f"    rows_async<{n}, {k}, B, {g}, NT, {bits}, {group}, ST>"
+            f"({name}, {name}_s, {name}_b, {row0}, xs, sums, ring, {epi});\n"
+        )
     if pairs and not gate:
         if bits == 0:
             return f"    rows_dense_pairs<{n}, {k}, B, NT>({name}, {row0}, xs, {epi});\n"
@@ -606,8 +667,12 @@ def _source(
     bits: dict[str, tuple[int, int]],
     eps: float,
     tune: Tuning = Tuning(),
+    plan: Pipeline = Pipeline(0, 0, 0, 0, 0),
 ) -> str:
     d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
+    st = plan.stages
+    swz = "true" if st else "false"
+    pairs = tune.pairs and not st
     hd = d // h
     kp = ", ".join(f"k{i}" for i in range(n_layers))
     vp = ", ".join(f"v{i}" for i in range(n_layers))
@@ -622,14 +687,20 @@ def _source(
         f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n",
+        f"  constexpr int ST = {st};\n  constexpr bool SWZ = {swz};\n  constexpr int VPC = {plan.vpc or 32};\n",
         f"""
-  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32
+  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when ST)
+  float* sums = xs + B * (D > F ? D : F);  // ST: [B, K / VPC] chunk sums of the stage input
+  uint32_t* ring = reinterpret_cast<uint32_t*>(sums + {plan.sums});  // ST: [NW, ST, slot] weight rings
   __shared__ float qs[HD], kn[HD], vn[HD];
   __shared__ float rm[NW], rl[NW];
   __shared__ float ro[NW * HD];
   __shared__ float cw[B * H * NSPLIT];
   __shared__ const T* kp[L];
   __shared__ const T* vp[L];
+  __shared__ int meta[1 + B];  // pos, start[B]: read once (a [1] array of MLX's CUDA backend lives
+                               // in host memory, read over the bus)
+  if (threadIdx.x <= B) meta[threadIdx.x] = threadIdx.x == 0 ? pos[0] : start[threadIdx.x - 1];
   if (threadIdx.x == 0) {{
     const T* ka[L] = {{{kp}}};
     const T* va[L] = {{{vp}}};
@@ -644,19 +715,21 @@ def _source(
   float* PL = PM + B * H * NSPLIT; // partial sums
   float* PO = PL + B * H * NSPLIT; // [B * H * NSPLIT, HD] partial outputs
   float* TM = PO + B * H * NSPLIT * HD;  // stage stamps
-  const int p = pos[0];
+  __syncthreads();
+  const int p = meta[0];
   stamp(TM, 0);
   for (int i = blockIdx.x * NT + threadIdx.x; i < B * D; i += gridDim.x * NT) X[i] = static_cast<float>(x[i]);
   for (int l = 0; l < L; ++l) {{
     // S1: q | k | v = in_proj rms1(X); layer 0 reads its input directly (X is being written)
     if (l == 0) {{
       __syncthreads();
-      for (int i = threadIdx.x; i < B * D; i += NT) xs[i] = static_cast<float>(x[i]);
+      for (int i = threadIdx.x; i < B * D; i += NT) xs[SWZ ? swz(i) : i] = static_cast<float>(x[i]);
       __syncthreads();
-      block_rms_norm<B, D, NT>(xs, n1, EPS);
+      block_rms_norm<B, D, NT, SWZ>(xs, n1, EPS);
     }} else {{
-      stage<D, B, NT, true>(xs, X, n1 + (size_t)l * D, EPS);
+      stage<D, B, NT, true, SWZ>(xs, X, n1 + (size_t)l * D, EPS);
     }}
+    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);
 """,
     ]
     b_q, b_o, b_i, b_d = (bits[n] for n in FAMILIES)
@@ -669,23 +742,26 @@ def _source(
             "(size_t)l * 3 * D",
             "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
             *b_q,
-            tune.pairs,
+            pairs,
+            st,
         )
     )
-    out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, tune.pairs))
+    out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, pairs))
     out.append(_barrier("5 * l"))
     out.append(
         "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
-        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, start, rope, QSCALE, qs, kn, vn, rm, rl, ro,\n"
-        "        PROBE ? TM + 2 * (10 * L + 2) + 8 * l : nullptr);\n"
+        "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, meta + 1, rope, QSCALE, qs, kn, vn, rm, rl, ro,\n"
+        f"        PROBE ? TM + 2 * (10 * L + 2) + {2 * PROBES} * l : nullptr);\n"
         + _barrier("5 * l + 1")
-        + "    combine_stage<B, D, H, HD, NSPLIT, NT>(PM, PL, PO, xs, cw);\n"
+        + "    combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>(PM, PL, PO, xs, cw);\n"
+        + "    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
-    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, tune.pairs))
+    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, pairs, st))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
     out.append(_barrier("5 * l + 2"))
-    out.append("    stage<D, B, NT, true>(xs, X, n2 + (size_t)l * D, EPS);\n")
+    out.append("    stage<D, B, NT, true, SWZ>(xs, X, n2 + (size_t)l * D, EPS);\n")
+    out.append("    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);\n")
     out.append(
         _rows_call(
             "wi",
@@ -695,15 +771,18 @@ def _source(
             "(size_t)l * 2 * F",
             "[&](int b, int row, float v) { G[b * F + row] = v; }",
             *b_i,
+            False,
+            st,
         )
     )
-    out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, tune.pairs))
+    out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, pairs))
     out.append(_barrier("5 * l + 3"))
-    out.append("    stage<F, B, NT, false>(xs, G, (const float*)nullptr, 0.f);\n")
-    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, tune.pairs))
+    out.append("    stage<F, B, NT, false, SWZ>(xs, G, (const float*)nullptr, 0.f);\n")
+    out.append("    if constexpr (ST > 0) chunk_sums<B, F, NT, VPC>(xs, sums);\n")
+    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, pairs, st))
     out.append(
         "    if (l + 1 < L) {\n"
-        + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, tune.pairs)
+        + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, pairs)
         + "    }\n"
     )
     out.append(_barrier("5 * l + 4") + "  }\n")
@@ -723,9 +802,10 @@ def _kernel(
     eps: float,
     smem: int,
     tune: Tuning,
+    plan: Pipeline,
 ) -> Any:
-    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, tune)
-    header = DOT_HEADER + GRID_HEADER + _HEADER
+    source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, tune, plan)
+    header = DOT_HEADER + GRID_HEADER + _HEADER + launch_bounds(tune.threads)
     return mx.fast.cuda_kernel(
         name=f"rolekit_temporal_{source_tag(header + source)}",
         input_names=list(names),

@@ -47,19 +47,30 @@ def cuda_available() -> bool:
 def sm_count() -> int | None:
     """Streaming multiprocessors of CUDA device 0 (from the driver, libcuda), None without one.
     A kernel whose blocks wait for each other must launch no more blocks than can be resident."""
+    return _attribute(16)  # CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+
+
+def _attribute(attribute: int) -> int | None:
+    """A CUdevice_attribute of CUDA device 0 from the driver (libcuda); None without one."""
     import ctypes
 
     try:
         lib = ctypes.CDLL("libcuda.so.1")
     except OSError:
         return None
-    dev, count = ctypes.c_int(), ctypes.c_int()
-    attribute = 16  # CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+    dev, value = ctypes.c_int(), ctypes.c_int()
     if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), 0):
         return None
-    if lib.cuDeviceGetAttribute(ctypes.byref(count), attribute, dev):
+    if lib.cuDeviceGetAttribute(ctypes.byref(value), attribute, dev):
         return None
-    return count.value or None
+    return value.value or None
+
+
+@lru_cache(maxsize=1)
+def shared_optin() -> int | None:
+    """Bytes of shared memory a block of CUDA device 0 may opt in to (static + dynamic; 227 KB on
+    an H100), None without a device."""
+    return _attribute(97)  # CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
 
 
 def source_tag(source: str) -> str:

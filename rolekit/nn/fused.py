@@ -54,8 +54,15 @@ _THREADS = 256  # 8 warps = 8 output rows per block
 DOT_HEADER = (
     _LOAD_HEADER
     + """
-template <int B, int K, int NT, typename G>
-__device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
+// A stage input in shared memory may be stored SWIZZLED: within each aligned block of 32 floats,
+// float4 j of block n sits at float4 j ^ (n & 7). A warp lane that reads the 32 consecutive values
+// of its 16-byte weight chunk then reads its 8 float4s without bank conflicts (8 consecutive lanes
+// hit 8 different bank quads). Sums over a whole aligned block do not depend on the order.
+__device__ inline int swz4(int i) { return i ^ ((i >> 3) & 7); }     // float4 index
+__device__ inline int swz(int e) { return e ^ (((e >> 5) & 7) << 2); } // float index
+
+template <int B, int K, int NT, bool SWZ = false, typename G>
+__device__ inline void block_rms_norm(float* xs, const G* g, float eps) {  // SWZ: xs swizzled (swz)
   // xs [B, K] fp32 in shared memory, normalized in place (the caller synchronized after staging)
   constexpr int NW = NT / 32;
   __shared__ float part[B][NW];
@@ -77,7 +84,7 @@ __device__ inline void block_rms_norm(float* xs, const G* g, float eps) {
     inv[threadIdx.x] = rsqrtf(s / static_cast<float>(K) + eps);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] *= inv[i / K] * static_cast<float>(g[i % K]);
+  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] *= inv[i / K] * static_cast<float>(g[(SWZ ? swz(i) : i) % K]);
   __syncthreads();
 }
 

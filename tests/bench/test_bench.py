@@ -152,6 +152,22 @@ def test_bench_engine_can_start_past_the_lm_context():
     assert r["start"] == 300 and r["step"]["n"] == 2 and r["step"]["median"] > 0
 
 
+def test_bench_engine_memory_diagnostics_hold_and_restore():
+    """`hold` keeps each array the step reads on the host (3 a ready step: pcm, tokens, user codes);
+    `cache` sets MLX's buffer-cache limit for the run only."""
+    from rolekit.bench.engine import bench_engine
+    from rolekit.engine import engine as engine_module
+
+    limit = mx.set_cache_limit(1 << 30)
+    try:
+        r = bench_engine("tiny", steps=2, warmup=1, hold=True, cache=0)
+        assert r["hold"] and r["cache"] == 0 and r["held"] >= 3 * r["step"]["n"]
+        assert mx.set_cache_limit(1 << 30) == 1 << 30  # restored after the run
+        assert engine_module.np is np
+    finally:
+        mx.set_cache_limit(limit)
+
+
 def test_bench_engine_phases_splits_the_step():
     from rolekit.bench.engine import bench_engine_phases
 

@@ -144,6 +144,17 @@ def test_kernel_sources_differ_by_layout_and_name_their_variant():
     assert "head_s" not in q4 and "rows_dense<CARD, DD, B, false, NT>(head" in q4
     assert dense.count("grid_sync(bar, epoch);") == 2 + 4 * 6  # per step: input, 4 per layer, head
     assert dense.count("block_attention<") == 6 and "step_attention" not in dense
+    # the rows' sampling settings are read once into shared memory, not once a step
+    assert "temp_s[threadIdx.x] = temp[threadIdx.x];" in dense and "temp[b]" not in dense
+    assert "constexpr int NT = 256;" in dense and "constexpr int NT = 512;" in dc._source(
+        shape, {m: (0, 0) for m in mats}, 1e-8, 512
+    )
+
+
+def test_block_size_switch(monkeypatch):
+    assert dc.threads() == dc.THREADS
+    monkeypatch.setenv(dc.THREADS_ENV, "512")
+    assert dc.threads() == 512
 
 
 def _radix_kth(values: np.ndarray, k: int) -> float:

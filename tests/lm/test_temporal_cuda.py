@@ -120,8 +120,63 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
 
 def test_tuning_reads_its_switch(monkeypatch):
     assert tc.tuning() == tc.Tuning()
-    monkeypatch.setenv(tc.TUNE_ENV, "threads=512,uq=16,u=2,prefetch=0,pairs=0")
-    assert tc.tuning() == tc.Tuning(threads=512, uq=16, u=2, prefetch=False, pairs=False)
+    monkeypatch.setenv(tc.TUNE_ENV, "threads=256,uq=16,u=2,prefetch=0,pairs=0,stages=0")
+    assert tc.tuning() == tc.Tuning(threads=256, uq=16, u=2, prefetch=False, pairs=False, stages=0)
+
+
+def _packed(bits: int, group: int = 64, wd_bits: int | None = None) -> tc.Packed:
+    from rolekit.nn.grid import Mat
+
+    mats = {n: Mat(mx.zeros((1,)), None, None, bits, group) for n in tc.FAMILIES}
+    if wd_bits is not None:
+        mats["wd"] = Mat(mx.zeros((1,)), None, None, wd_bits, group)
+    return tc.Packed(mats, mx.zeros((1,)), mx.zeros((1,)), 1e-8)
+
+
+def test_weight_pipeline_plan(monkeypatch):
+    """Rings in q4 / q8 of one group size, as many slots (up to `stages`) as the block's shared
+    memory holds next to the stage input and the chunk sums; off for dense weights, mixed
+    layouts, too little room or `stages=0`."""
+    monkeypatch.setattr(tc, "shared_optin", lambda: 232448)  # an H100's opt-in block limit
+    d, f = 4096, 11264
+    plan = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning())
+    # 16 warps x 8 slots x (512 B of weights + 32 B of scales + 32 B of biases)
+    assert plan == tc.Pipeline(8, 32, 352, 144, 4 * f + 4 * 352 + 16 * 8 * 144 * 4)
+    four = tc.pipeline(_packed(4), 4, d, f, mx.bfloat16, tc.Tuning())
+    assert four.stages == 3 and four.smem <= 232448 - tc._STATIC_SMEM  # the stage input takes 176 KB
+    q8 = tc.pipeline(_packed(8), 1, d, f, mx.float32, tc.Tuning(threads=256))
+    assert (q8.stages, q8.vpc, q8.slot_words) == (8, 16, 128 + 2 * 8)  # 8 groups of fp32 scales
+    for packed in (_packed(0, 0), _packed(4, wd_bits=8)):
+        assert tc.pipeline(packed, 1, d, f, mx.bfloat16, tc.Tuning()).stages == 0
+    assert tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning(stages=0)).stages == 0
+    monkeypatch.setattr(tc, "shared_optin", lambda: None)  # no device: 48 KB
+    off = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning())
+    assert off.stages == 0 and off.smem == 4 * f
+
+
+def test_source_with_the_weight_pipeline():
+    """Every quantized product through the rings, each stage input swizzled and summed by chunk."""
+    shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
+    plan = tc.Pipeline(8, 32, 352, 144, 0)
+    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(), plan)
+    assert src.count("rows_async<") == 4 and "rows_quant" not in src
+    assert "rows_async<F, D, B, true, NT, 4, 64, ST>(wi, wi_s, wi_b" in src  # gated linear_in
+    assert src.count("chunk_sums<") == 4  # after each of the four stage inputs
+    assert "constexpr int ST = 8;" in src and "constexpr bool SWZ = true;" in src
+    assert "combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>" in src and "stage<F, B, NT, false, SWZ>" in src
+    assert src.count("prefetch_l2<NT>(") == 4 * 3  # one wave of rows per family, no halves
+    assert "uint32_t* ring = reinterpret_cast<uint32_t*>(sums + 352);" in src
+    plain = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
+    assert "constexpr int ST = 0;" in plain and "constexpr bool SWZ = false;" in plain
+
+
+def test_launch_bounds_header():
+    from rolekit.nn.grid import launch_bounds
+
+    assert launch_bounds(512).splitlines() == [
+        "#undef __global__",
+        "#define __global__ __attribute__((global)) __launch_bounds__(512)",
+    ]
 
 
 def test_rope_table_rotates_as_mlx_rope():

@@ -1,0 +1,46 @@
+# Lease U (H100): the temporal kernel's weights through per-warp cp.async rings (nn.grid.rows_async),
+# pos / start / sampling settings read once per block. Call 1 carries .whl/a (`source
+# bench/gpu_setup.sh` only); later calls carry .whl/b and .cache/head (rolekit at f3b5670, the start
+# of this work) and run `bash bench/gpu_lease_u.sh MODE`.
+source bench/gpu_setup.sh
+Q="engine:quant=q4,batch=1,compiled=1,steps=60,warmup=8"
+E16="engine:quant=bf16,batch=16,compiled=1,steps=60,warmup=8"
+OLD="env PYTHONPATH=/tmp/site:$PWD/.cache/head"
+R="python3 bench/gpu_run.py"
+F="^TEMPCHECK|^\| eng|^\| ref|Error|error"
+if [ "$1" = check ]; then
+  # the kernel against its contract (32 layers; 4 layers, wrapped ring, 3 rows), the register path
+  # (stages=0) and the attention probes in the same process; then the engine with both
+  timeout 400 $R $OUT/a "tempcheck:quant=q4,batch=1,steps=2,reps=5,tunes=stages=0-probe=1-stages=0/probe=1" \
+    tempcheck:quant=q4,batch=3,layers=4,context=64,prefill=70,steps=6,reps=5 \
+    $Q $Q,tune=stages=0 2>&1 | grep -E "$F" | sed "s/'hidden_vs_ops[^}]*'kernel_ms'/'kernel_ms'/g"
+fi
+if [ "$1" = final ]; then
+  timeout 330 $R $OUT/b ref:batch=1 $Q $Q,hold=1 $Q,cache=0 2>&1 | grep -E "$F"
+  timeout 110 $OLD $R $OUT/c $Q 2>&1 | grep -E "^\| eng"
+fi
+if [ "$1" = tune ]; then
+  # 512 / 384 threads a block (launch bounds: 128 / 170 registers a thread), rings on and off
+  timeout 300 $R $OUT/d "tempcheck:quant=q4,batch=1,steps=2,reps=5,tunes=threads=512-threads=384-threads=512/stages=0-threads=512/probe=1" \
+    2>&1 | grep -E "$F" | sed "s/'hidden_vs_ops[^}]*'kernel_ms'/'kernel_ms'/g"
+  timeout 250 $R $OUT/e $Q $Q,tune=threads=512 $Q $Q,tune=threads=512 2>&1 | grep -E "$F"
+  tar czf $OUT/gpu_cache.tgz -C .cache gpu
+fi
+if [ "$1" = final1 ]; then
+  # final code: the kernel against its contract (32 layers, 1 row; 4 layers, wrapped ring, 3 and 4
+  # rows), 256 threads in the same process; the depformer kernel; LMGen and the step, same process
+  timeout 330 $R $OUT/g "tempcheck:quant=q4,batch=1,steps=2,reps=5,tunes=threads=256" \
+    tempcheck:quant=q4,batch=3,layers=4,context=64,prefill=70,steps=6,reps=5 \
+    tempcheck:quant=q4,batch=4,layers=4,context=64,prefill=70,steps=6,reps=5 \
+    "depcheck:quants=q4+bf16" 2>&1 | grep -E "$F|^DEPCHECK" | sed "s/'hidden_vs_ops[^}]*'kernel_ms'/'kernel_ms'/g"
+  timeout 200 $R $OUT/h ref:batch=1 $Q $E16 2>&1 | grep -E "$F"
+fi
+if [ "$1" = final2 ]; then
+  # the step in its own process, the depformer kernel with 512 threads, the code before (f3b5670)
+  timeout 300 $R $OUT/i $Q $Q,dep_threads=512 $Q $Q,dep_threads=512 2>&1 | grep -E "$F"
+  timeout 110 $OLD $R $OUT/j $Q 2>&1 | grep -E "^\| eng"
+  timeout 110 $R $OUT/k $Q 2>&1 | grep -E "^\| eng"
+fi
+if [ "$1" = prof ]; then
+  timeout 250 $R $OUT/f prof:quant=q4,batch=1 phases:quant=q4,steps=40 2>&1 | grep -E "^PROF|^PHASES"
+fi
