@@ -4,11 +4,11 @@ Usage: python3 bench/gpu_run.py OUT_DIR JOB [JOB ...]; a JOB is `kind:key=value,
 `ref:batch=1` (Kyutai PyTorch LMGen), `lm:quant=q4,batch=16,dep_steps=8` (rolekit MLX LM step),
 `fast:quant=bf16` (compiled step), `engine:...[,start=N]` (whole `Engine.step`), `phases:` (its wall time per phase), `prof:quant=bf16`
 (every CUDA kernel per frame, `rolekit.bench.profile`), `qmv:` (rolekit's q4/q8 kernel: errors and
-timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `tempcheck:` (rolekit.lm.temporal_cuda), `mimicheck:` (Mimi's kernels), `mimirows:` (a batch against its rows alone), `mimi:`, `prefill:`, `convert:`,
+timings), `fusedcheck:` (rolekit.nn.fused's block kernels against fp32), `ringcheck:` (rolekit.nn.ring_attention), `depcheck:` (rolekit.lm.depformer_cuda), `tempcheck:` (rolekit.lm.temporal_cuda), `embedcheck:` (rolekit.nn.embed_cuda), `mimicheck:` (Mimi's kernels), `mimirows:` (a batch against its rows alone), `mimi:`, `prefill:`, `convert:`,
 `attn:`, `mm:`, `bw`; `qmv=1` on a job routes one-row quantized products through rolekit's
 kernel, `fused=0` switches rolekit.nn.fused's kernels off (the op-by-op MLX path), `ring=0` the
 masked-attention kernels (MLX's masked SDPA), `dep=0` the depformer-frame kernel, `mimi=0` the
-one-kernel Mimi steps, `temporal=0` the one-kernel temporal step, `tune=threads=256/stages=0` its shape (`Tuning`), `dep_threads=512` the depformer kernel's block. Prints one line per job and a table at the end.
+one-kernel Mimi steps, `temporal=0` the one-kernel temporal step, `embed=0` the one-kernel step embeddings, `tune=threads=256/stages=0` its shape (`Tuning`), `dep_threads=512` the depformer kernel's block. Prints one line per job and a table at the end.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
         import os
 
         os.environ["ROLEKIT_MIMI_KERNEL"] = str(opts.pop("mimi"))
+    import os
+
+    os.environ.pop("ROLEKIT_EMBED_KERNEL", None)  # per job: embed=0, the LM's MLX embedding ops
+    if "embed" in opts:
+        os.environ["ROLEKIT_EMBED_KERNEL"] = str(opts.pop("embed"))
     if "temporal" in opts:  # temporal=0: the per-layer fused ops instead of rolekit.lm.temporal_cuda's kernel
         import os
 
@@ -171,6 +176,13 @@ def _run(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                 f"{kind.upper()} {what} ran={c[ran]} err {c['rel_err']:.2e} (mlx {c['mlx_rel_err']:.2e}) ok={c['ok']}"
             )
         return {"checks": checks, "all_ok": all(c["ok"] and c[ran] for c in checks)}
+    if kind == "embedcheck":
+        from rolekit.bench.embed import check_embed_kernel
+
+        checks = check_embed_kernel(size, **opts)
+        for c in checks:
+            print(f"EMBEDCHECK {c}")
+        return {"checks": checks, "all_ok": all(c["ok"] for c in checks)}
     if kind == "depcheck":
         from rolekit.bench.depformer import check_depformer_kernel
 

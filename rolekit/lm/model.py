@@ -14,7 +14,7 @@ from rolekit.lm.config import LmConfig
 from rolekit.lm.depformer import Depformer, StepKV
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.lm.temporal import LmCache, Transformer
-from rolekit.nn import fused
+from rolekit.nn import embed_cuda, fused
 from rolekit.nn.attention import RingKV
 from rolekit.nn.norm import RMSNorm
 
@@ -60,6 +60,9 @@ class LM(nn.Module):
         Same sums as `embed_tokens` per stream, with fewer kernels: the clamp and the -1 test run
         once for all streams, the indices are laid out stream-major once (so each stream's row
         is a view, not a copy), and the zeroing folds into the fused sum."""
+        tables = [self.text_emb.weight, *(e.weight for e in self.emb)]
+        if embed_cuda.applies(tables, tokens):  # CUDA: one kernel, the same sums
+            return embed_cuda.embed_sum(tables, tokens, (*range(1, len(tables)), 0))
         b, _, t = tokens.shape
         idx = mx.contiguous(mx.maximum(tokens, 0).transpose(1, 0, 2))  # [S, B, T]
         keep = (tokens != -1)[..., None]  # [B, S, T, 1]

@@ -1,0 +1,109 @@
+"""A step's summed token embeddings as ONE CUDA kernel (`ROLEKIT_EMBED_KERNEL=0`: the MLX ops).
+
+The LM's input at a step is the sum of 17 embedding lookups (16 audio codebooks, then text), a
+token of -1 giving a zero vector. As MLX ops that is 17 gathers plus the index and mask
+arithmetic around them, ~20 launches a frame; on an H100 each gather took ~10 us at batch 1
+(bench/RESULTS.md), its index being an array of 4 bytes, which MLX's CUDA allocator keeps in
+host memory. Here one thread sums 8 values of one (row, time) over all streams, reading the
+tokens once from a [B, S, T] array.
+
+The sum is the op path's, rounding for rounding: streams in the given order, the first lookup as
+stored, then each addition rounded to the tables' dtype (as MLX's element-wise add in that dtype),
+token -1 a zero vector and any other token clamped at 0 (`embed_tokens`). `reference` is that
+contract with MLX ops; the GPU check (`bench/gpu_run.py OUT embedcheck:`) compares the two for
+exact equality.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import mlx.core as mx
+
+from rolekit.nn.cuda import kernels_on, source_tag
+from rolekit.nn.qmv import _HEADER as LOAD_HEADER
+
+ENV = "ROLEKIT_EMBED_KERNEL"
+THREADS = 256
+
+
+def enabled() -> bool:
+    return kernels_on(ENV, default=True)
+
+
+def applies(tables: list[mx.array], tokens: mx.array) -> bool:
+    """The kernel serves this lookup: CUDA, tables of one float dtype and width (a multiple of 8),
+    tokens [B, S, T] with one table per stream."""
+    if not enabled() or tokens.ndim != 3 or tokens.shape[1] != len(tables):
+        return False
+    first = tables[0]
+    if first.dtype not in (mx.bfloat16, mx.float16, mx.float32) or first.shape[1] % 8:
+        return False
+    return all(t.dtype == first.dtype and t.ndim == 2 and t.shape[1] == first.shape[1] for t in tables)
+
+
+def reference(tables: list[mx.array], tokens: mx.array, order: tuple[int, ...]) -> mx.array:
+    """The kernel's contract with MLX ops: tokens [B, S, T] -> [B, T, D] in the tables' dtype."""
+    out = None
+    for s in order:
+        tok = tokens[:, s]  # [B, T]
+        e = mx.where((tok == -1)[..., None], mx.zeros((1,), tables[s].dtype), tables[s][mx.maximum(tok, 0)])
+        out = e if out is None else out + e
+    assert out is not None
+    return out
+
+
+def embed_sum(tables: list[mx.array], tokens: mx.array, order: tuple[int, ...]) -> mx.array:
+    """tokens [B, S, T] int -> the sum over streams (in `order`) of tables[s][tokens[:, s]], [B, T, D]."""
+    b, s, t = tokens.shape
+    d = tables[0].shape[1]
+    kernel = _kernel(s, d, order)
+    (out,) = kernel(
+        inputs=[mx.contiguous(tokens.astype(mx.int32)), *tables],
+        template=[("T", tables[0].dtype), ("B", b), ("TT", t)],
+        grid=(-(-(b * t * d // 8) // THREADS) * THREADS, 1, 1),
+        threadgroup=(THREADS, 1, 1),
+        output_shapes=[(b, t, d)],
+        output_dtypes=[tables[0].dtype],
+    )
+    return out
+
+
+def _source(streams: int, d: int, order: tuple[int, ...]) -> str:
+    body = [
+        f"  constexpr int S = {streams};\n  constexpr int D = {d};\n  constexpr int D8 = D / 8;\n",
+        "  const int i = blockIdx.x * blockDim.x + threadIdx.x;\n",
+        "  if (i >= B * TT * D8) return;\n",
+        "  const int c = i % D8, bt = i / D8, b = bt / TT, t = bt % TT;\n",
+        "  float acc[8], e[8];\n",
+    ]
+    for n, s in enumerate(order):
+        body.append(
+            f"  {{ const int tok = tokens[(b * S + {s}) * TT + t];\n"
+            f"    if (tok == -1) {{ for (int j = 0; j < 8; ++j) e[j] = 0.f; }}\n"
+            f"    else load8(t{s} + (size_t)(tok > 0 ? tok : 0) * D + c * 8, e);\n"
+        )
+        if n == 0:
+            body.append("    for (int j = 0; j < 8; ++j) acc[j] = e[j]; }\n")
+        else:
+            body.append(
+                "    for (int j = 0; j < 8; ++j) acc[j] = static_cast<float>(static_cast<T>(acc[j] + e[j])); }\n"
+            )
+    body.append(
+        "  T* o = out + (size_t)bt * D + c * 8;\n  for (int j = 0; j < 8; ++j) o[j] = static_cast<T>(acc[j]);\n"
+    )
+    return "".join(body)
+
+
+@cache
+def _kernel(streams: int, d: int, order: tuple[int, ...]) -> Any:
+    source = _source(streams, d, order)
+    return mx.fast.cuda_kernel(
+        name=f"rolekit_embed_{source_tag(LOAD_HEADER + source)}",
+        input_names=["tokens", *(f"t{s}" for s in range(streams))],
+        output_names=["out"],
+        source=source,
+        header=LOAD_HEADER,
+        ensure_row_contiguous=True,
+    )
