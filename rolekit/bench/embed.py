@@ -3,13 +3,13 @@ LM's MLX ops (`LM.embed` with `ROLEKIT_EMBED_KERNEL=0`): `bench/gpu_run.py OUT e
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 from rolekit.bench.lm import build_lm, lm_config
+from rolekit.bench.timing import time_calls
 from rolekit.nn import embed_cuda
 from rolekit.nn.cuda import switched
 
@@ -23,13 +23,8 @@ def _tokens(rng: np.random.Generator, b: int, t: int, text_card: int, card: int)
 
 
 def _ms(fn: Any, reps: int) -> float:
-    mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    """Median ms of one evaluated call, after one warm-up call."""
+    return float(np.median(time_calls(fn, reps, 1, mx.eval)))
 
 
 def check_embed_kernel(
