@@ -692,6 +692,7 @@ def _source(
   extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when ST)
   float* sums = xs + B * (D > F ? D : F);  // ST: [B, K / VPC] chunk sums of the stage input
   uint32_t* ring = reinterpret_cast<uint32_t*>(sums + {plan.sums});  // ST: [NW, ST, slot] weight rings
+  (void)sums; (void)ring; (void)UQ;
   __shared__ float qs[HD], kn[HD], vn[HD];
   __shared__ float rm[NW], rl[NW];
   __shared__ float ro[NW * HD];
