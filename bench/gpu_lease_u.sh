@@ -56,6 +56,13 @@ if [ "$1" = embed2 ]; then
   # the step with and without the embedding kernel, alternating in one process
   timeout 125 $R $OUT/u $Q $Q,embed=0 $Q $Q,embed=0 2>&1 | grep -E "^\| eng"
 fi
+if [ "$1" = head ]; then
+  # the final commit: LMGen and the step in one process, the step in two more, then the profile
+  timeout 300 $R $OUT/v ref:batch=1 $Q $Q 2>&1 | grep -E "$F"
+  timeout 100 $R $OUT/w $Q 2>&1 | grep -E "^\| eng"
+  timeout 100 $R $OUT/x $Q 2>&1 | grep -E "^\| eng"
+  timeout 150 $R $OUT/f prof:quant=q4,batch=1 phases:quant=q4,steps=40 2>&1 | grep -E "^PROF|^PHASES"
+fi
 if [ "$1" = prof ]; then
   timeout 250 $R $OUT/f prof:quant=q4,batch=1 phases:quant=q4,steps=40 2>&1 | grep -E "^PROF|^PHASES"
 fi
