@@ -40,9 +40,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
-from rolekit.nn.cuda import kernels_on, sm_count, source_tag
-from rolekit.nn.fused import DOT_HEADER
-from rolekit.nn.grid import CONTROL, GRID_HEADER, Mat, launch_bounds, mat_ok, shared_memory, stack_linears
+from rolekit.nn.cuda import kernels_on, sm_count
+from rolekit.nn.grid import CONTROL, Mat, mat_ok, persistent_kernel, shared_memory, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 ENV = "ROLEKIT_DEP_KERNEL"  # 0: the op-by-op MLX depformer
@@ -624,13 +623,4 @@ def _kernel(
     nt: int = THREADS,
 ) -> Any:
     source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, nt)
-    header = DOT_HEADER + GRID_HEADER + _HEADER + launch_bounds(nt)
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_depformer_{source_tag(header + source)}",
-        input_names=list(names),
-        output_names=["tokens", "ws"],
-        source=source,
-        header=header,
-        ensure_row_contiguous=True,
-        shared_memory=smem,
-    )
+    return persistent_kernel("depformer", list(names), ["tokens", "ws"], source, _HEADER, nt, smem)

@@ -53,14 +53,12 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.nn import ring_attention
-from rolekit.nn.cuda import kernels_on, shared_optin, sm_count, source_tag
-from rolekit.nn.fused import DOT_HEADER
+from rolekit.nn.cuda import kernels_on, shared_optin, sm_count
 from rolekit.nn.grid import (
     CONTROL,
-    GRID_HEADER,
     Mat,
-    launch_bounds,
     mat_ok,
+    persistent_kernel,
     shared_memory,
     stack_linears,
     stack_norms,
@@ -806,13 +804,6 @@ def _kernel(
     plan: Pipeline,
 ) -> Any:
     source = _source(shape, {n: (b, g) for n, b, g in bits}, eps, tune, plan)
-    header = DOT_HEADER + GRID_HEADER + _HEADER + launch_bounds(tune.threads)
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_temporal_{source_tag(header + source)}",
-        input_names=list(names),
-        output_names=["hidden", "new_kv", "ws"],
-        source=source,
-        header=header,
-        ensure_row_contiguous=True,
-        shared_memory=smem,
+    return persistent_kernel(
+        "temporal", list(names), ["hidden", "new_kv", "ws"], source, _HEADER, tune.threads, smem
     )

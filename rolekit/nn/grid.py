@@ -18,9 +18,13 @@ more than 256 threads a block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from rolekit.nn.cuda import source_tag
+from rolekit.nn.fused import DOT_HEADER
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,24 @@ def launch_bounds(threads: int) -> str:
     registers, which caps a block at 256 threads (65536 registers an SM). With the bounds, ptxas
     keeps a thread within 65536 / threads registers (spilling if it must)."""
     return f"#undef __global__\n#define __global__ __attribute__((global)) __launch_bounds__({threads})\n"
+
+
+def persistent_kernel(
+    kind: str, names: list[str], outputs: list[str], source: str, header: str, threads: int, smem: int
+) -> Any:
+    """The `mx.fast.cuda_kernel` of a persistent kernel: `header` after the shared device code
+    (`nn.fused.DOT_HEADER`, GRID_HEADER), `threads` a block under launch bounds, the name tagged by
+    the whole source (MLX caches compiled kernels by name)."""
+    full = DOT_HEADER + GRID_HEADER + header + launch_bounds(threads)
+    return mx.fast.cuda_kernel(
+        name=f"rolekit_{kind}_{source_tag(full + source)}",
+        input_names=names,
+        output_names=outputs,
+        source=source,
+        header=full,
+        ensure_row_contiguous=True,
+        shared_memory=smem,
+    )
 
 
 GRID_HEADER = r"""
