@@ -1,6 +1,10 @@
 """YAML documents that remember where every key and value came from (file and line).
 
 Errors in personas (and any other YAML document) can then name `file:line: field`.
+
+Documents come from other people, so loading is bounded: at most MAX_DOCUMENT_BYTES of text, at most
+MAX_VALUES values once aliases are expanded (a YAML "alias bomb" is refused before anything walks it),
+at most MAX_DEPTH levels of nesting, and no recursive aliases.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import yaml
 from rolekit.errors import DocumentError, Problem
 
 Loc = tuple[Any, ...]  # ("variables", "company", "default") or ("tags", 0)
+
+MAX_DOCUMENT_BYTES = 1_000_000  # a persona or scenario is a few KB
+MAX_VALUES = 100_000  # scalars, sequences and mappings, counting every alias expansion
+MAX_DEPTH = 64  # nesting of sequences and mappings
 
 
 @dataclass
@@ -36,12 +44,18 @@ class YamlDoc:
 
 
 def parse_yaml(text: str, file: str) -> YamlDoc:
-    """Parse one YAML document; syntax errors and duplicate keys become a DocumentError with lines."""
+    """Parse one YAML document; syntax errors, duplicate keys and oversized documents become a
+    DocumentError with lines."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise DocumentError(
+            problems=[Problem(f"document too large: more than {MAX_DOCUMENT_BYTES} characters", file)]
+        )
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return YamlDoc(data=None, file=file, lines={})
+        _check_size(node, file)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -52,6 +66,10 @@ def parse_yaml(text: str, file: str) -> YamlDoc:
         raise DocumentError(problems=[Problem(f"YAML syntax error: {what}", file, line)]) from exc
     except yaml.YAMLError as exc:
         raise DocumentError(problems=[Problem(f"YAML error: {exc}", file)]) from exc
+    except RecursionError:
+        raise DocumentError(
+            problems=[Problem(f"YAML nested too deeply (at most {MAX_DEPTH} levels)", file)]
+        ) from None
     finally:
         loader.dispose()
     lines: dict[Loc, int] = {(): node.start_mark.line + 1}
@@ -63,11 +81,63 @@ def parse_yaml(text: str, file: str) -> YamlDoc:
 
 
 def load_yaml(path: Path) -> YamlDoc:
+    """Read and parse a YAML file (at most MAX_DOCUMENT_BYTES; a larger file is refused unread)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_DOCUMENT_BYTES + 1)
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            raise DocumentError(
+                problems=[Problem(f"document too large: more than {MAX_DOCUMENT_BYTES} bytes", str(path))]
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DocumentError(problems=[Problem(f"cannot read: {exc}", str(path))]) from exc
     return parse_yaml(text, str(path))
+
+
+def _check_size(root: yaml.Node, file: str) -> None:
+    """Refuse documents whose alias-expanded size exceeds MAX_VALUES, nest deeper than MAX_DEPTH or
+    contain recursive aliases. Sizes are memoized per node, so an alias bomb costs its node count."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in open_nodes:
+            raise DocumentError(
+                problems=[Problem("recursive YAML alias (a value contains itself)", file, line)]
+            )
+        if depth > MAX_DEPTH:
+            raise DocumentError(
+                problems=[Problem(f"YAML nested too deeply (at most {MAX_DEPTH} levels)", file, line)]
+            )
+        total = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            open_nodes.add(key)
+            children = (
+                node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            )
+            for child in children:
+                total += size(child, depth + 1)
+                if total > MAX_VALUES:
+                    raise DocumentError(
+                        problems=[
+                            Problem(
+                                f"YAML document too large: more than {MAX_VALUES} values once aliases "
+                                "(*name) are expanded",
+                                file,
+                                line,
+                            )
+                        ]
+                    )
+            open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
 
 
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[Problem], file: str) -> None:

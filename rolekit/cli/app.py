@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import typer
 
@@ -36,8 +37,18 @@ _COMMAND_MODULES = (
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    allow_path: list[Path] = typer.Option(
+        [],
+        "--allow-path",
+        help="Also allow files named in personas/scenarios inside DIR (default: only the document's "
+        "own folder). Repeatable; also $ROLEKIT_ALLOW_PATH.",
+    ),
+) -> None:
     """rolekit: personas, scenarios and live rehearsal for PersonaPlex 7B."""
+    from rolekit.persona.paths import set_allowed
+
+    set_allowed(allow_path)
 
 
 @app.command("version")

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from rolekit.cli.user_input import parse_vars
+from rolekit.cli.user_input import MAX_SEED, finite, parse_vars
 from rolekit.errors import DeviceError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
 
@@ -73,8 +73,10 @@ def live(
     ),
     transcribe: bool = typer.Option(False, "--transcribe", help="add Whisper transcripts of both channels"),
     whisper: str | None = typer.Option(None, "--whisper", help="mlx-whisper folder or hub id (--transcribe)"),
-    seconds: float | None = typer.Option(None, "--seconds", min=0.08, help="stop after this many seconds"),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="sampling seed"),
+    seconds: float | None = typer.Option(
+        None, "--seconds", callback=finite(0.08, 86_400.0), help="stop after this many seconds"
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, max=MAX_SEED, help="sampling seed"),
     prebuffer: int = typer.Option(3, "--prebuffer", min=0, max=25, help="playback pre-buffer, 80 ms frames"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the prefill snapshot of this persona"),
 ) -> None:

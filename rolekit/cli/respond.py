@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from rolekit.cli.user_input import parse_vars, user_errors
+from rolekit.cli.user_input import MAX_SEED, finite, parse_vars, user_errors
 from rolekit.errors import ConfigError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
 
@@ -50,14 +50,25 @@ def respond(
         None, "--tokens-out", help='JSON {"text": [...], "audio": [[8 ids], ...]}.'
     ),
     tail: float = typer.Option(
-        0.0, "--tail", help="Seconds to keep generating after the input (user silent)."
+        0.0,
+        "--tail",
+        callback=finite(0.0, 240.0),
+        help="Seconds to keep generating after the input (user silent).",
     ),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, max=MAX_SEED, help="Random seed."),
     greedy: bool = typer.Option(False, "--greedy", help="Argmax everywhere: the whole run is deterministic."),
-    temp_text: float | None = typer.Option(None, "--temp-text", help="Text temperature (default 0.7)."),
-    temp_audio: float | None = typer.Option(None, "--temp-audio", help="Audio temperature (default 0.8)."),
-    topk_text: int | None = typer.Option(None, "--topk-text", help="Text top-k (default 25)."),
-    topk_audio: int | None = typer.Option(None, "--topk-audio", help="Audio top-k (default 250)."),
+    temp_text: float | None = typer.Option(
+        None, "--temp-text", callback=finite(0.0, 5.0), help="Text temperature (default 0.7)."
+    ),
+    temp_audio: float | None = typer.Option(
+        None, "--temp-audio", callback=finite(0.0, 5.0), help="Audio temperature (default 0.8)."
+    ),
+    topk_text: int | None = typer.Option(
+        None, "--topk-text", min=1, max=1_000_000, help="Text top-k (default 25)."
+    ),
+    topk_audio: int | None = typer.Option(
+        None, "--topk-audio", min=1, max=1_000_000, help="Audio top-k (default 250)."
+    ),
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Reuse the prefill snapshot of this persona."
     ),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -11,6 +12,25 @@ import typer
 from rolekit.errors import ConfigError, Problem, RolekitError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+MAX_SEED = 2**32 - 1  # sampling seeds are unsigned 32-bit
+
+
+def finite(lo: float, hi: float) -> Callable[[float | None], float | None]:
+    """A typer option callback: the number must be finite and within [lo, hi] (click then prints a
+    usage error naming the option and exits 2, before any work)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {value}")
+        if not lo <= value <= hi:
+            raise typer.BadParameter(f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return value
+
+    return check
 
 
 def parse_vars(items: list[str] | None) -> dict[str, str]:

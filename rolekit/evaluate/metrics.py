@@ -253,6 +253,26 @@ def _timing_metrics(record: SessionRecord) -> dict[str, Any]:
     }
 
 
+TRANSCRIPT_METRICS = (
+    "agent_words",
+    "speaking_rate_wpm",
+    "monologue_overlap",
+    "monologue_wer",
+    "monologue_agrees",
+    "user_wer",
+)
+
+
+def metric_names() -> frozenset[str]:
+    """Every key of a metrics.json `summary` (what `expect: - metric: {name}` may name): the keys of
+    a silent one-second record, plus those only a transcript gives."""
+    from rolekit.frames import SAMPLE_RATE
+
+    silent = np.zeros(SAMPLE_RATE, np.float32)
+    summary = compute_metrics(SessionRecord(user_pcm=silent, agent_pcm=silent))["summary"]
+    return frozenset(summary) | frozenset(TRANSCRIPT_METRICS)
+
+
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
     return write_text_atomic(Path(folder) / METRICS_JSON, json.dumps(metrics, indent=1) + "\n")
 

@@ -16,12 +16,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from rolekit.errors import DocumentError, Problem
+from rolekit.persona.paths import resolve_named
 from rolekit.persona.schema import VOICE_FILE_SUFFIXES, Persona
 from rolekit.yamldoc import YamlDoc, load_yaml
 
 PACKAGED_PERSONAS = Path(__file__).resolve().parent.parent / "assets" / "personas"
 SUFFIXES = (".yaml", ".yml")
 PARTIALS = "partials"
+MAX_TEMPLATE_BYTES = 1_000_000  # a prompt template is a few KB
 
 
 def default_search() -> list[Path]:
@@ -113,10 +115,12 @@ def _load_chain(
                 )
             ]
         )
+    line = doc.line_of(("extends",))
     try:
-        parent_path = _find_parent(parent_name, path, search)
+        parent_path = _find_parent(parent_name, path, search, line)
     except DocumentError as exc:
-        line = doc.line_of(("extends",))
+        if any(p.field == "extends" for p in exc.problems):
+            raise
         raise DocumentError(
             problems=[Problem(f"parent persona {parent_name!r} not found ({exc})", doc.file, line, "extends")]
         ) from exc
@@ -125,10 +129,15 @@ def _load_chain(
     return merged, origins, [path, *chain]
 
 
-def _find_parent(name: str, child: Path, search: list[Path]) -> Path:
-    if name.endswith(SUFFIXES) or "/" in name:
-        candidate = (child.parent / name).expanduser()
-        return find_persona(candidate if candidate.is_file() else name, search)
+def _find_parent(name: str, child: Path, search: list[Path], line: int | None) -> Path:
+    """A path (relative to the child, inside its folder) or a name on the search path."""
+    if name.endswith(SUFFIXES) or "/" in name or "\\" in name:
+        candidate = resolve_named(child, name, "extends", line, "extends")
+        if not candidate.is_file():
+            raise DocumentError(
+                problems=[Problem(f"no such persona file: {candidate}", str(child), line, "extends")]
+            )
+        return candidate
     return find_persona(name, _unique([child.parent, *search]))
 
 
@@ -184,9 +193,22 @@ def _attach_template(persona: Persona, merged: dict[str, Any], origins: dict, pa
         persona._template_file, persona._template_line = file, line
         return
     file, line = origins.get(("prompt_file",), (str(path), None))
-    template = (Path(file).parent / str(persona.prompt_file)).expanduser()
+    template = resolve_named(file, str(persona.prompt_file), "prompt_file", line, "prompt_file")
     try:
-        text = template.read_text(encoding="utf-8")
+        with open(template, "rb") as f:
+            raw = f.read(MAX_TEMPLATE_BYTES + 1)
+        if len(raw) > MAX_TEMPLATE_BYTES:
+            raise DocumentError(
+                problems=[
+                    Problem(
+                        f"prompt file {template} is larger than {MAX_TEMPLATE_BYTES} bytes",
+                        file,
+                        line,
+                        "prompt_file",
+                    )
+                ]
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DocumentError(
             problems=[Problem(f"cannot read prompt file {template}: {exc}", file, line, "prompt_file")]
@@ -200,7 +222,7 @@ def _resolve_voice_path(persona: Persona, origins: dict, path: Path) -> None:
     if not persona.voice.lower().endswith(VOICE_FILE_SUFFIXES):
         return
     file, line = origins.get(("voice",), (str(path), None))
-    voice = (Path(file).parent / persona.voice).expanduser()
+    voice = resolve_named(file, persona.voice, "voice", line, "voice")
     if not voice.is_file():
         raise DocumentError(problems=[Problem(f"voice file not found: {voice}", file, line, "voice")])
     persona.voice = str(voice.resolve())

@@ -6,25 +6,29 @@ Every missing, undeclared or wrongly typed variable is reported at once, with fi
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 import jinja2
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from rolekit.errors import Problem, TemplateError
+from rolekit.persona.sandbox import BoundedEnvironment, Limits, RootedLoader, render_bounded
 from rolekit.persona.schema import Persona, value_has_type
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def make_environment(persona: Persona) -> SandboxedEnvironment:
-    """Templates may include partials: `{% include "partials/x.j2" %}` from the persona folders."""
+def make_environment(persona: Persona, limits: Limits | None = None) -> BoundedEnvironment:
+    """Templates may include partials: `{% include "partials/x.j2" %}` from the persona folders.
+
+    Sandboxed and bounded in time and size (rolekit.persona.sandbox)."""
     dirs = [str(d) for d in persona.template_dirs]
-    return SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(dirs),
+    return BoundedEnvironment(
+        limits=limits,
+        loader=RootedLoader(dirs),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -67,11 +71,8 @@ def render_prompt(persona: Persona, given: dict[str, Any] | None = None, origin:
     env = make_environment(persona)
     values, problems = coerce_vars(persona, dict(given or {}), origin)
     template_src = persona.prompt or ""
-    try:
-        ast = env.parse(template_src)
-        referenced = _referenced_names(env, ast, template_src, persona)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(problems=[_syntax_problem(exc, persona)]) from exc
+    ast = _parse(env, template_src, persona)
+    referenced = _referenced_names(env, ast, template_src, persona)
     for name, (file, line) in referenced.items():
         if name in persona.variables:
             continue
@@ -97,7 +98,7 @@ def render_prompt(persona: Persona, given: dict[str, Any] | None = None, origin:
     if problems:
         raise TemplateError(problems=problems)
     try:
-        text = env.from_string(template_src).render(**values)
+        text = render_bounded(env, template_src, values, persona.template_file, persona.template_line)
     except jinja2.TemplateSyntaxError as exc:  # in an included partial
         raise TemplateError(problems=[_syntax_problem(exc, persona)]) from exc
     except jinja2.exceptions.SecurityError as exc:
@@ -120,23 +121,6 @@ def render_prompt(persona: Persona, given: dict[str, Any] | None = None, origin:
                 Problem(f"included template {exc.name!r} not found (searched {dirs})", file, line, "prompt")
             ]
         ) from exc
-    except jinja2.UndefinedError as exc:
-        raise TemplateError(
-            problems=[
-                Problem(
-                    f"undefined in template: {exc.message}",
-                    persona.template_file,
-                    persona.template_line,
-                    "prompt",
-                )
-            ]
-        ) from exc
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        raise TemplateError(
-            problems=[
-                Problem(f"template failed: {exc}", persona.template_file, persona.template_line, "prompt")
-            ]
-        ) from exc
     return " ".join(text.split())
 
 
@@ -148,6 +132,8 @@ def _coerce(value: Any, var_type: str) -> Any:
             value = float(value)
         if not value_has_type(value, var_type):
             raise ValueError(f"expected {var_type}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
         return value
     text = value.strip()
     if var_type == "int":
@@ -157,9 +143,12 @@ def _coerce(value: Any, var_type: str) -> Any:
             raise ValueError("expected an int") from None
     if var_type == "float":
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise ValueError("expected a number") from None
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
     if var_type == "bool":
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
@@ -175,7 +164,7 @@ def _coerce(value: Any, var_type: str) -> Any:
 
 
 def _referenced_names(
-    env: SandboxedEnvironment, ast: Any, src: str, persona: Persona
+    env: BoundedEnvironment, ast: Any, src: str, persona: Persona
 ) -> dict[str, tuple[str, int | None]]:
     """Free variables of the template and of the partials it includes, with where each is first used."""
     found: dict[str, tuple[str, int | None]] = {}
@@ -194,6 +183,10 @@ def _referenced_names(
             raise TemplateError(
                 problems=[Problem(f"template syntax error: {exc.message}", filename, exc.lineno, "prompt")]
             ) from exc
+        except RecursionError:
+            raise TemplateError(
+                problems=[Problem("template nested too deeply", filename, None, "prompt")]
+            ) from None
         for name in meta.find_undeclared_variables(sub) - set(env.globals):
             if name not in found:
                 match = re.search(rf"\b{re.escape(name)}\b", source)
@@ -220,11 +213,21 @@ def _syntax_problem(exc: jinja2.TemplateSyntaxError, persona: Persona) -> Proble
     )
 
 
+def _parse(env: BoundedEnvironment, src: str, persona: Persona) -> Any:
+    try:
+        return env.parse(src)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(problems=[_syntax_problem(exc, persona)]) from exc
+    except RecursionError:
+        raise TemplateError(
+            problems=[
+                Problem("template nested too deeply", persona.template_file, persona.template_line, "prompt")
+            ]
+        ) from None
+
+
 def template_variables(persona: Persona) -> set[str]:
     """Names the template (and the partials it includes) reads."""
     env = make_environment(persona)
-    try:
-        ast = env.parse(persona.prompt or "")
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(problems=[_syntax_problem(exc, persona)]) from exc
+    ast = _parse(env, persona.prompt or "", persona)
     return set(_referenced_names(env, ast, persona.prompt or "", persona))

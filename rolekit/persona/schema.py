@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ VarType = Literal["str", "int", "float", "bool", "list"]
 class Variable(BaseModel):
     """A template variable the persona declares."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: VarType = "str"
     default: Any = None
@@ -38,13 +39,15 @@ class Variable(BaseModel):
     def _default_has_type(self) -> Variable:
         if self.default is not None and not value_has_type(self.default, self.type):
             raise ValueError(f"default {self.default!r} is not of type {self.type}")
+        if isinstance(self.default, float) and not math.isfinite(self.default):
+            raise ValueError(f"default {self.default!r} is not a finite number")
         return self
 
 
 class Sampling(BaseModel):
     """Per-persona overrides of the engine's sampling parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     text_temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     text_top_k: int | None = Field(default=None, ge=1)
@@ -58,7 +61,7 @@ class Sampling(BaseModel):
 class Persona(BaseModel):
     """One persona: who the agent is (prompt template + variables) and how it sounds (voice)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     description: str = ""

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TextCheck(_Strict):
@@ -36,7 +36,7 @@ class TextCheck(_Strict):
     any_of: list[str] | None = None  # at least one must occur
     regex: str | None = None  # re.search on the transcript text
     source: Literal["whisper", "monologue"] = "whisper"
-    turn: int | None = Field(default=None, ge=0)
+    turn: int | None = Field(default=None, ge=0, le=10_000)
     case_sensitive: bool = False
 
     @model_validator(mode="after")
@@ -69,23 +69,23 @@ class TextCheck(_Strict):
 class LatencyCheck(_Strict):
     """Response latency (user turn end -> first agent speech) must stay under `max` seconds."""
 
-    max: float = Field(gt=0)
-    turn: int | None = Field(default=None, ge=0)
+    max: float = Field(gt=0, le=1e6)
+    turn: int | None = Field(default=None, ge=0, le=10_000)
     stat: Literal["each", "mean", "p90"] = "each"  # each turn / mean over turns / 90th percentile
 
 
 class YieldCheck(_Strict):
     """At each scripted interrupt the agent stops speaking within `within` seconds."""
 
-    within: float = Field(default=2.0, gt=0)
-    turn: int | None = Field(default=None, ge=0)
+    within: float = Field(default=2.0, gt=0, le=1e6)
+    turn: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class NoInterruptCheck(_Strict):
     """The agent never starts speaking while the user speaks (overlap at its start <= max_overlap s)."""
 
-    max_overlap: float = Field(default=0.0, ge=0)
-    turn: int | None = Field(default=None, ge=0)
+    max_overlap: float = Field(default=0.0, ge=0, le=1e6)
+    turn: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class MetricCheck(_Strict):

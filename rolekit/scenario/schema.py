@@ -9,14 +9,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rolekit.errors import DocumentError, Problem
+from rolekit.persona.paths import resolve_named
 from rolekit.scenario.expect import Expectation
 from rolekit.yamldoc import YamlDoc, field_name, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_SECONDS = 240.0  # the model's whole context (3000 frames): no time in a scenario can be longer
+MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit (MLX keys take any uint64; numpy/torch take 32 bits)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TtsOptions(_Strict):
@@ -30,7 +33,7 @@ class TtsOptions(_Strict):
 class Interrupt(_Strict):
     """Barge-in: start this turn `after_agent_starts` seconds after the agent starts speaking."""
 
-    after_agent_starts: float = Field(ge=0)
+    after_agent_starts: float = Field(ge=0, le=MAX_SECONDS)
 
 
 class UserTurn(_Strict):
@@ -38,11 +41,15 @@ class UserTurn(_Strict):
 
     say: str | None = None
     audio: str | None = None  # a file, relative to the scenario file
-    pause: float | None = Field(default=None, gt=0)  # planned silence in which the user keeps the floor
-    at: float | None = Field(default=None, ge=0)  # absolute start time, seconds from the conversation start
+    pause: float | None = Field(
+        default=None, gt=0, le=MAX_SECONDS
+    )  # silence in which the user keeps the floor
+    at: float | None = Field(
+        default=None, ge=0, le=MAX_SECONDS
+    )  # absolute start, s from the conversation start
     after: Literal["agent_done"] | None = None
-    silence: float = Field(default=0.8, gt=0)  # agent silence that counts as "done" (after: agent_done)
-    timeout: float = Field(default=10.0, gt=0)  # give up waiting for the agent after this many seconds
+    silence: float = Field(default=0.8, gt=0, le=MAX_SECONDS)  # agent silence that counts as "done"
+    timeout: float = Field(default=10.0, gt=0, le=MAX_SECONDS)  # give up waiting for the agent after this
     interrupt: Interrupt | None = None
     voice: str | None = None  # TTS voice for this turn (overrides tts.voice)
     rate: int | None = Field(default=None, ge=60, le=450)
@@ -91,12 +98,14 @@ class Scenario(_Strict):
     vars: dict[str, Any] = Field(default_factory=dict)
     voice: str | None = None  # override the persona's voice preset
     matrix: dict[str, list[Any]] = Field(default_factory=dict)  # var -> values; key `persona`/`voice` too
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     repeats: int = Field(default=1, ge=1, le=1000)
-    lead_in: float = Field(default=2.0, ge=0)  # silence before the first user turn (greeting window)
-    tail: float = Field(default=8.0, ge=0)  # seconds after the last user turn for the agent's reply
+    lead_in: float = Field(default=2.0, ge=0, le=MAX_SECONDS)  # silence before the first user turn
+    tail: float = Field(default=8.0, ge=0, le=MAX_SECONDS)  # seconds after the last user turn for the reply
     tts: TtsOptions = Field(default_factory=TtsOptions)
-    vad_threshold_db: float = Field(default=-40.0, le=0)  # agent frame RMS (dBFS) that counts as speech
+    vad_threshold_db: float = Field(
+        default=-40.0, ge=-200, le=0
+    )  # agent frame RMS (dBFS) that counts as speech
     user: list[UserTurn] = Field(min_length=1)
     expect: list[Expectation] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
@@ -108,6 +117,8 @@ class Scenario(_Strict):
         for key, values in self.matrix.items():
             if not values:
                 raise ValueError(f"matrix.{key}: give at least one value")
+        if self.seed + self.repeats - 1 > MAX_SEED:
+            raise ValueError(f"seed + repeats - 1 must be at most {MAX_SEED}")
         return self
 
 
@@ -128,8 +139,19 @@ class LoadedScenario(BaseModel):
         return Problem(message, str(self.path), self.doc.line_of(loc), field_name(loc))
 
     def audio_path(self, turn: int) -> Path:
-        rel = Path(self.scenario.user[turn].audio or "")
+        rel = Path(self.scenario.user[turn].audio or "").expanduser()
         return rel if rel.is_absolute() else self.path.parent / rel
+
+    def named_path(self, name: str, loc: tuple[Any, ...]) -> Path:
+        """A path named by this scenario (relative to its folder), checked to lie inside that folder
+        (or a folder allowed with --allow-path): rolekit.persona.paths."""
+        return resolve_named(
+            self.path,
+            name,
+            loc[-1] if isinstance(loc[-1], str) else "path",
+            self.doc.line_of(loc),
+            field_name(loc),
+        )
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:
@@ -145,11 +167,19 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     except ValidationError as exc:
         raise DocumentError(problems=_problems(exc, doc)) from None
     loaded = LoadedScenario(scenario=scenario, path=path, doc=doc)
-    problems = [
-        loaded.problem(f"no such audio file: {loaded.audio_path(i)}", ("user", i, "audio"))
-        for i, turn in enumerate(scenario.user)
-        if turn.audio is not None and not loaded.audio_path(i).is_file()
-    ]
+    problems = []
+    for i, turn in enumerate(scenario.user):
+        if turn.audio is None:
+            continue
+        try:
+            loaded.named_path(turn.audio, ("user", i, "audio"))
+        except DocumentError as exc:
+            problems.extend(exc.problems)
+            continue
+        if not loaded.audio_path(i).is_file():
+            problems.append(
+                loaded.problem(f"no such audio file: {loaded.audio_path(i)}", ("user", i, "audio"))
+            )
     for i, item in enumerate(scenario.expect):
         turn = getattr(item.check, "turn", None)
         if turn is not None and turn >= len(scenario.user):

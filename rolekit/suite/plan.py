@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rolekit.errors import ConfigError, DocumentError
+from rolekit.errors import ConfigError, DocumentError, Problem
 from rolekit.scenario.schema import LoadedScenario, load_scenario
 
 SPECIAL_MATRIX_KEYS = ("persona", "voice")
@@ -50,6 +50,20 @@ class RunSpec:
 def _slug(value: Any) -> str:
     text = re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
     return text or "x"
+
+
+def expectation_problems(loaded: LoadedScenario) -> list[Problem]:
+    """Checks of `expect:` that need rolekit.evaluate (the schema checks kinds, numbers and turns):
+    every `metric:` names a key of metrics.json's summary."""
+    from rolekit.evaluate.metrics import metric_names
+
+    known = metric_names()
+    problems = []
+    for i, item in enumerate(loaded.scenario.expect):
+        if item.kind == "metric" and item.check.name not in known:
+            msg = f"unknown metric {item.check.name!r}; known: {', '.join(sorted(known))}"
+            problems.append(loaded.problem(msg, ("expect", i, "metric", "name")))
+    return problems
 
 
 def find_scenario_files(paths: list[Path]) -> list[Path]:
@@ -111,6 +125,8 @@ def plan_suite(paths: list[Path], pattern: str | None = None, repeats: int | Non
             loaded.append(load_scenario(f))
         except DocumentError as exc:
             problems.extend(exc.problems or [])
+    for ld in loaded:
+        problems.extend(expectation_problems(ld))
     if problems:
         raise DocumentError(problems=problems)
     names: dict[str, Path] = {}

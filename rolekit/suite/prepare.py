@@ -15,6 +15,7 @@ from typing import Any
 
 from rolekit.errors import DocumentError, Problem, RolekitError
 from rolekit.frames import CONTEXT_FRAMES, FRAME_SECONDS, VOICES, PrefillPlan
+from rolekit.persona.schema import VOICE_FILE_SUFFIXES
 from rolekit.scenario.timeline import Synthesizer, Timeline, build_timeline
 from rolekit.suite.plan import RunSpec
 
@@ -36,6 +37,14 @@ def persona_search(spec: RunSpec) -> list[Path]:
     return out
 
 
+def _persona_ref(spec: RunSpec, loc: tuple[str, ...]) -> str | Path:
+    """A persona name as is; a path relative to the scenario's folder, checked to lie inside it."""
+    ref = spec.persona
+    if ref.endswith((".yaml", ".yml")) or "/" in ref or "\\" in ref:
+        return spec.loaded.named_path(ref, loc)
+    return ref
+
+
 def prepare_run(spec: RunSpec, tokenizer: Any, synth: Synthesizer | None = None) -> PreparedRun:
     """Compile the persona (voice frames unknown yet) and render the user timeline for one run."""
     from rolekit.persona.compile import compile_persona
@@ -44,16 +53,20 @@ def prepare_run(spec: RunSpec, tokenizer: Any, synth: Synthesizer | None = None)
     loaded = spec.loaded
     persona_loc = ("matrix", "persona") if "persona" in spec.cell else ("persona",)
     try:
-        persona = load_persona(spec.persona, persona_search(spec))
+        persona = load_persona(_persona_ref(spec, persona_loc), persona_search(spec))
     except RolekitError as exc:
         problems = [loaded.problem(f"persona {spec.persona!r} cannot be used", persona_loc)]
         raise DocumentError(problems=problems + (exc.problems or [Problem(str(exc))])) from None
     if spec.voice:
-        voice = spec.voice.upper() if spec.voice.upper() in VOICES else spec.voice
-        if voice not in VOICES and not Path(voice).is_file():
-            loc = ("matrix", "voice") if "voice" in spec.cell else ("voice",)
-            msg = f"unknown voice {spec.voice!r}: use one of {', '.join(VOICES)} or a voice file"
-            raise DocumentError(problems=[loaded.problem(msg, loc)])
+        voice = str(spec.voice)
+        voice = voice.upper() if voice.upper() in VOICES else voice
+        loc = ("matrix", "voice") if "voice" in spec.cell else ("voice",)
+        if voice not in VOICES:
+            path = loaded.named_path(voice, loc)  # a voice file: inside the scenario's folder
+            if not path.is_file() or not path.name.lower().endswith(VOICE_FILE_SUFFIXES):
+                msg = f"unknown voice {spec.voice!r}: use one of {', '.join(VOICES)} or a voice file"
+                raise DocumentError(problems=[loaded.problem(msg, loc)])
+            voice = str(path)
         persona = persona.model_copy(update={"voice": voice})
     try:
         plan = compile_persona(persona, spec.vars, tokenizer, None)

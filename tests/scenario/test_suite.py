@@ -128,8 +128,10 @@ def test_unknown_persona_fails_before_anything_is_written(project, fake_tts, fak
 
 
 def test_scenario_longer_than_context_is_rejected(project, fake_tts, fake_backend):
-    (project / "scenarios" / "long.yaml").write_text("persona: shop\ntail: 250\nuser:\n  - say: hi\n")
-    with pytest.raises(DocumentError, match=r"long.yaml:3: user: scenario longer than the model's context"):
+    (project / "scenarios" / "long.yaml").write_text(
+        "persona: shop\nlead_in: 30\ntail: 230\nuser:\n  - say: hi\n"
+    )
+    with pytest.raises(DocumentError, match=r"long.yaml:4: user: scenario longer than the model's context"):
         _run(project, fake_tts, fake_backend())
 
 
