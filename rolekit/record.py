@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ EVENTS_JSON = "events.json"
 TIMINGS_JSON = "timings.json"
 META_JSON = "meta.json"
 AGENT_CODES_NPY = "agent_codes.npy"
+SPECIAL_PIECES = ("PAD", "EPAD", "BOS", "EOS")
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 RECORD_FILES = (CONVERSATION_WAV, CHANNELS_JSON, MONOLOGUE_JSON, EVENTS_JSON, TIMINGS_JSON, META_JSON)
 
 
@@ -83,9 +86,8 @@ class SessionRecord:
         ]
 
     def monologue_text(self) -> str:
-        """The words the model wrote in its text stream (specials dropped)."""
-        words = "".join(p for p in self.text_pieces if p not in ("PAD", "EPAD", "BOS", "EOS"))
-        return " ".join(words.split())
+        """The words the model wrote in its text stream (specials dropped, byte pieces decoded)."""
+        return " ".join(w for _, w in monologue_words(self.text_pieces))
 
     def save(self, folder: Path) -> Path:
         """Write the record to `folder` atomically: `<folder>.partial/` then rename.
@@ -159,6 +161,47 @@ class SessionRecord:
             meta=dict(meta),
             sample_rate=int(channels.get("sample_rate", sr)),
         )
+
+
+def decode_pieces(pieces: list[str]) -> list[str]:
+    """Per frame, the text of its piece: specials become "", SentencePiece byte-fallback pieces
+    (`<0xE1>`) are joined with the byte pieces that follow them and decoded as UTF-8 on the frame of
+    the first byte (a sequence that is not valid UTF-8 decodes with U+FFFD). Same length as `pieces`."""
+    out = ["" for _ in pieces]
+    i = 0
+    while i < len(pieces):
+        m = _BYTE_PIECE.match(pieces[i])
+        if m is None:
+            out[i] = "" if pieces[i] in SPECIAL_PIECES else pieces[i]
+            i += 1
+            continue
+        start, raw = i, bytearray()
+        while i < len(pieces) and (m := _BYTE_PIECE.match(pieces[i])) is not None:
+            raw.append(int(m.group(1), 16))
+            i += 1
+        out[start] = raw.decode("utf-8", errors="replace")
+    return out
+
+
+def monologue_words(pieces: list[str], frame_seconds: float = FRAME_SECONDS) -> list[tuple[float, str]]:
+    """The text stream as words with the time (s) of the frame where each word starts."""
+    words: list[tuple[float, str]] = []
+    current, start = "", 0.0
+    for i, text in enumerate(decode_pieces(pieces)):
+        for part in re.split(r"(\s+)", text):
+            if not part:
+                continue
+            if part.isspace():
+                if current:
+                    words.append((start, current))
+                current = ""
+            else:
+                if not current:
+                    start = round(i * frame_seconds, 4)
+                current += part
+    if current:
+        words.append((start, current))
+    return words
 
 
 def is_complete(folder: Path) -> bool:

@@ -3,7 +3,8 @@
 Each result is pass, fail or error (error: the check could not be evaluated, e.g. its turn never
 played or the scenario has no interrupt to yield to); only pass counts as passing. Every result
 carries a one-line message saying what was seen. Text checks on `source: whisper` fall back to the
-model's text stream when the run has no transcript, and say so in the message.
+model's text stream (`source: monologue`) only when asked: a `source: whisper` check on a run
+without a transcript (`--no-transcribe`, no Whisper model) is an error that says so.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from rolekit.evaluate.metrics import turn_window, user_turns
+from rolekit.evaluate.thresholds import LOW_CONFIDENCE
 from rolekit.frames import FRAME_SECONDS
-from rolekit.record import SessionRecord
+from rolekit.record import SessionRecord, monologue_words
 from rolekit.scenario.expect import (
     Expectation,
     LatencyCheck,
@@ -27,11 +29,10 @@ from rolekit.scenario.expect import (
     TextCheck,
     YieldCheck,
 )
-from rolekit.transcribe.transcript import Transcript, write_text_atomic
+from rolekit.transcribe.transcript import Transcript, Word, write_text_atomic
 from rolekit.transcribe.words import normalize_words
 
 ASSERTIONS_JSON = "assertions.json"
-SPECIALS = ("PAD", "EPAD", "BOS", "EOS")
 
 
 @dataclass
@@ -89,22 +90,32 @@ def evaluate_expectations(
 # -- text -------------------------------------------------------------------------------------------
 
 
-def agent_text(view: RunView, source: str, turn: int | None) -> str | None:
-    """The agent's words from `source` (whisper | monologue), in a turn window or the whole run."""
+def agent_words(view: RunView, source: str, turn: int | None) -> list[Word] | None:
+    """The agent's words from `source` (whisper | monologue), in a turn window or the whole run.
+
+    None when the turn never played or `source` is whisper and the run has no transcript.
+    Monologue words carry their frame time and probability 1.0.
+    """
     window = None
     if turn is not None:
         window = turn_window(view.record.events, turn, view.record.duration)
         if window is None:
             return None
+    lo, hi = window or (None, None)
     if source == "whisper":
         if view.transcript is None:
             return None
-        return view.transcript.text("agent", *(window or (None, None)))
-    pieces = view.record.text_pieces
-    lo, hi = window or (0.0, float("inf"))
-    return " ".join(
-        "".join(p for i, p in enumerate(pieces) if p not in SPECIALS and lo <= i * FRAME_SECONDS < hi).split()
-    )
+        return view.transcript.words("agent", lo, hi)
+    lo_t, hi_t = window or (0.0, float("inf"))
+    return [
+        Word(w, t, t + FRAME_SECONDS) for t, w in monologue_words(view.record.text_pieces) if lo_t <= t < hi_t
+    ]
+
+
+def agent_text(view: RunView, source: str, turn: int | None) -> str | None:
+    """The agent's text from `source` (whisper | monologue), in a turn window or the whole run."""
+    words = agent_words(view, source, turn)
+    return None if words is None else " ".join(w.word.strip() for w in words).strip()
 
 
 def _norm(s: str) -> str:
@@ -129,11 +140,37 @@ def _text(view: RunView, check: TextCheck, negate: bool) -> tuple[str, str, dict
         return "error", f"turn {check.turn} was never played", {}
     source = check.source
     if source == "whisper" and view.transcript is None:
-        source = "monologue, no Whisper transcript"  # e.g. --no-transcribe: fall back to the text stream
-    text = agent_text(view, "whisper" if source == "whisper" else "monologue", check.turn) or ""
+        return (
+            "error",
+            "no Whisper transcript (run not transcribed: --no-transcribe or no Whisper model); "
+            "run `rolekit transcribe RUN_DIR`, or check the text stream with `source: monologue`",
+            {"source": source},
+        )
+    words = agent_words(view, source, check.turn) or []
+    low_bar = float(view.metrics.get("thresholds", {}).get("low_confidence", LOW_CONFIDENCE))
+    dropped = []
+    if check.min_confidence is not None:
+        dropped = [w for w in words if w.probability < check.min_confidence]
+        words = [w for w in words if w.probability >= check.min_confidence]
+    text = " ".join(w.word.strip() for w in words).strip()
     found = _found(check, text)
     quote = text if len(text) <= 160 else text[:157] + "..."
-    details = {"source": source, "text": text, "found": found}
+    low = [w for w in words if w.probability < low_bar]
+    details = {
+        "source": source,
+        "text": text,
+        "found": found,
+        "low_confidence": [[w.word.strip(), round(w.probability, 3)] for w in low],
+        "dropped_below_min_confidence": [[w.word.strip(), round(w.probability, 3)] for w in dropped],
+    }
+    if check.min_confidence is not None:
+        source = f"{source}, {len(dropped)} word(s) below confidence {check.min_confidence:g} ignored"
+    if low:
+        worst = min(low, key=lambda w: w.probability)
+        source += (
+            f"; warning: {len(low)} of {len(words)} judged words below confidence {low_bar:g}, "
+            f"e.g. {worst.word.strip()!r} {worst.probability:.2f}"
+        )
     if check.regex is not None:
         wanted = f"regex {check.regex!r}"
         ok = bool(found)
@@ -286,17 +323,33 @@ def _metric(view: RunView, check: MetricCheck) -> tuple[str, str, dict]:
 # -- files ------------------------------------------------------------------------------------------
 
 
-def assertions_dict(results: list[AssertionResult]) -> dict[str, Any]:
+def run_warnings(metrics: dict[str, Any]) -> list[str]:
+    """Run-level cautions a reader needs before trusting the text checks (not failures)."""
+    summary, th = metrics.get("summary", {}), metrics.get("thresholds", {})
+    share = summary.get("agent_low_confidence_share")
+    bar = float(th.get("low_confidence_run_share", 0.5))
+    out = []
+    if share is not None and share >= bar - 1e-9:
+        out.append(
+            f"agent text is mostly low-confidence: {share:.0%} of {summary.get('agent_words', 0)} Whisper "
+            f"words below confidence {float(th.get('low_confidence', LOW_CONFIDENCE)):g}; Whisper may have "
+            "invented them (listen, or use min_confidence / source: monologue)"
+        )
+    return out
+
+
+def assertions_dict(results: list[AssertionResult], warnings: list[str] | None = None) -> dict[str, Any]:
     return {
         "passed": all(r.passed for r in results),
         "counts": {s: sum(r.status == s for r in results) for s in ("pass", "fail", "error")},
         "results": [asdict(r) for r in results],
+        "warnings": list(warnings or []),
     }
 
 
-def write_assertions(folder: Path, results: list[AssertionResult]) -> Path:
+def write_assertions(folder: Path, results: list[AssertionResult], warnings: list[str] | None = None) -> Path:
     return write_text_atomic(
-        Path(folder) / ASSERTIONS_JSON, json.dumps(assertions_dict(results), indent=1) + "\n"
+        Path(folder) / ASSERTIONS_JSON, json.dumps(assertions_dict(results, warnings), indent=1) + "\n"
     )
 
 

@@ -11,11 +11,15 @@ Definitions (seconds; FDB = Full-Duplex-Bench, tau = tau-voice):
 - overlap: total time both channels speak. Dead air: silence between the first and the last
   speech of either side (lead-in and tail silences are not counted); gaps > `dead_air_gap_s`.
 - talk ratio: agent speech / (agent + user speech).
-- takes the floor during a pause (per scripted pause): FDB take-turn rule on agent words that
-  start inside the pause (>= `take_floor_min_span_s` span or > `take_floor_max_words` words); from
-  VAD (an agent segment starting inside the pause and lasting >= the span) without a transcript.
+- takes the floor during a pause (per scripted pause): the agent's voice activity (VAD) inside the
+  pause adds up to >= `take_floor_min_span_s`, whether or not Whisper heard words in it (speech
+  begun before the pause and carried through it counts); with a transcript, the FDB take-turn rule
+  on agent words starting inside the pause (> `take_floor_max_words` words or a span >=
+  `take_floor_min_span_s`) also counts. `agent_speech_s` and `agent_words` are kept per pause.
 - speaking rate: agent Whisper words per minute of agent VAD speech.
 - monologue agreement: word overlap / WER between the model's text stream and Whisper's agent text.
+- word confidence: Whisper's per-word probability; the share of agent words below `low_confidence`
+  (a mostly low-confidence agent channel is often Whisper inventing words over noise).
 """
 
 from __future__ import annotations
@@ -144,14 +148,14 @@ def compute_metrics(
     pauses = []
     for ev in (e for e in events if e.get("kind") == "pause"):
         lo, hi = float(ev["start"]), _end(ev, duration)
-        item = {"turn": ev.get("turn"), "start": _r(lo), "end": _r(hi)}
+        voiced = total(clip(agent, lo, hi))
+        item = {"turn": ev.get("turn"), "start": _r(lo), "end": _r(hi), "agent_speech_s": _r(voiced)}
+        took = voiced >= th["take_floor_min_span_s"] - 1e-9
         if transcript is not None:
             words = transcript.words("agent", lo, hi)
             item["agent_words"] = len(words)
-            item["took_floor"] = _took_floor_words(words, th)
-        else:
-            starts = [a for a in agent if lo <= a[0] < hi]
-            item["took_floor"] = any(min(a[1], hi) - a[0] >= th["take_floor_min_span_s"] for a in starts)
+            took = took or _took_floor_words(words, th)
+        item["took_floor"] = took
         pauses.append(item)
 
     # overlap, dead air, talk ratio
@@ -209,6 +213,8 @@ def _text_metrics(
     out: dict[str, Any] = {"monologue_words": len(normalize_words(mono))}
     if transcript is None:
         out.update(
+            agent_mean_confidence=None,
+            agent_low_confidence_share=None,
             speaking_rate_wpm=None,
             monologue_overlap=None,
             monologue_wer=None,
@@ -219,6 +225,10 @@ def _text_metrics(
     agent_text = transcript.text("agent")
     n_words = len(normalize_words(agent_text))
     out["agent_words"] = n_words
+    probs = [w.probability for w in transcript.words("agent")]
+    out["agent_mean_confidence"] = _r(float(np.mean(probs))) if probs else None
+    low = sum(p < th["low_confidence"] for p in probs)
+    out["agent_low_confidence_share"] = _r(low / len(probs)) if probs else None
     out["speaking_rate_wpm"] = _r(n_words / (agent_s / 60.0), 1) if agent_s > 0 else None
     if mono or agent_text:
         overlap = word_overlap(mono, agent_text)

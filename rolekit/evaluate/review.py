@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rolekit.evaluate.assertions import AssertionResult, evaluate_expectations, write_assertions
+from rolekit.evaluate.assertions import (
+    AssertionResult,
+    evaluate_expectations,
+    run_warnings,
+    write_assertions,
+)
 from rolekit.evaluate.metrics import compute_metrics, write_metrics
 from rolekit.record import SessionRecord
 from rolekit.scenario.expect import Expectation
@@ -22,6 +27,7 @@ class RunReview:
     folder: Path
     metrics: dict[str, Any]
     results: list[AssertionResult]
+    warnings: list[str]
 
     @property
     def passed(self) -> bool:
@@ -48,5 +54,6 @@ def review_run(
     metrics = compute_metrics(record, transcript, overrides)
     results = evaluate_expectations(expect, record, metrics, transcript)
     write_metrics(folder, metrics)
-    write_assertions(folder, results)
-    return RunReview(folder, metrics, results)
+    warnings = run_warnings(metrics)
+    write_assertions(folder, results, warnings)
+    return RunReview(folder, metrics, results, warnings)

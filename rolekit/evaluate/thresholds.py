@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-THRESHOLDS_VERSION = "1"
+THRESHOLDS_VERSION = "2"  # 2: pauses judged by VAD; word confidence bars
 
 THRESHOLDS: dict[str, float] = {
     # energy VAD, per channel
@@ -19,11 +19,15 @@ THRESHOLDS: dict[str, float] = {
     # turn taking
     "yield_window_s": 2.0,  # the agent yields if its speech ends within this after an interrupt (tau-voice)
     "dead_air_gap_s": 3.0,  # silences longer than this are counted as dead-air gaps (tau-voice)
-    "take_floor_min_span_s": 1.0,  # FDB take-turn rule: >= 1 s of words ...
-    "take_floor_max_words": 3,  # ... or more than 3 words means the agent took the floor
+    "take_floor_min_span_s": 1.0,  # agent speech (VAD) inside a scripted pause that takes the floor
+    "take_floor_max_words": 3,  # FDB take-turn rule on words: > 3 words (or a >= 1 s span) also takes it
     # text stream vs Whisper
     "monologue_min_overlap": 0.2,  # Personaplex-bench "no divergence" bar (share of words in common)
+    # Whisper word confidence (probability): words below it are marked and warned about
+    "low_confidence": 0.5,
+    "low_confidence_run_share": 0.5,  # a run whose agent words are this share low-confidence says so
 }
+LOW_CONFIDENCE = THRESHOLDS["low_confidence"]
 
 
 def thresholds(overrides: dict[str, Any] | None = None) -> dict[str, float]:

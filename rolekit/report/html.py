@@ -16,14 +16,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from rolekit.evaluate.assertions import load_assertions
 from rolekit.evaluate.metrics import load_metrics
-from rolekit.record import CONVERSATION_WAV, EVENTS_JSON, META_JSON, MONOLOGUE_JSON
+from rolekit.record import CONVERSATION_WAV, EVENTS_JSON, META_JSON, MONOLOGUE_JSON, monologue_words
 from rolekit.report.results import read_results, run_result
 from rolekit.report.timeline import timeline_svg
 from rolekit.transcribe.transcript import clock, load_transcript
 
 REPORT_HTML = "report.html"
 EMBED_LIMIT = 24 * 1024 * 1024  # larger recordings are referenced, not embedded
-_SPECIALS = ("PAD", "EPAD", "BOS", "EOS")
 
 
 def _env() -> Environment:
@@ -91,7 +90,7 @@ def run_page(folder: Path) -> dict[str, Any]:
         "assertions": assertions.get("results", []),
         "counts": assertions.get("counts", {"pass": 0, "fail": 0, "error": 0}),
         "dialogue": dialogue,
-        "monologue": " ".join("".join(p for p in pieces if p not in _SPECIALS).split()),
+        "monologue": " ".join(w for _, w in monologue_words(pieces)),
         "timeline": timeline_svg(
             duration, metrics.get("segments", {}), events, segs, metrics.get("turns", [])
         ),

@@ -5,6 +5,7 @@ Each list item is a mapping with exactly one key naming the assertion:
     expect:
       - agent_says: {any_of: [refund, credit]}            # per run, Whisper transcript (default)
       - agent_says: {contains: "order", turn: 1, source: monologue}
+      - agent_says: {contains: "refund", min_confidence: 0.5}    # ignore Whisper words below 0.5
       - not_says: {regex: "(?i)have a great day"}
       - max_response_latency: 1.5                          # every user turn; or {max: 1.5, turn: 0, stat: mean}
       - must_yield: {within: 1.0}                          # every scripted interrupt (alias yields_on_interrupt)
@@ -38,12 +39,16 @@ class TextCheck(_Strict):
     source: Literal["whisper", "monologue"] = "whisper"
     turn: int | None = Field(default=None, ge=0, le=10_000)
     case_sensitive: bool = False
+    # judge only Whisper words whose confidence (probability, 0-1) is at least this
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> TextCheck:
         given = [k for k in ("contains", "any_of", "regex") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of contains, any_of, regex")
+        if self.min_confidence is not None and self.source != "whisper":
+            raise ValueError("min_confidence applies to source: whisper (the text stream has no confidences)")
         if self.any_of is not None and not self.any_of:
             raise ValueError("any_of needs at least one string")
         return self

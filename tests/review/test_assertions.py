@@ -78,17 +78,72 @@ def test_monologue_source_and_missing_transcript(synth_record):
         [
             {"agent_says": {"contains": "help", "source": "monologue", "turn": 0}},
             {"agent_says": {"contains": "help", "source": "monologue", "turn": 3}},
-            {"agent_says": {"contains": "help"}},  # whisper, but no transcript: the text stream
-            {"not_says": {"contains": "store credit"}},
+            {"agent_says": {"contains": "help"}},  # whisper, but no transcript (--no-transcribe)
+            {"not_says": {"contains": "store credit"}},  # whisper too: an error, never a silent pass
             {"agent_says": {"contains": "help", "turn": 7, "source": "monologue"}},
+            {"not_says": {"contains": "store credit", "source": "monologue"}},
         ],
     )
-    assert [r.status for r in res] == ["pass", "fail", "pass", "fail", "error"]
-    assert res[2].message == "agent said ['help'] in the run (monologue, no Whisper transcript)"
-    assert res[3].message.startswith(
-        "agent said ['store credit'] in the run (monologue, no Whisper transcript): "
-    )
+    assert [r.status for r in res] == ["pass", "fail", "error", "error", "error", "fail"]
+    assert res[2].message.startswith("no Whisper transcript (run not transcribed: --no-transcribe")
+    assert "source: monologue" in res[3].message
     assert res[4].message == "turn 7 was never played"
+    assert res[5].message.startswith("agent said ['store credit'] in the run (monologue): ")
+
+
+def _confidences(probs):
+    words = [(" I'm", 3.6), (" going", 3.9), (" to", 4.1), (" refund", 4.4), (" you", 4.6)]
+    seg_words = [Word(w, t, t + 0.2, p) for (w, t), p in zip(words, probs, strict=True)]
+    return Transcript("test", [Segment("agent", 3.6, 4.8, "".join(w for w, _ in words), seg_words)])
+
+
+def test_min_confidence_and_low_confidence_warnings(synth_record, tmp_path):
+    tr = _confidences([0.11, 0.2, 0.3, 0.9, 0.95])
+    res = _run(
+        synth_record,
+        [
+            {"agent_says": {"contains": "going"}},  # judged, with a warning naming the weakest word
+            {"agent_says": {"contains": "going", "min_confidence": 0.5}},  # the invented words are ignored
+            {"agent_says": {"contains": "refund", "min_confidence": 0.5}},
+        ],
+        tr,
+    )
+    assert [r.status for r in res] == ["pass", "fail", "pass"]
+    assert 'warning: 3 of 5 judged words below confidence 0.5, e.g. "I\'m" 0.11' in res[0].message
+    assert "3 word(s) below confidence 0.5 ignored" in res[1].message and "warning" not in res[2].message
+    assert res[1].details["dropped_below_min_confidence"][0] == ["I'm", 0.11]
+    metrics = compute_metrics(synth_record, tr)
+    assert metrics["summary"]["agent_low_confidence_share"] == 0.6
+    assert metrics["summary"]["agent_mean_confidence"] == 0.492
+    # the run as a whole says its agent text is mostly low-confidence
+    folder = synth_record.save(tmp_path / "run")
+    write_transcript(folder, tr)
+    rev = review_run(folder, expect=[])
+    assert len(rev.warnings) == 1 and rev.warnings[0].startswith("agent text is mostly low-confidence: 60%")
+    assert load_assertions(folder)["warnings"] == rev.warnings
+    write_transcript(folder, _confidences([0.9, 0.2, 0.9, 0.9, 0.95]))
+    assert review_run(folder, expect=[]).warnings == []
+
+
+def test_min_confidence_needs_whisper():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="min_confidence applies to source: whisper"):
+        Expectation.model_validate(
+            {"agent_says": {"contains": "x", "source": "monologue", "min_confidence": 0.5}}
+        )
+
+
+def test_monologue_byte_pieces_are_decoded(synth_record):
+    from rolekit.record import decode_pieces, monologue_words
+
+    pieces = ["PAD", " Caf", "<0xC3>", "<0xA9>", "EPAD", " ok", "<0xE1>", "<0x84>"]
+    assert decode_pieces(pieces) == ["", " Caf", "é", "", "", " ok", "\ufffd", ""]
+    assert monologue_words(pieces) == [(0.08, "Café"), (0.4, "ok\ufffd")]
+    synth_record.text_pieces[50:53] = [" caf", "<0xC3>", "<0xA9>"]
+    res = _run(synth_record, [{"agent_says": {"contains": "café", "source": "monologue"}}])
+    assert res[0].status == "pass" and "<0x" not in synth_record.monologue_text()
 
 
 def test_latency_yield_interrupt_and_metric_checks(synth_record):

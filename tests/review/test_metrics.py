@@ -128,10 +128,28 @@ def test_text_metrics_with_transcript(synth_record):
     assert s["user_wer"] == 0.0
 
 
-def test_pause_take_floor_uses_the_fdb_rule_on_words(synth_record):
-    # pause 6.5-8.5: two words within 0.5 s -> a backchannel, not taking the floor
+def test_pause_take_floor_counts_voice_activity_then_the_fdb_rule_on_words(synth_record, synth):
+    # pause 6.5-8.5: the agent's voice is active 7.0-8.2 s; Whisper heard nothing: it took the floor
+    m = compute_metrics(synth_record, _transcript([]))
+    assert m["pauses"][0] == {
+        "turn": 2,
+        "start": 6.5,
+        "end": 8.5,
+        "agent_speech_s": 1.2,
+        "agent_words": 0,
+        "took_floor": True,
+    }
+    assert m["summary"]["pause_take_floor_rate"] == 1.0
+    # speech begun before the pause and carried through all of it counts too (no transcript)
+    agent = synth_record.agent_pcm
+    synth_record.agent_pcm = synth.place([(3.5, 8.5), (9.5, 12.0)], 500.0)
+    m = compute_metrics(synth_record)
+    assert m["pauses"][0]["agent_speech_s"] == 2.0 and m["pauses"][0]["took_floor"] is True
+    synth_record.agent_pcm = agent
+    # only 0.5 s of voice in the pause (7.0-7.5): two words within 0.5 s -> a backchannel
+    synth_record.agent_pcm[int(7.5 * 24000) : int(8.2 * 24000)] = 0.0
     m = compute_metrics(synth_record, _transcript([("mm", 7.0, 7.2), ("hm", 7.3, 7.5)]))
-    assert m["pauses"][0] == {"turn": 2, "start": 6.5, "end": 8.5, "agent_words": 2, "took_floor": False}
+    assert m["pauses"][0]["agent_speech_s"] == 0.5 and m["pauses"][0]["took_floor"] is False
     # four words -> took the floor (> 3 words)
     m = compute_metrics(
         synth_record, _transcript([("a", 7.0, 7.1), ("b", 7.1, 7.2), ("c", 7.2, 7.3), ("d", 7.3, 7.4)])
