@@ -111,13 +111,20 @@ class TimelinePlayer:
             if self._spoke_since_prev and silent >= clip.silence - 1e-9:
                 return cursor
         else:  # interrupt
-            onset = self._agent_start_since_wait
+            onset = self._interrupt_onset()
             if onset is not None and (self.frame - onset) * FRAME_SECONDS >= clip.after_agent_starts - 1e-9:
                 return cursor
         if waited >= clip.timeout - 1e-9 + (clip.after_agent_starts if clip.trigger == "interrupt" else 0.0):
             self._timed_out = True
             return cursor
         return None
+
+    def _interrupt_onset(self) -> int | None:
+        """Frame from which `after_agent_starts` counts: the agent's speech onset, but never before
+        the wait began (the end of the previous turn), so speech carried over from before that turn
+        ended does not fire the interrupt early."""
+        onset = self._agent_start_since_wait
+        return None if onset is None else max(onset, self._wait_frame)
 
     def _begin(self, clip: Clip, sample: int) -> None:
         self._pos = 0
@@ -141,7 +148,7 @@ class TimelinePlayer:
         if clip.trigger == "agent_done":
             event["silence"] = clip.silence
         if clip.trigger == "interrupt":
-            onset = self._agent_start_since_wait
+            onset = self._interrupt_onset()
             event["agent_started"] = None if onset is None else round(onset * FRAME_SECONDS, 4)
             event["after_agent_starts"] = clip.after_agent_starts
             event["agent_speaking"] = self._voiced_run_start is not None

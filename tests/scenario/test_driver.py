@@ -140,3 +140,32 @@ def test_frame_energy_vad():
     assert is_voiced((0.05 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
     assert not is_voiced(np.full(FRAME_SAMPLES, 0.001, np.float32))
     assert not is_voiced(np.zeros(FRAME_SAMPLES, np.float32))
+
+
+class _ChattyEngine:
+    """Speaks (a tone) on every frame from t=0, whatever the user does."""
+
+    def step(self, user_pcm):
+        from rolekit.frames import StepOutput
+
+        n = np.arange(FRAME_SAMPLES)
+        pcm = (0.3 * np.sin(2 * np.pi * 300 * n / SAMPLE_RATE)).astype(np.float32)[None]
+        return StepOutput(pcm=pcm, text=np.full(1, 3), audio=np.zeros((1, 8), np.int64), ready=True)
+
+
+def test_interrupt_counts_from_the_previous_turn_end_when_the_agent_was_already_speaking(
+    write_scenario, fake_tts
+):
+    # the agent has been "speaking" since t=0: the barge-in still waits 1.0 s after the user's line
+    tl = _timeline(
+        write_scenario,
+        fake_tts,
+        '  - say: "hello there"\n  - interrupt: {after_agent_starts: 1.0}\n    say: "wait"\n',
+    )
+    (rec,) = run_scripted(_ChattyEngine(), [tl])
+    first, barge = rec.events
+    assert barge["kind"] == "interrupt" and not barge["timed_out"]
+    assert barge["start"] - first["end"] >= 1.0 - 1e-6
+    assert barge["start"] - first["end"] < 1.0 + FRAME_SECONDS  # on the next frame boundary
+    # counted from the first frame after the line ended, not from t=0
+    assert first["end"] - 1e-6 <= barge["agent_started"] < first["end"] + FRAME_SECONDS
