@@ -1,8 +1,13 @@
 """pytest plugin: scenario YAML files become test items, one per run (matrix cell × repeat).
 
-    pytest scenarios/                        # files in a folder named `scenarios` are collected
-    pytest --rolekit-scenarios path/to/x.yaml   # any YAML file with `persona:` and `user:` keys
     pytest scenarios/ --rolekit-model tiny --rolekit-no-transcribe
+    pytest myscen/ x.yaml                    # a folder or file named on the command line
+    pytest --rolekit-scenarios               # any YAML file with `persona:` and `user:` keys, anywhere
+
+A YAML file is a scenario item when it has `persona:` and `user:` keys and either sits in a folder
+named `scenarios`, was named on the command line, or sits directly in a folder named on the command
+line (not in its subfolders: `pytest .` does not run every YAML of a project), or `--rolekit-scenarios`
+is given.
 
 Each item runs its conversation, saves it under --rolekit-out, evaluates the `expect:` list and fails
 with the assertion messages. A bad scenario is a collection error naming file, line and field.
@@ -46,11 +51,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    if file_path.parent.name != "scenarios" and not parent.config.getoption("rolekit_scenarios"):
+    config = parent.config
+    if (
+        file_path.parent.name != "scenarios"
+        and not config.getoption("rolekit_scenarios")
+        and not _named(config, file_path)
+    ):
         return None
     if not _looks_like_scenario(file_path):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
+
+
+def _named(config: pytest.Config, file_path: Path) -> bool:
+    """`file_path` or its folder was given on the command line."""
+    here = Path(config.invocation_params.dir)
+    named = set()
+    for arg in config.args:
+        p = Path(arg.split("::")[0])
+        named.add((p if p.is_absolute() else here / p).resolve())
+    path = file_path.resolve()
+    return path in named or path.parent in named
 
 
 def _looks_like_scenario(path: Path) -> bool:

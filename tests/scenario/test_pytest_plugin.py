@@ -110,9 +110,12 @@ def test_bad_scenario_is_a_collection_error_with_line(tree):
     result.stdout.fnmatch_lines(["*broken.yaml:4: user[[]0].colour: unknown field*"])
 
 
-def test_other_yaml_needs_the_flag(tree):
-    (tree.path / "elsewhere").mkdir()
-    (tree.path / "elsewhere" / "x.yaml").write_text(SCENARIO % "hello")
-    (tree.path / "elsewhere" / "config.yaml").write_text("a: 1\n")
-    _run(tree, "elsewhere").assert_outcomes()
-    _run(tree, "elsewhere", "--rolekit-scenarios").assert_outcomes(passed=2)
+def test_named_folders_and_files_are_collected_other_yaml_needs_the_flag(tree):
+    (tree.path / "myscen" / "deeper").mkdir(parents=True)
+    (tree.path / "myscen" / "x.yaml").write_text(SCENARIO % "hello")
+    (tree.path / "myscen" / "config.yaml").write_text("a: 1\n")  # not a scenario: never collected
+    (tree.path / "myscen" / "deeper" / "y.yaml").write_text(SCENARIO % "hello")
+    _run(tree, "myscen").assert_outcomes(passed=2)  # the README's `pytest myscen/`: x.yaml only
+    _run(tree, "myscen/deeper/y.yaml").assert_outcomes(passed=2)
+    _run(tree, ".").assert_outcomes()  # not named: a project's YAML files are not run by accident
+    _run(tree, ".", "--rolekit-scenarios").assert_outcomes(passed=4)
