@@ -92,23 +92,58 @@ def lint_paths(paths: list[Path], search: list[Path] | None, tokenizer: Tokenize
 
 
 def lint_file(path: Path, search: list[Path] | None, tokenizer: Tokenizer) -> list[Finding]:
+    """Every finding of one file at once: a persona that does not load still gets its prompt's
+    placeholders reported, so one lint run shows everything to fix."""
     try:
         persona = load_persona(path, search)
-        return lint_persona(persona, tokenizer)
     except RolekitError as exc:
-        return _invalid(exc, str(path))
+        return _invalid(exc, str(path)) + _raw_prompt_findings(path)
+    return lint_persona(persona, tokenizer)
+
+
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+
+
+def _neutral(src: str) -> str:
+    """Template source with Jinja expressions, tags and comments replaced by a neutral word."""
+    return _JINJA.sub("value", src)
+
+
+def _raw_prompt_findings(path: Path) -> list[Finding]:
+    """Placeholder findings on the `prompt:` text of a document that does not load."""
+    from rolekit.yamldoc import load_yaml
+
+    try:
+        doc = load_yaml(path)
+    except RolekitError:
+        return []
+    src = doc.data.get("prompt") if isinstance(doc.data, dict) else None
+    if not isinstance(src, str):
+        return []
+    first = doc.line_of(("prompt",)) or 1
+    block = 1 if "\n" in src.rstrip("\n") else 0  # a block scalar starts on the next line
+    out = []
+    for pattern, what in _PLACEHOLDERS:
+        for match in pattern.finditer(_neutral(src)):
+            line = first + block + _neutral(src).count("\n", 0, match.start())
+            hint = "replace it with the real value or a declared {{ variable }}"
+            message = f"{what} left in the prompt: {match.group(0)!r}"
+            out.append(Finding("placeholder", RULES["placeholder"][0], message, str(path), line, hint))
+    return out
 
 
 def lint_persona(persona: Persona, tokenizer: Tokenizer) -> list[Finding]:
     """All findings for one loaded persona, rendered with its defaults (sample values for required vars)."""
     samples = {name: _sample(name, v.type) for name, v in persona.variables.items() if v.default is None}
+    src = persona.prompt or ""
+    out: list[Finding] = []
     try:
         text = render_prompt(persona, samples, origin="sample")
         used = template_variables(persona)
-    except RolekitError as exc:
-        return _invalid(exc, persona.template_file)
-    src = persona.prompt or ""
-    out: list[Finding] = []
+    except RolekitError as exc:  # report it, and go on with the other rules on the template text
+        out.extend(_invalid(exc, persona.template_file))
+        text = wrap_system(_neutral(src))
+        used = set(persona.variables)
 
     def add(
         rule: str, message: str, hint: str = "", at: str | None = None, loc: tuple[str, ...] = ()
