@@ -68,7 +68,7 @@ def demo_command(
     options = SuiteOptions(out=out, whisper=None, transcribe=not no_transcribe, resume=False, batch=1)
     outcome = run_suite(runs, MlxBackend(model), options)
     row = outcome.rows[0]
-    if row.get("status") == "error":
+    if row.get("error") or not row.get("run_dir"):  # the run itself failed (not one of its checks)
         console.print(f"[red]the run failed:[/] {row.get('error')}")
         raise typer.Exit(1)
     run_dir = Path(row["run_dir"])
@@ -78,7 +78,11 @@ def demo_command(
     for name in ("conversation.wav", "transcript.md", "metrics.json", "report.html"):
         if (run_dir / name).exists():
             console.print(f"  {run_dir / name}")
-    console.print(f"assertions: {row.get('status')} ({len(row.get('failures') or [])} failed)")
+    counts = row.get("assertions") or {}
+    console.print(
+        f"assertions: {row.get('status')} ({counts.get('fail', 0)} failed, {counts.get('error', 0)} could "
+        "not be evaluated)"
+    )
     if model == "tiny":
         console.print(
             "[yellow]The tiny model has random weights: it speaks noise, so its assertions are expected to "

@@ -16,6 +16,7 @@ from rolekit.errors import ConfigError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
+DEFAULT_TAIL = 4.0  # seconds: room for the agent's answer to the input's last words
 
 
 def register(app: typer.Typer) -> None:
@@ -50,10 +51,11 @@ def respond(
         None, "--tokens-out", help='JSON {"text": [...], "audio": [[8 ids], ...]}.'
     ),
     tail: float = typer.Option(
-        0.0,
+        DEFAULT_TAIL,
         "--tail",
         callback=finite(0.0, 240.0),
-        help="Seconds to keep generating after the input (user silent).",
+        help="Seconds to keep generating after the input, the user silent, so the agent can answer "
+        "(0: exactly one output frame per input frame, like NVIDIA's offline.py).",
     ),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", min=0, max=MAX_SEED, help="Random seed."),
     greedy: bool = typer.Option(False, "--greedy", help="Argmax everywhere: the whole run is deterministic."),

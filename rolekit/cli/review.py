@@ -22,8 +22,14 @@ def register(app: typer.Typer) -> None:
 def _find_runs(root: Path) -> list[Path]:
     from rolekit.record import is_complete
 
+    def in_history(p: Path) -> bool:  # <suite>/history/<time>/<scenario>/<run>/meta.json: a snapshot
+        parts = p.relative_to(root).parts
+        return len(parts) >= 5 and parts[0] == "history"
+
     return sorted(
-        p.parent for p in root.rglob("meta.json") if is_complete(p.parent) and ".partial" not in str(p)
+        p.parent
+        for p in root.rglob("meta.json")
+        if is_complete(p.parent) and ".partial" not in str(p) and not in_history(p)
     )
 
 
@@ -75,6 +81,8 @@ def report(
         for r in rev.results:
             if not r.passed:
                 typer.echo(f"  {r.status}: {r.label}: {r.message}")
+        for w in rev.warnings:
+            typer.echo(f"  warning: {w}")
         typer.echo(f"wrote {out}")
         return
     results_file = path / "results.jsonl"
@@ -93,12 +101,26 @@ def report(
         if not (run / "metrics.json").is_file():
             _review(run, whisper, transcribe_missing)
         write_run_report(run, embed_audio=embed_audio)
-    out = write_suite_report(path, results)
-    junit = write_junit(path / "junit.xml", results, name=path.name)
-    md = summary_markdown(results, title=f"rolekit suite: {path.name}")
+    name = path.resolve().name  # `rolekit report .` names the folder, not ""
+    out = write_suite_report(path, results, title=f"rolekit suite: {name}")
+    junit = write_junit(path / "junit.xml", results, name=name)
+    md = summary_markdown(results, title=f"rolekit suite: {name}")
     (path / "summary.md").write_text(md, encoding="utf-8")
-    typer.echo(md)
+    _print_markdown(md)
     typer.echo(f"wrote {out}, {junit}, {path / 'summary.md'}")
+
+
+def _print_markdown(md: str) -> None:
+    """Rendered (tables, bold) on a terminal; the Markdown source when piped, for files and CI logs."""
+    import sys
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(md))
+    else:
+        typer.echo(md)
 
 
 def transcribe(

@@ -57,13 +57,18 @@ def run_command(
         raise ConfigError(
             f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
         )
-    _suite([scenario], None, model, out, whisper, no_transcribe, False, jobs, junit, repeats)
+    _suite(
+        [scenario], None, model, out, whisper, no_transcribe, False, jobs, junit, repeats, title="rolekit run"
+    )
 
 
 def test_command(
     paths: list[Path] | None = typer.Argument(None, help="Scenario files or folders (default: scenarios/)."),
     filter: str | None = typer.Option(
         None, "--filter", "-k", help="Only runs whose scenario/run-id matches."
+    ),
+    tag: list[str] | None = typer.Option(
+        None, "--tag", "-t", help="Only scenarios with this `tags:` entry (repeatable: any of them)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip runs already finished in --out."),
     model: str = _MODEL,
@@ -75,7 +80,17 @@ def test_command(
 ) -> None:
     """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
     _suite(
-        paths or [Path("scenarios")], filter, model, out, whisper, no_transcribe, resume, jobs, junit, None
+        paths or [Path("scenarios")],
+        filter,
+        model,
+        out,
+        whisper,
+        no_transcribe,
+        resume,
+        jobs,
+        junit,
+        None,
+        tags=tag,
     )
 
 
@@ -90,15 +105,19 @@ def _suite(
     jobs: int,
     junit: Path | None,
     repeats: int | None,
+    title: str = "rolekit test",
+    tags: list[str] | None = None,
 ) -> None:
     from rolekit.suite.backend import MlxBackend
     from rolekit.suite.execute import SuiteOptions, run_suite
     from rolekit.suite.plan import plan_suite
     from rolekit.suite.results import summarize
 
-    runs = plan_suite(paths, pattern, repeats)
+    runs = plan_suite(paths, pattern, repeats, tags)
     if not runs:
-        raise ConfigError(f"no runs match --filter {pattern!r}")
+        what = [f"--filter {pattern!r}"] if pattern else []
+        what += [f"--tag {t!r}" for t in tags or []]
+        raise ConfigError(f"no runs match {' and '.join(what) or 'the scenarios'}")
     options = SuiteOptions(out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs)
     try:
         with _Progress(len(runs)) as progress:
@@ -108,7 +127,7 @@ def _suite(
         raise typer.Exit(130) from None
     summary = summarize(outcome.rows)
     _write_reports(out, outcome.rows, junit)
-    _print_summary(outcome.rows, summary, outcome.skipped, out)
+    _print_summary(outcome.rows, summary, outcome.skipped, out, title)
     raise typer.Exit(summary["exit_code"])
 
 
@@ -125,12 +144,14 @@ def _write_reports(out: Path, rows: list[dict[str, Any]], junit: Path | None) ->
     write_suite_report(out, rows)
 
 
-def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], skipped: int, out: Path) -> None:
+def _print_summary(
+    rows: list[dict[str, Any]], summary: dict[str, Any], skipped: int, out: Path, title: str
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False)
-    table = Table(title="rolekit test")
+    table = Table(title=title)
     for col in ("scenario", "runs", "pass", "fail", "error"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for name, c in summary["by_scenario"].items():
@@ -143,6 +164,10 @@ def _print_summary(rows: list[dict[str, Any]], summary: dict[str, Any], skipped:
                 console.print(f"    {msg}", markup=False)
             if r.get("error"):
                 console.print(f"    {r['error']}", markup=False)
+    for r in rows:
+        for w in r.get("warnings") or []:
+            console.print(f"[yellow]warning[/] {r['scenario']}/{r['run_id']}: ", end="")
+            console.print(w, markup=False)
     resumed = f", {skipped} resumed" if skipped else ""
     console.print(
         f"{summary['pass']} passed, {summary['fail']} failed, {summary['error']} errors{resumed}; "

@@ -1,6 +1,7 @@
 """JUnit XML for CI dashboards: one testsuite per scenario, one testcase per run.
 
-A failed assertion becomes <failure>, a crashed run or an assertion that could not be evaluated
+`time` is the run's wall time (`wall_s`: generation, transcription and evaluation), not the audio
+length. A failed assertion becomes <failure>, a crashed run or an assertion that could not be evaluated
 becomes <error>; the message lists every such assertion.
 """
 
@@ -31,7 +32,7 @@ def junit_xml(results: list[dict[str, Any]], name: str = "rolekit") -> str:
         suite = ET.SubElement(root, "testsuite", name=scenario)
         counts = {"tests": len(runs), "failures": 0, "errors": 0, "time": 0.0}
         for r in runs:
-            t = float(r.get("duration_s") or 0.0)
+            t = float(r.get("wall_s") or 0.0)
             counts["time"] += t
             case = ET.SubElement(
                 suite, "testcase", classname=f"rolekit.{scenario}", name=_case_name(r), time=f"{t:.3f}"

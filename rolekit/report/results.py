@@ -2,7 +2,9 @@
 
 A line (RESULT_VERSION 1):
     {"version": 1, "run_id", "scenario", "persona", "vars", "seed", "repeat", "model_id",
-     "status": "pass" | "fail" | "error", "duration_s", "started_at", "run_dir",
+     "status": "pass" | "fail" | "error", "duration_s" (audio), "wall_s" (seconds the run took:
+     its engine batch plus its own transcription and evaluation), "started_at", "run_dir",
+     "voice", "matrix" (this run's matrix cell), "tags", "warnings": [...],
      "assertions": {"pass": n, "fail": n, "error": n},
      "failures": ["<label>: <message>", ...], "error": null | "<why the run itself failed>",
      "thresholds_version", "metrics": {<metrics.json summary>}}
@@ -56,6 +58,11 @@ def run_result(folder: Path, base: Path | None = None) -> dict[str, Any]:
         "model_id": meta.get("model_id"),
         "status": status,
         "duration_s": metrics.get("summary", {}).get("duration_s"),
+        "wall_s": meta.get("wall_s"),
+        "voice": meta.get("voice"),
+        "matrix": meta.get("matrix", {}),
+        "tags": meta.get("tags", []),
+        "warnings": assertions.get("warnings", []),
         "started_at": meta.get("started_at"),
         "run_dir": run_dir,
         "assertions": counts,
@@ -79,6 +86,11 @@ def error_result(scenario: str, run_id: str, message: str, **fields: Any) -> dic
         "model_id": None,
         "status": "error",
         "duration_s": None,
+        "wall_s": None,
+        "voice": None,
+        "matrix": {},
+        "tags": [],
+        "warnings": [],
         "started_at": None,
         "run_dir": None,
         "assertions": {"pass": 0, "fail": 0, "error": 0},

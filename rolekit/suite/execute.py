@@ -158,6 +158,7 @@ def _meta(p: PreparedRun, backend: Backend, batch: int) -> dict[str, Any]:
         batch=batch,
         expect=[e.model_dump(exclude_none=True) for e in p.spec.loaded.scenario.expect],
         prefill_frames=p.plan.frames,
+        tags=list(p.spec.loaded.scenario.tags),
     )
     return meta
 
@@ -174,6 +175,7 @@ def _review(
     from rolekit.evaluate.review import review_run
     from rolekit.report.html import write_run_report
 
+    t0 = time.perf_counter()
     try:
         record = record if record is not None else SessionRecord.load(folder)
         transcript = None
@@ -190,4 +192,6 @@ def _review(
     except Exception as exc:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return error_result(spec.scenario, spec.run_id, f"evaluation failed: {detail}", run_dir=str(folder))
-    return run_result(folder, out)
+    row = run_result(folder, out)
+    row["wall_s"] = round(float(record.meta.get("wall_s") or 0.0) + time.perf_counter() - t0, 3)
+    return row

@@ -113,10 +113,13 @@ def expand(loaded: LoadedScenario, repeats: int | None = None) -> list[RunSpec]:
     return runs
 
 
-def plan_suite(paths: list[Path], pattern: str | None = None, repeats: int | None = None) -> list[RunSpec]:
+def plan_suite(
+    paths: list[Path], pattern: str | None = None, repeats: int | None = None, tags: list[str] | None = None
+) -> list[RunSpec]:
     """Load every scenario (all problems of all files reported together) and expand them.
 
-    `pattern` filters runs by `scenario/run-id` (glob, or a plain substring).
+    `pattern` filters runs by `scenario/run-id` (glob, or a plain substring); `tags` keeps the
+    scenarios that carry at least one of them.
     """
     files = find_scenario_files(paths)
     loaded, problems = [], []
@@ -134,6 +137,8 @@ def plan_suite(paths: list[Path], pattern: str | None = None, repeats: int | Non
         if ld.name in names and names[ld.name] != ld.path:
             raise ConfigError(f"two scenarios are named {ld.name!r}: {names[ld.name]} and {ld.path}")
         names[ld.name] = ld.path
+    if tags:
+        loaded = [ld for ld in loaded if set(tags) & set(ld.scenario.tags)]
     runs = [run for ld in loaded for run in expand(ld, repeats)]
     if pattern:
         glob = any(c in pattern for c in "*?[")

@@ -84,7 +84,7 @@ def parity(tmp_path_factory):
                 "respond", "--model", str(dst), "--voice", "NATF0", "--prompt", PROMPT,
                 "--input", str(root / "user.wav"), "--output", str(root / "agent.wav"),
                 "--tokens-out", str(root / "tokens.json"), "--text-out", str(root / "text.json"),
-                "--greedy", "--no-cache", "-q",
+                "--greedy", "--no-cache", "-q", "--tail", "0",
             ],
         )  # fmt: skip
         assert res.exit_code == 0, res.output
@@ -102,7 +102,7 @@ def parity(tmp_path_factory):
             [
                 "respond", "--model", str(dst), "--voice", str(root / "voice.wav"), "--prompt", PROMPT,
                 "--input", str(root / "user_short.wav"), "--output", str(root / "agent_wav.wav"),
-                "--tokens-out", str(root / "tokens_wav.json"), "--greedy", "--no-cache", "-q",
+                "--tokens-out", str(root / "tokens_wav.json"), "--greedy", "--no-cache", "-q", "--tail", "0",
             ],
         )  # fmt: skip
         assert res.exit_code == 0, res.output

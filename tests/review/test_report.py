@@ -63,7 +63,7 @@ def _render_summary(dom: str) -> dict:
 def suite(synth_record, synth, tmp_path):
     """A suite folder: one failing run with a transcript, one passing run, one crashed run."""
     root = tmp_path / "suite"
-    synth_record.meta.update(expect=EXPECT, scenario="refund")
+    synth_record.meta.update(expect=EXPECT, scenario="refund", wall_s=3.5)
     r1 = synth_record.save(root / "refund" / "r0001")
     write_transcript(
         r1,
@@ -104,7 +104,7 @@ def test_results_jsonl_lines(suite):
         "max_response_latency max=0.4: response latency 0.50 s at turn 0 > 0.40 s (2 slow)"
     ]
     assert (
-        r1["thresholds_version"] == "1"
+        r1["thresholds_version"] == "2"
         and r1["metrics"]["yield_rate"] == 1.0
         and r1["vars"] == {"company": "Contoso"}
     )
@@ -122,7 +122,7 @@ def test_junit_xml_is_valid_and_carries_messages(suite, tmp_path):
     assert root.tag == "testsuites" and root.get("name") == "nightly"
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("3", "1", "1")
     suites = {s.get("name"): s for s in root.findall("testsuite")}
-    assert suites["refund"].get("tests") == "2" and float(suites["refund"].get("time")) == 28.0
+    assert suites["refund"].get("tests") == "2" and float(suites["refund"].get("time")) == 7.0  # wall time
     cases = suites["refund"].findall("testcase")
     assert [c.get("name") for c in cases] == ["r0001 company=Contoso", "r0002 company=Contoso"]
     fail = cases[0].find("failure")
@@ -136,9 +136,9 @@ def test_junit_xml_is_valid_and_carries_messages(suite, tmp_path):
 
 def test_markdown_summary(suite):
     md = summary_markdown(read_results(suite / "results.jsonl"), "nightly")
-    # pause floor 0: with a transcript the FDB word rule decides, and Whisper heard no agent words in the pause
+    # pause floor 1: the agent's voice fills 1.2 s of the pause though Whisper heard no words in it
     assert md.startswith("# nightly\n\n**1/3 passed** · 1 failed · 1 errors")
-    assert "| refund | r0001 | ❌ fail | 2/3 | 0.17 s | 1.00 | 0.00 | 0.55 |" in md
+    assert "| refund | r0001 | ❌ fail | 2/3 | 0.17 s | 1.00 | 1.00 | 0.55 |" in md
     assert "  - run error: persona 'nope' not found" in md
 
 
