@@ -63,6 +63,7 @@ def evaluate_expectations(
     record: SessionRecord,
     metrics: dict[str, Any],
     transcript: Transcript | None = None,
+    folder: Path | None = None,
 ) -> list[AssertionResult]:
     """One AssertionResult per item of `expect` (models or plain dicts with the same keys)."""
     view = RunView(record, metrics, transcript)
@@ -70,7 +71,11 @@ def evaluate_expectations(
     for item in expect:
         exp = item if isinstance(item, Expectation) else Expectation.model_validate(item)
         check = exp.check
-        if isinstance(check, TextCheck):
+        if exp.python is not None:
+            from rolekit.evaluate.custom import check_run, run_custom_check
+
+            res = run_custom_check(exp.python, check_run(record, metrics, transcript, folder))
+        elif isinstance(check, TextCheck):
             res = _text(view, check, negate=exp.kind == "not_says")
         elif isinstance(check, LatencyCheck):
             res = _latency(view, check)

@@ -52,7 +52,7 @@ def review_run(
     if expect is None:
         expect = list(record.meta.get("expect") or [])
     metrics = compute_metrics(record, transcript, overrides)
-    results = evaluate_expectations(expect, record, metrics, transcript)
+    results = evaluate_expectations(expect, record, metrics, transcript, folder)
     write_metrics(folder, metrics)
     warnings = run_warnings(metrics)
     write_assertions(folder, results, warnings)

@@ -11,6 +11,7 @@ Each list item is a mapping with exactly one key naming the assertion:
       - must_yield: {within: 1.0}                          # every scripted interrupt (alias yields_on_interrupt)
       - must_not_interrupt: true                           # or {max_overlap: 0.3, turn: 2}
       - metric: {name: dead_air_ratio, max: 0.5}
+      - python: checks/refund.py:mentions_policy           # or module:function (see rolekit.evaluate.custom)
 
 `turn` is the 0-based index of a user turn in `user:`; a text check with a turn looks at what the
 agent said after that user turn started and before the next user turn started.
@@ -107,8 +108,29 @@ class MetricCheck(_Strict):
         return self
 
 
+_PY_FILE_CHECK = re.compile(r"^(?P<file>[^:]+\.py):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$")
+_PY_MODULE_CHECK = re.compile(
+    r"^(?P<module>[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*):(?P<func>[A-Za-z_][A-Za-z0-9_]*)$"
+)
+
+
+def python_check_target(spec: str) -> tuple[str, str, str]:
+    """`file.py:function` -> ("file", path, function); `pkg.module:function` -> ("module", name, function).
+
+    Raises ValueError for anything else. Where a file may live (inside the scenario's folder, since
+    scenario files are untrusted) is checked by `rolekit.scenario.schema.check_file`.
+    """
+    m = _PY_FILE_CHECK.match(spec)
+    if m is not None:
+        return "file", m.group("file"), m.group("func")
+    m = _PY_MODULE_CHECK.match(spec)
+    if m is not None:
+        return "module", m.group("module"), m.group("func")
+    raise ValueError("write `path/to/file.py:function` (relative to the scenario file) or `module:function`")
+
+
 AssertionKind = Literal[
-    "agent_says", "not_says", "max_response_latency", "must_yield", "must_not_interrupt", "metric"
+    "agent_says", "not_says", "max_response_latency", "must_yield", "must_not_interrupt", "metric", "python"
 ]
 
 
@@ -121,7 +143,16 @@ class Expectation(_Strict):
     must_yield: YieldCheck | None = None
     must_not_interrupt: NoInterruptCheck | None = None
     metric: MetricCheck | None = None
+    # a custom check: `file.py:function` (relative to the scenario file) or `module:function`
+    python: str | None = None
     description: str | None = None  # shown in reports instead of the generated label
+
+    @field_validator("python")
+    @classmethod
+    def _python_target(cls, v: str | None) -> str | None:
+        if v is not None:
+            python_check_target(v)
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -154,7 +185,7 @@ class Expectation(_Strict):
         return next(k for k in _KINDS if getattr(self, k) is not None)
 
     @property
-    def check(self) -> TextCheck | LatencyCheck | YieldCheck | NoInterruptCheck | MetricCheck:
+    def check(self) -> TextCheck | LatencyCheck | YieldCheck | NoInterruptCheck | MetricCheck | str:
         return getattr(self, self.kind)
 
     @property
@@ -162,8 +193,18 @@ class Expectation(_Strict):
         """A short human-readable name, e.g. `agent_says any_of ['refund']`."""
         if self.description:
             return self.description
+        if isinstance(self.check, str):
+            return f"{self.kind} {self.check}"
         args = self.check.model_dump(exclude_defaults=True)
         return f"{self.kind} " + ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
-_KINDS = ("agent_says", "not_says", "max_response_latency", "must_yield", "must_not_interrupt", "metric")
+_KINDS = (
+    "agent_says",
+    "not_says",
+    "max_response_latency",
+    "must_yield",
+    "must_not_interrupt",
+    "metric",
+    "python",
+)

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rolekit.errors import DocumentError, Problem
-from rolekit.persona.paths import resolve_named
-from rolekit.scenario.expect import Expectation
+from rolekit.persona.paths import contained, resolve_named
+from rolekit.scenario.expect import Expectation, python_check_target
 from rolekit.yamldoc import YamlDoc, field_name, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -138,6 +138,11 @@ class LoadedScenario(BaseModel):
     def problem(self, message: str, loc: tuple[Any, ...]) -> Problem:
         return Problem(message, str(self.path), self.doc.line_of(loc), field_name(loc))
 
+    def check_file(self, spec: str) -> Path | None:
+        """The file of a `python: file.py:function` check (None for `module:function`); ValueError
+        when it is missing or resolves outside the scenario's folder (symlinks included)."""
+        return check_file(self.path, spec)
+
     def audio_path(self, turn: int) -> Path:
         rel = Path(self.scenario.user[turn].audio or "").expanduser()
         return rel if rel.is_absolute() else self.path.parent / rel
@@ -152,6 +157,22 @@ class LoadedScenario(BaseModel):
             self.doc.line_of(loc),
             field_name(loc),
         )
+
+
+def check_file(scenario_file: Path, spec: str) -> Path | None:
+    """See `LoadedScenario.check_file`; also used when a saved run is evaluated again."""
+    kind, target, _ = python_check_target(spec)
+    if kind != "file":
+        return None
+    root = Path(scenario_file).resolve().parent
+    path = (root / target).resolve()
+    if not contained(path, root):  # rolekit.persona.paths: the document's root or --allow-path folders
+        raise ValueError(
+            f"{target}: resolves to {path}, outside the scenario's folder {root} (allow a folder with --allow-path)"
+        )
+    if not path.is_file():
+        raise ValueError(f"no such check file: {root / target}")
+    return path
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:
@@ -181,6 +202,11 @@ def load_scenario(path: str | Path) -> LoadedScenario:
                 loaded.problem(f"no such audio file: {loaded.audio_path(i)}", ("user", i, "audio"))
             )
     for i, item in enumerate(scenario.expect):
+        if item.python is not None:
+            try:
+                loaded.check_file(item.python)
+            except ValueError as exc:
+                problems.append(loaded.problem(str(exc), ("expect", i, "python")))
         turn = getattr(item.check, "turn", None)
         if turn is not None and turn >= len(scenario.user):
             msg = f"turn {turn} does not exist (user has {len(scenario.user)} turns, numbered from 0)"
