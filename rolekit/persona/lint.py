@@ -120,12 +120,11 @@ def _raw_prompt_findings(path: Path) -> list[Finding]:
     src = doc.data.get("prompt") if isinstance(doc.data, dict) else None
     if not isinstance(src, str):
         return []
-    first = doc.line_of(("prompt",)) or 1
-    block = 1 if "\n" in src.rstrip("\n") else 0  # a block scalar starts on the next line
+    first = doc.line_of(("prompt",)) or 1  # the line where the text starts
     out = []
     for pattern, what in _PLACEHOLDERS:
         for match in pattern.finditer(_neutral(src)):
-            line = first + block + _neutral(src).count("\n", 0, match.start())
+            line = first + _neutral(src).count("\n", 0, match.start())
             hint = "replace it with the real value or a declared {{ variable }}"
             message = f"{what} left in the prompt: {match.group(0)!r}"
             out.append(Finding("placeholder", RULES["placeholder"][0], message, str(path), line, hint))

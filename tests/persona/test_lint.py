@@ -139,3 +139,17 @@ def test_findings_print_file_line_severity_and_hint(write: Callable[..., Path], 
     assert str(f).startswith(f"{path.resolve()}:2: error [placeholder]") and "hint:" in str(f)
     assert set(f.to_dict()) == {"rule", "severity", "message", "file", "line", "hint"}
     assert all(sev in ("error", "warning") for sev, _ in RULES.values())
+
+
+def test_every_problem_is_reported_in_one_run(write: Callable[..., Path], tokenizer: Tokenizer) -> None:
+    # a schema error does not hide the prompt's placeholders
+    body = "role: customer-service\ncolour: red\nprompt: |\n  You work for X which is a shop.\n  TODO hours\n"
+    found = lint_text(write, tokenizer, body)
+    assert sorted((f.rule, f.line) for f in found) == [("invalid", 2), ("placeholder", 4), ("placeholder", 5)]
+    # an undeclared variable does not hide placeholders or the role rules
+    body = (
+        "role: customer-service\nprompt: |\n  You work for {{ shop }} which is a shop and your name is Z.\n"
+    )
+    found = lint_text(write, tokenizer, body)
+    assert sorted(rules(found)) == ["facts", "invalid", "placeholder"]
+    assert [f.line for f in found if f.rule == "placeholder"] == [3]
