@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.live",
     "rolekit.cli.bench",
     "rolekit.cli.demo",
+    "rolekit.cli.scaffold",
 )
 
 
