@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.bench",
     "rolekit.cli.demo",
     "rolekit.cli.scaffold",
+    "rolekit.cli.compare",
 )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from rolekit.cli.user_input import user_errors
 from rolekit.errors import ConfigError
 from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
@@ -71,6 +72,12 @@ def test_command(
         None, "--tag", "-t", help="Only scenarios with this `tags:` entry (repeatable: any of them)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip runs already finished in --out."),
+    baseline: str | None = typer.Option(
+        None,
+        "--baseline",
+        help="Suite folder to compare with (e.g. OUT/history/<time>, or `last`: the newest snapshot "
+        "in OUT/history); exit 1 on regressions beyond the scenarios' `baseline:` bounds.",
+    ),
     model: str = _MODEL,
     out: Path = _OUT,
     whisper: str | None = _WHISPER,
@@ -91,6 +98,7 @@ def test_command(
         junit,
         None,
         tags=tag,
+        baseline=baseline,
     )
 
 
@@ -107,28 +115,102 @@ def _suite(
     repeats: int | None,
     title: str = "rolekit test",
     tags: list[str] | None = None,
+    baseline: str | None = None,
 ) -> None:
-    from rolekit.suite.backend import MlxBackend
-    from rolekit.suite.execute import SuiteOptions, run_suite
+    with user_errors():  # bad input: one message, exit 2
+        runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
+    _run_planned(runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title)
+
+
+def _plan(
+    paths: list[Path],
+    pattern: str | None,
+    repeats: int | None,
+    tags: list[str] | None,
+    baseline: str | None,
+    out: Path,
+) -> tuple[list[Any], Any]:
     from rolekit.suite.plan import plan_suite
-    from rolekit.suite.results import summarize
 
     runs = plan_suite(paths, pattern, repeats, tags)
     if not runs:
         what = [f"--filter {pattern!r}"] if pattern else []
         what += [f"--tag {t!r}" for t in tags or []]
         raise ConfigError(f"no runs match {' and '.join(what) or 'the scenarios'}")
+    return runs, _baseline_side(baseline, out)  # read before the suite rewrites `out`
+
+
+def _run_planned(
+    runs: list[Any],
+    base_side: Any,
+    model: str,
+    out: Path,
+    whisper: str | None,
+    no_transcribe: bool,
+    resume: bool,
+    jobs: int,
+    junit: Path | None,
+    title: str,
+) -> None:
+    from rolekit.suite.backend import MlxBackend
+    from rolekit.suite.execute import SuiteOptions, run_suite
+    from rolekit.suite.results import summarize
+
     options = SuiteOptions(out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs)
     try:
-        with _Progress(len(runs)) as progress:
+        with user_errors(), _Progress(len(runs)) as progress:
             outcome = run_suite(runs, MlxBackend(model), options, progress.listener())
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
         raise typer.Exit(130) from None
     summary = summarize(outcome.rows)
     _write_reports(out, outcome.rows, junit)
+    from rolekit.suite.history import snapshot
+
+    kept = snapshot(out, outcome.rows)
     _print_summary(outcome.rows, summary, outcome.skipped, out, title)
-    raise typer.Exit(summary["exit_code"])
+    typer.echo(f"history: {kept}")
+    code = summary["exit_code"]
+    if base_side is not None:
+        policies = {r.scenario: r.loaded.scenario.baseline for r in runs}
+        if _check_baseline(base_side, out, outcome.rows, policies):
+            code = 1
+    raise typer.Exit(code)
+
+
+def _baseline_side(baseline: str | None, out: Path) -> Any:
+    if baseline is None:
+        return None
+    from rolekit.report.compare import load_side
+    from rolekit.suite.history import snapshots
+
+    if baseline == "last":
+        found = snapshots(out)
+        if not found:
+            raise ConfigError(f"--baseline last: no history snapshot in {out / 'history'} yet")
+        return load_side(found[-1])
+    return load_side(Path(baseline))
+
+
+def _check_baseline(base: Any, out: Path, rows: list[dict[str, Any]], policies: dict[str, Any]) -> bool:
+    """Print the regressions against `base` and write OUT/compare.html; True when there are any."""
+    from rolekit.report.baseline import regressions
+    from rolekit.report.compare import Side, compare
+    from rolekit.report.compare_html import write_compare_html
+
+    comparison = compare(base, Side(out, rows))
+    found = regressions(comparison, policies)
+    page = write_compare_html(out / "compare.html", comparison)
+    if found:
+        typer.echo(f"{len(found)} regression(s) against the baseline {base.path}:")
+        for r in found:
+            typer.echo(f"  REGRESSION {r}")
+    else:
+        typer.echo(
+            f"no regressions against the baseline {base.path} ({len(comparison.cells)} cells compared)"
+        )
+    typer.echo(f"comparison: {page}")
+    return bool(found)
 
 
 def _write_reports(out: Path, rows: list[dict[str, Any]], junit: Path | None) -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rolekit.errors import DocumentError, Problem
 from rolekit.persona.paths import contained, resolve_named
+from rolekit.scenario.baseline import BaselinePolicy
 from rolekit.scenario.expect import Expectation, python_check_target
 from rolekit.yamldoc import YamlDoc, field_name, load_yaml
 
@@ -109,6 +110,7 @@ class Scenario(_Strict):
     user: list[UserTurn] = Field(min_length=1)
     expect: list[Expectation] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+    baseline: BaselinePolicy = Field(default_factory=BaselinePolicy)  # regression bounds (--baseline)
 
     @model_validator(mode="after")
     def _checks(self) -> Scenario:

@@ -113,6 +113,18 @@ def expand(loaded: LoadedScenario, repeats: int | None = None) -> list[RunSpec]:
     return runs
 
 
+def _baseline_problems(ld: LoadedScenario) -> list:
+    from rolekit.evaluate.metric_docs import METRICS
+
+    return [
+        ld.problem(
+            f"unknown metric {name!r} (see the metric names in the README)", ("baseline", "metrics", name)
+        )
+        for name in ld.scenario.baseline.metrics
+        if name not in METRICS
+    ]
+
+
 def plan_suite(
     paths: list[Path], pattern: str | None = None, repeats: int | None = None, tags: list[str] | None = None
 ) -> list[RunSpec]:
@@ -130,6 +142,7 @@ def plan_suite(
             problems.extend(exc.problems or [])
     for ld in loaded:
         problems.extend(expectation_problems(ld))
+    problems += [p for ld in loaded for p in _baseline_problems(ld)]
     if problems:
         raise DocumentError(problems=problems)
     names: dict[str, Path] = {}
