@@ -75,12 +75,12 @@ def cell_id(row: dict[str, Any]) -> str:
 
 
 def cell_label(row: dict[str, Any]) -> str:
-    """persona · voice · matrix variables of a row, for column and row headers."""
+    """persona · matrix values (voice and variables) of a row: what tells its cell from the others."""
     parts = [str(row.get("persona") or "?")]
-    if row.get("voice"):
-        parts.append(str(row["voice"]))
-    matrix = {k: v for k, v in (row.get("matrix") or {}).items() if k not in ("persona", "voice")}
-    parts += [f"{k}={v}" for k, v in sorted(matrix.items())]
+    matrix = dict(row.get("matrix") or {})
+    if "voice" in matrix:
+        parts.append(f"voice={matrix.pop('voice')}")
+    parts += [f"{k}={v}" for k, v in sorted(matrix.items()) if k != "persona"]
     return " · ".join(parts)
 
 

@@ -1,6 +1,7 @@
 """Self-contained HTML reports: one per run (`report.html` in the run folder, the WAV embedded as
-base64 up to EMBED_LIMIT bytes) and one per suite (`report.html` in the suite folder; each run's
-audio is referenced next to it, relative to the report). No external assets, no network.
+base64 up to EMBED_LIMIT bytes) and one per suite (`report.html` in the suite folder: a grid of
+scenarios by matrix cell whose chips open each run's report below the grid). No external assets,
+no network.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from rolekit.evaluate.assertions import load_assertions
+from rolekit.evaluate.metric_docs import METRICS, checked_metrics
 from rolekit.evaluate.metrics import load_metrics
+from rolekit.evaluate.thresholds import LOW_CONFIDENCE
 from rolekit.record import CONVERSATION_WAV, EVENTS_JSON, META_JSON, MONOLOGUE_JSON, monologue_words
+from rolekit.report.grid import run_folder, suite_grid
 from rolekit.report.results import read_results, run_result
-from rolekit.report.timeline import timeline_svg
+from rolekit.report.timeline import lane_labels, svg_height, timeline_svg
 from rolekit.transcribe.transcript import clock, load_transcript
 
 REPORT_HTML = "report.html"
@@ -63,17 +67,30 @@ def run_page(folder: Path) -> dict[str, Any]:
             s[1] for segs in metrics.get("segments", {}).values() for s in segs
         ]
         duration = max(ends + [1.0])
-    segs = []
-    dialogue = []
+    low = float(metrics.get("thresholds", {}).get("low_confidence", LOW_CONFIDENCE))
+    segs, dialogue, words = [], [], []
     if transcript is not None:
         segs = [
             {"speaker": s.speaker, "start": s.start, "end": s.end, "text": s.text}
             for s in transcript.segments
         ]
-        dialogue = [
-            {"speaker": d.speaker, "clock": clock(d.start), "text": d.text} for d in transcript.dialogue()
+        words = [
+            {
+                "speaker": sp,
+                "word": w.word.strip(),
+                "start": w.start,
+                "end": w.end,
+                "probability": w.probability,
+            }
+            for sp in ("user", "agent")
+            for seg in transcript.of(sp)
+            for w in seg.words
         ]
+        dialogue = [_dialogue_line(d, words, low) for d in transcript.dialogue()]
     pieces = [str(m.get("piece", "")) for m in _json(folder / MONOLOGUE_JSON, [])]
+    mono = monologue_words(pieces)
+    checked = checked_metrics(list(meta.get("expect") or []))
+    metric_rows = [_metric_row(k, v, k in checked) for k, v in summary.items()]
     result = run_result(folder)
     return {
         "folder": folder,
@@ -85,16 +102,42 @@ def run_page(folder: Path) -> dict[str, Any]:
         "metrics": metrics,
         "duration": duration,
         "summary": [(k, _fmt(v)) for k, v in summary.items()],
+        "metric_rows": sorted(metric_rows, key=lambda r: not r["checked"]),
+        "warnings": assertions.get("warnings", []),
+        "low_confidence": low,
+        "lanes": lane_labels(),
+        "lanes_height": svg_height(),
         "turns": metrics.get("turns", []),
         "interruptions": metrics.get("interruptions", []),
         "assertions": assertions.get("results", []),
         "counts": assertions.get("counts", {"pass": 0, "fail": 0, "error": 0}),
         "dialogue": dialogue,
-        "monologue": " ".join(w for _, w in monologue_words(pieces)),
+        "monologue": " ".join(w for _, w in mono),
         "timeline": timeline_svg(
-            duration, metrics.get("segments", {}), events, segs, metrics.get("turns", [])
+            duration, metrics.get("segments", {}), events, segs, metrics.get("turns", []), words, mono, low
         ),
         "report_link": None,
+    }
+
+
+def _dialogue_line(d: Any, words: list[dict[str, Any]], low: float) -> dict[str, Any]:
+    """A dialogue line with its words (and their confidences) when Whisper gave word times."""
+    mine = [w for w in words if w["speaker"] == d.speaker and d.start - 1e-6 <= w["start"] <= d.end + 1e-6]
+    spans = [{"text": w["word"], "p": w["probability"], "low": w["probability"] < low} for w in mine]
+    return {"speaker": d.speaker, "clock": clock(d.start), "text": d.text, "words": spans}
+
+
+def _metric_row(name: str, value: Any, checked: bool) -> dict[str, Any]:
+    doc = METRICS.get(name)
+    unit = doc.unit if doc else ""
+    return {
+        "name": name,
+        "value": _fmt(value),
+        "unit": "" if unit in ("count", "bool", "ratio") else unit,
+        "kind": unit,
+        "better": doc.better if doc else "",
+        "text": doc.text if doc else "",
+        "checked": checked,
     }
 
 
@@ -114,50 +157,34 @@ def render_run_html(folder: Path, embed_audio: bool = True) -> str:
 
 
 def render_suite_html(suite_dir: Path, results: list[dict[str, Any]], title: str | None = None) -> str:
-    """Summary table of every result line, then a section (audio, timeline, checks) per run folder."""
+    """The grid (scenarios x matrix cells, filters) whose chips open each run's report.html below it."""
     suite_dir = Path(suite_dir)
-    rows, runs = [], []
-    for r in results:
-        folder = _run_folder(suite_dir, r)
-        anchor = folder is not None
-        if anchor:
-            run = run_page(folder)
-            run["status"] = r.get("status", run["status"])  # the suite's verdict (e.g. evaluation error)
-            rel = os.path.relpath(folder, suite_dir)
-            run["audio_src"] = f"{rel}/{CONVERSATION_WAV}" if (folder / CONVERSATION_WAV).is_file() else None
-            run["report_link"] = f"{rel}/{REPORT_HTML}" if (folder / REPORT_HTML).is_file() else None
-            runs.append(run)
-        m, a = r.get("metrics") or {}, r.get("assertions") or {}
-        first = (r.get("error") or (r.get("failures") or [""])[0]) if r.get("status") != "pass" else ""
-        rows.append(
-            {
-                "scenario": r.get("scenario"),
-                "run_id": r.get("run_id"),
-                "anchor": anchor,
-                "status": r.get("status"),
-                "checks": f"{a.get('pass', 0)}/{sum(a.get(k, 0) for k in ('pass', 'fail', 'error'))}",
-                "latency": _fmt(m.get("response_latency_mean")),
-                "yield_rate": _fmt(m.get("yield_rate")),
-                "pause": _fmt(m.get("pause_take_floor_rate")),
-                "talk": _fmt(m.get("talk_ratio")),
-                "first_failure": first,
-            }
-        )
     counts = {s: sum(r.get("status") == s for r in results) for s in ("pass", "fail", "error")}
-    title = title or f"rolekit suite: {suite_dir.name}"
+    title = title or f"rolekit suite: {suite_dir.resolve().name}"
+    failures = [
+        {"key": f"{r.get('scenario')}/{r.get('run_id')}", "status": r.get("status"), "messages": _messages(r)}
+        for r in results
+        if r.get("status") != "pass"
+    ]
+    warnings = [
+        (f"{r.get('scenario')}/{r.get('run_id')}", w) for r in results for w in r.get("warnings") or []
+    ]
     return (
         _env()
         .get_template("suite.html.j2")
-        .render(title=title, results=rows, runs=runs, counts=counts, total=len(results))
+        .render(
+            title=title,
+            grid=suite_grid(suite_dir, results),
+            counts=counts,
+            total=len(results),
+            failures=failures,
+            warnings=warnings,
+        )
     )
 
 
-def _run_folder(suite_dir: Path, r: dict[str, Any]) -> Path | None:
-    if not r.get("run_dir"):
-        return None
-    p = Path(r["run_dir"])
-    folder = p if p.is_absolute() else suite_dir / p
-    return folder if (folder / META_JSON).is_file() else None
+def _messages(r: dict[str, Any]) -> list[str]:
+    return ([f"run error: {r['error']}"] if r.get("error") else []) + list(r.get("failures") or [])
 
 
 def _write(path: Path, text: str) -> Path:
@@ -181,4 +208,8 @@ def write_suite_report(
     suite_dir = Path(suite_dir)
     if results is None:
         results = read_results(suite_dir / "results.jsonl")
+    for r in results:  # the grid opens each run's own page
+        folder = run_folder(suite_dir, r)
+        if folder is not None and not (folder / REPORT_HTML).is_file():
+            write_run_report(folder, embed_audio=False)
     return _write(suite_dir / REPORT_HTML, render_suite_html(suite_dir, results, title))

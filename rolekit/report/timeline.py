@@ -1,8 +1,10 @@
-"""The two-lane timeline of a run as inline SVG: scripted events, user and agent speech (VAD), the
-Whisper segments of each speaker, interrupts and response latencies.
+"""The timeline of a run as inline SVG: scripted events, user and agent speech (VAD), Whisper's
+words of each speaker (low-confidence words marked), the model's inner monologue at the frames
+where it wrote each word, interrupts and response latencies.
 
-Pure string building (escaped); the HTML report places the SVG next to an audio player whose
-playhead moves over it (`.playhead` line, x in seconds * `data-px`).
+Pure string building (escaped). Lane labels are not in the SVG: the report draws them from `LANES`
+as HTML that stays in view while the timeline scrolls. The playhead moves over the SVG (`.playhead`
+line, x = `data-x0` + seconds * `data-px`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,19 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-PAD_LEFT = 70  # lane labels
+PAD_LEFT = 8  # room before t = 0 (the labels are HTML, outside the SVG)
 LANE_H = 22
+LANE_GAP = 6
+TOP = 24
+# (lane id, label, title) top to bottom
+LANES = (
+    ("script", "script", "the scenario's turns: say / audio / pause / interrupt"),
+    ("user", "user", "user voice activity (energy VAD)"),
+    ("user_text", "user words", "Whisper's words on the user channel"),
+    ("agent", "agent", "agent voice activity (energy VAD)"),
+    ("agent_text", "agent words", "Whisper's words on the agent channel; red = low confidence"),
+    ("monologue", "monologue", "the model's own text stream (inner monologue), at the frame of each word"),
+)
 COLORS = {
     "user": "#4c78a8",
     "agent": "#f58518",
@@ -44,19 +57,38 @@ def _rect(x: float, y: float, w: float, h: float, color: str, cls: str, title: s
     return out + "</g>"
 
 
+def lane_y() -> dict[str, int]:
+    """Top of each lane in SVG pixels (the HTML labels use the same numbers)."""
+    return {name: TOP + i * (LANE_H + LANE_GAP) for i, (name, _, _) in enumerate(LANES)}
+
+
+def lane_labels() -> list[dict[str, Any]]:
+    """[{"id", "label", "title", "top", "height"}] for the sticky HTML lane labels."""
+    y = lane_y()
+    return [{"id": n, "label": lab, "title": t, "top": y[n], "height": LANE_H} for n, lab, t in LANES]
+
+
+def svg_height() -> int:
+    return lane_y()[LANES[-1][0]] + LANE_H + 14
+
+
 def timeline_svg(
     duration: float,
     segments: dict[str, list[list[float]]],
     events: list[dict[str, Any]],
     transcript: list[dict[str, Any]] | None = None,
     turns: list[dict[str, Any]] | None = None,
+    words: list[dict[str, Any]] | None = None,
+    monologue: list[tuple[float, str]] | None = None,
+    low_confidence: float = 0.5,
 ) -> str:
-    """SVG markup. `transcript`: [{"speaker", "start", "end", "text"}]; `turns`: metrics.json turns."""
+    """SVG markup. `transcript`: [{"speaker", "start", "end", "text"}] (drawn where a speaker has no
+    `words`); `words`: [{"speaker", "word", "start", "end", "probability"}]; `monologue`: [(time s,
+    word)]; `turns`: metrics.json turns."""
     px = px_per_second(duration)
     width = PAD_LEFT + duration * px + 20
-    rows = ["script", "user", "user_text", "agent", "agent_text"]
-    y = {name: 24 + i * (LANE_H + 6) for i, name in enumerate(rows)}
-    height = y["agent_text"] + LANE_H + 14
+    y = lane_y()
+    height = svg_height()
 
     def X(t: float) -> float:
         return PAD_LEFT + float(t) * px
@@ -74,15 +106,6 @@ def timeline_svg(
             f'<text x="{X(t) + 2:.1f}" y="11" class="tick">{t:g}s</text>'
         )
         t += step
-    labels = {
-        "script": "script",
-        "user": "user",
-        "user_text": "whisper",
-        "agent": "agent",
-        "agent_text": "whisper",
-    }
-    for name, label in labels.items():
-        parts.append(f'<text x="4" y="{y[name] + 15}" class="lane">{label}</text>')
     for ev in events:
         start = float(ev["start"])
         end = float(ev["end"]) if ev.get("end") is not None else duration
@@ -118,9 +141,26 @@ def timeline_svg(
                     f"{speaker} speech {s:.2f}–{e:.2f} s",
                 )
             )
+    worded = {w["speaker"] for w in words or []}
+    for w in words or []:
+        lane = f"{w['speaker']}_text"
+        if lane not in y:
+            continue
+        s, e, prob = float(w["start"]), float(w["end"]), float(w.get("probability", 1.0))
+        low = prob < low_confidence
+        title = f"{w['speaker']} {s:.2f}–{e:.2f} s: {w['word']} (confidence {prob:.2f})"
+        cls = f"word {w['speaker']}" + (" lowconf" if low else "")
+        parts.append(
+            _rect(X(s), y[lane], (e - s) * px, LANE_H, "#f6c4c4" if low else "#eeeeee", cls, title, w["word"])
+        )
+    for i, (t, word) in enumerate(monologue or []):
+        nxt = monologue[i + 1][0] if monologue and i + 1 < len(monologue) else t + 0.4
+        w_s = max(min(nxt, t + 1.2) - t, 0.16)
+        title = f"monologue {t:.2f} s: {word}"
+        parts.append(_rect(X(t), y["monologue"], w_s * px, LANE_H, "#e3d7f5", "mono-word", title, word))
     for seg in transcript or []:
         lane = f"{seg['speaker']}_text"
-        if lane not in y:
+        if lane not in y or seg["speaker"] in worded:
             continue
         s, e = float(seg["start"]), float(seg["end"])
         title = f"{seg['speaker']} {s:.2f}–{e:.2f} s: {seg['text']}"

@@ -138,7 +138,9 @@ def _run_group(
     except Exception as exc:  # a crash in one batch is reported as an error result, the suite goes on
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return [
-            error_result(s.scenario, s.run_id, detail, persona=s.persona, vars=s.vars, seed=s.seed)
+            error_result(
+                s.scenario, s.run_id, detail, persona=s.persona, vars=s.vars, seed=s.seed, matrix=s.cell
+            )
             for s in specs
         ]
     wall = time.perf_counter() - t0

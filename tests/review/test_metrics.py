@@ -174,3 +174,17 @@ def test_turn_window_and_metrics_file_roundtrip(synth_record, tmp_path):
 def _flat(spans):
     """[(start, end), ...] -> [start, end, ...] (pytest.approx compares flat sequences only)."""
     return [t for span in spans for t in span]
+
+
+def test_every_summary_metric_is_documented(synth_record):
+    from rolekit.evaluate.metric_docs import METRICS, checked_metrics
+
+    keys = set(compute_metrics(synth_record)["summary"]) | set(
+        compute_metrics(synth_record, _transcript([("a", 3.6, 3.9)]))["summary"]
+    )
+    assert keys == set(METRICS), keys ^ set(METRICS)
+    assert all(d.better in ("lower", "higher", "") and d.unit and d.text for d in METRICS.values())
+    used = checked_metrics(
+        [{"metric": {"name": "dead_air_ratio", "max": 0.5}}, {"must_yield": True}, {"bogus": 1}]
+    )
+    assert used == {"dead_air_ratio", "yield_rate", "time_to_yield_max"}

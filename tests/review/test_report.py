@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import html
-import json
-import re
+import base64
 import shutil
 import struct
 import subprocess
@@ -20,6 +18,8 @@ from rolekit.report.markdown import summary_markdown
 from rolekit.report.results import append_result, error_result, read_results, run_result
 from rolekit.transcribe.transcript import Segment, Transcript, Word, write_transcript
 
+from .chromium import Browser
+
 EXPECT = [
     {"agent_says": {"any_of": ["refund"]}},
     {"max_response_latency": 0.4},
@@ -27,43 +27,14 @@ EXPECT = [
 ]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if path := shutil.which(name):
-            return path
-    raise AssertionError("headless Chromium is needed for the report tests (apt-get install chromium)")
-
-
-def _dom(page) -> str:
-    out = subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
-def _render_summary(dom: str) -> dict:
-    m = re.search(r'data-render="([^"]*)"', dom)
-    assert m, "the report's load script did not run"
-    return json.loads(html.unescape(m.group(1)))
-
-
 @pytest.fixture
 def suite(synth_record, synth, tmp_path):
     """A suite folder: one failing run with a transcript, one passing run, one crashed run."""
     root = tmp_path / "suite"
-    synth_record.meta.update(expect=EXPECT, scenario="refund", wall_s=3.5)
+    synth_record.meta.update(
+        expect=EXPECT, scenario="refund", wall_s=3.5, matrix={"company": "Contoso"}, tags=["smoke"]
+    )
+    synth_record.text_pieces[60:63] = [" caf", "<0xC3>", "<0xA9>"]  # byte-fallback pieces of "café"
     r1 = synth_record.save(root / "refund" / "r0001")
     write_transcript(
         r1,
@@ -76,13 +47,21 @@ def suite(synth_record, synth, tmp_path):
                     3.6,
                     5.4,
                     "Sure, a <refund> & more.",
-                    [Word(" Sure,", 3.6, 3.9), Word(" refund", 4.0, 4.5)],
+                    [
+                        Word(" Sure,", 3.6, 3.9, 0.9),
+                        Word(" a", 3.9, 4.0, 0.8),
+                        Word(" <refund>", 4.0, 4.5, 0.2),  # low confidence
+                        Word(" &", 4.5, 4.7, 0.9),
+                        Word(" more.", 4.7, 5.4, 0.95),
+                    ],
                 ),
             ],
         ),
     )
     review_run(r1)
-    synth_record.meta.update(run_id="r0002", expect=[{"must_yield": {"within": 1.5}}])
+    synth_record.meta.update(
+        run_id="r0002", expect=[{"must_yield": {"within": 1.5}}], matrix={"company": "Fabrikam"}
+    )
     r2 = synth_record.save(root / "refund" / "r0002")
     review_run(r2)
     for folder in (r1, r2):
@@ -142,47 +121,164 @@ def test_markdown_summary(suite):
     assert "  - run error: persona 'nope' not found" in md
 
 
-def test_run_report_renders_in_chromium(suite, tmp_path):
+def test_run_report_in_chromium(suite, tmp_path):
     folder = suite / "refund" / "r0001"
     page = write_run_report(folder)
     text = page.read_text()
     assert 'src="data:audio/wav;base64,' in text  # self-contained
-    assert "Sure, a &lt;refund&gt; &amp; more." in text and "<refund>" not in text  # escaped
-    dom = _dom(page)
-    # 4 scripted events + 3 user + 3 agent speech segments + 2 Whisper segments, all laid out
-    assert _render_summary(dom) == {"timelines": 1, "shapes": 12, "players": 1}
-    assert len(re.findall(r'<tr class="(pass|fail|error)">', dom)) == 3
-    assert '<tr class="fail"><td class="status">fail</td><td>max_response_latency max=0.4</td>' in dom
-    assert dom.count('class="playhead"') == 1 and "agent:</b> Sure, a &lt;refund&gt; &amp; more." in dom
-    shot = tmp_path / "run.png"
-    subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--window-size=1200,900",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1200, 900)
-    assert len(png) > 30_000  # a drawn page, not a blank one (a blank page is ~5 KB)
+    assert "&lt;refund&gt;" in text and "<refund>" not in text  # escaped
+    assert "<0x" not in text and "café" in text  # the inner monologue is decoded
+    with Browser(1200, 900) as b:
+        b.open(page)
+        render = b.wait("document.body.dataset.render && JSON.parse(document.body.dataset.render)")
+        # 4 scripted events + 3 user + 3 agent speech + 1 user word + 5 agent words + monologue words
+        mono = b.js("document.querySelectorAll('svg.timeline g.mono-word').length")
+        assert mono == 8 and render == {
+            "timelines": 1,
+            "shapes": 16 + mono,
+            "players": 1,
+            "errors": [],
+            "overflow": False,
+        }
+        assert b.js("document.querySelectorAll('table.assertions tr.fail').length") == 1
+        # low-confidence words are marked in the dialogue and on the timeline
+        assert b.js(
+            "[...document.querySelectorAll('.dialogue .w.lowconf')].map(e => e.textContent + ' ' + e.title)"
+        ) == ["<refund> confidence 0.20"]
+        assert b.js("document.querySelectorAll('svg.timeline g.word.lowconf').length") == 1
+        assert b.js(
+            "[...document.querySelectorAll('svg.timeline g.mono-word title')].some(t => t.textContent.endsWith('café'))"
+        )
+        # metric definitions with units; the metrics the checks use come first, highlighted
+        checked = b.js(
+            "[...document.querySelectorAll('table.metrics tr.checked')].map(r => r.dataset.metric)"
+        )
+        assert set(checked) == {
+            "response_latency_mean",
+            "response_latency_p90",
+            "response_latency_max",
+            "yield_rate",
+            "time_to_yield_max",
+            "agent_low_confidence_share",
+        }
+        assert b.js("document.querySelector('table.metrics tr:nth-child(2)').classList.contains('checked')")
+        assert b.js("document.querySelector('tr[data-metric=dead_air_ratio] td.def').textContent").startswith(
+            "dead air / span from first to last speech"
+        )
+        # solo / mute per channel
+        mixer = "document.querySelector('.mixer').dataset"
+        assert b.js(f"{mixer}.gains") == "1,0,0,1"
+        b.js("document.querySelector('.mixer [data-channel=agent][data-action=solo]').click()")
+        assert b.js(f"[{mixer}.user, {mixer}.agent, {mixer}.gains]") == ["off", "on", "0,0,1,1"]
+        b.js("document.querySelector('.mixer [data-channel=user][data-action=solo]').click()")
+        assert b.js(f"[{mixer}.user, {mixer}.agent, {mixer}.gains]") == ["on", "off", "1,1,0,0"]
+        b.js("document.querySelector('.mixer [data-channel=user][data-action=solo]').click()")
+        b.js("document.querySelector('.mixer [data-channel=user][data-action=mute]').click()")
+        assert b.js(f"[{mixer}.user, {mixer}.agent, {mixer}.gains]") == ["off", "on", "0,0,1,1"]
+        assert (
+            b.js(
+                "document.querySelector('.mixer [data-channel=user][data-action=mute]').getAttribute('aria-pressed')"
+            )
+            == "true"
+        )
+        assert b.errors == []
+    # below 1000 px: nothing wider than the window, the timeline scrolls and its lane labels stay in view
+    with Browser(900, 1200) as b:
+        b.open(page)
+        render = b.wait("document.body.dataset.render && JSON.parse(document.body.dataset.render)")
+        assert render["overflow"] is False and render["errors"] == []
+        assert b.js("(w => w.scrollWidth > w.clientWidth)(document.querySelector('.tlwrap'))")
+        b.js("document.querySelector('.tlwrap').scrollLeft = 400")
+        left = b.js("document.querySelector('.lane-agent_text').getBoundingClientRect().left")
+        wrap = b.js("document.querySelector('.tlwrap').getBoundingClientRect().left")
+        assert (
+            abs(left - wrap) <= 2
+            and b.js("document.querySelector('.lane-agent_text').textContent") == "agent words"
+        )
+        shot = b.call("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+        png = base64.b64decode(shot)
+        (tmp_path / "run-900.png").write_bytes(png)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 1200)
+        assert len(png) > 30_000  # a drawn page, not a blank one
+        assert b.errors == []
 
 
-def test_suite_report_renders_in_chromium(suite):
-    for name in ("r0001", "r0002"):
-        write_run_report(suite / "refund" / name, embed_audio=False)
+def test_suite_report_grid_in_chromium(suite):
     page = write_suite_report(suite)
-    text = page.read_text()
-    assert 'src="refund/r0001/conversation.wav"' in text and 'href="refund/r0002/report.html"' in text
-    dom = _dom(page)
-    assert _render_summary(dom) == {"timelines": 2, "shapes": 12 + 10, "players": 2}
-    assert '<tr class="error"><td>greeting</td><td>r0001</td>' in dom and "persona 'nope' not found" in dom
+    assert (suite / "refund" / "r0002" / "report.html").is_file()  # the grid's chips open these
+    with Browser(1200, 900) as b:
+        b.open(page)
+        render = b.wait("document.body.dataset.render && JSON.parse(document.body.dataset.render)")
+        assert render == {"timelines": 0, "shapes": 0, "players": 0, "errors": [], "overflow": False}
+        cols = b.js("[...document.querySelectorAll('#grid th.col')].map(t => t.textContent)")
+        assert cols == ["refund-desk · company=Contoso", "refund-desk · company=Fabrikam", "?"]
+        rows = b.js("[...document.querySelectorAll('#grid tr.srow')].map(r => r.dataset.scenario)")
+        assert rows == ["refund", "greeting"]
+        chips = b.js(
+            "[...document.querySelectorAll('#grid .chip')].map(c => [c.textContent, c.dataset.status, c.getAttribute('href')])"
+        )
+        assert chips == [
+            ["r0001", "fail", "refund/r0001/report.html"],
+            ["r0002", "pass", "refund/r0002/report.html"],
+            ["r0001", "error", None],
+        ]
+        assert "latency 0.17 s" in b.js("document.querySelector('#grid td.cell').textContent")
+        assert b.js("document.querySelector('#grid tr.srow .tag').textContent") == "smoke"
+        # filters: status, text, column
+        b.js(
+            "(s => { s.value = 'fail'; s.dispatchEvent(new Event('change')); })(document.getElementById('f-status'))"
+        )
+        assert b.js("document.body.dataset.visibleRows") == "1"
+        assert b.js("document.querySelector('#grid a.chip[data-status=pass]').classList.contains('hidden')")
+        b.js(
+            "(s => { s.value = ''; s.dispatchEvent(new Event('change')); })(document.getElementById('f-status'))"
+        )
+        b.js(
+            "(s => { s.value = 'greet'; s.dispatchEvent(new Event('input')); })(document.getElementById('f-text'))"
+        )
+        assert b.js("document.body.dataset.visibleRows") == "1"
+        b.js(
+            "(s => { s.value = ''; s.dispatchEvent(new Event('input')); })(document.getElementById('f-text'))"
+        )
+        b.js(
+            "(s => { s.value = '1'; s.dispatchEvent(new Event('change')); })(document.getElementById('f-col'))"
+        )
+        assert (
+            b.js(
+                "[...document.querySelectorAll('#grid th.col')].filter(t => !t.classList.contains('hidden')).length"
+            )
+            == 1
+        )
+        assert b.js("document.body.dataset.visibleRows") == "1"
+        # a chip opens its run's report below the grid
+        b.js("document.querySelector('#grid a.chip').click()")
+        b.wait("!document.getElementById('detail').classList.contains('hidden')")
+        b.wait(
+            "(() => { try { const d = document.getElementById('detail').contentDocument;"
+            " return d && d.body && d.body.dataset.render; } catch (e) { return false; } })()"
+        )
+        frames = b.call("Page.getFrameTree", session=True)["frameTree"]["childFrames"]
+        assert frames[0]["frame"]["url"].endswith("refund/r0001/report.html")
+        assert b.errors == []
+
+
+def test_compare_page_in_chromium(suite, tmp_path):
+    from rolekit.report.compare import compare, load_side
+    from rolekit.report.compare_html import write_compare_html
+
+    other = tmp_path / "other"
+    shutil.copytree(suite, other)
+    (other / "refund" / "r0001" / "assertions.json").write_text(
+        (suite / "refund" / "r0001" / "assertions.json").read_text().replace('"fail"', '"pass"')
+    )
+    page = write_compare_html(tmp_path / "cmp" / "compare.html", compare(load_side(suite), load_side(other)))
+    with Browser(900, 1200) as b:
+        b.open(page)
+        render = b.wait("document.body.dataset.render && JSON.parse(document.body.dataset.render)")
+        assert render["errors"] == [] and render["overflow"] is False and render["players"] == 4
+        assert b.js("document.querySelectorAll('table.flips tr.better').length") == 1
+        assert b.js("document.querySelectorAll('section.pair').length") == 3
+        assert b.errors == []
 
 
 def _cli(*args):

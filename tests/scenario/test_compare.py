@@ -64,7 +64,7 @@ def test_history_baseline_and_compare(project, fake_backend, monkeypatch):
     assert len(c.pairs) == 4 and len(c.cells) == 2 and not c.only_a and not c.only_b
     cell = c.cells[0]
     assert cell.key == "greet/company-Contoso" and cell.passed == (2, 0) and cell.runs == (2, 2)
-    assert cell.label == "shop · NATF2 · company=Contoso"
+    assert cell.label == "shop · company=Contoso"
     assert cell.delta("response_latency_mean") > 0.1 and cell.worse("response_latency_mean") is True
     (flip,) = c.pairs[0].flips
     assert (flip.label, flip.before, flip.after) == ("max_response_latency max=0.3", "pass", "fail")
