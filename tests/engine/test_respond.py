@@ -74,6 +74,7 @@ def test_respond_with_a_persona_file_and_vars(tiny_bundle, tmp_path, user_wav):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["persona"] == "appointment-caller" and summary["voice"] == "NATM0" and summary["seed"] == 5
+    assert summary["tail_frames"] == 50  # default --tail 4 s: the agent gets time to answer
 
 
 @pytest.mark.parametrize(

@@ -281,9 +281,13 @@ def test_compare_page_in_chromium(suite, tmp_path):
         assert b.errors == []
 
 
-def _cli(*args):
+def _cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "rolekit", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "rolekit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -294,9 +298,9 @@ def test_cli_report_run_suite_and_bad_path(suite, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"PASS  {run}  (1 pass, 0 fail, 0 error)")
     assert (run / "metrics.json").is_file() and 'src="conversation.wav"' in (run / "report.html").read_text()
-    out = _cli("report", suite)
+    out = _cli("report", ".", cwd=suite)  # piped: Markdown source; `.` is named after the folder
     assert out.returncode == 0, out.stderr
-    assert "**1/3 passed**" in out.stdout
+    assert out.stdout.startswith("# rolekit suite: suite\n") and "**1/3 passed**" in out.stdout
     assert ET.parse(suite / "junit.xml").getroot().get("failures") == "1"
     assert (suite / "summary.md").is_file() and (suite / "report.html").is_file()
     # a folder of run folders without results.jsonl is evaluated run by run
@@ -310,3 +314,19 @@ def test_cli_report_run_suite_and_bad_path(suite, tmp_path):
     assert out.returncode == 2 and "neither a run folder nor a suite folder" in out.stderr
     out = _cli("transcribe", tmp_path / "empty")
     assert out.returncode == 2 and "not a complete run folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_report_renders_markdown_on_a_terminal(monkeypatch, capsys):
+    import io
+
+    from rolekit.cli.review import _print_markdown
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stdout", tty)
+    _print_markdown("# nightly\n\n**1/3 passed** · 1 failed\n\n| a | b |\n|---|---|\n| x | y |\n")
+    shown = tty.getvalue()
+    assert "nightly" in shown and "1/3 passed" in shown and "**" not in shown and "|---|" not in shown

@@ -103,3 +103,13 @@ def test_bad_compare_and_baseline_inputs(project, fake_backend, monkeypatch):
         and "unknown metric 'latency_typo'" in out.output
         and "greet.yaml:17: baseline.metrics.latency_typo" in out.output
     )
+
+
+def test_run_titles_its_summary_rolekit_run(project, fake_backend, monkeypatch):
+    (project / "scenarios" / "greet.yaml").write_text(SCENARIO)
+    monkeypatch.setattr("rolekit.suite.backend.MlxBackend", lambda spec: fake_backend(reply_after=3))
+    out = CliRunner().invoke(
+        app, ["run", "scenarios/greet.yaml", "--no-transcribe", "--out", "out", "-n", "1"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "rolekit run" in out.output and "rolekit test" not in out.output

@@ -114,6 +114,15 @@ def test_filter_selects_runs(project, fake_tts, fake_backend):
     assert [r.key for r in plan_suite([project / "scenarios"], "one")] == ["one/r0"]
 
 
+def test_tags_select_scenarios_and_reach_the_results(project, fake_tts, fake_backend):
+    _scenario(project, "tagged", extra="tags: [smoke, refunds]")
+    _scenario(project, "plain")
+    assert [r.key for r in plan_suite([project / "scenarios"], tags=["smoke"])] == ["tagged/r0"]
+    assert [r.key for r in plan_suite([project / "scenarios"], tags=["nope", "refunds"])] == ["tagged/r0"]
+    _, outcome = _run(project, fake_tts, fake_backend(), pattern="tagged")
+    assert outcome.rows[0]["tags"] == ["smoke", "refunds"] and outcome.rows[0]["wall_s"] > 0
+
+
 def test_unknown_persona_fails_before_anything_is_written(project, fake_tts, fake_backend):
     _scenario(project, "good")
     (project / "scenarios" / "bad.yaml").write_text("persona: nobody\nuser:\n  - say: hi\n")
