@@ -54,6 +54,24 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
     console = Console(highlight=False)
     console.print(f"A: {c.a.label}", markup=False)
     console.print(f"B: {c.b.label}", markup=False)
+    scen = Table(title="A -> B per scenario")
+    for col in ("scenario", "cells", "pass A", "pass B"):
+        scen.add_column(col, justify="left" if col == "scenario" else "right")
+    by: dict[str, list[Any]] = {}
+    for cell in c.cells:
+        by.setdefault(cell.scenario, []).append(cell)
+    for name, cells in by.items():
+        pa, na = sum(x.passed[0] for x in cells), sum(x.runs[0] for x in cells)
+        pb, nb = sum(x.passed[1] for x in cells), sum(x.runs[1] for x in cells)
+        color = (
+            "red"
+            if pb / max(nb, 1) < pa / max(na, 1)
+            else "green"
+            if pb / max(nb, 1) > pa / max(na, 1)
+            else ""
+        )
+        scen.add_row(name, str(len(cells)), f"{pa}/{na}", _color(f"{pb}/{nb}", color))
+    console.print(scen)
     table = Table(title="A -> B per cell (means over repeats; red = worse, green = better)")
     table.add_column("cell")
     table.add_column("pass", justify="right")
@@ -84,6 +102,9 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
             color = "green" if f.after == "pass" else "red"
             console.print(f"  [{color}]{f.before} -> {f.after}[/] ", end="")
             console.print(f"{f.label}: {f.message}", markup=False)
+        if p.folder_a is not None and p.folder_b is not None:
+            wav = "conversation.wav"
+            console.print(f"  listen: A {p.folder_a / wav}  B {p.folder_b / wav}", markup=False)
     for p in c.pairs if diffs == "all" else flipped if diffs == "flips" else []:
         lines = p.unified()
         if lines:

@@ -73,6 +73,13 @@ def test_history_baseline_and_compare(project, fake_backend, monkeypatch):
     assert out.exit_code == 0, out.output
     assert "greet/company-Contoso" in out.output and "pass -> fail" in out.output
     assert "4 runs paired, 4 with checks that changed" in out.output
+    assert "A -> B per scenario" in out.output and "listen: A " in out.output
+    # the suite report of OUT ignores the history snapshots' run folders
+    snap_page = snap1 / "greet" / "company-Contoso-r0" / "report.html"
+    before = (snap_page.stat().st_ino, snap_page.stat().st_mtime_ns)
+    rep = CliRunner().invoke(app, ["report", "out"])
+    assert rep.exit_code == 0, rep.output
+    assert (snap_page.stat().st_ino, snap_page.stat().st_mtime_ns) == before
     page = (project / "cmp" / "compare.html").read_text()
     assert 'src="../out/history/' in page and page.count("<audio") == 8
     # two single run folders pair with each other
