@@ -40,7 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--rolekit-out", default="transcripts", help="where run folders and results.jsonl go")
     group.addoption("--rolekit-whisper", default=None, help="mlx-whisper folder or hub id")
-    group.addoption("--rolekit-no-transcribe", action="store_true", help="skip Whisper transcription")
+    group.addoption(
+        "--rolekit-no-transcribe",
+        action="store_true",
+        help="skip Whisper (text checks with `source: whisper` then report an error)",
+    )
     group.addoption(
         "--rolekit-backend",
         default=None,
