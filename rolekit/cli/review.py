@@ -33,7 +33,14 @@ def _find_runs(root: Path) -> list[Path]:
     )
 
 
-def _review(folder: Path, whisper: str | None, do_transcribe: bool) -> Any:
+ASR_OPTION = typer.Option(
+    None,
+    "--asr",
+    help="Whisper backend: auto (ct2 on CPU-only machines, mlx on Apple Silicon / CUDA), ct2 or mlx.",
+)
+
+
+def _review(folder: Path, whisper: str | None, do_transcribe: bool, asr: str | None = None) -> Any:
     from rolekit.evaluate.review import review_run
     from rolekit.record import SessionRecord
     from rolekit.transcribe.transcript import load_transcript, write_transcript
@@ -43,7 +50,7 @@ def _review(folder: Path, whisper: str | None, do_transcribe: bool) -> Any:
     if do_transcribe and transcript is None:
         from rolekit.transcribe.whisper import transcribe_record
 
-        transcript = transcribe_record(record, whisper)
+        transcript = transcribe_record(record, whisper, asr=asr)
         write_transcript(folder, transcript)
     return review_run(folder, record=record, transcript=transcript)
 
@@ -61,6 +68,7 @@ def report(
     embed_audio: bool = typer.Option(
         True, "--embed-audio/--link-audio", help="Embed the WAV in run reports."
     ),
+    asr: str = ASR_OPTION,
 ) -> None:
     """Evaluate metrics and assertions and write report.html (+ junit.xml and summary.md for a suite)."""
     from rolekit.record import is_complete
@@ -72,7 +80,7 @@ def report(
     if not path.is_dir():
         raise ConfigError(f"{path}: no such folder")
     if is_complete(path):
-        rev = _review(path, whisper, transcribe_missing)
+        rev = _review(path, whisper, transcribe_missing, asr)
         out = write_run_report(path, embed_audio=embed_audio)
         counts = {s: sum(r.status == s for r in rev.results) for s in ("pass", "fail", "error")}
         typer.echo(
@@ -95,11 +103,11 @@ def report(
     if not results:
         results = []
         for run in runs:
-            _review(run, whisper, transcribe_missing)
+            _review(run, whisper, transcribe_missing, asr)
             results.append(run_result(run, base=path))
     for run in runs:
         if not (run / "metrics.json").is_file():
-            _review(run, whisper, transcribe_missing)
+            _review(run, whisper, transcribe_missing, asr)
         write_run_report(run, embed_audio=embed_audio)
     name = path.resolve().name  # `rolekit report .` names the folder, not ""
     out = write_suite_report(path, results, title=f"rolekit suite: {name}")
@@ -126,8 +134,11 @@ def _print_markdown(md: str) -> None:
 def transcribe(
     run_dir: Path = typer.Argument(..., help="A run folder written by `rolekit run`."),
     whisper: str = typer.Option(
-        None, "--whisper", help="mlx-whisper folder or Hugging Face repo id (default: converted tiny.en)."
+        None,
+        "--whisper",
+        help="Whisper folder (mlx-whisper or CTranslate2) or Hugging Face repo id (default: tiny.en).",
     ),
+    asr: str = ASR_OPTION,
 ) -> None:
     """Transcribe both channels with Whisper (word times); write transcript.json/.md and refresh metrics."""
     from rolekit.evaluate.review import review_run
@@ -136,7 +147,7 @@ def transcribe(
     from rolekit.transcribe.whisper import transcribe_record
 
     record = SessionRecord.load(run_dir)
-    transcript = transcribe_record(record, whisper)
+    transcript = transcribe_record(record, whisper, asr=asr)
     j, m = write_transcript(run_dir, transcript)
     review_run(run_dir, record=record, transcript=transcript)
     typer.echo(transcript.markdown(f"Transcript: {run_dir.name}"))

@@ -35,6 +35,11 @@ _WHISPER = typer.Option(
 _NO_TRANSCRIBE = typer.Option(
     False, "--no-transcribe", help="Skip Whisper (text checks with `source: whisper` then report an error)."
 )
+_ASR = typer.Option(
+    None,
+    "--asr",
+    help="Whisper backend: auto (ct2 on CPU-only machines, mlx on Apple Silicon / CUDA), ct2, mlx.",
+)
 _JOBS = typer.Option(
     1, "--jobs", "-j", min=1, max=64, help="Conversations run together in one batched engine."
 )
@@ -47,6 +52,7 @@ def run_command(
     out: Path = _OUT,
     whisper: str | None = _WHISPER,
     no_transcribe: bool = _NO_TRANSCRIBE,
+    asr: str | None = _ASR,
     repeats: int | None = typer.Option(
         None, "--repeats", "-n", min=1, help="Override the scenario's repeats."
     ),
@@ -59,7 +65,18 @@ def run_command(
             f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
         )
     _suite(
-        [scenario], None, model, out, whisper, no_transcribe, False, jobs, junit, repeats, title="rolekit run"
+        [scenario],
+        None,
+        model,
+        out,
+        whisper,
+        no_transcribe,
+        False,
+        jobs,
+        junit,
+        repeats,
+        title="rolekit run",
+        asr=asr,
     )
 
 
@@ -82,6 +99,7 @@ def test_command(
     out: Path = _OUT,
     whisper: str | None = _WHISPER,
     no_transcribe: bool = _NO_TRANSCRIBE,
+    asr: str | None = _ASR,
     jobs: int = _JOBS,
     junit: Path | None = _JUNIT,
 ) -> None:
@@ -99,6 +117,7 @@ def test_command(
         None,
         tags=tag,
         baseline=baseline,
+        asr=asr,
     )
 
 
@@ -116,10 +135,11 @@ def _suite(
     title: str = "rolekit test",
     tags: list[str] | None = None,
     baseline: str | None = None,
+    asr: str | None = None,
 ) -> None:
     with user_errors():  # bad input: one message, exit 2
         runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
-    _run_planned(runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title)
+    _run_planned(runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr)
 
 
 def _plan(
@@ -151,12 +171,15 @@ def _run_planned(
     jobs: int,
     junit: Path | None,
     title: str,
+    asr: str | None = None,
 ) -> None:
     from rolekit.suite.backend import MlxBackend
     from rolekit.suite.execute import SuiteOptions, run_suite
     from rolekit.suite.results import summarize
 
-    options = SuiteOptions(out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs)
+    options = SuiteOptions(
+        out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs, asr=asr
+    )
     try:
         with user_errors(), _Progress(len(runs)) as progress:
             outcome = run_suite(runs, MlxBackend(model), options, progress.listener())

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rolekit.errors import ModelError, RolekitError
 from rolekit.record import SessionRecord, is_complete
@@ -20,11 +20,15 @@ from rolekit.suite.plan import RunSpec
 from rolekit.suite.prepare import PreparedRun, check_context, prepare_run
 from rolekit.suite.results import results_path, start_results
 
+if TYPE_CHECKING:
+    from rolekit.transcribe.whisper import AsrModel
+
 
 @dataclass
 class SuiteOptions:
     out: Path = Path("transcripts")
-    whisper: str | None = None  # mlx-whisper folder or hub id; None = default tiny.en when available
+    whisper: str | None = None  # Whisper folder or hub id; None = default tiny.en when available
+    asr: str | None = None  # auto | ct2 | mlx (None: $ROLEKIT_ASR or auto)
     transcribe: bool = True
     resume: bool = False
     batch: int = 1  # conversations per engine (B > 1 batches independent runs)
@@ -99,15 +103,15 @@ def run_suite(
     return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
 
 
-def _whisper(options: SuiteOptions, ls: SuiteListener) -> Path | None:
+def _whisper(options: SuiteOptions, ls: SuiteListener) -> AsrModel | None:
     if not options.transcribe:
         return None
-    from rolekit.transcribe.whisper import resolve_whisper
+    from rolekit.transcribe.whisper import resolve_asr
 
     try:
-        return resolve_whisper(options.whisper)
+        return resolve_asr(options.whisper, options.asr)
     except ModelError as exc:
-        if options.whisper:
+        if options.whisper or options.asr:
             raise
         if ls.on_note:
             ls.on_note(f"not transcribing: {exc}")
@@ -115,7 +119,7 @@ def _whisper(options: SuiteOptions, ls: SuiteListener) -> Path | None:
 
 
 def _run_group(
-    group: list[PreparedRun], backend: Backend, out: Path, whisper_dir: Path | None, ls: SuiteListener
+    group: list[PreparedRun], backend: Backend, out: Path, whisper_dir: AsrModel | None, ls: SuiteListener
 ) -> list[dict[str, Any]]:
     specs = [p.spec for p in group]
     if ls.on_run_start:
@@ -169,7 +173,7 @@ def _review(
     folder: Path,
     spec: RunSpec,
     record: SessionRecord | None,
-    whisper_dir: Path | None,
+    whisper_dir: AsrModel | None,
     out: Path,
     ls: SuiteListener,
 ) -> dict[str, Any]:
@@ -185,7 +189,7 @@ def _review(
             from rolekit.transcribe.transcript import write_transcript
             from rolekit.transcribe.whisper import transcribe_record
 
-            transcript = transcribe_record(record, str(whisper_dir))
+            transcript = transcribe_record(record, whisper_dir)
             write_transcript(folder, transcript, title=f"{spec.scenario} / {spec.run_id}")
         review_run(folder, record, list(spec.loaded.scenario.expect), transcript)
         write_run_report(folder)
