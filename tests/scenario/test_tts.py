@@ -39,7 +39,8 @@ def test_rate_voice_and_text_change_the_key_and_audio():
 
 def test_missing_backend_names_the_package(monkeypatch):
     monkeypatch.setattr(tts.shutil, "which", lambda name: None)
-    with pytest.raises(TtsError, match="apt-get install espeak-ng"):
+    monkeypatch.setattr(tts, "_espeak_library", lambda: None)
+    with pytest.raises(TtsError, match="pip install espeakng-loader.*apt-get install espeak-ng"):
         synthesize(TtsRequest("hi", backend="espeak-ng"))
     with pytest.raises(TtsError, match="macOS only"):
         synthesize(TtsRequest("hi", backend="say"))
@@ -69,3 +70,23 @@ def test_timeline_speaks_say_turns_with_espeak(tmp_path):
 
 def test_espeak_variants_are_accepted():
     assert len(synthesize(TtsRequest("hi", backend="espeak-ng", voice="en-gb+f3"))) > 0
+
+
+def test_without_the_espeak_ng_program_the_pypi_library_speaks(monkeypatch):
+    """espeakng-loader's libespeak-ng (no system package): reproducible 24 kHz speech, voices checked."""
+    from rolekit.audio import espeak
+
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)  # no espeak-ng program on PATH
+    assert espeak.library() is not None and espeak.library().sample_rate == 22050
+    req = TtsRequest("Hello, I would like a refund for my order.", backend="espeak-ng", rate=170)
+    a = synthesize(req, use_cache=False)
+    assert a.dtype == np.float32 and 1.5 < len(a) / 24000 < 5.0 and np.abs(a).max() > 0.05
+    # one child process per utterance: the same request gives the same samples every time
+    assert np.array_equal(synthesize(req, use_cache=False), a)
+    slow = synthesize(TtsRequest("one two three four five six", backend="espeak-ng", rate=100))
+    fast = synthesize(TtsRequest("one two three four five six", backend="espeak-ng", rate=300))
+    assert len(slow) > 1.8 * len(fast)
+    assert {"en-us", "en-gb", "f3"} <= tts.espeak_voices()
+    assert len(synthesize(TtsRequest("hi there", backend="espeak-ng", voice="en-us+f3"))) > 0
+    with pytest.raises(TtsError, match="espeak-ng has no voice"):
+        synthesize(TtsRequest("hi", backend="espeak-ng", voice="no-such-voice-xyz"))
