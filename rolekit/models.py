@@ -104,11 +104,13 @@ def model_id_of(folder: Path) -> str:
 
 
 def load(spec: str) -> ModelBundle:
+    from rolekit.codec.blas import note_reference_blas
     from rolekit.codec.weights import load_mimi
     from rolekit.lm.weights import load_lm, read_config
     from rolekit.text import TOKENIZER_FILE, Tokenizer
 
     folder = resolve(spec)
+    note_reference_blas()
     lm = load_lm(folder)
     mimi = load_mimi(folder, num_codebooks=N_CODEBOOKS)
     if mimi.num_codebooks < N_CODEBOOKS:

@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.demo",
     "rolekit.cli.scaffold",
     "rolekit.cli.compare",
+    "rolekit.cli.doctor",
 )
 
 

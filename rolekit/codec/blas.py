@@ -62,3 +62,21 @@ def preload_openblas() -> str:
     except OSError as exc:
         return f"cannot load {path}: {exc}"
     return f"openblas loaded from {path}"
+
+
+def note_reference_blas() -> None:
+    """Say once (rolekit.notices) when MLX runs on the CPU of a Linux machine without OpenBLAS."""
+    if not sys.platform.startswith("linux") or openblas_loaded():
+        return
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return
+    from rolekit.notices import notice
+
+    why = (
+        "disabled by ROLEKIT_NO_OPENBLAS=1"
+        if os.environ.get("ROLEKIT_NO_OPENBLAS") == "1"
+        else "fix: `sudo apt-get install libopenblas0-pthread` (or `make install`)"
+    )
+    notice("mlx-reference-blas", f"MLX runs on its reference BLAS on this CPU (4-20x slower); {why}")

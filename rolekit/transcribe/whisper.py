@@ -277,19 +277,18 @@ def _ct2_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _note_cpu_blas() -> None:
-    if sys.platform.startswith("linux") and not _openblas_mapped():
-        notice(
-            "mlx-reference-blas",
-            "MLX runs on its reference BLAS (Whisper ~10x slower than with OpenBLAS); "
-            "fix: `apt-get install libopenblas0-pthread` (or run `make install`)",
-        )
-
-
-def _openblas_mapped() -> bool:
-    try:
-        return "libopenblas" in Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
+    """The notice of rolekit.codec.blas.note_reference_blas (same key: said once), without codec."""
+    if sys.platform.startswith("linux") and os.environ.get("ROLEKIT_NO_OPENBLAS") != "1":
+        try:
+            mapped = "libopenblas" in Path("/proc/self/maps").read_text()
+        except OSError:
+            mapped = True
+        if not mapped:
+            notice(
+                "mlx-reference-blas",
+                "MLX runs on its reference BLAS on this CPU (4-20x slower); "
+                "fix: `sudo apt-get install libopenblas0-pthread` (or `make install`)",
+            )
 
 
 def _plain(opts: dict[str, Any]) -> dict[str, Any]:
