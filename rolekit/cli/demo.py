@@ -66,7 +66,10 @@ def demo_command(
     runs = plan_suite([scenario], None, 1)[:1]
     console.print(f"running [bold]{runs[0].key}[/] on `{model}` ...")
     options = SuiteOptions(out=out, whisper=None, transcribe=not no_transcribe, resume=False, batch=1)
-    outcome = run_suite(runs, MlxBackend(model), options)
+    from rolekit.cli.progress import suite_progress
+
+    with suite_progress(1) as progress:
+        outcome = run_suite(runs, MlxBackend(model), options, progress.listener())
     row = outcome.rows[0]
     if row.get("error") or not row.get("run_dir"):  # the run itself failed (not one of its checks)
         console.print(f"[red]the run failed:[/] {row.get('error')}")

@@ -23,34 +23,38 @@ def register(app: typer.Typer) -> None:
     app.command("live")(live)
 
 
-def devices() -> None:
+def devices(
+    as_json: bool = typer.Option(False, "--json", help="Print the devices as JSON."),
+) -> None:
     """List audio devices (> default input, < default output)."""
-    from rich.console import Console
-    from rich.table import Table
+    import dataclasses
+    import json
 
     from rolekit.audio.devices import list_devices, no_devices_message
+    from rolekit.cli.tables import print_table
 
     found = list_devices()
     if not found:
         raise DeviceError(no_devices_message())
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("", "#", "name", "host API", "in", "out", "rate"):
-        table.add_column(col, justify="right" if col in ("#", "in", "out", "rate") else "left")
-    for d in found:
-        mark = (">" if d.default_input else " ") + ("<" if d.default_output else " ")
-        table.add_row(
-            mark,
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(d) for d in found], indent=2, ensure_ascii=False))
+        return
+    rows = [
+        [
+            (">" if d.default_input else " ") + ("<" if d.default_output else " "),
             str(d.index),
             d.name,
             d.hostapi,
             str(d.max_input_channels),
             str(d.max_output_channels),
             f"{d.default_samplerate:g}",
-        )
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(table)
-    console.print(
-        "> default input, < default output; pick with --input-device/--output-device (index or name)"
+        ]
+        for d in found
+    ]
+    print_table(["default", "#", "name", "host API", "in", "out", "rate"], rows, full=("name",))
+    typer.echo(
+        "> default input, < default output; pick with --input-device/--output-device (index or name)",
+        err=True,
     )
 
 

@@ -82,12 +82,10 @@ def list_cmd(as_json: bool = _JSON) -> None:
     if as_json:
         _print_json(rows)
         return
-    from rich.table import Table
+    from rolekit.cli.tables import print_table
 
-    table = Table("name", "role", "voice", "description", "file", title="personas")
-    for r in rows:
-        table.add_row(*(_escape(str(r[k])) for k in ("name", "role", "voice", "description", "file")))
-    _console().print(table)
+    cols = ["name", "role", "voice", "description", "file"]
+    print_table(cols, [[str(r[k]) for k in cols] for r in rows], title="personas", full=("name",))
 
 
 @persona_app.command("show")
@@ -257,9 +255,9 @@ def voices(as_json: bool = _JSON) -> None:
     if as_json:
         _print_json(rows)
         return
-    from rich.table import Table
+    from rolekit.cli.tables import print_table
 
-    table = Table("voice", "gender", "style", "description", title="PersonaPlex voices")
-    for r in rows:
-        table.add_row(r["name"], r["gender"], r["style"], r["description"])
-    _console().print(table)
+    table = [[r["name"], r["gender"], r["style"], r["description"]] for r in rows]
+    print_table(
+        ["voice", "gender", "style", "description"], table, title="PersonaPlex voices", full=("voice",)
+    )

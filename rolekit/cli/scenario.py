@@ -180,8 +180,10 @@ def _run_planned(
     options = SuiteOptions(
         out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs, asr=asr
     )
+    from rolekit.cli.progress import suite_progress
+
     try:
-        with user_errors(), _Progress(len(runs)) as progress:
+        with user_errors(), suite_progress(len(runs)) as progress:
             outcome = run_suite(runs, MlxBackend(model), options, progress.listener())
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
@@ -279,59 +281,3 @@ def _print_summary(
         f"results: {out / 'results.jsonl'}",
         markup=False,
     )
-
-
-class _Progress:
-    """A rich progress bar: runs done, and frames of the current batch."""
-
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.total = total
-        self.runs: Any = None
-        self.frames: Any = None
-
-    def __enter__(self) -> _Progress:
-        self.bar.__enter__()
-        self.runs = self.bar.add_task("runs", total=self.total)
-        self.frames = self.bar.add_task("frames", total=1, visible=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def listener(self) -> Any:
-        from rolekit.suite.execute import SuiteListener
-
-        def on_plan(todo: int, skipped: int) -> None:
-            self.bar.update(self.runs, completed=skipped)
-
-        def on_run_start(specs: list[Any]) -> None:
-            names = ", ".join(s.key for s in specs)
-            self.bar.update(self.frames, description=names[:60], completed=0, visible=True)
-
-        def on_step(frame: int, bound: int) -> None:
-            self.bar.update(self.frames, completed=frame, total=bound)
-
-        def on_run_end(row: dict[str, Any]) -> None:
-            self.bar.advance(self.runs)
-            color = {"pass": "green", "fail": "red"}.get(row.get("status", ""), "yellow")
-            where = f"  [dim]{row['run_dir']}[/]" if row.get("run_dir") else ""
-            self.console.print(
-                f"[{color}]{row.get('status', '?'):5}[/] {row['scenario']}/{row['run_id']}{where}"
-            )
-
-        def on_note(text: str) -> None:
-            self.console.print(f"[yellow]note:[/] {text}", markup=True)
-
-        return SuiteListener(on_plan, on_run_start, on_step, on_run_end, on_note)

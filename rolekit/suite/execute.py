@@ -19,6 +19,7 @@ from rolekit.suite.backend import Backend
 from rolekit.suite.plan import RunSpec
 from rolekit.suite.prepare import PreparedRun, check_context, prepare_run
 from rolekit.suite.results import results_path, start_results
+from rolekit.suite.stages import TRANSCRIBE_PRIOR, StageClock, StageEvent
 
 if TYPE_CHECKING:
     from rolekit.transcribe.whisper import AsrModel
@@ -44,6 +45,30 @@ class SuiteListener:
     on_step: Callable[[int, int], None] | None = None  # (frame, frame bound) of the current batch
     on_run_end: Callable[[dict[str, Any]], None] | None = None
     on_note: Callable[[str], None] | None = None
+    on_stage: Callable[[StageEvent], None] | None = None  # a run enters prefill, conversation, ...
+
+
+@dataclass
+class _Track:
+    """Stage timing of a suite, and how many runs are left (for ETAs)."""
+
+    clock: StageClock
+    left: int
+    stage: str | None = None
+
+    def enter(self, ls: SuiteListener, stage: str, keys: list[str], units: float) -> None:
+        """Close the current stage, open `stage` over `units` and tell the listener."""
+        if self.stage is not None:
+            self.clock.stop(self.stage)
+        self.stage = stage
+        eta = self.clock.start(stage, units)
+        if ls.on_stage:
+            ls.on_stage(StageEvent(stage, tuple(keys), eta, self.clock.suite_eta(self.left)))
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.clock.stop(self.stage)
+        self.stage = None
 
 
 @dataclass
@@ -68,6 +93,9 @@ def run_suite(
     ls = listener or SuiteListener()
     out = Path(options.out)
     whisper_dir = _whisper(options, ls)
+    track = _Track(StageClock(), 0)
+    if whisper_dir is not None:
+        track.clock.rates["transcribing"] = TRANSCRIBE_PRIOR[_prior_key(whisper_dir)]
     previous = start_results(out, resume=options.resume) if options.resume else {}
     todo: list[RunSpec] = []
     rows: dict[str, dict[str, Any]] = {}
@@ -76,7 +104,7 @@ def run_suite(
         if options.resume and is_complete(folder):
             row = previous.get(spec.key)
             if row is None or row.get("status") == "error":
-                row = _review(folder, spec, None, whisper_dir, out, ls)  # saved but not evaluated
+                row = _review(folder, spec, None, whisper_dir, out, ls, track)  # saved but not evaluated
             rows[spec.key] = row
         else:
             todo.append(spec)
@@ -92,9 +120,14 @@ def run_suite(
     if ls.on_plan:
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
+    track.left = len(prepared)
     for i in range(0, len(prepared), batch):
         group = prepared[i : i + batch]
-        for row in _run_group(group, backend, out, whisper_dir, ls):
+        t0 = time.perf_counter()
+        group_rows = _run_group(group, backend, out, whisper_dir, ls, track)
+        track.left -= len(group)
+        track.clock.finished_run((time.perf_counter() - t0) / len(group))
+        for row in group_rows:
             rows[f"{row['scenario']}/{row['run_id']}"] = row
             append_result(results_path(out), row)
             if ls.on_run_end:
@@ -118,15 +151,31 @@ def _whisper(options: SuiteOptions, ls: SuiteListener) -> AsrModel | None:
         return None
 
 
+def _prior_key(model: AsrModel) -> str:
+    if model.backend == "ct2":
+        return "ct2"
+    from rolekit.transcribe.whisper import accelerated_mlx
+
+    return "mlx-gpu" if accelerated_mlx() else "mlx"
+
+
 def _run_group(
-    group: list[PreparedRun], backend: Backend, out: Path, whisper_dir: AsrModel | None, ls: SuiteListener
+    group: list[PreparedRun],
+    backend: Backend,
+    out: Path,
+    whisper_dir: AsrModel | None,
+    ls: SuiteListener,
+    track: _Track,
 ) -> list[dict[str, Any]]:
     specs = [p.spec for p in group]
+    keys = [s.key for s in specs]
     if ls.on_run_start:
         ls.on_run_start(specs)
     t0 = time.perf_counter()
     try:
+        track.enter(ls, "prefill", keys, sum(p.plan.frames for p in group))
         engine, frames_left = backend.start([p.plan for p in group], [p.spec.seed for p in group])
+        track.enter(ls, "conversation", keys, 1)
         metas = [_meta(p, backend, len(group)) for p in group]
         records = run_scripted(
             engine,
@@ -140,6 +189,7 @@ def _run_group(
     except RolekitError:
         raise
     except Exception as exc:  # a crash in one batch is reported as an error result, the suite goes on
+        track.close()
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return [
             error_result(
@@ -152,7 +202,8 @@ def _run_group(
     for p, rec in zip(group, records, strict=True):
         rec.meta["wall_s"] = round(wall, 3)
         folder = rec.save(run_folder(out, p.spec))
-        rows.append(_review(folder, p.spec, rec, whisper_dir, out, ls))
+        rows.append(_review(folder, p.spec, rec, whisper_dir, out, ls, track))
+    track.close()
     return rows
 
 
@@ -176,6 +227,7 @@ def _review(
     whisper_dir: AsrModel | None,
     out: Path,
     ls: SuiteListener,
+    track: _Track,
 ) -> dict[str, Any]:
     """Transcribe (when a Whisper model is available), evaluate, write the run report; the results row."""
     from rolekit.evaluate.review import review_run
@@ -189,13 +241,18 @@ def _review(
             from rolekit.transcribe.transcript import write_transcript
             from rolekit.transcribe.whisper import transcribe_record
 
+            track.enter(ls, "transcribing", [spec.key], record.duration)
             transcript = transcribe_record(record, whisper_dir)
             write_transcript(folder, transcript, title=f"{spec.scenario} / {spec.run_id}")
+        track.enter(ls, "evaluating", [spec.key], 1)
         review_run(folder, record, list(spec.loaded.scenario.expect), transcript)
+        track.enter(ls, "report", [spec.key], 1)
         write_run_report(folder)
     except RolekitError:
+        track.close()
         raise
     except Exception as exc:
+        track.close()
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return error_result(spec.scenario, spec.run_id, f"evaluation failed: {detail}", run_dir=str(folder))
     row = run_result(folder, out)

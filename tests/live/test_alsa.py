@@ -76,7 +76,22 @@ def test_rolekit_devices_lists_the_alsa_pcms(alsa):
         timeout=120,
     )
     assert p.returncode == 0, p.stderr
-    assert "rk_cap" in p.stdout and "rk_play" in p.stdout and "ALSA" in p.stdout
+    # piped: one tab-separated line per device, full names
+    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    assert rows[0] == ["default", "#", "name", "host API", "in", "out", "rate"]
+    by_name = {r[2]: r for r in rows[1:]}
+    assert by_name["rk_cap"][3] == "ALSA" and int(by_name["rk_cap"][4]) >= 1
+    assert by_name["rk_play"][3] == "ALSA" and int(by_name["rk_play"][5]) >= 1
+    j = subprocess.run(
+        [sys.executable, "-m", "rolekit", "devices", "--json"],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    names = {d["name"] for d in json.loads(j.stdout)}
+    assert j.returncode == 0 and {"rk_cap", "rk_play"} <= names
 
 
 def test_duplex_stream_captures_the_microphone_file_and_plays_into_the_speaker_file(alsa):

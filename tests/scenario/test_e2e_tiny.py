@@ -36,8 +36,14 @@ def test_rolekit_test_on_tiny_model(project, tmp_path_factory, monkeypatch, caps
     out = project / "transcripts"
     args = ["test", "scenarios", "--model", "tiny", "--no-transcribe", "--out", str(out)]
     assert _cli([*args, "--jobs", "2", "--junit", str(project / "junit.xml")]) == 1
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "1 passed, 1 failed, 0 errors" in text and "FAIL fail/r0" in text
+    # off a terminal: plain one-line stage events on stderr (one batch of two runs: jobs 2)
+    events = [line.split("] ", 1)[1] for line in captured.err.splitlines() if line.startswith("[")]
+    stages = [e.split(": ", 1)[1].split(" (")[0] for e in events if e.startswith("fail/r0, pass/r0: ")]
+    assert stages[:2] == ["prefill", "conversation"], captured.err
+    assert "plan: 2 runs to do" in events and "\x1b" not in captured.err
 
     rec = SessionRecord.load(out / "pass" / "r0")
     say = rec.events[0]
