@@ -17,6 +17,16 @@ preload_openblas()
 
 import pytest  # noqa: E402
 
+# A test that uses one of these fixtures needs what the marker names (pyproject.toml lists the markers):
+# the torch oracle (torch + Kyutai's moshi) or Whisper. Marked here so that no test can forget it.
+_FIXTURE_MARKERS = {"oracle": "oracle", "tiny_oracle": "oracle", "tiny_en": "asr"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & set(_FIXTURE_MARKERS):
+            item.add_marker(_FIXTURE_MARKERS[fixture])
+
 
 def fused_contract(x, wt, norm=None, gate=False, residual=None, gelu=False, scale=None):
     """What rolekit.nn.fused's CUDA kernel computes, in float32 MLX ops: rows row0 .. row0 + rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from rolekit import models
 from rolekit.audio.wav import write_wav
@@ -66,7 +65,10 @@ def test_voice_prompt_phase_closed_form_equals_the_ring_simulation(tiny_bundle):
     assert sim.offset == 11
 
 
+@pytest.mark.torch
 def test_load_voice_from_wav_pt_and_codes(tiny_bundle, tmp_path):
+    import torch
+
     pcm = models.synthetic_voice(4, 0.5)
     write_wav(tmp_path / "me.wav", pcm)
     v = models.load_voice(tiny_bundle, str(tmp_path / "me.wav"))
@@ -85,7 +87,10 @@ def test_load_voice_from_wav_pt_and_codes(tiny_bundle, tmp_path):
     assert pt.identity == preset.identity
 
 
+@pytest.mark.torch
 def test_bad_voices_are_model_errors(tiny_bundle, tmp_path):
+    import torch
+
     with pytest.raises(ModelError, match="unknown voice"):
         models.load_voice(tiny_bundle, "NOPE9")
     with pytest.raises(ModelError):

@@ -101,6 +101,7 @@ def test_frames_from_wav(tmp_path: Path) -> None:
     assert voice_frames(path) == 13  # ceil(24000 / 1920), last frame zero-padded
 
 
+@pytest.mark.torch
 def test_frames_from_pt(tmp_path: Path) -> None:
     import torch
 

@@ -102,6 +102,7 @@ def test_reader_resolves_aliases_and_dtypes(ct2_dir):
     np.testing.assert_array_equal(got["encoder/conv1/weight"], v["encoder/conv1/weight"])
 
 
+@pytest.mark.asr
 def test_convert_splits_fused_projections_and_loads_in_mlx_whisper(ct2_dir, tmp_path):
     src, v = ct2_dir
     dst = convert_ct2(src, tmp_path / "mlx")
