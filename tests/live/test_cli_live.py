@@ -41,7 +41,7 @@ def test_devices_lists_with_default_markers(use_sd, fake_sd_cls, capsys):
     lines = out.splitlines()
     assert any(">" in ln and "Fake Mic" in ln for ln in lines)
     assert any("<" in ln and "Fake Speaker" in ln for ln in lines)
-    assert "default input" in out
+    assert "default input" in err  # the legend goes to stderr: stdout stays one row per device
 
 
 def test_devices_without_any_device_is_a_clear_error(use_sd, fake_sd_cls, capsys):
