@@ -79,4 +79,4 @@ def note_reference_blas() -> None:
         if os.environ.get("ROLEKIT_NO_OPENBLAS") == "1"
         else "fix: `sudo apt-get install libopenblas0-pthread` (or `make install`)"
     )
-    notice("mlx-reference-blas", f"MLX runs on its reference BLAS on this CPU (4-20x slower); {why}")
+    notice("mlx-reference-blas", f"MLX runs on its reference BLAS on this CPU (many times slower); {why}")

@@ -116,8 +116,8 @@ def default_backend() -> str:
         return "ct2"
     notice(
         "asr-mlx-on-cpu",
-        "Whisper runs on the CPU through MLX (slow: about 1.4x real time with OpenBLAS, 12x without); "
-        "fix: `pip install faster-whisper` (CTranslate2, int8, ~0.1x real time)",
+        "Whisper runs on the CPU through MLX (slower than real time); "
+        "fix: `pip install faster-whisper` (CTranslate2, int8: many times faster on a CPU)",
     )
     return "mlx"
 
@@ -286,7 +286,7 @@ def _note_cpu_blas() -> None:
         if not mapped:
             notice(
                 "mlx-reference-blas",
-                "MLX runs on its reference BLAS on this CPU (4-20x slower); "
+                "MLX runs on its reference BLAS on this CPU (many times slower); "
                 "fix: `sudo apt-get install libopenblas0-pthread` (or `make install`)",
             )
 
