@@ -81,8 +81,9 @@ def fused_contract(x, wt, norm=None, gate=False, residual=None, gelu=False, scal
 
 @pytest.fixture
 def kernel_model(monkeypatch):
-    """Pretend rolekit.nn.fused's kernel applies (as on CUDA), record its calls
-    (x shape, row0, rows, bits, norm?, gate?, residual?); it computes `fused_contract`."""
+    """Stand in for rolekit.nn.fused's CUDA kernel (callers pass `use_kernel=True` or a
+    `Kernels(fused=True)` policy), record its calls (x shape, row0, rows, bits, norm?, gate?,
+    residual?); it computes `fused_contract`."""
     from rolekit.nn import fused
 
     calls: list[tuple] = []
@@ -91,7 +92,6 @@ def kernel_model(monkeypatch):
         calls.append((x.shape, wt.row0, wt.rows, wt.bits, norm is not None, gate, residual is not None))
         return fused_contract(x, wt, norm, gate, residual, gelu, scale)
 
-    monkeypatch.setattr(fused, "enabled", lambda: True)
     monkeypatch.setattr(fused, "fused", fake)
     return calls
 
@@ -162,8 +162,9 @@ def depformer_contract(names, shape, bits, eps, inputs, template, output_shapes)
 
 @pytest.fixture
 def dep_kernel_model(monkeypatch):
-    """Pretend rolekit.lm.depformer_cuda's kernel runs here (CUDA, resident blocks); it computes
-    `depformer_contract`. Yields the list of its calls' template values."""
+    """Stand in for rolekit.lm.depformer_cuda's kernel (CUDA, resident blocks; callers pass a
+    `Kernels(depformer=True)` policy); it computes `depformer_contract`. Yields the list of its
+    calls' template values."""
     from rolekit.lm import depformer_cuda as dc
 
     calls: list[dict] = []
@@ -177,7 +178,6 @@ def dep_kernel_model(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(dc, "enabled", lambda: True)
     monkeypatch.setattr(dc, "sm_count", lambda: 132)
     monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
     monkeypatch.setattr(dc, "_kernel", kernel)

@@ -23,7 +23,7 @@ from rolekit.errors import ConfigError
 from rolekit.lm.config import LmConfig, personaplex_7b, tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
-from rolekit.nn import qmv
+from rolekit.nn.kernels import Kernels
 from rolekit.nn.multilinear import MultiLinear
 
 QUANTS = ("fp32", "bf16", "q8", "q4")
@@ -61,7 +61,6 @@ def build_lm(cfg: LmConfig, quant: str, seed: int = 0) -> LM:
             return m.weight.shape[-1] % GROUP_SIZE == 0
 
         nn.quantize(lm, group_size=GROUP_SIZE, bits=8 if quant == "q8" else 4, class_predicate=linear)
-        qmv.adopt(lm)
     # Materialize layer by layer so the fp32 init never exists for the whole model at once.
     for _, p in tree_flatten(lm.parameters()):
         mx.eval(p)
@@ -96,11 +95,12 @@ class LmStepper:
             provided = mx.concatenate([provided[:, : self.dep_steps], user], axis=1)
         self.provided = provided
         self.key = mx.random.key(seed)
+        self.kernels = Kernels.for_device()  # as the engine picks them
 
     def temporal(self) -> tuple[mx.array, mx.array]:
         """Embed the fed tokens, run one temporal step, sample text -> (hidden [B, D], text [B])."""
         self.key, k_text = mx.random.split(self.key, 2)
-        h, logits = self.lm.temporal(self.lm.embed(self.tokens), self.cache)
+        h, logits = self.lm.temporal(self.lm.embed(self.tokens, self.kernels), self.cache)
         p = self.params
         text = (
             mx.argmax(logits[:, -1], axis=-1).astype(mx.int32)
@@ -112,7 +112,9 @@ class LmStepper:
     def depformer(self, hidden: mx.array, text: mx.array) -> mx.array:
         """-> next tokens [B, 17, 1] (text + dep_q codebooks)."""
         self.key, k_dep = mx.random.split(self.key, 2)
-        audio = self.lm.depformer(hidden, text, self.provided, self.params, k_dep, steps=self.dep_steps)
+        audio = self.lm.depformer(
+            hidden, text, self.provided, self.params, k_dep, steps=self.dep_steps, kernels=self.kernels
+        )
         self.tokens = mx.concatenate([text[:, None], audio], axis=1)[:, :, None]
         return self.tokens
 

@@ -40,6 +40,7 @@ def bench_mimi(
     from rolekit.codec.config import mimi_202407, tiny
     from rolekit.codec.reference import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
+    from rolekit.nn.kernels import Kernels
 
     if size not in ("full", "tiny"):
         raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
@@ -72,7 +73,7 @@ def bench_mimi(
 
         runners: dict[str, Callable[[], tuple[dict, np.ndarray]]] = {
             "mlx": lambda: _run_mlx(mimi(), pcm, warmup),
-            "mlx-compiled": lambda: _run_mlx(CompiledMimi(mimi()), pcm, warmup),
+            "mlx-compiled": lambda: _run_mlx(CompiledMimi(mimi(), Kernels.for_device()), pcm, warmup),
             "torch": lambda: _run_torch(ref, pcm, warmup, torch),
             "rustymimi": lambda: _run_rustymimi(path, cfg.num_codebooks, pcm, warmup),
         }
@@ -252,10 +253,11 @@ def bench_mimi_pair(
     import mlx.core as mx
 
     from rolekit.codec.compiled import CompiledMimi
+    from rolekit.nn.kernels import Kernels
 
     cfg, (eager,) = _random_mimis(size, seed, 1)
     pcm = _signal(batch, frames, seed)
-    codecs = {"mlx": eager, "mlx-compiled": CompiledMimi(eager)}
+    codecs = {"mlx": eager, "mlx-compiled": CompiledMimi(eager, Kernels.for_device())}
     states = {name: c.make_state(batch) for name, c in codecs.items()}
     wrap = -(-cfg.context // cfg.downsample_stride)  # first frame whose step wraps the ring
     times: dict[str, dict[str, list[float]]] = {n: {"enc": [], "dec": []} for n in codecs}
@@ -279,121 +281,6 @@ def bench_mimi_pair(
             continue
         result[phase] = {name: {k: _stats(v[sl]) for k, v in t.items()} for name, t in times.items()}
     return result
-
-
-def check_mimi_kernels(frames: int = 30, size: str = "full", seed: int = 0, batch: int = 1) -> dict[str, Any]:
-    """The compiled Mimi step with rolekit's CUDA kernels (each step as one kernel,
-    `codec.mimi_cuda`, where it applies; else `nn.fused` in the transformer and `codec.conv_cuda`
-    windows) against the same step on MLX's ops, one set of random weights: share of equal codes
-    (RVQ argmins: a near-tie may flip one), the decoder's relative error when both decode the same
-    codes, and the median ms of each step (eval included) on both sides. GPU only; on a CPU both
-    sides are the MLX ops."""
-    os.environ.setdefault("NO_TORCH_COMPILE", "1")
-    import mlx.core as mx
-
-    from rolekit.codec.compiled import CompiledMimi
-    from rolekit.nn.cuda import switched
-
-    cfg, mimis = _random_mimis(size, seed, 2)
-    pcm = _signal(batch, frames, seed)
-    switches = ("ROLEKIT_FUSED", "ROLEKIT_CONV_KERNEL", "ROLEKIT_MIMI_KERNEL")
-    codecs = {}
-    for on, mimi in zip((False, True), mimis, strict=True):
-        with switched(on, *switches):
-            codecs[on] = CompiledMimi(mimi)
-    states = {on: c.make_state(batch) for on, c in codecs.items()}
-    equal, total, errs = 0, 0, []
-    ms: dict[str, list[float]] = {
-        f"{d}_{side}": [] for d in ("encode", "decode") for side in ("ops", "kernels")
-    }
-    for frame in _frames(pcm):
-        x = mx.array(frame)
-        codes, outs = {}, {}
-        for on in (False, True):
-            with switched(on, *switches):
-                t0 = time.perf_counter()
-                codes[on] = codecs[on].encode_step(x, states[on])
-                mx.eval(codes[on], *states[on].arrays())
-                ms[f"encode_{'kernels' if on else 'ops'}"].append((time.perf_counter() - t0) * 1e3)
-        equal += int(mx.sum(codes[False] == codes[True]).item())
-        total += codes[False].size
-        for on in (False, True):
-            with switched(on, *switches):
-                t0 = time.perf_counter()
-                outs[on] = codecs[on].decode_step(codes[False], states[on])
-                mx.eval(outs[on], *states[on].arrays())
-                ms[f"decode_{'kernels' if on else 'ops'}"].append((time.perf_counter() - t0) * 1e3)
-        ref = outs[False]
-        errs.append((mx.linalg.norm(outs[True] - ref) / (mx.linalg.norm(ref) + 1e-12)).item())
-    kernels = codecs[True].kernels
-    one_kernel = kernels is not None and len(kernels._programs) > 0
-    stages = {}
-    if one_kernel:
-        assert kernels is not None
-        for kind in ("enc", "dec"):
-            us = kernels.stage_us(kind)
-            stages[kind] = {
-                "total_us": round(sum(us), 1),
-                "stages": len(us),
-                "slowest": kernels.slowest(kind),
-                "all_us": [round(u, 1) for u in us],
-            }
-    timed_out = kernels.timed_out() if kernels is not None else False
-    agree = equal / max(total, 1)
-    worst = max(errs)
-    warm = min(3, frames - 1)
-    return {
-        "frames": frames,
-        "batch": batch,
-        "one_kernel_steps": one_kernel,
-        "timed_out": timed_out,
-        "codes_agree": agree,
-        "pcm_rel_err_max": worst,
-        "ms_median": {k: round(float(np.median(v[warm:])), 3) for k, v in ms.items()},
-        "stage_us": stages,
-        "ok": agree >= 0.99 and worst < 1e-3 and not timed_out,
-    }
-
-
-def check_mimi_rows(batch: int = 16, frames: int = 6, size: str = "full", seed: int = 0) -> dict[str, Any]:
-    """The compiled Mimi step at `batch` rows against the same codec stepping each row alone
-    (batch 1), one set of random weights: share of equal codes and the decoder's relative error
-    (each row decoding its own batch-run codes). On CUDA both sides run the one-kernel steps, so
-    this isolates the batch dimension from MLX's GEMM precision (the op path runs multi-row fp32
-    products in TF32 there)."""
-    os.environ.setdefault("NO_TORCH_COMPILE", "1")
-    import mlx.core as mx
-
-    from rolekit.codec.compiled import CompiledMimi
-
-    _, (mimi,) = _random_mimis(size, seed, 1)
-    codec = CompiledMimi(mimi)
-    pcm = _signal(batch, frames, seed)
-    whole = codec.make_state(batch)
-    rows = [codec.make_state(1) for _ in range(batch)]
-    equal, total, errs = 0, 0, []
-    for frame in _frames(pcm):
-        x = mx.array(frame)
-        codes = codec.encode_step(x, whole)
-        out = codec.decode_step(codes, whole)
-        mx.eval(codes, out)
-        for b, st in enumerate(rows):
-            c = codec.encode_step(x[b : b + 1], st)
-            o = codec.decode_step(codes[b : b + 1], st)
-            mx.eval(c, o)
-            equal += int(mx.sum(c == codes[b : b + 1]).item())
-            total += c.size
-            errs.append((mx.linalg.norm(o - out[b : b + 1]) / (mx.linalg.norm(o) + 1e-12)).item())
-    kernels = codec.kernels
-    agree = equal / max(total, 1)
-    return {
-        "batch": batch,
-        "frames": frames,
-        "one_kernel_steps": kernels is not None and len(kernels._programs) > 0,
-        "codes_agree": agree,
-        "pcm_rel_err_max": max(errs),
-        "ok": agree >= 0.99 and max(errs) < 1e-3,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

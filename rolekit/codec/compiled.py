@@ -17,7 +17,8 @@ The weights are captured as constants when a graph is traced: build a new `Compi
 loading other weights into the same `Mimi`.
 
 On CUDA each step runs as ONE kernel instead (`codec.mimi_cuda`, from the same carries) where it
-applies; the graphs serve everything else (CPU, `ROLEKIT_MIMI_KERNEL=0`, batch > 16).
+applies and `Kernels.mimi` asks for it; the graphs serve everything else (CPU, `mimi` off,
+batch > 16), with `Kernels.conv` / `Kernels.fused` choosing the kernels inside them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import mlx.core as mx
 from rolekit.codec import mimi_cuda
 from rolekit.codec.mimi import Mimi, MimiState
 from rolekit.codec.transformer import rows_layout
-from rolekit.nn import fused
+from rolekit.nn.kernels import OPS, Kernels
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -41,14 +42,16 @@ class CompiledMimi:
 
     Traces per batch size: encode and decode, each while filling and once full (four graphs)."""
 
-    def __init__(self, mimi: Mimi) -> None:
+    def __init__(self, mimi: Mimi, kernels: Kernels = OPS) -> None:
+        """`kernels`: which CUDA kernels the steps use (fixed for this object's life)."""
         self.mimi = mimi
+        self.policy = kernels
         mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
         # CUDA: each step as one kernel (`codec.mimi_cuda`) where it applies; else the transformers'
         # linears in the layout of the fused kernels (the one-kernel steps read [in, out] best)
-        self.kernels = mimi_cuda.MimiKernels(mimi) if mimi_cuda.enabled() else None
+        self.kernels = mimi_cuda.MimiKernels(mimi) if kernels.mimi else None
         self._kernel_ok: dict[int, bool] = {}
-        if fused.enabled() and self.kernels is None:
+        if kernels.fused and self.kernels is None:
             rows_layout(mimi.encoder_transformer)
             rows_layout(mimi.decoder_transformer)
         mx.eval([t for cb in _codebooks(mimi) for t in cb.table])
@@ -110,8 +113,8 @@ class CompiledMimi:
         return pcm
 
     def _use_kernels(self, batch: int) -> bool:
-        """The one-kernel steps serve this batch (CUDA, `ROLEKIT_MIMI_KERNEL` not 0, supported)."""
-        if self.kernels is None or not mimi_cuda.enabled():
+        """The one-kernel steps serve this batch (`Kernels.mimi`, CUDA, supported)."""
+        if self.kernels is None:
             return False
         ok = self._kernel_ok.get(batch)
         if ok is None:
@@ -128,11 +131,12 @@ class CompiledMimi:
         self.traces += 1
         m = self.mimi
         enc = dict(enc)
-        emb = m.encoder(x, enc)  # [B, 2, D]
-        emb = m.encoder_transformer.step_fixed(emb, enc, offset, "transformer", full)
+        conv, fk = self.policy.conv, self.policy.fused
+        emb = m.encoder(x, enc, conv_kernel=conv)  # [B, 2, D]
+        emb = m.encoder_transformer.step_fixed(emb, enc, offset, "transformer", full, fk)
         prev = enc["downsample"]  # [B, pad, D]; a fresh stream replicates its first latent
         enc["downsample"] = mx.where(offset == 0, mx.repeat(emb[:, :1], prev.shape[1], axis=1), prev)
-        emb = m.downsample(emb, enc, "downsample")  # [B, 1, D]
+        emb = m.downsample(emb, enc, "downsample", conv_kernel=conv)  # [B, 1, D]
         return m.quantizer.encode(emb, m.num_codebooks), enc
 
     def _decode_impl(self, codes: mx.array, dec: dict[str, mx.array], offset: mx.array, full: bool) -> tuple:
@@ -143,8 +147,8 @@ class CompiledMimi:
         b = codes.shape[0]
         emb = m.quantizer.decode(codes)  # [B, 1, D]
         emb = m.upsample(emb, dec, "upsample")  # [B, 2, D]
-        emb = m.decoder_transformer.step_fixed(emb, dec, offset, "transformer", full)
-        pcm = m.decoder(emb, dec)  # [B, 1920, 1]
+        emb = m.decoder_transformer.step_fixed(emb, dec, offset, "transformer", full, self.policy.fused)
+        pcm = m.decoder(emb, dec, conv_kernel=self.policy.conv)  # [B, 1920, 1]
         return pcm.reshape(b, 1, -1), dec
 
     # ---- fixed-shape carries -------------------------------------------------------------
@@ -154,8 +158,8 @@ class CompiledMimi:
         if batch not in self._shapes:
             m = self.mimi
             probe = MimiState(batch)
-            codes = m.encode_step(mx.zeros((batch, 1, m.frame_size)), probe)
-            m.decode_step(codes, probe)
+            codes = m.encode_step(mx.zeros((batch, 1, m.frame_size)), probe, self.policy)
+            m.decode_step(codes, probe, self.policy)
             ctx = m.cfg.context
 
             def full(d: dict[str, mx.array | None]) -> Shapes:

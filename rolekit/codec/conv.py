@@ -41,10 +41,13 @@ class CausalConv1d(nn.Module):
         self._replicate = replicate
         self._pad = (kernel_size - 1) * dilation + 1 - stride
 
-    def __call__(self, x: mx.array, state: ConvState, key: str, elu: bool = False) -> mx.array:
-        # x: [B, T, Cin] with T % stride == 0 -> [B, T / stride, Cout]; `elu`: ELU(x) is the input
+    def __call__(
+        self, x: mx.array, state: ConvState, key: str, elu: bool = False, conv_kernel: bool = False
+    ) -> mx.array:
+        # x: [B, T, Cin] with T % stride == 0 -> [B, T / stride, Cout]; `elu`: ELU(x) is the input;
+        # `conv_kernel` (`Kernels.conv`): carry, ELU and windows as one CUDA kernel where covered
         prev = state.get(key) if self._pad else None
-        if self._pad and conv_cuda.applies(prev, x):  # CUDA: carry, ELU and windows in one kernel
+        if self._pad and conv_kernel and conv_cuda.covers(prev, x):
             k, cin, cout = self.weight.shape
             cols, state[key] = conv_cuda.windows(prev, x, k, self._stride, self._dilation, elu)
             y = cols @ self.weight.reshape(k * cin, cout)
@@ -89,8 +92,8 @@ class CausalConvTranspose1d(nn.Module):
         self._stride = stride
         self._overlap = kernel_size - stride
 
-    def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
-        # x: [B, T, Cin] -> [B, T * stride, Cout]
+    def __call__(self, x: mx.array, state: ConvState, key: str, conv_kernel: bool = False) -> mx.array:
+        # x: [B, T, Cin] -> [B, T * stride, Cout] (no kernel of its own: `conv_kernel` is unused)
         y = _conv_transpose1d(x, self.weight, self._stride)
         has_bias = "bias" in self
         if has_bias:
@@ -152,7 +155,9 @@ def _conv_transpose1d(x: mx.array, w: mx.array, stride: int) -> mx.array:
 class ELU(nn.Module):
     """ELU(alpha=1), a parameter-free slot so module indices match the checkpoint's `model.{i}`."""
 
-    def __call__(self, x: mx.array, state: ConvState | None = None, key: str = "") -> mx.array:
+    def __call__(
+        self, x: mx.array, state: ConvState | None = None, key: str = "", conv_kernel: bool = False
+    ) -> mx.array:
         return elu_(x)
 
 
@@ -161,9 +166,12 @@ def elu_(x: mx.array) -> mx.array:
     return mx.where(x > 0, x, mx.expm1(mx.minimum(x, 0.0)))
 
 
-def run_layers(layers: list[nn.Module], x: mx.array, state: ConvState, prefix: str) -> mx.array:
+def run_layers(
+    layers: list[nn.Module], x: mx.array, state: ConvState, prefix: str, conv_kernel: bool = False
+) -> mx.array:
     """Apply Mimi's module list in order, layer i under state key f"{prefix}.{i}"; an ELU followed by a
-    causal conv is handed to that conv (`elu=True`), which applies it with its windows."""
+    causal conv is handed to that conv (`elu=True`), which applies it with its windows.
+    `conv_kernel`: `Kernels.conv`, handed to every layer."""
     skip = False
     for i, layer in enumerate(layers):
         if skip:
@@ -171,8 +179,8 @@ def run_layers(layers: list[nn.Module], x: mx.array, state: ConvState, prefix: s
             continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(layer, ELU) and isinstance(nxt, CausalConv1d):
-            x = nxt(x, state, f"{prefix}.{i + 1}", elu=True)
+            x = nxt(x, state, f"{prefix}.{i + 1}", elu=True, conv_kernel=conv_kernel)
             skip = True
         else:
-            x = layer(x, state, f"{prefix}.{i}")
+            x = layer(x, state, f"{prefix}.{i}", conv_kernel=conv_kernel)
     return x

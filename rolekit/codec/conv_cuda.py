@@ -19,9 +19,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import kernels_on, source_tag
+from rolekit.nn.cuda import source_tag
 
-ENV = "ROLEKIT_CONV_KERNEL"  # 0: MLX's concatenate / strided copy / slice
 _THREADS = 256
 
 _SOURCE = """
@@ -56,18 +55,9 @@ _SOURCE = """
 """
 
 
-def enabled() -> bool:
-    return kernels_on(ENV, default=True)
-
-
-def applies(prev: mx.array | None, x: mx.array) -> bool:
-    """The kernel serves this step: CUDA, a carry to prepend, a float input."""
-    return (
-        prev is not None
-        and prev.shape[1] > 0
-        and x.dtype in (mx.float32, mx.bfloat16, mx.float16)
-        and enabled()
-    )
+def covers(prev: mx.array | None, x: mx.array) -> bool:
+    """The kernel is written for this step: a carry to prepend, a float input."""
+    return prev is not None and prev.shape[1] > 0 and x.dtype in (mx.float32, mx.bfloat16, mx.float16)
 
 
 def windows(

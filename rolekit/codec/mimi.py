@@ -22,6 +22,7 @@ from rolekit.codec.quantizer import SplitRVQ
 from rolekit.codec.seanet import SEANetDecoder, SEANetEncoder
 from rolekit.codec.transformer import MimiTransformer
 from rolekit.errors import AudioInputError
+from rolekit.nn.kernels import OPS, Kernels
 
 _CHUNK_FRAMES = 50  # whole-clip convolutions run in chunks of 4 s (exact, bounds memory)
 
@@ -147,26 +148,28 @@ class Mimi(nn.Module):
     def make_state(self, batch: int) -> MimiState:
         return MimiState(batch)
 
-    def encode_step(self, pcm: mx.array, state: MimiState) -> mx.array:
-        """One frame: pcm [B, 1, 1920] -> codes [B, K, 1]; `state` advances in place."""
+    def encode_step(self, pcm: mx.array, state: MimiState, kernels: Kernels = OPS) -> mx.array:
+        """One frame: pcm [B, 1, 1920] -> codes [B, K, 1]; `state` advances in place. `kernels`:
+        its `conv` and `fused` fields choose those CUDA kernels."""
         state.check_frame(pcm, self.frame_size)
         b, _, n = pcm.shape
         x = pcm.reshape(b, n, 1).astype(mx.float32)
         if state.enc_offset == 0:  # nothing seen: the downsample replicates its first input (a
             state.enc.pop("downsample", None)  # compiled step's state holds zeros there)
-        emb = self.encoder(x, state.enc)  # [B, 2, D]
-        emb = self.encoder_transformer.step(emb, state.enc, state.enc_offset, "transformer")
+        emb = self.encoder(x, state.enc, conv_kernel=kernels.conv)  # [B, 2, D]
+        emb = self.encoder_transformer.step(emb, state.enc, state.enc_offset, "transformer", kernels.fused)
         state.enc_offset += emb.shape[1]
-        emb = self.downsample(emb, state.enc, "downsample")  # [B, 1, D]
+        emb = self.downsample(emb, state.enc, "downsample", conv_kernel=kernels.conv)  # [B, 1, D]
         return self.quantizer.encode(emb, self.num_codebooks)
 
-    def decode_step(self, codes: mx.array, state: MimiState) -> mx.array:
-        """One frame: codes [B, K, 1] -> pcm [B, 1, 1920]; `state` advances in place."""
+    def decode_step(self, codes: mx.array, state: MimiState, kernels: Kernels = OPS) -> mx.array:
+        """One frame: codes [B, K, 1] -> pcm [B, 1, 1920]; `state` advances in place (`kernels`: as
+        for `encode_step`)."""
         state.check_codes(codes)
         b = codes.shape[0]
         emb = self.quantizer.decode(codes.astype(mx.int32))  # [B, 1, D]
         emb = self.upsample(emb, state.dec, "upsample")  # [B, 2, D]
-        emb = self.decoder_transformer.step(emb, state.dec, state.dec_offset, "transformer")
+        emb = self.decoder_transformer.step(emb, state.dec, state.dec_offset, "transformer", kernels.fused)
         state.dec_offset += emb.shape[1]
-        pcm = self.decoder(emb, state.dec)  # [B, 1920, 1]
+        pcm = self.decoder(emb, state.dec, conv_kernel=kernels.conv)  # [B, 1920, 1]
         return pcm.reshape(b, 1, -1)

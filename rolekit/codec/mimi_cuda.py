@@ -29,8 +29,8 @@ compiled and kernel steps may follow each other on one stream, and snapshots res
 Results equal the MLX ops up to fp32 summation order (atomics make that order vary from run to
 run by rounding only); codes may differ where two centroids are at near-equal distance.
 `reference_step` runs the same stage list with numpy: the tests check the program against the
-MLX ops on the CPU; `bench.mimi.check_mimi_kernels` checks the CUDA kernel on a GPU.
-`ROLEKIT_MIMI_KERNEL=0` switches it off (then `CompiledMimi` runs its compiled MLX graphs).
+MLX ops on the CPU; the `gpu`-marked tests of tests/codec/test_mimi_cuda.py check the CUDA kernel.
+`CompiledMimi` runs it where `Kernels.mimi` asks for it (else its compiled MLX graphs).
 """
 
 from __future__ import annotations
@@ -46,17 +46,12 @@ import numpy as np
 from rolekit.codec.conv import ELU, CausalConv1d, CausalConvTranspose1d
 from rolekit.codec.seanet import ResnetBlock
 from rolekit.codec.transformer import LinearT
-from rolekit.nn.cuda import kernels_on, sm_count, source_tag
+from rolekit.nn.cuda import sm_count, source_tag
 
-ENV = "ROLEKIT_MIMI_KERNEL"  # 0: CompiledMimi's MLX graphs
 THREADS = 256
 MAX_BATCH = 16  # shared-memory bounds of the RVQ stages
 MAX_BLOCKS = 1024  # blocks the RVQ search's minima have room for
 XS_FLOATS = 8192  # shared memory for a product's staged input (32 KB, dynamic)
-
-
-def enabled() -> bool:
-    return kernels_on(ENV, default=True)
 
 
 def supported(mimi: Any, batch: int) -> bool:
@@ -72,8 +67,9 @@ def supported(mimi: Any, batch: int) -> bool:
 
 
 def applies(mimi: Any, batch: int) -> bool:
-    """The kernels serve this Mimi and batch here: CUDA, switched on, supported."""
-    return enabled() and sm_count() is not None and supported(mimi, batch)
+    """The kernels can serve this Mimi and batch here (the caller's `Kernels.mimi` chose them): a
+    CUDA device, supported."""
+    return sm_count() is not None and supported(mimi, batch)
 
 
 # ---- program: buffers and jobs -------------------------------------------------------------------

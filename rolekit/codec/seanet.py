@@ -27,8 +27,8 @@ class ResnetBlock(nn.Module):
             CausalConv1d(hidden, dim, 1),
         ]
 
-    def __call__(self, x: mx.array, state: ConvState, key: str) -> mx.array:
-        return x + run_layers(self.block, x, state, key)
+    def __call__(self, x: mx.array, state: ConvState, key: str, conv_kernel: bool = False) -> mx.array:
+        return x + run_layers(self.block, x, state, key, conv_kernel)
 
 
 class SEANetEncoder(nn.Module):
@@ -47,9 +47,11 @@ class SEANetEncoder(nn.Module):
         model += [ELU(), CausalConv1d(mult * nf, cfg.dimension, cfg.last_kernel_size)]
         self.model = model
 
-    def __call__(self, x: mx.array, state: ConvState, prefix: str = "encoder") -> mx.array:
+    def __call__(
+        self, x: mx.array, state: ConvState, prefix: str = "encoder", conv_kernel: bool = False
+    ) -> mx.array:
         # x: [B, N, 1] (N a multiple of the hop length) -> [B, N / hop, dimension]
-        return run_layers(self.model, x, state, prefix)
+        return run_layers(self.model, x, state, prefix, conv_kernel)
 
 
 class SEANetDecoder(nn.Module):
@@ -68,6 +70,8 @@ class SEANetDecoder(nn.Module):
         model += [ELU(), CausalConv1d(nf, cfg.channels, cfg.last_kernel_size)]
         self.model = model
 
-    def __call__(self, x: mx.array, state: ConvState, prefix: str = "decoder") -> mx.array:
+    def __call__(
+        self, x: mx.array, state: ConvState, prefix: str = "decoder", conv_kernel: bool = False
+    ) -> mx.array:
         # x: [B, T, dimension] -> [B, T * hop, 1]
-        return run_layers(self.model, x, state, prefix)
+        return run_layers(self.model, x, state, prefix, conv_kernel)

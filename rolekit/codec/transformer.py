@@ -127,18 +127,24 @@ class TransformerLayer(nn.Module):
     def mlp(self, x: mx.array) -> mx.array:
         return x + self.layer_scale_2(self.linear2(nn.gelu(self.linear1(self.norm2(x)))))  # exact GELU
 
-    def qkv(self, x: mx.array, cos: mx.array, sin: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """Streaming steps: norm1 + in_proj through `nn.fused` (one kernel on CUDA for <= 4 rows, the
-        same MLX ops elsewhere), then the head split and RoPE."""
-        return self.self_attn.split(fused.norm_linear(x, self.norm1, self.self_attn.in_proj), cos, sin)
+    def qkv(
+        self, x: mx.array, cos: mx.array, sin: mx.array, use_kernel: bool = False
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """Streaming steps: norm1 + in_proj through `nn.fused` (`use_kernel`, `Kernels.fused`: one
+        CUDA kernel for <= 4 rows; the same MLX ops otherwise), then the head split and RoPE."""
+        p = fused.norm_linear(x, self.norm1, self.self_attn.in_proj, use_kernel=use_kernel)
+        return self.self_attn.split(p, cos, sin)
 
-    def finish(self, x: mx.array, y: mx.array) -> mx.array:
+    def finish(self, x: mx.array, y: mx.array, use_kernel: bool = False) -> mx.array:
         """Streaming steps: x + ls1 * out_proj(y), then the MLP block; y [B, H, T, hd]. Through
-        `nn.fused`: out_proj + layer scale + residual, norm2 + linear1 + GELU, linear2 + layer scale
-        + residual are a kernel each on CUDA (13 launches become 3), the same MLX ops elsewhere."""
-        x = fused.linear_residual(merge_heads(y), self.self_attn.out_proj, x, scale=self.layer_scale_1.scale)
-        h = fused.norm_linear(x, self.norm2, self.linear1, gelu=True)
-        return fused.linear_residual(h, self.linear2, x, scale=self.layer_scale_2.scale)
+        `nn.fused` (`use_kernel`): out_proj + layer scale + residual, norm2 + linear1 + GELU,
+        linear2 + layer scale + residual are a kernel each (13 launches become 3)."""
+        fk = use_kernel
+        x = fused.linear_residual(
+            merge_heads(y), self.self_attn.out_proj, x, scale=self.layer_scale_1.scale, use_kernel=fk
+        )
+        h = fused.norm_linear(x, self.norm2, self.linear1, gelu=True, use_kernel=fk)
+        return fused.linear_residual(h, self.linear2, x, scale=self.layer_scale_2.scale, use_kernel=fk)
 
 
 class MimiTransformer(nn.Module):
@@ -177,18 +183,26 @@ class MimiTransformer(nn.Module):
             x = layer.mlp(x)
         return self._project_out(x)
 
-    def step(self, x: mx.array, cache: dict[str, mx.array | None], offset: int, prefix: str) -> mx.array:
+    def step(
+        self,
+        x: mx.array,
+        cache: dict[str, mx.array | None],
+        offset: int,
+        prefix: str,
+        fused_kernel: bool = False,
+    ) -> mx.array:
         """Streaming call at absolute position `offset`: x [B, T, dimension] -> [B, T, dimension].
 
         `cache[f"{prefix}.{i}.k|v"]` hold the keys / values [B, H, <= context, hd] of the last
         positions before `offset` (None when empty); they are replaced in place.
+        `fused_kernel`: `Kernels.fused` for the layers' blocks.
         """
         cfg = self.cfg
         x = self._project_in(x)
         t = x.shape[1]
         cos, sin = rope_tables(offset, t, cfg.d_model // cfg.num_heads, cfg.max_period)
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x, cos, sin)
+            q, k, v = layer.qkv(x, cos, sin, fused_kernel)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
             old_k, old_v = cache.get(kk), cache.get(vk)
             if old_k is not None and old_k.shape[2] > offset:  # a fixed-size cache (compiled
@@ -203,11 +217,17 @@ class MimiTransformer(nn.Module):
             n = k.shape[2]
             k_pos = mx.arange(offset + t - n, offset + t)
             mask = _mask(mx.arange(offset, offset + t), k_pos, cfg.context)
-            x = layer.finish(x, attend(q, k, v, mask))
+            x = layer.finish(x, attend(q, k, v, mask), fused_kernel)
         return self._project_out(x)
 
     def step_fixed(
-        self, x: mx.array, cache: dict[str, mx.array], offset: mx.array, prefix: str, full: bool = False
+        self,
+        x: mx.array,
+        cache: dict[str, mx.array],
+        offset: mx.array,
+        prefix: str,
+        full: bool = False,
+        fused_kernel: bool = False,
     ) -> mx.array:
         """`step` with fixed shapes for `mx.compile`: x [B, T, dimension] -> [B, T, dimension].
 
@@ -216,6 +236,7 @@ class MimiTransformer(nn.Module):
         slots of negative positions are zeros and masked). Same keys, same order as `step`.
         `full`: every slot holds a real position (offset + T >= context): the mask is then exactly
         the bottom-right causal one, which the fused attention kernels apply without a mask array.
+        `fused_kernel`: `Kernels.fused` for the layers' blocks.
         """
         cfg = self.cfg
         x = self._project_in(x)
@@ -228,12 +249,12 @@ class MimiTransformer(nn.Module):
         if not full:
             mask = _mask(q_pos, k_pos, cfg.context) & (k_pos >= 0)[None, :]  # [t, n]
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x, cos, sin)
+            q, k, v = layer.qkv(x, cos, sin, fused_kernel)
             kk, vk = f"{prefix}.{i}.k", f"{prefix}.{i}.v"
             k = mx.concatenate([cache[kk][:, :, t:], k], axis=2)  # [B, H, n, hd]
             v = mx.concatenate([cache[vk][:, :, t:], v], axis=2)
             cache[kk], cache[vk] = k, v
-            x = layer.finish(x, attend(q, k, v, mask))
+            x = layer.finish(x, attend(q, k, v, mask), fused_kernel)
         return self._project_out(x)
 
 

@@ -61,8 +61,10 @@ class CompiledStep:
         return self.launch is not temporal_cuda.launch
 
     def uses_kernel(self, lm_cache: LmCache) -> bool:
-        """The temporal kernel serves the next step (read when the step is built)."""
+        """The temporal kernel serves the next step (`Kernels.temporal` and it applies)."""
         lm = self.engine.lm
+        if not self.engine.kernels.temporal:
+            return False
         if self._stand_in:
             return (
                 getattr(lm, "_temporal_packed", None) is not None
@@ -139,14 +141,17 @@ class CompiledStep:
         cap = ks[0].shape[2]
         rope_pos = pos - start  # [B] each row's own position
         slot = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (x.shape[0], 1, 1, 1))  # [B, 1, 1, 1]
+        kernels = eng.kernels
+        fk = kernels.fused
         for i, layer in enumerate(lm.transformer.layers):
             attn = layer.self_attn
-            qkv = fused.norm_linear(x, layer.norm1, attn.in_proj)  # [B, 1, 3D]
-            out, ks[i], vs[i] = _attend(attn, qkv, ks[i], vs[i], rope_pos, slot, mask, pos, start)
-            x = fused.linear_residual(out, attn.out_proj, x)
-            x = fused.linear_residual(
-                fused.norm_gated(x, layer.norm2, layer.gating.linear_in), layer.gating.linear_out, x
+            qkv = fused.norm_linear(x, layer.norm1, attn.in_proj, use_kernel=fk)  # [B, 1, 3D]
+            out, ks[i], vs[i] = _attend(
+                attn, qkv, ks[i], vs[i], rope_pos, slot, mask, pos, start, kernels.ring_attention
             )
+            x = fused.linear_residual(out, attn.out_proj, x, use_kernel=fk)
+            gated = fused.norm_gated(x, layer.norm2, layer.gating.linear_in, use_kernel=fk)
+            x = fused.linear_residual(gated, layer.gating.linear_out, x, use_kernel=fk)
         return (*self._tail(x, ring_cache, ring_provided, off, keys), *ks, *vs)
 
     def _tail(
@@ -188,7 +193,8 @@ class CompiledStep:
         n = len(kv) // 2
         ks, vs = list(kv[:n]), list(kv[n:])
         context = eng.lm.transformer.layers[0].self_attn.context
-        hidden, new_kv, _ = self.launch(eng.lm, x[:, 0], pos, start, ks, vs, length, context)
+        tune = eng.kernels.temporal_tuning
+        hidden, new_kv, _ = self.launch(eng.lm, x[:, 0], pos, start, ks, vs, length, context, tune)
         if self._stand_in:
             b, h, cap, hd = ks[0].shape
             idx = mx.broadcast_to((pos % cap).reshape(1, 1, 1, 1), (b, h, 1, hd))
@@ -214,12 +220,14 @@ def _attend(
     mask: Any,
     pos: mx.array,
     start: mx.array,
+    ring_kernel: bool,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """qkv [B, 1, 3D] (in_proj output) -> (attention output before out_proj [B, 1, D], k_buf, v_buf
     [B, H, C, Dh] with this position written).
 
-    Masked steps (before the wrap) run `ring_attention`'s two CUDA kernels where they apply: they
-    evaluate the mask's rule themselves, so the mask array is then never computed."""
+    Masked steps (before the wrap) run `ring_attention`'s two CUDA kernels where `ring_kernel`
+    (`Kernels.ring_attention`) and they cover the shapes: they evaluate the mask's rule themselves,
+    so the mask array is then never computed."""
     b, t, three_d = qkv.shape
     d = three_d // 3
     h = attn.num_heads
@@ -228,9 +236,10 @@ def _attend(
     idx = mx.broadcast_to(slot, k.shape)  # [B, H, 1, Dh]
     k_buf = mx.put_along_axis(k_buf, idx, k.astype(k_buf.dtype), axis=2)
     v_buf = mx.put_along_axis(v_buf, idx, v.astype(v_buf.dtype), axis=2)
-    if mask is not None and ring_attention.uses_kernel(q, k_buf, v_buf, mask.shape[-1], attn.context):
+    length = None if mask is None else mask.shape[-1]
+    if length is not None and ring_kernel and ring_attention.covers(q, k_buf, v_buf, length, attn.context):
         out = ring_attention.masked_step_attention(
-            q, k_buf, v_buf, pos, start, attn.context, mask.shape[-1], hd**-0.5
+            q, k_buf, v_buf, pos, start, attn.context, length, hd**-0.5, use_kernel=True
         )  # [B, H, 1, Dh]
         return merge_heads(out), k_buf, v_buf
     keys, values = k_buf, v_buf  # [B, H, C, Dh]

@@ -31,6 +31,8 @@ from rolekit.frames import (
 )
 from rolekit.lm import depformer_cuda, temporal_cuda
 from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.nn import qmv
+from rolekit.nn.kernels import Kernels
 
 
 class Bundle(Protocol):
@@ -93,12 +95,16 @@ class Engine:
         compiled: bool = True,
         dep_stop: bool = True,
         compiled_mimi: bool = True,
+        kernels: Kernels | None = None,
     ) -> None:
+        """`kernels`: which of rolekit's CUDA kernels run (default `Kernels.for_device()`: all of
+        the default ones on a CUDA GPU, none elsewhere); fixed for the engine's life."""
         self.lm = bundle.lm
         self.mimi = bundle.mimi
+        self.kernels = Kernels.for_device() if kernels is None else kernels
         # Mimi's encode/decode steps as two mx.compile graphs (codec.compiled): equal outputs,
         # fewer launches; eager: op by op.
-        self._mimi_steps = CompiledMimi(self.mimi) if compiled_mimi else self.mimi
+        self._mimi_steps = CompiledMimi(self.mimi, self.kernels) if compiled_mimi else self.mimi
         self.model_id = bundle.model_id
         self.batch = batch
         cfg = self.lm.cfg
@@ -122,10 +128,14 @@ class Engine:
         # depformer) is one graph traced once per attended ring prefix (`engine.compiled`);
         # eager: op by op. Equal outputs; compiled is ~1.15x faster on an H200 and on CPU.
         self._compiled_step = CompiledStep(self) if compiled else None
-        # On CUDA the depformer's frame is one kernel; its per-step weights are stacked once here
-        # (the modules keep views of them), outside any compiled trace.
-        depformer_cuda.pack(self.lm)
-        temporal_cuda.pack(self.lm)  # likewise the temporal layers' weight families
+        # The one-kernel depformer frame and temporal step read their weights stacked per family:
+        # stacked once here (the modules keep views of the stacks), outside any compiled trace.
+        if self.kernels.depformer:
+            depformer_cuda.pack(self.lm)
+        if self.kernels.temporal:
+            temporal_cuda.pack(self.lm)
+        if self.kernels.qmv:  # opt-in: the LM's quantized linears change class (nn.qmv.adopt)
+            qmv.adopt(self.lm)
         self.compiled = compiled
         self.reset()
 
@@ -224,7 +234,7 @@ class Engine:
             if len(r.embeddings):
                 parts.append(mx.array(r.embeddings).astype(self.lm.dtype))
             if len(r.tokens):
-                parts.append(self.lm.embed(mx.array(r.tokens.T[None]))[0])  # [N, D]
+                parts.append(self.lm.embed(mx.array(r.tokens.T[None]), self.kernels)[0])  # [N, D]
             seqs.append(mx.concatenate(parts, axis=0))  # [longest, D]
         return mx.stack(seqs)
 
@@ -235,7 +245,9 @@ class Engine:
             h, logits = self.lm.temporal(x[:, t : t + 1], self.lm_cache)
             text = mx.argmax(logits[:, 0], axis=-1).astype(mx.int32)
             provided = mx.full((self.batch, self.lm.cfg.dep_q), -1, dtype=mx.int32)
-            audio = self.lm.depformer(h[:, 0], text, provided, greedy, None, steps=self.dep_steps)
+            audio = self.lm.depformer(
+                h[:, 0], text, provided, greedy, None, steps=self.dep_steps, kernels=self.kernels
+            )
             mx.eval(audio, *self.lm_cache.arrays())
 
     # ---- one step ------------------------------------------------------------------------
@@ -291,7 +303,7 @@ class Engine:
         """User codes [B, 8] into the ring at offset + delay; -> ring, model input embeddings [B, 1, D]."""
         tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
         ring = R.provide(mx, R.Ring(cache, provided), tokens, self._user_mask, off, self.initial)
-        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None])  # [B, 1, D]
+        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None], self.kernels)  # [B, 1, D]
         return ring.cache, ring.provided, x
 
     def _not_ready(self, user: mx.array) -> StepOutput:
@@ -320,8 +332,9 @@ class Engine:
         forced = R.forced_text(mx, ring, off, text)
         dep_given = R.depformer_provided(mx, ring, off, self.lm.cfg.dep_q)  # [B, dep_q]
         # One depformer pass for all rows: per-row keys keep each row equal to its batch-1 run.
+        keys = None if self.greedy else dep_keys
         audio = self.lm.depformer(
-            hidden, forced, dep_given, self._sampling, None if self.greedy else dep_keys, self.dep_steps
+            hidden, forced, dep_given, self._sampling, keys, self.dep_steps, self.kernels
         )
         ring = R.commit(mx, ring, off, text, audio[:, : self.dep_steps])
         return ring.cache, ring.provided, R.output(mx, ring, off)

@@ -59,14 +59,18 @@ class DepformerLayer(nn.Module):
         self.norm2 = RMSNorm(dim, cfg.norm_eps)
         self.gating = [GatedMLP(dim, cfg.depformer_hidden) for _ in range(cfg.dep_q)]
 
-    def __call__(self, x: mx.array, step: int, kv: mx.array | None) -> tuple[mx.array, mx.array]:
-        """Norm, projection, gate and residual go through `nn.fused` (one kernel each on CUDA at
-        batch <= 4, exactly the MLX ops elsewhere)."""
+    def __call__(
+        self, x: mx.array, step: int, kv: mx.array | None, use_kernel: bool = False
+    ) -> tuple[mx.array, mx.array]:
+        """Norm, projection, gate and residual go through `nn.fused` (`use_kernel`: one kernel each
+        where it covers the layout, `Kernels.fused`; exactly the MLX ops otherwise)."""
         attn = self.self_attn
-        out, kv = attn.attend(fused.norm_linear(x, self.norm1, attn.in_proj, step), kv)
-        x = fused.linear_residual(out, attn.out_proj, x, step)
+        fk = use_kernel
+        out, kv = attn.attend(fused.norm_linear(x, self.norm1, attn.in_proj, step, use_kernel=fk), kv)
+        x = fused.linear_residual(out, attn.out_proj, x, step, use_kernel=fk)
         mlp = self.gating[step]
-        return fused.linear_residual(fused.norm_gated(x, self.norm2, mlp.linear_in), mlp.linear_out, x), kv
+        gated = fused.norm_gated(x, self.norm2, mlp.linear_in, use_kernel=fk)
+        return fused.linear_residual(gated, mlp.linear_out, x, use_kernel=fk), kv
 
 
 class Depformer(nn.Module):
@@ -74,10 +78,12 @@ class Depformer(nn.Module):
         super().__init__()
         self.layers = [DepformerLayer(cfg) for _ in range(cfg.depformer_num_layers)]
 
-    def step(self, x: mx.array, step: int, kv: StepKV | None) -> tuple[mx.array, StepKV]:
-        """x [B, 1, Dd] -> ([B, 1, Dd], kv including this step)."""
+    def step(
+        self, x: mx.array, step: int, kv: StepKV | None, use_kernel: bool = False
+    ) -> tuple[mx.array, StepKV]:
+        """x [B, 1, Dd] -> ([B, 1, Dd], kv including this step); `use_kernel`: `Kernels.fused`."""
         new_kv: StepKV = []
         for i, layer in enumerate(self.layers):
-            x, layer_kv = layer(x, step, None if kv is None else kv[i])
+            x, layer_kv = layer(x, step, None if kv is None else kv[i], use_kernel)
             new_kv.append(layer_kv)
         return x, new_kv

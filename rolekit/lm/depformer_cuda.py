@@ -25,13 +25,12 @@ to the activation dtype between ops), so tokens agree with the op path up to nea
 
 Weights are read where they are: `pack` stacks each weight family of the steps into one array
 once and points the modules at views of it (no second copy; the op path reads the same numbers).
-Where the kernel does not apply (not CUDA, batch > MAX_ROWS, a global RNG, an unpacked model,
-`ROLEKIT_DEP_KERNEL=0`), `LM.depformer` runs the MLX ops as before.
+Where the kernel does not apply (`Kernels.depformer` off, not CUDA, batch > MAX_ROWS, a global
+RNG, an unpacked model), `LM.depformer` runs the MLX ops.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -40,19 +39,12 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
-from rolekit.nn.cuda import kernels_on, sm_count
+from rolekit.nn.cuda import sm_count
 from rolekit.nn.grid import CONTROL, Mat, mat_ok, persistent_kernel, shared_memory, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
-ENV = "ROLEKIT_DEP_KERNEL"  # 0: the op-by-op MLX depformer
 MAX_ROWS = 4
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)
-THREADS_ENV = "ROLEKIT_DEP_THREADS"  # benchmarks: another block size, under launch bounds
-
-
-def threads() -> int:
-    """Threads per block: THREADS, or ROLEKIT_DEP_THREADS (a multiple of 32, up to 1024)."""
-    return int(os.environ.get(THREADS_ENV, "") or THREADS)
 
 
 _STATIC_SMEM = 12 * 1024  # upper bound of the kernel's static shared memory (sampling buffers)
@@ -66,10 +58,6 @@ class Packed:
     emb_audio: mx.array  # [(dep_q - 1) * (card + 1), Dd]
     layers: tuple[tuple[mx.array, Mat, Mat, mx.array, Mat, Mat], ...]  # norm1, qkv, out, norm2, in, out
     eps: float
-
-
-def enabled() -> bool:
-    return kernels_on(ENV, default=True)
 
 
 # ---- packing -------------------------------------------------------------------------------------
@@ -93,11 +81,15 @@ def _stack_embeddings(embs: list[nn.Embedding]) -> mx.array:
 
 
 def pack(lm: Any) -> Packed | None:
-    """Stack the depformer's per-step weights once (module weights become views of the stacks) and
-    keep the kernel's view on `lm`; None (nothing changed) where the kernel cannot run here.
+    """Stack the depformer's per-step weights once and return the kernel's view of them; None
+    (nothing changed) where the kernel cannot serve this model.
+
+    Explicit side effect: the modules' weights are re-pointed at views of the stacks (no second
+    copy), and the result is kept as `lm._dep_packed`, so packing again returns the same `Packed`.
+    Weights assigned to the modules afterwards are not seen by the kernel: pack a fresh LM instead.
     Call outside of mx.compile (it evaluates)."""
     found = getattr(lm, "_dep_packed", None)
-    if found is not None or not enabled():
+    if found is not None:
         return found
     cfg = lm.cfg
     if not _dims_ok(cfg) or any(isinstance(e, nn.QuantizedEmbedding) for e in lm.depformer_emb):
@@ -144,8 +136,9 @@ def _dims_ok(cfg: Any) -> bool:
 
 
 def applies(lm: Any, hidden: mx.array, params: SamplingParams, key: mx.array | None, steps: int) -> bool:
-    """The kernel serves this call: packed model, CUDA, 1..MAX_ROWS rows, per-row keys or greedy."""
-    if getattr(lm, "_dep_packed", None) is None or not enabled():
+    """The kernel can serve this call (the caller's `Kernels.depformer` chose it): packed model, a
+    CUDA device, 1..MAX_ROWS rows, per-row keys or greedy."""
+    if getattr(lm, "_dep_packed", None) is None:
         return False
     b = hidden.shape[0]
     if not 1 <= b <= MAX_ROWS or hidden.dtype not in (mx.bfloat16, mx.float16, mx.float32):
@@ -166,9 +159,11 @@ def launch(
     params: SamplingParams,
     key: mx.array | None,
     steps: int,
+    threads: int = THREADS,
 ) -> tuple[mx.array, mx.array]:
     """hidden [B, D], text [B], given [B, >= steps] (-1 = sample) -> (tokens [B, steps] int32,
-    scratch): the scratch holds every step's logits (`logits_of`) and the barrier's flag."""
+    scratch): the scratch holds every step's logits (`logits_of`) and the barrier's flag.
+    `threads`: a block's threads (a multiple of 32, <= 1024, under launch bounds)."""
     packed: Packed = lm._dep_packed
     cfg = lm.cfg
     b = hidden.shape[0]
@@ -212,7 +207,7 @@ def launch(
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
     smem = b * kmax * 4  # the stage inputs
     smem = shared_memory(smem, _STATIC_SMEM)
-    nt = threads()
+    nt = threads
     kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, nt)
     blocks = sm_count() or 1
     tokens, scratch = kernel(

@@ -16,6 +16,7 @@ from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.lm.temporal import LmCache, Transformer
 from rolekit.nn import embed_cuda, fused
 from rolekit.nn.attention import RingKV
+from rolekit.nn.kernels import OPS, Kernels
 from rolekit.nn.norm import RMSNorm
 
 
@@ -54,14 +55,15 @@ class LM(nn.Module):
         ]
         return LmCache(rings=rings, offset=0)
 
-    def embed(self, tokens: mx.array) -> mx.array:
+    def embed(self, tokens: mx.array, kernels: Kernels = OPS) -> mx.array:
         """tokens [B, 17, T] int32 -> summed embeddings [B, T, D] (audio streams first, then text).
 
         Same sums as `embed_tokens` per stream, with fewer kernels: the clamp and the -1 test run
         once for all streams, the indices are laid out stream-major once (so each stream's row
-        is a view, not a copy), and the zeroing folds into the fused sum."""
+        is a view, not a copy), and the zeroing folds into the fused sum. `kernels.embed`: one
+        CUDA kernel with the same sums where it covers the tables."""
         tables = [self.text_emb.weight, *(e.weight for e in self.emb)]
-        if embed_cuda.applies(tables, tokens):  # CUDA: one kernel, the same sums
+        if kernels.embed and embed_cuda.covers(tables, tokens):
             return embed_cuda.embed_sum(tables, tokens, (*range(1, len(tables)), 0))
         b, _, t = tokens.shape
         idx = mx.contiguous(mx.maximum(tokens, 0).transpose(1, 0, 2))  # [S, B, T]
@@ -87,12 +89,14 @@ class LM(nn.Module):
         return h, self.text_linear(h)
 
     def _dep_step(
-        self, step: int, hidden: mx.array, token: mx.array, kv: StepKV | None
+        self, step: int, hidden: mx.array, token: mx.array, kv: StepKV | None, fused_kernel: bool = False
     ) -> tuple[mx.array, StepKV]:
         """hidden [B, D], token [B] (text for step 0, codebook step-1 after) -> (logits [B, card], kv)."""
         emb = self.depformer_text_emb if step == 0 else self.depformer_emb[step - 1]
-        x = fused.linear_residual(hidden, self.depformer_in[step], embed_tokens(emb, token))  # [B, Dd]
-        y, kv = self["depformer"].step(x[:, None, :], step, kv)  # [B, 1, Dd]
+        x = fused.linear_residual(
+            hidden, self.depformer_in[step], embed_tokens(emb, token), use_kernel=fused_kernel
+        )  # [B, Dd]
+        y, kv = self["depformer"].step(x[:, None, :], step, kv, fused_kernel)  # [B, 1, Dd]
         return self.linears[step](y[:, 0]), kv
 
     def depformer(
@@ -103,6 +107,7 @@ class LM(nn.Module):
         params: SamplingParams,
         key: mx.array | None,
         steps: int | None = None,
+        kernels: Kernels = OPS,
     ) -> mx.array:
         """Sample the audio codebooks of one frame: -> [B, dep_q] int32.
 
@@ -111,18 +116,22 @@ class LM(nn.Module):
         `provided` where given, else the sampled one; provided entries are returned as given.
         `key`: one key [2], per-row keys [B, 2] (row b's draws depend on its key alone, so one
         batched call equals B batch-1 calls), or None. `steps` < dep_q stops early (8 = agent codebooks only, exact when the user stream is
-        provided); the columns not run hold `provided`.
+        provided); the columns not run hold `provided`. `kernels.depformer` (a packed LM,
+        `depformer_cuda.pack`): the frame as one CUDA kernel where it applies; `kernels.fused`: the
+        layers' blocks as `nn.fused` kernels.
         """
         n = self.cfg.dep_q if steps is None else steps
-        if depformer_cuda.applies(self, hidden, params, key, n):  # CUDA: the frame as one kernel
-            drawn, _ = depformer_cuda.launch(self, hidden, text, provided, params, key, n)  # [B, n]
+        if kernels.depformer and depformer_cuda.applies(self, hidden, params, key, n):
+            drawn, _ = depformer_cuda.launch(
+                self, hidden, text, provided, params, key, n, kernels.depformer_threads
+            )  # [B, n]
             return mx.concatenate([drawn, provided[:, n:].astype(mx.int32)], axis=1)
         keys = split_keys(key, n)
         token = text.astype(mx.int32)
         kv: StepKV | None = None
         out = []
         for k in range(n):
-            logits, kv = self._dep_step(k, hidden, token, kv)
+            logits, kv = self._dep_step(k, hidden, token, kv, kernels.fused)
             if params.greedy:
                 drawn = mx.argmax(logits, axis=-1).astype(mx.int32)
             else:

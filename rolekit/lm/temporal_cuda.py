@@ -37,14 +37,13 @@ window, each row's left padding, a padding row sees only itself), evaluated in t
 
 `reference` computes the same contract with MLX ops (fp32 throughout): the CPU tests run the
 engine through it in place of the kernel, and it documents what the CUDA source implements.
-Where the kernel does not apply (not CUDA, batch > MAX_ROWS, a layout it does not cover,
-`ROLEKIT_TEMPORAL_KERNEL=0`), `engine.compiled` runs the fused per-layer ops as before.
+Where the kernel does not apply (`Kernels.temporal` off, not CUDA, batch > MAX_ROWS, a layout it
+does not cover), `engine.compiled` runs the fused per-layer ops.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -53,7 +52,7 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.nn import ring_attention
-from rolekit.nn.cuda import kernels_on, shared_optin, sm_count
+from rolekit.nn.cuda import shared_optin, sm_count
 from rolekit.nn.grid import (
     CONTROL,
     Mat,
@@ -63,44 +62,10 @@ from rolekit.nn.grid import (
     stack_linears,
     stack_norms,
 )
+from rolekit.nn.kernels import TemporalTuning
 
-ENV = "ROLEKIT_TEMPORAL_KERNEL"  # 0: the per-layer fused ops
 MAX_ROWS = 4
-TUNE_ENV = "ROLEKIT_TEMPORAL_TUNE"  # e.g. "threads=512,uq=8,u=2,prefetch=0" (benchmarks)
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Shape of the generated kernel: threads per block (16 warps, under launch bounds that keep a
-    thread within 128 registers; 8 warps took 16% more GPU time on an H100, bench/RESULTS.md), the
-    slots of each warp's cp.async weight ring in the q4 / q8 products (`nn.grid.rows_async`; 0:
-    the register path `rows_quant`, with `uq` packed words in flight per lane and `pairs`), slot
-    passes in flight per warp in the attention, and whether the next product's first rows are
-    prefetched into L2 before each barrier."""
-
-    threads: int = 512
-    uq: int = 8
-    u: int = 4
-    prefetch: bool = True
-    pairs: bool = True  # register path: the non-gated products take two rows per warp at a time
-    probe: bool = False  # block 0 stamps the attention's phases per layer (PROBES)
-    stages: int = 8
-
-
-def tuning() -> Tuning:
-    """The defaults, or the values of ROLEKIT_TEMPORAL_TUNE."""
-    raw = os.environ.get(TUNE_ENV, "")
-    values = dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
-    base = Tuning()
-    return Tuning(
-        threads=int(values.get("threads", base.threads)),
-        uq=int(values.get("uq", base.uq)),
-        u=int(values.get("u", base.u)),
-        prefetch=values.get("prefetch", "1") != "0",
-        pairs=values.get("pairs", "1") != "0",
-        probe=values.get("probe", "0") != "0",
-        stages=int(values.get("stages", base.stages)),
-    )
+Tuning = TemporalTuning  # the kernel's shape, a field of the `Kernels` policy
 
 
 PROBES = (
@@ -119,17 +84,16 @@ class Packed:
     eps: float
 
 
-def enabled() -> bool:
-    return kernels_on(ENV, default=True)
+def pack(lm: Any) -> Packed | None:
+    """Stack each weight family of the temporal layers once and return the kernel's view of them;
+    None (nothing changed) where the kernel cannot serve this model.
 
-
-def pack(lm: Any, force: bool = False) -> Packed | None:
-    """Stack each weight family of the temporal layers once (the modules keep views of the stacks,
-    so the op path reads the same numbers) and keep the kernel's view on `lm`; None where the
-    kernel cannot serve this model (`force`: pack on any device, for `reference`). Call outside
-    of mx.compile (it evaluates)."""
+    Explicit side effect: the layers' weights are re-pointed at views of the stacks (the op path
+    reads the same numbers; no second copy), and the result is kept as `lm._temporal_packed`, so
+    packing again returns the same `Packed`. Weights assigned to the modules afterwards are not
+    seen by the kernel: pack a fresh LM instead. Call outside of mx.compile (it evaluates)."""
     found = getattr(lm, "_temporal_packed", None)
-    if found is not None or not (force or enabled()):
+    if found is not None:
         return found
     cfg = lm.cfg
     layers = lm.transformer.layers
@@ -159,9 +123,9 @@ def _dims_ok(cfg: Any) -> bool:
 
 
 def applies(lm: Any, batch: int, cache_dtype: mx.Dtype) -> bool:
-    """The kernel serves this step: packed model, CUDA, 1..MAX_ROWS rows, the ring cache in the
-    activation dtype."""
-    if getattr(lm, "_temporal_packed", None) is None or not enabled():
+    """The kernel can serve this step (the caller's `Kernels.temporal` chose it): packed model, a
+    CUDA device, 1..MAX_ROWS rows, the ring cache in the activation dtype."""
+    if getattr(lm, "_temporal_packed", None) is None:
         return False
     if not 1 <= batch <= MAX_ROWS or lm.dtype not in (mx.bfloat16, mx.float16, mx.float32):
         return False
@@ -240,6 +204,7 @@ def launch(
     vs: list[mx.array],
     length: int,
     context: int,
+    tune: TemporalTuning = TemporalTuning(),
 ) -> tuple[mx.array, mx.array, mx.array]:
     """x [B, D] (embedded step input), pos int32 scalar (global position of this step), start [B]
     int32 (left padding), ks / vs per layer [B, H, C, Dh] (the rings WITHOUT this position),
@@ -268,7 +233,6 @@ def launch(
     layout = _Layout(b, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, n_layers)
     bits = tuple((n, packed.mats[n].bits, packed.mats[n].group) for n in FAMILIES)
     shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
-    tune = tuning()
     plan = pipeline(packed, b, cfg.dim, cfg.hidden, x.dtype, tune)
     smem = shared_memory(plan.smem, _STATIC_SMEM)
     kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune, plan)
@@ -346,10 +310,11 @@ def reference(
     vs: list[mx.array],
     length: int,
     context: int,
+    tune: TemporalTuning = TemporalTuning(),
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """What `launch` computes, with MLX ops in fp32 (same arguments and results; the scratch is all
-    zeros: no barrier, no stamps; the rings are not written: the caller does, functionally): the
-    CPU tests' stand-in for the kernel."""
+    """What `launch` computes, with MLX ops in fp32 (same arguments and results; `tune` shapes only
+    the kernel; the scratch is all zeros: no barrier, no stamps; the rings are not written: the
+    caller does, functionally): the CPU tests' stand-in for the kernel."""
     packed: Packed = lm._temporal_packed
     cfg = lm.cfg
     b, d = x.shape
@@ -680,7 +645,7 @@ def _source(
         f"  constexpr int CTX = {ctx};\n  constexpr int LEN = {length};\n",
         f"  constexpr int NSPLIT = {nsplit};\n  constexpr int CHUNK = {chunk};\n",
         f"  constexpr int NT = {tune.threads};\n  constexpr int NW = NT / 32;\n",
-        f"  constexpr int UQ = {tune.uq};\n  constexpr int SLOT_U = {tune.u};\n",
+        f"  constexpr int UQ = {tune.words};\n  constexpr int SLOT_U = {tune.slot_passes};\n",
         f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
         f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {CONTROL};\n",

@@ -28,7 +28,6 @@ from rolekit.errors import ModelError, Problem
 from rolekit.lm.checkpoint import SafetensorsFile
 from rolekit.lm.config import LmConfig, from_mlx_config, personaplex_7b, to_mlx_blocks
 from rolekit.lm.model import LM
-from rolekit.nn import qmv
 
 NVIDIA_FILE = "model.safetensors"
 MLX_FILES = {
@@ -195,7 +194,6 @@ def _load_mlx(folder: Path, dtype: mx.Dtype) -> LM:
                 ]
             )
         nn.quantize(lm, group_size=group_size, bits=bits, class_predicate=lambda path, m: path in quantized)
-        qmv.adopt(lm)  # few-row products through rolekit's CUDA kernel where it applies
     expected = {k: tuple(v.shape) for k, v in tree_flatten(lm.parameters())}
     _check(expected, {k: v[2] for k, v in source.items()}, str(folder))
     weights = []

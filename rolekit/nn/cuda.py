@@ -1,41 +1,12 @@
-"""When rolekit's own CUDA kernels (`mx.fast.cuda_kernel`) may run: a switch and the device."""
+"""The CUDA device as rolekit's own kernels (`mx.fast.cuda_kernel`) see it: present, its SMs and shared
+memory, and the name tag of a kernel source. Which kernels run is `nn.kernels.Kernels`."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 import mlx.core as mx
-
-
-def kernels_on(env: str, default: bool) -> bool:
-    """True when environment switch `env` (unset: `default`; "0" off, anything else on) allows the
-    kernels and MLX's default device is a CUDA GPU. Read when a graph is built, i.e. once per trace
-    of a compiled step."""
-    value = os.environ.get(env, "")
-    on = default if value == "" else value != "0"
-    return on and mx.default_device() == mx.gpu and cuda_available()
-
-
-@contextmanager
-def switched(on: bool, *envs: str) -> Iterator[None]:
-    """Within the block, each kernel switch in `envs` is "1" (on) or "0" (off); restored after.
-    For checks and benchmarks that compare the kernel and MLX paths in one process (the switch is
-    read when a graph is built, so arrays built inside keep their path when evaluated later)."""
-    saved = {env: os.environ.get(env) for env in envs}
-    for env in envs:
-        os.environ[env] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        for env, value in saved.items():
-            if value is None:
-                os.environ.pop(env, None)
-            else:
-                os.environ[env] = value
 
 
 @lru_cache(maxsize=1)

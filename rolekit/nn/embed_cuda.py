@@ -1,17 +1,16 @@
-"""A step's summed token embeddings as ONE CUDA kernel (`ROLEKIT_EMBED_KERNEL=0`: the MLX ops).
+"""A step's summed token embeddings as ONE CUDA kernel (`Kernels.embed`; off: the MLX ops).
 
 The LM's input at a step is the sum of 17 embedding lookups (16 audio codebooks, then text), a
 token of -1 giving a zero vector. As MLX ops that is 17 gathers plus the index and mask
-arithmetic around them, ~20 launches a frame; on an H100 each gather took ~10 us at batch 1
-(bench/RESULTS.md), its index being an array of 4 bytes, which MLX's CUDA allocator keeps in
-host memory. Here one thread sums 8 values of one (row, time) over all streams, reading the
+arithmetic around them, ~20 launches a frame, each gather's index an array of 4 bytes, which
+MLX's CUDA allocator keeps in host memory. Here one thread sums 8 values of one (row, time) over all streams, reading the
 tokens once from a [B, S, T] array.
 
 The sum is the op path's, rounding for rounding: streams in the given order, the first lookup as
 stored, then each addition rounded to the tables' dtype (as MLX's element-wise add in that dtype),
 token -1 a zero vector and any other token clamped at 0 (`embed_tokens`). `reference` is that
-contract with MLX ops; the GPU check (`bench/gpu_run.py OUT embedcheck:`) compares the two for
-exact equality.
+contract with MLX ops; the `gpu`-marked test of tests/nn/test_embed_cuda.py compares the two
+for exact equality.
 """
 
 from __future__ import annotations
@@ -21,21 +20,16 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import kernels_on, source_tag
+from rolekit.nn.cuda import source_tag
 from rolekit.nn.qmv import _HEADER as LOAD_HEADER
 
-ENV = "ROLEKIT_EMBED_KERNEL"
 THREADS = 256
 
 
-def enabled() -> bool:
-    return kernels_on(ENV, default=True)
-
-
-def applies(tables: list[mx.array], tokens: mx.array) -> bool:
-    """The kernel serves this lookup: CUDA, tables of one float dtype and width (a multiple of 8),
-    tokens [B, S, T] with one table per stream."""
-    if not enabled() or tokens.ndim != 3 or tokens.shape[1] != len(tables):
+def covers(tables: list[mx.array], tokens: mx.array) -> bool:
+    """The kernel is written for this lookup: tables of one float dtype and width (a multiple of
+    8), tokens [B, S, T] with one table per stream."""
+    if tokens.ndim != 3 or tokens.shape[1] != len(tables):
         return False
     first = tables[0]
     if first.dtype not in (mx.bfloat16, mx.float16, mx.float32) or first.shape[1] % 8:

@@ -21,12 +21,12 @@ step's rows are a view (`weight_rows`), so one compiled variant serves every ste
 Mimi's transformer uses the same kernels with an `nn.LayerNorm` prologue, `gelu=True` after
 linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `[out, in]` on CUDA).
 
-Where the kernel does not apply (not CUDA, more than MAX_ROWS rows, switched off with
-`ROLEKIT_FUSED=0`, a layout it does not cover), each function is exactly the MLX ops it replaces,
+Where the kernel does not apply (`use_kernel` false, i.e. `Kernels.fused` off or not CUDA, more
+than MAX_ROWS rows, a layout it does not cover), each function is exactly the MLX ops it replaces,
 so CPU results, the PyTorch parity tests and the eager path are unchanged. On CUDA the fused
 result differs from the op-by-op one by float rounding only: the kernel keeps the normalized
 input and the products in fp32 where MLX rounds them to the activation dtype between ops
-(checked against fp32 on the GPU by `bench/gpu_run.py OUT fusedcheck:`).
+(checked against fp32 on the GPU by the `gpu`-marked tests, `benchmarks.matmul.check_fused`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import kernels_on, source_tag
+from rolekit.nn.cuda import source_tag
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
 from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
-ENV = "ROLEKIT_FUSED"  # 0: always the op-by-op MLX path
 MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
 _THREADS = 256  # 8 warps = 8 output rows per block
 
@@ -356,11 +355,6 @@ def _source(
     )
 
 
-def enabled() -> bool:
-    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_FUSED` is not 0."""
-    return kernels_on(ENV, default=True)
-
-
 @dataclass(frozen=True)
 class Weights:
     """One linear's weight as the kernel reads it: rows row0 .. row0 + rows (x2 when gated)."""
@@ -446,8 +440,8 @@ def fused(
     scale: mx.array | None = None,
 ) -> mx.array:
     """The kernel: x [..., K] -> [..., N] (N = wt.rows), with the RMSNorm / LayerNorm prologue and
-    the gate, GELU, layer-scale and residual epilogues as asked. Call only where `covers` holds and
-    `enabled()`."""
+    the gate, GELU, layer-scale and residual epilogues as asked. Call only on CUDA, where `covers`
+    holds."""
     k = x.shape[-1]
     rows = x.size // k
     n = wt.rows
@@ -508,8 +502,9 @@ def _call(lin: nn.Module, x: mx.array, step: int | None) -> mx.array:
     return lin(x) if step is None else lin(x, step)
 
 
-def _plan(x: mx.array, lin: nn.Module, step: int | None) -> Weights | None:
-    if not enabled():
+def _plan(x: mx.array, lin: nn.Module, step: int | None, use_kernel: bool) -> Weights | None:
+    """The kernel's weights where it serves this call (`use_kernel`: the caller's `Kernels.fused`)."""
+    if not use_kernel:
         return None
     wt = weights_of(lin, step)
     if wt is None or not covers(wt, x.shape[-1], x.size // x.shape[-1], x.dtype):
@@ -520,19 +515,25 @@ def _plan(x: mx.array, lin: nn.Module, step: int | None) -> Weights | None:
 
 
 def norm_linear(
-    x: mx.array, norm: RMSNorm | nn.LayerNorm, lin: nn.Module, step: int | None = None, gelu: bool = False
+    x: mx.array,
+    norm: RMSNorm | nn.LayerNorm,
+    lin: nn.Module,
+    step: int | None = None,
+    gelu: bool = False,
+    use_kernel: bool = False,
 ) -> mx.array:
-    """lin(norm(x)), then exact GELU when `gelu`; `step` selects a multi-linear's weight set."""
-    wt = _plan(x, lin, step)
+    """lin(norm(x)), then exact GELU when `gelu`; `step` selects a multi-linear's weight set.
+    `use_kernel` (`Kernels.fused`, CUDA only): one kernel where the layout is covered."""
+    wt = _plan(x, lin, step, use_kernel)
     if wt is None or (isinstance(norm, nn.LayerNorm) and "bias" not in norm):
         y = _call(lin, norm(x), step)
         return nn.gelu(y) if gelu else y
     return fused(x, wt, norm=norm, gelu=gelu)
 
 
-def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module) -> mx.array:
+def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module, use_kernel: bool = False) -> mx.array:
     """silu(a) * b with [a | b] = linear_in(norm(x)) split in halves (Kyutai ActivationGating)."""
-    wt = _plan(x, linear_in, None)
+    wt = _plan(x, linear_in, None, use_kernel)
     if wt is None or wt.rows % 2:
         return silu_gate(linear_in(norm(x)))
     half = Weights(wt.w, wt.scales, wt.biases, wt.bits, wt.group, wt.row0, wt.rows // 2)
@@ -540,10 +541,15 @@ def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module) -> mx.array:
 
 
 def linear_residual(
-    x: mx.array, lin: nn.Module, residual: mx.array, step: int | None = None, scale: mx.array | None = None
+    x: mx.array,
+    lin: nn.Module,
+    residual: mx.array,
+    step: int | None = None,
+    scale: mx.array | None = None,
+    use_kernel: bool = False,
 ) -> mx.array:
     """residual + lin(x), the product times `scale` [N] first when given (a layer scale)."""
-    wt = _plan(x, lin, step)
+    wt = _plan(x, lin, step, use_kernel)
     if wt is None or residual.dtype != x.dtype or residual.size != x.size // x.shape[-1] * wt.rows:
         y = _call(lin, x, step)
         return residual + (y if scale is None else y * scale)

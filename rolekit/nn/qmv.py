@@ -1,22 +1,15 @@
 """Quantized matrix-vector products for few-row activations on CUDA (the per-frame decode case).
 
 At batch 1..16 every 80 ms frame reads all linear weights once, so the step is bound by weight
-bandwidth: q4 should read 3.6x fewer bytes than bf16. MLX 0.32's CUDA `quantized_matmul` reaches
-only 0.4-0.9 TB/s of packed weight at one row (bench/RESULTS.md), so q4 was no faster than bf16.
-This module adds one hand-written kernel (through `mx.fast.cuda_kernel`, compiled by NVRTC on the
-first call and cached on disk by MLX) for MLX's affine layout: weight uint32 [N, K * bits / 32]
-(value j of a row sits in word j * bits / 32, lowest bits first), scales and biases [N, K / group]
-in the activation dtype, w = scale * q + bias.
+bandwidth. One hand-written kernel (through `mx.fast.cuda_kernel`, compiled by NVRTC on first use)
+for MLX's affine layout: weight uint32 [N, K * bits / 32] (value j of a row sits in word
+j * bits / 32, lowest bits first), scales and biases [N, K / group] in the activation dtype,
+w = scale * q + bias. One warp per output row: each lane loads whole 16-byte chunks of packed
+weight (all of its loads issued before any arithmetic), multiplies them with the matching
+activations of every batch row, and the warp reduces.
 
-One warp per output row: each lane loads whole 16-byte chunks of packed weight (all of its loads
-issued before any arithmetic, so many bytes are in flight), multiplies them with the matching
-activations for every batch row, and the warp reduces.
-
-Opt-in (`ROLEKIT_QMV=1`): on an H100 the kernel alone beats MLX's qmv at one row (linear_in q4 0.055
-vs 0.075 ms, text head 0.061 vs 0.094 ms, temporal shapes only), but the q4 `Engine.step`, which is
-bound by the host (about 2,000 launches per 80 ms frame), took 20.7 ms with it and 16.2 ms without
-(bench/RESULTS.md; whether the depformer's shapes or the launches cost the difference was not
-separated). Off by default, `qmatmul` is `mx.quantized_matmul` (same arguments, same result up to float rounding).
+Opt-in (`Kernels.qmv`, off by default: the whole q4 step was measured slower with it, see
+bench/RESULTS.md): `adopt(model)` routes a model's affine quantized linears through `qmatmul`.
 """
 
 from __future__ import annotations
@@ -27,13 +20,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import kernels_on
-
-# Activation rows routed to the kernel by `qmatmul` (when switched on). At 16 rows it is 3-20x slower
+# Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). At 16 rows it is 3-20x slower
 # than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
 MAX_ROWS = 1
 KERNEL_ROWS = 16
-ENV_ON = "ROLEKIT_QMV"  # 1: few-row products through the kernel below (CUDA only)
 
 _HEADER = """
 // 8 activations or weights of a 16-byte chunk (32 bytes for float) as floats: `load8`, and `load8s`
@@ -151,12 +141,6 @@ def _kernel() -> Any:
     )
 
 
-def on_cuda() -> bool:
-    """True when the kernel is switched on (`ROLEKIT_QMV=1`; off by default) and MLX's default
-    device is a CUDA GPU."""
-    return kernels_on(ENV_ON, default=False)
-
-
 def kernel_applies(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:
     """Shapes the hand-written kernel covers (else MLX's quantized_matmul runs)."""
     return (
@@ -186,31 +170,38 @@ def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size
 
 
 def qmatmul(
-    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int = 64, bits: int = 4
+    x: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    group_size: int = 64,
+    bits: int = 4,
+    use_kernel: bool = False,
 ) -> mx.array:
-    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)`, through the few-row CUDA
-    kernel where it applies."""
+    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)`; with `use_kernel` (CUDA
+    only) through the few-row kernel where it covers the shapes."""
     k = x.shape[-1]
-    if on_cuda() and kernel_applies(x.size // k, k, group_size, bits, x.dtype):
+    if use_kernel and kernel_applies(x.size // k, k, group_size, bits, x.dtype):
         return qmv(x, w, scales, biases, group_size, bits)
     return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)
 
 
 class QuantizedLinear(nn.QuantizedLinear):
-    """MLX's affine QuantizedLinear whose few-row products go through `qmatmul`."""
+    """MLX's affine QuantizedLinear whose few-row products go through the kernel (`qmatmul`)."""
 
     def __call__(self, x: mx.array) -> mx.array:
         if getattr(self, "mode", "affine") != "affine":
             return super().__call__(x)
-        y = qmatmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+        y = qmatmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits, True)
         return y + self["bias"] if "bias" in self else y
 
 
 def adopt(model: nn.Module) -> int:
-    """Route every affine nn.QuantizedLinear of `model` through `qmatmul`; returns how many.
+    """Route every affine nn.QuantizedLinear of `model` through the kernel; returns how many.
 
-    The instances keep their parameters: only their class changes to the subclass above (no new
-    state, so the object layout is the same)."""
+    An explicit, one-way change of `model` made by its owner (`Engine` when `Kernels.qmv`; CUDA
+    only): the instances keep their parameters, only their class becomes the subclass above (no
+    new state, so the object layout is the same). Loading never calls it."""
     n = 0
     for _, m in model.named_modules():
         if type(m) is nn.QuantizedLinear and getattr(m, "mode", "affine") == "affine":

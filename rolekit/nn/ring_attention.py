@@ -28,7 +28,7 @@ Kernels (split-K "flash decoding", softmax and accumulation in fp32):
 
 Scores are scaled by scale * log2(e) once (q is pre-multiplied), so exp is `exp2f`.
 
-Elsewhere (CPU, `ROLEKIT_RING_ATTN=0`, Dh not 64/128, other dtypes) `masked_step_attention` is the
+Elsewhere (CPU, `Kernels.ring_attention` off, Dh not 64/128, other dtypes) `masked_step_attention` is the
 MLX path `CompiledStep` used before: the [B, 1, 1, length] bool mask and
 `mx.fast.scaled_dot_product_attention` over the ring prefix.
 
@@ -43,10 +43,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import kernels_on, source_tag
+from rolekit.nn.cuda import source_tag
 from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
 
-ENV = "ROLEKIT_RING_ATTN"  # 0: always MLX's masked SDPA
 HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)
 NW = 4  # warps per block of the partial kernel (NW * 32 >= Dh: the block's merge has a thread per dim)
@@ -253,12 +252,6 @@ def _combine_kernel() -> Any:
     )
 
 
-def enabled() -> bool:
-    """True when the kernels may run: MLX's default device is a CUDA GPU and `ROLEKIT_RING_ATTN` is
-    not 0."""
-    return kernels_on(ENV, default=True)
-
-
 def covers(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:
     """Shapes and dtypes the kernels are written for (else MLX's masked SDPA runs)."""
     if q.ndim != 4 or k_buf.ndim != 4 or k_buf.shape != v_buf.shape:
@@ -276,11 +269,6 @@ def covers(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: 
         and k_buf.dtype == q.dtype
         and v_buf.dtype == q.dtype
     )
-
-
-def uses_kernel(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:
-    """Whether `masked_step_attention` with these arguments runs the CUDA kernels."""
-    return enabled() and covers(q, k_buf, v_buf, length, context)
 
 
 def split_plan(rows: int, length: int) -> tuple[int, int]:
@@ -355,13 +343,15 @@ def masked_step_attention(
     context: int,
     length: int,
     scale: float,
+    use_kernel: bool = False,
 ) -> mx.array:
     """Attention of q [B, H, 1, Dh] over ring slots 0 .. length - 1 of k_buf / v_buf [B, H, C, Dh]
     visible after writing position `pos` (int32 device scalar) with left padding start [B] int32
-    -> [B, H, 1, Dh] in q's dtype. Two CUDA kernels where `uses_kernel`, else MLX's masked SDPA."""
+    -> [B, H, 1, Dh] in q's dtype. Two CUDA kernels with `use_kernel` (`Kernels.ring_attention`,
+    CUDA only) where `covers` holds, else MLX's masked SDPA."""
     if not isinstance(pos, mx.array):
         pos = mx.array(pos, dtype=mx.int32)
-    if uses_kernel(q, k_buf, v_buf, length, context):
+    if use_kernel and covers(q, k_buf, v_buf, length, context):
         if pos.dtype != mx.int32:
             pos = pos.astype(mx.int32)
         if start.dtype != mx.int32:

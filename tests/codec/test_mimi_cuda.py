@@ -15,6 +15,7 @@ from rolekit.codec.compiled import CompiledMimi, _fixed
 from rolekit.codec.config import mimi_202407, tiny
 from rolekit.codec.mimi import Mimi
 from rolekit.codec.transformer import rows_layout
+from rolekit.nn.kernels import OPS, Kernels
 
 pytestmark = pytest.mark.oracle
 
@@ -82,7 +83,6 @@ def program_kernel(monkeypatch):
 
     monkeypatch.setattr(mimi_cuda, "make_kernel", make_kernel)
     monkeypatch.setattr(mimi_cuda, "sm_count", lambda: 3)
-    monkeypatch.setattr(mimi_cuda, "enabled", lambda: True)
     return calls
 
 
@@ -91,24 +91,23 @@ def test_compiled_mimi_steps_through_the_kernel_program(
 ):
     frames = _frames(oracle, 2, 7, seed=6)
     _, plain = oracle.pair(tmp_path_factory, tiny(), seed=7)
-    monkeypatch.setattr(mimi_cuda, "enabled", lambda: False)
-    ref = CompiledMimi(plain)
+    ref = CompiledMimi(plain, OPS)
     ref_state = ref.make_state(2)
     want = []
     for f in frames:
         c = ref.encode_step(f, ref_state)
         want.append((np.array(c), np.array(ref.decode_step(c, ref_state))))
     assert not program_kernel
-    monkeypatch.setattr(mimi_cuda, "enabled", lambda: True)
     _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=7)
-    fast = CompiledMimi(mimi)
-    assert fast.kernels is not None
+    fast = CompiledMimi(mimi, Kernels(mimi=True))
+    graphs = CompiledMimi(mimi, OPS)
+    assert fast.kernels is not None and graphs.kernels is None
     state = fast.make_state(2)
     for i, f in enumerate(frames):
         # frames 2 and 3 on the MLX graphs: the same carries serve both paths
-        monkeypatch.setattr(mimi_cuda, "enabled", (lambda: False) if i in (2, 3) else (lambda: True))
-        c = fast.encode_step(f, state)
-        pcm = np.array(fast.decode_step(c, state))
+        codec = graphs if i in (2, 3) else fast
+        c = codec.encode_step(f, state)
+        pcm = np.array(codec.decode_step(c, state))
         np.testing.assert_array_equal(np.array(c), want[i][0], err_msg=f"frame {i}")
         assert _rel(pcm, want[i][1]) < 2e-5, i
     assert program_kernel == ["enc", "dec"] * 5
@@ -149,3 +148,51 @@ def test_released_codec_programs_write_every_carry():
     assert len(enc.stages) == 14 + 40 + 1 + 1 + 8
     assert len(dec.stages) == 2 + 40 + 14
     assert enc.outputs["codes"][0] == (1, 8, 1) and dec.outputs["pcm"][0] == (1, 1920, 1)
+
+
+def test_mimi_rows_check_compares_a_batch_with_its_rows_alone():
+    """`check_mimi_rows` on the tiny codec: a batch of 3 streams gives each row's codes and audio
+    of that row stepped alone (here on MLX's graphs; on a GPU through the kernels)."""
+    from tests.codec.check_mimi_kernels import check_mimi_rows
+
+    res = check_mimi_rows(batch=3, frames=3, size="tiny")
+    assert res["ok"] and res["codes_agree"] == 1.0 and res["pcm_rel_err_max"] < 1e-5
+    assert res["one_kernel_steps"] is False
+
+
+def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
+    """`check_mimi_kernels` on the tiny codec: both sides are MLX's ops here (no CUDA), so the
+    codes agree and the audio is identical; on the GPU one side runs the kernels."""
+    from tests.codec.check_mimi_kernels import check_mimi_kernels
+
+    res = check_mimi_kernels(frames=3, size="tiny")
+    assert res["ok"] and res["codes_agree"] == 1.0 and res["pcm_rel_err_max"] == 0.0
+    assert res["one_kernel_steps"] is False and res["stage_us"] == {}  # no CUDA: no Mimi kernel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 4])
+def test_mimi_kernels_on_cuda_match_the_ops(batch):
+    """Full-size Mimi: the one-kernel encode / decode steps against MLX's ops over 30 frames."""
+    from tests.codec.check_mimi_kernels import check_mimi_kernels
+
+    res = check_mimi_kernels(frames=30, size="full", batch=batch)
+    assert res["one_kernel_steps"] and res["ok"], res
+
+
+@pytest.mark.gpu
+def test_mimi_graph_kernels_on_cuda_match_the_ops():
+    """Mimi's compiled graphs with `nn.fused` and `codec.conv_cuda` (the one-kernel steps off)."""
+    from rolekit.nn.kernels import Kernels
+    from tests.codec.check_mimi_kernels import check_mimi_kernels
+
+    res = check_mimi_kernels(frames=30, size="full", kernels=Kernels.for_device(overrides={"mimi": False}))
+    assert not res["one_kernel_steps"] and res["ok"], res
+
+
+@pytest.mark.gpu
+def test_mimi_kernels_on_cuda_give_each_row_its_own_result():
+    from tests.codec.check_mimi_kernels import check_mimi_rows
+
+    res = check_mimi_rows(batch=16, frames=6, size="full")
+    assert res["one_kernel_steps"] and res["ok"], res

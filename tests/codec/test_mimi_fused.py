@@ -12,6 +12,7 @@ from rolekit.codec.compiled import CompiledMimi
 from rolekit.codec.config import tiny
 from rolekit.codec.transformer import LinearT
 from rolekit.nn import fused
+from rolekit.nn.kernels import Kernels
 
 pytestmark = pytest.mark.oracle
 
@@ -29,12 +30,10 @@ def test_compiled_mimi_through_the_fused_kernels(tmp_path_factory, oracle, kerne
     pcm = oracle.make_pcm(1, 7, seed=3)
     frames = [mx.array(pcm[..., i * 1920 : (i + 1) * 1920]) for i in range(7)]
     _, plain_mimi = oracle.pair(tmp_path_factory, tiny(), seed=2)
-    monkeypatch.setattr(fused, "enabled", lambda: False)
     want = _run(CompiledMimi(plain_mimi), frames)
     assert not kernel_model
-    monkeypatch.setattr(fused, "enabled", lambda: True)
     _, mimi = oracle.pair(tmp_path_factory, tiny(), seed=2)
-    fast = CompiledMimi(mimi)
+    fast = CompiledMimi(mimi, Kernels(fused=True))
     linears = [m for _, m in mimi.named_modules() if isinstance(m, LinearT)]
     assert linears and all(m.layout == "rows" for m in linears)
     got = _run(fast, frames)
@@ -87,9 +86,8 @@ def test_compiled_mimi_through_the_conv_window_kernel(tmp_path_factory, oracle, 
         calls.append((kernel, stride, elu))
         return _conv_contract(prev, x, kernel, stride, dilation, elu, t_out)
 
-    monkeypatch.setattr(conv_cuda, "enabled", lambda: True)
     monkeypatch.setattr(conv_cuda, "_launch", fake)
-    got = _run(CompiledMimi(mimi), frames)
+    got = _run(CompiledMimi(mimi, Kernels(conv=True)), frames)
     assert calls and any(c[2] for c in calls) and any(not c[2] for c in calls)
     for (c1, p1), (c2, p2) in zip(want, got, strict=True):
         np.testing.assert_array_equal(c1, c2)

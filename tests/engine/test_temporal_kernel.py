@@ -19,6 +19,7 @@ from rolekit.engine.offline import run_offline
 from rolekit.lm import temporal_cuda as tc
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams
+from rolekit.nn.kernels import OPS, Kernels
 from tests.engine.conftest import make_plan, user_frames
 
 GREEDY = SamplingParams(greedy=True)
@@ -32,12 +33,13 @@ def kernel_bundle(tiny_bundle):
     lm = LM(dataclasses.replace(tiny_bundle.lm.cfg, num_heads=1, context=CONTEXT))
     lm.load_weights(list(tree_flatten(tiny_bundle.lm.parameters())))
     lm.eval()
-    assert tc.pack(lm, force=True) is not None
+    assert tc.pack(lm) is not None
     return dataclasses.replace(tiny_bundle, lm=lm, model_id=f"{tiny_bundle.model_id}-h1")
 
 
 def _engine(bundle, plans, params, seeds, kernel: bool) -> Engine:
-    engine = Engine(bundle, len(plans), params, seeds, compiled=True)
+    kernels = Kernels(temporal=True) if kernel else OPS
+    engine = Engine(bundle, len(plans), params, seeds, compiled=True, kernels=kernels)
     if kernel:
         engine._compiled_step.launch = tc.reference
     engine.prefill(plans, [models.load_voice(bundle, p.voice) for p in plans])

@@ -17,6 +17,9 @@ from rolekit.lm import depformer_cuda as dc
 from rolekit.lm.config import tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, _row_gumbel, split_keys
+from rolekit.nn.kernels import Kernels
+
+KERNEL = Kernels(depformer=True)  # with the `dep_kernel_model` stand-in
 
 
 def _lm(quant: bool, seed: int = 0) -> LM:
@@ -49,11 +52,12 @@ def _inputs(lm: LM, b: int, steps: int, seed: int):
     return hidden, text, mx.array(provided), keys
 
 
-def test_off_cuda_nothing_is_packed_and_the_kernel_never_applies():
+def test_off_cuda_the_kernel_never_applies(monkeypatch):
     lm = _lm(False)
-    assert dc.pack(lm) is None and getattr(lm, "_dep_packed", None) is None
     hidden, text, provided, keys = _inputs(lm, 1, 8, 1)
-    assert not dc.applies(lm, hidden, SamplingParams(), keys, 8)
+    monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
+    assert dc.pack(lm) is not None  # packing is explicit and runs anywhere
+    assert not dc.applies(lm, hidden, SamplingParams(), keys, 8)  # no CUDA device here
 
 
 @pytest.mark.parametrize("quant", [False, True])
@@ -63,7 +67,6 @@ def test_packing_keeps_every_weight_and_the_op_path(quant, monkeypatch):
     params = SamplingParams()
     before = lm.depformer(hidden, text, provided, params, keys, 8)
     flat = dict(nn.utils.tree_flatten(lm.parameters()))
-    monkeypatch.setattr(dc, "enabled", lambda: True)
     monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
     packed = dc.pack(lm)
     assert packed is not None and lm._dep_packed is packed
@@ -77,7 +80,6 @@ def test_packing_keeps_every_weight_and_the_op_path(quant, monkeypatch):
     n1, qkv, out, n2, lin_in, lin_out = packed.layers[1]
     assert lin_in.w.shape[0] == cfg.dep_q * 2 * cfg.depformer_hidden
     assert (lin_in.bits, packed.dep_in.bits, packed.head.bits) == ((4, 4, 0) if quant else (0, 0, 0))
-    monkeypatch.setattr(dc, "enabled", lambda: False)  # op path on the packed views
     assert mx.array_equal(lm.depformer(hidden, text, provided, params, keys, 8), before).item()
 
 
@@ -91,9 +93,8 @@ def test_the_kernel_contract_gives_the_op_path_tokens(quant, b, greedy, dep_kern
     params = SamplingParams(greedy=greedy, audio_top_k=20 if not greedy else 250)
     dc.pack(lm)
     assert dc.applies(lm, hidden, params, keys, steps)
-    got = lm.depformer(hidden, text, provided, params, keys, steps)
+    got = lm.depformer(hidden, text, provided, params, keys, steps, KERNEL)
     assert dep_kernel_model == [{"T": mx.float32, "B": b, "NS": steps, "GREEDY": greedy}]
-    monkeypatch.setattr(dc, "enabled", lambda: False)
     want = lm.depformer(hidden, text, provided, params, keys, steps)
     assert got.shape == want.shape == (b, lm.cfg.dep_q)
     np.testing.assert_array_equal(np.array(got), np.array(want))
@@ -106,8 +107,8 @@ def test_per_row_temperatures_and_top_k(dep_kernel_model, monkeypatch):
     hidden, text, provided, keys = _inputs(lm, 3, 6, 9)
     params = SamplingParams(audio_temperature=mx.array([0.0, 0.9, 1.3]), audio_top_k=mx.array([5, 0, 3]))
     dc.pack(lm)
-    got = lm.depformer(hidden, text, provided, params, keys, 6)
-    monkeypatch.setattr(dc, "enabled", lambda: False)
+    got = lm.depformer(hidden, text, provided, params, keys, 6, KERNEL)
+    assert dep_kernel_model
     np.testing.assert_array_equal(
         np.array(got), np.array(lm.depformer(hidden, text, provided, params, keys, 6))
     )
@@ -151,10 +152,20 @@ def test_kernel_sources_differ_by_layout_and_name_their_variant():
     )
 
 
-def test_block_size_switch(monkeypatch):
-    assert dc.threads() == dc.THREADS
-    monkeypatch.setenv(dc.THREADS_ENV, "512")
-    assert dc.threads() == 512
+def test_block_size_comes_from_the_policy(dep_kernel_model, monkeypatch):
+    from rolekit.nn.kernels import Kernels
+
+    seen = []
+    real = dc._kernel
+    monkeypatch.setattr(dc, "_kernel", lambda *a: (seen.append(a[-1]), real(*a))[1])
+    lm = _lm(False)
+    dc.pack(lm)
+    hidden, text, provided, keys = _inputs(lm, 1, 8, 1)
+    lm.depformer(hidden, text, provided, SamplingParams(), keys, 8, KERNEL)
+    lm.depformer(
+        hidden, text, provided, SamplingParams(), keys, 8, Kernels(depformer=True, depformer_threads=512)
+    )
+    assert seen == [dc.THREADS, 512]
 
 
 def _radix_kth(values: np.ndarray, k: int) -> float:
@@ -191,11 +202,21 @@ def test_radix_select_finds_the_kth_largest(seed):
 
 
 def test_the_gpu_check_passes_on_the_kernel_contract(dep_kernel_model):
-    """`bench.depformer.check_depformer_kernel` (the GPU's `depcheck:`) with the contract in place
-    of the kernel: it runs, reads the logits out of the scratch, and every case is ok."""
-    from rolekit.bench.depformer import check_depformer_kernel
+    """`check_depformer_kernel` (the `gpu` test below) with the contract in place of the kernel: it
+    runs, reads the logits out of the scratch, and every case is ok."""
+    from tests.lm.check_depformer_kernel import check_depformer_kernel
 
-    rows = check_depformer_kernel("tiny", quants=("fp32", "q4"), batches=(1, 2), reps=1)
+    rows = check_depformer_kernel("tiny", quants=("fp32", "q4"), batches=(1, 2))
     assert len(rows) == 8 and all(r["ran"] and r["ok"] for r in rows), rows
     assert all(r["op_agreement"] == 1.0 for r in rows if r["greedy"])
     assert max(r["logit_rel_err"] for r in rows) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("threads", [dc.THREADS, 512])
+def test_depformer_kernel_on_cuda_matches_the_op_path(threads):
+    """Full size, bf16 / q4 / q8, batches 1 and 3, greedy and sampled (see check_depformer_kernel)."""
+    from tests.lm.check_depformer_kernel import check_depformer_kernel
+
+    rows = check_depformer_kernel("full", threads=threads)
+    assert all(r["ran"] and r["ok"] for r in rows), rows

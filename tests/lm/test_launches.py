@@ -74,15 +74,24 @@ def test_depformer_keeps_keys_and_values_in_one_growing_cache():
     assert kv[0].shape == (2, 2 * h, 2, lm.cfg.depformer_dim // h)
 
 
-def test_qmatmul_on_cpu_is_mlx_quantized_matmul(monkeypatch):
+def test_qmatmul_without_use_kernel_is_mlx_quantized_matmul(monkeypatch):
     w = mx.random.normal((96, 256), key=mx.random.key(5)) * 0.05
     x = mx.random.normal((1, 1, 256), key=mx.random.key(6))
+    monkeypatch.setattr(qmv, "qmv", lambda *a: pytest.fail("kernel launched"))
     for bits in (4, 8):
         q = mx.quantize(w, 64, bits)
         want = mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=bits)
-        monkeypatch.setenv(qmv.ENV_ON, "1")
-        assert not qmv.on_cuda()  # no CUDA here: the switch alone does not route to the kernel
         np.testing.assert_array_equal(np.array(qmv.qmatmul(x, *q, 64, bits)), np.array(want))
+
+
+def test_an_adopted_layer_routes_covered_shapes_to_the_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(qmv, "qmv", lambda x, w, s, b, g, bits: (calls.append(x.shape), mx.zeros((1, 96)))[1])
+    lin = nn.QuantizedLinear(256, 96, bias=False, group_size=64, bits=4)
+    assert qmv.adopt(lin) == 1 and qmv.adopt(lin) == 0  # once
+    lin(mx.zeros((1, 256)))
+    lin(mx.zeros((2, 256)))  # two rows: MLX's kernel
+    assert calls == [(1, 256)]
 
 
 def test_qmv_kernel_shape_rules():

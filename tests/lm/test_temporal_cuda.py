@@ -1,6 +1,6 @@
 """rolekit.lm.temporal_cuda: the temporal layers' step as one CUDA kernel.
 
-The kernel runs only on CUDA (checked there against the op path by `bench/gpu_run.py tempcheck:`).
+The kernel runs only on CUDA (checked there against the op path by the `gpu`-marked test below).
 Here: off CUDA nothing is packed; packing keeps every weight and the op path's output; the
 kernel's contract (`reference`, fp32 MLX ops) gives the op path's hidden state and keys; the
 generated source's stages. The engine through the contract: tests/engine/test_temporal_kernel.py."""
@@ -26,15 +26,16 @@ def _lm(seed: int = 0, **kw) -> LM:
     return lm
 
 
-def test_off_cuda_nothing_is_packed_and_the_kernel_never_applies():
+def test_off_cuda_the_kernel_never_applies():
     lm = _lm()
-    assert tc.pack(lm) is None and getattr(lm, "_temporal_packed", None) is None
-    assert not tc.applies(lm, 1, mx.float32)
+    assert not tc.applies(lm, 1, mx.float32)  # not packed
+    assert tc.pack(lm) is not None and tc.pack(lm) is lm._temporal_packed  # explicit, idempotent
+    assert not tc.applies(lm, 1, mx.float32)  # no CUDA device here
 
 
 def test_layouts_the_kernel_does_not_take_are_not_packed():
     lm = LM(tiny())  # head dim 16
-    assert tc.pack(lm, force=True) is None
+    assert tc.pack(lm) is None
 
 
 def test_packing_keeps_every_weight_and_the_op_path():
@@ -42,7 +43,7 @@ def test_packing_keeps_every_weight_and_the_op_path():
     x = mx.random.normal((2, 3, lm.cfg.dim))
     before = {k: np.array(v) for k, v in tree_flatten(lm.transformer.parameters())}
     y0 = np.array(lm.transformer(x, lm.make_cache(2)))
-    packed = tc.pack(lm, force=True)
+    packed = tc.pack(lm)
     assert packed is not None and packed.mats["wq"].w.shape[0] == lm.cfg.num_layers * 3 * lm.cfg.dim
     after = {k: np.array(v) for k, v in tree_flatten(lm.transformer.parameters())}
     assert before.keys() == after.keys()
@@ -60,7 +61,7 @@ def test_reference_is_the_op_path_step(quant):
 
         nn.quantize(lm.transformer, group_size=64, bits=4)
         mx.eval(lm.parameters())
-    tc.pack(lm, force=True)
+    tc.pack(lm)
     cfg = lm.cfg
     cache = lm.make_cache(2)
     cache.start = np.array([0, 2])
@@ -103,7 +104,7 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
-    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(prefetch=False, u=2))
+    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(prefetch=False, slot_passes=2))
     assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
     dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
     assert (
@@ -116,12 +117,6 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
     assert tc.split_plan(1, 32, 100, 132) == (2, 50)
-
-
-def test_tuning_reads_its_switch(monkeypatch):
-    assert tc.tuning() == tc.Tuning()
-    monkeypatch.setenv(tc.TUNE_ENV, "threads=256,uq=16,u=2,prefetch=0,pairs=0,stages=0")
-    assert tc.tuning() == tc.Tuning(threads=256, uq=16, u=2, prefetch=False, pairs=False, stages=0)
 
 
 def _packed(bits: int, group: int = 64, wd_bits: int | None = None) -> tc.Packed:
@@ -197,3 +192,34 @@ def test_shared_memory_request_raises_mlx_limit_only_when_needed():
     assert grid.shared_memory(4096, 16 * 1024) == 4096  # fits the default 48 KB with the static part
     assert grid.shared_memory(45056, 16 * 1024) == 48004  # one row of linear_out's input: raise it
     assert grid.shared_memory(4 * 45056, 16 * 1024) == 4 * 45056  # already above: MLX raises it
+
+
+def test_temporal_check_through_the_kernel_contract(monkeypatch):
+    """`check_temporal_kernel` on a tiny model with 64-wide heads, the kernel replaced by its
+    contract: errors near zero against it, the fp32 op path close, a wrapped ring (context 16 <
+    prefill + steps), and a second kernel shape on the same model."""
+    from tests.lm import check_temporal_kernel as ct
+
+    monkeypatch.setattr(tc, "launch", tc.reference)
+    monkeypatch.setattr(tc, "applies", lambda lm, b, dtype: True)
+    res = ct.check_temporal_kernel(
+        "tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, tunes="u=2/prefetch=0"
+    )
+    assert res["tunes"]["u=2/prefetch=0"]["ok"] and res["tunes"]["u=2/prefetch=0"]["positions"] == [17, 19]
+    assert res["ran"] and res["ok"] and not res["timed_out"], res
+    assert res["hidden_vs_ref"] == 0.0 and res["kv_vs_ref"] == 0.0
+    assert res["hidden_vs_ops"] < 1e-4 and res["kv_vs_ops"] < 1e-4  # the tiny model is fp32
+    assert res["positions"] == [14, 16] and set(res["stage_us"]) == set(ct.STAGES) == set(res["work_us"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant, batch", [("q4", 1), ("q4", 4), ("q8", 1), ("bf16", 2)])
+def test_temporal_kernel_on_cuda_matches_its_contract(quant, batch):
+    """Full size (the 7B shapes), a prefill of 100 positions, 4 kernel steps, plus the register path
+    (stages=0) on the same model: hidden state and keys within 2e-3 of the fp32 contract, the rings
+    written in place, no barrier timeout."""
+    from tests.lm.check_temporal_kernel import check_temporal_kernel
+
+    res = check_temporal_kernel("full", quant=quant, batch=batch, tunes="stages=0")
+    assert res["ran"] and res["ok"] and res["rings_written"], res
+    assert all(t.get("ok") for t in res["tunes"].values()), res["tunes"]

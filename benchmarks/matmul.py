@@ -15,7 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import switched
+from rolekit.nn.kernels import Kernels
 from rolekit.nn.qmv import KERNEL_ROWS, qmv
 
 # (name, out N, in K) of one PersonaPlex temporal layer, plus the text head.
@@ -126,14 +126,16 @@ def bench_matmul(
     return {"runtime": "mlx-matmul", "device": str(mx.default_device()), "dtype": str(dtype), "rows": rows}
 
 
-def _fused_case(kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, step: int | None) -> mx.array:
+def _fused_case(
+    kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, step: int | None, use_kernel: bool
+) -> mx.array:
     from rolekit.nn import fused
 
     if kind == "res":
-        return fused.linear_residual(x, lin, r, step)
+        return fused.linear_residual(x, lin, r, step, use_kernel=use_kernel)
     if kind == "gate":
-        return fused.norm_gated(x, norm, lin)
-    return fused.norm_linear(x, norm, lin, step)
+        return fused.norm_gated(x, norm, lin, use_kernel=use_kernel)
+    return fused.norm_linear(x, norm, lin, step, use_kernel=use_kernel)
 
 
 def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 0) -> list[dict[str, Any]]:
@@ -199,11 +201,10 @@ def check_fused(rows: tuple[int, ...] = (1, 3), scale: float = 1.0, seed: int = 
                     if kind == "gate":
                         h = ref.shape[-1] // 2
                         ref = nn.silu(ref[..., :h]) * ref[..., h:]
-                with switched(True, fused.ENV):
-                    ran = fused._plan(x, lin, step) is not None
-                    ours = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
-                with switched(False, fused.ENV):
-                    mlx = _fused_case(kind, x, norm, lin, r, step).astype(mx.float32)
+                on = Kernels.for_device().fused
+                ran = fused._plan(x, lin, step, on) is not None
+                ours = _fused_case(kind, x, norm, lin, r, step, on).astype(mx.float32)
+                mlx = _fused_case(kind, x, norm, lin, r, step, False).astype(mx.float32)
                 row = _fused_row(name, layout, m, ran, ours, mlx, ref)
                 bound = {"fp32": 1e-4, "bf16": 1e-2}.get(layout, 3e-2)
                 err = row["rel_err"]
@@ -229,12 +230,14 @@ def _fused_row(
     }
 
 
-def _mimi_case(kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, ls: mx.array) -> mx.array:
+def _mimi_case(
+    kind: str, x: mx.array, norm: Any, lin: Any, r: mx.array, ls: mx.array, use_kernel: bool
+) -> mx.array:
     from rolekit.nn import fused
 
     if kind == "scale_res":
-        return fused.linear_residual(x, lin, r, scale=ls)
-    return fused.norm_linear(x, norm, lin, gelu=kind == "ln_gelu")
+        return fused.linear_residual(x, lin, r, scale=ls, use_kernel=use_kernel)
+    return fused.norm_linear(x, norm, lin, gelu=kind == "ln_gelu", use_kernel=use_kernel)
 
 
 def _check_fused_mimi(scale: float) -> list[dict[str, Any]]:
@@ -273,11 +276,10 @@ def _check_fused_mimi(scale: float) -> list[dict[str, Any]]:
             ref = (xn[..., None, :] * wf).sum(-1)
             if kind == "ln_gelu":
                 ref = nn.gelu(ref)
-        with switched(True, fused.ENV):
-            ran = fused._plan(x, lin, None) is not None
-            ours = _mimi_case(kind, x, norm, lin, r, ls)
-        with switched(False, fused.ENV):
-            mlx = _mimi_case(kind, x, norm, lin, r, ls)
+        on = Kernels.for_device().fused
+        ran = fused._plan(x, lin, None, on) is not None
+        ours = _mimi_case(kind, x, norm, lin, r, ls, on)
+        mlx = _mimi_case(kind, x, norm, lin, r, ls, False)
         row = _fused_row(name, "fp32", 2, ran, ours, mlx, ref)
         row["ok"] = row["ok"] and row["rel_err"] < 1e-4
         out.append(row)

@@ -155,21 +155,20 @@ def _ring_attention_with(
     length: int,
     scale: float,
 ) -> tuple[mx.array, bool]:
-    """`masked_step_attention` evaluated with ROLEKIT_RING_ATTN set to 1 / 0 (restored after)
-    -> (out, whether the CUDA kernels ran)."""
+    """`masked_step_attention` with the kernels asked for (`switch`, on CUDA) or not -> (out,
+    whether the CUDA kernels ran)."""
     from rolekit.nn import ring_attention as ra
-    from rolekit.nn.cuda import switched
+    from rolekit.nn.kernels import Kernels
 
-    with switched(switch, ra.ENV):
-        ran = ra.uses_kernel(q, k_buf, v_buf, length, context)
-        out = ra.masked_step_attention(q, k_buf, v_buf, pos, start, context, length, scale)
-        mx.eval(out)
+    ran = switch and Kernels.for_device().ring_attention and ra.covers(q, k_buf, v_buf, length, context)
+    out = ra.masked_step_attention(q, k_buf, v_buf, pos, start, context, length, scale, use_kernel=ran)
+    mx.eval(out)
     return out, ran
 
 
 def check_ring_attention(seed: int = 0) -> list[dict[str, Any]]:
     """Ring attention before the wrap (and one wrapped ring with context < C): the kernel path
-    (switch on) and MLX's masked SDPA (`ROLEKIT_RING_ATTN=0`) against an fp32 reference.
+    (asked for) and MLX's masked SDPA (not asked for) against an fp32 reference.
 
     Rows {case, dtype, rel_err (the path `masked_step_attention` takes with the switch on),
     mlx_rel_err, ran (whether that was the CUDA kernel), ok}; ok: finite and rel_err below 1e-2

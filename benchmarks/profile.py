@@ -130,7 +130,7 @@ def profile_engine(
     }
     result["step"] = _trace(lambda: engine.step(pcm), steps)
 
-    mimi = CompiledMimi(bundle.mimi)
+    mimi = CompiledMimi(bundle.mimi, engine.kernels)
     state = bundle.mimi.make_state(batch)
     x = mx.array(pcm)[:, None, :]
 

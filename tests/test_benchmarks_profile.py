@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rolekit.bench.profile import _busy_us, _category, profile_engine
+from benchmarks.profile import _busy_us, _category, profile_engine
 
 
 def test_busy_time_is_the_union_of_kernel_intervals():

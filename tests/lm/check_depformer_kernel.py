@@ -1,20 +1,18 @@
-"""The depformer-frame kernel (`rolekit.lm.depformer_cuda`) checked and timed against the MLX ops.
+"""The depformer-frame kernel (`rolekit.lm.depformer_cuda`) checked against the MLX ops.
 
-GPU only (the kernel runs on CUDA): `bench/gpu_run.py OUT depcheck:` or
-`check_depformer_kernel()`. Per weight layout and batch, greedy and sampled:
+On CUDA by the `gpu`-marked test in test_depformer_cuda.py; on CPU through the kernel's float32
+contract (`dep_kernel_model`). Per weight layout and batch, greedy and sampled:
 - the kernel's logits of every step against the op path teacher-forced on the kernel's own tokens
   (`LM.depformer_logits`, float32 activations): relative error per step, worst step reported;
 - its tokens against `lm.sampling.sample` applied to its own logits with the op path's keys
   (exact: same logits and noise must give the same token; this covers top-k and the Gumbel draw);
 - the greedy tokens of the op path in the activation dtype (agreement, informative: a near-tie
   may flip a token and with it the steps after);
-- the barrier's timeout flag, and the time of one frame (kernel vs the eager MLX ops).
+- the barrier's timeout flag.
 """
 
 from __future__ import annotations
 
-import time
-from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -24,7 +22,7 @@ from rolekit.bench.lm import build_lm, lm_config
 from rolekit.lm import depformer_cuda
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.nn import grid
-from rolekit.nn.cuda import switched
+from rolekit.nn.kernels import OPS, Kernels
 
 
 def check_depformer_kernel(
@@ -32,8 +30,8 @@ def check_depformer_kernel(
     quants: tuple[str, ...] = ("bf16", "q4", "q8"),
     batches: tuple[int, ...] = (1, 3),
     steps: int = 8,
-    reps: int = 20,
     seed: int = 0,
+    threads: int = depformer_cuda.THREADS,
 ) -> list[dict[str, Any]]:
     """One result per (quant, batch, greedy); `ok`: kernel ran, no timeout, logits within 2e-3
     (bf16 weights, fp32 math on both sides) and sampled tokens exact."""
@@ -69,7 +67,8 @@ def check_depformer_kernel(
                     row["ok"] = False
                     out.append(row)
                     continue
-                tokens, scratch = depformer_cuda.launch(lm, hidden, text, provided, params, keys, steps)
+                call = (hidden, text, provided, params, keys, steps)
+                tokens, scratch = depformer_cuda.launch(lm, *call, threads)
                 logits = depformer_cuda.logits_of(lm, scratch, b, steps)
                 mx.eval(tokens, logits)
                 row["timed_out"] = grid.timed_out(scratch)
@@ -80,22 +79,20 @@ def check_depformer_kernel(
                 redraw = _resample(logits, params, keys, steps)
                 row["tokens_exact"] = bool(mx.array_equal(redraw, tokens).item())
                 if greedy:
-                    with switched(False, depformer_cuda.ENV):
-                        op = lm.depformer(hidden, text, provided, params, keys, steps)[:, :steps]
+                    op = lm.depformer(*call, kernels=OPS)[:, :steps]
                     row["op_agreement"] = float(mx.mean(op == tokens).item())
-                call = (hidden, text, provided, params, keys, steps)
-                row["kernel_ms"] = _time(partial(_tokens, lm, *call), reps)
-                with switched(False, depformer_cuda.ENV):
-                    row["ops_ms"] = _time(partial(lm.depformer, *call), reps)
-                row["ok"] = (not row["timed_out"]) and row["logit_rel_err"] < 2e-3 and row["tokens_exact"]
+                    via = lm.depformer(*call, kernels=Kernels(depformer=True, depformer_threads=threads))
+                    row["dispatch_exact"] = bool(mx.array_equal(via[:, :steps], tokens).item())
+                row["ok"] = (
+                    (not row["timed_out"])
+                    and row["logit_rel_err"] < 2e-3
+                    and row["tokens_exact"]
+                    and row.get("dispatch_exact", True)
+                )
                 out.append(row)
         del lm, packed
         mx.clear_cache()
     return out
-
-
-def _tokens(lm: Any, *call: Any) -> mx.array:
-    return depformer_cuda.launch(lm, *call)[0]
 
 
 def _resample(logits: mx.array, params: SamplingParams, keys: mx.array, steps: int) -> mx.array:
@@ -107,15 +104,3 @@ def _resample(logits: mx.array, params: SamplingParams, keys: mx.array, steps: i
         sample(logits[:, k], params.audio_temperature, params.audio_top_k, step_keys[k]) for k in range(steps)
     ]
     return mx.stack(cols, axis=1)
-
-
-def _time(fn: Any, reps: int) -> float:
-    """Median ms of one evaluated call, after 3 warm-up calls."""
-    for _ in range(3):
-        mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))

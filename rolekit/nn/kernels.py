@@ -1,0 +1,171 @@
+"""`Kernels`: which of rolekit's own CUDA kernels run, chosen once and handed down.
+
+The policy is a frozen value: `Kernels.for_device()` picks it from the device (every default kernel on
+a CUDA GPU, none elsewhere) plus explicit overrides (the CLI's `--kernels`, a config, a test). The
+engine and the codec step receive it; each kernel's dispatcher takes its field (`use_kernel`) and
+decides only on shapes and dtypes. Nothing reads the environment while a graph is traced.
+
+Each field names one kernel family and the module that owns it:
+- `fused`: `nn.fused` (norm + product + gate / residual blocks of the temporal, depformer and Mimi
+  transformer layers),
+- `ring_attention`: `nn.ring_attention` (masked one-position attention over the ring before it wraps),
+- `temporal` (+ `temporal_tuning`): `lm.temporal_cuda` (all temporal layers of a step as one kernel),
+- `depformer` (+ `depformer_threads`): `lm.depformer_cuda` (a frame's depformer, sampling included),
+- `embed`: `nn.embed_cuda` (a step's summed token embeddings),
+- `conv`: `codec.conv_cuda` (a streaming conv's carry, ELU and windows),
+- `mimi`: `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel each),
+- `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from rolekit.errors import ConfigError
+
+OPTION = "--kernels"
+
+
+@dataclass(frozen=True)
+class TemporalTuning:
+    """Shape of the generated temporal kernel (`lm.temporal_cuda`): threads per block (16 warps
+    under launch bounds, so a thread keeps <= 128 registers), `stages` slots of each warp's cp.async
+    weight ring in the q4 / q8 products (`nn.grid.rows_async`; 0: the register path `rows_quant`
+    with `words` packed words in flight per lane and `pairs`), `slot_passes` in flight per warp in
+    the attention, `prefetch` of the next product's first rows into L2 before each barrier, and
+    `probe` (block 0 stamps the attention's phases per layer)."""
+
+    threads: int = 512
+    words: int = 8
+    slot_passes: int = 4
+    prefetch: bool = True
+    pairs: bool = True  # register path: the non-gated products take two rows per warp at a time
+    probe: bool = False
+    stages: int = 8
+
+
+# the names `temporal_tuning=` takes in a `--kernels` string (short forms of the fields above)
+_TUNING_NAMES = {"uq": "words", "u": "slot_passes"}
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Which kernels run (all off: the MLX op path everywhere). Build with `for_device`."""
+
+    fused: bool = False
+    ring_attention: bool = False
+    temporal: bool = False
+    depformer: bool = False
+    embed: bool = False
+    conv: bool = False
+    mimi: bool = False
+    qmv: bool = False
+    temporal_tuning: TemporalTuning = field(default_factory=TemporalTuning)
+    depformer_threads: int = 256  # a multiple of 32, up to 1024 (8 warps fit one block per SM)
+
+    @classmethod
+    def for_device(cls, device: Any = None, overrides: Mapping[str, Any] | str | None = None) -> Kernels:
+        """The policy for `device` (default: MLX's default device): on a CUDA GPU every kernel but
+        `qmv`, elsewhere none; then `overrides` (a mapping of field -> value, or a `--kernels`
+        string such as "fused=0,depformer_threads=512,temporal_tuning=threads=256/stages=0").
+        Turning a kernel on off CUDA is a `ConfigError`."""
+        on = _on_cuda(device)
+        base = cls(**{f: on for f in KERNEL_FIELDS if f != "qmv"})
+        values = parse(overrides) if isinstance(overrides, str) else dict(overrides or {})
+        policy = base.with_values(values)
+        if not on:
+            wrong = [f for f in KERNEL_FIELDS if getattr(policy, f)]
+            if wrong:
+                raise ConfigError(f"{OPTION} {', '.join(wrong)}: rolekit's kernels need a CUDA GPU")
+        return policy
+
+    def with_values(self, values: Mapping[str, Any]) -> Kernels:
+        """A copy with fields replaced (booleans, ints, a `TemporalTuning` or its string form)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{OPTION}: unknown kernel {unknown[0]!r} (one of {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if name == "temporal_tuning":
+                out[name] = value if isinstance(value, TemporalTuning) else _tuning(str(value))
+            elif name == "depformer_threads":
+                out[name] = _threads(value)
+            else:
+                out[name] = _flag(name, value)
+        return replace(self, **out)
+
+    @property
+    def any(self) -> bool:
+        """Some kernel runs."""
+        return any(getattr(self, f) for f in KERNEL_FIELDS)
+
+
+KERNEL_FIELDS = tuple(f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool))
+OPS = Kernels()  # the MLX op path everywhere
+
+
+def parse(spec: str) -> dict[str, Any]:
+    """ "a=1,b=0,temporal_tuning=threads=256/stages=0" -> {"a": "1", ...} (values checked later)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{OPTION}: expected NAME=VALUE, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "on", "true", "yes"):
+        return True
+    if text in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{OPTION} {name}={value!r}: expected 0 or 1")
+
+
+def _threads(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if not (32 <= n <= 1024 and n % 32 == 0):
+        raise ConfigError(f"{OPTION} depformer_threads={value!r}: a multiple of 32 from 32 to 1024")
+    return n
+
+
+def _tuning(spec: str) -> TemporalTuning:
+    """ "threads=256/stages=0/uq=16" -> TemporalTuning (unnamed fields keep their defaults)."""
+    base = TemporalTuning()
+    known = {f.name: f for f in fields(base)}
+    values: dict[str, Any] = {}
+    for item in filter(None, spec.replace(",", "/").split("/")):
+        key, sep, raw = item.partition("=")
+        key = _TUNING_NAMES.get(key.strip(), key.strip())
+        if not sep or key not in known:
+            raise ConfigError(
+                f"{OPTION} temporal_tuning: unknown field in {item!r} (one of {', '.join(known)})"
+            )
+        if isinstance(getattr(base, key), bool):
+            values[key] = _flag(f"temporal_tuning.{key}", raw)
+        else:
+            try:
+                values[key] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{OPTION} temporal_tuning.{key}={raw!r}: expected an integer") from None
+    return replace(base, **values)
+
+
+def _on_cuda(device: Any) -> bool:
+    import mlx.core as mx
+
+    from rolekit.nn.cuda import cuda_available
+
+    device = mx.default_device() if device is None else device
+    return device == mx.gpu and cuda_available()
