@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from importlib import resources
 
 import mlx.core as mx
 
@@ -48,3 +49,9 @@ def source_tag(source: str) -> str:
     """12 hex digits of a kernel source for its name: MLX caches compiled kernels by name (and
     template values), so two sources must never share one."""
     return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def device_code(package: str, name: str) -> str:
+    """The CUDA text of `<package>/device/<name>` (a .cuh header or a .cu kernel body shipped as
+    package data), exactly as stored: kernel names hash it (`source_tag`)."""
+    return resources.files(package).joinpath("device", name).read_text(encoding="utf-8")

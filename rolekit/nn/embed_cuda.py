@@ -20,8 +20,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import source_tag
-from rolekit.nn.qmv import _HEADER as LOAD_HEADER
+from rolekit.nn.cuda import device_code, source_tag
+
+LOAD_HEADER = device_code("rolekit.nn", "load.cuh")  # shared 16-byte loads
 
 THREADS = 256
 

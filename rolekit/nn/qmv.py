@@ -20,111 +20,17 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from rolekit.nn.cuda import device_code
+
 # Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). At 16 rows it is 3-20x slower
 # than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
 MAX_ROWS = 1
 KERNEL_ROWS = 16
 
-_HEADER = """
-// 8 activations or weights of a 16-byte chunk (32 bytes for float) as floats: `load8`, and `load8s`
-// for weights, a streaming load (ld.global.cs: evict first from L1 and L2), so that a frame's single
-// pass over gigabytes of weights does not push the kernels' code, activations and caches out of L2
-__device__ inline void widen8(const uint4& v, const __nv_bfloat16*, float* o) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    o[2 * i] = f.x;
-    o[2 * i + 1] = f.y;
-  }
-}
-__device__ inline void widen8(const uint4& v, const __half*, float* o) {
-  const __half2* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x;
-    o[2 * i + 1] = f.y;
-  }
-}
-__device__ inline void widen8(const float4& a, const float4& b, float* o) {
-  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
-  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-}
-template <typename T>
-__device__ inline void load8(const T* p, float* o) {
-  widen8(*reinterpret_cast<const uint4*>(p), p, o);
-}
-__device__ inline void load8(const float* p, float* o) {
-  widen8(reinterpret_cast<const float4*>(p)[0], reinterpret_cast<const float4*>(p)[1], o);
-}
-template <typename T>
-__device__ inline void load8s(const T* p, float* o) {
-  widen8(__ldcs(reinterpret_cast<const uint4*>(p)), p, o);
-}
-__device__ inline void load8s(const float* p, float* o) {
-  widen8(__ldcs(reinterpret_cast<const float4*>(p)), __ldcs(reinterpret_cast<const float4*>(p) + 1), o);
-}
-"""
+_HEADER = device_code("rolekit.nn", "load.cuh")
 
 # Template constants: T (activation dtype), B (rows), N (out), K (in), GS (group), BITS (4 or 8).
-_SOURCE = """
-  constexpr int EPC = 128 / BITS;          // values per 16-byte chunk of packed weight
-  constexpr int PER_WORD = 32 / BITS;
-  constexpr int CH = K / EPC;              // chunks per weight row
-  constexpr int ITERS = (CH + 31) / 32;    // chunks per lane
-  constexpr unsigned MASK = (1u << BITS) - 1u;
-  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (row >= N) return;  // whole warps only: blockDim is a multiple of 32
-  const uint4* wr = reinterpret_cast<const uint4*>(w) + (size_t)row * CH;
-  const T* sr = scales + (size_t)row * (K / GS);
-  const T* br = biases + (size_t)row * (K / GS);
-  uint4 q[ITERS];
-#pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
-    const int c = it * 32 + lane;
-    if (c < CH) q[it] = wr[c];
-  }
-  float acc[B];
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = 0.f;
-#pragma unroll
-  for (int it = 0; it < ITERS; ++it) {
-    const int c = it * 32 + lane;
-    if (c < CH) {
-      const int g = (c * EPC) / GS;
-      const float sc = static_cast<float>(sr[g]);
-      const float bb = static_cast<float>(br[g]);
-      const unsigned wd[4] = {q[it].x, q[it].y, q[it].z, q[it].w};
-#pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const T* xr = x + (size_t)b * K + (size_t)c * EPC;
-        float qx = 0.f, xs = 0.f;
-#pragma unroll
-        for (int j = 0; j < EPC / 8; ++j) {
-          float xv[8];
-          load8(xr + 8 * j, xv);
-#pragma unroll
-          for (int t = 0; t < 8; ++t) {
-            const int e = 8 * j + t;
-            const unsigned v = (wd[e / PER_WORD] >> ((e % PER_WORD) * BITS)) & MASK;
-            qx = fmaf(static_cast<float>(v), xv[t], qx);
-            xs += xv[t];
-          }
-        }
-        acc[b] = fmaf(sc, qx, fmaf(bb, xs, acc[b]));
-      }
-    }
-  }
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    float v = acc[b];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) y[(size_t)b * N + row] = static_cast<T>(v);
-  }
-"""
+_SOURCE = device_code("rolekit.nn", "qmv.cu")
 
 _THREADS = 256
 

@@ -43,8 +43,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import source_tag
-from rolekit.nn.qmv import _HEADER as _LOAD_HEADER
+from rolekit.nn.cuda import device_code, source_tag
+
+_LOAD_HEADER = device_code("rolekit.nn", "load.cuh")
 
 HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)
@@ -58,157 +59,11 @@ _LOG2E = 1.4426950408889634
 # (context, clamped to C). QSCALE (scale * log2 e), NW and U are written into the source.
 # Inputs: q [B*H, Dh], kb / vb [B, H, C, Dh], pos [] int32, start [B] int32.
 # Outputs: pm, pl [B*H*NSPLIT] fp32, po [B*H*NSPLIT, Dh] fp32.
-_PARTIAL = """
-  constexpr int LPS = HD / 8;          // lanes per slot, 8 values each
-  constexpr int SPW = 32 / LPS;        // slots a warp reads per pass
-  constexpr int SW = CHUNK / NW;       // slots per warp
-  constexpr int PASSES = SW / SPW;
-  static_assert(HD % 64 == 0 && HD <= 256, "head dim");
-  static_assert(SW % (SPW * U) == 0, "chunk");
-  static_assert(NW * 32 >= HD, "merge needs a thread per dim");
-  const float NEG = __int_as_float(static_cast<int>(0xff800000u));  // -infinity
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int grp = lane / LPS;          // slot within a pass
-  const int sub = lane % LPS;          // dims sub * 8 .. sub * 8 + 7
-  const int bh = blockIdx.x / NSPLIT;  // b * NH + h
-  const int split = blockIdx.x % NSPLIT;
-  const int b = bh / NH;
-  const int p = pos[0];
-  const int st = start[b];
-  const int own = p < st ? p % CAP : -1;  // a padding row sees only its own slot
-  float qv[8];
-  load8(q + (size_t)bh * HD + sub * 8, qv);
-#pragma unroll
-  for (int t = 0; t < 8; ++t) qv[t] *= QSCALE;
-  const size_t base = (size_t)bh * CAP * HD + (size_t)(sub * 8);
-  float m = NEG, l = 0.f;
-  float acc[8];
-#pragma unroll
-  for (int t = 0; t < 8; ++t) acc[t] = 0.f;
-  const int j0 = split * CHUNK + warp * SW + grp;
-  for (int ps = 0; ps < PASSES; ps += U) {
-    float kv[U][8];
-    float vv[U][8];
-    bool vis[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + (ps + u) * SPW;
-      const int held = p - ((p - j + CAP) % CAP);  // newest position in slot j (< 0: never written)
-      vis[u] = j < LEN && ((held >= st && p - held < CTX) || j == own);
-      if (vis[u]) {
-        load8(kb + base + (size_t)j * HD, kv[u]);
-        load8(vb + base + (size_t)j * HD, vv[u]);
-      }
-    }
-    float sc[U];
-    float mnew = m;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      float d = 0.f;
-      if (vis[u]) {
-#pragma unroll
-        for (int t = 0; t < 8; ++t) d = fmaf(qv[t], kv[u][t], d);
-      }
-#pragma unroll
-      for (int o = LPS / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-      sc[u] = vis[u] ? d : NEG;
-      mnew = fmaxf(mnew, sc[u]);
-    }
-    if (mnew != NEG) {  // the same in all lanes of a group
-      const float corr = exp2f(m - mnew);  // 0 while m is -inf
-      l *= corr;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) acc[t] *= corr;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (vis[u]) {
-          const float e = exp2f(sc[u] - mnew);
-          l += e;
-#pragma unroll
-          for (int t = 0; t < 8; ++t) acc[t] = fmaf(e, vv[u][t], acc[t]);
-        }
-      }
-      m = mnew;
-    }
-  }
-  // merge the lane groups of a warp (lanes with the same `sub`)
-#pragma unroll
-  for (int o = LPS; o < 32; o <<= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-    const float l2 = __shfl_xor_sync(0xffffffffu, l, o);
-    const float mm = fmaxf(m, m2);
-    const float c1 = m == NEG ? 0.f : exp2f(m - mm);
-    const float c2 = m2 == NEG ? 0.f : exp2f(m2 - mm);
-    l = l * c1 + l2 * c2;
-#pragma unroll
-    for (int t = 0; t < 8; ++t) {
-      const float a2 = __shfl_xor_sync(0xffffffffu, acc[t], o);
-      acc[t] = acc[t] * c1 + a2 * c2;
-    }
-    m = mm;
-  }
-  // merge the warps of the block
-  __shared__ float sm_m[NW];
-  __shared__ float sm_l[NW];
-  __shared__ float sm_a[NW][HD];
-  if (grp == 0) {
-    if (sub == 0) {
-      sm_m[warp] = m;
-      sm_l[warp] = l;
-    }
-#pragma unroll
-    for (int t = 0; t < 8; ++t) sm_a[warp][sub * 8 + t] = acc[t];
-  }
-  __syncthreads();
-  if (threadIdx.x < HD) {
-    float mm = NEG;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, sm_m[w]);
-    float ll = 0.f, aa = 0.f;
-    if (mm != NEG) {
-#pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        if (sm_m[w] != NEG) {
-          const float c = exp2f(sm_m[w] - mm);
-          ll = fmaf(c, sm_l[w], ll);
-          aa = fmaf(c, sm_a[w][threadIdx.x], aa);
-        }
-      }
-    }
-    const size_t part = (size_t)bh * NSPLIT + split;
-    po[part * HD + threadIdx.x] = aa;
-    if (threadIdx.x == 0) {
-      pm[part] = mm;
-      pl[part] = ll;
-    }
-  }
-"""
+_PARTIAL = device_code("rolekit.nn", "ring_attention_partial.cu")
 
 # Template constants: T (output dtype), NSPLIT, HD. Inputs pm, pl [B*H*NSPLIT], po [B*H*NSPLIT, HD]
 # (fp32); output out [B*H, HD]. One block of HD threads per row-head, a thread per dim.
-_COMBINE = """
-  const float NEG = __int_as_float(static_cast<int>(0xff800000u));  // -infinity
-  const int bh = blockIdx.x;
-  const int t = threadIdx.x;
-  const float* mr = pm + (size_t)bh * NSPLIT;
-  const float* lr = pl + (size_t)bh * NSPLIT;
-  const float* orow = po + (size_t)bh * NSPLIT * HD + t;
-  float mm = NEG;
-  for (int s = 0; s < NSPLIT; ++s) mm = fmaxf(mm, mr[s]);
-  float den = 0.f, num = 0.f;
-  if (mm != NEG) {
-    for (int s = 0; s < NSPLIT; ++s) {
-      const float ms = mr[s];
-      if (ms != NEG) {
-        const float c = exp2f(ms - mm);
-        den = fmaf(c, lr[s], den);
-        num = fmaf(c, orow[(size_t)s * HD], num);
-      }
-    }
-  }
-  out[(size_t)bh * HD + t] = static_cast<T>(den > 0.f ? num / den : 0.f);
-"""
+_COMBINE = device_code("rolekit.nn", "ring_attention_combine.cu")
 
 _U = 4  # passes of loads in flight per warp
 

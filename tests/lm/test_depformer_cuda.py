@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rolekit.lm import depformer_cuda as dc
+from rolekit.lm import depformer_source as ds
 from rolekit.lm.config import tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, _row_gumbel, split_keys
@@ -138,8 +139,8 @@ def test_when_the_kernel_applies(dep_kernel_model):
 def test_kernel_sources_differ_by_layout_and_name_their_variant():
     shape = (4096, 1024, 16, 2816, 2048, 6)
     mats = ["win", "head"] + [f"{p}{i}" for i in range(6) for p in ("qkv", "o", "gi", "go")]
-    dense = dc._source(shape, {m: (0, 0) for m in mats}, 1e-8)
-    q4 = dc._source(shape, {m: ((0, 0) if m == "head" else (4, 64)) for m in mats}, 1e-8)
+    dense = ds.source(shape, {m: (0, 0) for m in mats}, 1e-8)
+    q4 = ds.source(shape, {m: ((0, 0) if m == "head" else (4, 64)) for m in mats}, 1e-8)
     assert dense != q4
     assert "rows_quant<3 * DD, DD, B, false, NT, 4, 64, 8>(qkv5, qkv5_s, qkv5_b" in q4
     assert "head_s" not in q4 and "rows_dense<CARD, DD, B, false, NT>(head" in q4
@@ -147,7 +148,7 @@ def test_kernel_sources_differ_by_layout_and_name_their_variant():
     assert dense.count("block_attention<") == 6 and "step_attention" not in dense
     # the rows' sampling settings are read once into shared memory, not once a step
     assert "temp_s[threadIdx.x] = temp[threadIdx.x];" in dense and "temp[b]" not in dense
-    assert "constexpr int NT = 256;" in dense and "constexpr int NT = 512;" in dc._source(
+    assert "constexpr int NT = 256;" in dense and "constexpr int NT = 512;" in ds.source(
         shape, {m: (0, 0) for m in mats}, 1e-8, 512
     )
 

@@ -15,6 +15,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from rolekit.lm import temporal_cuda as tc
+from rolekit.lm import temporal_source as ts
 from rolekit.lm.config import tiny
 from rolekit.lm.model import LM
 
@@ -96,7 +97,7 @@ def test_reference_is_the_op_path_step(quant):
 
 def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
-    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
+    src = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
     # gated linear_in two rows a warp by its gate, the other three by pairs of rows
     assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 3 and "rows_dense" not in src
@@ -104,15 +105,15 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
-    off = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(prefetch=False, slot_passes=2))
+    off = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(prefetch=False, slot_passes=2))
     assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
-    dense = tc._source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
+    dense = ts.source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
     assert (
         dense.count("rows_dense<") == 1
         and dense.count("rows_dense_pairs<") == 3
         and "rows_quant" not in dense
     )
-    single = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(pairs=False))
+    single = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(pairs=False))
     assert single.count("rows_quant<") == 4 and "pairs" not in single
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
@@ -134,18 +135,18 @@ def test_weight_pipeline_plan(monkeypatch):
     layouts, too little room or `stages=0`."""
     monkeypatch.setattr(tc, "shared_optin", lambda: 232448)  # an H100's opt-in block limit
     d, f = 4096, 11264
-    plan = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning())
+    plan = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, ts.Tuning())
     # 16 warps x 8 slots x (512 B of weights + 32 B of scales + 32 B of biases)
     assert plan == tc.Pipeline(8, 32, 352, 144, 4 * f + 4 * 352 + 16 * 8 * 144 * 4)
-    four = tc.pipeline(_packed(4), 4, d, f, mx.bfloat16, tc.Tuning())
+    four = tc.pipeline(_packed(4), 4, d, f, mx.bfloat16, ts.Tuning())
     assert four.stages == 3 and four.smem <= 232448 - tc._STATIC_SMEM  # the stage input takes 176 KB
-    q8 = tc.pipeline(_packed(8), 1, d, f, mx.float32, tc.Tuning(threads=256))
+    q8 = tc.pipeline(_packed(8), 1, d, f, mx.float32, ts.Tuning(threads=256))
     assert (q8.stages, q8.vpc, q8.slot_words) == (8, 16, 128 + 2 * 8)  # 8 groups of fp32 scales
     for packed in (_packed(0, 0), _packed(4, wd_bits=8)):
-        assert tc.pipeline(packed, 1, d, f, mx.bfloat16, tc.Tuning()).stages == 0
-    assert tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning(stages=0)).stages == 0
+        assert tc.pipeline(packed, 1, d, f, mx.bfloat16, ts.Tuning()).stages == 0
+    assert tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, ts.Tuning(stages=0)).stages == 0
     monkeypatch.setattr(tc, "shared_optin", lambda: None)  # no device: 48 KB
-    off = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, tc.Tuning())
+    off = tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, ts.Tuning())
     assert off.stages == 0 and off.smem == 4 * f
 
 
@@ -153,7 +154,7 @@ def test_source_with_the_weight_pipeline():
     """Every quantized product through the rings, each stage input swizzled and summed by chunk."""
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
     plan = tc.Pipeline(8, 32, 352, 144, 0)
-    src = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, tc.Tuning(), plan)
+    src = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(), plan)
     assert src.count("rows_async<") == 4 and "rows_quant" not in src
     assert "rows_async<F, D, B, true, NT, 4, 64, ST>(wi, wi_s, wi_b" in src  # gated linear_in
     assert src.count("chunk_sums<") == 4  # after each of the four stage inputs
@@ -161,7 +162,7 @@ def test_source_with_the_weight_pipeline():
     assert "combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>" in src and "stage<F, B, NT, false, SWZ>" in src
     assert src.count("prefetch_l2<NT>(") == 4 * 3  # one wave of rows per family, no halves
     assert "uint32_t* ring = reinterpret_cast<uint32_t*>(sums + 352);" in src
-    plain = tc._source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
+    plain = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
     assert "constexpr int ST = 0;" in plain and "constexpr bool SWZ = false;" in plain
 
 
