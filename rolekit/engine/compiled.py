@@ -16,8 +16,9 @@ On CUDA (batch <= 4) the 32 temporal layers in the graph are one kernel (`lm.tem
 which also writes the step's keys into the rings in place; the graph is then the embeddings, that
 kernel, the text head, sampling and the depformer (one graph per attended prefix, as above).
 
-Mimi encode/decode stay outside (they have their own streaming state). The engine's eager
-`_pre_impl` / `_post_impl` are traced as they are, so both paths share the token-ring logic.
+Mimi encode/decode stay outside (they have their own streaming state). The token logic before and
+after the temporal layers is `engine.step`'s (`model_input`, `sample_and_commit`), traced as it
+is, so the eager and compiled paths share it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from rolekit.engine.step import model_input, sample_and_commit
 from rolekit.lm import temporal_cuda
 from rolekit.lm.temporal import LmCache
 from rolekit.nn import fused, ring_attention
@@ -46,8 +48,8 @@ class CompiledStep:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self._masked = mx.compile(lambda *a: self._impl(True, *a))
-        self._full = mx.compile(lambda *a: self._impl(False, *a))
+        self._masked = mx.compile(lambda *a: self._layers_step(True, *a))
+        self._full = mx.compile(lambda *a: self._layers_step(False, *a))
         self._start_np: np.ndarray | None = None
         self._start = mx.zeros((engine.batch,), dtype=mx.int32)  # [B]
         # On CUDA the 32 temporal layers are one kernel (`lm.temporal_cuda`): one compiled graph
@@ -119,7 +121,7 @@ class CompiledStep:
         lm_cache.offset = pos + 1
         return res[0], res[1], res[2], res[3]
 
-    def _impl(
+    def _layers_step(
         self,
         masked: bool,
         ring_cache: mx.array,
@@ -131,11 +133,12 @@ class CompiledStep:
         start: mx.array,
         *rest: mx.array,
     ) -> tuple[mx.array, ...]:
-        """rest = ([mask [B, 1, 1, L]] if masked), *K, *V; L = attended ring prefix."""
+        """The step with the temporal layers as MLX ops (`nn.fused` blocks, ring attention):
+        rest = ([mask [B, 1, 1, L]] if masked), *K, *V; L = attended ring prefix."""
         mask, kv = (rest[0], rest[1:]) if masked else (None, rest)
         eng = self.engine
         lm = eng.lm
-        ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
+        ring_cache, ring_provided, x = model_input(eng.constants, ring_cache, ring_provided, off, user)
         n = len(kv) // 2
         ks, vs = list(kv[:n]), list(kv[n:])
         cap = ks[0].shape[2]
@@ -152,9 +155,9 @@ class CompiledStep:
             x = fused.linear_residual(out, attn.out_proj, x, use_kernel=fk)
             gated = fused.norm_gated(x, layer.norm2, layer.gating.linear_in, use_kernel=fk)
             x = fused.linear_residual(gated, layer.gating.linear_out, x, use_kernel=fk)
-        return (*self._tail(x, ring_cache, ring_provided, off, keys), *ks, *vs)
+        return (*self._finish(x, ring_cache, ring_provided, off, keys), *ks, *vs)
 
-    def _tail(
+    def _finish(
         self, x: mx.array, ring_cache: mx.array, ring_provided: mx.array, off: mx.array, keys: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
         """Final norm, text head, sampling, depformer, ring commit: x [B, 1, D] after the last layer
@@ -163,17 +166,24 @@ class CompiledStep:
         hidden = lm.out_norm(x)  # [B, 1, D]
         logits = lm.text_linear(hidden)  # [B, 1, text_card]
         split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
-        ring_cache, ring_provided, out = self.engine._post_impl(
-            hidden[:, 0], logits[:, 0], ring_cache, ring_provided, off, split[:, 1], split[:, 2]
+        ring_cache, ring_provided, out = sample_and_commit(
+            self.engine.constants,
+            hidden[:, 0],
+            logits[:, 0],
+            ring_cache,
+            ring_provided,
+            off,
+            split[:, 1],
+            split[:, 2],
         )
         return ring_cache, ring_provided, out, split[:, 0]
 
     def _kernel_step(self, length: int) -> Any:
         if length not in self._kernel_steps:
-            self._kernel_steps[length] = mx.compile(lambda *a: self._kernel_impl(length, *a))
+            self._kernel_steps[length] = mx.compile(lambda *a: self._kernel_body(length, *a))
         return self._kernel_steps[length]
 
-    def _kernel_impl(
+    def _kernel_body(
         self,
         length: int,
         ring_cache: mx.array,
@@ -189,7 +199,7 @@ class CompiledStep:
         in place and returns them; the CPU tests' stand-in (`temporal_cuda.reference`) cannot, so
         its keys are written here with `put_along_axis`."""
         eng = self.engine
-        ring_cache, ring_provided, x = eng._pre_impl(ring_cache, ring_provided, off, user)  # x [B, 1, D]
+        ring_cache, ring_provided, x = model_input(eng.constants, ring_cache, ring_provided, off, user)
         n = len(kv) // 2
         ks, vs = list(kv[:n]), list(kv[n:])
         context = eng.lm.transformer.layers[0].self_attn.context
@@ -201,7 +211,7 @@ class CompiledStep:
             for i in range(n):
                 ks[i] = mx.put_along_axis(ks[i], idx, new_kv[i, 0].reshape(b, h, 1, hd), axis=2)
                 vs[i] = mx.put_along_axis(vs[i], idx, new_kv[i, 1].reshape(b, h, 1, hd), axis=2)
-        tail = self._tail(hidden[:, None], ring_cache, ring_provided, off, keys)
+        tail = self._finish(hidden[:, None], ring_cache, ring_provided, off, keys)
         return (*tail, *ks, *vs)
 
     def _mask(self, pos: mx.array, start: mx.array, cap: int, length: int) -> mx.array:

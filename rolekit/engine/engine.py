@@ -18,6 +18,7 @@ from rolekit.codec.compiled import CompiledMimi
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.prefill import PrefillInputs, prefill_inputs
+from rolekit.engine.step import StepConstants, model_input, sample_and_commit
 from rolekit.errors import ConfigError
 from rolekit.frames import (
     FRAME_SAMPLES,
@@ -30,7 +31,7 @@ from rolekit.frames import (
     StepOutput,
 )
 from rolekit.lm import depformer_cuda, temporal_cuda
-from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.lm.sampling import SamplingParams
 from rolekit.nn import qmv
 from rolekit.nn.kernels import Kernels
 
@@ -124,6 +125,16 @@ class Engine:
         self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
         self._initial_np = R.initial_tokens(np, cfg.text_card, cfg.card)
         self._user_mask = _user_mask(batch)
+        self.constants = StepConstants(
+            self.lm,
+            batch,
+            self._user_mask,
+            self.initial,
+            self._sampling,
+            self.greedy,
+            self.dep_steps,
+            self.kernels,
+        )
         # compiled (default): the whole LM step (ring, temporal with a device position, sampling,
         # depformer) is one graph traced once per attended ring prefix (`engine.compiled`);
         # eager: op by op. Equal outputs; compiled is ~1.15x faster on an H200 and on CPU.
@@ -290,21 +301,15 @@ class Engine:
 
     def _eager_lm_step(self, off: mx.array, user: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """The LM part of `step`, op by op: -> ring cache, ring provided, out [B, 9]."""
-        cache, provided, x = self._pre_impl(self.ring.cache, self.ring.provided, off, user)
+        c = self.constants
+        cache, provided, x = model_input(c, self.ring.cache, self.ring.provided, off, user)
         hidden, text_logits = self.lm.temporal(x, self.lm_cache)
         # per-row key streams: row b's samples never depend on the batch
         keys = mx.vmap(lambda k: mx.random.split(k, 3))(self.keys)  # [B, 3, 2]
         self.keys = keys[:, 0]
-        return self._post_impl(hidden[:, 0], text_logits[:, 0], cache, provided, off, keys[:, 1], keys[:, 2])
-
-    def _pre_impl(
-        self, cache: mx.array, provided: mx.array, off: mx.array, user: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """User codes [B, 8] into the ring at offset + delay; -> ring, model input embeddings [B, 1, D]."""
-        tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
-        ring = R.provide(mx, R.Ring(cache, provided), tokens, self._user_mask, off, self.initial)
-        x = self.lm.embed(R.model_input(mx, ring, off)[:, :, None], self.kernels)  # [B, 1, D]
-        return ring.cache, ring.provided, x
+        return sample_and_commit(
+            c, hidden[:, 0], text_logits[:, 0], cache, provided, off, keys[:, 1], keys[:, 2]
+        )
 
     def _not_ready(self, user: mx.array) -> StepOutput:
         mx.eval(self.ring.cache, user, *self.lm_cache.arrays())
@@ -315,36 +320,6 @@ class Engine:
             audio=np.full((self.batch, N_CODEBOOKS), -1, np.int64),
             ready=False,
         )
-
-    def _post_impl(
-        self,
-        hidden: mx.array,
-        text_logits: mx.array,
-        cache: mx.array,
-        provided: mx.array,
-        off: mx.array,
-        text_keys: mx.array,
-        dep_keys: mx.array,
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """Sampling + depformer + ring commit: hidden [B, D], text_logits [B, V] -> ring, out [B, 9]."""
-        ring = R.Ring(cache=cache, provided=provided)
-        text = self._sample_text(text_logits, text_keys)  # [B]
-        forced = R.forced_text(mx, ring, off, text)
-        dep_given = R.depformer_provided(mx, ring, off, self.lm.cfg.dep_q)  # [B, dep_q]
-        # One depformer pass for all rows: per-row keys keep each row equal to its batch-1 run.
-        keys = None if self.greedy else dep_keys
-        audio = self.lm.depformer(
-            hidden, forced, dep_given, self._sampling, keys, self.dep_steps, self.kernels
-        )
-        ring = R.commit(mx, ring, off, text, audio[:, : self.dep_steps])
-        return ring.cache, ring.provided, R.output(mx, ring, off)
-
-    def _sample_text(self, logits: mx.array, keys: mx.array) -> mx.array:
-        """logits [B, V], keys [B, 2] -> [B]."""
-        if self.greedy:
-            return mx.argmax(logits, axis=-1).astype(mx.int32)
-        p = self._sampling
-        return sample(logits, p.text_temperature, p.text_top_k, keys)
 
 
 def check_offsets(offsets: list[int]) -> None:

@@ -43,8 +43,10 @@ def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monk
     voices = ["NATF0", "VARM4", "NATM1"]
     params, seeds = [HOT, GREEDY, WARM], [21, 22, 23]
     traces = []
-    real = CompiledStep._impl
-    monkeypatch.setattr(CompiledStep, "_impl", lambda self, *a: (traces.append(a[0]), real(self, *a))[1])
+    real = CompiledStep._layers_step
+    monkeypatch.setattr(
+        CompiledStep, "_layers_step", lambda self, *a: (traces.append(a[0]), real(self, *a))[1]
+    )
     monkeypatch.setattr(CompiledStep, "MIN_PREFIX", min_prefix)
     eager = _engine(ctx_bundle, plans, voices, params, seeds, compiled=False)
     comp = _engine(ctx_bundle, plans, voices, params, seeds, compiled=True)
