@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rolekit.errors import ModelError, Problem
+from rolekit.frames import SAMPLING_DEFAULTS
 from rolekit.lm.config import LmConfig
 
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -72,7 +73,7 @@ def _write(src: Path, tmp: Path, cfg: LmConfig, bits: int) -> ConvertResult:
     extra = {
         "base_model": "nvidia/personaplex-7b-v1",
         "mimi": {"file": MIMI_OUT, "num_codebooks": 8},
-        "sampling": {"text_temperature": 0.7, "text_top_k": 25, "audio_temperature": 0.8, "audio_top_k": 250},
+        "sampling": dict(SAMPLING_DEFAULTS),
         "voices": voices,
     }
     sizes = save_lm_mlx(SafetensorsFile(src / LM_FILE), tmp, cfg, bits=bits, extra_config=extra)

@@ -38,6 +38,8 @@ SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
 
 PROMPT_SILENCE_FRAMES = int(0.5 * FRAME_RATE)  # 6 frames of silence around the text prompt
 CONTEXT_FRAMES = 3000  # temporal transformer context = 240 s
+# PersonaPlex's default sampling (NVIDIA's server): the one source of these numbers
+SAMPLING_DEFAULTS = {"text_temperature": 0.7, "text_top_k": 25, "audio_temperature": 0.8, "audio_top_k": 250}
 SYSTEM_TAG = "<system>"
 
 VOICES = (

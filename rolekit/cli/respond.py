@@ -118,9 +118,10 @@ def _persona_and_plan(opts: dict[str, Any], bundle: Any) -> tuple[Any, Any]:
 
 
 def _sampling(opts: dict[str, Any], persona_sampling: dict[str, float]) -> Any:
+    from rolekit.frames import SAMPLING_DEFAULTS
     from rolekit.lm.sampling import SamplingParams
 
-    values = {"text_temperature": 0.7, "text_top_k": 25, "audio_temperature": 0.8, "audio_top_k": 250}
+    values: dict[str, Any] = dict(SAMPLING_DEFAULTS)
     values.update(persona_sampling)
     flags = {
         "text_temperature": opts["temp_text"],

@@ -15,6 +15,8 @@ from typing import Union
 
 import mlx.core as mx
 
+from rolekit.frames import SAMPLING_DEFAULTS
+
 Scalar = Union[float, int, mx.array]  # a python number, or a [B] array of per-row values
 
 
@@ -22,10 +24,10 @@ Scalar = Union[float, int, mx.array]  # a python number, or a [B] array of per-r
 class SamplingParams:
     """Per-conversation sampling settings; any value may be a [B] array (one per batch row)."""
 
-    text_temperature: Scalar = 0.7
-    text_top_k: Scalar = 25
-    audio_temperature: Scalar = 0.8
-    audio_top_k: Scalar = 250
+    text_temperature: Scalar = SAMPLING_DEFAULTS["text_temperature"]
+    text_top_k: Scalar = SAMPLING_DEFAULTS["text_top_k"]
+    audio_temperature: Scalar = SAMPLING_DEFAULTS["audio_temperature"]
+    audio_top_k: Scalar = SAMPLING_DEFAULTS["audio_top_k"]
     greedy: bool = False
 
 

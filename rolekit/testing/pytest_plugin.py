@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
+
 _BACKENDS_KEY = pytest.StashKey[dict]()
 
 
@@ -35,8 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--rolekit-model",
-        default=os.environ.get("ROLEKIT_MODEL", "nvidia/personaplex-7b-v1"),
-        help="model folder, hub id, or `tiny` (default: $ROLEKIT_MODEL or nvidia/personaplex-7b-v1)",
+        default=os.environ.get(MODEL_ENV, DEFAULT_MODEL),
+        help=f"model folder, hub id, or `tiny` (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
     )
     group.addoption("--rolekit-out", default="transcripts", help="where run folders and results.jsonl go")
     group.addoption("--rolekit-whisper", default=None, help="mlx-whisper folder or hub id")
