@@ -1,0 +1,90 @@
+"""Every CUDA kernel rolekit's launchers generate compiles with NVRTC for sm_90 (an H100), here on a
+machine without a GPU: the launches of tiny engines (every kernel family, dense / bf16 / q4 / q8
+weights, 1-2 rows, each policy that selects a different kernel) and of the full-size Mimi are
+captured at `mx.fast.cuda_kernel` and compiled as MLX's CUDA backend would compile them, once per
+kernel source and activation type.
+
+Needs `nvidia-cuda-nvrtc` and CUDA's headers (marker `nvrtc`; `python -m pytest -m nvrtc tests`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from rolekit.nn.kernels import Kernels
+from tests.nn.nvrtc import capture_kernels, compile_sm90, full_source
+
+pytestmark = pytest.mark.nvrtc
+
+ALL = Kernels(
+    fused=True, ring_attention=True, temporal=True, depformer=True, embed=True, conv=True, mimi=True
+)
+# each entry selects kernels the others do not reach (the temporal kernel covers the fused and
+# ring-attention ones inside the step; the Mimi kernel covers the conv windows)
+POLICIES = {
+    "all": ALL,
+    "layers": dataclasses.replace(ALL, temporal=False, depformer=False, mimi=False),
+    "threads": dataclasses.replace(
+        ALL, depformer_threads=512, temporal_tuning=ALL.temporal_tuning.__class__(stages=0)
+    ),
+    "qmv": Kernels(qmv=True),
+}
+
+
+def _pretend_cuda(monkeypatch) -> None:
+    from rolekit.codec import mimi_cuda
+    from rolekit.lm import depformer_cuda, temporal_cuda
+
+    for mod in (mimi_cuda, depformer_cuda, temporal_cuda):
+        monkeypatch.setattr(mod, "sm_count", lambda: 132)
+    monkeypatch.setattr(temporal_cuda, "shared_optin", lambda: 232448)
+
+
+def _engine_launches(monkeypatch, seen, kernels: Kernels, quant: str, batch: int) -> None:
+    from rolekit.bench.lm import build_lm
+    from rolekit.codec.config import tiny as tiny_mimi
+    from rolekit.codec.mimi import Mimi
+    from rolekit.engine.engine import Engine
+    from rolekit.lm.config import tiny
+    from rolekit.models import ModelBundle
+
+    lm = build_lm(tiny(card=2048, context=40, num_heads=1, depformer_num_heads=1), quant)
+    mimi = Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8, context=250))
+    mimi.prepare()
+    bundle = ModelBundle(lm, mimi, None, Path("."), "tiny-h1", True)
+    engine = Engine(bundle, batch=batch, kernels=kernels)
+    for _ in range(3):
+        engine.step(np.zeros((batch, 1920), np.float32))
+
+
+def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
+    from rolekit.codec.compiled import CompiledMimi
+    from rolekit.codec.config import mimi_202407
+    from rolekit.codec.mimi import Mimi
+
+    _pretend_cuda(monkeypatch)
+    with capture_kernels(monkeypatch) as seen:
+        for name, kernels in POLICIES.items():
+            for quant in ("fp32", "bf16", "q4", "q8") if name != "threads" else ("q4",):
+                for batch in (1, 2):
+                    _engine_launches(monkeypatch, seen, kernels, quant, batch)
+        for kernels in (ALL, dataclasses.replace(ALL, mimi=False)):
+            mimi = Mimi(mimi_202407())
+            codec = CompiledMimi(mimi, kernels)
+            state = codec.make_state(1)
+            codes = codec.encode_step(mx.zeros((1, 1, 1920)), state)
+            codec.decode_step(codes, state)
+    families = {k.name.split("_")[1] for k in seen}
+    assert families == {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv"}, families
+    # one launch per kernel source and activation type (other template values only set constants)
+    distinct = {(k.name, dict(k.template).get("T")): k for k in seen}
+    failures = {}
+    for k in distinct.values():
+        log = compile_sm90(full_source(k), f"{k.name}.cu")
+        if log is not None:
+            failures[k.name] = log[:2000]
+    assert not failures, failures
