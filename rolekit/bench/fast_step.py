@@ -22,6 +22,7 @@ import mlx.nn as nn
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
 from rolekit.nn.attention import merge_heads, split_qkv
+from rolekit.nn.kernels import Kernels
 
 
 class FastStep:
@@ -70,6 +71,7 @@ class FastStep:
         self.tokens = mx.broadcast_to(mx.array(first, dtype=mx.int32)[None, :, None], (batch, 1 + cfg.n_q, 1))
         self.provided = provided if provided is not None else mx.full((batch, cfg.dep_q), -1, dtype=mx.int32)
         self.key = mx.random.key(seed)
+        self.kernels = Kernels.for_device()  # as the engine picks them
         self._step = mx.compile(self._impl) if compiled else self._impl
 
     def _attention(
@@ -117,7 +119,7 @@ class FastStep:
         cap = ks[0].shape[2]
         # The ring's capacity is the context: after writing `off`, slot i is visible iff written.
         mask = (mx.arange(cap) <= off)[None, None, None, :]  # [1, 1, 1, C] bool
-        x = lm.embed(tokens)  # [B, 1, D]
+        x = lm.embed(tokens, self.kernels)  # [B, 1, D]
         for i, layer in enumerate(lm.transformer.layers):
             y, ks[i], vs[i] = self._attention(layer, layer.norm1(x), ks[i], vs[i], off, mask)
             x = x + y
@@ -131,7 +133,9 @@ class FastStep:
         else:
             text = sample(logits, p.text_temperature, p.text_top_k, k_text)
         if self.dep_steps:
-            audio = lm.depformer(hidden, text, provided, p, k_dep, steps=self.dep_steps)  # [B, dep_q]
+            audio = lm.depformer(
+                hidden, text, provided, p, k_dep, steps=self.dep_steps, kernels=self.kernels
+            )  # [B, dep_q]
         else:  # temporal only (to time the two halves of a compiled step)
             audio = mx.maximum(provided, 0)
         nxt = mx.concatenate([text[:, None], audio], axis=1)[:, :, None]  # [B, 17, 1]
