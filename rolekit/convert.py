@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rolekit.codec.config import MIMI_FILE
 from rolekit.errors import ModelError, Problem
 from rolekit.frames import SAMPLING_DEFAULTS
 from rolekit.lm.config import LmConfig
 
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 MIMI_OUT = "mimi.safetensors"
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 LM_FILE = "model.safetensors"

@@ -19,6 +19,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from rolekit.codec.config import MIMI_FILE
 from rolekit.errors import AudioInputError, ModelError
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
 from rolekit.hub import rolekit_cache
@@ -26,7 +27,6 @@ from rolekit.hub import rolekit_cache
 TINY = "tiny"
 TINY_VERSION = "tiny-v2"
 TINY_LABEL = "tiny random-weight model: it produces noise, not speech (for tests and demos of the plumbing)"
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TINY_SEED = 20260101
 TINY_VOICE_SECONDS = 1.2
 

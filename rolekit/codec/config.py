@@ -11,6 +11,8 @@ from math import prod
 
 from rolekit.frames import FRAME_RATE, SAMPLE_RATE
 
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"  # Mimi in NVIDIA's checkpoint folder
+
 
 @dataclass(frozen=True)
 class MimiConfig:
