@@ -45,6 +45,9 @@ _UTILS = """
 #include <cuda/std/limits>
 using cuda::std::int32_t; using cuda::std::uint32_t; using cuda::std::int64_t;
 using cuda::std::uint64_t; using cuda::std::int8_t; using cuda::std::uint8_t;
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 """
 
 _DEFAULT_HEADER = """
