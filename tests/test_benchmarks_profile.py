@@ -1,4 +1,4 @@
-"""The kernel profiler's arithmetic (its CUDA trace needs a GPU: `bench/gpu_run.py prof:`)."""
+"""The kernel profiler's arithmetic (its CUDA trace needs a GPU: `benchmarks.profile.profile_engine`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """rolekit.lm.depformer_cuda: the depformer frame as one CUDA kernel.
 
-The kernel runs only on CUDA (checked there against the op path by `bench/gpu_run.py depcheck:`).
+The kernel runs only on CUDA (checked there against the op path by the `gpu`-marked test below).
 Here: packing keeps every weight's values (modules become views of the stacks); a float32 model
 of the kernel's contract (`dep_kernel_model`, reading the inputs by name as the CUDA source does)
 gives the op path's tokens, greedy and sampled, dense and q4, batch 1 and 3; the noise is the op

@@ -1,7 +1,7 @@
 """Fewer kernel launches per frame, same numbers: views instead of gathers for q/k/v, one RoPE
 call for q and k, one-kernel RMSNorm in the activation dtype, one concatenation per depformer
 layer step, the few-row quantized product and its dispatch (its CUDA kernel is checked on the GPU
-by `bench/gpu_run.py qmv:`; here the CPU path)."""
+by `benchmarks.matmul.check_qmv`, a `gpu`-marked test in tests/nn/test_fused.py; here the CPU path)."""
 
 from __future__ import annotations
 

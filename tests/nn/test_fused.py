@@ -1,7 +1,7 @@
 """rolekit.nn.fused: the block products (norm + in_proj, norm + gated linear_in, linear + residual)
 are exactly the MLX ops where the CUDA kernel does not run, and the layers hand the kernel the
 right contract where it does. The kernel itself runs only on CUDA (checked on the GPU against
-fp32 by `bench/gpu_run.py fusedcheck:`); here a float32 model of its contract stands in for it, so
+fp32 by the `gpu`-marked tests below); here a float32 model of its contract stands in for it, so
 that row offsets, halves, norms and residuals reaching it are tested on the CPU."""
 
 from __future__ import annotations
