@@ -286,7 +286,7 @@ def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel) -> Check:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         fix = (
             "install the CUDA toolkit headers matching the driver and set CUDA_HOME "
-            "(NVRTC compiles rolekit's kernels at run time); or turn rolekit's kernels off (README, CUDA)"
+            "(NVRTC compiles rolekit's kernels at run time)"
         )
         return Check("cuda-kernels", "fail", f"a custom kernel does not compile: {msg}", fix, needs)
     ms = (time.perf_counter() - t0) * 1000

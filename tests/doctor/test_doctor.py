@@ -22,7 +22,7 @@ def test_cuda_kernel_check_reports_compile_success_failure_and_absence():
 
     bad = dc.check_cuda("cuda", compile_probe=broken)
     assert bad.status == "fail" and "cannot open source file cuda_bf16.h" in bad.detail
-    assert "CUDA_HOME" in bad.fix and "kernels off" in bad.fix
+    assert "CUDA_HOME" in bad.fix and "NVRTC" in bad.fix
     assert dc.needed_failures([bad], "run") == [bad] and dc.needed_failures([bad], "transcribe") == []
 
 
