@@ -102,8 +102,25 @@ def test_command(
     asr: str | None = _ASR,
     jobs: int = _JOBS,
     junit: Path | None = _JUNIT,
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        envvar="ROLEKIT_CLUSTER",
+        help="Run the batches on a Ray cluster: `auto` (started on this machine), HOST:PORT or ray://HOST:PORT.",
+    ),
+    gpus_per_actor: float | None = typer.Option(
+        None, "--gpus-per-actor", min=0, help="With --cluster: GPUs per worker (default 1 if any, else 0)."
+    ),
+    actors_per_node: int | None = typer.Option(
+        None,
+        "--actors-per-node",
+        min=1,
+        help="With --cluster: workers per node (default GPUs / --gpus-per-actor).",
+    ),
 ) -> None:
     """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
+    with user_errors():
+        on = _cluster_options(cluster, gpus_per_actor, actors_per_node)
     _suite(
         paths or [Path("scenarios")],
         filter,
@@ -118,7 +135,18 @@ def test_command(
         tags=tag,
         baseline=baseline,
         asr=asr,
+        cluster=on,
     )
+
+
+def _cluster_options(address: str | None, gpus: float | None, per_node: int | None) -> Any:
+    if address is None:
+        if gpus is not None or per_node is not None:
+            raise ConfigError("--gpus-per-actor / --actors-per-node need --cluster")
+        return None
+    from rolekit.suite.cluster import ClusterOptions
+
+    return ClusterOptions(address=address.strip(), gpus_per_actor=gpus, actors_per_node=per_node)
 
 
 def _suite(
@@ -136,10 +164,13 @@ def _suite(
     tags: list[str] | None = None,
     baseline: str | None = None,
     asr: str | None = None,
+    cluster: Any = None,
 ) -> None:
     with user_errors():  # bad input: one message, exit 2
         runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
-    _run_planned(runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr)
+    _run_planned(
+        runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr, cluster
+    )
 
 
 def _plan(
@@ -172,7 +203,10 @@ def _run_planned(
     junit: Path | None,
     title: str,
     asr: str | None = None,
+    cluster: Any = None,
 ) -> None:
+    from contextlib import nullcontext
+
     from rolekit.suite.backend import MlxBackend
     from rolekit.suite.execute import SuiteOptions, run_suite
     from rolekit.suite.results import summarize
@@ -182,9 +216,16 @@ def _run_planned(
     )
     from rolekit.cli.progress import suite_progress
 
+    where: Any = nullcontext()
+    if cluster is not None:  # batches on Ray workers (rolekit.suite.cluster)
+        from rolekit.suite.cluster import RayCluster
+
+        where = RayCluster(cluster, model)
     try:
-        with user_errors(), suite_progress(len(runs)) as progress:
-            outcome = run_suite(runs, MlxBackend(model), options, progress.listener())
+        with user_errors(), where, suite_progress(len(runs)) as progress:
+            backend = where.backend if cluster is not None else MlxBackend(model)
+            executor = where if cluster is not None else None
+            outcome = run_suite(runs, backend, options, progress.listener(), executor=executor)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
         raise typer.Exit(130) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,8 +88,12 @@ def run_suite(
     options: SuiteOptions,
     listener: SuiteListener | None = None,
     synth: Synthesizer | None = None,
+    executor: Executor | None = None,
 ) -> SuiteOutcome:
-    """Run every RunSpec; returns one results row per run (in plan order). RolekitError = usage error."""
+    """Run every RunSpec; returns one results row per run (in plan order). RolekitError = usage error.
+
+    `executor(groups, finish)` runs the batches elsewhere (rolekit.suite.cluster) and yields each
+    group's rows (from `finish`) as it ends; default: one local engine per batch, in plan order."""
     ls = listener or SuiteListener()
     out = Path(options.out)
     whisper_dir = _whisper(options, ls)
@@ -121,17 +125,22 @@ def run_suite(
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
     track.left = len(prepared)
-    for i in range(0, len(prepared), batch):
-        group = prepared[i : i + batch]
-        t0 = time.perf_counter()
-        group_rows = _run_group(group, backend, out, whisper_dir, ls, track)
-        track.left -= len(group)
-        track.clock.finished_run((time.perf_counter() - t0) / len(group))
-        for row in group_rows:
-            rows[f"{row['scenario']}/{row['run_id']}"] = row
-            append_result(results_path(out), row)
-            if ls.on_run_end:
-                ls.on_run_end(row)
+    groups = [prepared[i : i + batch] for i in range(0, len(prepared), batch)]
+    finish = GroupFinisher(out, whisper_dir, ls, track, options.whisper, options.asr)
+    produced = executor(groups, finish) if executor else (_run_group(g, backend, finish) for g in groups)
+    t0 = time.perf_counter()
+    try:
+        for group_rows in produced:
+            track.left -= len(group_rows)
+            track.clock.finished_run((time.perf_counter() - t0) / max(1, len(group_rows)))
+            for row in group_rows:
+                rows[f"{row['scenario']}/{row['run_id']}"] = row
+                append_result(results_path(out), row)
+                if ls.on_run_end:
+                    ls.on_run_end(row)
+            t0 = time.perf_counter()
+    finally:
+        getattr(produced, "close", lambda: None)()  # a cluster executor stops its workers here
     ordered = [rows[s.key] for s in runs if s.key in rows]
     return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
 
@@ -159,23 +168,34 @@ def _prior_key(model: AsrModel) -> str:
     return "mlx-gpu" if accelerated_mlx() else "mlx"
 
 
-def _run_group(
+@dataclass
+class GroupResult:
+    """What driving one batch produced: a record per run, or the crash that stopped the batch."""
+
+    records: list[SessionRecord] | None
+    wall_s: float
+    error: str | None = None  # one line: the exception that stopped the engine
+    transcripts: list[Any] | None = None  # Whisper transcripts made where the batch ran (or None)
+    usage: bool = False  # `error` is a usage error (a RolekitError where the batch ran): stop the suite
+
+
+def drive_group(
     group: list[PreparedRun],
     backend: Backend,
-    out: Path,
-    whisper_dir: AsrModel | None,
-    ls: SuiteListener,
-    track: _Track,
-) -> list[dict[str, Any]]:
-    specs = [p.spec for p in group]
-    keys = [s.key for s in specs]
-    if ls.on_run_start:
-        ls.on_run_start(specs)
+    ls: SuiteListener | None = None,
+    track: _Track | None = None,
+) -> GroupResult:
+    """Prefill and step one batch to the end of its scripts. RolekitError = usage error; any other
+    exception becomes `GroupResult.error` (the suite goes on)."""
+    ls = ls or SuiteListener()
+    keys = [p.spec.key for p in group]
     t0 = time.perf_counter()
     try:
-        track.enter(ls, "prefill", keys, sum(p.plan.frames for p in group))
+        if track:
+            track.enter(ls, "prefill", keys, sum(p.plan.frames for p in group))
         engine, frames_left = backend.start([p.plan for p in group], [p.spec.seed for p in group])
-        track.enter(ls, "conversation", keys, 1)
+        if track:
+            track.enter(ls, "conversation", keys, 1)
         metas = [_meta(p, backend, len(group)) for p in group]
         records = run_scripted(
             engine,
@@ -189,22 +209,59 @@ def _run_group(
     except RolekitError:
         raise
     except Exception as exc:  # a crash in one batch is reported as an error result, the suite goes on
-        track.close()
+        if track:
+            track.close()
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return [
-            error_result(
-                s.scenario, s.run_id, detail, persona=s.persona, vars=s.vars, seed=s.seed, matrix=s.cell
+        return GroupResult(None, time.perf_counter() - t0, error=detail)
+    return GroupResult(records, time.perf_counter() - t0)
+
+
+@dataclass
+class GroupFinisher:
+    """The driver's half of a batch: save each record into the suite folder, transcribe (unless the
+    worker did), evaluate, write the run report; returns the results rows in the group's order."""
+
+    out: Path
+    whisper_dir: AsrModel | None
+    listener: SuiteListener
+    track: _Track
+    whisper: str | None = None  # the --whisper / --asr the user gave (a worker resolves them itself)
+    asr: str | None = None
+
+    def __call__(self, group: list[PreparedRun], result: GroupResult) -> list[dict[str, Any]]:
+        if result.records is None:
+            return [
+                error_result(
+                    s.scenario,
+                    s.run_id,
+                    result.error or "",
+                    persona=s.persona,
+                    vars=s.vars,
+                    seed=s.seed,
+                    matrix=s.cell,
+                )
+                for s in (p.spec for p in group)
+            ]
+        rows = []
+        transcripts = result.transcripts or [None] * len(group)
+        for p, rec, tr in zip(group, result.records, transcripts, strict=True):
+            rec.meta["wall_s"] = round(result.wall_s, 3)
+            folder = rec.save(run_folder(self.out, p.spec))
+            rows.append(
+                _review(folder, p.spec, rec, self.whisper_dir, self.out, self.listener, self.track, tr)
             )
-            for s in specs
-        ]
-    wall = time.perf_counter() - t0
-    rows = []
-    for p, rec in zip(group, records, strict=True):
-        rec.meta["wall_s"] = round(wall, 3)
-        folder = rec.save(run_folder(out, p.spec))
-        rows.append(_review(folder, p.spec, rec, whisper_dir, out, ls, track))
-    track.close()
-    return rows
+        self.track.close()
+        return rows
+
+
+Executor = Callable[[list[list[PreparedRun]], GroupFinisher], Iterator[list[dict[str, Any]]]]
+
+
+def _run_group(group: list[PreparedRun], backend: Backend, finish: GroupFinisher) -> list[dict[str, Any]]:
+    ls = finish.listener
+    if ls.on_run_start:
+        ls.on_run_start([p.spec for p in group])
+    return finish(group, drive_group(group, backend, ls, finish.track))
 
 
 def _meta(p: PreparedRun, backend: Backend, batch: int) -> dict[str, Any]:
@@ -228,21 +285,23 @@ def _review(
     out: Path,
     ls: SuiteListener,
     track: _Track,
+    transcript: Any = None,
 ) -> dict[str, Any]:
-    """Transcribe (when a Whisper model is available), evaluate, write the run report; the results row."""
+    """Transcribe (when a Whisper model is available and `transcript` is None: not made on a
+    worker), evaluate, write the run report; the results row."""
     from rolekit.evaluate.review import review_run
     from rolekit.report.html import write_run_report
 
     t0 = time.perf_counter()
     try:
         record = record if record is not None else SessionRecord.load(folder)
-        transcript = None
         if whisper_dir is not None:
             from rolekit.transcribe.transcript import write_transcript
             from rolekit.transcribe.whisper import transcribe_record
 
-            track.enter(ls, "transcribing", [spec.key], record.duration)
-            transcript = transcribe_record(record, whisper_dir)
+            if transcript is None:
+                track.enter(ls, "transcribing", [spec.key], record.duration)
+                transcript = transcribe_record(record, whisper_dir)
             write_transcript(folder, transcript, title=f"{spec.scenario} / {spec.run_id}")
         track.enter(ls, "evaluating", [spec.key], 1)
         review_run(folder, record, list(spec.loaded.scenario.expect), transcript)

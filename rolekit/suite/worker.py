@@ -1,0 +1,118 @@
+"""The suite's remote half on a Ray cluster: a worker process that holds one loaded model and drives
+the batches the driver hands it (rolekit.suite.cluster places and schedules them).
+
+Ray is not imported here: `cluster.py` wraps `SuiteWorker` with `ray.remote` at run time, so this
+module (and its tests) need no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from rolekit.errors import ConfigError, RolekitError
+from rolekit.frames import PrefillPlan
+from rolekit.suite.backend import MlxBackend
+from rolekit.suite.execute import GroupResult, drive_group
+from rolekit.suite.prepare import PreparedRun
+
+
+class CachedBackend(MlxBackend):
+    """MlxBackend whose prefills go through the on-disk prefill cache (`$ROLEKIT_CACHE/prefill`, as
+    `rolekit respond` / `live` use it): a worker that runs the same persona again restores its prompt
+    phases instead of recomputing them. A restored row equals a recomputed one bit for bit."""
+
+    cache_hits: int = 0  # batches whose every row came from the cache
+
+    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[Any, int | None]:
+        import dataclasses
+
+        from rolekit.engine.engine import Engine
+        from rolekit.engine.snapshot import prefill_cached
+        from rolekit.hub import rolekit_cache
+        from rolekit.lm.sampling import SamplingParams
+
+        params = [SamplingParams(**p.sampling) for p in plans]
+        plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
+        engine = Engine(self.bundle, batch=len(plans), params=params, seed=list(seeds))
+        voices = [self._voice(p.voice) for p in plans]
+        self.cache_hits += prefill_cached(engine, plans, voices, rolekit_cache() / "prefill")
+        return engine, int(engine.frames_left)
+
+
+class SuiteWorker:
+    """One Ray actor: loads `model` once (`ready`), then runs whole batches (`run`). Holds no suite
+    state: a batch it was running when it died is simply handed to another worker."""
+
+    def __init__(self, model: str, prefill_cache: bool = True) -> None:
+        from rolekit.codec.blas import preload_openblas
+
+        preload_openblas()  # before mlx loads, as in the CLI
+        self.backend: MlxBackend = CachedBackend(model) if prefill_cache else MlxBackend(model)
+        self._whisper: dict[str | None, Path] = {}
+
+    def ready(self) -> dict[str, Any]:
+        """Load the model; where this worker runs and what it loaded."""
+        bundle = self.backend.bundle
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "model_id": bundle.model_id,
+            "is_random": bool(bundle.is_random),
+        }
+
+    def voice_frames(self, voice: str) -> int | None:
+        return self.backend.voice_frames(voice)
+
+    def run(self, group: list[PreparedRun], whisper: str | None, transcribe: bool) -> GroupResult:
+        """Drive one batch; transcribe its records here when `transcribe` (the driver then only
+        evaluates). A usage error comes back as the `error` of a result with `usage=True`."""
+        try:
+            result = drive_group(group, self.backend)
+            if transcribe and result.records is not None:
+                from rolekit.transcribe.whisper import transcribe_record
+
+                folder = self._whisper_dir(whisper)
+                result.transcripts = [transcribe_record(r, str(folder)) for r in result.records]
+        except RolekitError as exc:
+            return GroupResult(None, 0.0, error=str(exc), usage=True)
+        return result
+
+    def _whisper_dir(self, spec: str | None) -> Path:
+        if spec not in self._whisper:
+            from rolekit.transcribe.whisper import resolve_whisper
+
+            self._whisper[spec] = resolve_whisper(spec)
+        return self._whisper[spec]
+
+
+class ClusterBackend:
+    """The driver's Backend on a cluster: the tokenizer here (persona plans), the model's facts
+    (voice lengths, model id) from a worker; `start` never runs on the driver."""
+
+    def __init__(self, model: str, ask: Any) -> None:
+        from rolekit.text import Tokenizer, tokenizer_path
+
+        self._tokenizer = Tokenizer(tokenizer_path(model))
+        self._ask = ask  # ask(method_name, *args) -> the answer of one ready worker
+        self._frames: dict[str, int | None] = {}
+        info = ask("ready")
+        self.model_id: str = info["model_id"]
+        self.is_random: bool = info["is_random"]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def piece(self, text_id: int) -> str:
+        return self._tokenizer.piece(text_id)
+
+    def voice_frames(self, voice: str) -> int | None:
+        if voice not in self._frames:
+            self._frames[voice] = self._ask("voice_frames", voice)
+        return self._frames[voice]
+
+    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[Any, int | None]:
+        raise ConfigError("a cluster suite runs its batches on the workers, not on the driver")
