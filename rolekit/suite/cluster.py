@@ -266,7 +266,7 @@ class RayCluster:
     ) -> Iterator[list[dict[str, Any]]]:
         """Run every batch on the workers; yield each batch's rows (from `finish`) as it comes back."""
         ray = self.ray
-        whisper = None if finish.whisper_dir is None else str(finish.whisper_dir)
+        transcribe = finish.whisper_dir is not None  # Whisper runs on the workers (next to the audio)
         queue: deque[int] = deque(range(len(groups)))
         losses = [0] * len(groups)
         ls = finish.listener
@@ -277,7 +277,7 @@ class RayCluster:
                     slot, gid = self.idle.popleft(), queue.popleft()
                     if ls.on_run_start:
                         ls.on_run_start([p.spec for p in groups[gid]])
-                    ref = slot.handle.run.remote(groups[gid], whisper, whisper is not None)
+                    ref = slot.handle.run.remote(groups[gid], finish.whisper, transcribe)
                     self.inflight[ref] = (slot, gid)
                 if queue and not self.idle and not self.inflight:
                     if not self.starting:  # every worker is gone and none can replace them

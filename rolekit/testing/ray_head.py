@@ -85,7 +85,8 @@ def local_ray_head(
     proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
-        while not (_listening(gcs) and _listening(client)):
+        raylet = ports["--node-manager-port"]  # the node itself: drivers and workers attach to it
+        while not all(_listening(p) for p in (gcs, client, raylet)):
             if proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {proc.returncode}: see {temp}/ray-start.log")
             if time.monotonic() > deadline:

@@ -143,6 +143,24 @@ def test_cluster_suite_equals_local_run(suite_project, ray_cluster):
     assert meta["batch"] == 2 and meta["model_id"] == "tiny-v2"
 
 
+def test_workers_transcribe_like_a_local_run(suite_project, ray_cluster):
+    """Whisper (tiny.en) runs on the workers: the transcripts and the metrics that use them equal
+    a local run's."""
+    (suite_project / "scenarios" / "one.yaml").write_text(
+        SCENARIO.format(tail=1.0, seed=3, repeats=1).replace("matrix: {company: [Contoso, Fabrikam]}\n", "")
+    )
+    common = ["test", "scenarios", "--model", "tiny"]
+    local, remote = suite_project / "local", suite_project / "remote"
+    assert _cli([*common, "--out", str(local)]) == 0
+    assert _cli([*common, "--out", str(remote), "--cluster", ray_cluster.address]) == 0
+    assert_same_suite(local, remote)
+    for out in (local, remote):
+        assert json.loads((out / "one" / "r0" / "metrics.json").read_text())["transcript"] is True
+    assert (local / "one" / "r0" / "transcript.json").read_bytes() == (
+        remote / "one" / "r0" / "transcript.json"
+    ).read_bytes()
+
+
 def test_killed_worker_loses_nothing(suite_project, ray_cluster):
     _write(suite_project, "long", tail=10.0)  # batch 0 (jobs 2): ~4x the frames of the others
     _write(suite_project, "short", repeats=2)
