@@ -79,7 +79,7 @@ def _suite(scenarios: Path, out: Path, args: argparse.Namespace, executor_of: ob
     first: list[float] = []
     original = GroupFinisher.__call__
 
-    def timed(self, group, result):  # the driver's share of each batch
+    def timed(self: GroupFinisher, group: list, result: object) -> list:  # the driver's share per batch
         t = time.perf_counter()
         rows = original(self, group, result)
         finish_s.append(time.perf_counter() - t)
@@ -137,7 +137,9 @@ def main() -> None:
             for n in (1, args.workers):
                 opts = ClusterOptions(address=head.address, actors_per_node=n)
                 out = tmp_path / f"cluster{n}"
-                table[f"ray, {n} worker(s)"] = _suite(scenarios, out, args, lambda o=opts: RayCluster(o, "tiny"))
+                table[f"ray, {n} worker(s)"] = _suite(
+                    scenarios, out, args, lambda o=opts: RayCluster(o, "tiny")
+                )
                 assert _rows(out) == _rows(tmp_path / "local"), f"{out}: results differ from the local run"
     local = table["local"]["wall_s"]
     one = table["ray, 1 worker(s)"]
@@ -151,12 +153,16 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"| configuration | runs | suite wall s | after the first result s | driver ms / run |")
+    print("| configuration | runs | suite wall s | after the first result s | driver ms / run |")
     print("|---|---|---|---|---|")
     for name, row in table.items():
-        print(f"| {name} | {row['runs']} | {row['wall_s']} | {row['after_first_s']} | {row['driver_ms_per_run']} |")
-    print(f"local / {args.workers}-worker cluster wall: {result['ratio_local_over_cluster']}x; "
-          f"cluster overhead per run (1 worker vs local): {result['overhead_s_per_run']} s")
+        print(
+            f"| {name} | {row['runs']} | {row['wall_s']} | {row['after_first_s']} | {row['driver_ms_per_run']} |"
+        )
+    print(
+        f"local / {args.workers}-worker cluster wall: {result['ratio_local_over_cluster']}x; "
+        f"cluster overhead per run (1 worker vs local): {result['overhead_s_per_run']} s"
+    )
 
 
 if __name__ == "__main__":
