@@ -143,9 +143,10 @@ class RayCluster:
             try:
                 ray.init(address=self.options.address, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as exc:
+                why = str(exc.__cause__ or exc).strip().splitlines() or [type(exc).__name__]
                 raise ClusterError(
                     f"--cluster {self.options.address}: cannot join the Ray cluster there "
-                    f"({str(exc).splitlines()[0]}); if the head uses token authentication, give this "
+                    f"({why[0][:300]}); if the head uses token authentication, give this "
                     "machine its token (~/.ray/auth_token or RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token"
                 ) from None
             self._connected_here = True
