@@ -278,7 +278,7 @@ class RayCluster:
                     slot, gid = self.idle.popleft(), queue.popleft()
                     if ls.on_run_start:
                         ls.on_run_start([p.spec for p in groups[gid]])
-                    ref = slot.handle.run.remote(groups[gid], finish.whisper, transcribe)
+                    ref = slot.handle.run.remote(groups[gid], finish.whisper, finish.asr, transcribe)
                     self.inflight[ref] = (slot, gid)
                 if queue and not self.idle and not self.inflight:
                     if not self.starting:  # every worker is gone and none can replace them

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 from rolekit.errors import ConfigError, RolekitError
@@ -51,7 +50,7 @@ class SuiteWorker:
 
         preload_openblas()  # before mlx loads, as in the CLI
         self.backend: MlxBackend = CachedBackend(model) if prefill_cache else MlxBackend(model)
-        self._whisper: dict[str | None, Path] = {}
+        self._models: dict[tuple[str | None, str | None], Any] = {}  # resolved Whisper models
 
     def ready(self) -> dict[str, Any]:
         """Load the model; where this worker runs and what it loaded."""
@@ -66,26 +65,29 @@ class SuiteWorker:
     def voice_frames(self, voice: str) -> int | None:
         return self.backend.voice_frames(voice)
 
-    def run(self, group: list[PreparedRun], whisper: str | None, transcribe: bool) -> GroupResult:
-        """Drive one batch; transcribe its records here when `transcribe` (the driver then only
-        evaluates). A usage error comes back as the `error` of a result with `usage=True`."""
+    def run(
+        self, group: list[PreparedRun], whisper: str | None, asr: str | None, transcribe: bool
+    ) -> GroupResult:
+        """Drive one batch; transcribe its records here when `transcribe` (Whisper `whisper` with
+        backend `asr`, resolved on this node; the driver then only evaluates). A usage error comes
+        back as the `error` of a result with `usage=True`."""
         try:
             result = drive_group(group, self.backend)
             if transcribe and result.records is not None:
                 from rolekit.transcribe.whisper import transcribe_record
 
-                folder = self._whisper_dir(whisper)
-                result.transcripts = [transcribe_record(r, str(folder)) for r in result.records]
+                model = self._asr(whisper, asr)
+                result.transcripts = [transcribe_record(r, model) for r in result.records]
         except RolekitError as exc:
             return GroupResult(None, 0.0, error=str(exc), usage=True)
         return result
 
-    def _whisper_dir(self, spec: str | None) -> Path:
-        if spec not in self._whisper:
-            from rolekit.transcribe.whisper import resolve_whisper
+    def _asr(self, spec: str | None, asr: str | None) -> Any:
+        if (spec, asr) not in self._models:
+            from rolekit.transcribe.whisper import resolve_asr
 
-            self._whisper[spec] = resolve_whisper(spec)
-        return self._whisper[spec]
+            self._models[(spec, asr)] = resolve_asr(spec, asr)
+        return self._models[(spec, asr)]
 
 
 class ClusterBackend:
