@@ -59,10 +59,27 @@ def render_compare_html(page: Path, c: Comparison) -> str:
             }
         )
     docs = {m: METRICS[m] for m in shown}
+    scenarios: dict[str, dict[str, Any]] = {}
+    for cell in c.cells:
+        d = scenarios.setdefault(cell.scenario, {"name": cell.scenario, "cells": 0, "a": [0, 0], "b": [0, 0]})
+        d["cells"] += 1
+        d["a"] = [d["a"][0] + cell.passed[0], d["a"][1] + cell.runs[0]]
+        d["b"] = [d["b"][0] + cell.passed[1], d["b"][1] + cell.runs[1]]
+    for d in scenarios.values():
+        ra, rb = d["a"][0] / max(d["a"][1], 1), d["b"][0] / max(d["b"][1], 1)
+        d["cls"] = "worse" if rb < ra else "better" if rb > ra else ""
     return (
         _env()
         .get_template("compare.html.j2")
-        .render(title="rolekit compare", c=c, cells=cells, shown=shown, docs=docs, pairs=pairs)
+        .render(
+            title="rolekit compare",
+            c=c,
+            cells=cells,
+            shown=shown,
+            docs=docs,
+            pairs=pairs,
+            scenarios=list(scenarios.values()),
+        )
     )
 
 

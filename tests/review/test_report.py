@@ -260,6 +260,10 @@ def test_suite_report_grid_in_chromium(suite):
         frames = b.call("Page.getFrameTree", session=True)["frameTree"]["childFrames"]
         assert frames[0]["frame"]["url"].endswith("refund/r0001/report.html")
         assert b.errors == []
+    with Browser(900, 1200) as b:  # below 1000 px the grid scrolls inside its box, the page does not
+        b.open(page)
+        render = b.wait("document.body.dataset.render && JSON.parse(document.body.dataset.render)")
+        assert render["overflow"] is False and render["errors"] == [] and b.errors == []
 
 
 def test_compare_page_in_chromium(suite, tmp_path):
@@ -271,6 +275,11 @@ def test_compare_page_in_chromium(suite, tmp_path):
     (other / "refund" / "r0001" / "assertions.json").write_text(
         (suite / "refund" / "r0001" / "assertions.json").read_text().replace('"fail"', '"pass"')
     )
+    rows = read_results(other / "results.jsonl")
+    rows[0]["status"] = "pass"
+    (other / "results.jsonl").unlink()
+    for r in rows:
+        append_result(other / "results.jsonl", r)
     page = write_compare_html(tmp_path / "cmp" / "compare.html", compare(load_side(suite), load_side(other)))
     with Browser(900, 1200) as b:
         b.open(page)
@@ -278,6 +287,9 @@ def test_compare_page_in_chromium(suite, tmp_path):
         assert render["errors"] == [] and render["overflow"] is False and render["players"] == 4
         assert b.js("document.querySelectorAll('table.flips tr.better').length") == 1
         assert b.js("document.querySelectorAll('section.pair').length") == 3
+        assert b.js(
+            "[...document.querySelectorAll('table.scenarios td.better')].map(t => t.textContent)"
+        ) == ["2/2"]
         assert b.errors == []
 
 
