@@ -4,6 +4,9 @@ The function receives one `CheckRun` (plain Python data, documented below) and r
 bool, a `(passed, message)` pair, or a dict `{"passed": bool, "message": str}`. Anything it raises
 (and any other return value) makes that check fail with the reason; the suite never crashes.
 
+A check that has not returned after CHECK_TIMEOUT_S seconds fails ("did not finish"); the suite
+goes on (the function keeps running in a daemon thread until it returns or the process ends).
+
 A `file.py` path is relative to the scenario file and must stay inside the scenario's folder; the
 file is imported once per process under a private module name. `module:function` imports an
 installed module. The function runs in the rolekit process: scenario authors' Python is trusted
@@ -16,6 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ from rolekit.record import SessionRecord, monologue_words
 from rolekit.scenario.expect import python_check_target
 from rolekit.scenario.schema import check_file
 from rolekit.transcribe.transcript import Transcript
+
+CHECK_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -91,11 +97,24 @@ def run_custom_check(spec: str, run: CheckRun) -> tuple[str, str, dict[str, Any]
         func = _load(spec, run.meta.get("scenario_file"))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the check fails, the suite goes on
         return "fail", f"cannot load {spec}: {_one_line(exc)}", {"exception": _one_line(exc)}
-    try:
-        out = func(run)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["out"] = func(run)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported below
+            box["exc"] = exc
+
+    worker = threading.Thread(target=call, name=f"rolekit-check {spec}", daemon=True)
+    worker.start()
+    worker.join(CHECK_TIMEOUT_S)
+    if worker.is_alive():
+        return "fail", f"{spec} did not finish within {CHECK_TIMEOUT_S:g} s", {"timeout_s": CHECK_TIMEOUT_S}
+    if "exc" in box:
+        exc = box["exc"]
         where = _user_frame(exc)
         return "fail", f"{spec} raised {_one_line(exc)}{where}", {"exception": _one_line(exc)}
+    out = box.get("out")
     passed, message = _verdict(out)
     if passed is None:
         return "fail", f"{spec} returned {out!r}: return a bool, (passed, message) or a dict", {}

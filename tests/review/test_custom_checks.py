@@ -41,6 +41,11 @@ def exits(run):
 
 def maybe(run):
     return "yes"
+
+def hangs(run):
+    import time
+    time.sleep(5)
+    return True
 """
 
 
@@ -95,6 +100,19 @@ def test_custom_checks_verdicts_and_exceptions_become_failures(run_folder):
     assert msgs[5].startswith("checks/mine.py:maybe returned 'yes': return a bool")
     assert "has no function 'missing'" in msgs[6] and "no such check file" in msgs[7]
     assert rev.results[0].kind == "python" and rev.results[0].label == "python checks/mine.py:sees_everything"
+
+
+def test_a_check_that_hangs_fails_and_the_suite_goes_on(run_folder, monkeypatch):
+    import time
+
+    monkeypatch.setattr("rolekit.evaluate.custom.CHECK_TIMEOUT_S", 0.3)
+    t0 = time.monotonic()
+    rev = review_run(
+        run_folder, expect=[{"python": "checks/mine.py:hangs"}, {"python": "checks/mine.py:as_dict"}]
+    )
+    assert time.monotonic() - t0 < 4
+    assert [r.status for r in rev.results] == ["fail", "pass"]
+    assert rev.results[0].message == "checks/mine.py:hangs did not finish within 0.3 s"
 
 
 @pytest.fixture(autouse=True)
