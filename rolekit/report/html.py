@@ -211,5 +211,5 @@ def write_suite_report(
     for r in results:  # the grid opens each run's own page
         folder = run_folder(suite_dir, r)
         if folder is not None and not (folder / REPORT_HTML).is_file():
-            write_run_report(folder, embed_audio=False)
+            write_run_report(folder)  # embedded audio: the channel switches need it on file:// pages
     return _write(suite_dir / REPORT_HTML, render_suite_html(suite_dir, results, title))

@@ -23,7 +23,7 @@ def chromium_path() -> str:
 class Browser:
     """One headless Chromium with one page; `errors` collects exceptions and console errors."""
 
-    def __init__(self, width: int = 1200, height: int = 900) -> None:
+    def __init__(self, width: int = 1200, height: int = 900, file_access: bool = True) -> None:
         to_child_r, self._w = os.pipe()  # Chromium reads commands on its fd 3
         self._r, from_child_w = os.pipe()  # and writes replies on its fd 4
 
@@ -41,7 +41,7 @@ class Browser:
                 "--disable-gpu",
                 "--remote-debugging-pipe",
                 "--autoplay-policy=no-user-gesture-required",
-                "--allow-file-access-from-files",
+                *(["--allow-file-access-from-files"] if file_access else []),
                 f"--window-size={width},{height}",
                 "about:blank",
             ],

@@ -182,6 +182,33 @@ def test_run_report_in_chromium(suite, tmp_path):
             == "true"
         )
         assert b.errors == []
+    # the switches route the real samples (a normal browser: no file-access flag): at 1.5 s only the
+    # user speaks (left), at 4.5 s only the agent (right); a soloed channel plays in both ears
+    level = """(async t => { const g = document.querySelector('.mixer').rolekitGraph;
+      if (!g.an) { const sp = g.ctx.createChannelSplitter(2); g.out.connect(sp);
+        g.an = [0, 1].map(i => { const an = g.ctx.createAnalyser(); sp.connect(an, i); return an; }); }
+      const a = document.querySelector('audio'); a.currentTime = t; await a.play(); await g.ctx.resume();
+      await new Promise(r => setTimeout(r, 400));
+      const out = g.an.map(an => { const b = new Float32Array(an.fftSize); an.getFloatTimeDomainData(b);
+        return Math.max(...b.map(Math.abs)) > 0.05; }); a.pause(); return out; })"""
+    click = "document.querySelector('.mixer [data-channel=%s][data-action=%s]').click()"
+    with Browser(1200, 900, file_access=False) as b:
+        b.open(page)
+        b.js(click % ("user", "mute"))
+        b.js(click % ("user", "mute"))  # both on again: the stereo recording
+        assert b.js(f"({level})(1.5)") == [True, False] and b.js(f"({level})(4.5)") == [False, True]
+        b.js(click % ("agent", "solo"))
+        assert b.js(f"({level})(1.5)") == [False, False] and b.js(f"({level})(4.5)") == [True, True]
+        b.js(click % ("user", "solo"))
+        assert b.js(f"({level})(1.5)") == [True, True] and b.js(f"({level})(4.5)") == [False, False]
+        assert b.errors == []
+    # a linked recording on a file:// page would read as silence: the switches are off and say why
+    linked = write_run_report(folder, embed_audio=False)
+    with Browser(1200, 900, file_access=False) as b:
+        b.open(linked)
+        assert b.js("[...document.querySelectorAll('.mixer button')].every(x => x.disabled)")
+        assert b.js("!document.querySelector('.mixnote').hidden") and b.errors == []
+    write_run_report(folder)
     # below 1000 px: nothing wider than the window, the timeline scrolls and its lane labels stay in view
     with Browser(900, 1200) as b:
         b.open(page)
