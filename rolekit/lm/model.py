@@ -22,7 +22,7 @@ from rolekit.nn.norm import RMSNorm
 
 def embed_tokens(emb: nn.Embedding, tokens: mx.array) -> mx.array:
     """tokens [...] -> [..., D]; token -1 gives an exact zero vector (Kyutai ScaledEmbedding)."""
-    y = emb(mx.maximum(tokens, 0))
+    y = emb(mx.maximum(tokens, 0))  # in the table's dtype: a 16-bit table meets fp32 at the residual
     return mx.where((tokens == -1)[..., None], mx.zeros((1,), dtype=y.dtype), y)
 
 
@@ -44,8 +44,8 @@ class LM(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """Activation dtype (that of the embeddings, never quantized)."""
-        return self.text_emb.weight.dtype
+        """Activation dtype: chosen at load (`lm.precision`), else that of the embeddings."""
+        return getattr(self, "activation_dtype", None) or self.text_emb.weight.dtype
 
     def make_cache(self, batch: int) -> LmCache:
         cfg = self.cfg
@@ -64,14 +64,15 @@ class LM(nn.Module):
         CUDA kernel with the same sums where it covers the tables."""
         tables = [self.text_emb.weight, *(e.weight for e in self.emb)]
         if kernels.embed and embed_cuda.covers(tables, tokens):
-            return embed_cuda.embed_sum(tables, tokens, (*range(1, len(tables)), 0))
+            return embed_cuda.embed_sum(tables, tokens, (*range(1, len(tables)), 0)).astype(self.dtype)
         b, _, t = tokens.shape
         idx = mx.contiguous(mx.maximum(tokens, 0).transpose(1, 0, 2))  # [S, B, T]
         keep = (tokens != -1)[..., None]  # [B, S, T, 1]
         zero = mx.zeros((1,), dtype=self.dtype)
 
-        def stream(emb: nn.Embedding, i: int) -> mx.array:
-            return mx.where(keep[:, i], emb(idx[i : i + 1].reshape(b, t)), zero)  # [B, T, D]
+        def stream(emb: nn.Embedding, i: int) -> mx.array:  # a 16-bit table is cast at lookup
+            rows = emb(idx[i : i + 1].reshape(b, t)).astype(self.dtype)
+            return mx.where(keep[:, i], rows, zero)  # [B, T, D]
 
         x = None
         for i, emb in enumerate(self.emb):

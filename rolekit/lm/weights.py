@@ -16,18 +16,21 @@ MLX layout (aufklarer/PersonaPlex-7B-MLX-4bit, -8bit; also what `rolekit convert
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from rolekit.errors import ModelError, Problem
 from rolekit.lm.checkpoint import SafetensorsFile
 from rolekit.lm.config import LmConfig, from_mlx_config, personaplex_7b, to_mlx_blocks
 from rolekit.lm.model import LM
+from rolekit.lm.precision import activation_dtype, scales_dtype, weight_dtype
 
 NVIDIA_FILE = "model.safetensors"
 MLX_FILES = {
@@ -131,35 +134,51 @@ def config_of(folder: Path) -> LmConfig:
     return personaplex_7b()
 
 
-def load_lm(folder: Path, dtype: mx.Dtype = mx.float32) -> LM:
-    """Load NVIDIA's model.safetensors or an MLX-layout folder; problems raise ModelError."""
+def nvidia_ring(cfg: LmConfig) -> LmConfig:
+    """The temporal ring of NVIDIA's fork (moshi 0.1's RingKVCache, before Kyutai's fix #148):
+    from step `context` on, the oldest slot gets a future position and is masked out, so a step
+    attends to `context - 1` keys; Kyutai's fixed ring with `context - 1` slots is exactly that."""
+    return replace(cfg, context=cfg.context - 1)
+
+
+def load_lm(folder: Path, dtype: mx.Dtype | None = None, compat: str = "kyutai") -> LM:
+    """Load NVIDIA's model.safetensors or an MLX-layout folder; problems raise ModelError.
+
+    `dtype`: the activation dtype (None: `precision.activation_dtype("auto")`, bf16 on a GPU and
+    fp32 on the CPU); weights are kept as `precision.weight_dtype` / `scales_dtype` say, so a
+    bf16 checkpoint is never widened to fp32. The LM reports it as `lm.dtype`. `compat="nvidia"`:
+    the ring cache of NVIDIA's fork (`nvidia_ring`); the default follows Kyutai's fix."""
     folder = Path(folder)
+    dtype = dtype or activation_dtype("auto")
     if not folder.is_dir():
         raise ModelError(problems=[Problem("model folder not found", str(folder))])
+    if compat not in ("kyutai", "nvidia"):
+        raise ModelError(problems=[Problem(f"must be kyutai or nvidia, got {compat!r}", field="--compat")])
     if (folder / NVIDIA_FILE).exists():
-        return _load_nvidia(folder, dtype)
+        return _load_nvidia(folder, dtype, compat)
     if (folder / MLX_FILES["temporal"]).exists():
-        return _load_mlx(folder, dtype)
+        return _load_mlx(folder, dtype, compat)
     wanted = ", ".join([NVIDIA_FILE, *MLX_FILES.values()])
     raise ModelError(problems=[Problem(f"no LM weights (expected {wanted})", str(folder))])
 
 
-def _load_nvidia(folder: Path, dtype: mx.Dtype) -> LM:
+def _load_nvidia(folder: Path, dtype: mx.Dtype, compat: str) -> LM:
     cfg = config_of(folder)
     f = SafetensorsFile(folder / NVIDIA_FILE)
     _check(nvidia_keys(cfg), f.shapes, str(f.path))
-    lm = LM(cfg)
+    lm = LM(nvidia_ring(cfg) if compat == "nvidia" else cfg)
     weights = []
     for name in f.keys():
         internal = internal_from_nvidia(name)
         arr = f.get(name)
         if _is_norm(internal):
             arr = arr.reshape(-1)
-        weights.append((internal, arr.astype(dtype)))
-    return _finish(lm, weights)
+        weights.append((internal, _cast(internal, arr, dtype)))
+        mx.eval(weights[-1][1])  # one tensor at a time: the file's copy is freed before the next
+    return _finish(lm, weights, dtype)
 
 
-def _load_mlx(folder: Path, dtype: mx.Dtype) -> LM:
+def _load_mlx(folder: Path, dtype: mx.Dtype, compat: str) -> LM:
     data = read_config(folder)
     cfg = config_of(folder)
     quant = data.get("quantization") or {}
@@ -179,7 +198,7 @@ def _load_mlx(folder: Path, dtype: mx.Dtype) -> LM:
             if _is_norm(internal) and len(shape) == 3:
                 shape = (shape[-1],)
             source[internal] = (kind, name, shape)
-    lm = LM(cfg)
+    lm = LM(nvidia_ring(cfg) if compat == "nvidia" else cfg)
     quantized = {n[: -len(".scales")] for n in source if n.endswith(".scales")}
     if quantized:
         if bits not in (2, 3, 4, 5, 6, 8):
@@ -198,16 +217,24 @@ def _load_mlx(folder: Path, dtype: mx.Dtype) -> LM:
     _check(expected, {k: v[2] for k, v in source.items()}, str(folder))
     weights = []
     for internal, (kind, name, shape) in source.items():
-        arr = files[kind].get(name).reshape(shape)
-        if arr.dtype != mx.uint32:
-            arr = arr.astype(dtype)
-        weights.append((internal, arr))
-    return _finish(lm, weights)
+        weights.append((internal, _cast(internal, files[kind].get(name).reshape(shape), dtype)))
+        mx.eval(weights[-1][1])
+    return _finish(lm, weights, dtype)
 
 
-def _finish(lm: LM, weights: list[tuple[str, mx.array]]) -> LM:
+def _cast(internal: str, arr: mx.array, activations: mx.Dtype) -> mx.array:
+    """A stored tensor in the dtype the precision policy keeps it in (packed words unchanged)."""
+    if arr.dtype == mx.uint32:
+        return arr
+    if internal.endswith((".scales", ".biases")):
+        return arr.astype(scales_dtype(arr.dtype, activations))
+    return arr.astype(weight_dtype(arr.dtype, activations, norm=_is_norm(internal)))
+
+
+def _finish(lm: LM, weights: list[tuple[str, mx.array]], dtype: mx.Dtype) -> LM:
     lm.load_weights(weights, strict=True)
     mx.eval(lm.parameters())
+    lm.activation_dtype = dtype
     lm.eval()
     return lm
 
@@ -242,6 +269,27 @@ class TensorSource(Protocol):
     def __getitem__(self, name: str) -> mx.array: ...
 
 
+class MlxTensors:
+    """An unquantized MLX-layout folder's LM tensors under NVIDIA's names (a `TensorSource`)."""
+
+    def __init__(self, files: dict[str, SafetensorsFile]) -> None:
+        self._where: dict[str, tuple[SafetensorsFile, str]] = {}
+        for kind, f in files.items():
+            for name in f.keys():
+                self._where[nvidia_name(internal_from_mlx(kind, name))] = (f, name)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: f.shapes[name] for n, (f, name) in self._where.items()}
+
+    def __getitem__(self, name: str) -> mx.array:
+        f, inner = self._where[name]
+        return f.get(inner)
+
+
 def save_lm_mlx(
     tensors: TensorSource,
     folder: Path,
@@ -249,12 +297,14 @@ def save_lm_mlx(
     bits: int | None = None,
     group_size: int = GROUP_SIZE,
     extra_config: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Write the MLX layout from NVIDIA-named tensors (a dict or a SafetensorsFile).
 
     Streams: one output file at a time, one tensor at a time, so peak memory is about the largest
     output file plus one tensor. bits 4/8: affine-quantize the linears of temporal and depformer
     (fp16 scales/biases); 16: 16-bit floats kept, fp32 stored as bf16; None: dtypes kept.
+    `progress(done, total)` is called after each tensor with input elements read so far.
     Returns the bytes written per file.
     """
     if bits not in (None, 4, 8, 16):
@@ -267,6 +317,7 @@ def save_lm_mlx(
     if shapes is None:
         shapes = {n: tuple(tensors[n].shape) for n in names}
     _check(expected, shapes, "input tensors")
+    total, done = sum(int(np.prod(s)) for s in shapes.values()), 0
     sizes = {}
     for kind, fname in MLX_FILES.items():
         out: dict[str, mx.array] = {}
@@ -277,6 +328,9 @@ def save_lm_mlx(
             for iname, value in _encode(internal, tensors[name], bits, group_size):
                 mx.eval(value)
                 out[mlx_name(iname)[1]] = value
+            done += int(np.prod(shapes[name]))
+            if progress is not None:
+                progress(done, total)
             mx.clear_cache()  # give the temporaries back: peak stays near this file's output
         mx.save_safetensors(str(folder / fname), out, metadata={"format": "mlx"})
         del out

@@ -1,0 +1,120 @@
+"""The load-time precision policy: activation dtype per device, weights never widened, scales kept."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from rolekit.errors import ConfigError
+from rolekit.lm import precision as P
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "expected"),
+    [
+        ("auto", "cpu", mx.float32),
+        ("auto", "cuda", mx.bfloat16),
+        ("auto", "metal", mx.bfloat16),
+        ("fp16", "cuda", mx.float16),
+        ("bf16", "cpu", mx.bfloat16),
+        ("fp32", "metal", mx.float32),
+    ],
+)
+def test_activation_dtype_follows_device_and_request(requested, device, expected):
+    assert P.activation_dtype(requested, device) == expected
+
+
+def test_bad_dtype_and_quant_name_the_option():
+    with pytest.raises(ConfigError, match="--dtype"):
+        P.activation_dtype("float8", "cpu")
+    with pytest.raises(ConfigError, match="--quant"):
+        P.choose_quant("q3", "cpu", 64.0)
+
+
+def test_weights_are_never_widened_and_scales_keep_their_dtype():
+    # CPU (fp32 activations): 16-bit tables and linears stay 16-bit; norms take fp32.
+    assert P.weight_dtype(mx.bfloat16, mx.float32) == mx.bfloat16
+    assert P.weight_dtype(mx.bfloat16, mx.float32, norm=True) == mx.float32
+    assert P.weight_dtype(mx.float32, mx.float32) == mx.float32
+    # GPU (bf16 activations): every float weight in bf16, fp32 ones narrowed.
+    assert P.weight_dtype(mx.float32, mx.bfloat16) == mx.bfloat16
+    assert P.scales_dtype(mx.float16, mx.float32) == mx.float16
+    assert P.scales_dtype(mx.bfloat16, mx.bfloat16) == mx.bfloat16
+    # bf16 x fp16 would promote each quantized product to fp32: the scales follow the activations.
+    assert P.scales_dtype(mx.float16, mx.bfloat16) == mx.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("device", "memory", "batch", "quant"),
+    [
+        ("metal", 16.0, 1, "q4"),  # a 16 GB Mac: only q4 fits
+        ("cuda", 80.0, 1, "q4"),  # one conversation: bandwidth-bound, q4
+        ("cuda", 80.0, 16, "bf16"),  # a batch: bf16 GEMMs beat quantized ones
+        ("cuda", 20.0, 16, "q4"),  # ...unless bf16 does not fit with room to spare
+        ("cpu", 128.0, 16, "q4"),
+    ],
+)
+def test_quant_auto_decides_from_device_memory_and_batch(device, memory, batch, quant):
+    choice = P.choose_quant("auto", device, memory, batch)
+    assert choice.quant == quant
+    assert device in choice.reason and f"{memory:.0f} GB" in choice.reason
+    assert P.choose_quant("q8", device, memory, batch) == P.QuantChoice("q8", "as asked (--quant)")
+
+
+def _float_dtypes(lm) -> dict[str, mx.Dtype]:
+    return {k: v.dtype for k, v in tree_flatten(lm.parameters()) if v.dtype != mx.uint32}
+
+
+def test_bf16_checkpoint_on_cpu_keeps_bf16_weights_and_runs_fp32(oracle, tmp_path, tokens):
+    """fp32 activations from bf16 tables and linears (cast at use), the same numbers as fp32 copies."""
+    from rolekit.lm.config import tiny
+    from rolekit.lm.weights import load_lm
+
+    cfg = tiny()
+    model = oracle.build(cfg, seed=3)
+    oracle.save(model, tmp_path, dtype=oracle.torch().bfloat16)
+    oracle.write_config(cfg, tmp_path)
+    lm = load_lm(tmp_path, mx.float32)
+    dtypes = _float_dtypes(lm)
+    assert lm.dtype == mx.float32
+    assert (
+        dtypes["text_emb.weight"] == mx.bfloat16
+        and dtypes["transformer.layers.0.gating.linear_in.weight"] == mx.bfloat16
+    )
+    assert dtypes["out_norm.weight"] == mx.float32
+    seq = mx.array(tokens(cfg, 2, 10).numpy()).astype(mx.int32)
+    x = lm.embed(seq)
+    assert x.dtype == mx.float32
+    h, logits = lm.temporal(x, lm.make_cache(2))
+    assert logits.dtype == mx.float32
+    # the same weights widened at load give the same activations
+    wide = load_lm(tmp_path, mx.float32)
+    wide.load_weights([(k, v.astype(mx.float32)) for k, v in tree_flatten(wide.parameters())])
+    h2, logits2 = wide.temporal(wide.embed(seq), wide.make_cache(2))
+    assert mx.allclose(logits, logits2, atol=1e-5, rtol=1e-5).item()
+
+
+def test_bf16_activations_keep_every_array_16_bit(tiny_oracle, tokens):
+    from rolekit.lm.weights import load_lm
+
+    lm = load_lm(tiny_oracle.folder, mx.bfloat16)
+    assert set(_float_dtypes(lm).values()) == {mx.bfloat16}
+    cache = lm.make_cache(1)
+    assert cache.rings[0].keys.dtype == mx.bfloat16
+    h, logits = lm.temporal(
+        lm.embed(mx.array(tokens(tiny_oracle.cfg, 1, 10).numpy()).astype(mx.int32)), cache
+    )
+    assert h.dtype == mx.bfloat16 and logits.dtype == mx.bfloat16
+
+
+def test_quantized_folder_keeps_fp16_scales_on_cpu_and_bf16_with_bf16_activations(tiny_oracle, tmp_path):
+    from rolekit.convert import lm_source
+    from rolekit.lm.weights import load_lm, save_lm_mlx
+
+    save_lm_mlx(lm_source(tiny_oracle.folder), tmp_path, tiny_oracle.cfg, bits=4)
+    cpu = _float_dtypes(load_lm(tmp_path, mx.float32))
+    scales = [k for k in cpu if k.endswith(".scales")]
+    assert scales and {cpu[k] for k in scales} == {mx.float16}
+    gpu = _float_dtypes(load_lm(tmp_path, mx.bfloat16))
+    assert {gpu[k] for k in scales} == {mx.bfloat16} and set(gpu.values()) == {mx.bfloat16}
