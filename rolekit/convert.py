@@ -1,29 +1,42 @@
-"""`rolekit convert`: a PyTorch PersonaPlex checkpoint folder -> an MLX model folder.
+"""`rolekit convert` and quantize-on-first-load: a PersonaPlex checkpoint folder -> an MLX folder.
 
-SRC holds `model.safetensors` (LM, bf16), the Mimi file, `tokenizer_spm_32k_3.model`, voices
-(`voices/*.pt` or `*.safetensors`, or NVIDIA's `voices.tgz`) and an optional `config.json`.
-DST gets the aufklarer layout (see lm/weights.py), `mimi.safetensors` (byte copy),
-the tokenizer, and `voices/*.safetensors` (bf16 -> fp16, other tensors -> fp32, like aufklarer).
+SRC holds `model.safetensors` (LM, bf16; or an unquantized MLX-layout LM, e.g. the `tiny`
+model), the Mimi file, `tokenizer_spm_32k_3.model`, voices (`voices/*.pt` or `*.safetensors`, or
+NVIDIA's `voices.tgz`) and an optional `config.json`. DST gets the aufklarer layout (see
+lm/weights.py), `mimi.safetensors` (byte copy), the tokenizer, and `voices/*.safetensors` (bf16 ->
+fp16, other tensors -> fp32, like aufklarer).
 
-The LM is streamed tensor by tensor. torch is imported only to read `.pt` voices.
+The LM is streamed tensor by tensor. torch is imported only to read `.pt` voices. DST appears
+atomically (written as a sibling `.partial-<pid>` folder, then renamed): a crash never leaves a
+folder that later loads. `quantized_copy` converts once into `$ROLEKIT_CACHE/models/` under a
+file lock, so concurrent first loads wait for one conversion instead of racing.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rolekit.codec.config import MIMI_FILE
 from rolekit.errors import ModelError, Problem
 from rolekit.frames import SAMPLING_DEFAULTS
+from rolekit.hub import rolekit_cache
 from rolekit.lm.config import LmConfig
 
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all) of the LM being written
+
 MIMI_OUT = "mimi.safetensors"
+QUANT_BITS = {"q4": 4, "q8": 8, "bf16": 16}
+# Kept from the source's config.json: what the folder is (a random model stays labelled random).
+_CARRIED = ("random_weights", "label")
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 LM_FILE = "model.safetensors"
 
@@ -36,8 +49,10 @@ class ConvertResult:
     voices: list[str] = field(default_factory=list)
 
 
-def convert(src: Path, dst: Path, bits: int = 4, overwrite: bool = False) -> ConvertResult:
-    """Convert SRC (PyTorch folder) into DST (MLX folder), written via `DST.partial` then renamed."""
+def convert(
+    src: Path, dst: Path, bits: int = 4, overwrite: bool = False, progress: Progress | None = None
+) -> ConvertResult:
+    """Convert SRC (PyTorch folder) into DST (MLX folder), written via a `.partial` sibling then renamed."""
     from rolekit.lm.weights import config_of
 
     src, dst = Path(src), Path(dst)
@@ -47,52 +62,107 @@ def convert(src: Path, dst: Path, bits: int = 4, overwrite: bool = False) -> Con
     if dst.exists() and not overwrite:
         raise ModelError(problems=[Problem("destination exists (use --overwrite)", str(dst))])
     cfg = config_of(src)
-    tmp = dst.with_name(dst.name + ".partial")
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        result = _write(src, tmp, cfg, bits)
+        result = _write(src, tmp, cfg, bits, progress)
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
     result.dst = dst
     return result
 
 
-def _write(src: Path, tmp: Path, cfg: LmConfig, bits: int) -> ConvertResult:
+def quantized_copy(
+    src: Path, model_id: str, quant: str, progress: Progress | None = None
+) -> tuple[Path, bool]:
+    """`$ROLEKIT_CACHE/models/<model_id>-<quant>/`, converted from SRC on first use.
+
+    Returns (folder, converted now). A file lock next to the folder serialises concurrent first
+    loads: the second waits, then finds the finished folder."""
+    from filelock import FileLock
+
+    if quant not in QUANT_BITS:
+        raise ModelError(problems=[Problem(f"must be one of {', '.join(QUANT_BITS)}", field="--quant")])
+    dst = rolekit_cache() / "models" / f"{model_id}-{quant}"
+    if (dst / "config.json").is_file():
+        return dst, False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dst.with_name(dst.name + ".lock"))):
+        if (dst / "config.json").is_file():  # another process converted it while we waited
+            return dst, False
+        for stale in dst.parent.glob(f"{dst.name}.partial-*"):  # left by a crashed conversion
+            shutil.rmtree(stale, ignore_errors=True)
+        convert(src, dst, QUANT_BITS[quant], overwrite=True, progress=progress)
+    return dst, True
+
+
+def lm_source(src: Path) -> Any:
+    """The LM tensors of SRC in NVIDIA naming: its model.safetensors, or an unquantized MLX layout."""
     from rolekit.lm.checkpoint import SafetensorsFile
-    from rolekit.lm.weights import save_lm_mlx
+    from rolekit.lm.weights import MLX_FILES, MlxTensors, read_config
+
+    if (src / LM_FILE).exists():
+        return SafetensorsFile(src / LM_FILE)
+    if read_config(src).get("quantization"):
+        raise ModelError(
+            problems=[Problem("already quantized: convert from the bf16 checkpoint instead", str(src))]
+        )
+    return MlxTensors({kind: SafetensorsFile(src / name) for kind, name in MLX_FILES.items()})
+
+
+def _write(src: Path, tmp: Path, cfg: LmConfig, bits: int, progress: Progress | None) -> ConvertResult:
+    from rolekit.lm.weights import read_config, save_lm_mlx
 
     result = ConvertResult(dst=tmp, bits=bits)
     voices = convert_voices(src, tmp / "voices")
     result.voices = voices
-    extra = {
-        "base_model": "nvidia/personaplex-7b-v1",
-        "mimi": {"file": MIMI_OUT, "num_codebooks": 8},
-        "sampling": dict(SAMPLING_DEFAULTS),
-        "voices": voices,
-    }
-    sizes = save_lm_mlx(SafetensorsFile(src / LM_FILE), tmp, cfg, bits=bits, extra_config=extra)
+    source_cfg = read_config(src)
+    extra: dict[str, Any] = {k: source_cfg[k] for k in _CARRIED if k in source_cfg}
+    if "rolekit_model" in source_cfg:
+        extra["rolekit_model"] = f"{source_cfg['rolekit_model']}-{_format(bits)}"
+    extra.update(
+        {
+            "base_model": source_cfg.get("base_model", "nvidia/personaplex-7b-v1"),
+            "mimi": {"file": MIMI_OUT, "num_codebooks": 8},
+            "sampling": dict(SAMPLING_DEFAULTS),
+            "voices": voices,
+        }
+    )
+    sizes = save_lm_mlx(lm_source(src), tmp, cfg, bits=bits, extra_config=extra, progress=progress)
     result.files.update(sizes)
-    shutil.copyfile(src / MIMI_FILE, tmp / MIMI_OUT)
+    shutil.copyfile(_mimi_file(src), tmp / MIMI_OUT)
     shutil.copyfile(src / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     for name in (MIMI_OUT, TOKENIZER_FILE):
         result.files[name] = (tmp / name).stat().st_size
     return result
 
 
+def _format(bits: int) -> str:
+    return {4: "q4", 8: "q8"}.get(bits, "bf16")
+
+
+def _mimi_file(src: Path) -> Path:
+    return src / MIMI_FILE if (src / MIMI_FILE).exists() else src / MIMI_OUT
+
+
 def _check_source(src: Path) -> None:
+    from rolekit.lm.weights import MLX_FILES
+
     if not src.is_dir():
         raise ModelError(problems=[Problem("source folder not found", str(src))])
-    missing = [name for name in (LM_FILE, MIMI_FILE, TOKENIZER_FILE) if not (src / name).exists()]
+    lm = LM_FILE if (src / LM_FILE).exists() or not (src / MLX_FILES["temporal"]).exists() else None
+    wanted = [n for n in (lm, TOKENIZER_FILE) if n]
+    missing = [src / name for name in wanted if not (src / name).exists()]
+    if not _mimi_file(src).exists():
+        missing.append(src / MIMI_FILE)
     if missing:
-        raise ModelError(
-            problems=[Problem("missing from the checkpoint folder", str(src / m)) for m in missing]
-        )
+        raise ModelError(problems=[Problem("missing from the checkpoint folder", str(m)) for m in missing])
 
 
 def convert_voices(src: Path, out_dir: Path) -> list[str]:

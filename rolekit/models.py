@@ -1,17 +1,22 @@
-"""Turn `--model` into loaded parts: the embedded `tiny` random model, a local folder or a hub id.
+"""Turn `--model` (+ `--dtype`, `--quant`, `--compat`) into loaded parts: the one loader of every command.
 
-`tiny` is built once, deterministically, under `$ROLEKIT_CACHE/models/tiny-v2` (default
-`~/.cache/rolekit`), in the real MLX layout: LM files written by `lm.weights.save_lm_mlx`, Mimi in
-Kyutai naming, the tiny SentencePiece model, and 18 preset voices made by running the voice prompt
-phase on short synthetic audio. Its weights are random: it produces noise, never speech.
+`--model`: the embedded `tiny` random model, `random-7b` (a full-size random model in NVIDIA's
+layout, `rolekit.randmodel`), a local folder or a hub id. `tiny` is built once, deterministically,
+under `$ROLEKIT_CACHE/models/tiny-v2` (default `~/.cache/rolekit`), in the real MLX layout: LM
+files written by `lm.weights.save_lm_mlx`, Mimi in Kyutai naming, the tiny SentencePiece model,
+and 18 preset voices made by running the voice prompt phase on short synthetic audio. Random
+weights produce noise, never speech; bundles of them say so (`is_random`, `label`).
+
+`load` applies the precision policy (`lm.precision`): the activation dtype from the device and
+`--dtype`; for NVIDIA's bf16 checkpoint the weight format from `--quant` (q4 / q8 are converted
+once into `$ROLEKIT_CACHE/models/<model-id>-<quant>/`, `convert.quantized_copy`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +24,24 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.codec.config import MIMI_FILE
-from rolekit.errors import AudioInputError, ModelError
-from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
+from rolekit.errors import ConfigError, ModelError
+from rolekit.frames import N_CODEBOOKS, N_STREAMS
 from rolekit.hub import rolekit_cache
+from rolekit.randmodel import MIMI_FILE, RANDOM_7B_VERSION, TINY_LABEL, TINY_SEED, TINY_VERSION  # noqa: F401
+from rolekit.text import RANDOM_7B as RANDOM_7B_SPEC
 
 TINY = "tiny"
-TINY_VERSION = "tiny-v2"
-TINY_LABEL = "tiny random-weight model: it produces noise, not speech (for tests and demos of the plumbing)"
-TINY_SEED = 20260101
-TINY_VOICE_SECONDS = 1.2
+RANDOM_7B = RANDOM_7B_SPEC
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded (the shared `--dtype`, `--quant`, `--compat` options)."""
+
+    dtype: str = "auto"  # activations: auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp16 | fp32
+    quant: str = "auto"  # NVIDIA's bf16 checkpoint as: auto | bf16 | q8 | q4
+    compat: str = "kyutai"  # kyutai | nvidia (the ring cache of NVIDIA's fork, LM and Mimi)
+    batch: int = 1  # conversations stepped together (what `--quant auto` weighs)
 
 
 @dataclass
@@ -39,10 +52,28 @@ class ModelBundle:
     model_dir: Path
     model_id: str
     is_random: bool
+    quant: str = ""  # the weight format loaded: bf16 | q8 | q4 | fp32 | ...
+    compat: str = "kyutai"
+    random_label: str = TINY_LABEL
 
     @property
     def label(self) -> str:
-        return TINY_LABEL if self.is_random else self.model_id
+        return self.random_label if self.is_random else self.model_id
+
+    @property
+    def dtype(self) -> str:
+        """The activation dtype, e.g. "bf16"."""
+        from rolekit.lm.precision import dtype_name
+
+        return dtype_name(self.lm.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        """What a report or summary should say about the model (random weights are labelled)."""
+        out = {"model": self.model_id, "dtype": self.dtype, "quant": self.quant, "compat": self.compat}
+        out["random_weights"] = self.is_random
+        if self.is_random:
+            out["label"] = self.label
+        return out
 
 
 @dataclass
@@ -75,12 +106,22 @@ class VoicePrompt:
 MODEL_FILES = ["*.safetensors", "*.model", "*.json", "voices*.tgz", "voices/*"]  # globs: all optional
 
 
-def resolve(spec: str) -> Path:
-    """`tiny` -> the embedded model folder (built on first use); else a local folder or hub id."""
+def resolve(spec: str, progress: Callable[[int, int], None] | None = None) -> Path:
+    """`tiny` / `random-7b` -> the embedded model folder (built on first use); else a local folder or
+    hub id. `progress(done, total)` follows the build of random-7b (~17 GB written once)."""
     if spec == TINY:
         folder = rolekit_cache() / "models" / TINY_VERSION
         if not (folder / "config.json").is_file():
+            from rolekit.randmodel import build_tiny
+
             build_tiny(folder)
+        return folder
+    if spec == RANDOM_7B:
+        from rolekit.randmodel import build_random_7b
+
+        folder = rolekit_cache() / "models" / RANDOM_7B_VERSION
+        if not (folder / "config.json").is_file():
+            build_random_7b(folder, progress=progress)
         return folder
     from rolekit.hub import resolve_model
 
@@ -92,8 +133,9 @@ def model_id_of(folder: Path) -> str:
     cfg = folder / "config.json"
     text = cfg.read_text() if cfg.is_file() else ""
     try:
-        if json.loads(text or "{}").get("rolekit_model") == TINY_VERSION:
-            return TINY_VERSION
+        named = json.loads(text or "{}").get("rolekit_model")
+        if isinstance(named, str) and named:  # a model rolekit built (tiny, random-7b) or converted from one
+            return named
     except json.JSONDecodeError:
         pass
     h = hashlib.sha256(text.encode())
@@ -103,16 +145,32 @@ def model_id_of(folder: Path) -> str:
     return f"{folder.name}-{h.hexdigest()[:12]}"
 
 
-def load(spec: str) -> ModelBundle:
+def load(
+    spec: str,
+    options: LoadOptions | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ModelBundle:
+    """Load `spec` as `options` say. `log` gets one line per decision (what was chosen and why);
+    `progress(task, done, total)` follows a first-use build or conversion."""
     from rolekit.codec.blas import note_reference_blas
     from rolekit.codec.weights import load_mimi
+    from rolekit.lm.precision import activation_dtype, device_kind
     from rolekit.lm.weights import load_lm, read_config
     from rolekit.text import TOKENIZER_FILE, Tokenizer
 
-    folder = resolve(spec)
+    options = options or LoadOptions()
+    say = log or (lambda _line: None)
+    if options.compat not in ("kyutai", "nvidia"):
+        raise ConfigError(f"--compat: must be kyutai or nvidia, got {options.compat!r}")
+    device = device_kind()
+    dtype = activation_dtype(options.dtype, device)
+    building = None if progress is None else (lambda d, t: progress(f"building {spec}", d, t))
+    folder = resolve(spec, progress=building)
+    folder, quant = _weights_folder(folder, options, device, say, progress)
     note_reference_blas()
-    lm = load_lm(folder)
-    mimi = load_mimi(folder, num_codebooks=N_CODEBOOKS)
+    lm = load_lm(folder, dtype, options.compat)
+    mimi = load_mimi(folder, num_codebooks=N_CODEBOOKS, compat=options.compat)
     if mimi.num_codebooks < N_CODEBOOKS:
         raise ModelError(
             f"{folder}: Mimi has {mimi.num_codebooks} codebooks, PersonaPlex needs {N_CODEBOOKS}"
@@ -120,8 +178,65 @@ def load(spec: str) -> ModelBundle:
     tok = folder / TOKENIZER_FILE
     if not tok.is_file():
         raise ModelError(f"{folder}: no {TOKENIZER_FILE}")
-    is_random = bool(read_config(folder).get("random_weights", False))
-    return ModelBundle(lm, mimi, Tokenizer(tok), folder, model_id_of(folder), is_random)
+    config = read_config(folder)
+    is_random = bool(config.get("random_weights", False))
+    label = str(config.get("label") or TINY_LABEL)
+    bundle = ModelBundle(lm, mimi, Tokenizer(tok), folder, model_id_of(folder), is_random, quant)
+    bundle.compat, bundle.random_label = options.compat, label
+    say(f"model {bundle.model_id}: {quant} weights, {bundle.dtype} activations on {device}")
+    return bundle
+
+
+def _weights_folder(
+    folder: Path,
+    options: LoadOptions,
+    device: str,
+    say: Callable[[str], None],
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[Path, str]:
+    """(the folder to load, its weight format): NVIDIA's bf16 checkpoint in the `--quant` chosen
+    (converted once into the cache), an MLX-layout folder as it is."""
+    from rolekit.lm.precision import choose_quant, memory_gb
+    from rolekit.lm.weights import NVIDIA_FILE, read_config
+
+    if not (folder / NVIDIA_FILE).exists():
+        stored = _stored_format(folder, read_config(folder))
+        if options.quant not in ("auto", stored):
+            if stored not in ("bf16", "fp32") or options.quant == "bf16":
+                raise ConfigError(
+                    f"--quant {options.quant}: {folder} holds {stored} weights (MLX layout); "
+                    "use --quant auto, or give NVIDIA's bf16 checkpoint"
+                )
+            return _quantize(folder, options.quant, say, progress), options.quant
+        return folder, stored
+    choice = choose_quant(options.quant, device, memory_gb(device), options.batch)
+    say(f"--quant {options.quant}: {choice.quant} ({choice.reason})")
+    if choice.quant == "bf16":
+        return folder, "bf16"
+    return _quantize(folder, choice.quant, say, progress), choice.quant
+
+
+def _quantize(
+    folder: Path, quant: str, say: Callable[[str], None], progress: Callable[[str, int, int], None] | None
+) -> Path:
+    from rolekit.convert import quantized_copy
+
+    task = f"converting to {quant} (once)"
+    report = None if progress is None else (lambda d, t: progress(task, d, t))
+    out, converted = quantized_copy(folder, model_id_of(folder), quant, report)
+    say(f"{'converted' if converted else 'using'} {quant} copy: {out}")
+    return out
+
+
+def _stored_format(folder: Path, config: dict[str, Any]) -> str:
+    bits = (config.get("quantization") or {}).get("bits")
+    if bits:
+        return f"q{bits}"
+    from rolekit.lm.checkpoint import SafetensorsFile
+
+    f = SafetensorsFile(folder / "embeddings.safetensors")
+    dtype = f.dtype(next(iter(f.keys())))
+    return {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}.get(dtype, dtype.lower())
 
 
 def load_voice(bundle: ModelBundle, name_or_path: str) -> VoicePrompt:
@@ -143,21 +258,9 @@ def load_voice(bundle: ModelBundle, name_or_path: str) -> VoicePrompt:
 
 def voice_from_audio(mimi: Any, pcm: np.ndarray, source: str = "audio") -> VoicePrompt:
     """NVIDIA's voice WAV path: -24 LUFS, then Mimi-encoded one 1920-sample frame at a time."""
-    from rolekit.audio.loudness import normalize_lufs
+    from rolekit.randmodel import encode_voice
 
-    pcm = np.asarray(pcm, np.float32).reshape(-1)
-    if pcm.size == 0:
-        raise AudioInputError(f"{source}: empty voice audio")
-    pcm = normalize_lufs(pcm, SAMPLE_RATE, -24.0)
-    frames = -(-pcm.size // FRAME_SAMPLES)
-    pcm = np.pad(pcm, (0, frames * FRAME_SAMPLES - pcm.size))
-    state = mimi.make_state(1)
-    codes = []
-    for t in range(frames):
-        chunk = mx.array(pcm[t * FRAME_SAMPLES : (t + 1) * FRAME_SAMPLES])[None, None]
-        codes.append(mimi.encode_step(chunk, state)[0, :N_CODEBOOKS, 0])
-    out = np.array(mx.stack(codes, axis=1)).astype(np.int32)  # [8, T]
-    return VoicePrompt(embeddings=None, codes=out, cache=None, source=source)
+    return VoicePrompt(embeddings=None, codes=encode_voice(mimi, pcm, source), cache=None, source=source)
 
 
 def _voice_from_tensors(tensors: dict[str, np.ndarray], path: Path, dim: int) -> VoicePrompt:
@@ -193,172 +296,19 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         raise ModelError(f"{path}: not a PersonaPlex voice .pt ({type(exc).__name__}: {exc})") from exc
 
 
-# ---------------------------------------------------------------- the tiny model
+def __getattr__(name: str) -> Any:
+    """The random-model builders moved to `rolekit.randmodel`; the old names still resolve."""
+    if name in _RANDMODEL_NAMES:
+        from rolekit import randmodel
+
+        return getattr(randmodel, name)
+    raise AttributeError(name)
 
 
-def tiny_configs() -> tuple[Any, Any]:
-    """(LmConfig, MimiConfig) of the tiny model: real stream layout, Mimi frame size and card."""
-    from rolekit.codec.config import tiny as tiny_mimi
-    from rolekit.lm.config import tiny as tiny_lm
-    from rolekit.text import TINY_TOKENIZER, Tokenizer
-
-    vocab = Tokenizer(TINY_TOKENIZER).vocab_size
-    # card 2048 = Mimi bins, so the real SILENCE / SINE codes are valid tokens.
-    lm_cfg = tiny_lm(text_card=vocab, card=2048, context=3000)
-    mimi_cfg = tiny_mimi(bins=2048, total_codebooks=N_CODEBOOKS, num_codebooks=N_CODEBOOKS, context=250)
-    return lm_cfg, mimi_cfg
-
-
-def build_tiny(folder: Path) -> Path:
-    """Build the tiny model into `folder` atomically (a sibling temp folder, then rename)."""
-    from rolekit.codec.mimi import Mimi
-    from rolekit.codec.weights import save_mimi
-    from rolekit.lm.model import LM
-    from rolekit.lm.weights import lm_tensors, save_lm_mlx
-    from rolekit.text import TINY_TOKENIZER, TOKENIZER_FILE
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        lm_cfg, mimi_cfg = tiny_configs()
-        mx.random.seed(TINY_SEED)
-        lm = LM(lm_cfg)
-        mimi = Mimi(mimi_cfg)
-        mimi.load_weights(_random_mimi_weights(mimi))
-        probe = Mimi(mimi_cfg)  # runs the encoder (which may cache derived arrays); mimi stays clean
-        probe.load_weights(_codebook_free(mimi))
-        _randomize_codebooks(probe)
-        mimi.load_weights(
-            [(n, a) for n, a in _flat(probe) if n.endswith(("embedding_sum", "cluster_usage"))], strict=False
-        )
-        mimi.prepare()
-        mx.eval(lm.parameters(), mimi.parameters())
-        extra = {"rolekit_model": TINY_VERSION, "random_weights": True, "label": TINY_LABEL}
-        save_lm_mlx(lm_tensors(lm), tmp, lm_cfg, bits=None, extra_config=extra)
-        save_mimi(mimi, tmp / MIMI_FILE)
-        shutil.copyfile(TINY_TOKENIZER, tmp / TOKENIZER_FILE)
-        (tmp / "README.txt").write_text(TINY_LABEL + "\n")
-        write_tiny_voices(lm, mimi, tmp / "voices")
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not a concurrent build that won: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def _flat(module: Any) -> list[tuple[str, mx.array]]:
-    from mlx.utils import tree_flatten
-
-    return list(tree_flatten(module.parameters()))
-
-
-def _codebook_free(module: Any) -> list[tuple[str, mx.array]]:
-    return _flat(module)
-
-
-def _random_mimi_weights(mimi: Any) -> list[tuple[str, mx.array]]:
-    """Variance-preserving random weights for every Mimi tensor (a fresh Mimi holds zeros)."""
-    rng = np.random.default_rng(TINY_SEED + 1)
-    out = []
-    for name, arr in _flat(mimi):
-        shape = tuple(arr.shape)
-        if name.endswith(("embedding_sum", "cluster_usage")):
-            value = np.zeros(shape) if name.endswith("embedding_sum") else np.ones(shape)
-        elif "norm" in name:
-            value = np.ones(shape) if name.endswith("weight") else np.zeros(shape)
-        elif "layer_scale" in name:
-            value = np.full(shape, 0.01)
-        elif len(shape) >= 2:
-            fan_in = int(np.prod(shape[:-1]))  # MLX Mimi keeps every weight output-last
-            value = rng.standard_normal(shape) / np.sqrt(fan_in)
-        else:
-            value = 0.01 * rng.standard_normal(shape)
-        out.append((name, mx.array(value.astype(np.float32))))
-    return out
-
-
-def _randomize_codebooks(mimi: Any) -> None:
-    """A fresh Mimi has all-zero codebooks: draw centroids around the latents of calibration audio.
-
-    Level by level, centroids ~ N(mean, std) of the residual left by the previous levels, so that
-    different sounds get different codes (a plain random table maps every frame to one code).
-    """
-    rng = np.random.default_rng(TINY_SEED)
-    calib = np.concatenate([synthetic_voice(i, 0.8) for i in range(0, 18, 3)])
-    calib = np.concatenate([calib, 0.2 * rng.standard_normal(calib.size // 2).astype(np.float32)])
-    x = mx.array(calib[: calib.size // FRAME_SAMPLES * FRAME_SAMPLES])[None, :, None]  # [1, N, 1]
-    latent = mimi.downsample(mimi.encoder_transformer(mimi.encoder(x, {})), {}, "downsample")[0]  # [T, D]
-    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        residual = rvq.input_proj(latent)  # [T, dim]
-        for layer in rvq.layers:
-            mean, std = residual.mean(axis=0), residual.std(axis=0) + 1e-6
-            noise = mx.array(rng.standard_normal(layer.embedding_sum.shape).astype(np.float32))
-            layer.embedding_sum = mean + std * noise
-            layer.cluster_usage = mx.ones(layer.cluster_usage.shape)
-            layer.prepare()
-            residual = residual - layer.decode(layer.encode(residual))
-    mimi.prepare()
-
-
-def synthetic_voice(index: int, seconds: float = TINY_VOICE_SECONDS) -> np.ndarray:
-    """A deterministic voice-like signal (harmonic tone with vibrato and syllable envelope)."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    f0 = 110.0 + 12.0 * index  # one pitch per preset
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * 5 * t))) / SAMPLE_RATE
-    sig = sum(np.sin(k * phase) / k for k in range(1, 6))
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t) ** 2
-    return (0.3 * sig * env).astype(np.float32)
-
-
-def voice_prompt_phase(codes: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """LMGen's voice prompt phase on Mimi codes [8, T]: (inputs [T-1, 17], token ring [17, 4]).
-
-    Every stream is provided (agent = codes, text = PAD, user = SINE), so the model's samples
-    never enter the ring: call s >= 1 feeds, per stream k, the initial token while s-1 <= delay_k,
-    else frame s-1-delay_k; the ring keeps, per column, the newest position written.
-    (Closed form of `engine.prefill.simulate`, which the tests check it against.)
-    """
-    from rolekit.frames import DELAYS, PAD, SINE_TOKENS, UNGENERATED_TOKEN
-
-    t_len = codes.shape[1]
-    frames = np.concatenate(
-        [np.full((1, t_len), PAD), codes[:N_CODEBOOKS], np.asarray(SINE_TOKENS)[:, None].repeat(t_len, 1)]
-    ).T  # [T, 17]
-    delays = np.asarray(DELAYS)
-
-    def token(pos: int, k: int) -> int:
-        if pos < 0:
-            return UNGENERATED_TOKEN
-        return int(initial[k]) if pos <= delays[k] else int(frames[pos - delays[k], k])
-
-    inputs = np.array([[token(s - 1, k) for k in range(N_STREAMS)] for s in range(1, t_len)], np.int32)
-    ct = max(DELAYS) + 3
-    ring = np.zeros((N_STREAMS, ct), np.int32)
-    for k in range(N_STREAMS):
-        last = t_len - 1 + delays[k]  # newest position written for stream k
-        for j in range(ct):
-            ring[k, j] = token(last - ((last - j) % ct), k)
-    return inputs.reshape(-1, N_STREAMS), ring
-
-
-def write_tiny_voices(lm: Any, mimi: Any, folder: Path) -> None:
-    """Run the voice prompt phase on synthetic audio; store {embeddings [E,1,1,D], cache [1,17,4]}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    initial = np.array([lm.cfg.text_card] + [lm.cfg.card] * (N_STREAMS - 1), np.int32)
-    for i, name in enumerate(VOICES):
-        voice = voice_from_audio(mimi, synthetic_voice(i), name)
-        inputs, ring = voice_prompt_phase(voice.codes, initial)
-        emb = lm.embed(mx.array(inputs.T[None]))[0]  # [T-1, D]: LMGen's saved input embeddings
-        tensors = {
-            "embeddings": emb.astype(mx.float32)[:, None, None, :],
-            "cache": mx.array(ring.astype(np.float32))[None],  # [1, 17, 4], float like the MLX ports
-        }
-        mx.save_safetensors(
-            str(folder / f"{name}.safetensors"), tensors, metadata={"format": "personaplex-voice"}
-        )
+_RANDMODEL_NAMES = (
+    "build_tiny",
+    "tiny_configs",
+    "synthetic_voice",
+    "voice_prompt_phase",
+    "write_tiny_voices",
+)

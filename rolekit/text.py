@@ -6,14 +6,17 @@ No mlx here. The `<system>` wrapping of persona prompts lives in `rolekit.person
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import cached_property
 from pathlib import Path
 
 from rolekit.errors import ModelError
-from rolekit.hub import download_file
+from rolekit.hub import download_file, rolekit_cache
 
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"  # name in NVIDIA's and the MLX model folders
 TINY_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tiny.model"
+REAL_VOCAB = 32000  # PersonaPlex's text vocabulary (tokenizer_spm_32k_3.model)
+RANDOM_7B = "random-7b"  # the full-size random model (rolekit.randmodel); its tokenizer needs no mlx
 WORD_BOUNDARY = "\u2581"  # "▁", SentencePiece's marker for a preceding space
 
 
@@ -57,9 +60,31 @@ def tokenizer_path(model_spec: str) -> Path:
     """`tiny` -> TINY_TOKENIZER; a folder -> its tokenizer_spm_32k_3.model; a hub id -> that one file."""
     if model_spec == "tiny":
         return TINY_TOKENIZER
+    if model_spec == RANDOM_7B:
+        return padded_tokenizer(rolekit_cache() / "tokenizers" / f"tiny-padded-{REAL_VOCAB}.model")
     folder = Path(model_spec).expanduser()
     if folder.is_dir():
         if not (folder / TOKENIZER_FILE).is_file():
             raise ModelError(f"{model_spec}: no {TOKENIZER_FILE} in this model folder")
         return folder / TOKENIZER_FILE
     return download_file(model_spec, TOKENIZER_FILE)
+
+
+def padded_tokenizer(path: Path, vocab: int = REAL_VOCAB) -> Path:
+    """The tiny SentencePiece model grown to `vocab` pieces (PersonaPlex's vocabulary size), written
+    to `path` once (atomically). Its first 1000 ids encode as the tiny model does; the added pieces
+    (`▁rkpad00001`...) score far below every real piece, so text never segments into them."""
+    if path.is_file():
+        return path
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    model = pb.ModelProto()
+    model.ParseFromString(TINY_TOKENIZER.read_bytes())
+    for i in range(len(model.pieces), vocab):
+        piece = model.pieces.add()
+        piece.piece, piece.score, piece.type = f"{WORD_BOUNDARY}rkpad{i:05d}", -1000.0 - i * 1e-3, 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    tmp.replace(path)
+    return path

@@ -12,9 +12,13 @@ from rolekit.errors import AudioInputError
 from rolekit.frames import SAMPLE_RATE
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, mono: bool = True) -> np.ndarray:
+def read_audio(
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, mono: bool = True, channel: int | None = None
+) -> np.ndarray:
     """Read an audio file as float32 at `sample_rate` (stereo is downmixed when `mono`).
 
+    `channel`: take that channel alone ([N]; 0 is the first, as NVIDIA's offline.py reads a stereo
+    input) instead of the downmix; a file with fewer channels is an AudioInputError.
     Any sample rate (resampled with soxr), int or float WAV. Empty, NaN/Inf or unreadable input
     raises AudioInputError naming the file.
     """
@@ -27,6 +31,10 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, *, mono:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for unreadable files
         raise AudioInputError(f"{p}: cannot read audio ({exc})") from None
+    if channel is not None:
+        if not 0 <= channel < data.shape[1]:
+            raise AudioInputError(f"{p}: --channel {channel}: the file has {data.shape[1]} channel(s)")
+        data = data[:, channel]
     return check_audio(prepare(data, sr, sample_rate, mono=mono), str(p))
 
 

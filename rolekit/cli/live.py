@@ -9,9 +9,10 @@ from typing import Any
 
 import typer
 
+from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import MAX_SEED, finite, parse_vars
 from rolekit.errors import DeviceError
-from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
+from rolekit.hub import rolekit_cache
 
 DEFAULT_RUNS = Path("transcripts") / "live"  # next to the scripted runs of `rolekit run`
 DEFAULT_SEED = 42424242  # NVIDIA's server seed, as in `rolekit respond`
@@ -61,13 +62,10 @@ def devices(
 def live(
     persona: str = typer.Argument(..., help="persona name (personas/NAME.yaml) or path to a persona YAML"),
     var: list[str] = typer.Option([], "--var", help="template variable NAME=VALUE (repeatable)"),
-    model: str = typer.Option(
-        DEFAULT_MODEL,
-        "--model",
-        "-m",
-        envvar=MODEL_ENV,
-        help="model folder, Hugging Face id, or `tiny` (random)",
-    ),
+    model: str = model_opts.MODEL,
+    dtype: str = model_opts.DTYPE,
+    quant: str = model_opts.QUANT,
+    compat: str = model_opts.COMPAT,
     input_device: str | None = typer.Option(
         None, "--input-device", help="microphone: index or name (see `rolekit devices`)"
     ),
@@ -96,7 +94,8 @@ def live(
     console.print(f"[yellow]{HEADPHONES_HINT}[/]")
     # devices first: a missing microphone is reported before the model loads
     stream = DuplexStream(input_device, output_device, prebuffer_frames=prebuffer)
-    prepared = _prepare(persona, values, model, seed, cache)
+    load = model_opts.load_options(dtype, quant, compat)
+    prepared = _prepare(persona, values, model, seed, cache, load)
     meta = prepared["meta"]
     folder = record or DEFAULT_RUNS / f"{meta['persona']}-{datetime.now():%Y%m%d-%H%M%S}"
     meta["run_id"] = Path(folder).name
@@ -141,7 +140,9 @@ def live(
         raise failure
 
 
-def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, cache: bool) -> dict[str, Any]:
+def _prepare(
+    persona_name: str, values: dict[str, str], model: str, seed: int, cache: bool, load: Any = None
+) -> dict[str, Any]:
     """Persona -> plan, model -> engine, and the prefill (or its cached snapshot) to run before the stream opens."""
     import dataclasses
 
@@ -154,7 +155,7 @@ def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, c
     from rolekit.session.scripted import piece_of
 
     p = load_persona(persona_name)
-    bundle = models.load(model)
+    bundle = model_opts.load_model(model, load or model_opts.load_options("auto", "auto", "kyutai"))
     voice = models.load_voice(bundle, p.voice)
     plan = compile_persona(p, values, bundle.tokenizer, voice.frames)
     params = dataclasses.replace(SamplingParams(), **plan.sampling)
@@ -167,6 +168,7 @@ def _prepare(persona_name: str, values: dict[str, str], model: str, seed: int, c
         "vars": values,
         "model_id": bundle.model_id,
         "is_random_model": bool(bundle.is_random),
+        "model": bundle.describe(),
         "seed": seed,
         "voice": plan.voice,
         "sampling": dataclasses.asdict(params),

@@ -1,4 +1,5 @@
-"""`rolekit convert`: PyTorch PersonaPlex checkpoint folder -> MLX model folder."""
+"""`rolekit convert` (PyTorch PersonaPlex checkpoint folder -> MLX model folder) and
+`rolekit model random-7b` (write the full-size random model in NVIDIA's layout)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,45 @@ import typer
 
 from rolekit.errors import ConfigError
 
+model_app = typer.Typer(help="Model folders rolekit builds itself.", no_args_is_help=True)
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the rolekit app."""
     app.command("convert")(convert_command)
+    app.add_typer(model_app, name="model")
+
+
+@model_app.command("random-7b")
+def random_7b_command(
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Folder to write (default: $ROLEKIT_CACHE/models/random-7b-v1, what --model random-7b uses).",
+    ),
+) -> None:
+    """Write PersonaPlex 7B at full size with random weights in NVIDIA's layout (~17 GB, streamed).
+
+    bf16 model.safetensors with the real names and shapes, full-size Mimi, a 32000-piece tokenizer
+    and 18 voice presets (.pt). It speaks noise: for timing and testing the real path."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rolekit.hub import rolekit_cache
+    from rolekit.randmodel import RANDOM_7B_VERSION, build_random_7b
+
+    folder = out or rolekit_cache() / "models" / RANDOM_7B_VERSION
+    if (folder / "config.json").is_file():
+        typer.echo(f"{folder} exists")
+        return
+    if folder.exists():
+        raise ConfigError(f"--out {folder}: exists and is not a random-7b folder")
+    start = time.perf_counter()
+    columns = (TextColumn("writing random-7b"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("lm", total=None)
+        build_random_7b(folder, lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(f"wrote {folder} in {time.perf_counter() - start:.1f} s")
 
 
 def convert_command(

@@ -198,10 +198,10 @@ def voice_frames_for(voice: str, model: str) -> int | None:
 
     if is_voice_file(voice):
         return voice_frames(Path(voice))
-    if model == "tiny":
+    if model in ("tiny", "random-7b"):
         from rolekit.models import resolve  # builds the embedded model once (its presets are generated)
 
-        return voice_frames(voice_file(resolve("tiny"), voice))
+        return voice_frames(voice_file(resolve(model), voice))
     from rolekit.hub import resolve_model
 
     folder = resolve_model(model, [f"voices/{voice}.*", "voices*.tgz"])

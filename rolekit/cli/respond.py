@@ -11,9 +11,10 @@ from typing import Any
 
 import typer
 
+from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import MAX_SEED, finite, parse_vars, user_errors
 from rolekit.errors import ConfigError
-from rolekit.hub import DEFAULT_MODEL, MODEL_ENV, rolekit_cache
+from rolekit.hub import rolekit_cache
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
 DEFAULT_TAIL = 4.0  # seconds: room for the agent's answer to the input's last words
@@ -27,12 +28,15 @@ def register(app: typer.Typer) -> None:
 def respond(
     input: Path = typer.Option(..., "--input", "-i", help="User audio (any WAV; resampled to 24 kHz mono)."),
     output: Path = typer.Option(..., "--output", "-o", help="Agent audio out: mono 24 kHz WAV."),
-    model: str = typer.Option(
-        DEFAULT_MODEL,
-        "--model",
-        "-m",
-        envvar=MODEL_ENV,
-        help="tiny (random, noise only), a model folder or a HF repo id.",
+    model: str = model_opts.MODEL,
+    dtype: str = model_opts.DTYPE,
+    quant: str = model_opts.QUANT,
+    compat: str = model_opts.COMPAT,
+    channel: int = typer.Option(
+        0,
+        "--channel",
+        min=0,
+        help="Channel of a multi-channel --input to use (0 = the first, as NVIDIA's offline.py).",
     ),
     voice: str | None = typer.Option(
         None, "--voice", help="Preset (NATF0..VARM4) or a .safetensors/.pt/.wav file."
@@ -143,9 +147,10 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     from rolekit.engine.snapshot import prefill_cached
     from rolekit.frames import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, TEXT_SPECIAL_NAMES
 
-    user = read_audio(opts["input"])
+    user = read_audio(opts["input"], channel=int(opts["channel"]))
+    load_opts = model_opts.load_options(opts["dtype"], opts["quant"], opts["compat"])
     t0 = time.perf_counter()
-    bundle = models.load(opts["model"])
+    bundle = model_opts.load_model(opts["model"], load_opts, quiet=bool(opts["quiet"]))
     load_s = time.perf_counter() - t0
     persona, plan = _persona_and_plan(opts, bundle)
     voice = models.load_voice(bundle, plan.voice)
@@ -170,8 +175,8 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     ms = sum(steps) / len(steps) if steps else 0.0
     return {
         "output": str(opts["output"]),
-        "model": bundle.model_id,
-        "random_weights": bundle.is_random,
+        **bundle.describe(),
+        "channel": int(opts["channel"]),
         "persona": persona.name,
         "voice": plan.voice,
         "prompt_tokens": len(plan.text_ids),

@@ -10,9 +10,9 @@ from typing import Any
 
 import typer
 
+from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import user_errors
 from rolekit.errors import ConfigError
-from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
 
 
 def register(app: typer.Typer) -> None:
@@ -21,13 +21,7 @@ def register(app: typer.Typer) -> None:
     app.command("test")(test_command)
 
 
-_MODEL = typer.Option(
-    DEFAULT_MODEL,
-    "--model",
-    "-m",
-    envvar=MODEL_ENV,
-    help="Model folder, Hugging Face id, or `tiny` (random, for tests).",
-)
+_MODEL = model_opts.MODEL
 _OUT = typer.Option(Path("transcripts"), "--out", "-o", help="Folder for run folders and results.jsonl.")
 _WHISPER = typer.Option(
     None, "--whisper", help="mlx-whisper folder or hub id (default: tiny.en when installed)."
@@ -58,12 +52,16 @@ def run_command(
     ),
     jobs: int = _JOBS,
     junit: Path | None = _JUNIT,
+    dtype: str = model_opts.DTYPE,
+    quant: str = model_opts.QUANT,
+    compat: str = model_opts.COMPAT,
 ) -> None:
     """Run one scenario (every matrix cell and repeat) and write transcripts/<scenario>/<run-id>/."""
     if scenario.is_dir():
         raise ConfigError(
             f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
         )
+    load = model_opts.load_options(dtype, quant, compat, jobs)
     _suite(
         [scenario],
         None,
@@ -77,6 +75,7 @@ def run_command(
         repeats,
         title="rolekit run",
         asr=asr,
+        load=load,
     )
 
 
@@ -117,10 +116,14 @@ def test_command(
         min=1,
         help="With --cluster: workers per node (default GPUs / --gpus-per-actor).",
     ),
+    dtype: str = model_opts.DTYPE,
+    quant: str = model_opts.QUANT,
+    compat: str = model_opts.COMPAT,
 ) -> None:
     """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
     with user_errors():
         on = _cluster_options(cluster, gpus_per_actor, actors_per_node)
+        load = model_opts.load_options(dtype, quant, compat, jobs)
     _suite(
         paths or [Path("scenarios")],
         filter,
@@ -136,6 +139,7 @@ def test_command(
         baseline=baseline,
         asr=asr,
         cluster=on,
+        load=load,
     )
 
 
@@ -165,11 +169,12 @@ def _suite(
     baseline: str | None = None,
     asr: str | None = None,
     cluster: Any = None,
+    load: Any = None,
 ) -> None:
     with user_errors():  # bad input: one message, exit 2
         runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
     _run_planned(
-        runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr, cluster
+        runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr, cluster, load
     )
 
 
@@ -204,6 +209,7 @@ def _run_planned(
     title: str,
     asr: str | None = None,
     cluster: Any = None,
+    load: Any = None,
 ) -> None:
     from contextlib import nullcontext
 
@@ -223,7 +229,8 @@ def _run_planned(
         where = RayCluster(cluster, model)
     try:
         with user_errors(), where, suite_progress(len(runs)) as progress:
-            backend = where.backend if cluster is not None else MlxBackend(model)
+            local = MlxBackend(model, lambda spec: model_opts.load_model(spec, load), model_opts.warm)
+            backend = where.backend if cluster is not None else local
             executor = where if cluster is not None else None
             outcome = run_suite(runs, backend, options, progress.listener(), executor=executor)
     except KeyboardInterrupt:

@@ -9,6 +9,10 @@ Streaming follows Kyutai's streaming mode exactly, including its transformer rin
 `context - 1` keys instead of `context`, so streaming and whole-clip results then differ slightly
 (5e-4 relative on the PCM over 400 frames with random full-size weights, in Kyutai's code and
 ours alike; the convolutions are exact).
+
+The default follows Kyutai's fix of that ring (kyutai-labs/moshi #148). NVIDIA's PersonaPlex fork
+predates it: there, once the ring is full, every query sees one key less still. `--compat nvidia`
+reproduces that (`codec.weights.nvidia_ring`: the same ring with `context - 1` slots).
 """
 
 from __future__ import annotations

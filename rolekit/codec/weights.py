@@ -195,18 +195,29 @@ def _read_via_mlx(path: Path) -> dict[str, np.ndarray]:
     return {k: np.array(v.astype(mx.float32)) for k, v in arrays.items()}
 
 
-def load_mimi(path: Path, num_codebooks: int = 8, cfg: MimiConfig | None = None) -> Mimi:
+def load_mimi(
+    path: Path, num_codebooks: int = 8, cfg: MimiConfig | None = None, compat: str = "kyutai"
+) -> Mimi:
     """Mimi from a safetensors file or a model folder.
 
     The configuration is `cfg` if given, else the one `save_mimi` stored in the file's metadata
     (tiny models), else the real `mimi_202407`. `num_codebooks` levels are used (capped at the
-    model's total).
+    model's total). `compat="nvidia"`: the transformer ring of NVIDIA's fork (see `nvidia_ring`).
     """
     file = resolve_mimi_file(Path(path))
     if cfg is None:
         cfg = _config_from_metadata(file) or mimi_202407()
     cfg = replace(cfg, num_codebooks=min(num_codebooks, cfg.total_codebooks))
+    if compat == "nvidia":
+        cfg = nvidia_ring(cfg)
     return load_weights_into(Mimi(cfg), read_safetensors(file), str(file))
+
+
+def nvidia_ring(cfg: MimiConfig) -> MimiConfig:
+    """The streaming transformer of NVIDIA's fork (moshi 0.1's RingKVCache, before Kyutai's fix
+    #148): once the ring is full, the oldest slot is given a future position and masked out, so
+    every query sees one key less. That equals Kyutai's fixed ring with `context - 1` slots."""
+    return replace(cfg, context=cfg.context - 1)
 
 
 def export_kyutai(mimi: Mimi) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from rolekit.frames import PrefillPlan
@@ -31,15 +32,18 @@ class Backend(Protocol):
 class MlxBackend:
     """rolekit.models.load(spec) once; a fresh Engine per batch of runs."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, loader: Callable[[str], Any] | None = None) -> None:
+        """`loader(spec) -> ModelBundle` (default `models.load` with default options; the CLI passes
+        its `--dtype` / `--quant` / `--compat` and progress display)."""
         from rolekit.text import Tokenizer, tokenizer_path
 
         self.spec = spec
+        self._loader = loader
         self._tokenizer = Tokenizer(tokenizer_path(spec))
         self._bundle: Any = None
         self._voices: dict[str, Any] = {}
         self.model_id = spec
-        self.is_random = spec == "tiny"
+        self.is_random = spec in ("tiny", "random-7b")
 
     @property
     def tokenizer(self) -> Any:
@@ -53,7 +57,7 @@ class MlxBackend:
         if self._bundle is None:
             from rolekit import models
 
-            self._bundle = models.load(self.spec)
+            self._bundle = (self._loader or models.load)(self.spec)
             self.model_id = self._bundle.model_id
             self.is_random = bool(self._bundle.is_random)
         return self._bundle

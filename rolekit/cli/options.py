@@ -1,0 +1,110 @@
+"""The model options every command that loads a model shares: `--model`, `--dtype`, `--quant`,
+`--compat`, and `load_model`, which loads through `rolekit.models.load` with a visible progress bar
+for first-use builds and conversions and one stderr line per decision (what and why)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from rolekit.errors import ConfigError
+from rolekit.hub import DEFAULT_MODEL, MODEL_ENV
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANTS = ("auto", "bf16", "q8", "q4")
+COMPATS = ("kyutai", "nvidia")
+
+
+def model_option(default: str = DEFAULT_MODEL) -> Any:
+    return typer.Option(
+        default,
+        "--model",
+        "-m",
+        envvar=MODEL_ENV,
+        help="tiny or random-7b (random weights, noise only), a model folder or a HF repo id.",
+    )
+
+
+MODEL = model_option()
+DTYPE = typer.Option(
+    "auto", "--dtype", help="Activations: auto (bf16 on CUDA / Metal, fp32 on the CPU) | bf16 | fp16 | fp32."
+)
+QUANT = typer.Option(
+    "auto",
+    "--quant",
+    help="NVIDIA's bf16 checkpoint as: auto (from device, memory, batch) | bf16 | q8 | q4 "
+    "(q4 / q8 converted once into $ROLEKIT_CACHE/models/).",
+)
+COMPAT = typer.Option(
+    "kyutai",
+    "--compat",
+    help="kyutai (default: Kyutai's fixed ring cache) | nvidia (NVIDIA's fork exactly, incl. its "
+    "ring-cache off-by-one after the wrap, LM and Mimi).",
+)
+
+
+def load_options(dtype: str, quant: str, compat: str, batch: int = 1) -> Any:
+    """Checked `models.LoadOptions` (a bad value names its option: exit 2)."""
+    from rolekit.models import LoadOptions
+
+    for flag, value, allowed in (
+        ("--dtype", dtype, DTYPES),
+        ("--quant", quant, QUANTS),
+        ("--compat", compat, COMPATS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{flag}: must be one of {' | '.join(allowed)}, got {value!r}")
+    return LoadOptions(dtype=dtype, quant=quant, compat=compat, batch=max(1, int(batch)))
+
+
+def load_model(spec: str, options: Any, quiet: bool = False) -> Any:
+    """`models.load(spec, options)` with its decisions on stderr and a progress bar for first-use work."""
+    from rich.console import Console
+
+    from rolekit import models
+
+    console = Console(stderr=True, highlight=False)
+
+    def log(line: str) -> None:
+        if not quiet:
+            console.print(f"[dim]{line}[/]")
+
+    with _bar(console, quiet) as progress:
+        bundle = models.load(spec, options, log=log, progress=progress)
+    if bundle.is_random and not quiet:
+        console.print(f"[yellow]note:[/] {bundle.label}")
+    return bundle
+
+
+@contextmanager
+def _bar(console: Any, quiet: bool) -> Iterator[Any]:
+    """progress(task, done, total) for models.load, shown as one rich bar per task."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(task: str, done: int, total: int) -> None:
+        if task not in tasks:
+            bar.start()
+            tasks[task] = bar.add_task(task, total=total)
+        bar.update(tasks[task], completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if tasks:
+            bar.stop()
