@@ -14,6 +14,7 @@ import typer
 from rolekit.cli.user_input import print_error
 from rolekit.codec.blas import preload_openblas
 from rolekit.errors import RolekitError
+from rolekit.kernelcache import configure_kernel_caches
 
 app = typer.Typer(
     name="rolekit",
@@ -32,6 +33,7 @@ _COMMAND_MODULES = (
     "rolekit.cli.review",
     "rolekit.cli.live",
     "rolekit.cli.bench",
+    "rolekit.cli.warmup",
     "rolekit.cli.demo",
     "rolekit.cli.scaffold",
     "rolekit.cli.compare",
@@ -62,7 +64,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# Before any command module imports mlx: on Linux, bind MLX's CPU BLAS to the system OpenBLAS (4-6x faster).
+# Before any command module imports mlx: kernel caches under $ROLEKIT_CACHE (read when MLX starts
+# CUDA), and on Linux, bind MLX's CPU BLAS to the system OpenBLAS (4-6x faster).
+configure_kernel_caches()
 preload_openblas()
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)

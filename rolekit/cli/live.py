@@ -182,6 +182,7 @@ def _prepare(
 
     def prefill() -> None:
         meta["prefill_cached"] = prefill_cached(engine, [plan], [voice], cache_dir)
+        meta["warmup_s"] = round(model_opts.warm(engine).seconds, 2)  # before the microphone opens
 
     return {
         "engine": engine,

@@ -108,3 +108,25 @@ def _bar(console: Any, quiet: bool) -> Iterator[Any]:
     finally:
         if tasks:
             bar.stop()
+
+
+def warm(engine: Any, quiet: bool = False) -> Any:
+    """Warm `engine` up (`engine.warmup`) behind a visible status line on stderr; its state is unchanged."""
+    import os
+
+    from rich.console import Console
+
+    from rolekit.engine.warmup import WARMUP_STEPS, warmup
+
+    console = Console(stderr=True, highlight=False)
+    if quiet:
+        return warmup(engine)
+    where = os.environ.get("MLX_PTX_CACHE_DIR", "")
+    with console.status(
+        f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps; kernels cached in {where})"
+    ):
+        result = warmup(engine)
+    console.print(
+        f"[dim]warm-up: {result.seconds:.1f} s ({', '.join(f'{ms:.0f}' for ms in result.steps_ms)} ms)[/]"
+    )
+    return result

@@ -160,6 +160,7 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     cached = prefill_cached(engine, [plan], [voice], cache_dir)
     prefill_ms = (time.perf_counter() - t0) * 1000.0
+    warm = model_opts.warm(engine, bool(opts["quiet"]))  # compile stalls before the first timed step
     tail_frames = int(round(opts["tail"] / FRAME_SECONDS))
     frames = frame_user_audio(user, tail_frames)
     with _progress(frames.shape[1], opts["quiet"], bundle.label) as on_step:
@@ -184,6 +185,7 @@ def run_respond(**opts: Any) -> dict[str, Any]:
         "prefill_ms": round(prefill_ms, 1),
         "prefill_cached": cached,
         "load_s": round(load_s, 2),
+        "warmup_s": round(warm.seconds, 2),
         "input_frames": frames.shape[1] - tail_frames,
         "tail_frames": tail_frames,
         "frames": result.frames,

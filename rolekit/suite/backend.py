@@ -32,13 +32,17 @@ class Backend(Protocol):
 class MlxBackend:
     """rolekit.models.load(spec) once; a fresh Engine per batch of runs."""
 
-    def __init__(self, spec: str, loader: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self, spec: str, loader: Callable[[str], Any] | None = None, warm: Callable[[Any], Any] | None = None
+    ) -> None:
         """`loader(spec) -> ModelBundle` (default `models.load` with default options; the CLI passes
-        its `--dtype` / `--quant` / `--compat` and progress display)."""
+        its `--dtype` / `--quant` / `--compat` and progress display); `warm(engine)` runs after each
+        prefill, before the first timed step (the CLI's warm-up with a status line)."""
         from rolekit.text import Tokenizer, tokenizer_path
 
         self.spec = spec
         self._loader = loader
+        self._warm = warm
         self._tokenizer = Tokenizer(tokenizer_path(spec))
         self._bundle: Any = None
         self._voices: dict[str, Any] = {}
@@ -80,4 +84,6 @@ class MlxBackend:
         plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
         engine = Engine(self.bundle, batch=len(plans), params=params, seed=list(seeds))
         engine.prefill(plans, [self._voice(p.voice) for p in plans])
+        if self._warm is not None:
+            self._warm(engine)
         return engine, int(engine.frames_left)

@@ -1,0 +1,39 @@
+"""Where compiled GPU kernels are kept between processes: under `$ROLEKIT_CACHE/kernels` by default.
+
+MLX writes the PTX it compiles with NVRTC to `MLX_PTX_CACHE_DIR`, and the CUDA driver keeps the
+machine code it builds from PTX in `CUDA_CACHE_PATH` (256 MB by default, too small for a model's
+kernels: `CUDA_CACHE_MAXSIZE`). Both are read when MLX first initializes CUDA, so
+`configure_kernel_caches` must run before mlx is imported (the CLI does it first). Variables the
+user already set win. No mlx here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rolekit.hub import rolekit_cache
+
+CUDA_CACHE_BYTES = 4 << 30
+
+
+def kernel_cache_dirs() -> dict[str, Path]:
+    root = rolekit_cache() / "kernels"
+    return {"MLX_PTX_CACHE_DIR": root / "mlx-ptx", "CUDA_CACHE_PATH": root / "cuda"}
+
+
+def configure_kernel_caches() -> dict[str, str]:
+    """Set (unless already set) the kernel cache variables; returns the values in effect."""
+    out = {}
+    for name, path in kernel_cache_dirs().items():
+        if not os.environ.get(name):
+            os.environ[name] = str(path)
+        out[name] = os.environ[name]
+    os.environ.setdefault("CUDA_CACHE_MAXSIZE", str(CUDA_CACHE_BYTES))
+    out["CUDA_CACHE_MAXSIZE"] = os.environ["CUDA_CACHE_MAXSIZE"]
+    for name in kernel_cache_dirs():
+        try:
+            Path(out[name]).mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only cache: the driver and MLX then compile in memory
+            pass
+    return out

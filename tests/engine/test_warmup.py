@@ -1,0 +1,66 @@
+"""Warm-up before the first timed step: it leaves the conversation unchanged; `rolekit warmup`;
+kernel caches under $ROLEKIT_CACHE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rolekit import models
+from rolekit.cli.app import app
+from rolekit.engine.engine import Engine
+from rolekit.engine.offline import run_offline
+from rolekit.engine.warmup import WARMUP_STEPS, warmup
+from rolekit.lm.sampling import SamplingParams
+from tests.engine.conftest import make_plan, user_frames
+
+RUNNER = CliRunner()
+
+
+@pytest.mark.parametrize("params", [SamplingParams(greedy=True), SamplingParams()])
+def test_warmup_leaves_the_conversation_exactly_as_it_was(tiny_bundle, params):
+    plans = [make_plan("NATF1", 9, 1), make_plan("VARM0", 4, 2)]
+    voices = [models.load_voice(tiny_bundle, p.voice) for p in plans]
+    frames = user_frames(12, 3, batch=2)
+    runs = []
+    for warm in (False, True):
+        engine = Engine(tiny_bundle, 2, params, seed=[5, 6])
+        engine.prefill(plans, voices)
+        if warm:
+            seen: list[int] = []
+            result = warmup(engine, on_step=lambda i, ms, seen=seen: seen.append(i))
+            assert seen == list(range(WARMUP_STEPS)) and len(result.steps_ms) == WARMUP_STEPS
+        res = run_offline(engine, frames)
+        runs.append((res.text, res.audio, res.pcm))
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_warmup_command_reports_the_path_to_the_first_step(tiny_bundle, tmp_path):
+    out = tmp_path / "w.json"
+    res = RUNNER.invoke(app, ["warmup", "-m", "tiny", "--steps", "2", "--json-out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    assert summary == json.loads(res.output.strip().splitlines()[-1])
+    assert len(summary["warmup_steps_ms"]) == WARMUP_STEPS and len(summary["steps_ms"]) == 2
+    assert summary["random_weights"] is True and summary["dtype"] == "fp32" and summary["device"] == "cpu"
+    assert summary["prefill_to_first_step_s"] >= summary["warmup_s"]
+    bad = RUNNER.invoke(app, ["warmup", "-m", "tiny", "--json-out", str(tmp_path / "no" / "w.json")])
+    assert bad.exit_code == 2 and "--json-out" in bad.output
+
+
+def test_kernel_caches_default_under_rolekit_cache_and_user_values_win(tmp_path, monkeypatch):
+    from rolekit.kernelcache import configure_kernel_caches
+
+    monkeypatch.setenv("ROLEKIT_CACHE", str(tmp_path / "rk"))
+    for name in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH", "CUDA_CACHE_MAXSIZE"):
+        monkeypatch.delenv(name, raising=False)
+    env = configure_kernel_caches()
+    assert env["MLX_PTX_CACHE_DIR"] == str(tmp_path / "rk" / "kernels" / "mlx-ptx")
+    assert env["CUDA_CACHE_PATH"] == str(tmp_path / "rk" / "kernels" / "cuda")
+    assert (tmp_path / "rk" / "kernels" / "cuda").is_dir() and int(env["CUDA_CACHE_MAXSIZE"]) >= 1 << 30
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(tmp_path / "mine"))
+    assert configure_kernel_caches()["CUDA_CACHE_PATH"] == str(tmp_path / "mine")
