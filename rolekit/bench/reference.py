@@ -11,7 +11,10 @@ depformer samples all 16 codebooks every frame, which is what the reference numb
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +30,8 @@ class ReferenceUnavailable(RolekitError):
 def _import_moshi(torch_compile: bool) -> tuple[Any, Any, Any]:
     if not torch_compile:
         os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    elif "moshi" not in sys.modules:  # moshi reads it when its modules are defined: clear it first
+        os.environ.pop("NO_TORCH_COMPILE", None)
     try:
         import torch
         from moshi.models.lm import LMGen, LMModel
@@ -129,4 +134,70 @@ def bench_reference_lm(
         result["temporal"] = summarize(parts["temporal"])
         result["depformer"] = summarize(parts["depformer"])
     result["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2) if on_cuda else peak_rss_gb()
-    return result  # the caller frees GPU memory (gc + torch.cuda.empty_cache) once `model` is gone
+    if torch_compile:
+        result["compiled_graphs"] = compiled_graphs()
+    return result
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has compiled in this process: > 0 proves compile really ran."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+def reference_in_child(
+    lm_kwargs: dict[str, Any], batch: int, steps: int, warmup: int, torch_compile: bool, timeout: float = 3600
+) -> dict[str, Any]:
+    """`bench_reference_lm` in a fresh process, so that torch.compile is on or off for sure
+    (moshi decides when it is imported: NO_TORCH_COMPILE cleared for compile, set otherwise).
+    With compile, a run in which dynamo compiled no graph is reported as an error, not a number."""
+    env = dict(os.environ)
+    if torch_compile:
+        env.pop("NO_TORCH_COMPILE", None)
+    else:
+        env["NO_TORCH_COMPILE"] = "1"
+    args = {
+        "lm_kwargs": lm_kwargs,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "compile": torch_compile,
+    }
+    cmd = [sys.executable, "-m", "rolekit.bench.reference", json.dumps(args)]
+    name = "lmgen+compile" if torch_compile else "lmgen"
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"runtime": "kyutai-moshi-torch", "variant": name, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        return {
+            "runtime": "kyutai-moshi-torch",
+            "variant": name,
+            "error": f"exit {proc.returncode}: {tail[0]}",
+        }
+    result = json.loads(lines[-1])
+    result["variant"] = name
+    if torch_compile and not result.get("compiled_graphs"):
+        result["error"] = "torch.compile was requested but dynamo compiled no graph"
+    return result
+
+
+def _main(argv: list[str]) -> None:
+    args = json.loads(argv[0])
+    res = bench_reference_lm(
+        args["lm_kwargs"],
+        batch=args["batch"],
+        steps=args["steps"],
+        warmup=args["warmup"],
+        torch_compile=args["compile"],
+    )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])  # the caller frees GPU memory (gc + torch.cuda.empty_cache) once `model` is gone

@@ -4,9 +4,14 @@ Kyutai's PyTorch reference measured in the same process."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
+
+from rolekit.cli import options as model_opts
+from rolekit.cli.user_input import user_errors
+from rolekit.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -116,10 +121,25 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def bench_command(
-    what: str = typer.Argument("lm", help="lm | mimi | engine | phases | prefill | convert | all"),
+    what: str = typer.Argument(
+        "lm", help="lm | mimi | engine (the product path) | phases | prefill | convert | all"
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="engine: tiny | random-7b | FOLDER | HF id, loaded as `respond` loads it "
+        "(default: random-7b for --size full, else tiny).",
+    ),
+    dtype: str = model_opts.DTYPE,
+    compat: str = model_opts.COMPAT,
+    json_out: Path = typer.Option(None, "--json-out", help="Also write the report JSON to this file."),
     size: str = typer.Option("tiny", "--size", help="full (PersonaPlex 7B, random weights) or tiny."),
     quant: str = typer.Option(
-        None, "--quant", help="fp32 | bf16 | q8 | q4 (default: bf16 on GPU, fp32 on CPU)."
+        None,
+        "--quant",
+        help="engine: auto | bf16 | q8 | q4 (as `respond --quant`); others: fp32 | bf16 | q8 | q4 "
+        "(default: bf16 on GPU, fp32 on CPU).",
     ),
     batch: int = typer.Option(1, "--batch", help="Conversations stepped together."),
     steps: int = typer.Option(50, "--steps", help="Timed steps (frames)."),
@@ -145,9 +165,28 @@ def bench_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Benchmark with random weights: median, p10-p90 (ms per 80 ms frame) and peak memory."""
+    """Benchmark with random weights: median, p10-p90 (ms per 80 ms frame) and peak memory.
+
+    `engine` times the product path: the model loaded exactly as `respond` loads it, prefilled and
+    warmed up, then Kyutai's LMGen with CUDA graphs and with torch.compile, each in its own process."""
     from rolekit.bench.runner import BenchOptions, run_bench
 
+    if json_out is not None and not json_out.expanduser().resolve().parent.is_dir():
+        raise ConfigError(f"--json-out {json_out}: the folder does not exist")
+    if what == "engine" and not start:  # the product path (--start: the lab timing below)
+        with user_errors():
+            report = _product(
+                model or ("random-7b" if size == "full" else "tiny"),
+                dtype,
+                quant,
+                compat,
+                batch,
+                steps,
+                warmup,
+                reference,
+            )
+        _emit(report, what, as_json, json_out)
+        return
     opts = BenchOptions(
         size=size,
         quant=quant,
@@ -161,6 +200,39 @@ def bench_command(
         start=start,
     )
     report = run_bench(what, opts)
+    _emit(report, what, as_json, json_out)
+
+
+def _product(
+    model: str,
+    dtype: str,
+    quant: str | None,
+    compat: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    reference: bool,
+) -> dict[str, Any]:
+    from rolekit.bench.product import bench_product_with_reference
+    from rolekit.bench.timing import host_info
+
+    if quant == "fp32":
+        raise ConfigError("--quant fp32: the product path quantizes auto | bf16 | q8 | q4 (use --dtype fp32)")
+    if batch < 1 or steps < 1:
+        raise ConfigError(f"--batch and --steps must be >= 1, got {batch} and {steps}")
+    load = model_opts.load_options(dtype, quant or "auto", compat, batch)
+    results = bench_product_with_reference(
+        model, lambda spec: model_opts.load_model(spec, load), batch, steps, max(warmup, 3), reference
+    )
+    for r in results:
+        r.setdefault("bench", "engine")
+    options = {"model": model, "dtype": dtype, "quant": quant or "auto", "compat": compat, "batch": batch}
+    return {"host": host_info(), "what": "engine", "options": {**options, "steps": steps}, "results": results}
+
+
+def _emit(report: dict[str, Any], what: str, as_json: bool, json_out: Path | None) -> None:
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
     if as_json:
         typer.echo(json.dumps(report, indent=1))
         return

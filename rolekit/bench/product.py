@@ -1,0 +1,117 @@
+"""`rolekit bench engine`: the product path, timed as users run it.
+
+The model is loaded by `loader(spec)` (the CLI passes the very loader `respond` uses: same
+`--model` / `--dtype` / `--quant` / `--compat`, quantize-on-first-load included), a short persona
+is prefilled, the engine is warmed up like `respond` does, then `steps` full-duplex steps (Mimi
+encode -> LM -> Mimi decode, one host sync each) are timed on noise. Kyutai's LMGen at the same
+size runs next, twice, each in its own process: with CUDA graphs (NO_TORCH_COMPILE=1) and with
+torch.compile (NO_TORCH_COMPILE cleared; a run in which dynamo compiled nothing is an error).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.engine.engine import Engine
+from rolekit.engine.warmup import warmup
+from rolekit.frames import FRAME_SAMPLES
+from rolekit.lm.sampling import SamplingParams
+
+PROMPT = "You enjoy having a good conversation."
+
+
+def weights_gb(lm: Any) -> float:
+    return round(sum(v.nbytes for _, v in tree_flatten(lm.parameters())) / 1e9, 2)
+
+
+def bench_product(
+    spec: str,
+    loader: Callable[[str], Any],
+    batch: int = 1,
+    steps: int = 50,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """ms per `Engine.step` of `spec` as loaded by `loader`, after a prefill and the warm-up."""
+    from rolekit import models
+    from rolekit.lm.precision import device_kind
+    from rolekit.persona.compile import compile_persona
+    from rolekit.persona.schema import Persona
+
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    bundle = loader(spec)
+    load_s = time.perf_counter() - t0
+    plan = compile_persona(Persona(name="bench", prompt=PROMPT, voice="NATF2"), {}, bundle.tokenizer)
+    voice = models.load_voice(bundle, plan.voice)
+    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed)
+    t0 = time.perf_counter()
+    engine.prefill([plan] * batch, [voice] * batch)
+    mx.eval(*engine.lm_cache.arrays())
+    prefill_ms = (time.perf_counter() - t0) * 1000.0
+    warm = warmup(engine)
+    rng = np.random.default_rng(seed)
+    pcm = (0.1 * rng.standard_normal((steps, batch, FRAME_SAMPLES))).astype(np.float32)
+    samples = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        engine.step(pcm[i])
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    stats = summarize(samples)
+    return {
+        "runtime": "rolekit-engine",
+        "variant": "product",
+        **bundle.describe(),
+        "device": device_kind(),
+        "size": f"{bundle.lm.cfg.dim}d-{bundle.lm.cfg.num_layers}L",
+        "batch": batch,
+        "weights_gb": weights_gb(bundle.lm),
+        "load_s": round(load_s, 2),
+        "prefill_ms": round(prefill_ms, 1),
+        "warmup_steps_ms": [round(ms, 1) for ms in warm.steps_ms],
+        "step": stats,
+        "rtf": round(stats["median"] / 80.0, 4),
+        "first_steps_ms": [round(ms, 1) for ms in samples[:3]],
+        "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
+        "peak_rss_gb": peak_rss_gb(),
+        "_lm_kwargs": bundle.lm.cfg.to_kyutai(),  # for the reference; popped by the caller
+    }
+
+
+def bench_product_with_reference(
+    spec: str,
+    loader: Callable[[str], Any],
+    batch: int = 1,
+    steps: int = 50,
+    warmup_steps: int = 5,
+    reference: bool = True,
+) -> list[dict[str, Any]]:
+    """[ours, LMGen with CUDA graphs, LMGen with torch.compile] from one command, ratios on ours."""
+    from rolekit.bench.reference import reference_in_child
+
+    ours = bench_product(spec, loader, batch, steps)
+    lm_kwargs = ours.pop("_lm_kwargs")
+    out = [ours]
+    if not reference:
+        return out
+    for compile_ in (False, True):
+        ref = reference_in_child(lm_kwargs, batch, steps, warmup_steps, compile_)
+        key = "speedup_vs_lmgen_compile" if compile_ else "speedup_vs_lmgen"
+        ours[key] = _ratio(ref, ours)
+        out.append(ref)
+    ours["speedup_vs_reference"] = ours.get("speedup_vs_lmgen_compile") or ours.get("speedup_vs_lmgen")
+    return out
+
+
+def _ratio(ref: dict[str, Any], ours: dict[str, Any]) -> float | None:
+    try:
+        a, b = float(ref["step"]["median"]), float(ours["step"]["median"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return round(a / b, 2) if b > 0 else None
