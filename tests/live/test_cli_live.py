@@ -124,6 +124,7 @@ def test_ctrl_c_in_a_live_session_saves_the_run(
     tmp_path, monkeypatch, model_cache, use_sd, fake_sd_cls, capsys
 ):
     from rolekit.engine.engine import Engine
+    from rolekit.engine.warmup import WARMUP_STEPS
 
     monkeypatch.setenv("ROLEKIT_CACHE", model_cache)
     use_sd(fake_sd_cls(period=0.005))
@@ -131,7 +132,7 @@ def test_ctrl_c_in_a_live_session_saves_the_run(
 
     def step(self, pcm):
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == WARMUP_STEPS + 6:  # the warm-up's silent steps run before the stream opens
             raise KeyboardInterrupt  # Ctrl-C lands in the middle of MLX work
         return real_step(self, pcm)
 
