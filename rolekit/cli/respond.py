@@ -192,10 +192,22 @@ def run_respond(**opts: Any) -> dict[str, Any]:
         "seconds": round(result.frames * FRAME_SAMPLES / SAMPLE_RATE, 3),
         "ms_per_step": round(ms, 2),
         "rtf": round(ms / (FRAME_SECONDS * 1000.0), 3),
+        "peak_gb": _peak_gb(),
         "seed": int(opts["seed"]),
         "greedy": bool(opts["greedy"]),
         "text": "".join(p for t in text_ids if t not in (0, 3) for p in [bundle.tokenizer.piece(t)]),
     }
+
+
+def _peak_gb() -> float:
+    """Peak memory of this process: MLX's device peak on a GPU, the resident set on the CPU."""
+    import resource
+
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return round(mx.get_peak_memory() / 1e9, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
 
 
 def _write_json(path: Path, data: Any) -> None:

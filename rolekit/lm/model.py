@@ -49,8 +49,9 @@ class LM(nn.Module):
 
     def make_cache(self, batch: int) -> LmCache:
         cfg = self.cfg
+        dtype = getattr(self, "cache_dtype", None) or self.dtype  # chosen at load (lm.precision)
         rings = [
-            RingKV.empty(batch, cfg.num_heads, cfg.context, cfg.head_dim, self.dtype)
+            RingKV.empty(batch, cfg.num_heads, cfg.context, cfg.head_dim, dtype)
             for _ in range(cfg.num_layers)
         ]
         return LmCache(rings=rings, offset=0)

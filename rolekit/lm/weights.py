@@ -30,7 +30,7 @@ from rolekit.errors import ModelError, Problem
 from rolekit.lm.checkpoint import SafetensorsFile
 from rolekit.lm.config import LmConfig, from_mlx_config, personaplex_7b, to_mlx_blocks
 from rolekit.lm.model import LM
-from rolekit.lm.precision import activation_dtype, scales_dtype, weight_dtype
+from rolekit.lm.precision import activation_dtype, cache_dtype, scales_dtype, weight_dtype
 
 NVIDIA_FILE = "model.safetensors"
 MLX_FILES = {
@@ -232,9 +232,11 @@ def _cast(internal: str, arr: mx.array, activations: mx.Dtype) -> mx.array:
 
 
 def _finish(lm: LM, weights: list[tuple[str, mx.array]], dtype: mx.Dtype) -> LM:
+    stored = dict(weights)["text_emb.weight"].dtype
     lm.load_weights(weights, strict=True)
     mx.eval(lm.parameters())
     lm.activation_dtype = dtype
+    lm.cache_dtype = cache_dtype(dtype, stored)
     lm.eval()
     return lm
 
