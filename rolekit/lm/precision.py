@@ -6,7 +6,7 @@ loads the same way and nothing is cast behind the user's back:
 - activations: bf16 on CUDA and Metal, fp32 on the CPU (`--dtype auto`), or what `--dtype` names;
 - stored weights are never widened to fp32 on a GPU; on the CPU, 16-bit embeddings and linears
   stay 16-bit (cast at use, so fp32 activations need no fp32 copy of 16 GB of weights), and so
-  does the ring KV cache of a 16-bit checkpoint (`cache_dtype`);
+  does the ring KV cache of a quantized checkpoint (`cache_dtype`);
 - quantization scales / biases keep their stored dtype, except that with 16-bit activations of
   the other 16-bit kind they take the activation dtype (bf16 x fp16 would promote every quantized
   product's output to fp32);
@@ -67,11 +67,13 @@ def weight_dtype(stored: mx.Dtype, activations: mx.Dtype, *, norm: bool = False)
     return stored if stored in (mx.bfloat16, mx.float16) else activations
 
 
-def cache_dtype(activations: mx.Dtype, stored: mx.Dtype) -> mx.Dtype:
+def cache_dtype(activations: mx.Dtype, stored: mx.Dtype, quantized: bool) -> mx.Dtype:
     """The temporal ring KV cache: in the activation dtype, except that fp32 activations over a
-    16-bit checkpoint keep it 16-bit (3000 frames x 32 layers of K and V: 3.1 GB in fp32, 1.6 GB
-    in bf16); attention reads it as fp32. `stored`: the embeddings' stored dtype."""
-    if activations == mx.float32 and stored in (mx.bfloat16, mx.float16):
+    quantized checkpoint with 16-bit tables keep it 16-bit (3000 frames x 32 layers of K and V:
+    3.1 GB in fp32, 1.6 GB in bf16; attention reads it as fp32). An unquantized checkpoint keeps
+    an fp32 cache under fp32 activations, so that it stays token-exact against fp32 references.
+    `stored`: the embeddings' stored dtype."""
+    if quantized and activations == mx.float32 and stored in (mx.bfloat16, mx.float16):
         return stored
     return activations
 

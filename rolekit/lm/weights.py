@@ -236,7 +236,7 @@ def _finish(lm: LM, weights: list[tuple[str, mx.array]], dtype: mx.Dtype) -> LM:
     lm.load_weights(weights, strict=True)
     mx.eval(lm.parameters())
     lm.activation_dtype = dtype
-    lm.cache_dtype = cache_dtype(dtype, stored)
+    lm.cache_dtype = cache_dtype(dtype, stored, any(name.endswith(".scales") for name, _ in weights))
     lm.eval()
     return lm
 

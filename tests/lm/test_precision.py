@@ -83,7 +83,7 @@ def test_bf16_checkpoint_on_cpu_keeps_bf16_weights_and_runs_fp32(oracle, tmp_pat
         and dtypes["transformer.layers.0.gating.linear_in.weight"] == mx.bfloat16
     )
     assert dtypes["out_norm.weight"] == mx.float32
-    assert lm.make_cache(1).rings[0].keys.dtype == mx.bfloat16  # 1.6 GB instead of 3.1 GB at full size
+    assert lm.make_cache(1).rings[0].keys.dtype == mx.float32  # unquantized: token-exact vs fp32 references
     seq = mx.array(tokens(cfg, 2, 10).numpy()).astype(mx.int32)
     x = lm.embed(seq)
     assert x.dtype == mx.float32
@@ -114,8 +114,10 @@ def test_quantized_folder_keeps_fp16_scales_on_cpu_and_bf16_with_bf16_activation
     from rolekit.lm.weights import load_lm, save_lm_mlx
 
     save_lm_mlx(lm_source(tiny_oracle.folder), tmp_path, tiny_oracle.cfg, bits=4)
-    cpu = _float_dtypes(load_lm(tmp_path, mx.float32))
+    cpu_lm = load_lm(tmp_path, mx.float32)
+    cpu = _float_dtypes(cpu_lm)
     scales = [k for k in cpu if k.endswith(".scales")]
     assert scales and {cpu[k] for k in scales} == {mx.float16}
+    assert cpu_lm.make_cache(1).rings[0].keys.dtype == mx.bfloat16  # quantized, tables stored bf16
     gpu = _float_dtypes(load_lm(tmp_path, mx.bfloat16))
     assert {gpu[k] for k in scales} == {mx.bfloat16} and set(gpu.values()) == {mx.bfloat16}
