@@ -189,23 +189,3 @@ def dep_kernel_model(monkeypatch):
     monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
     monkeypatch.setattr(dc, "_kernel", kernel)
     return calls
-
-
-def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need a CUDA GPU: deselected (and counted in the summary) unless `-m` names them;
-    selected on a machine without one, they fail."""
-    if "gpu" in (config.option.markexpr or ""):
-        return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
-        config._rolekit_gpu_deselected = len(gpu)
-
-
-def pytest_terminal_summary(terminalreporter, config):
-    n = getattr(config, "_rolekit_gpu_deselected", 0)
-    if n:
-        terminalreporter.write_line(
-            f"{n} gpu test(s) deselected: run them on a CUDA machine with `pytest -m gpu`"
-        )
