@@ -30,7 +30,7 @@ baseline:
 
 def _test(monkeypatch, fake_backend, reply_after, *args):
     monkeypatch.setattr(
-        "rolekit.suite.backend.MlxBackend", lambda spec: fake_backend(reply_after=reply_after)
+        "rolekit.suite.backend.MlxBackend", lambda spec, *args: fake_backend(reply_after=reply_after)
     )
     return CliRunner().invoke(app, ["test", "--no-transcribe", "--out", "out", *args])
 
@@ -114,7 +114,7 @@ def test_bad_compare_and_baseline_inputs(project, fake_backend, monkeypatch):
 
 def test_run_titles_its_summary_rolekit_run(project, fake_backend, monkeypatch):
     (project / "scenarios" / "greet.yaml").write_text(SCENARIO)
-    monkeypatch.setattr("rolekit.suite.backend.MlxBackend", lambda spec: fake_backend(reply_after=3))
+    monkeypatch.setattr("rolekit.suite.backend.MlxBackend", lambda spec, *args: fake_backend(reply_after=3))
     out = CliRunner().invoke(
         app, ["run", "scenarios/greet.yaml", "--no-transcribe", "--out", "out", "-n", "1"]
     )
