@@ -92,7 +92,7 @@ def kernel_cache_dir() -> Path:
 
 
 _KERNEL_SOURCE = """
-    uint i = threadIdx.x + blockIdx.x * blockDim.x;
+    unsigned int i = threadIdx.x + blockIdx.x * blockDim.x;
     if (i < x_shape[0]) { out[i] = 2.0f * x[i] + 1.0f; }
 """
 
