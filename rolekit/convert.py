@@ -59,8 +59,20 @@ def convert(
     if bits not in (4, 8, 16):
         raise ModelError(problems=[Problem(f"must be 4, 8 or 16, got {bits}", field="--bits")])
     _check_source(src)
+    if dst.exists() and not dst.is_dir():
+        raise ModelError(problems=[Problem("destination is a file, not a folder", str(dst))])
     if dst.exists() and not overwrite:
         raise ModelError(problems=[Problem("destination exists (use --overwrite)", str(dst))])
+    if dst.exists() and not _written_by_rolekit(dst):
+        raise ModelError(
+            problems=[
+                Problem(
+                    "--overwrite replaces only an empty folder or a model folder rolekit wrote "
+                    f"({', '.join(WRITTEN_FILES)}); refusing to delete this one",
+                    str(dst),
+                )
+            ]
+        )
     cfg = config_of(src)
     tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     if tmp.exists():
@@ -68,14 +80,27 @@ def convert(
     tmp.mkdir(parents=True)
     try:
         result = _write(src, tmp, cfg, bits, progress)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(problems=[Problem(f"cannot replace the destination ({exc})", str(dst))]) from None
     result.dst = dst
     return result
+
+
+WRITTEN_FILES = ("config.json", "temporal.safetensors", "depformer.safetensors", MIMI_OUT, TOKENIZER_FILE)
+
+
+def _written_by_rolekit(folder: Path) -> bool:
+    """An empty folder, or one holding every file `convert` writes (an earlier conversion)."""
+    names = {p.name for p in folder.iterdir()}
+    return not names or all(n in names for n in WRITTEN_FILES)
 
 
 def quantized_copy(

@@ -66,6 +66,9 @@ def convert_command(
 
     if bits not in (4, 8, 16):
         raise ConfigError(f"--bits: must be 4, 8 or 16, got {bits}")
+    from rolekit.outputs import check_output_dir
+
+    check_output_dir(dst, "DST")
     start = time.perf_counter()
     result = convert(src, dst, bits=bits, overwrite=overwrite)
     for name, size in result.files.items():

@@ -13,8 +13,10 @@ import typer
 
 from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import MAX_SEED, finite, parse_vars, user_errors
-from rolekit.errors import ConfigError
+from rolekit.errors import ConfigError, ModelError, Problem
 from rolekit.hub import rolekit_cache
+from rolekit.outputs import check_output_file
+from rolekit.persona.voices import is_voice_file, voice_frames
 
 DEFAULT_SEED = 42424242  # NVIDIA's server seed
 DEFAULT_TAIL = 4.0  # seconds: room for the agent's answer to the input's last words
@@ -102,9 +104,16 @@ def _check_options(opts: dict[str, Any]) -> None:
     if not Path(opts["input"]).is_file():
         raise ConfigError(f"--input {opts['input']}: no such file")
     for name in ("output", "text_out", "tokens_out"):
-        path = opts[name]
-        if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: the folder does not exist")
+        if opts[name] is not None:
+            check_output_file(opts[name], f"--{name.replace('_', '-')}")
+    voice = opts["voice"]
+    if voice is not None and is_voice_file(voice):
+        if not Path(voice).expanduser().is_file():
+            raise ConfigError(problems=[Problem("no such voice file", voice, field="--voice")])
+        try:
+            voice_frames(Path(voice).expanduser())  # reads and checks the file's header and size
+        except ModelError as exc:
+            raise ConfigError(problems=[Problem(str(exc), voice, field="--voice")]) from None
 
 
 def _persona_and_plan(opts: dict[str, Any], bundle: Any) -> tuple[Any, Any]:

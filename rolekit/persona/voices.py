@@ -135,19 +135,28 @@ def safetensors_header(path: Path) -> dict[str, dict]:
             if size > 100_000_000:
                 raise ValueError("header too large")
             header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError) as exc:
-        raise ModelError(f"{path}: not a valid .safetensors file ({exc})") from exc
-    header.pop("__metadata__", None)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        header.pop("__metadata__", None)
+        ends = [int(t["data_offsets"][1]) for t in header.values()]
+        data = os.path.getsize(path) - 8 - size
+        if ends and max(ends) > data:
+            raise ValueError(f"truncated: the tensors need {max(ends)} bytes of data, the file has {data}")
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ModelError(f"{path}: not a valid .safetensors file ({exc})") from None
     return header
 
 
 def _safetensors_frames(path: Path) -> int:
     header = safetensors_header(path)
-    if "embeddings" in header:
-        return int(header["embeddings"]["shape"][0]) + 1  # [E, ...] + the priming call
-    if "codes" in header:  # [8, T] Mimi codes of the voice
-        shape = header["codes"]["shape"]
-        return int(shape[-1] if shape[0] == 8 else shape[0])
+    try:
+        if "embeddings" in header:
+            return int(header["embeddings"]["shape"][0]) + 1  # [E, ...] + the priming call
+        if "codes" in header:  # [8, T] Mimi codes of the voice
+            shape = header["codes"]["shape"]
+            return int(shape[-1] if shape[0] == 8 else shape[0])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: not a PersonaPlex voice ({type(exc).__name__}: {exc})") from None
     raise ModelError(f"{path}: no 'embeddings' or 'codes' tensor (found: {', '.join(header) or 'none'})")
 
 

