@@ -5,6 +5,7 @@ Exit codes: 0 every run passed, 1 a run failed or errored, 2 usage error (bad sc
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ _JOBS = typer.Option(
     1, "--jobs", "-j", min=1, max=64, help="Conversations run together in one batched engine."
 )
 _JUNIT = typer.Option(None, "--junit", help="Write JUnit XML here.")
+_RESUME = typer.Option(False, "--resume", help="Skip runs already finished in --out.")
 
 
 def run_command(
@@ -48,13 +50,14 @@ def run_command(
     no_transcribe: bool = _NO_TRANSCRIBE,
     asr: str | None = _ASR,
     repeats: int | None = typer.Option(
-        None, "--repeats", "-n", min=1, help="Override the scenario's repeats."
+        None, "--repeats", "-n", min=1, max=1000, help="Override the scenario's repeats."
     ),
     jobs: int = _JOBS,
     junit: Path | None = _JUNIT,
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    resume: bool = _RESUME,
 ) -> None:
     """Run one scenario (every matrix cell and repeat) and write transcripts/<scenario>/<run-id>/."""
     if scenario.is_dir():
@@ -69,7 +72,7 @@ def run_command(
         out,
         whisper,
         no_transcribe,
-        False,
+        resume,
         jobs,
         junit,
         repeats,
@@ -87,7 +90,7 @@ def test_command(
     tag: list[str] | None = typer.Option(
         None, "--tag", "-t", help="Only scenarios with this `tags:` entry (repeatable: any of them)."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Skip runs already finished in --out."),
+    resume: bool = _RESUME,
     baseline: str | None = typer.Option(
         None,
         "--baseline",
@@ -171,10 +174,29 @@ def _suite(
     cluster: Any = None,
     load: Any = None,
 ) -> None:
+    from rolekit.outputs import check_output_dir, check_output_file
+
     with user_errors():  # bad input: one message, exit 2
+        check_output_dir(out, "--out")
+        if junit is not None:
+            check_output_file(junit, "--junit", create_parents=True)
         runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
+    fresh = pattern is None and not tags
     _run_planned(
-        runs, base_side, model, out, whisper, no_transcribe, resume, jobs, junit, title, asr, cluster, load
+        runs,
+        base_side,
+        model,
+        out,
+        whisper,
+        no_transcribe,
+        resume,
+        jobs,
+        junit,
+        title,
+        asr,
+        cluster,
+        load,
+        fresh,
     )
 
 
@@ -210,6 +232,7 @@ def _run_planned(
     asr: str | None = None,
     cluster: Any = None,
     load: Any = None,
+    fresh: bool = True,
 ) -> None:
     from contextlib import nullcontext
 
@@ -217,8 +240,15 @@ def _run_planned(
     from rolekit.suite.execute import SuiteOptions, run_suite
     from rolekit.suite.results import summarize
 
+    # A filtered rerun (-k / --tag) adds or replaces only its own rows of results.jsonl.
     options = SuiteOptions(
-        out=out, whisper=whisper, transcribe=not no_transcribe, resume=resume, batch=jobs, asr=asr
+        out=out,
+        whisper=whisper,
+        transcribe=not no_transcribe,
+        resume=resume,
+        batch=jobs,
+        asr=asr,
+        fresh_results=fresh,
     )
     from rolekit.cli.progress import suite_progress
 
@@ -227,20 +257,24 @@ def _run_planned(
         from rolekit.suite.cluster import RayCluster
 
         where = RayCluster(cluster, model)
-    try:
-        with user_errors(), where, suite_progress(len(runs)) as progress:
-            local = MlxBackend(model, lambda spec: model_opts.load_model(spec, load), model_opts.warm)
-            backend = where.backend if cluster is not None else local
-            executor = where if cluster is not None else None
-            outcome = run_suite(runs, backend, options, progress.listener(), executor=executor)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
-        raise typer.Exit(130) from None
-    summary = summarize(outcome.rows)
-    _write_reports(out, outcome.rows, junit)
     from rolekit.suite.history import snapshot
+    from rolekit.suite.lock import suite_lock
 
-    kept = snapshot(out, outcome.rows)
+    with ExitStack() as held:  # one suite at a time in `out`, reports and history included
+        with user_errors():
+            held.enter_context(suite_lock(out))
+        try:
+            with user_errors(), where, suite_progress(len(runs)) as progress:
+                local = MlxBackend(model, lambda spec: model_opts.load_model(spec, load), model_opts.warm)
+                backend = where.backend if cluster is not None else local
+                executor = where if cluster is not None else None
+                outcome = run_suite(runs, backend, options, progress.listener(), executor=executor)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
+            raise typer.Exit(130) from None
+        summary = summarize(outcome.rows)
+        _write_reports(out, outcome.rows, junit)
+        kept = snapshot(out, outcome.rows)
     _print_summary(outcome.rows, summary, outcome.skipped, out, title)
     typer.echo(f"history: {kept}")
     code = summary["exit_code"]

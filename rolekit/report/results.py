@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rolekit.errors import Problem
 from rolekit.evaluate.assertions import load_assertions
 from rolekit.evaluate.metrics import load_metrics
-from rolekit.record import META_JSON
+from rolekit.record import META_JSON, RecordError
 
 RESULT_VERSION = 1
 RESULTS_JSONL = "results.jsonl"
@@ -115,22 +116,62 @@ def append_result(path: Path, result: dict[str, Any]) -> None:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Every complete line of a results.jsonl (a torn last line after a crash is skipped).
+    """Every row of a results.jsonl. A torn LAST line (a crash while appending) is skipped; any other
+    line that is not a results row is an error naming the file and line (RecordError), never dropped.
 
-    When a run id appears more than once (a resumed suite), the last line wins.
+    When a run id appears more than once (a resumed or filtered rerun), the last line wins.
     """
     path = Path(path)
     if not path.is_file():
         return []
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(problems=[Problem(f"cannot read results ({exc})", str(path))]) from None
+    torn = bool(lines) and lines[-1] != ""  # the file should end with a newline
     by_id: dict[str, dict[str, Any]] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            continue
-        key = f"{rec.get('scenario')}/{rec.get('run_id')}"
+        rec = _row(raw)
+        if rec is None:
+            if torn and number == len(lines):
+                continue
+            raise RecordError(
+                problems=[
+                    Problem(
+                        "damaged line: not a results row (a JSON object with scenario, run_id, status); "
+                        "fix or delete the line, or rerun the suite",
+                        str(path),
+                        number,
+                    )
+                ]
+            )
+        key = f"{rec['scenario']}/{rec['run_id']}"
         by_id.pop(key, None)
         by_id[key] = rec
     return list(by_id.values())
+
+
+def _row(raw: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not all(
+        isinstance(rec.get(k), str) for k in ("scenario", "run_id", "status")
+    ):
+        return None
+    return rec
+
+
+def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace results.jsonl with `rows`, one line each, atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

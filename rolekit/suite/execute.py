@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rolekit.errors import ModelError, RolekitError
+from rolekit.errors import DocumentError, ModelError, Problem, RolekitError
 from rolekit.record import SessionRecord, is_complete
 from rolekit.report.results import append_result, error_result, run_result
 from rolekit.scenario.timeline import Synthesizer
 from rolekit.session.scripted import run_scripted
 from rolekit.suite.backend import Backend
+from rolekit.suite.lock import suite_lock
 from rolekit.suite.plan import RunSpec
 from rolekit.suite.prepare import PreparedRun, check_context, prepare_run
-from rolekit.suite.results import results_path, start_results
+from rolekit.suite.results import compact_results, results_path, start_results
 from rolekit.suite.stages import TRANSCRIBE_PRIOR, StageClock, StageEvent
 
 if TYPE_CHECKING:
@@ -93,7 +94,23 @@ def run_suite(
     """Run every RunSpec; returns one results row per run (in plan order). RolekitError = usage error.
 
     `executor(groups, finish)` runs the batches elsewhere (rolekit.suite.cluster) and yields each
-    group's rows (from `finish`) as it ends; default: one local engine per batch, in plan order."""
+    group's rows (from `finish`) as it ends; default: one local engine per batch, in plan order.
+    Holds the output folder's lock (a second suite on the same folder is refused) and leaves
+    results.jsonl with exactly one line per run (rolekit.suite.results.compact_results)."""
+    with suite_lock(options.out):
+        outcome = _run_suite(runs, backend, options, listener, synth, executor)
+        compact_results(Path(options.out))
+        return outcome
+
+
+def _run_suite(
+    runs: list[RunSpec],
+    backend: Backend,
+    options: SuiteOptions,
+    listener: SuiteListener | None = None,
+    synth: Synthesizer | None = None,
+    executor: Executor | None = None,
+) -> SuiteOutcome:
     ls = listener or SuiteListener()
     out = Path(options.out)
     whisper_dir = _whisper(options, ls)
@@ -112,7 +129,7 @@ def run_suite(
             rows[spec.key] = row
         else:
             todo.append(spec)
-    prepared = [prepare_run(spec, backend.tokenizer, synth) for spec in todo]  # bad input stops here
+    prepared = _prepare_all(todo, backend, synth)  # bad input stops here, every file reported
     for p in prepared:  # with the voice's real length (this loads the model once)
         check_context(p.spec, p.plan, p.timeline, backend.voice_frames(p.plan.voice))
     if not options.resume and options.fresh_results:
@@ -143,6 +160,20 @@ def run_suite(
         getattr(produced, "close", lambda: None)()  # a cluster executor stops its workers here
     ordered = [rows[s.key] for s in runs if s.key in rows]
     return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
+
+
+def _prepare_all(todo: list[RunSpec], backend: Backend, synth: Synthesizer | None) -> list[PreparedRun]:
+    """prepare_run for every run; the problems of all runs are reported together (each once)."""
+    prepared: list[PreparedRun] = []
+    problems: list[Problem] = []
+    for spec in todo:
+        try:
+            prepared.append(prepare_run(spec, backend.tokenizer, synth))
+        except DocumentError as exc:
+            problems.extend(p for p in (exc.problems or [Problem(str(exc))]) if p not in problems)
+    if problems:
+        raise DocumentError(problems=problems)
+    return prepared
 
 
 def _whisper(options: SuiteOptions, ls: SuiteListener) -> AsrModel | None:

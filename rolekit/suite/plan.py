@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +35,30 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Stable across invocations (used by --resume): matrix cell slug + repeat index."""
+        """Stable across invocations (used by --resume) and unique within a scenario: the matrix
+        cell's slug, plus a short hash of the cell's exact values whenever the slug loses anything
+        ("Acme Inc" and "Acme-Inc", two non-ASCII names, 1 and "1", long cells), + repeat index."""
         if not self.cell:
             return f"r{self.repeat}"
-        slug = "_".join(f"{k}-{_slug(v)}" for k, v in sorted(self.cell.items()))
-        if len(slug) > 60:
-            slug = slug[:48] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+        items = sorted(self.cell.items())
+        slug = "_".join(f"{_slug(k)}-{_slug(v)}" for k, v in items)
+        exact = all(_slug(k) == k and _exact(v) for k, v in items)
+        if len(slug) > 60 or not exact:
+            digest = hashlib.sha1(json.dumps(items, sort_keys=True, default=repr).encode()).hexdigest()[:8]
+            slug = slug[:48].rstrip("-_") + "-" + digest
         return f"{slug}-r{self.repeat}"
 
     @property
     def key(self) -> str:
         return f"{self.scenario}/{self.run_id}"
+
+
+def _exact(value: Any) -> bool:
+    """Whether `value` can be read back from its slug: an int, or a string of letters, digits, '.'
+    and single inner '-' that does not look like a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, str) and _slug(value) == value and not re.fullmatch(r"[-+]?[\d.]+", value)
 
 
 def _slug(value: Any) -> str:

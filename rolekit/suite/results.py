@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rolekit.report.results import RESULTS_JSONL, read_results
+from rolekit.report.results import RESULTS_JSONL, read_results, write_results
 
 STATUSES = ("pass", "fail", "error")
 
@@ -21,12 +21,17 @@ def start_results(out: Path, *, resume: bool) -> dict[str, dict[str, Any]]:
     if not resume:
         path.write_text("", encoding="utf-8")
         return {}
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as f:  # a crash mid-write may leave a torn last line: end it
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-    return {f"{r['scenario']}/{r['run_id']}": r for r in read_results(path)}
+    rows = read_results(path)  # a torn last line (a crash mid-append) is dropped here
+    if path.is_file():
+        write_results(path, rows)
+    return {f"{r['scenario']}/{r['run_id']}": r for r in rows}
+
+
+def compact_results(out: Path) -> None:
+    """Rewrite results.jsonl with exactly one line per run (the last one written), atomically."""
+    path = results_path(out)
+    if path.is_file():
+        write_results(path, read_results(path))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
