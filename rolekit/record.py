@@ -136,6 +136,10 @@ class SessionRecord:
         missing = [n for n in RECORD_FILES if not (folder / n).is_file()]
         if missing:
             raise RecordError(f"{folder}: not a complete run folder (missing {', '.join(missing)})")
+        if not _wav_complete(folder / CONVERSATION_WAV):
+            raise RecordError(
+                f"{folder / CONVERSATION_WAV}: damaged: the file is shorter than its header says"
+            )
         try:
             pcm, sr = sf.read(str(folder / CONVERSATION_WAV), dtype="float32", always_2d=True)
             channels = _read_json(folder / CHANNELS_JSON)
@@ -145,22 +149,58 @@ class SessionRecord:
             meta = _read_json(folder / META_JSON)
         except (OSError, ValueError, RuntimeError) as exc:
             raise RecordError(f"{folder}: cannot read run folder ({exc})") from None
-        names = {v: int(k) for k, v in channels.get("channels", {}).items()}
-        user = pcm[:, names.get("user", 0)].copy()
-        agent = pcm[:, names.get("agent", 1)].copy() if pcm.shape[1] > 1 else np.zeros_like(user)
-        codes_path = folder / AGENT_CODES_NPY
-        codes = np.load(codes_path) if codes_path.is_file() else None
-        return cls(
-            user_pcm=user,
-            agent_pcm=agent,
-            text_ids=[int(m["id"]) for m in mono],
-            text_pieces=[str(m["piece"]) for m in mono],
-            agent_codes=codes,
-            step_ms=[float(x) for x in timings.get("step_ms", [])],
-            events=list(events),
-            meta=dict(meta),
-            sample_rate=int(channels.get("sample_rate", sr)),
-        )
+        try:
+            names = {v: int(k) for k, v in channels.get("channels", {}).items()}
+            user = pcm[:, names.get("user", 0)].copy()
+            agent = pcm[:, names.get("agent", 1)].copy() if pcm.shape[1] > 1 else np.zeros_like(user)
+            codes_path = folder / AGENT_CODES_NPY
+            codes = np.load(codes_path, allow_pickle=False) if codes_path.is_file() else None
+            record = cls(
+                user_pcm=user,
+                agent_pcm=agent,
+                text_ids=[int(m["id"]) for m in mono],
+                text_pieces=[str(m["piece"]) for m in mono],
+                agent_codes=codes,
+                step_ms=[float(x) for x in timings.get("step_ms", [])],
+                events=[_event(e) for e in events],
+                meta=dict(meta),
+                sample_rate=int(channels.get("sample_rate", sr)),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, OSError) as exc:
+            raise RecordError(f"{folder}: damaged run folder ({type(exc).__name__}: {exc})") from None
+        frames, hop = len(record.text_ids), round(FRAME_SECONDS * sr)
+        if sr != record.sample_rate or (frames and abs(len(user) - frames * hop) >= hop):
+            raise RecordError(
+                f"{folder / CONVERSATION_WAV}: damaged: {len(user)} samples at {sr} Hz, but the run has "
+                f"{frames} frames of {FRAME_SECONDS} s at {record.sample_rate} Hz (truncated or replaced?)"
+            )
+        return record
+
+
+def _wav_complete(path: Path) -> bool:
+    """False when a RIFF/WAVE file is shorter than its header says (soundfile reads what is there)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return True  # not RIFF: soundfile decides
+    return int.from_bytes(head[4:8], "little") + 8 <= size
+
+
+def _event(item: Any) -> dict[str, Any]:
+    """One events.json label: a mapping with a `kind` and a finite `start` (and `end`) in seconds."""
+    if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+        raise ValueError(f"events.json: {item!r} is not an event (a mapping with kind and start)")
+    for key in ("start", "end"):
+        value = item.get(key)
+        if (key == "start" or value is not None) and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+        ):
+            raise ValueError(f"events.json: event {item.get('kind')!r} has no valid {key!r}")
+    return item
 
 
 def decode_pieces(pieces: list[str]) -> list[str]:

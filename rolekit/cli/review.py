@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from rolekit.errors import ConfigError
+from rolekit.record import RecordError, SessionRecord
 
 whisper_app = typer.Typer(help="Whisper models for transcripts.", no_args_is_help=True)
 
@@ -100,15 +101,18 @@ def report(
         raise ConfigError(
             f"{path}: neither a run folder nor a suite folder (no results.jsonl, no run folders)"
         )
+    damaged: dict[Path, str] = {}
+    for run in runs:  # a damaged run folder is reported as such; the other runs go on
+        try:
+            SessionRecord.load(run)  # checks the folder before anything is rewritten from it
+            if not results or not (run / "metrics.json").is_file():
+                _review(run, whisper, transcribe_missing, asr)
+            write_run_report(run, embed_audio=embed_audio)
+        except RecordError as exc:
+            damaged[run] = str(exc)
     if not results:
-        results = []
-        for run in runs:
-            _review(run, whisper, transcribe_missing, asr)
-            results.append(run_result(run, base=path))
-    for run in runs:
-        if not (run / "metrics.json").is_file():
-            _review(run, whisper, transcribe_missing, asr)
-        write_run_report(run, embed_audio=embed_audio)
+        results = [run_result(run, base=path) for run in runs if run not in damaged]
+    results = _check_rows(results, path, damaged)
     name = path.resolve().name  # `rolekit report .` names the folder, not ""
     out = write_suite_report(path, results, title=f"rolekit suite: {name}")
     junit = write_junit(path / "junit.xml", results, name=name)
@@ -129,6 +133,39 @@ def _print_markdown(md: str) -> None:
         Console().print(Markdown(md))
     else:
         typer.echo(md)
+
+
+def _check_rows(rows: list[dict[str, Any]], suite: Path, damaged: dict[Path, str]) -> list[dict[str, Any]]:
+    """Rows whose run folder is gone, incomplete or damaged become explicit errors (`damaged: true`),
+    never a pass read from a stale results line."""
+    from rolekit.record import is_complete
+    from rolekit.report.results import error_result
+
+    out = []
+    for row in rows:
+        folder = suite / str(row.get("run_dir") or "") if row.get("run_dir") else None
+        problem = None
+        if folder is not None and folder.resolve() in {d.resolve() for d in damaged}:
+            problem = next(msg for d, msg in damaged.items() if d.resolve() == folder.resolve())
+        elif folder is not None and not is_complete(folder):
+            problem = f"run folder {folder} is missing or incomplete"
+        if problem is None:
+            out.append(row)
+            continue
+        keep = {k: row.get(k) for k in ("persona", "vars", "seed", "repeat", "model_id", "run_dir")}
+        out.append(error_result(row["scenario"], row["run_id"], f"damaged: {problem}", damaged=True, **keep))
+    for run, msg in damaged.items():  # damaged runs that results.jsonl does not list
+        if not any(r["scenario"] == run.parent.name and r["run_id"] == run.name for r in out):
+            out.append(
+                error_result(
+                    run.parent.name,
+                    run.name,
+                    f"damaged: {msg}",
+                    damaged=True,
+                    run_dir=str(run.relative_to(suite)),
+                )
+            )
+    return out
 
 
 def transcribe(
@@ -163,7 +200,9 @@ def import_ct2(
     ),
 ) -> None:
     """Convert a CTranslate2 Whisper model to mlx-whisper's folder format (numpy only)."""
+    from rolekit.outputs import check_output_dir
     from rolekit.transcribe.ct2 import convert_ct2
 
+    check_output_dir(dst, "DST")
     out = convert_ct2(src, dst, dtype)
     typer.echo(f"wrote {out} (use it with --whisper {out})")
