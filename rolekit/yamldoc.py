@@ -50,7 +50,10 @@ def parse_yaml(text: str, file: str) -> YamlDoc:
         raise DocumentError(
             problems=[Problem(f"document too large: more than {MAX_DOCUMENT_BYTES} characters", file)]
         )
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters at once (ReaderError)
+    except yaml.YAMLError as exc:
+        raise DocumentError(problems=[Problem(f"YAML error: {exc}", file)]) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -5,15 +5,17 @@ This is the only place that parses arguments, prints, and picks exit codes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from pathlib import Path
 
+import click
 import typer
 
 from rolekit.cli.user_input import print_error
 from rolekit.codec.blas import preload_openblas
-from rolekit.errors import RolekitError
+from rolekit.errors import ConfigError, Problem, RolekitError
 from rolekit.kernelcache import configure_kernel_caches
 
 app = typer.Typer(
@@ -72,10 +74,21 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The click command tree of `app`, built once per process (typer rebuilds it on every call)."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: RolekitError becomes one clear message and exit code 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=True)
+        _command().main(args=argv, prog_name="rolekit", standalone_mode=True)
     except RolekitError as exc:  # raised outside click's own handling
         print_error(exc)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path the system refuses (name too long, permission, ...): the user's input
+        if exc.filename is None:
+            raise
+        print_error(ConfigError(problems=[Problem(exc.strerror or str(exc), str(exc.filename))]))
+        sys.exit(ConfigError.exit_code)

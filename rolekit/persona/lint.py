@@ -27,6 +27,8 @@ MIN_CONVERSATION_FRAMES = 1500  # 120 s left for the conversation
 RULES: dict[str, tuple[str, str]] = {
     "invalid": ("error", "the persona does not load or render"),
     "placeholder": ("error", "leftover placeholder such as X, {name}, <company>, [name] or TODO"),
+    "empty": ("error", "the prompt renders to empty text"),
+    "too-long": ("error", "the prefill does not fit the 240 s context"),
     "length": ("warning", "long prompt: slow prefill or little context left for the conversation"),
     "language": ("warning", "not English: PersonaPlex understands and speaks English only"),
     "role-wording": ("warning", "the wording contradicts the role kind"),
@@ -157,9 +159,18 @@ def lint_persona(persona: Persona, tokenizer: Tokenizer) -> list[Finding]:
         for match in pattern.finditer(text):
             hint = "replace it with the real value or a declared {{ variable }}"
             add("placeholder", f"{what} left in the prompt: {match.group(0)!r}", hint, match.group(0))
+    if not text.removeprefix(SYSTEM_TAG).removesuffix(SYSTEM_TAG).strip():
+        add("empty", "the prompt renders to empty text", "write what the agent is and does")
     n_tokens = len(tokenizer.encode(wrap_system(text)))
     frames = TYPICAL_VOICE_FRAMES + 2 * PROMPT_SILENCE_FRAMES + n_tokens
-    if n_tokens > MAX_PROMPT_TOKENS or CONTEXT_FRAMES - frames < MIN_CONVERSATION_FRAMES:
+    if frames >= CONTEXT_FRAMES:
+        add(
+            "too-long",
+            f"{n_tokens} prompt tokens: the prefill ({frames} frames with a typical voice) does not fit "
+            f"the {CONTEXT_FRAMES}-frame context",
+            "shorten the prompt",
+        )
+    elif n_tokens > MAX_PROMPT_TOKENS or CONTEXT_FRAMES - frames < MIN_CONVERSATION_FRAMES:
         secs, left = n_tokens / FRAME_RATE, (CONTEXT_FRAMES - frames) / FRAME_RATE
         add(
             "length",

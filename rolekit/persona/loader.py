@@ -33,6 +33,15 @@ def default_search() -> list[Path]:
 
 def find_persona(name_or_path: str | Path, search: list[Path] | None = None) -> Path:
     """The file of a persona given by name (looked up in `search`) or by path."""
+    try:
+        return _find_persona(name_or_path, search)
+    except (OSError, ValueError) as exc:  # a name the file system refuses (too long, NUL byte, ...)
+        raise DocumentError(
+            problems=[Problem(f"not a usable persona name or path ({exc})", str(name_or_path)[:200])]
+        ) from None
+
+
+def _find_persona(name_or_path: str | Path, search: list[Path] | None) -> Path:
     text = str(name_or_path)
     path = Path(text).expanduser()
     if text.endswith(SUFFIXES) or "/" in text or path.is_file():
