@@ -144,6 +144,15 @@ def _check_size(root: yaml.Node, file: str) -> None:
 
 
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[Problem], file: str) -> None:
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" escapes: not text any later step can encode
+            where = field_name(loc) or None
+            line = node.start_mark.line + 1
+            problems.append(
+                Problem("invalid text: a lone surrogate escape such as \\ud800", file, line, where)
+            )
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:

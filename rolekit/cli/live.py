@@ -91,6 +91,10 @@ def live(
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     values = parse_vars(var)
+    if record is not None:  # checked before the devices open and the model loads
+        from rolekit.outputs import check_output_dir
+
+        check_output_dir(record, "--record")
     console.print(f"[yellow]{HEADPHONES_HINT}[/]")
     # devices first: a missing microphone is reported before the model loads
     stream = DuplexStream(input_device, output_device, prebuffer_frames=prebuffer)

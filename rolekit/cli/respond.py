@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from rolekit.cli import options as model_opts
-from rolekit.cli.user_input import MAX_SEED, finite, parse_vars, user_errors
+from rolekit.cli.user_input import MAX_SEED, finite, is_text, parse_vars, user_errors
 from rolekit.errors import ConfigError, ModelError, Problem
 from rolekit.hub import rolekit_cache
 from rolekit.outputs import check_output_file
@@ -91,6 +91,8 @@ def respond(
 def _check_options(opts: dict[str, Any]) -> None:
     if (opts["prompt"] is None) == (opts["persona"] is None):
         raise ConfigError("give exactly one of --prompt TEXT or --persona FILE")
+    if opts["prompt"] is not None and not is_text(opts["prompt"]):
+        raise ConfigError("--prompt: not valid UTF-8 text")
     if opts["var"] and opts["persona"] is None:
         raise ConfigError("--var needs --persona")
     if opts["tail"] < 0:

@@ -33,6 +33,15 @@ def finite(lo: float, hi: float) -> Callable[[float | None], float | None]:
     return check
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` is encodable text (argv holds undecodable bytes as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_vars(items: list[str] | None) -> dict[str, str]:
     """`--var k=v` pairs -> dict (values stay strings; the persona's variable types coerce them)."""
     out: dict[str, str] = {}
@@ -41,6 +50,9 @@ def parse_vars(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not _NAME.fullmatch(key.strip()):
             problems.append(Problem(f"expected NAME=VALUE, got {item!r}", field="--var"))
+            continue
+        if not is_text(value):
+            problems.append(Problem(f"{key}: the value is not valid UTF-8 text", field="--var"))
             continue
         out[key.strip()] = value
     if problems:

@@ -21,8 +21,8 @@ _ORDER = {"error": 0, "fail": 1, "pass": 2}
 
 
 def run_folder(suite_dir: Path, row: dict[str, Any]) -> Path | None:
-    """The run folder of a results row when it is on disk."""
-    if not row.get("run_dir"):
+    """The run folder of a results row when it is on disk (never for a row marked damaged)."""
+    if not row.get("run_dir") or row.get("damaged"):
         return None
     p = Path(row["run_dir"])
     folder = p if p.is_absolute() else Path(suite_dir) / p

@@ -13,9 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rolekit.errors import DocumentError, Problem, RolekitError
+from rolekit.errors import DocumentError, ModelError, Problem, RolekitError
 from rolekit.frames import CONTEXT_FRAMES, FRAME_SECONDS, VOICES, PrefillPlan
 from rolekit.persona.schema import VOICE_FILE_SUFFIXES
+from rolekit.persona.voices import is_voice_file, voice_frames
 from rolekit.scenario.timeline import Synthesizer, Timeline, build_timeline
 from rolekit.suite.plan import RunSpec
 
@@ -69,10 +70,18 @@ def prepare_run(spec: RunSpec, tokenizer: Any, synth: Synthesizer | None = None)
             voice = str(path)
         persona = persona.model_copy(update={"voice": voice})
     try:
-        plan = compile_persona(persona, spec.vars, tokenizer, None)
+        plan = compile_persona(persona, spec.vars, tokenizer, None, origin="vars")
     except RolekitError as exc:
         problems = [loaded.problem(f"persona {spec.persona!r} does not compile with these vars", ("vars",))]
         raise DocumentError(problems=problems + (exc.problems or [Problem(str(exc))])) from None
+    if is_voice_file(plan.voice):  # a damaged voice file is bad input, found before the model loads
+        try:
+            voice_frames(Path(plan.voice))
+        except ModelError as exc:
+            file, line = persona.where("voice")
+            loc = ("matrix", "voice") if "voice" in spec.cell else ("voice",)
+            where = loaded.problem(str(exc), loc) if spec.voice else Problem(str(exc), file, line, "voice")
+            raise DocumentError(problems=[where]) from None
     timeline = build_timeline(loaded, synth) if synth is not None else build_timeline(loaded)
     check_context(spec, plan, timeline)
     return PreparedRun(spec, plan, timeline, run_meta(spec, plan, timeline))
