@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from rolekit.errors import ConfigError
+from rolekit.errors import ConfigError, RolekitError
 from rolekit.record import RecordError, SessionRecord
 
 whisper_app = typer.Typer(help="Whisper models for transcripts.", no_args_is_help=True)
@@ -81,8 +81,11 @@ def report(
     if not path.is_dir():
         raise ConfigError(f"{path}: no such folder")
     if is_complete(path):
-        rev = _review(path, whisper, transcribe_missing, asr)
-        out = write_run_report(path, embed_audio=embed_audio)
+        try:
+            rev = _review(path, whisper, transcribe_missing, asr)
+            out = write_run_report(path, embed_audio=embed_audio)
+        except ValueError as exc:  # a malformed transcript / assertions JSON in the folder
+            raise RecordError(f"{path}: damaged JSON ({exc})") from None
         counts = {s: sum(r.status == s for r in rev.results) for s in ("pass", "fail", "error")}
         typer.echo(
             f"{'PASS' if rev.passed else 'FAIL'}  {path}  ({counts['pass']} pass, {counts['fail']} fail, {counts['error']} error)"
@@ -108,8 +111,10 @@ def report(
             if not results or not (run / "metrics.json").is_file():
                 _review(run, whisper, transcribe_missing, asr)
             write_run_report(run, embed_audio=embed_audio)
-        except RecordError as exc:
+        except RolekitError as exc:  # RecordError, a malformed transcript, ...
             damaged[run] = str(exc)
+        except ValueError as exc:  # a malformed metrics / assertions / transcript JSON next to a good record
+            damaged[run] = f"{run}: damaged JSON ({exc})"
     if not results:
         results = [run_result(run, base=path) for run in runs if run not in damaged]
     results = _check_rows(results, path, damaged)

@@ -215,3 +215,19 @@ def test_a_damaged_voice_file_is_found_before_the_model(project, fake_tts, fake_
     ):
         _run(project, fake_tts, backend)
     assert backend.started == []
+
+
+def test_malformed_json_beside_a_good_record(suite):
+    run = suite / "a" / "r0"
+    (run / "transcript.json").write_text("{")
+    result = invoke(["report", str(run)])
+    assert_clean(result)
+    assert result.code == 2 and f"{run / 'transcript.json'}: malformed transcript" in result.err
+    result = invoke(["report", str(suite)])  # the suite report goes on and lists the run as damaged
+    assert_clean(result)
+    assert result.code == 0 and "malformed transcript" in (suite / "junit.xml").read_text()
+    (run / "transcript.json").unlink()
+    (run / "metrics.json").write_text("{")
+    result = invoke(["report", str(suite)])
+    assert_clean(result)
+    assert "damaged" in (suite / "junit.xml").read_text()
