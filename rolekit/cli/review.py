@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from rolekit.errors import ConfigError, RolekitError
+from rolekit.errors import ConfigError, Problem, RolekitError
 from rolekit.record import RecordError, SessionRecord
 
 whisper_app = typer.Typer(help="Whisper models for transcripts.", no_args_is_help=True)
@@ -209,5 +209,15 @@ def import_ct2(
     from rolekit.transcribe.ct2 import convert_ct2
 
     check_output_dir(dst, "DST")
+    if not (src / "model.bin").is_file():
+        raise ConfigError(
+            problems=[
+                Problem(
+                    "no model.bin (expected a CTranslate2 / faster-whisper folder)",
+                    repr(str(src)),
+                    field="SRC",
+                )
+            ]
+        )
     out = convert_ct2(src, dst, dtype)
     typer.echo(f"wrote {out} (use it with --whisper {out})")
