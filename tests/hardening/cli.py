@@ -59,7 +59,8 @@ def names_file_or_option(text: str, argv: list[str]) -> bool:
     """An --option, a click-quoted NAME, a file-like token (a path or a name with an extension), or
     one of the user's own arguments (a folder or name they typed)."""
     if re.search(
-        r"(--[a-z][a-z0-9-]*|'[A-Z_]+'|\S+\.(yaml|yml|j2|wav|json|jsonl|xml|safetensors|pt|txt)\b|/\S+)", text
+        r"(--[a-z][a-z0-9-]*|'[A-Z_]+'|\b(SRC|DST|NAME|PATHS|SCENARIO|RUN_DIR)\b|\S+\.(yaml|yml|j2|wav|json|jsonl|xml|safetensors|pt|txt)\b|/\S+)",
+        text,
     ):
         return True
     if re.search(r"^error: [^\s:]+:", text, re.M):  # "error: FILE[:LINE]: ..." (rolekit's Problem form)
