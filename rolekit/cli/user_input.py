@@ -61,11 +61,12 @@ def parse_vars(items: list[str] | None) -> dict[str, str]:
 
 
 def print_error(exc: RolekitError) -> None:
-    """One clear message on stderr, never a traceback."""
+    """One clear message on stderr, never a traceback; control characters (from file names) shown escaped."""
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+    text = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(exc))  # \r -> "\\r"
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(text)}")
 
 
 @contextmanager

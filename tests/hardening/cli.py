@@ -65,8 +65,12 @@ def names_file_or_option(text: str, argv: list[str]) -> bool:
         return True
     if re.search(r"^error: [^\s:]+:", text, re.M):  # "error: FILE[:LINE]: ..." (rolekit's Problem form)
         return True
-    for arg in argv:
-        if not arg or arg.startswith("-"):
+    for raw in argv:
+        arg = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in raw)  # as printed
+        arg = arg.rstrip("/") or arg  # paths are printed normalized ("0/" -> "0")
+        if f"error: {arg}:" in text:  # rolekit's "FILE: message", even for a blank name
+            return True
+        if not arg.strip() or arg.startswith("-"):
             continue
         if re.search(rf"(?<![\w/.-]){re.escape(arg)}(?![\w/.-])", text):
             return True
