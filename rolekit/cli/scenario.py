@@ -262,9 +262,10 @@ def _run_planned(
 
     with ExitStack() as held:  # one suite at a time in `out`, reports and history included
         with user_errors():
+            held.enter_context(where)  # a cluster usage error first: nothing written yet
             held.enter_context(suite_lock(out))
         try:
-            with user_errors(), where, suite_progress(len(runs)) as progress:
+            with user_errors(), suite_progress(len(runs)) as progress:
                 local = MlxBackend(model, lambda spec: model_opts.load_model(spec, load), model_opts.warm)
                 backend = where.backend if cluster is not None else local
                 executor = where if cluster is not None else None
