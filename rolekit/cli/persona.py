@@ -226,9 +226,9 @@ def lint(
         targets = list(paths or [])
         if not targets:
             targets = [Path("personas")] if Path("personas").is_dir() else [PACKAGED_PERSONAS]
-        missing = [str(p) for p in targets if not p.exists()]
+        missing = [repr(str(p)) for p in targets if not p.exists()]  # repr: a blank name stays visible
         if missing:
-            raise ConfigError(f"no such file or folder: {', '.join(missing)}")
+            raise ConfigError(f"PATHS: no such file or folder: {', '.join(missing)}")
         findings = lint_paths(targets, None, Tokenizer(tokenizer_path(model)))
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors

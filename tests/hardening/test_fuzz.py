@@ -116,7 +116,8 @@ class _NoEngine:
 
     is_random = True
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, loader=None, warm=None) -> None:
+        """Same signature as MlxBackend(spec, loader, warm); the loader is never called."""
         from rolekit.text import Tokenizer, tokenizer_path
 
         self.model_id = spec
