@@ -234,6 +234,11 @@ def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
     if quiet:
         yield None
         return
+    import sys
+
+    if not sys.stderr.isatty():  # CI logs, pipes: plain one-line events instead of a frozen bar
+        yield _plain_progress(total, label, sys.stderr)
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -259,3 +264,34 @@ def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
         console.print(f"[yellow]note:[/] {label}")
     with progress:
         yield on_step
+
+
+PLAIN_EVENT_S = 10.0  # off a terminal, a progress line at most this often (and at the last frame)
+
+
+def _plain_progress(total: int, label: str, stream: Any) -> Any:
+    """`on_step(i, ms)` printing `[t s] respond: frame i/total (ms/step, RTF)` lines to `stream`."""
+    import time
+
+    t0 = time.perf_counter()
+    last = [t0]
+    window: list[float] = []
+    if "noise" in label:
+        print(f"note: {label}", file=stream, flush=True)
+    print(f"[{0.0:7.1f}s] respond: {total} frames", file=stream, flush=True)
+
+    def on_step(i: int, ms: float) -> None:
+        window.append(ms)
+        del window[:-25]
+        now = time.perf_counter()
+        if now - last[0] < PLAIN_EVENT_S and i + 1 < total:
+            return
+        last[0] = now
+        avg = sum(window) / len(window)
+        print(
+            f"[{now - t0:7.1f}s] respond: frame {i + 1}/{total} ({avg:.1f} ms/step, RTF {avg / 80.0:.2f})",
+            file=stream,
+            flush=True,
+        )
+
+    return on_step

@@ -109,3 +109,14 @@ def test_unreadable_input_audio_exits_2(tiny_bundle, tmp_path):
     sf.write(silent, np.zeros(0, np.float32), 24000)
     res = _respond(tmp_path, silent, "--prompt", "x")
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_respond_off_a_terminal_prints_plain_progress_lines(tiny_bundle, tmp_path, user_wav):
+    args = ["respond", "--input", str(user_wav), "--output", str(tmp_path / "a.wav"), "--prompt", "Hi."]
+    res = RUNNER.invoke(app, [*args, "--tail", "0.8", "--greedy"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if "respond:" in ln]
+    assert lines[0].endswith("respond: 30 frames"), res.stderr
+    assert "respond: frame 30/30 (" in lines[-1] and "ms/step, RTF" in lines[-1], res.stderr
+    assert "\x1b[" not in res.stderr  # no terminal control sequences in a log
+    assert json.loads(res.stdout.strip().splitlines()[-1])["frames"] == 30
