@@ -120,11 +120,9 @@ class RayCluster:
     """Connect, place the workers, run batches. Use as a context manager: leaving it kills the workers
     (and disconnects when it connected)."""
 
-    def __init__(self, options: ClusterOptions, model: str, load: Any = None) -> None:
-        """`load`: the driver's `models.LoadOptions` (--dtype / --quant / --compat), used by every worker."""
+    def __init__(self, options: ClusterOptions, model: str) -> None:
         self.options = options
         self.model = model
-        self.load = load
         self.ray: Any = None
         self._connected_here = False
         self.slots: list[_Slot] = []
@@ -207,7 +205,7 @@ class RayCluster:
         cls = self.ray.remote(SuiteWorker)
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=True)  # elsewhere if that node is gone
         handle = cls.options(scheduling_strategy=strategy, max_restarts=0, **res).remote(
-            self.model, self.options.prefill_cache, self.load
+            self.model, self.options.prefill_cache
         )
         slot = _Slot(handle, node_id, res)
         self.slots.append(slot)

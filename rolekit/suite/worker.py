@@ -45,19 +45,11 @@ class SuiteWorker:
     """One Ray actor: loads `model` once (`ready`), then runs whole batches (`run`). Holds no suite
     state: a batch it was running when it died is simply handed to another worker."""
 
-    def __init__(self, model: str, prefill_cache: bool = True, load: Any = None) -> None:
-        """`load`: the driver's `models.LoadOptions` (None: the defaults), so workers load as it would."""
+    def __init__(self, model: str, prefill_cache: bool = True) -> None:
         from rolekit.codec.blas import preload_openblas
 
         preload_openblas()  # before mlx loads, as in the CLI
-
-        def loader(spec: str) -> Any:
-            from rolekit import models
-
-            return models.load(spec, load)
-
-        kind = CachedBackend if prefill_cache else MlxBackend
-        self.backend: MlxBackend = kind(model, loader)
+        self.backend: MlxBackend = CachedBackend(model) if prefill_cache else MlxBackend(model)
         self._models: dict[tuple[str | None, str | None], Any] = {}  # resolved Whisper models
 
     def ready(self) -> dict[str, Any]:
