@@ -33,6 +33,8 @@ from rolekit.suite.prepare import PreparedRun
 from rolekit.suite.worker import ClusterBackend, SuiteWorker
 
 INSTALL_HINT = "--cluster needs Ray: pip install 'rolekit[cluster]' (or pip install ray)"
+JOIN_ATTEMPTS = 3  # ray.init tries on a transient Ray Client "Initialization failure"
+JOIN_RETRY_S = 2.0
 
 
 class ClusterError(RolekitError):
@@ -141,7 +143,7 @@ class RayCluster:
         if not ray.is_initialized():
             check_reachable(self.options.address)  # Ray itself retries a dead address for minutes
             try:
-                ray.init(address=self.options.address, logging_level=logging.WARNING, log_to_driver=False)
+                self._init(ray)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 why = str(exc.__cause__ or exc).strip().splitlines() or [type(exc).__name__]
                 raise ClusterError(
@@ -158,6 +160,22 @@ class RayCluster:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _init(self, ray: Any) -> None:
+        """`ray.init`, retried a few times when a Ray Client server reports a transient
+        "Initialization failure" (its per-client server did not start in time on a busy head)."""
+        for attempt in range(JOIN_ATTEMPTS):
+            try:
+                ray.init(address=self.options.address, logging_level=logging.WARNING, log_to_driver=False)
+                return
+            except ConnectionError as exc:
+                transient = "Initialization failure" in str(
+                    exc.__cause__ or exc
+                ) or "Initialization failure" in str(exc)
+                if not transient or attempt + 1 == JOIN_ATTEMPTS:
+                    raise
+                ray.shutdown()
+                time.sleep(JOIN_RETRY_S)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
