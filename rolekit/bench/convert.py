@@ -1,8 +1,8 @@
 """Conversion benchmark: write a random checkpoint folder in NVIDIA's naming (model.safetensors in
 bf16: 16.7 GB at full size), then time `rolekit convert` in a child process and read its peak RSS.
 
-The checkpoint is streamed to disk tensor by tensor from one random block, so writing it needs
-only ~100 MB of memory. The Mimi file is a small placeholder (convert copies it unchanged) and
+The checkpoint is `randmodel.write_random_lm` (streamed to disk from one random block, so writing
+it needs little memory). The Mimi file is a small placeholder (convert copies it unchanged) and
 the tokenizer is the tiny test tokenizer: only the LM conversion is being measured.
 """
 
@@ -23,46 +23,22 @@ import numpy as np
 from rolekit.bench.lm import lm_config
 from rolekit.errors import ConfigError
 
-_BLOCK = 1 << 25  # random bf16 values reused across tensors (64 MiB)
-
 
 def write_random_checkpoint(folder: Path, size: str = "tiny", seed: int = 0) -> dict[str, Any]:
     """folder/model.safetensors (bf16, NVIDIA names and shapes), Mimi placeholder, tokenizer."""
-    from rolekit.lm.weights import nvidia_keys
+    from rolekit.randmodel import write_random_lm
     from rolekit.text import TINY_TOKENIZER
 
     cfg = lm_config(size)
-    keys = nvidia_keys(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in keys.items():
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(seed)
-    f32 = (0.02 * rng.standard_normal(_BLOCK)).astype(np.float32)
-    block = (f32.view(np.uint32) >> 16).astype(np.uint16)  # bf16 = upper half of fp32
     t0 = time.perf_counter()
-    with open(folder / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name, shape in keys.items():
-            left = int(np.prod(shape))
-            start = hash(name) % 1024
-            while left:
-                take = min(left, _BLOCK - start)
-                f.write(block[start : start + take].tobytes())
-                left -= take
-                start = 0
+    written = write_random_lm(folder / "model.safetensors", cfg, seed)
     _write_placeholder_mimi(folder / "tokenizer-e351c8d8-checkpoint125.safetensors")
     shutil.copyfile(TINY_TOKENIZER, folder / "tokenizer_spm_32k_3.model")
     (folder / "config.json").write_text(json.dumps({"lm_kwargs": cfg.to_kyutai()}))
     return {
-        "tensors": len(keys),
-        "checkpoint_gb": round(offset / 1e9, 2),
+        "tensors": written["tensors"],
+        "checkpoint_gb": round(written["bytes"] / 1e9, 2),
         "write_s": round(time.perf_counter() - t0, 1),
     }
 
