@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
+#   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
+# Stages: write cold engine_b1 engine_b16 engine_b32 respond test16 kernel_path.
+# Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
+# MODEL=tiny runs the same commands on the tiny model (a rehearsal on a CPU machine).
+set -u
+M=${MODEL:-random-7b}
+STEPS=${STEPS:-200}
+export ROLEKIT_CACHE=${ROLEKIT_CACHE:-/tmp/rk}
+OUT=${OUT:?set OUT}
+# the product's own kernel caches ($ROLEKIT_CACHE/kernels), not the harness's
+unset MLX_PTX_CACHE_DIR CUDA_CACHE_PATH
+RK=(python3 -m rolekit)
+
+timed() {  # timed NAME CMD...: wall time and peak RSS of one command
+  local name=$1
+  shift
+  local t0=$SECONDS
+  /usr/bin/time -f '{"wall_s": %e, "max_rss_kb": %M}' -o "$OUT/$name.time.json" "$@"
+  echo "== $name rc=$? $(cat "$OUT/$name.time.json" 2>/dev/null) ($((SECONDS - t0)) s)"
+}
+
+audio60() {  # 60 s of on/off tone at 24 kHz: user audio for respond and the suite
+  [ -f /tmp/u60.wav ] && return
+  python3 -c "import numpy as np, soundfile as sf; t=np.arange(60*24000)/24000; \
+sf.write('/tmp/u60.wav', (0.2*np.sin(2*np.pi*180*t)*(np.sin(2*np.pi*0.3*t)>0)).astype('float32'), 24000)"
+}
+
+for stage in "$@"; do
+  case $stage in
+    write)  # the full-size random model, NVIDIA layout (random-7b only)
+      [ "$M" = random-7b ] && timed random7b_write "${RK[@]}" model random-7b
+      ;;
+    cold)  # first process on a fresh machine (q4 conversion on first load + kernel JIT), then a second
+      timed cold_first "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_first.json" -q
+      timed cold_second "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_second.json" -q
+      ;;
+    engine_b1)  # batch 1 q4 + LMGen with CUDA graphs and with torch.compile (own processes)
+      timed engine_q4_b1 "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
+        --json-out "$OUT/engine_q4_b1.json"
+      ;;
+    engine_b16)  # 16 at once: bf16 and q4 (no reference: the goal compares the two)
+      timed engine_bf16_b16 "${RK[@]}" bench engine -m "$M" --quant bf16 --batch 16 --steps 100 \
+        --no-reference --json-out "$OUT/engine_bf16_b16.json"
+      timed engine_q4_b16 "${RK[@]}" bench engine -m "$M" --quant q4 --batch 16 --steps 100 \
+        --no-reference --json-out "$OUT/engine_q4_b16.json"
+      ;;
+    engine_b32)
+      timed engine_bf16_b32 "${RK[@]}" bench engine -m "$M" --quant bf16 --batch 32 --steps 50 \
+        --no-reference --json-out "$OUT/engine_bf16_b32.json"
+      ;;
+    respond)  # 60 s of audio through `rolekit respond` (summary JSON on stdout)
+      audio60
+      timed respond60 "${RK[@]}" respond -m "$M" --quant q4 --input /tmp/u60.wav --output /tmp/a60.wav \
+        --prompt "You enjoy having a good conversation." -q >"$OUT/respond60.json"
+      ;;
+    test16)  # 16 scenarios of 60 s, --jobs 16 (no TTS, no Whisper): wall time against audio time
+      audio60
+      mkdir -p /tmp/s16 && cp /tmp/u60.wav /tmp/s16/
+      for i in $(seq -w 0 15); do
+        printf 'name: s%s\npersona: refund-desk\nseed: %d\nlead_in: 1.0\ntail: 2.0\nuser:\n  - audio: u60.wav\n' \
+          "$i" "$((10#$i))" >/tmp/s16/s$i.yaml
+      done
+      timed test16_bf16 "${RK[@]}" test /tmp/s16 --jobs 16 -m "$M" --quant "${TEST_QUANT:-bf16}" --no-transcribe \
+        --out /tmp/test16_bf16
+      python3 -c "import json,sys; rows=[json.loads(l) for l in open('/tmp/test16_bf16/results.jsonl')]; \
+print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
+        >"$OUT/test16_bf16.json"
+      cat "$OUT/test16_bf16.json"
+      ;;
+    kernel_path)  # kernel path vs op path on random-7b, teacher-forced
+      timed kernel_path python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/engine/test_gpu_kernel_path.py \
+        --junitxml "$OUT/kernel_path.xml"
+      ;;
+    *) echo "unknown stage $stage" >&2 ;;
+  esac
+done
