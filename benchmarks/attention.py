@@ -167,7 +167,8 @@ def _ring_attention_with(
 
 
 def check_ring_attention(seed: int = 0) -> list[dict[str, Any]]:
-    """Ring attention before the wrap (and one wrapped ring with context < C): the kernel path
+    """Ring attention before the wrap (one wrapped ring with context < C, one growing ring with C <
+    context): the kernel path
     (asked for) and MLX's masked SDPA (not asked for) against an fp32 reference.
 
     Rows {case, dtype, rel_err (the path `masked_step_attention` takes with the switch on),
@@ -186,6 +187,8 @@ def check_ring_attention(seed: int = 0) -> list[dict[str, Any]]:
     cases.append(("B1-H32-C4096-pos3000", 1, 32, 4096, 3000, 4096, [0]))
     cases.append(("wrapped-B2-H4-C512-ctx400-pos700", 2, 4, 512, 700, 400, [0, 37]))
     cases.append(("wrapped-padded-B2-H4-C512-ctx400-pos700", 2, 4, 512, 700, 400, [0, 650]))
+    # a growing ring (`LmCache.reserve`) smaller than the context, before it is grown again
+    cases.append(("growing-B2-H32-C512-ctx3000-pos500", 2, 32, 512, 500, 3000, [0, 37]))
 
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []

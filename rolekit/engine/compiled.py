@@ -95,6 +95,7 @@ class CompiledStep:
 
         off [B] LMGen offsets per row, user [B, 8] user codes, keys [B, 2]."""
         pos = lm_cache.offset
+        lm_cache.reserve(pos + 1)  # a growing ring gets room for this position before it would wrap
         cap = lm_cache.rings[0].capacity
         context = self.engine.lm.transformer.layers[0].self_attn.context
         start = lm_cache.start

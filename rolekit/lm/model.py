@@ -15,7 +15,7 @@ from rolekit.lm.depformer import Depformer, StepKV
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.lm.temporal import LmCache, Transformer
 from rolekit.nn import embed_cuda, fused
-from rolekit.nn.attention import RingKV
+from rolekit.nn.attention import MIN_RING, RingKV, ring_capacity
 from rolekit.nn.kernels import OPS, Kernels
 from rolekit.nn.norm import RMSNorm
 
@@ -47,14 +47,16 @@ class LM(nn.Module):
         """Activation dtype: chosen at load (`lm.precision`), else that of the embeddings."""
         return getattr(self, "activation_dtype", None) or self.text_emb.weight.dtype
 
-    def make_cache(self, batch: int) -> LmCache:
+    def make_cache(self, batch: int, floor: int | None = None) -> LmCache:
+        """An empty ring KV cache that grows with the conversation (`LmCache.reserve`): `floor`
+        slots per layer at first (default `ring_floor`, else `MIN_RING`; at most the context),
+        doubling before the ring would wrap, up to the context. `floor` >= context: full size now."""
         cfg = self.cfg
         dtype = getattr(self, "cache_dtype", None) or self.dtype  # chosen at load (lm.precision)
-        rings = [
-            RingKV.empty(batch, cfg.num_heads, cfg.context, cfg.head_dim, dtype)
-            for _ in range(cfg.num_layers)
-        ]
-        return LmCache(rings=rings, offset=0)
+        floor = floor or getattr(self, "ring_floor", MIN_RING)
+        cap = ring_capacity(0, cfg.context, floor)
+        rings = [RingKV.empty(batch, cfg.num_heads, cap, cfg.head_dim, dtype) for _ in range(cfg.num_layers)]
+        return LmCache(rings=rings, offset=0, context=cfg.context, floor=floor)
 
     def embed(self, tokens: mx.array, kernels: Kernels = OPS) -> mx.array:
         """tokens [B, 17, T] int32 -> summed embeddings [B, T, D] (audio streams first, then text).

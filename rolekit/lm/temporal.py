@@ -9,7 +9,16 @@ import mlx.nn as nn
 import numpy as np
 
 from rolekit.lm.config import LmConfig
-from rolekit.nn.attention import Attention, RingKV, StepView, ring_positions, step_view
+from rolekit.nn.attention import (
+    MIN_RING,
+    Attention,
+    RingKV,
+    StepView,
+    grow_slots,
+    ring_capacity,
+    ring_positions,
+    step_view,
+)
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.norm import RMSNorm
 
@@ -23,11 +32,30 @@ class LmCache:
     kernel (`lm.temporal_cuda`) writes each step's keys and values into the ring arrays in place,
     so `snapshot` and `restore` copy the rings: a snapshot never shares a buffer with a live cache
     and stays valid after later steps.
+
+    `context` set (`LM.make_cache`): the rings grow with the conversation, `ring_capacity` slots
+    for the positions written (a power of two >= `floor`, at most the context); whoever writes
+    positions calls `reserve` first, outside any compiled graph. None: fixed rings.
     """
 
     rings: list[RingKV] = field(default_factory=list)
     offset: int = 0
     start: np.ndarray | None = None  # [B] int64; None = no padding
+    context: int | None = None
+    floor: int = MIN_RING
+
+    def reserve(self, written: int) -> None:
+        """Grow every ring (before it wraps) to hold global positions 0 .. written - 1; a no-op
+        for fixed rings, once the rings are full size, or when they are already big enough."""
+        if self.context is None or not self.rings:
+            return
+        cap = self.rings[0].capacity
+        if cap >= self.context or written <= cap:
+            return
+        want = ring_capacity(written, self.context, self.floor)
+        old, self.rings = self.rings[::-1], []
+        while old:  # layer by layer: each old ring is freed once its copy is made
+            self.rings.append(old.pop().grow(want))
 
     @property
     def positions(self) -> np.ndarray:
@@ -91,7 +119,8 @@ def pad_rows(rows: list[dict[str, mx.array]]) -> dict[str, mx.array]:
     for k in rows[0]:
         if not k.startswith("layers."):
             continue
-        v = mx.concatenate([r[k] for r in rows], axis=0)  # [B, H, C, Dh]
+        cap = max(r[k].shape[2] for r in rows)  # rings below full size never wrapped: grow to one size
+        v = mx.concatenate([grow_slots(r[k], cap) for r in rows], axis=0)  # [B, H, C, Dh]
         out[k] = RingKV(v, v).roll(start).keys if start.any() else v
     return out
 
@@ -127,6 +156,7 @@ class Transformer(nn.Module):
     def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
         """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
         offset = cache.offset
+        cache.reserve(offset + x.shape[1])
         view = None
         if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers
             attn = self.layers[0].self_attn

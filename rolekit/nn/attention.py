@@ -21,10 +21,23 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+MIN_RING = 256  # slots of a growing ring at its first step (`ring_capacity`)
+
+
+def ring_capacity(written: int, context: int, floor: int = MIN_RING) -> int:
+    """Slots a growing ring needs once `written` positions are in it: the next power of two
+    >= written (at least `floor`), at most `context` (the ring's full size, where it wraps)."""
+    n = max(floor, 1 << max(written - 1, 0).bit_length())
+    return min(n, context)
+
 
 @dataclass
 class RingKV:
-    """One layer's ring cache: keys and values [B, H, C, Dh]; C = context. Immutable updates."""
+    """One layer's ring cache: keys and values [B, H, C, Dh]; C <= context. Immutable updates.
+
+    Slot i holds the newest position p written so far with p % C == i. A ring smaller than the
+    context must never wrap: it is grown (`grow`) before a position >= C is written, and while
+    every position written is < C, position p sits at slot p in a ring of any capacity."""
 
     keys: mx.array
     values: mx.array
@@ -37,6 +50,15 @@ class RingKV:
     @property
     def capacity(self) -> int:
         return self.keys.shape[2]
+
+    def grow(self, capacity: int) -> RingKV:
+        """The same ring in `capacity` >= C slots (new slots zero), evaluated, so the old buffers
+        can be freed at once. Only valid before the wrap (no position >= C written yet)."""
+        if capacity == self.capacity:
+            return self
+        grown = RingKV(grow_slots(self.keys, capacity), grow_slots(self.values, capacity))
+        mx.eval(grown.keys, grown.values)
+        return grown
 
     def roll(self, shift: np.ndarray) -> RingKV:
         """Per-row ring rotation by shift [B] slots: slot j takes old slot (j - shift[b]) % C."""
@@ -60,6 +82,14 @@ class RingKV:
             keys = _put(keys, k[:, :, first:], 0)
             values = _put(values, v[:, :, first:], 0)
         return RingKV(keys, values)
+
+
+def grow_slots(buf: mx.array, capacity: int) -> mx.array:
+    """buf [B, H, C, Dh] -> [B, H, capacity, Dh]: slots 0..C-1 as they are, zeros after (lazy)."""
+    extra = capacity - buf.shape[2]
+    if extra < 0:
+        raise ValueError(f"a ring of {buf.shape[2]} slots cannot shrink to {capacity}")
+    return mx.pad(buf, [(0, 0), (0, 0), (0, extra), (0, 0)]) if extra else buf
 
 
 def _put(buf: mx.array, update: mx.array, start: int) -> mx.array:

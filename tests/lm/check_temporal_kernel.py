@@ -44,9 +44,11 @@ def check_temporal_kernel(
     heads: int = 0,
     seed: int = 0,
     tunes: str = "",
+    ring_floor: int = 0,
 ) -> dict[str, Any]:
     """`ok`: the kernel ran, no timeout, hidden and keys within 2e-3 of the fp32 contract at every step.
-    `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps).
+    `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps);
+    `ring_floor` > 0 the growing ring's first size (the steps then cross a growth).
     `tunes`: kernel shapes to run after the default one on the same model, "-" between them, "/"
     between their `TemporalTuning` fields (e.g. "u=2-prefetch=0/uq=8"): each gets its own
     `steps` steps, reported under `tunes`."""
@@ -58,6 +60,8 @@ def check_temporal_kernel(
     if heads:
         cfg = dataclasses.replace(cfg, num_heads=heads)
     lm = build_lm(cfg, quant, seed)
+    if ring_floor:  # the ring's first size (`LM.make_cache`), so that a short run grows it
+        lm.ring_floor = ring_floor
     packed = temporal_cuda.pack(lm)
     row: dict[str, Any] = {"quant": quant, "batch": batch, "layers": cfg.num_layers, "context": cfg.context}
     row["packed"] = packed is not None
@@ -96,9 +100,10 @@ def _steps(
     probes = None
     in_place = getattr(temporal_cuda.launch, "__name__", "") == "launch"  # not a CPU stand-in
     written = True
-    cap = cache.rings[0].capacity
     for _ in range(steps):
         pos = cache.offset
+        cache.reserve(pos + 1)  # a growing ring (`LM.make_cache`) gets room first, as in the engine
+        cap = cache.rings[0].capacity
         oldest = pos + 1 - cap
         full = oldest >= 0 and cap <= cfg.context and oldest >= int(start.max())
         length = cap if full else prefix_length(pos + 1, cap, CompiledStep.MIN_PREFIX)

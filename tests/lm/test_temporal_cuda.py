@@ -213,6 +213,31 @@ def test_temporal_check_through_the_kernel_contract(monkeypatch):
     assert res["positions"] == [14, 16] and set(res["stage_us"]) == set(ct.STAGES) == set(res["work_us"])
 
 
+def test_temporal_check_across_a_ring_growth_through_the_contract(monkeypatch):
+    """A growing ring (`LmCache.reserve`) of 16 slots after the prefill grows to 32 between the
+    steps (positions 14..17): the kernel's contract over the smaller ring, then the larger one,
+    equals the op path."""
+    from tests.lm import check_temporal_kernel as ct
+
+    monkeypatch.setattr(tc, "launch", tc.reference)
+    monkeypatch.setattr(tc, "applies", lambda lm, b, dtype: True)
+    res = ct.check_temporal_kernel(
+        "tiny", quant="bf16", batch=2, steps=4, prefill=14, heads=1, context=40, ring_floor=4
+    )
+    assert res["ran"] and res["ok"] and res["positions"] == [14, 17], res
+    assert res["hidden_vs_ops"] < 1e-4 and res["kv_vs_ops"] < 1e-4
+
+
+@pytest.mark.gpu
+def test_temporal_kernel_on_cuda_across_a_ring_growth():
+    """Full size, q4, 2 rows: positions 254..257, the growing ring goes from 256 to 512 slots
+    between kernel steps (the kernel's C is the buffer's): within 2e-3 of the contract, written in place."""
+    from tests.lm.check_temporal_kernel import check_temporal_kernel
+
+    res = check_temporal_kernel("full", quant="q4", batch=2, prefill=254, steps=4)
+    assert res["ran"] and res["ok"] and res["rings_written"] and res["positions"] == [254, 257], res
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("quant, batch", [("q4", 1), ("q4", 4), ("q8", 1), ("bf16", 2)])
 def test_temporal_kernel_on_cuda_matches_its_contract(quant, batch):
