@@ -18,7 +18,7 @@ from rolekit.codec.compiled import CompiledMimi
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.prefill import PrefillInputs, prefill_inputs
-from rolekit.engine.step import StepConstants, model_input, sample_and_commit
+from rolekit.engine.step import EagerStep, StepConstants
 from rolekit.errors import ConfigError
 from rolekit.frames import (
     FRAME_SAMPLES,
@@ -135,10 +135,10 @@ class Engine:
             self.dep_steps,
             self.kernels,
         )
-        # compiled (default): the whole LM step (ring, temporal with a device position, sampling,
-        # depformer) is one graph traced once per attended ring prefix (`engine.compiled`);
-        # eager: op by op. Equal outputs; compiled is ~1.15x faster on an H200 and on CPU.
-        self._compiled_step = CompiledStep(self) if compiled else None
+        # The LM step (`engine.step.lm_step`: ring, temporal with a device position, sampling,
+        # depformer). compiled (default): one graph per attended ring prefix (`engine.compiled`);
+        # eager: called op by op. Equal outputs.
+        self.lm_step = CompiledStep(self.constants) if compiled else EagerStep(self.constants)
         # The one-kernel depformer frame and temporal step read their weights stacked per family:
         # stacked once here (the modules keep views of the stacks), outside any compiled trace.
         if self.kernels.depformer:
@@ -281,12 +281,9 @@ class Engine:
             self.ring = R.prime(mx, ring, self.initial)
             self.offsets = self.offsets + 1
             return self._not_ready(user)
-        if self._compiled_step is not None:
-            cache, provided, out, self.keys = self._compiled_step(
-                self.ring.cache, self.ring.provided, off, user, self.keys, self.lm_cache
-            )
-        else:
-            cache, provided, out = self._eager_lm_step(off, user)
+        cache, provided, out, self.keys = self.lm_step(
+            self.ring.cache, self.ring.provided, off, user, self.keys, self.lm_cache
+        )
         self.ring = R.Ring(cache=cache, provided=provided)
         ready = bool((self.offsets > MAX_DELAY).all())  # uniform: see check_offsets
         self.offsets = self.offsets + 1
@@ -298,18 +295,6 @@ class Engine:
         out_np = np.array(out)
         self.last_user_codes = np.array(user)
         return StepOutput(pcm=np.array(pcm[:, 0]), text=out_np[:, 0], audio=out_np[:, 1:], ready=True)
-
-    def _eager_lm_step(self, off: mx.array, user: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """The LM part of `step`, op by op: -> ring cache, ring provided, out [B, 9]."""
-        c = self.constants
-        cache, provided, x = model_input(c, self.ring.cache, self.ring.provided, off, user)
-        hidden, text_logits = self.lm.temporal(x, self.lm_cache)
-        # per-row key streams: row b's samples never depend on the batch
-        keys = mx.vmap(lambda k: mx.random.split(k, 3))(self.keys)  # [B, 3, 2]
-        self.keys = keys[:, 0]
-        return sample_and_commit(
-            c, hidden[:, 0], text_logits[:, 0], cache, provided, off, keys[:, 1], keys[:, 2]
-        )
 
     def _not_ready(self, user: mx.array) -> StepOutput:
         mx.eval(self.ring.cache, user, *self.lm_cache.arrays())

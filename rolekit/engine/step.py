@@ -1,23 +1,30 @@
-"""One LM step around the temporal transformer, as pure functions of explicit state.
+"""The LM's 80 ms step as ONE pure function of explicit state: `lm_step`.
 
-`model_input` puts the user's codes into the token ring and embeds the model's input column;
-`sample_and_commit` samples the text token from the temporal output, runs the depformer and
-commits text and audio to the ring. The eager step (`Engine`), the compiled step
-(`engine.compiled.CompiledStep`, which traces both) and its CUDA variant (the temporal kernel
-between them) all call these two, so the token logic exists once. Arrays are `mx.array`; B rows,
-each with its own ring offset.
+token ring + user codes [B, 8] + RNG keys [B, 2] + the LM cache's rings + a device position ->
+`model_input` (the user's codes into the ring, the model's input column embedded) -> the temporal
+layers (the model's own `Transformer.step`, or the CUDA kernel in their place) -> final norm, text
+head -> `sample_and_commit` (text sampling, depformer, ring commit) -> (ring, out [B, 9], next keys,
+updated rings). Everything that changes per step is an array, and what selects a trace (the
+attended ring prefix, the kernels) is a `StepShape`, so the eager step calls `lm_step` directly and
+the compiled step (`engine.compiled.CompiledStep`) is `mx.compile` of it, one graph per shape: one
+step to read and to test. Arrays are `mx.array`; B rows, each with its own ring offset.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from rolekit.engine import ring as R
 from rolekit.frames import N_CODEBOOKS
 from rolekit.lm.sampling import SamplingParams, sample
+from rolekit.lm.temporal import LmCache
+from rolekit.lm.temporal_cuda import TemporalKernel
+from rolekit.nn.attention import RingKV, attended, step_view
 from rolekit.nn.kernels import Kernels
 
 
@@ -76,3 +83,103 @@ def sample_text(c: StepConstants, logits: mx.array, keys: mx.array) -> mx.array:
         return mx.argmax(logits, axis=-1).astype(mx.int32)
     p = c.sampling
     return sample(logits, p.text_temperature, p.text_top_k, keys)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What selects one trace of `lm_step` (hashable: the compiled step keeps a graph per value).
+
+    length: ring slots attended (a power-of-two prefix before the wrap in a compiled step, the
+    written slots in an eager one; C after the wrap); masked: some attended slot is hidden (the
+    device builds the mask from the position and the rows' padding); fused / ring_kernel: the
+    `nn.fused` and `nn.ring_attention` kernels in the temporal layers; temporal: the temporal
+    layers as one kernel launch instead of the model's layers (None: the layers)."""
+
+    length: int
+    masked: bool
+    fused: bool = False
+    ring_kernel: bool = False
+    temporal: TemporalKernel | None = None
+
+
+def lm_step(
+    c: StepConstants,
+    shape: StepShape,
+    ring_cache: mx.array,
+    ring_provided: mx.array,
+    off: mx.array,
+    user: mx.array,
+    keys: mx.array,
+    pos: mx.array,
+    start: mx.array,
+    *kv: mx.array,
+) -> tuple[mx.array, ...]:
+    """One LM step: ring_cache / ring_provided [B, 17, CT], off [B] the rows' LMGen offsets, user
+    [B, 8] user codes, keys [B, 2] RNG keys, pos int32 scalar (the LM cache's global position),
+    start [B] int32 (each row's left padding), kv = the cache's rings K0, V0, K1, V1, ... each
+    [B, H, C, Dh] (`LmCache.release`) -> (ring cache, ring provided, out [B, 9] = text + 8 agent
+    codes, next keys [B, 2], K0', V0', ...: the rings with position `pos` written)."""
+    lm = c.lm
+    ring_cache, ring_provided, x = model_input(c, ring_cache, ring_provided, off, user)  # x [B, 1, D]
+    rings = [RingKV(k, v) for k, v in zip(kv[0::2], kv[1::2], strict=True)]
+    cap = rings[0].capacity
+    view = step_view(pos, start, cap, lm.context, shape.length, shape.masked, shape.ring_kernel, shape.fused)
+    if shape.temporal is None:
+        x = lm.transformer.step(x, rings, view)  # [B, 1, D]
+    else:
+        x = shape.temporal.step(lm, x, rings, view, c.kernels.temporal_tuning)
+    hidden = lm.out_norm(x)  # [B, 1, D]
+    logits = lm.text_linear(hidden)  # [B, 1, text_card]
+    split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
+    ring_cache, ring_provided, out = sample_and_commit(
+        c, hidden[:, 0], logits[:, 0], ring_cache, ring_provided, off, split[:, 1], split[:, 2]
+    )
+    return (ring_cache, ring_provided, out, split[:, 0], *(a for r in rings for a in (r.keys, r.values)))
+
+
+class EagerStep:
+    """`lm_step` called directly for the next position of an `LmCache`: the temporal layers as
+    MLX ops over exactly the written ring slots (the reference the compiled step is checked
+    against; `Kernels` still picks the embedding and depformer kernels)."""
+
+    def __init__(self, constants: StepConstants) -> None:
+        self.constants = constants
+        self._start_np: np.ndarray | None = None
+        self._start = mx.zeros((constants.batch,), dtype=mx.int32)  # [B]
+
+    def shape(self, lm_cache: LmCache) -> StepShape:
+        """The `StepShape` of the cache's next position."""
+        cap = lm_cache.rings[0].capacity
+        return StepShape(*attended(lm_cache.offset, cap, self.constants.lm.context, lm_cache.start))
+
+    def function(self, shape: StepShape) -> Any:
+        """What runs `lm_step` for `shape` (same arguments after `shape`)."""
+        return partial(lm_step, self.constants, shape)
+
+    def __call__(
+        self,
+        ring_cache: mx.array,
+        ring_provided: mx.array,
+        off: mx.array,
+        user: mx.array,
+        keys: mx.array,
+        lm_cache: LmCache,
+    ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """One frame: -> (ring cache, ring provided, out [B, 9], next RNG keys [B, 2]); lm_cache
+        advanced by one position. off [B] LMGen offsets per row, user [B, 8], keys [B, 2]."""
+        lm_cache.reserve(lm_cache.offset + 1)  # a growing ring gets room first, outside any graph
+        run = self.function(self.shape(lm_cache))
+        pos = mx.array(lm_cache.offset, dtype=mx.int32)
+        kv = lm_cache.release()
+        res = run(ring_cache, ring_provided, off, user, keys, pos, self._start_array(lm_cache.start), *kv)
+        kv = None  # only the step holds the old rings now: its writes may update them in place
+        lm_cache.adopt(list(res[4:]))
+        return res[0], res[1], res[2], res[3]
+
+    def _start_array(self, start: np.ndarray | None) -> mx.array:
+        """[B] int32 left padding on the device, rebuilt only when the cache's padding changes."""
+        if start is not self._start_np:
+            b = self.constants.batch
+            host = np.zeros(b, np.int32) if start is None else np.asarray(start, np.int32)
+            self._start_np, self._start = start, mx.array(host)
+        return self._start

@@ -47,6 +47,11 @@ class LM(nn.Module):
         """Activation dtype: chosen at load (`lm.precision`), else that of the embeddings."""
         return getattr(self, "activation_dtype", None) or self.text_emb.weight.dtype
 
+    @property
+    def context(self) -> int:
+        """Positions a temporal query sees (its own and the context - 1 before it)."""
+        return self.cfg.context
+
     def make_cache(self, batch: int, floor: int | None = None) -> LmCache:
         """An empty ring KV cache that grows with the conversation (`LmCache.reserve`): `floor`
         slots per layer at first (default `ring_floor`, else `MIN_RING`; at most the context),

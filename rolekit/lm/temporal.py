@@ -9,11 +9,13 @@ import mlx.nn as nn
 import numpy as np
 
 from rolekit.lm.config import LmConfig
+from rolekit.nn import fused
 from rolekit.nn.attention import (
     MIN_RING,
     Attention,
     RingKV,
     StepView,
+    attended,
     grow_slots,
     ring_capacity,
     ring_positions,
@@ -83,7 +85,28 @@ class LmCache:
         self.start = start if start is not None and start.any() else None
 
     def arrays(self) -> list[mx.array]:
+        """Keys and values of every layer: [K0, V0, K1, V1, ...], each [B, H, C, Dh]."""
         return [a for r in self.rings for a in (r.keys, r.values)]
+
+    def start_array(self) -> mx.array:
+        """[B] int32 left padding on the device (zeros without padding)."""
+        if self.start is None:
+            return mx.zeros((self.rings[0].keys.shape[0] if self.rings else 1,), mx.int32)
+        return mx.array(np.asarray(self.start, np.int32))
+
+    def release(self) -> list[mx.array]:
+        """`arrays()` for one step function, which returns them updated to `adopt`: the cache
+        lets go of them meanwhile, so that the step's ring writes can update the buffers in place
+        (MLX copies a buffer that something else still holds)."""
+        out = self.arrays()
+        self.rings = []
+        return out
+
+    def adopt(self, arrays: list[mx.array], steps: int = 1) -> None:
+        """Take a step function's updated rings ([K0, V0, K1, V1, ...] as from `release`; the
+        CUDA temporal kernel's rings are its inputs, written in place) and advance `offset`."""
+        self.rings = [RingKV(k, v) for k, v in zip(arrays[0::2], arrays[1::2], strict=True)]
+        self.offset += steps
 
 
 def _copy(a: mx.array) -> mx.array:
@@ -126,6 +149,11 @@ def pad_rows(rows: list[dict[str, mx.array]]) -> dict[str, mx.array]:
 
 
 class TemporalLayer(nn.Module):
+    """norm1 -> in_proj -> attention -> out_proj + residual -> norm2 -> gated MLP + residual.
+
+    The block products go through `nn.fused` (one CUDA kernel each where `view.fused`, else
+    exactly the MLX ops), so one step and a whole sequence run this same code."""
+
     def __init__(self, cfg: LmConfig) -> None:
         super().__init__()
         self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -134,37 +162,50 @@ class TemporalLayer(nn.Module):
         self.gating = GatedMLP(cfg.dim, cfg.hidden)
 
     def __call__(
-        self,
-        x: mx.array,
-        ring: RingKV,
-        offset: int,
-        start: np.ndarray | None = None,
-        view: StepView | None = None,
+        self, x: mx.array, ring: RingKV, at: StepView | int, start: np.ndarray | None = None
     ) -> tuple[mx.array, RingKV]:
-        y, ring = self.self_attn(self.norm1(x), ring, offset, start, view)
-        x = x + y
-        return x + self.gating(self.norm2(x)), ring
+        """x [B, T, D] -> (x [B, T, D], ring with these positions written); `at` and `start` as
+        `Attention.__call__` (a `StepView` for one step, else the first position and padding)."""
+        fk = isinstance(at, StepView) and at.fused
+        attn = self.self_attn
+        qkv = fused.norm_linear(x, self.norm1, attn.in_proj, use_kernel=fk)  # [B, T, 3D]
+        y, ring = attn(qkv, ring, at, start)  # [B, T, D]
+        x = fused.linear_residual(y, attn.out_proj, x, use_kernel=fk)
+        gated = fused.norm_gated(x, self.norm2, self.gating.linear_in, use_kernel=fk)
+        return fused.linear_residual(gated, self.gating.linear_out, x, use_kernel=fk), ring
 
 
 class Transformer(nn.Module):
-    """Stack of temporal layers; `__call__` handles any T (whole sequence or one step)."""
+    """Stack of temporal layers: `step` is one position at a device position (traceable),
+    `__call__` any T with a host `LmCache` (whole sequence, or one step through `step`)."""
 
     def __init__(self, cfg: LmConfig) -> None:
         super().__init__()
         self.layers = [TemporalLayer(cfg) for _ in range(cfg.num_layers)]
 
+    def step(self, x: mx.array, rings: list[RingKV], view: StepView) -> mx.array:
+        """x [B, 1, D] at `view.pos` -> [B, 1, D]; each ring gets this position's keys and values."""
+        for layer, ring in zip(self.layers, rings, strict=True):
+            x, _ = layer(x, ring, view)
+        return x
+
     def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
         """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
         offset = cache.offset
         cache.reserve(offset + x.shape[1])
-        view = None
         if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers
-            attn = self.layers[0].self_attn
-            view = step_view(offset, cache.rings[0].capacity, attn.context, cache.start)
-        rings = []
-        for layer, ring in zip(self.layers, cache.rings, strict=True):
-            x, ring = layer(x, ring, offset, cache.start, view)
-            rings.append(ring)
+            cap = cache.rings[0].capacity
+            context = self.layers[0].self_attn.context
+            length, masked = attended(offset, cap, context, cache.start)
+            pos = mx.array(offset, dtype=mx.int32)
+            view = step_view(pos, cache.start_array(), cap, context, length, masked)
+            rings = cache.rings
+            x = self.step(x, rings, view)
+        else:
+            rings = []
+            for layer, ring in zip(self.layers, cache.rings, strict=True):
+                x, ring = layer(x, ring, offset, cache.start)
+                rings.append(ring)
         cache.rings = rings
         cache.offset = offset + x.shape[1]
         return x

@@ -44,6 +44,7 @@ does not cover), `engine.compiled` runs the fused per-layer ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ import numpy as np
 from rolekit.lm.temporal_source import FAMILIES, PROBES, Pipeline
 from rolekit.lm.temporal_source import kernel as _kernel
 from rolekit.nn import ring_attention
+from rolekit.nn.attention import RingKV, StepView
 from rolekit.nn.cuda import shared_optin, sm_count
 from rolekit.nn.grid import (
     CONTROL,
@@ -117,10 +119,15 @@ def _dims_ok(cfg: Any) -> bool:
     return cfg.dim % cfg.num_heads == 0 and hd in (64, 128) and cfg.dim % 64 == 0 and cfg.hidden % 64 == 0
 
 
+def packed_weights(lm: Any) -> Packed | None:
+    """The kernel's view of the LM's weights after `pack(lm)`; None before (or where it cannot)."""
+    return getattr(lm, "_temporal_packed", None)
+
+
 def applies(lm: Any, batch: int, cache_dtype: mx.Dtype) -> bool:
     """The kernel can serve this step (the caller's `Kernels.temporal` chose it): packed model, a
     CUDA device, 1..MAX_ROWS rows, the ring cache in the activation dtype."""
-    if getattr(lm, "_temporal_packed", None) is None:
+    if packed_weights(lm) is None:
         return False
     if not 1 <= batch <= MAX_ROWS or lm.dtype not in (mx.bfloat16, mx.float16, mx.float32):
         return False
@@ -269,6 +276,32 @@ def stage_us(lm: Any, scratch: mx.array, batch: int, length: int) -> tuple[np.nd
     return d[0:-1:2], d[1:-1:2], float(d[-1])
 
 
+@dataclass(frozen=True)
+class TemporalKernel:
+    """The temporal layers of one step as one launch, in place of `Transformer.step` inside
+    `engine.step.lm_step`. `launch`: `launch` (the CUDA kernel, which writes the step's keys and
+    values into the rings in place) or a stand-in with its arguments and results (`reference`:
+    any device, the rings not written: `writes_rings` False, so they are written here)."""
+
+    launch: Callable[..., tuple[mx.array, mx.array, mx.array]]
+    writes_rings: bool
+
+    def step(
+        self, lm: Any, x: mx.array, rings: list[RingKV], view: StepView, tune: TemporalTuning
+    ) -> mx.array:
+        """x [B, 1, D] at `view.pos` -> hidden [B, 1, D] before the final norm; each ring then
+        holds this position's keys and values."""
+        ks, vs = [r.keys for r in rings], [r.values for r in rings]
+        hidden, new_kv, _ = self.launch(
+            lm, x[:, 0], view.pos, view.start, ks, vs, view.length, lm.context, tune
+        )
+        if not self.writes_rings:
+            b, h, _, hd = ks[0].shape
+            for ring, kv in zip(rings, new_kv, strict=True):  # kv [2, B, D]
+                ring.update_and_fetch(kv[0].reshape(b, h, 1, hd), kv[1].reshape(b, h, 1, hd), view.pos)
+        return hidden[:, None]
+
+
 # ---- the contract, with MLX ops ------------------------------------------------------------------
 
 
@@ -337,3 +370,7 @@ def reference(
     nsplit, _ = split_plan(b, h, length, sm_count() or 1)
     scratch = mx.zeros((_Layout(b, d, f, h, nsplit, len(ks)).size,), mx.float32)
     return xf.astype(dtype), mx.stack(new_kv), scratch
+
+
+KERNEL = TemporalKernel(launch, writes_rings=True)  # the CUDA kernel
+REFERENCE = TemporalKernel(reference, writes_rings=False)  # its contract with MLX ops (CPU tests)

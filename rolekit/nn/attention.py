@@ -21,6 +21,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from rolekit.nn import ring_attention
+
 MIN_RING = 256  # slots of a growing ring at its first step (`ring_capacity`)
 
 
@@ -33,7 +35,8 @@ def ring_capacity(written: int, context: int, floor: int = MIN_RING) -> int:
 
 @dataclass
 class RingKV:
-    """One layer's ring cache: keys and values [B, H, C, Dh]; C <= context. Immutable updates.
+    """One layer's ring cache: keys and values [B, H, C, Dh]; C <= context. `write` (whole
+    sequences) returns a new ring; `update_and_fetch` (one step) updates this one.
 
     Slot i holds the newest position p written so far with p % C == i. A ring smaller than the
     context must never wrap: it is grown (`grow`) before a position >= C is written, and while
@@ -83,6 +86,15 @@ class RingKV:
             values = _put(values, v[:, :, first:], 0)
         return RingKV(keys, values)
 
+    def update_and_fetch(self, k: mx.array, v: mx.array, pos: mx.array) -> tuple[mx.array, mx.array]:
+        """Store one position's k, v [B, H, 1, Dh] at slot pos % C (pos: int32 device scalar, the
+        global position) -> the whole rings (keys, values) [B, H, C, Dh] with it written; this cache
+        then holds them. `put_along_axis`: MLX writes in place when nothing else holds the ring."""
+        idx = mx.broadcast_to((pos % self.capacity).reshape(1, 1, 1, 1), k.shape)  # [B, H, 1, Dh]
+        self.keys = mx.put_along_axis(self.keys, idx, k.astype(self.keys.dtype), axis=2)
+        self.values = mx.put_along_axis(self.values, idx, v.astype(self.values.dtype), axis=2)
+        return self.keys, self.values
+
 
 def grow_slots(buf: mx.array, capacity: int) -> mx.array:
     """buf [B, H, C, Dh] -> [B, H, capacity, Dh]: slots 0..C-1 as they are, zeros after (lazy)."""
@@ -104,36 +116,61 @@ def _put(buf: mx.array, update: mx.array, start: int) -> mx.array:
     return mx.slice_update(buf, update, mx.array([start]), axes=(2,))
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepView:
-    """What one-position attention reads at global position `offset`, shared by every layer.
+    """What one-position attention reads at the device position `pos`, shared by every layer.
 
-    length: ring slots attended (slots 0..offset before the ring wraps, all of it after: the
-    slots then hold exactly the visible window). mask: [B, 1, 1, length] bool, only when some row
-    is left-padded (its keys before `start[b]` are hidden) or the ring outlives the context.
-    rope_offset: the Python int offset, or [B] per-row positions when padded."""
+    pos: int32 scalar, the step's global position; start: [B] int32, each row's left padding;
+    rope_offset: [B] int32 = pos - start (each row's own position); length: ring slots attended,
+    0 .. length - 1 (static: one trace per value); mask: [B, 1, 1, length] bool (the rule of
+    `ring_attention.step_mask`) or None when every attended slot is visible; ring_kernel / fused:
+    `Kernels.ring_attention` / `Kernels.fused` (CUDA kernels where they cover the shapes)."""
 
+    pos: mx.array
+    start: mx.array
+    rope_offset: mx.array
     length: int
     mask: mx.array | None
-    rope_offset: int | mx.array
+    ring_kernel: bool = False
+    fused: bool = False
 
 
-def step_view(offset: int, capacity: int, context: int, start: np.ndarray | None = None) -> StepView:
-    """The attention view of a one-position step at `offset` (built once per step, on the host)."""
-    length = min(offset + 1, capacity)
-    padded = start is not None and bool(np.any(start))
-    rope: int | mx.array = offset
-    if padded:
-        rope = mx.array((offset - np.asarray(start)).astype(np.int32))  # [B]
-    if not padded and capacity <= context:
-        return StepView(length, None, rope)
-    k_pos = ring_positions(offset + 1, capacity)[:length]
-    q_pos = np.array([offset])
-    if padded:
-        visible = padded_mask(q_pos, k_pos, context, np.asarray(start))  # [B, 1, 1, length]
-    else:
-        visible = context_mask(q_pos, k_pos, context)  # [1, length]
-    return StepView(length, None if visible.all() else mx.array(visible), rope)
+def step_view(
+    pos: mx.array,
+    start: mx.array,
+    capacity: int,
+    context: int,
+    length: int,
+    masked: bool,
+    ring_kernel: bool = False,
+    fused: bool = False,
+) -> StepView:
+    """The view of the step at `pos` (device arrays: traceable). The mask is built lazily: a graph
+    whose attention never reads it (the ring kernels evaluate the rule themselves) never runs it."""
+    mask = ring_attention.step_mask(pos, start, capacity, context, length) if masked else None
+    return StepView(pos, start, pos - start, length, mask, ring_kernel, fused)
+
+
+def attended(
+    offset: int, capacity: int, context: int, start: np.ndarray | None = None, floor: int | None = None
+) -> tuple[int, bool]:
+    """(length, masked) of the one-position step at global position `offset` (host values).
+
+    floor None (the eager step): exactly the written slots, min(offset + 1, C), masked only where
+    one of them is hidden (a row's left padding, or a ring longer than the context). floor n (a
+    compiled step, one trace per result): (C, False) once the ring has wrapped and every slot is
+    visible; else the next power of two >= the written slots (>= n, <= C), masked."""
+    written = min(offset + 1, capacity)
+    oldest = offset + 1 - written  # oldest position in the ring after this step's write
+    first = 0 if start is None else int(np.max(start))
+    if floor is None:
+        return written, not (oldest >= first and written <= context)
+    if offset + 1 >= capacity and capacity <= context and oldest >= first:
+        return capacity, False
+    return prefix_length(offset + 1, capacity, floor), True
+
+
+prefix_length = ring_capacity  # the attended prefix before the wrap: the same power-of-two rule
 
 
 def ring_positions(written: int, capacity: int) -> np.ndarray:
@@ -199,7 +236,10 @@ def split_qkv(qkv: mx.array, heads: int, rope: dict | None = None) -> tuple[mx.a
 
 
 class Attention(nn.Module):
-    """Multi-head causal attention: fused `in_proj` (q|k|v), interleaved RoPE, `out_proj`; no biases."""
+    """Multi-head causal attention: fused `in_proj` (q|k|v), interleaved RoPE, `out_proj`; no biases.
+
+    The layer that owns it applies `in_proj` and `out_proj` (with its norm and residual, as one
+    fused product each on CUDA); `__call__` is the part between them."""
 
     def __init__(self, dim: int, num_heads: int, context: int, max_period: float) -> None:
         super().__init__()
@@ -210,27 +250,24 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def __call__(
-        self,
-        x: mx.array,
-        ring: RingKV,
-        offset: int,
-        start: np.ndarray | None = None,
-        view: StepView | None = None,
+        self, qkv: mx.array, ring: RingKV, at: StepView | int, start: np.ndarray | None = None
     ) -> tuple[mx.array, RingKV]:
-        """x [B, T, D] at positions offset .. offset+T-1 -> (y [B, T, D], updated ring).
+        """qkv [B, T, 3D] (the `in_proj` output) -> (attention output before `out_proj` [B, T, D],
+        the ring with these positions written).
 
-        start [B] (None = zeros): row b's first real position (left padding before it).
-        view: for T = 1, `step_view(offset, ...)` built once per step by the caller (else here).
+        One step (T = 1): `at` is the step's `StepView` (device position; the ring is updated
+        through `update_and_fetch`). A whole sequence: `at` is the global position of its first
+        element (host int) and start [B] (None = zeros) row b's first real position.
         """
-        b, t, d = x.shape
+        if isinstance(at, StepView):
+            return self._step(qkv, ring, at)
+        b, t, three_d = qkv.shape
         h = self.num_heads
-        hd = d // h
-        if t == 1:
-            view = view or step_view(offset, ring.capacity, self.context, start)
-            return self._step(x, ring, offset, view)
+        hd = three_d // (3 * h)
+        offset = at
         padded = start is not None and bool(np.any(start))
         rope_off = mx.array((offset - np.asarray(start)).astype(np.int32)) if padded else offset  # [B]
-        q, k, v = split_qkv(self.in_proj(x), h, self.rope_args(rope_off))  # [B, H, T, Dh]
+        q, k, v = split_qkv(qkv, h, self.rope_args(rope_off))  # [B, H, T, Dh]
         q_pos = offset + np.arange(t)
         # Whole sequence: attend over [old ring, new keys] so that every query sees its full
         # window (a ring alone would lose keys that later queries of the chunk overwrite).
@@ -248,24 +285,34 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=mask
         )  # [B, H, T, Dh]
-        return self.out_proj(merge_heads(out)), ring
+        return merge_heads(out), ring
 
     def rope_args(self, offset: int | mx.array) -> dict:
         """Keyword arguments of `mx.fast.rope` for this layer (Kyutai: interleaved pairs)."""
         return dict(traditional=True, base=self.max_period, scale=1.0, offset=offset)
 
-    def _step(self, x: mx.array, ring: RingKV, offset: int, view: StepView) -> tuple[mx.array, RingKV]:
-        """x [B, 1, D] at `offset`: write first, then attend to the view's ring prefix (no host mask
-        unless a row is padded)."""
-        b, t, d = x.shape
+    def _step(self, qkv: mx.array, ring: RingKV, view: StepView) -> tuple[mx.array, RingKV]:
+        """qkv [B, 1, 3D] at `view.pos`: write first, then attend to the view's ring prefix.
+
+        Masked steps run `ring_attention`'s two CUDA kernels where `view.ring_kernel` and they
+        cover the shapes (they evaluate the mask's rule themselves: the mask is then never
+        computed); else MLX's SDPA over the prefix, with the mask where there is one."""
         h = self.num_heads
-        hd = d // h
-        q, k, v = split_qkv(self.in_proj(x), h, self.rope_args(view.rope_offset))  # [B, H, 1, Dh]
-        ring = ring.write(k, v, offset)
-        keys, values = ring.keys, ring.values  # [B, H, C, Dh]
-        if view.length < ring.capacity:  # before the wrap: slots 0..offset hold keys
+        hd = qkv.shape[-1] // (3 * h)
+        q, k, v = split_qkv(qkv, h, self.rope_args(view.rope_offset))  # [B, H, 1, Dh]
+        keys, values = ring.update_and_fetch(k, v, view.pos)  # [B, H, C, Dh]
+        if (
+            view.mask is not None
+            and view.ring_kernel
+            and ring_attention.covers(q, keys, values, view.length, self.context)
+        ):
+            out = ring_attention.masked_step_attention(
+                q, keys, values, view.pos, view.start, self.context, view.length, hd**-0.5, use_kernel=True
+            )  # [B, H, 1, Dh]
+            return merge_heads(out), ring
+        if view.length < ring.capacity:  # before the wrap: a ring prefix
             keys, values = keys[:, :, : view.length], values[:, :, : view.length]
         out = mx.fast.scaled_dot_product_attention(
             q, keys, values, scale=hd**-0.5, mask=view.mask
         )  # [B, H, 1, Dh]
-        return self.out_proj(merge_heads(out)), ring
+        return merge_heads(out), ring

@@ -2,7 +2,7 @@
 wraps, as two CUDA kernels instead of MLX's masked path.
 
 Why: on an H100 the batch-1 `Engine.step` is bound by the host (each MLX op costs about 7 us of
-launch work, bench/RESULTS.md). Before the wrap, `CompiledStep` attends a power-of-two prefix of
+launch work, bench/RESULTS.md). Before the wrap, the compiled step attends a power-of-two prefix of
 the ring through a bool mask built on the device from the position and each row's left padding;
 per layer that is the mask's share plus the prefix slices and MLX's masked SDPA, about 5 launches,
 x 32 layers every 80 ms frame. Here the visibility rule is evaluated inside the attention kernel,
@@ -12,7 +12,7 @@ Layout: q [B, H, 1, Dh] (already rotated), k_buf / v_buf [B, H, C, Dh] (ring: sl
 newest position p written so far with p % C == j), pos an int32 device scalar (the current
 position, already written into the ring), start [B] int32 (row b's left padding). Only slots
 0 .. length - 1 are read (length <= C). Slot j is visible for row b exactly as in
-`CompiledStep._mask`: held = pos - ((pos - j + C) % C); visible = (held >= start[b]) &
+`step_mask`: held = pos - ((pos - j + C) % C); visible = (held >= start[b]) &
 (pos - held < context), or own = (pos < start[b]) & (j == pos % C) (a padding row sees itself).
 
 Kernels (split-K "flash decoding", softmax and accumulation in fp32):
@@ -29,7 +29,7 @@ Kernels (split-K "flash decoding", softmax and accumulation in fp32):
 Scores are scaled by scale * log2(e) once (q is pre-multiplied), so exp is `exp2f`.
 
 Elsewhere (CPU, `Kernels.ring_attention` off, Dh not 64/128, other dtypes) `masked_step_attention` is the
-MLX path `CompiledStep` used before: the [B, 1, 1, length] bool mask and
+MLX path: the [B, 1, 1, length] bool mask (`step_mask`) and
 `mx.fast.scaled_dot_product_attention` over the ring prefix.
 
 Kernel names carry a hash of their source, so the two kernels are told apart at a glance in a
@@ -137,8 +137,8 @@ def split_plan(rows: int, length: int) -> tuple[int, int]:
 
 
 def step_mask(pos: mx.array | int, start: mx.array, cap: int, context: int, length: int) -> mx.array:
-    """[B, 1, 1, length] bool: ring slot visible after writing `pos` (the rule of
-    `CompiledStep._mask`)."""
+    """[B, 1, 1, length] bool: ring slot visible after writing `pos` (the rule of the
+    whole-sequence `nn.attention.padded_mask`, from device values)."""
     slots = mx.arange(length, dtype=mx.int32)  # [L]
     held = pos - (pos - slots + cap) % cap  # [L] newest position in each slot (< 0: never written)
     visible = (held[None, :] >= start[:, None]) & (pos - held < context)[None, :]  # [B, L]

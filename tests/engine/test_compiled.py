@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rolekit import models
+from rolekit.engine import step as step_module
 from rolekit.engine.compiled import CompiledStep, prefix_length
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
@@ -42,10 +43,10 @@ def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monk
     plans = [make_plan("NATF0", 2, 1), make_plan("VARM4", 9, 2), make_plan("NATM1", 5, 3)]
     voices = ["NATF0", "VARM4", "NATM1"]
     params, seeds = [HOT, GREEDY, WARM], [21, 22, 23]
-    traces = []
-    real = CompiledStep._layers_step
+    traces = []  # per call of lm_step: is its shape masked
+    real = step_module.lm_step
     monkeypatch.setattr(
-        CompiledStep, "_layers_step", lambda self, *a: (traces.append(a[0]), real(self, *a))[1]
+        step_module, "lm_step", lambda c, shape, *a: (traces.append(shape.masked), real(c, shape, *a))[1]
     )
     monkeypatch.setattr(CompiledStep, "MIN_PREFIX", min_prefix)
     eager = _engine(ctx_bundle, plans, voices, params, seeds, compiled=False)
@@ -55,6 +56,8 @@ def test_compiled_equals_eager_across_the_wrap_with_padded_rows(ctx_bundle, monk
     n = CONTEXT + 10 - eager.lm_cache.offset + int(start.max())  # past the wrap and the padding
     frames = user_frames(n, 8, batch=3)
     te, pe = _run(eager, frames)
+    assert len(traces) == n  # the eager step calls lm_step once a frame
+    traces.clear()
     tc, pc = _run(comp, frames)
     np.testing.assert_array_equal(te, tc)
     np.testing.assert_allclose(pe, pc, atol=1e-5)

@@ -39,8 +39,8 @@ def test_engine_steps_through_the_kernels_with_the_same_tokens(tiny_bundle, kern
 
 
 def test_masked_steps_hand_position_padding_and_prefix_to_the_ring_kernel(tiny_bundle, monkeypatch):
-    """`_attend` gives ring_attention's kernel what the mask was built from (stand-in: its own MLX
-    fallback): same tokens as MLX's masked attention."""
+    """The temporal attention of a masked compiled step gives ring_attention's kernel what the mask is
+    built from (stand-in: its own MLX fallback): same tokens as MLX's masked attention."""
     calls = []
     real = ring_attention.masked_step_attention
 

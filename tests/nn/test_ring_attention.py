@@ -4,15 +4,13 @@ source rules (the kernels themselves run only on a CUDA GPU: `check_ring_attenti
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from benchmarks.attention import check_ring_attention
-from rolekit.engine.compiled import CompiledStep
 from rolekit.nn import ring_attention as ra
+from rolekit.nn.attention import padded_mask, ring_positions
 
 
 def simulated_visible(pos: int, start: list[int], cap: int, context: int, length: int) -> np.ndarray:
@@ -99,16 +97,15 @@ def test_mask_rule_is_not_trivial():
 
 @pytest.mark.parametrize("pos", [0, 4, 37, 63, 64, 100, 1000])
 @pytest.mark.parametrize("context", [16, 64])
-def test_step_mask_is_compiled_step_mask(pos, context):
+def test_step_mask_is_the_whole_sequence_rule(pos, context):
+    """The device mask of one step equals the host rule of the whole-sequence attention
+    (`padded_mask` over the ring's positions) and a simulated ring."""
     cap, length = 64, 64
-    attn = SimpleNamespace(context=context)
-    layer = SimpleNamespace(self_attn=attn)
-    fake = SimpleNamespace(
-        engine=SimpleNamespace(lm=SimpleNamespace(transformer=SimpleNamespace(layers=[layer])))
-    )
-    start = mx.array(np.array([0, 5, 70], dtype=np.int32))
+    start_np = np.array([0, 5, 70], dtype=np.int32)
+    start = mx.array(start_np)
     pos_mx = mx.array(pos, dtype=mx.int32)
-    want = np.array(CompiledStep._mask(fake, pos_mx, start, cap, length))
+    k_pos = ring_positions(pos + 1, cap)[:length]
+    want = padded_mask(np.array([pos]), k_pos, context, start_np)  # [B, 1, 1, length]
     got = np.array(ra.step_mask(pos_mx, start, cap, context, length))
     np.testing.assert_array_equal(got, want)
     sim = simulated_visible(pos, [0, 5, 70], cap, context, length)
