@@ -334,8 +334,8 @@ def bench_engine_phases(
         mimi = engine._mimi_steps
         enc = _Timed(mimi.encode_step, sync)
         dec = _Timed(mimi.decode_step, sync)
-        lm = _Timed(engine._compiled_step, sync)
-        mimi.encode_step, mimi.decode_step, engine._compiled_step = enc, dec, lm
+        lm = _Timed(engine.lm_step, sync)
+        mimi.encode_step, mimi.decode_step, engine.lm_step = enc, dec, lm
         total = []
         for i in range(pcm.shape[0]):
             t0 = time.perf_counter()

@@ -19,7 +19,11 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.engine import ring as R
+from rolekit.engine.compiled import CompiledStep
+from rolekit.engine.step import StepConstants
 from rolekit.errors import ConfigError
+from rolekit.frames import N_CODEBOOKS, N_STREAMS, USER_STREAMS
 from rolekit.lm.config import LmConfig, personaplex_7b, tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
@@ -143,7 +147,46 @@ def _header(
     }
 
 
-def _bench_fast(
+class CompiledLmStepper:
+    """The engine's LM step as `Engine.step` runs it (`engine.step.lm_step`, compiled per attended
+    ring prefix, the `Kernels` policy of the device), without Mimi: the same random user codes
+    every frame, the generated tokens fed back through the token ring."""
+
+    def __init__(self, lm: LM, batch: int, dep_steps: int, params: SamplingParams, seed: int = 0) -> None:
+        cfg = lm.cfg
+        initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
+        user_mask = np.zeros((batch, N_STREAMS), bool)
+        user_mask[:, list(USER_STREAMS)] = True
+        c = StepConstants(
+            lm, batch, mx.array(user_mask), initial, params, params.greedy, dep_steps, Kernels.for_device()
+        )
+        self.step_fn = CompiledStep(c)
+        self.cache = lm.make_cache(batch)
+        self.user = mx.random.randint(0, cfg.card, (batch, N_CODEBOOKS), key=mx.random.key(seed)).astype(
+            mx.int32
+        )
+        tokens = mx.concatenate([mx.zeros((batch, 1 + N_CODEBOOKS), mx.int32), self.user], axis=1)
+        ring = R.provide(mx, R.new_ring(mx, batch), tokens, c.user_mask, 0, initial)
+        self.ring = R.prime(mx, ring, initial)  # LMGen's first call (offset 0) only primes
+        self.offset = 1
+        self.keys = mx.stack([mx.random.key(seed + i) for i in range(batch)])  # [B, 2]
+        self.out = mx.zeros((batch, 1 + N_CODEBOOKS), mx.int32)
+
+    def step(self) -> mx.array:
+        """One frame -> out [B, 9] (text + agent codes), not yet evaluated."""
+        off = mx.full((self.ring.cache.shape[0],), self.offset, dtype=mx.int32)  # [B]
+        cache, provided, self.out, self.keys = self.step_fn(
+            self.ring.cache, self.ring.provided, off, self.user, self.keys, self.cache
+        )
+        self.ring = R.Ring(cache, provided)
+        self.offset += 1
+        return self.out
+
+    def sync_arrays(self) -> list[mx.array]:
+        return [self.out, self.keys, self.ring.cache, self.ring.provided, *self.cache.arrays()]
+
+
+def _bench_compiled(
     lm: LM,
     st: LmStepper,
     size: str,
@@ -151,45 +194,18 @@ def _bench_fast(
     batch: int,
     steps: int,
     warmup: int,
-    breakdown: bool,
     seed: int,
     build_s: float,
-    opts: dict[str, Any],
 ) -> dict[str, Any]:
-    from rolekit.bench.fast_step import FastStep
+    cs = CompiledLmStepper(lm, batch, st.dep_steps, st.params, seed)
 
-    def timed(dep_steps: int, n: int) -> list[float]:
-        fs = FastStep(
-            lm,
-            batch,
-            dep_steps,
-            params=st.params,
-            seed=seed,
-            provided=st.provided,
-            **opts,
-        )
+    def one() -> list[mx.array]:
+        cs.step()
+        return cs.sync_arrays()
 
-        def one() -> list[mx.array]:
-            fs.step()
-            return fs.state_arrays()
-
-        return _loop(one, n, max(warmup, 2))  # the first call traces and compiles
-
-    variant = "compiled" if opts["compiled"] else "fast-eager"
-    variant += "" if opts["attention"] == "masked" else f"-{opts['attention']}"
-    variant += "" if opts["write"] == "scatter" else f"-{opts['write']}"
-    if any(type(m).__name__ == "PretransposedLinear" for _, m in lm.named_modules()):
-        variant += "-pretransposed"
-    if st.params.greedy:
-        variant += "-greedy"
+    variant = "compiled-greedy" if st.params.greedy else "compiled"
     result = _header(lm, size, quant, batch, st.dep_steps, build_s, variant)
-    whole = timed(st.dep_steps, steps)
-    result["step"] = summarize(whole)
-    if breakdown:
-        temporal = timed(0, max(steps // 2, 1))
-        result["temporal"] = summarize(temporal)
-        dep = float(np.median(whole)) - float(np.median(temporal))
-        result["depformer"] = {"n": 0, "median": round(dep, 3), "note": "step - temporal"}
+    result["step"] = summarize(_loop(one, steps, max(warmup, 2)))  # the first call traces and compiles
     result["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
     result["peak_rss_gb"] = peak_rss_gb()
     return result
@@ -216,32 +232,22 @@ def bench_lm(
     seed: int = 0,
     lm: LM | None = None,
     compiled: bool = False,
-    attention: str = "masked",
-    pretranspose: bool = False,
     greedy: bool = False,
-    write: str | None = None,
 ) -> dict[str, Any]:
     """Median/p10/p90 ms of one LM step at `size`/`quant`/`batch`; optional temporal/depformer split.
 
-    `compiled` times `FastStep` (one mx.compile graph per step); its split comes from a second
-    compiled step that skips the depformer (temporal) and the difference (depformer).
-    `attention` / `write` / `pretranspose` select FastStep variants (see fast_step.py); with all
-    defaults the eager LM (`rolekit.lm` as the engine runs it) is timed.
+    Default: the eager LM (`LM.temporal` and `LM.depformer` called op by op), with the split.
+    `compiled`: the engine's compiled LM step (`CompiledLmStepper`), no split.
     """
     quant = quant or default_quant()
     cfg = lm_config(size)
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     lm = lm if lm is not None else build_lm(cfg, quant, seed)
-    if pretranspose:
-        from rolekit.bench.fast_step import pretranspose_linears
-
-        pretranspose_linears(lm)
     build_s = time.perf_counter() - t0
     st = LmStepper(lm, batch, dep_steps, greedy=greedy, seed=seed)
-    if compiled or attention != "masked" or pretranspose or write:  # FastStep variants
-        opts = {"compiled": compiled, "attention": attention, "write": write or "scatter"}
-        return _bench_fast(lm, st, size, quant, batch, steps, warmup, breakdown, seed, build_s, opts)
+    if compiled:
+        return _bench_compiled(lm, st, size, quant, batch, steps, warmup, seed, build_s)
 
     def whole() -> list[mx.array]:
         st.step()

@@ -12,9 +12,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rolekit.bench.fast_step import FastStep, agreement
-from rolekit.bench.lm import LmStepper, build_lm, lm_config
+from rolekit.bench.lm import CompiledLmStepper, LmStepper, build_lm, lm_config
 from rolekit.bench.timing import summarize
+from rolekit.engine.step import EagerStep
+from rolekit.frames import MAX_DELAY
 from rolekit.lm.sampling import SamplingParams
 
 
@@ -89,41 +90,29 @@ def test_summarize_percentiles():
     assert summarize([])["n"] == 0
 
 
-@pytest.mark.parametrize(
-    ("quant", "attention", "write"),
-    [
-        ("fp32", "masked", "slice"),
-        ("q4", "masked", "slice"),
-        ("fp32", "trim", "static"),
-        ("fp32", "masked", "scatter"),
-    ],
-)
-def test_fast_step_matches_eager_lm_across_ring_wrap(quant, attention, write):
-    lm = build_lm(lm_config("tiny"), quant)  # tiny context 24: 30 steps wrap the ring
-    res = agreement(lm, batch=2, steps=30, compiled=False, attention=attention, write=write)
-    assert res == {"steps": 30, "equal_steps": 30, "first_divergence": None}
-
-
-def test_fast_step_unmasked_probe_differs_before_the_wrap():
-    # "nomask" attends to unwritten slots: it must not match (else the mask would be untested).
-    lm = build_lm(lm_config("tiny"), "fp32")
-    res = agreement(lm, batch=2, steps=5, compiled=False, attention="nomask")
-    assert res["equal_steps"] < 5
-
-
-def test_fast_step_sampling_follows_provided_codebooks():
-    lm = build_lm(lm_config("tiny"), "fp32")
-    cfg = lm.cfg
-    user = mx.array(np.arange(2 * 8).reshape(2, 8) % cfg.card, dtype=mx.int32)
-    provided = mx.concatenate([mx.full((2, 8), -1, dtype=mx.int32), user], axis=1)
-    fs = FastStep(lm, 2, dep_steps=8, params=SamplingParams(), seed=3, provided=provided, compiled=False)
-    for _ in range(3):
-        out = np.array(fs.step())  # [B, 17, 1]
-    assert out.shape == (2, 17, 1)
-    assert (out[:, 9:, 0] == np.array(user)).all()  # depformer stopped at 8: user codebooks as given
-    assert ((out[:, 1:9, 0] >= 0) & (out[:, 1:9, 0] < cfg.card)).all()
-    assert ((out[:, 0, 0] >= 0) & (out[:, 0, 0] < cfg.text_card)).all()
-    assert int(fs.offset.item()) == 3
+@pytest.mark.parametrize("quant", ["fp32", "q4"])
+def test_compiled_lm_stepper_equals_the_eager_step_across_the_ring_wrap(quant):
+    """`bench lm --compiled` times the engine's compiled step: greedy, its tokens equal those of
+    `lm_step` called directly (EagerStep) across the ring wrap (tiny context 24, 30 frames); the
+    depformer stops at 8 codebooks and the user's are the ones given."""
+    lm = build_lm(lm_config("tiny"), quant)
+    greedy = SamplingParams(greedy=True)
+    compiled = CompiledLmStepper(lm, 2, 8, greedy, seed=3)
+    eager = CompiledLmStepper(lm, 2, 8, greedy, seed=3)
+    eager.step_fn = EagerStep(eager.step_fn.constants)
+    outs = []
+    for _ in range(30):
+        a, b = compiled.step(), eager.step()
+        mx.eval(*compiled.sync_arrays(), *eager.sync_arrays())
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+        outs.append(np.array(a))
+    assert compiled.cache.offset == 30 > lm.cfg.context and compiled.offset == 31
+    out = np.stack(outs)[MAX_DELAY:]  # [T, B, 9] from the first frame LMGen gives (offset > MAX_DELAY)
+    assert ((out[..., 0] >= 0) & (out[..., 0] < lm.cfg.text_card)).all()
+    assert ((out[..., 1:] >= 0) & (out[..., 1:] < lm.cfg.card)).all()
+    assert len(np.unique(out[..., 1:])) > 3  # really generating agent codes
+    ring = np.array(compiled.ring.cache)
+    assert np.isin(np.array(compiled.user), ring[:, 9:]).all()  # the user's codes sit in the ring
 
 
 def test_eager_stepper_feeds_back_its_tokens():

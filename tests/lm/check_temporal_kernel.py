@@ -20,9 +20,10 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.bench.lm import build_lm, lm_config
-from rolekit.engine.compiled import CompiledStep, prefix_length
+from rolekit.engine.compiled import CompiledStep
 from rolekit.lm import temporal_cuda
 from rolekit.nn import grid
+from rolekit.nn.attention import attended
 from rolekit.nn.kernels import Kernels, TemporalTuning
 
 STAGES = ("qkv", "attention", "out", "gate", "down")
@@ -104,9 +105,7 @@ def _steps(
         pos = cache.offset
         cache.reserve(pos + 1)  # a growing ring (`LM.make_cache`) gets room first, as in the engine
         cap = cache.rings[0].capacity
-        oldest = pos + 1 - cap
-        full = oldest >= 0 and cap <= cfg.context and oldest >= int(start.max())
-        length = cap if full else prefix_length(pos + 1, cap, CompiledStep.MIN_PREFIX)
+        length, _ = attended(pos, cap, cfg.context, start, CompiledStep.MIN_PREFIX)  # as the engine
         x = mx.array(rng.standard_normal((batch, cfg.dim)).astype(np.float32)).astype(lm.dtype)
         ks = [r.keys for r in cache.rings]
         vs = [r.values for r in cache.rings]
