@@ -163,8 +163,8 @@ def attended(
     written = min(offset + 1, capacity)
     oldest = offset + 1 - written  # oldest position in the ring after this step's write
     first = 0 if start is None else int(np.max(start))
-    if floor is None:
-        return written, not (oldest >= first and written <= context)
+    if floor is None:  # a lone slot holds this position: every row sees it (a padding row itself)
+        return written, not ((oldest >= first or written == 1) and written <= context)
     if offset + 1 >= capacity and capacity <= context and oldest >= first:
         return capacity, False
     return prefix_length(offset + 1, capacity, floor), True
