@@ -54,8 +54,8 @@ def full(tiny_bundle):
 
 def _engine(bundle, plans=PLANS, params=PARAMS, seeds=SEEDS, compiled=True, kernels=OPS) -> Engine:
     engine = Engine(bundle, len(plans), params, seeds, compiled=compiled, kernels=kernels)
-    if kernels.temporal:
-        engine._compiled_step.launch = tc.reference
+    if kernels.temporal:  # the kernel's contract in its place, looked up per trace (tests wrap it)
+        engine.lm_step.temporal_kernel = tc.TemporalKernel(lambda *a: tc.reference(*a), writes_rings=False)
     engine.prefill(plans, [models.load_voice(bundle, p.voice) for p in plans])
     return engine
 
@@ -109,7 +109,7 @@ def test_temporal_kernel_contract_over_a_growing_ring(tiny_bundle, monkeypatch):
     real = tc.reference
     monkeypatch.setattr(tc, "reference", lambda *a: (shapes.append((a[4][0].shape[2], a[6])), real(*a))[1])
     ker = _engine(ker_bundle, kernels=Kernels(temporal=True))
-    assert ker._compiled_step.uses_kernel(ker.lm_cache)
+    assert ker.lm_step.uses_kernel(ker.lm_cache)
     frames = _frames(ref)
     t_ref, p_ref = _run(ref, frames)
     t_ker, p_ker = _run(ker, frames)
