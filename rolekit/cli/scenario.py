@@ -256,7 +256,7 @@ def _run_planned(
     if cluster is not None:  # batches on Ray workers (rolekit.suite.cluster)
         from rolekit.suite.cluster import RayCluster
 
-        where = RayCluster(cluster, model)
+        where = RayCluster(cluster, model, load)
     from rolekit.suite.history import snapshot
     from rolekit.suite.lock import suite_lock
 

@@ -1,6 +1,7 @@
 """Prefill snapshots on disk: the engine state after the prompt phases, keyed by persona + model.
 
-A second run of the same persona (same voice, prompt ids, silence, model) restores the state
+A second run of the same persona (same voice, prompt ids, silence, model loaded the same way:
+`state_id`) restores the state
 instead of running the prefill. One file per conversation (batch row) holding its unpadded batch-1
 state, so any batch can be assembled from cached rows: rows of different lengths are left-padded at
 assembly (`lm.temporal.pad_rows`). Written atomically (temp file + rename).
@@ -36,6 +37,14 @@ def prefill_key(model_id: str, plan: PrefillPlan, voice: Any) -> str:
         "silence": plan.silence_frames,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def state_id(engine: Engine) -> str:
+    """The model as the prefill state depends on it: its id (which names the weight format), the
+    activation dtype (`--dtype`) and the ring's context (`--compat nvidia` keeps one slot less)."""
+    from rolekit.lm.precision import dtype_name
+
+    return f"{engine.model_id}-{dtype_name(engine.lm.dtype)}-ctx{engine.lm.cfg.context}"
 
 
 def snapshot_path(cache_dir: Path, model_id: str, plan: PrefillPlan, voice: Any) -> Path:
@@ -94,7 +103,7 @@ def prefill_cached(
     if cache_dir is None:
         engine.prefill(plans, voices)
         return False
-    paths = [snapshot_path(cache_dir, engine.model_id, p, v) for p, v in zip(plans, voices, strict=True)]
+    paths = [snapshot_path(cache_dir, state_id(engine), p, v) for p, v in zip(plans, voices, strict=True)]
     if all(p.is_file() for p in paths):
         try:
             engine.restore(load_rows(paths, engine))

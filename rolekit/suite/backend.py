@@ -76,6 +76,12 @@ class MlxBackend:
     def voice_frames(self, voice: str) -> int | None:
         return self._voice(voice).frames
 
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The loaded model as reports show it (`ModelBundle.describe`: id, dtype, quant, compat,
+        random weights and their label)."""
+        return self.bundle.describe()
+
     def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
         from rolekit.engine.engine import Engine
         from rolekit.lm.sampling import SamplingParams

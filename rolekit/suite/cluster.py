@@ -16,6 +16,7 @@ Ray is optional (`pip install 'rolekit[cluster]'`) and imported only here, at ru
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -122,9 +123,11 @@ class RayCluster:
     """Connect, place the workers, run batches. Use as a context manager: leaving it kills the workers
     (and disconnects when it connected)."""
 
-    def __init__(self, options: ClusterOptions, model: str) -> None:
+    def __init__(self, options: ClusterOptions, model: str, load: Any = None) -> None:
+        """`load`: the driver's `models.LoadOptions` (--dtype / --quant / --compat), used by every worker."""
         self.options = options
         self.model = model
+        self.load = load
         self.ray: Any = None
         self._connected_here = False
         self.slots: list[_Slot] = []
@@ -217,14 +220,17 @@ class RayCluster:
             )
         return plan
 
+    def worker_args(self) -> tuple[str, bool, dict[str, Any] | None]:
+        """`SuiteWorker`'s arguments: plain data only (the load options as a dict; see SuiteWorker)."""
+        load = None if self.load is None else dataclasses.asdict(self.load)
+        return self.model, self.options.prefill_cache, load
+
     def _start_worker(self, node_id: str, res: dict[str, float]) -> _Slot:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         cls = self.ray.remote(SuiteWorker)
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=True)  # elsewhere if that node is gone
-        handle = cls.options(scheduling_strategy=strategy, max_restarts=0, **res).remote(
-            self.model, self.options.prefill_cache
-        )
+        handle = cls.options(scheduling_strategy=strategy, max_restarts=0, **res).remote(*self.worker_args())
         slot = _Slot(handle, node_id, res)
         self.slots.append(slot)
         self.starting[handle.ready.remote()] = slot

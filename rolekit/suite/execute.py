@@ -305,6 +305,9 @@ def _meta(p: PreparedRun, backend: Backend, batch: int) -> dict[str, Any]:
         prefill_frames=p.plan.frames,
         tags=list(p.spec.loaded.scenario.tags),
     )
+    info = getattr(backend, "model_info", None)  # a test backend without a model has none
+    if info is not None:
+        meta["model"] = dict(info)
     return meta
 
 

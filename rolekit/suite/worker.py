@@ -45,21 +45,37 @@ class SuiteWorker:
     """One Ray actor: loads `model` once (`ready`), then runs whole batches (`run`). Holds no suite
     state: a batch it was running when it died is simply handed to another worker."""
 
-    def __init__(self, model: str, prefill_cache: bool = True) -> None:
+    def __init__(self, model: str, prefill_cache: bool = True, load: dict[str, Any] | None = None) -> None:
+        """`load`: the driver's `models.LoadOptions` as a plain dict (`dataclasses.asdict`; None: the
+        defaults), so workers load as the driver would. A dict, not the dataclass: Ray unpickles the
+        arguments before `__init__` runs, and unpickling a LoadOptions imports `rolekit.models`, hence
+        mlx, before `preload_openblas`: MLX would then bind the reference BLAS, whose GEMMs round
+        differently from the driver's OpenBLAS (the cluster's audio would differ from a local run's)."""
         from rolekit.codec.blas import preload_openblas
 
-        preload_openblas()  # before mlx loads, as in the CLI
-        self.backend: MlxBackend = CachedBackend(model) if prefill_cache else MlxBackend(model)
+        self.blas = preload_openblas()  # before mlx loads, as in the CLI
+        fields = dict(load or {})
+
+        def loader(spec: str) -> Any:
+            from rolekit import models
+
+            return models.load(spec, models.LoadOptions(**fields))
+
+        kind = CachedBackend if prefill_cache else MlxBackend
+        self.backend: MlxBackend = kind(model, loader)
         self._models: dict[tuple[str | None, str | None], Any] = {}  # resolved Whisper models
 
     def ready(self) -> dict[str, Any]:
-        """Load the model; where this worker runs and what it loaded."""
+        """Load the model; where this worker runs, what it loaded (`describe`: model id, dtype, quant,
+        compat, random weights) and how MLX's CPU BLAS was bound (`blas`)."""
         bundle = self.backend.bundle
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "model_id": bundle.model_id,
             "is_random": bool(bundle.is_random),
+            "model": bundle.describe(),
+            "blas": self.blas,
         }
 
     def voice_frames(self, voice: str) -> int | None:
@@ -103,6 +119,7 @@ class ClusterBackend:
         info = ask("ready")
         self.model_id: str = info["model_id"]
         self.is_random: bool = info["is_random"]
+        self.model_info: dict[str, Any] = info["model"]  # as the workers loaded it
 
     @property
     def tokenizer(self) -> Any:

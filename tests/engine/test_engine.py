@@ -13,7 +13,7 @@ import pytest
 from rolekit import models
 from rolekit.engine.engine import Engine
 from rolekit.engine.offline import run_offline
-from rolekit.engine.snapshot import prefill_cached, snapshot_path, state_equal
+from rolekit.engine.snapshot import prefill_cached, snapshot_path, state_equal, state_id
 from rolekit.errors import ConfigError
 from rolekit.lm.sampling import SamplingParams
 from tests.engine.conftest import make_plan, user_frames
@@ -174,7 +174,7 @@ def test_prefill_snapshots_on_disk_assemble_any_batch(tiny_bundle, tmp_path):
     fresh = Engine(tiny_bundle, 2, GREEDY)
     assert prefill_cached(fresh, plans, prompts, tmp_path) is False  # computed and saved, one file per row
     for p, v in zip(plans, prompts, strict=True):
-        assert snapshot_path(tmp_path, tiny_bundle.model_id, p, v).is_file()
+        assert snapshot_path(tmp_path, state_id(fresh), p, v).is_file()
     again = Engine(tiny_bundle, 2, GREEDY)
     assert prefill_cached(again, plans, prompts, tmp_path) is True
     assert state_equal(fresh.snapshot(), again.snapshot())
@@ -186,3 +186,19 @@ def test_prefill_snapshots_on_disk_assemble_any_batch(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(t_fresh, t_swapped[::-1])
     other_model = dataclasses.replace(tiny_bundle, model_id="another-model")
     assert prefill_cached(Engine(other_model, 2, GREEDY), plans, prompts, tmp_path) is False
+
+
+def test_prefill_snapshots_are_kept_apart_by_dtype_and_compat(tiny_bundle, tmp_path):
+    """A bf16 or `--compat nvidia` load of the same model never restores the default load's prefill."""
+    plan = make_plan("NATF0", 7, 30)
+    voice = models.load_voice(tiny_bundle, "NATF0")
+    assert prefill_cached(Engine(tiny_bundle, 1, GREEDY), [plan], [voice], tmp_path) is False
+    assert prefill_cached(Engine(tiny_bundle, 1, GREEDY), [plan], [voice], tmp_path) is True
+    ids = {state_id(Engine(tiny_bundle, 1, GREEDY))}
+    for options in (models.LoadOptions(dtype="bf16"), models.LoadOptions(compat="nvidia")):
+        other = models.load("tiny", options)
+        assert other.model_id == tiny_bundle.model_id
+        engine = Engine(other, 1, GREEDY)
+        assert prefill_cached(engine, [plan], [voice], tmp_path) is False  # computed, not restored
+        ids.add(state_id(engine))
+    assert len(ids) == 3

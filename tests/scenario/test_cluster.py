@@ -141,6 +141,28 @@ def test_cluster_suite_equals_local_run(suite_project, ray_cluster):
     assert_same_suite(local, remote)
     meta = json.loads((remote / "greet" / "company-Contoso-r1" / "meta.json").read_text())
     assert meta["batch"] == 2 and meta["model_id"] == "tiny-v2"
+    assert meta["model"]["dtype"] == "fp32" and meta["model"]["compat"] == "kyutai"
+
+
+def test_cluster_workers_load_with_the_drivers_options(suite_project, ray_cluster):
+    """`--dtype bf16 --compat nvidia` reach every worker: the cluster's suite equals a local run's with
+    the same options (run folders hold what each worker loaded), and bf16 changes the audio, so a
+    worker that loaded the defaults would fail here."""
+    _write(suite_project, "greet")  # 2 runs: one batch
+    common = ["test", "scenarios", "--model", "tiny", "--no-transcribe", "--jobs", "2"]
+    options = ["--dtype", "bf16", "--compat", "nvidia"]
+    default, local, remote = (suite_project / name for name in ("default", "local", "remote"))
+    assert _cli([*common, "--out", str(default)]) == 0
+    assert _cli([*common, *options, "--out", str(local)]) == 0
+    code = _cli([*common, *options, "--out", str(remote), "--cluster", ray_cluster.address])
+    assert code == 0
+    assert_same_suite(local, remote)
+    run = Path("greet") / "company-Contoso-r0"
+    meta = json.loads((remote / run / "meta.json").read_text())
+    assert meta["model"]["dtype"] == "bf16" and meta["model"]["compat"] == "nvidia"
+    assert (default / run / "conversation.wav").read_bytes() != (
+        local / run / "conversation.wav"
+    ).read_bytes()
 
 
 def test_workers_transcribe_like_a_local_run(suite_project, ray_cluster):

@@ -1,0 +1,55 @@
+"""A cluster worker loads the model with the driver's --dtype / --quant / --compat (no Ray needed), and
+the arguments it is started with unpickle without importing mlx (else MLX binds the reference BLAS
+before the worker's `preload_openblas`, and its audio differs from a local run's)."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+from rolekit import models
+from rolekit.models import LoadOptions
+from rolekit.suite.cluster import ClusterOptions, RayCluster
+from rolekit.suite.worker import SuiteWorker
+
+
+def test_worker_loads_with_the_drivers_load_options(monkeypatch):
+    seen = []
+    real = models.load
+
+    def spy(spec, options=None, *args, **kwargs):
+        seen.append((spec, options))
+        return real(spec, options, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load", spy)
+    options = LoadOptions(dtype="bf16", quant="auto", compat="nvidia", batch=2)
+    model, prefill_cache, load = RayCluster(ClusterOptions(), "tiny", options).worker_args()
+    worker = SuiteWorker(model, prefill_cache, load)
+    info = worker.ready()
+    assert seen == [("tiny", options)]
+    assert info["model"]["dtype"] == "bf16" and info["model"]["compat"] == "nvidia"
+    assert info["model"]["random_weights"] is True and info["is_random"] is True
+
+
+_UNPICKLE = """
+import pickle, sys
+args = pickle.loads(sys.stdin.buffer.read())
+print("mlx.core" in sys.modules)
+"""
+
+
+def _imports_mlx(obj: object) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-c", _UNPICKLE], input=pickle.dumps(obj), capture_output=True, check=True
+    )
+    return out.stdout.decode().strip() == "True"
+
+
+def test_worker_arguments_unpickle_without_mlx():
+    options = LoadOptions(dtype="fp32", quant="q4", compat="nvidia", batch=4)
+    assert _imports_mlx(options)  # why the worker gets a plain dict: the dataclass's module imports mlx
+    args = RayCluster(ClusterOptions(), "tiny", options).worker_args()
+    assert args[2] == {"dtype": "fp32", "quant": "q4", "compat": "nvidia", "batch": 4}
+    assert not _imports_mlx(args)
+    assert RayCluster(ClusterOptions(), "tiny").worker_args() == ("tiny", True, None)
