@@ -76,7 +76,7 @@ def report(
     from rolekit.report.html import write_run_report, write_suite_report
     from rolekit.report.junit import write_junit
     from rolekit.report.markdown import summary_markdown
-    from rolekit.report.results import read_results, run_result
+    from rolekit.report.results import random_label, read_results, run_result
 
     if not path.is_dir():
         raise ConfigError(f"{path}: no such folder")
@@ -95,6 +95,9 @@ def report(
                 typer.echo(f"  {r.status}: {r.label}: {r.message}")
         for w in rev.warnings:
             typer.echo(f"  warning: {w}")
+        note = random_label([run_result(path)])
+        if note:
+            typer.echo(f"random weights: {note}")
         typer.echo(f"wrote {out}")
         return
     results_file = path / "results.jsonl"
@@ -157,7 +160,10 @@ def _check_rows(rows: list[dict[str, Any]], suite: Path, damaged: dict[Path, str
         if problem is None:
             out.append(row)
             continue
-        keep = {k: row.get(k) for k in ("persona", "vars", "seed", "repeat", "model_id", "run_dir")}
+        keep = {
+            k: row.get(k)
+            for k in ("persona", "vars", "seed", "repeat", "model_id", "run_dir", "random_model", "model")
+        }
         out.append(error_result(row["scenario"], row["run_id"], f"damaged: {problem}", damaged=True, **keep))
     for run, msg in damaged.items():  # damaged runs that results.jsonl does not list
         if not any(r["scenario"] == run.parent.name and r["run_id"] == run.name for r in out):

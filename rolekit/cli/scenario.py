@@ -364,3 +364,10 @@ def _print_summary(
         f"results: {out / 'results.jsonl'}",
         markup=False,
     )
+    from rolekit.report.results import random_label
+
+    note = random_label(rows)
+    if note:  # one line, never wrapped: the last thing a reader sees
+        from rich.markup import escape
+
+        console.print(f"[bold yellow]random weights:[/] {escape(note)}", soft_wrap=True)

@@ -197,6 +197,8 @@ def compute_metrics(
         "thresholds_version": THRESHOLDS_VERSION,
         "thresholds": th,
         "transcript": transcript is not None,
+        # a random-weight model speaks noise: these numbers test the plumbing, not a persona
+        "random_model": bool(record.meta.get("is_random_model", False)),
         "summary": summary,
         "segments": {"user": [[_r(s), _r(e)] for s, e in user], "agent": [[_r(s), _r(e)] for s, e in agent]},
         "turns": turns,

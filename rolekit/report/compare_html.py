@@ -10,6 +10,7 @@ from typing import Any
 from rolekit.evaluate.metric_docs import METRICS
 from rolekit.record import CONVERSATION_WAV
 from rolekit.report.compare import KEY_METRICS, Comparison
+from rolekit.report.results import RANDOM_MODEL_NOTE, random_label
 
 
 def _rel(target: Path | None, page: Path) -> str | None:
@@ -59,6 +60,8 @@ def render_compare_html(page: Path, c: Comparison) -> str:
             }
         )
     docs = {m: METRICS[m] for m in shown}
+    sides = [n for n, side in (("A", c.a), ("B", c.b)) if random_label(side.rows)]
+    note = f"side {' and '.join(sides)}: {RANDOM_MODEL_NOTE}" if sides else None
     scenarios: dict[str, dict[str, Any]] = {}
     for cell in c.cells:
         d = scenarios.setdefault(cell.scenario, {"name": cell.scenario, "cells": 0, "a": [0, 0], "b": [0, 0]})
@@ -79,6 +82,7 @@ def render_compare_html(page: Path, c: Comparison) -> str:
             docs=docs,
             pairs=pairs,
             scenarios=list(scenarios.values()),
+            random_note=note,
         )
     )
 

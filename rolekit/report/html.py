@@ -21,7 +21,7 @@ from rolekit.evaluate.metrics import load_metrics
 from rolekit.evaluate.thresholds import LOW_CONFIDENCE
 from rolekit.record import CONVERSATION_WAV, EVENTS_JSON, META_JSON, MONOLOGUE_JSON, monologue_words
 from rolekit.report.grid import run_folder, suite_grid
-from rolekit.report.results import read_results, run_result
+from rolekit.report.results import random_label, read_results, run_result
 from rolekit.report.timeline import lane_labels, svg_height, timeline_svg
 from rolekit.transcribe.transcript import clock, load_transcript
 
@@ -117,6 +117,7 @@ def run_page(folder: Path) -> dict[str, Any]:
             duration, metrics.get("segments", {}), events, segs, metrics.get("turns", []), words, mono, low
         ),
         "report_link": None,
+        "random_note": random_label([result]),
     }
 
 
@@ -153,7 +154,11 @@ def render_run_html(folder: Path, embed_audio: bool = True) -> str:
     wav = folder / CONVERSATION_WAV
     src = (_audio_data_uri(wav) if embed_audio else None) or (CONVERSATION_WAV if wav.is_file() else None)
     title = f"{run['scenario']} / {run['run_id']} ({run['status']})"
-    return _env().get_template("run.html.j2").render(run=run, audio_src=src, title=title)
+    return (
+        _env()
+        .get_template("run.html.j2")
+        .render(run=run, audio_src=src, title=title, random_note=run["random_note"])
+    )
 
 
 def render_suite_html(suite_dir: Path, results: list[dict[str, Any]], title: str | None = None) -> str:
@@ -179,6 +184,7 @@ def render_suite_html(suite_dir: Path, results: list[dict[str, Any]], title: str
             total=len(results),
             failures=failures,
             warnings=warnings,
+            random_note=random_label(results),
         )
     )
 

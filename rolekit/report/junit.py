@@ -2,7 +2,8 @@
 
 `time` is the run's wall time (`wall_s`: generation, transcription and evaluation), not the audio
 length. A failed assertion becomes <failure>, a crashed run or an assertion that could not be evaluated
-becomes <error>; the message lists every such assertion.
+becomes <error>; the message lists every such assertion. A run of a random-weight model carries a
+`random_model` property (its text says why its results mean nothing).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from rolekit.report.results import random_label
 
 
 def _case_name(r: dict[str, Any]) -> str:
@@ -37,6 +40,9 @@ def junit_xml(results: list[dict[str, Any]], name: str = "rolekit") -> str:
             case = ET.SubElement(
                 suite, "testcase", classname=f"rolekit.{scenario}", name=_case_name(r), time=f"{t:.3f}"
             )
+            if r.get("random_model"):  # first child, as JUnit's schema orders them
+                props = ET.SubElement(case, "properties")
+                ET.SubElement(props, "property", name="random_model", value=random_label([r]) or "")
             messages = list(r.get("failures") or [])
             if r.get("error"):
                 messages.insert(0, str(r["error"]))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rolekit.report.results import random_label
+
 _ICON = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}
 
 
@@ -23,6 +25,11 @@ def summary_markdown(results: list[dict[str, Any]], title: str = "rolekit result
         "",
         f"**{counts['pass']}/{n} passed** · {counts['fail']} failed · {counts['error']} errors",
         "",
+    ]
+    note = random_label(results)
+    if note:  # a blockquote right under the counts: the first thing a reader sees
+        lines += [f"> ⚠️ **Random weights:** {note}", ""]
+    lines += [
         "| scenario | run | status | checks | latency mean | yield rate | pause floor | talk ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]

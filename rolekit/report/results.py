@@ -7,7 +7,9 @@ A line (RESULT_VERSION 1):
      "voice", "matrix" (this run's matrix cell), "tags", "warnings": [...],
      "assertions": {"pass": n, "fail": n, "error": n},
      "failures": ["<label>: <message>", ...], "error": null | "<why the run itself failed>",
-     "thresholds_version", "metrics": {<metrics.json summary>}}
+     "thresholds_version", "metrics": {<metrics.json summary>},
+     "random_model": true | false | null (unknown: an error row or an older run folder),
+     "model": {"model", "dtype", "quant", "compat", "random_weights", "label"?} (as loaded) | null}
 `status` is error when the run crashed or an assertion could not be evaluated, fail when an
 assertion failed, else pass.
 """
@@ -26,6 +28,27 @@ from rolekit.record import META_JSON, RecordError
 
 RESULT_VERSION = 1
 RESULTS_JSONL = "results.jsonl"
+RANDOM_MODEL_NOTE = (
+    "the model has random weights: it produces noise, not speech, so these transcripts, metrics and "
+    "check results say nothing about the persona (they test rolekit's plumbing)"
+)
+
+
+def random_model(meta: dict[str, Any]) -> bool | None:
+    """Whether a run's model had random weights (meta.json's `is_random_model`; None: not recorded)."""
+    value = meta.get("is_random_model")
+    return None if value is None else bool(value)
+
+
+def random_label(rows: list[dict[str, Any]]) -> str | None:
+    """The warning a report shows when any of `rows` ran a random-weight model (None: none did)."""
+    hits = [r for r in rows if r.get("random_model")]
+    if not hits:
+        return None
+    labels = sorted(
+        {str((r.get("model") or {}).get("label") or r.get("model_id") or "") for r in hits} - {""}
+    )
+    return RANDOM_MODEL_NOTE + (f" ({'; '.join(labels)})" if labels else "")
 
 
 def _meta(folder: Path) -> dict[str, Any]:
@@ -71,6 +94,8 @@ def run_result(folder: Path, base: Path | None = None) -> dict[str, Any]:
         "error": None,
         "thresholds_version": metrics.get("thresholds_version"),
         "metrics": metrics.get("summary", {}),
+        "random_model": random_model(meta),
+        "model": meta.get("model"),
     }
 
 
@@ -99,6 +124,8 @@ def error_result(scenario: str, run_id: str, message: str, **fields: Any) -> dic
         "error": message,
         "thresholds_version": None,
         "metrics": {},
+        "random_model": None,
+        "model": None,
     }
     base.update(fields)
     return base
