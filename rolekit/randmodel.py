@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from rolekit.codec.config import MIMI_FILE
-from rolekit.errors import AudioInputError
+from rolekit.errors import AudioInputError, ModelError, Problem
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
 
 TINY_VERSION = "tiny-v2"
@@ -266,6 +266,7 @@ def build_random_7b(
             return folder
         for stale in folder.parent.glob(f".{folder.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        _check_can_build(folder, lm_cfg)
         tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
         tmp.mkdir()
         try:
@@ -288,6 +289,37 @@ def build_random_7b(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _check_can_build(folder: Path, lm_cfg: Any) -> None:
+    """Refuse before writing anything (ModelError naming the folder) what would fail after the LM's
+    ~17 GB: no torch for the .pt voices, or too little free disk for the folder."""
+    import importlib.util
+
+    from rolekit.lm.weights import nvidia_keys
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModelError(
+            problems=[
+                Problem(
+                    "its voice presets are .pt files, written with torch: pip install 'rolekit[convert]'",
+                    str(folder),
+                )
+            ]
+        )
+    need = sum(int(np.prod(shape)) * 2 for shape in nvidia_keys(lm_cfg).values()) + _FOLDER_EXTRA_BYTES
+    free = shutil.disk_usage(folder.parent).free
+    if free < need:
+        raise ModelError(
+            problems=[
+                Problem(
+                    f"needs {need / 1e9:.1f} GB of free disk, {free / 1e9:.1f} GB free there", str(folder)
+                )
+            ]
+        )
+
+
+_FOLDER_EXTRA_BYTES = 600 * 10**6  # Mimi (~0.4 GB at full size), tokenizer, voices, headroom
 
 
 def write_random_lm(

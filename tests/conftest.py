@@ -19,7 +19,24 @@ import pytest  # noqa: E402
 
 # A test that uses one of these fixtures needs what the marker names (pyproject.toml lists the markers):
 # the torch oracle (torch + Kyutai's moshi) or Whisper. Marked here so that no test can forget it.
-_FIXTURE_MARKERS = {"oracle": "oracle", "tiny_oracle": "oracle", "tiny_en": "asr"}
+_FIXTURE_MARKERS = {"oracle": "oracle", "tiny_oracle": "oracle", "tiny_en": "asr", "random_7b_cache": "torch"}
+
+
+@pytest.fixture(scope="session")
+def random_7b_cache(tmp_path_factory):
+    """A $ROLEKIT_CACHE whose `random-7b` is random-7b's NVIDIA layout written by its own builder at
+    tiny sizes (real vocabulary, card and Mimi frame; .pt voices need torch), so that `--model
+    random-7b` runs each command's real path in seconds. Built once per session."""
+    from rolekit.lm.config import tiny
+    from rolekit.randmodel import RANDOM_7B_VERSION, build_random_7b, tiny_configs
+
+    cache = tmp_path_factory.mktemp("random-7b-cache")
+    build_random_7b(
+        cache / "models" / RANDOM_7B_VERSION,
+        lm_cfg=tiny(text_card=32000, card=2048, context=3000),
+        mimi_cfg=tiny_configs()[1],
+    )
+    return cache
 
 
 def _torch_missing() -> bool:

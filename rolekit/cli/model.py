@@ -53,7 +53,9 @@ def random_7b_command(
 
 def convert_command(
     src: Path = typer.Argument(
-        ..., help="PyTorch checkpoint folder (model.safetensors, Mimi, tokenizer, voices)."
+        ...,
+        help="PyTorch checkpoint folder (model.safetensors, Mimi, tokenizer, voices), or random-7b "
+        "(the full-size random model, written first if needed).",
     ),
     dst: Path = typer.Argument(..., help="MLX model folder to write (usable as --model)."),
     bits: int = typer.Option(
@@ -63,12 +65,17 @@ def convert_command(
 ) -> None:
     """Convert NVIDIA's PyTorch PersonaPlex checkpoint to rolekit's MLX layout (q4/q8/16-bit)."""
     from rolekit.convert import convert
+    from rolekit.models import RANDOM_7B
 
     if bits not in (4, 8, 16):
         raise ConfigError(f"--bits: must be 4, 8 or 16, got {bits}")
     from rolekit.outputs import check_output_dir
 
     check_output_dir(dst, "DST")
+    if str(src) == RANDOM_7B and not src.exists():  # the name, as --model takes it
+        from rolekit.cli.options import resolve_model
+
+        src = resolve_model(RANDOM_7B)
     start = time.perf_counter()
     result = convert(src, dst, bits=bits, overwrite=overwrite)
     for name, size in result.files.items():

@@ -79,6 +79,18 @@ def load_model(spec: str, options: Any, quiet: bool = False) -> Any:
     return bundle
 
 
+def resolve_model(spec: str, quiet: bool = False) -> Any:
+    """`models.resolve(spec)` (the folder of tiny / random-7b / a folder / a hub id) with a progress
+    bar while a first use builds random-7b."""
+    from rich.console import Console
+
+    from rolekit import models
+
+    with _bar(Console(stderr=True, highlight=False), quiet) as progress:
+        report = None if progress is None else (lambda d, t: progress(f"building {spec}", d, t))
+        return models.resolve(spec, progress=report)
+
+
 @contextmanager
 def _bar(console: Any, quiet: bool) -> Iterator[Any]:
     """progress(task, done, total) for models.load, shown as one rich bar per task."""

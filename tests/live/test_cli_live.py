@@ -143,3 +143,19 @@ def test_ctrl_c_in_a_live_session_saves_the_run(
     rec = SessionRecord.load(run)
     assert rec.meta["stopped_by"] == "interrupt" and rec.frames == 5
     assert len(rec.user_pcm) == len(rec.agent_pcm) == 5 * 1920 and len(rec.step_ms) == 5
+
+
+def test_live_takes_random_7b_and_says_it_is_random(
+    tmp_path, monkeypatch, random_7b_cache, use_sd, fake_sd_cls, capsys
+):
+    """`live -m random-7b` (random-7b's layout at tiny sizes: the `random_7b_cache` fixture)."""
+    monkeypatch.setenv("ROLEKIT_CACHE", str(random_7b_cache))
+    use_sd(fake_sd_cls(period=0.01))
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        ["live", "refund-desk", "-m", "random-7b", "--seconds", "0.4", "--record", str(run)], capsys
+    )
+    assert code in (0, None), err
+    rec = SessionRecord.load(run)
+    assert rec.meta["is_random_model"] is True and rec.meta["model"]["random_weights"] is True
+    assert "random test model: expect noise, not speech" in err
