@@ -91,7 +91,7 @@ def test_convert_takes_random_7b_as_its_source(cache, tmp_path):
     assert config["random_weights"] is True and config["quantization"]["bits"] == 8
 
 
-def test_random_7b_is_refused_before_writing_when_the_disk_is_too_small(tmp_path, monkeypatch):
+def test_random_7b_is_refused_before_writing_when_the_disk_is_too_small(tmp_path, monkeypatch, capsys):
     import shutil
 
     from rolekit.errors import ModelError
@@ -102,3 +102,25 @@ def test_random_7b_is_refused_before_writing_when_the_disk_is_too_small(tmp_path
     with pytest.raises(ModelError, match=r"needs 17\.\d GB of free disk, 1\.0 GB free there"):
         build_random_7b(tmp_path / "random-7b-v1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["random-7b-v1.lock"]  # nothing written
+    from rolekit.cli.app import main
+
+    with pytest.raises(SystemExit) as ex:
+        main(["model", "random-7b", "--out", str(tmp_path / "r7")])
+    code, err = ex.value.code, capsys.readouterr().err
+    assert code == 2 and f"{tmp_path / 'r7'}: needs 17." in err and "Traceback" not in err
+    assert not (tmp_path / "r7").exists()
+
+
+def test_random_7b_is_refused_before_writing_without_torch(tmp_path, monkeypatch):
+    import importlib.util
+
+    from rolekit.errors import ModelError
+    from rolekit.randmodel import build_random_7b
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find(name, *a)
+    )
+    with pytest.raises(ModelError, match=r"\.pt files, written with torch: pip install 'rolekit\[convert\]'"):
+        build_random_7b(tmp_path / "random-7b-v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random-7b-v1.lock"]
