@@ -149,6 +149,18 @@ class ScenarioRun(pytest.Item):
         return self.path, None, f"scenario {self.spec.key}"
 
 
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say last, once per model, when scenario runs used a random-weight model (noise, not speech)."""
+    backends = config.stash.get(_BACKENDS_KEY, {})
+    if any(getattr(b, "is_random", False) for b in backends.values()):
+        from rolekit.report.results import RANDOM_MODEL_NOTE
+
+        for spec, backend in backends.items():
+            if getattr(backend, "is_random", False):
+                line = f"rolekit: random weights (--rolekit-model {spec}): {RANDOM_MODEL_NOTE}"
+                terminalreporter.write_line(line, yellow=True, bold=True)
+
+
 def _backend(config: pytest.Config) -> Any:
     """One backend (loaded model) per model spec for the whole session."""
     cache = config.stash.setdefault(_BACKENDS_KEY, {})

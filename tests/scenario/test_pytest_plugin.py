@@ -12,6 +12,7 @@ import rolekit.report.html  # noqa: F401
 import rolekit.suite.execute  # noqa: F401
 import rolekit.testing.pytest_plugin  # noqa: F401
 import rolekit.text  # noqa: F401
+from rolekit.report.results import RANDOM_MODEL_NOTE
 
 pytest_plugins = ["pytester"]
 
@@ -99,6 +100,9 @@ def test_scenarios_become_items_that_pass_and_fail(tree):
     result.stdout.fnmatch_lines(["*agent_says*refund*"])
     assert (tree.path / "out" / "good" / "r1" / "conversation.wav").is_file()
     assert len((tree.path / "out" / "results.jsonl").read_text().splitlines()) == 4
+    # the fake backend says its model is random: the last line says so
+    random = [x for x in result.outlines if x.startswith("rolekit: random weights")]
+    assert random == [f"rolekit: random weights (--rolekit-model tiny): {RANDOM_MODEL_NOTE}"]
 
 
 def test_bad_scenario_is_a_collection_error_with_line(tree):
