@@ -221,8 +221,13 @@ class RayCluster:
         return plan
 
     def worker_args(self) -> tuple[str, bool, dict[str, Any] | None]:
-        """`SuiteWorker`'s arguments: plain data only (the load options as a dict; see SuiteWorker)."""
-        load = None if self.load is None else dataclasses.asdict(self.load)
+        """`SuiteWorker`'s arguments, none of whose classes live in a module that imports mlx: the load
+        options as a dict of their fields (see SuiteWorker; a field's value is kept as it is)."""
+        load = (
+            None
+            if self.load is None
+            else {f.name: getattr(self.load, f.name) for f in dataclasses.fields(self.load)}
+        )
         return self.model, self.options.prefill_cache, load
 
     def _start_worker(self, node_id: str, res: dict[str, float]) -> _Slot:

@@ -46,8 +46,8 @@ class SuiteWorker:
     state: a batch it was running when it died is simply handed to another worker."""
 
     def __init__(self, model: str, prefill_cache: bool = True, load: dict[str, Any] | None = None) -> None:
-        """`load`: the driver's `models.LoadOptions` as a plain dict (`dataclasses.asdict`; None: the
-        defaults), so workers load as the driver would. A dict, not the dataclass: Ray unpickles the
+        """`load`: the driver's `models.LoadOptions` as a dict of its fields (None: the defaults), so
+        workers load as the driver would. A dict, not the dataclass: Ray unpickles the
         arguments before `__init__` runs, and unpickling a LoadOptions imports `rolekit.models`, hence
         mlx, before `preload_openblas`: MLX would then bind the reference BLAS, whose GEMMs round
         differently from the driver's OpenBLAS (the cluster's audio would differ from a local run's)."""
