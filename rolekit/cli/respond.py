@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,8 +175,10 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     warm = model_opts.warm(engine, bool(opts["quiet"]))  # compile stalls before the first timed step
     tail_frames = int(round(opts["tail"] / FRAME_SECONDS))
     frames = frame_user_audio(user, tail_frames)
-    with _progress(frames.shape[1], opts["quiet"], bundle.label) as on_step:
+    with _progress(frames.shape[1], opts["quiet"]) as on_step:
         result = run_offline(engine, frames, on_step)
+    if bundle.is_random and not opts["quiet"]:  # after the run too: the last line before the summary
+        print(f"random weights: {bundle.label}", file=sys.stderr, flush=True)
     write_wav(opts["output"], result.pcm[0], SAMPLE_RATE)
     text_ids = [int(t) for t in result.text[0]]
     if opts["text_out"] is not None:
@@ -229,15 +232,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 @contextmanager
-def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
+def _progress(total: int, quiet: bool) -> Iterator[Any]:
     """A rich progress bar on stderr showing ms/step and the real-time factor."""
     if quiet:
         yield None
         return
-    import sys
-
     if not sys.stderr.isatty():  # CI logs, pipes: plain one-line events instead of a frozen bar
-        yield _plain_progress(total, label, sys.stderr)
+        yield _plain_progress(total, sys.stderr)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -260,8 +261,6 @@ def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
         avg = sum(window) / len(window)
         progress.update(task, completed=i + 1, ms=avg, rtf=avg / 80.0)
 
-    if "noise" in label:
-        console.print(f"[yellow]note:[/] {label}")
     with progress:
         yield on_step
 
@@ -269,15 +268,13 @@ def _progress(total: int, quiet: bool, label: str) -> Iterator[Any]:
 PLAIN_EVENT_S = 10.0  # off a terminal, a progress line at most this often (and at the last frame)
 
 
-def _plain_progress(total: int, label: str, stream: Any) -> Any:
+def _plain_progress(total: int, stream: Any) -> Any:
     """`on_step(i, ms)` printing `[t s] respond: frame i/total (ms/step, RTF)` lines to `stream`."""
     import time
 
     t0 = time.perf_counter()
     last = [t0]
     window: list[float] = []
-    if "noise" in label:
-        print(f"note: {label}", file=stream, flush=True)
     print(f"[{0.0:7.1f}s] respond: {total} frames", file=stream, flush=True)
 
     def on_step(i: int, ms: float) -> None:

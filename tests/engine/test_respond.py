@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from rolekit.audio.wav import write_wav
 from rolekit.cli.app import app
+from rolekit.randmodel import TINY_LABEL
 from tests.engine.conftest import user_frames
 
 RUNNER = CliRunner()
@@ -119,4 +120,6 @@ def test_respond_off_a_terminal_prints_plain_progress_lines(tiny_bundle, tmp_pat
     assert lines[0].endswith("respond: 30 frames"), res.stderr
     assert "respond: frame 30/30 (" in lines[-1] and "ms/step, RTF" in lines[-1], res.stderr
     assert "\x1b[" not in res.stderr  # no terminal control sequences in a log
+    random = [ln for ln in res.stderr.splitlines() if ln.startswith("random weights: ")]
+    assert random == [f"random weights: {TINY_LABEL}"]  # the tiny model is random: said after the run
     assert json.loads(res.stdout.strip().splitlines()[-1])["frames"] == 30
