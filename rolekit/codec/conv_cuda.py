@@ -19,7 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import device_code, source_tag
+from rolekit.nn.cuda import build_kernel, device_code
 
 _THREADS = 256
 
@@ -70,10 +70,4 @@ def _launch(
 
 @cache
 def _kernel() -> Any:
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_conv_windows_{source_tag(_SOURCE)}",
-        input_names=["prev", "x"],
-        output_names=["cols", "carry"],
-        source=_SOURCE,
-        ensure_row_contiguous=True,
-    )
+    return build_kernel("conv_windows", ["prev", "x"], ["cols", "carry"], _SOURCE)

@@ -7,7 +7,7 @@ every launch. Here each direction is one launch: 0.68 ms of GPU time, ~1.2 ms of
 step on an H100 (lease P).
 
 How: a persistent kernel, one block per SM, runs the step as a list of stages separated by grid
-barriers (a sense-reversing barrier on a small counter array that the kernel keeps across calls).
+barriers (`nn/device/grid.cuh`'s, on a small counter array that the kernel keeps across calls).
 The stages are generated from the `Mimi` modules (`encoder_program`, `decoder_program`):
 
 - every product (convolution windows, transposed convolution, transformer linear, RVQ projection)
@@ -54,7 +54,7 @@ from rolekit.codec.mimi_program import (
     describe,
 )
 from rolekit.codec.mimi_reference import reference_step
-from rolekit.nn.cuda import sm_count, source_tag
+from rolekit.nn.cuda import build_kernel, sm_count
 
 __all__ = [
     "MAX_BATCH", "MAX_BLOCKS", "THREADS", "XS_FLOATS", "MimiKernels", "Program", "Stage", "Mat",
@@ -198,14 +198,8 @@ def _output_names(prog: Program) -> list[str]:
 
 @cache
 def _kernel(inputs: tuple[str, ...], outputs: tuple[str, ...], source: str) -> Any:
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_mimi_{source_tag(source)}",
-        input_names=list(inputs),
-        output_names=list(outputs),
-        source=source,
-        header=HEADER,
-        ensure_row_contiguous=True,
-        # XS_FLOATS of staging, raised past 48 KB so that MLX lifts the block's shared-memory limit
-        # (the static RVQ / attention buffers come on top)
-        shared_memory=max(XS_FLOATS * 4, 48004),
+    # XS_FLOATS of staging, raised past 48 KB so that MLX lifts the block's shared-memory limit (the
+    # static RVQ / attention buffers come on top)
+    return build_kernel(
+        "mimi", list(inputs), list(outputs), source, HEADER, shared_memory=max(XS_FLOATS * 4, 48004)
     )

@@ -208,7 +208,7 @@ class Emit:
         hd = d // a.heads
         lfreq = _lit(-math.log(a.max_period) * 2 / hd)
         return (
-            f"attention_stage<{self.p.b}, {t}, {a.heads}, {hd}, {a.context}, NT>({a.qkv.ptr()}, {a.cache_in[0]}, "
+            f"window_attention_stage<{self.p.b}, {t}, {a.heads}, {hd}, {a.context}, NT>({a.qkv.ptr()}, {a.cache_in[0]}, "
             f"{a.cache_in[1]}, {a.cache_out[0]}, {a.cache_out[1]}, {a.dst.ptr()}, offset, {lfreq}, "
             f"{_lit(1.0 / math.sqrt(hd))});\n"
         )
@@ -323,6 +323,7 @@ class Emit:
             f"  constexpr int NT = {THREADS};\n  constexpr int NW = NT / 32;\n  constexpr size_t ZS = {p.zero};\n",
             "  const int lane = threadIdx.x & 31; const int warp = threadIdx.x >> 5;\n",
             "  unsigned int* barp = const_cast<unsigned int*>(reinterpret_cast<const unsigned int*>(bar));\n",
+            "  unsigned long long epoch = grid_start(barp);\n",
             "  const int offset = off[0];\n",
             "  extern __shared__ float xs[];  // a product's staged input (XS_FLOATS)\n",
             f"  __shared__ float lnm[{ln_rows}], lnr[{ln_rows}];\n",
@@ -336,11 +337,11 @@ class Emit:
             )
         elif "first" in s:
             head.append(f"  __shared__ float vq[{p.b * 2 * s['qd']}];\n")
-        body = [f"  stamp(S + ZS + {p.stamps});\n"]
+        body = [f"  stamp(S + ZS + {p.stamps}, 0);\n"]
         for i, st in enumerate(p.stages):
             body.append(f"  // stage {i}\n")
             body += ["  " + self.job(j).replace("\n", "\n  ").rstrip(" ") for j in st.jobs]
             if i < len(p.stages) - 1:
-                body.append("  grid_sync(barp);\n")
-            body.append(f"  stamp(S + ZS + {p.stamps + 2 * (i + 1)});\n")
+                body.append("  grid_sync(barp, epoch);\n")
+            body.append(f"  stamp(S + ZS + {p.stamps}, {i + 1});\n")
         return "".join(head + body)

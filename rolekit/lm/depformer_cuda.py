@@ -37,11 +37,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.lm.depformer_source import THREADS
-from rolekit.lm.depformer_source import kernel as _kernel
+from rolekit.lm.depformer_source import HEADER, THREADS, source
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
 from rolekit.nn.cuda import sm_count
-from rolekit.nn.grid import CONTROL, Mat, mat_ok, shared_memory, stack_linears
+from rolekit.nn.grid import CONTROL, Mat, mat_ok, persistent_kernel, shared_memory, stack_linears
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 MAX_ROWS = 4
@@ -220,6 +219,20 @@ def launch(
         init_value=0,
     )
     return tokens, scratch
+
+
+def _kernel(
+    names: tuple[str, ...],
+    shape: tuple[int, ...],
+    bits: tuple[tuple[str, int, int], ...],
+    eps: float,
+    smem: int,
+    nt: int,
+) -> Any:
+    """The kernel of these inputs, model shape and weight layout (built once: `persistent_kernel`)."""
+    return persistent_kernel(
+        "depformer", names, ("tokens", "ws"), source(shape, bits, eps, nt), HEADER, nt, smem
+    )
 
 
 def step_noise(key: mx.array, steps: int, card: int) -> mx.array:

@@ -1,23 +1,22 @@
-"""The CUDA source of the depformer-frame kernel (`lm.depformer_cuda`): the shared device code
-(`device/depformer_frame.cuh`, `device/depformer_sample.cuh`) and the kernel body generated per
-model shape and weight layout: per step the input product, each layer's four stages and the
-head, with a grid barrier between stages, then sampling in every block."""
+"""The CUDA source of the depformer-frame kernel (`lm.depformer_cuda`), over the shared header set
+and `device/depformer_frame.cuh` (step attention, top-k selection, argmax): the constants of a
+model shape, the set-up (`device/depformer_setup.cu`), then the step loop generated per weight
+layout: the input product, each layer's four stages and the head, with a grid barrier between
+stages, then sampling in every block (`device/depformer_sample.cu`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 from rolekit.nn.cuda import device_code
-from rolekit.nn.grid import CONTROL, persistent_kernel
+from rolekit.nn.grid import CONTROL
 
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)
 
-
-_HEADER = device_code("rolekit.lm", "depformer_frame.cuh")
-
-_SAMPLE = device_code("rolekit.lm", "depformer_sample.cuh")
+HEADER = device_code("rolekit.lm", "depformer_frame.cuh")  # after the shared header set
+_SETUP = device_code("rolekit.lm", "depformer_setup.cu")  # shared memory, scratch layout
+_SAMPLE = device_code("rolekit.lm", "depformer_sample.cu")  # every block draws every row's token
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,13 @@ def _prefetch(st: _Stage, bits: int, group: int, step: str) -> str:
     return out
 
 
-def source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float, nt: int = THREADS) -> str:
+@cache
+def source(
+    shape: tuple[int, ...], bits: tuple[tuple[str, int, int], ...], eps: float, nt: int = THREADS
+) -> str:
+    """The kernel body for `shape` (D, DD, H, F, card, layers), `bits` (family, bits (0: dense),
+    group) of each weight family, the norms' `eps` and `nt` threads a block."""
+    layout = {n: (b, g) for n, b, g in bits}
     d, dd, h, f, card, n_layers = shape
     hd = dd // h
     out = [
@@ -133,32 +138,8 @@ def source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float,
         f"  constexpr int HD = {hd};\n  constexpr int F = {f};\n  constexpr int CARD = {card};\n",
         f"  constexpr int NT = {nt};\n  constexpr float EPS = {float(eps)!r}f;\n",
         f"  constexpr float SCALE = {hd**-0.5!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
-        """
-  extern __shared__ float xs[];  // this block's stage input [B, KMAX] fp32
-  __shared__ float sv[CARD];
-  __shared__ unsigned int hist[256];
-  __shared__ unsigned int info[2];
-  __shared__ float rv[NT / 32];
-  __shared__ int ri[NT / 32];
-  __shared__ int cur[B];
-  __shared__ float temp_s[B];  // per-row sampling settings, read once: a [1] array of MLX's CUDA
-  __shared__ int topk_s[B];    // backend lives in host memory the GPU reads over the bus
-  unsigned int* bar = reinterpret_cast<unsigned int*>(ws);
-  unsigned int epoch = 0u;
-  float* X = ws + CONTROL;   // [B, DD] residual stream
-  float* Q = X + B * DD;     // [B, DD]
-  float* A = Q + B * DD;     // [B, DD] attention output
-  float* G = A + B * DD;     // [B, F] gated hidden
-  float* LG = G + B * F;     // [B, NS, CARD] logits
-  float* KV = LG + B * NS * CARD;  // [L, B, NS, 2, DD] step caches
-  if (threadIdx.x < B) {
-    cur[threadIdx.x] = text[threadIdx.x];
-    temp_s[threadIdx.x] = temp[threadIdx.x];
-    topk_s[threadIdx.x] = topk[threadIdx.x];
-  }
-  __syncthreads();
-  for (int s = 0; s < NS; ++s) {
-""",
+        _SETUP,
+        "  for (int s = 0; s < NS; ++s) {\n",
     ]
     order = _stages(n_layers)
     cycle = [(x, "s") for x in order] + [(x, "s + 1") for x in order]
@@ -171,7 +152,7 @@ def source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float,
         for x, step in cycle[j + 2 : j + 4]:
             if (x.name, step) not in asked:
                 asked.add((x.name, step))
-                b, g = bits[x.name]
+                b, g = layout[x.name]
                 fetch = _prefetch(x, b, g, step)
                 if step != "s":
                     fetch = f"if (s + 1 < NS) {{ {fetch} }}"
@@ -192,22 +173,9 @@ def source(shape: tuple[int, ...], bits: dict[str, tuple[int, int]], eps: float,
             out.append(f"    stage<{st.k}, B, NT, true>(xs, {st.src}, {st.norm}, EPS);\n")
         else:
             out.append(f"    stage<{st.k}, B, NT, false>(xs, {st.src}, (const float*)nullptr, 0.f);\n")
-        b, g = bits[st.name]
+        b, g = layout[st.name]
         out.append("    " + _rows_call(st, b, g))
         out.append(barrier(j))
     out.append(_SAMPLE)
     out.append("  }\n")
     return "".join(out)
-
-
-@cache
-def kernel(
-    names: tuple[str, ...],
-    shape: tuple[int, ...],
-    bits: tuple[tuple[str, int, int], ...],
-    eps: float,
-    smem: int,
-    nt: int = THREADS,
-) -> Any:
-    text = source(shape, {n: (b, g) for n, b, g in bits}, eps, nt)
-    return persistent_kernel("depformer", list(names), ["tokens", "ws"], text, _HEADER, nt, smem)

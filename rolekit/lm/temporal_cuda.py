@@ -51,8 +51,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.lm.temporal_source import FAMILIES, PROBES, Pipeline
-from rolekit.lm.temporal_source import kernel as _kernel
+from rolekit.lm.temporal_source import FAMILIES, PROBES, Pipeline, source
 from rolekit.nn import ring_attention
 from rolekit.nn.attention import RingKV, StepView
 from rolekit.nn.cuda import shared_optin, sm_count
@@ -60,6 +59,7 @@ from rolekit.nn.grid import (
     CONTROL,
     Mat,
     mat_ok,
+    persistent_kernel,
     shared_memory,
     stack_linears,
     stack_norms,
@@ -223,7 +223,10 @@ def launch(
     shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
     plan = pipeline(packed, b, cfg.dim, cfg.hidden, x.dtype, tune)
     smem = shared_memory(plan.smem, _STATIC_SMEM)
-    kernel = _kernel(tuple(names), shape, bits, packed.eps, smem, tune, plan)
+    body = source(shape, bits, packed.eps, tune, plan)
+    kernel = persistent_kernel(
+        "temporal", tuple(names), ("hidden", "new_kv", "ws"), body, "", tune.threads, smem
+    )
     hidden, new_kv, scratch = kernel(
         inputs=inputs,
         template=[("T", x.dtype), ("B", b)],

@@ -1,16 +1,16 @@
-"""The CUDA source of the temporal-step kernel (`lm.temporal_cuda`): the shared device code
-(`device/temporal_step.cuh`) and the kernel body generated per model shape, weight layout and
-`TemporalTuning`: per layer the five stages (qkv, attention, out, gate, down) with a grid barrier
-after each, L2 prefetches of the next product's rows, and block 0's timer stamps."""
+"""The CUDA source of the temporal-step kernel (`lm.temporal_cuda`), over the shared header set
+(`nn.cuda.shared_header`: ring attention stages, staged products, grid barrier): the constants of
+a model shape, weight layout and `TemporalTuning`, the set-up (`device/temporal_setup.cu`), then
+the layer loop generated per layout: the five stages (qkv, attention, out, gate, down) with a grid
+barrier after each, L2 prefetches of the next product's rows, and block 0's timer stamps."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 from rolekit.nn.cuda import device_code
-from rolekit.nn.grid import CONTROL, persistent_kernel
+from rolekit.nn.grid import CONTROL
 from rolekit.nn.kernels import TemporalTuning
 
 Tuning = TemporalTuning
@@ -18,6 +18,7 @@ PROBES = (
     6  # attention stamps a layer (Tuning.probe): item start, rope done, synced, slots, warp / block merge
 )
 _LOG2E = 1.4426950408889634
+_SETUP = device_code("rolekit.lm", "temporal_setup.cu")  # shared memory, scratch layout, X
 FAMILIES = ("wq", "wo", "wi", "wd")  # in_proj, out_proj, gating linear_in, gating linear_out
 
 
@@ -33,9 +34,6 @@ class Pipeline:
     sums: int
     slot_words: int
     smem: int
-
-
-_HEADER = device_code("rolekit.lm", "temporal_step.cuh")
 
 
 def _rows_call(
@@ -56,17 +54,11 @@ def _rows_call(
             f"    rows_async<{n}, {k}, B, {g}, NT, {bits}, {group}, ST>"
             f"({name}, {name}_s, {name}_b, {row0}, xs, sums, ring, {epi});\n"
         )
-    if pairs and not gate:
-        if bits == 0:
-            return f"    rows_dense_pairs<{n}, {k}, B, NT>({name}, {row0}, xs, {epi});\n"
-        return (
-            f"    rows_quant_pairs<{n}, {k}, B, NT, {bits}, {group}, UQ>"
-            f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
-        )
+    paired = ", true" if pairs and not gate else ""  # two output rows a warp at a time
     if bits == 0:
-        return f"    rows_dense<{n}, {k}, B, {g}, NT>({name}, {row0}, xs, {epi});\n"
+        return f"    rows_dense<{n}, {k}, B, {g}, NT{paired}>({name}, {row0}, xs, {epi});\n"
     return (
-        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, UQ>"
+        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, UQ{paired}>"
         f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
     )
 
@@ -99,13 +91,16 @@ def _barrier(k: str) -> str:
     return f"    stamp(TM, 1 + 2 * ({k}));\n    grid_sync(bar, epoch);\n    stamp(TM, 2 + 2 * ({k}));\n"
 
 
+@cache
 def source(
     shape: tuple[int, ...],
-    bits: dict[str, tuple[int, int]],
+    bits: tuple[tuple[str, int, int], ...],
     eps: float,
     tune: Tuning = Tuning(),
     plan: Pipeline = Pipeline(0, 0, 0, 0, 0),
 ) -> str:
+    """The kernel body for `shape` (D, H, F, L, ring slots C, context, attended slots, splits, slots
+    a split), `bits` (family, bits (0: dense), group) of each of FAMILIES and the norms' `eps`."""
     d, h, f, n_layers, cap, ctx, length, nsplit, chunk = shape
     st = plan.stages
     swz = "true" if st else "false"
@@ -125,52 +120,13 @@ def source(
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n",
         f"  constexpr int ST = {st};\n  constexpr bool SWZ = {swz};\n  constexpr int VPC = {plan.vpc or 32};\n",
-        f"""
-  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when ST)
-  float* sums = xs + B * (D > F ? D : F);  // ST: [B, K / VPC] chunk sums of the stage input
-  uint32_t* ring = reinterpret_cast<uint32_t*>(sums + {plan.sums});  // ST: [NW, ST, slot] weight rings
-  (void)sums; (void)ring; (void)UQ;
-  __shared__ float qs[HD], kn[HD], vn[HD];
-  __shared__ float rm[NW], rl[NW];
-  __shared__ float ro[NW * HD];
-  __shared__ float cw[B * H * NSPLIT];
-  __shared__ const T* kp[L];
-  __shared__ const T* vp[L];
-  __shared__ int meta[1 + B];  // pos, start[B]: read once (a [1] array of MLX's CUDA backend lives
-                               // in host memory, read over the bus)
-  if (threadIdx.x <= B) meta[threadIdx.x] = threadIdx.x == 0 ? pos[0] : start[threadIdx.x - 1];
-  if (threadIdx.x == 0) {{
-    const T* ka[L] = {{{kp}}};
-    const T* va[L] = {{{vp}}};
-    for (int i = 0; i < L; ++i) {{ kp[i] = ka[i]; vp[i] = va[i]; }}
-  }}
-  unsigned int* bar = reinterpret_cast<unsigned int*>(ws);
-  unsigned int epoch = 0u;
-  float* X = ws + CONTROL;         // [B, D] residual stream
-  float* QKV = X + B * D;          // [B, 3D]
-  float* G = QKV + B * 3 * D;      // [B, F] gated hidden
-  float* PM = G + B * F;           // [B * H * NSPLIT] partial maxima (log2 domain)
-  float* PL = PM + B * H * NSPLIT; // partial sums
-  float* PO = PL + B * H * NSPLIT; // [B * H * NSPLIT, HD] partial outputs
-  float* TM = PO + B * H * NSPLIT * HD;  // stage stamps
-  __syncthreads();
-  const int p = meta[0];
-  stamp(TM, 0);
-  for (int i = blockIdx.x * NT + threadIdx.x; i < B * D; i += gridDim.x * NT) X[i] = static_cast<float>(x[i]);
-  for (int l = 0; l < L; ++l) {{
-    // S1: q | k | v = in_proj rms1(X); layer 0 reads its input directly (X is being written)
-    if (l == 0) {{
-      __syncthreads();
-      for (int i = threadIdx.x; i < B * D; i += NT) xs[SWZ ? swz(i) : i] = static_cast<float>(x[i]);
-      __syncthreads();
-      block_rms_norm<B, D, NT, SWZ>(xs, n1, EPS);
-    }} else {{
-      stage<D, B, NT, true, SWZ>(xs, X, n1 + (size_t)l * D, EPS);
-    }}
-    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);
-""",
+        f"  constexpr int SUMS = {plan.sums};  // ST: floats of the chunk sums\n",
+        f"  const T* const ring_keys[L] = {{{kp}}};\n  const T* const ring_values[L] = {{{vp}}};\n",
+        _SETUP,
+        "  for (int l = 0; l < L; ++l) {\n    stage_qkv_input(l);\n",
     ]
-    b_q, b_o, b_i, b_d = (bits[n] for n in FAMILIES)
+    layout = {n: (b, g) for n, b, g in bits}
+    b_q, b_o, b_i, b_d = (layout[n] for n in FAMILIES)
     out.append(
         _rows_call(
             "wq",
@@ -187,11 +143,11 @@ def source(
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, pairs))
     out.append(_barrier("5 * l"))
     out.append(
-        "    attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
+        "    ring_attention_stage<T, B, D, H, HD, C, CTX, LEN, NSPLIT, CHUNK, NT, SLOT_U>(QKV, kp[l], vp[l],\n"
         "        new_kv + (size_t)l * 2 * B * D, PM, PL, PO, p, meta + 1, rope, QSCALE, qs, kn, vn, rm, rl, ro,\n"
         f"        PROBE ? TM + 2 * (10 * L + 2) + {2 * PROBES} * l : nullptr);\n"
         + _barrier("5 * l + 1")
-        + "    combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>(PM, PL, PO, xs, cw);\n"
+        + "    ring_combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>(PM, PL, PO, xs, cw);\n"
         + "    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
@@ -230,19 +186,3 @@ def source(
         "  stamp(TM, 10 * L + 1);\n"
     )
     return "".join(out)
-
-
-@cache
-def kernel(
-    names: tuple[str, ...],
-    shape: tuple[int, ...],
-    bits: tuple[tuple[str, int, int], ...],
-    eps: float,
-    smem: int,
-    tune: Tuning,
-    plan: Pipeline,
-) -> Any:
-    text = source(shape, {n: (b, g) for n, b, g in bits}, eps, tune, plan)
-    return persistent_kernel(
-        "temporal", list(names), ["hidden", "new_kv", "ws"], text, _HEADER, tune.threads, smem
-    )

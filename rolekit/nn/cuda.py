@@ -1,11 +1,13 @@
 """The CUDA device as rolekit's own kernels (`mx.fast.cuda_kernel`) see it: present, its SMs and shared
-memory, and the name tag of a kernel source. Which kernels run is `nn.kernels.Kernels`."""
+memory; the device code of `<package>/device/` and the shared header set every kernel includes;
+`build_kernel`, the one place a kernel is named and built. Which kernels run is `nn.kernels.Kernels`."""
 
 from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import mlx.core as mx
 
@@ -55,3 +57,33 @@ def device_code(package: str, name: str) -> str:
     """The CUDA text of `<package>/device/<name>` (a .cuh header or a .cu kernel body shipped as
     package data), exactly as stored: kernel names hash it (`source_tag`)."""
     return resources.files(package).joinpath("device", name).read_text(encoding="utf-8")
+
+
+SHARED_DEVICE_CODE = ("load.cuh", "dot.cuh", "grid.cuh", "ring_attention.cuh")
+
+
+@lru_cache(maxsize=1)
+def shared_header() -> str:
+    """The device code every rolekit kernel includes, `rolekit/nn/device/` in this order: 16-byte
+    loads (`load.cuh`), block norms and warp dot products (`dot.cuh`), the grid barrier, timer stamps
+    and staged row products of persistent kernels (`grid.cuh`), and the ring attention's slot rule,
+    softmax merge and stages (`ring_attention.cuh`)."""
+    return "".join(device_code("rolekit.nn", name) for name in SHARED_DEVICE_CODE)
+
+
+def build_kernel(
+    family: str, inputs: list[str], outputs: list[str], source: str, header: str = "", **options: Any
+) -> Any:
+    """`mx.fast.cuda_kernel` of one rolekit kernel: `header` after the shared header set, the body
+    `source`, row-contiguous inputs, named `rolekit_<family>_<source_tag of header and body>` (MLX
+    caches compiled kernels by name and template values). `options`: `shared_memory` etc."""
+    full = shared_header() + header
+    return mx.fast.cuda_kernel(
+        name=f"rolekit_{family}_{source_tag(full + source)}",
+        input_names=list(inputs),
+        output_names=list(outputs),
+        source=source,
+        header=full,
+        ensure_row_contiguous=True,
+        **options,
+    )

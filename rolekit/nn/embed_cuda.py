@@ -20,9 +20,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import device_code, source_tag
+from rolekit.nn.cuda import build_kernel, device_code
 
-LOAD_HEADER = device_code("rolekit.nn", "load.cuh")  # shared 16-byte loads
+_BODY = device_code("rolekit.nn", "embed_sum.cu")
 
 THREADS = 256
 
@@ -66,39 +66,16 @@ def embed_sum(tables: list[mx.array], tokens: mx.array, order: tuple[int, ...]) 
 
 
 def _source(streams: int, d: int, order: tuple[int, ...]) -> str:
-    body = [
-        f"  constexpr int S = {streams};\n  constexpr int D = {d};\n  constexpr int D8 = D / 8;\n",
-        "  const int i = blockIdx.x * blockDim.x + threadIdx.x;\n",
-        "  if (i >= B * TT * D8) return;\n",
-        "  const int c = i % D8, bt = i / D8, b = bt / TT, t = bt % TT;\n",
-        "  float acc[8], e[8];\n",
-    ]
-    for n, s in enumerate(order):
-        body.append(
-            f"  {{ const int tok = tokens[(b * S + {s}) * TT + t];\n"
-            f"    if (tok == -1) {{ for (int j = 0; j < 8; ++j) e[j] = 0.f; }}\n"
-            f"    else load8(t{s} + (size_t)(tok > 0 ? tok : 0) * D + c * 8, e);\n"
-        )
-        if n == 0:
-            body.append("    for (int j = 0; j < 8; ++j) acc[j] = e[j]; }\n")
-        else:
-            body.append(
-                "    for (int j = 0; j < 8; ++j) acc[j] = static_cast<float>(static_cast<T>(acc[j] + e[j])); }\n"
-            )
-    body.append(
-        "  T* o = out + (size_t)bt * D + c * 8;\n  for (int j = 0; j < 8; ++j) o[j] = static_cast<T>(acc[j]);\n"
+    """The kernel body: the streams, width and summation order as constants, then `device/embed_sum.cu`."""
+    tables = ", ".join(f"t{s}" for s in range(streams))
+    return (
+        f"  constexpr int S = {streams};\n  constexpr int D = {d};\n"
+        f"  constexpr int ORDER[S] = {{{', '.join(map(str, order))}}};\n"
+        f"  const T* const tables[S] = {{{tables}}};\n" + _BODY
     )
-    return "".join(body)
 
 
 @cache
 def _kernel(streams: int, d: int, order: tuple[int, ...]) -> Any:
     source = _source(streams, d, order)
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_embed_{source_tag(LOAD_HEADER + source)}",
-        input_names=["tokens", *(f"t{s}" for s in range(streams))],
-        output_names=["out"],
-        source=source,
-        header=LOAD_HEADER,
-        ensure_row_contiguous=True,
-    )
+    return build_kernel("embed", ["tokens", *(f"t{s}" for s in range(streams))], ["out"], source)

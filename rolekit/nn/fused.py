@@ -38,7 +38,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import device_code, source_tag
+from rolekit.nn.cuda import build_kernel, device_code
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -46,68 +46,7 @@ from rolekit.nn.norm import RMSNorm
 MAX_ROWS = 4  # activation rows (batch x positions) the kernels take; more go to MLX's GEMM path
 _THREADS = 256  # 8 warps = 8 output rows per block
 
-# Device functions shared with every kernel that does a few-row matrix-vector product (here and
-# `lm.depformer_cuda`): the block-wide RMSNorm of the staged rows, one warp's dot products over
-# one output row (two when GATE; dense or affine-quantized weights), and the warp sum.
-DOT_HEADER = device_code("rolekit.nn", "load.cuh") + device_code("rolekit.nn", "dot.cuh")
-
-# Kernel constants: T activation dtype, B rows, N output rows (per half when GATE), K inputs, BITS
-# 0 (dense) / 4 / 8, GS group size, GATE; EPS and NT are written into the source.
-# The source is assembled per variant (`_source`): a kernel body is not a template, so a branch
-# naming an input the variant lacks would not compile even under `if constexpr`.
-_PROLOGUE = """
-  constexpr int NW = NT / 32;
-  extern __shared__ float xs[];  // [B, K] input rows as fp32 (normalized when NORM)
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  for (int i = threadIdx.x; i < B * K; i += NT) xs[i] = static_cast<float>(x[i]);
-  __syncthreads();
-"""
-
-_NORM = """
-  block_rms_norm<B, K, NT>(xs, g, EPS);
-"""
-
-_LAYER_NORM = """
-  block_layer_norm<B, K, NT>(xs, g, beta, EPS);
-"""
-
-_ROWS = """
-  const int row = blockIdx.x * NW + warp;
-  if (row >= N) return;
-  float acc[B];
-  float acc2[B];
-#pragma unroll
-  for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-"""
-
-_DENSE = """
-  dot_dense<K, B, GATE>(w + (size_t)row * K, w + (size_t)((GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
-"""
-
-_QUANT = """
-  {
-    constexpr int KW = K * BITS / 32;
-    constexpr int NG = K / GS;
-    const size_t r1 = (size_t)row;
-    const size_t r2 = (size_t)((GATE ? N : 0) + row);
-    dot_quant<K, B, GATE, BITS, GS>(w + r1 * KW, w + r2 * KW, scales + r1 * NG, biases + r1 * NG,
-                                    scales + r2 * NG, biases + r2 * NG, xs, lane, acc, acc2);
-  }
-"""
-
-_EPILOGUE = """
-  warp_sum<B, GATE>(acc, acc2);
-  if (lane == 0) {
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float v = acc[b];
-      if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
-      %(epilogue)s
-      y[(size_t)b * N + row] = static_cast<T>(v);
-    }
-  }
-"""
+_BODY = device_code("rolekit.nn", "fused_linear.cu")  # the variant's macros and constants first
 
 
 def _source(
@@ -121,23 +60,10 @@ def _source(
     """The kernel body of one variant (only the inputs it has are named). norm: False, True / "rms"
     (RMSNorm, input g) or "layer" (LayerNorm, inputs g and beta); the epilogue applies, in order,
     exact GELU, the layer scale (input ls) and the residual (input r)."""
-    head = f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int NT = {_THREADS};\n"
-    epilogue = []
-    if gelu:
-        epilogue.append("v = 0.5f * v * (1.f + erff(v * 0.7071067811865476f));")
-    if scale:
-        epilogue.append("v *= static_cast<float>(ls[row]);")
-    if residual:
-        epilogue.append("v += static_cast<float>(r[(size_t)b * N + row]);")
-    prologue = _LAYER_NORM if norm == "layer" else (_NORM if norm else "")
-    return (
-        head
-        + _PROLOGUE
-        + prologue
-        + _ROWS
-        + (_QUANT if quantized else _DENSE)
-        + _EPILOGUE % {"epilogue": "\n      ".join(epilogue)}
-    )
+    norm_kind = 2 if norm == "layer" else int(bool(norm))
+    flags = {"NORM": norm_kind, "QUANT": quantized, "GELU": gelu, "SCALE": scale, "RESIDUAL": residual}
+    head = "".join(f"#define FUSED_{name} {int(on)}\n" for name, on in flags.items())
+    return head + f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int NT = {_THREADS};\n" + _BODY
 
 
 @dataclass(frozen=True)
@@ -202,17 +128,7 @@ def covers(wt: Weights, k: int, rows: int, dtype: mx.Dtype) -> bool:
 def _kernel(names: tuple[str, ...], eps: float, smem: int, gelu: bool = False) -> Any:
     norm = ("layer" if "beta" in names else "rms") if "g" in names else False
     source = _source("scales" in names, norm, "r" in names, eps, gelu, "ls" in names)
-    return mx.fast.cuda_kernel(
-        # MLX caches a compiled kernel by its name and template values: the variant's source
-        # (norm, residual, eps) must be in the name, or two variants of one shape would collide.
-        name=f"rolekit_fused_linear_{source_tag(source)}",
-        input_names=list(names),
-        output_names=["y"],
-        source=source,
-        header=DOT_HEADER,
-        ensure_row_contiguous=True,
-        shared_memory=smem,
-    )
+    return build_kernel("fused_linear", list(names), ["y"], source, shared_memory=smem)
 
 
 def fused(

@@ -7,24 +7,25 @@ weight family of several modules (the depformer's steps, the temporal transforme
 array once and points each module at its rows of it, so the kernel takes one pointer per family and
 the op path keeps reading the same numbers.
 
-GRID_HEADER (after `nn.fused.DOT_HEADER`): `grid_sync`, `stage` (a block's copy of a stage input,
-RMS-normalized in place on request, swizzled on request), `rows_dense` / `rows_quant` (one warp
-per output row, an epilogue functor per value; `_pairs`: two rows per warp at a time),
-`rows_async` (q4 / q8 rows streamed through a per-warp ring of cp.async slots in shared memory,
-against a swizzled input and its `chunk_sums`), `prefetch_l2`. `launch_bounds` gives a kernel
-more than 256 threads a block.
+The device code is `device/grid.cuh`, part of the shared header set (`nn.cuda.shared_header`):
+`grid_start` / `grid_sync` (the barrier on a 64-bit count that only grows, and its timeout flag),
+`stamp` (block 0's global-timer values), `stage` (a block's copy of a stage input, RMS-normalized
+in place on request, swizzled on request), `rows_dense` / `rows_quant` (one warp per output row,
+an epilogue functor per value; `_pairs`: two rows per warp at a time), `rows_async` (q4 / q8 rows
+streamed through a per-warp ring of cp.async slots in shared memory, against a swizzled input and
+its `chunk_sums`), `prefetch_l2`. `launch_bounds` gives a kernel more than 256 threads a block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import device_code, source_tag
-from rolekit.nn.fused import DOT_HEADER
+from rolekit.nn.cuda import build_kernel
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,12 @@ def stack_norms(norms: list[nn.Module]) -> mx.array:
     return w
 
 
-CONTROL = 64  # floats at the start of a persistent kernel's scratch: barrier counter [0], timeout flag [1]
+CONTROL = 64  # floats at the start of a persistent kernel's scratch: the grid barrier's count [0, 1], timeout flag [2]
 
 
 def timed_out(scratch: mx.array) -> bool:
     """True when a grid barrier gave up waiting (blocks not all resident): the results are void."""
-    return bool(scratch[1].item() != 0)
+    return bool(scratch[2].item() != 0)
 
 
 def shared_memory(dynamic: int, static_bound: int) -> int:
@@ -103,22 +104,19 @@ def launch_bounds(threads: int) -> str:
     return f"#undef __global__\n#define __global__ __attribute__((global)) __launch_bounds__({threads})\n"
 
 
+@cache
 def persistent_kernel(
-    kind: str, names: list[str], outputs: list[str], source: str, header: str, threads: int, smem: int
+    kind: str,
+    names: tuple[str, ...],
+    outputs: tuple[str, ...],
+    source: str,
+    header: str,
+    threads: int,
+    smem: int,
 ) -> Any:
-    """The `mx.fast.cuda_kernel` of a persistent kernel: `header` after the shared device code
-    (`nn.fused.DOT_HEADER`, GRID_HEADER), `threads` a block under launch bounds, the name tagged by
-    the whole source (MLX caches compiled kernels by name)."""
-    full = DOT_HEADER + GRID_HEADER + header + launch_bounds(threads)
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_{kind}_{source_tag(full + source)}",
-        input_names=names,
-        output_names=outputs,
-        source=source,
-        header=full,
-        ensure_row_contiguous=True,
-        shared_memory=smem,
+    """The `mx.fast.cuda_kernel` of a persistent kernel (built once per distinct arguments): its own
+    `header` after the shared header set (`nn.cuda.build_kernel`), `threads` a block under launch
+    bounds, `smem` bytes of dynamic shared memory."""
+    return build_kernel(
+        kind, list(names), list(outputs), source, header + launch_bounds(threads), shared_memory=smem
     )
-
-
-GRID_HEADER = device_code("rolekit.nn", "grid.cuh")

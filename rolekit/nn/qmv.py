@@ -20,14 +20,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.cuda import device_code
+from rolekit.nn.cuda import build_kernel, device_code
 
 # Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). At 16 rows it is 3-20x slower
 # than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
 MAX_ROWS = 1
 KERNEL_ROWS = 16
-
-_HEADER = device_code("rolekit.nn", "load.cuh")
 
 # Template constants: T (activation dtype), B (rows), N (out), K (in), GS (group), BITS (4 or 8).
 _SOURCE = device_code("rolekit.nn", "qmv.cu")
@@ -37,14 +35,7 @@ _THREADS = 256
 
 @lru_cache(maxsize=1)
 def _kernel() -> Any:
-    return mx.fast.cuda_kernel(
-        name="rolekit_qmv",
-        input_names=["x", "w", "scales", "biases"],
-        output_names=["y"],
-        source=_SOURCE,
-        header=_HEADER,
-        ensure_row_contiguous=True,
-    )
+    return build_kernel("qmv", ["x", "w", "scales", "biases"], ["y"], _SOURCE)
 
 
 def kernel_applies(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:

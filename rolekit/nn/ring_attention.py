@@ -43,9 +43,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import device_code, source_tag
-
-_LOAD_HEADER = device_code("rolekit.nn", "load.cuh")
+from rolekit.nn.cuda import build_kernel, device_code
 
 HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)
@@ -68,10 +66,6 @@ _COMBINE = device_code("rolekit.nn", "ring_attention_combine.cu")
 _U = 4  # passes of loads in flight per warp
 
 
-def _named(prefix: str, source: str) -> str:
-    return f"{prefix}_{source_tag(source)}"
-
-
 def partial_source(scale: float) -> str:
     """The partial kernel's body for one softmax scale (written into the source as a constant)."""
     head = f"  constexpr float QSCALE = {float(scale) * _LOG2E!r}f;\n  constexpr int NW = {NW};\n  constexpr int U = {_U};\n"
@@ -85,26 +79,13 @@ def combine_source() -> str:
 @lru_cache(maxsize=8)
 def _partial_kernel(scale: float) -> Any:
     source = partial_source(scale)
-    return mx.fast.cuda_kernel(
-        name=_named("rolekit_ring_attn_partial", source + _LOAD_HEADER),
-        input_names=["q", "kb", "vb", "pos", "start"],
-        output_names=["pm", "pl", "po"],
-        source=source,
-        header=_LOAD_HEADER,
-        ensure_row_contiguous=True,
-    )
+    return build_kernel("ring_attn_partial", ["q", "kb", "vb", "pos", "start"], ["pm", "pl", "po"], source)
 
 
 @lru_cache(maxsize=1)
 def _combine_kernel() -> Any:
     source = combine_source()
-    return mx.fast.cuda_kernel(
-        name=_named("rolekit_ring_attn_combine", source),
-        input_names=["pm", "pl", "po"],
-        output_names=["out"],
-        source=source,
-        ensure_row_contiguous=True,
-    )
+    return build_kernel("ring_attn_combine", ["pm", "pl", "po"], ["out"], source)
 
 
 def covers(q: mx.array, k_buf: mx.array, v_buf: mx.array, length: int, context: int) -> bool:

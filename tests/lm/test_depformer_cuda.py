@@ -139,8 +139,8 @@ def test_when_the_kernel_applies(dep_kernel_model):
 def test_kernel_sources_differ_by_layout_and_name_their_variant():
     shape = (4096, 1024, 16, 2816, 2048, 6)
     mats = ["win", "head"] + [f"{p}{i}" for i in range(6) for p in ("qkv", "o", "gi", "go")]
-    dense = ds.source(shape, {m: (0, 0) for m in mats}, 1e-8)
-    q4 = ds.source(shape, {m: ((0, 0) if m == "head" else (4, 64)) for m in mats}, 1e-8)
+    dense = ds.source(shape, tuple((m, 0, 0) for m in mats), 1e-8)
+    q4 = ds.source(shape, tuple((m, *((0, 0) if m == "head" else (4, 64))) for m in mats), 1e-8)
     assert dense != q4
     assert "rows_quant<3 * DD, DD, B, false, NT, 4, 64, 8>(qkv5, qkv5_s, qkv5_b" in q4
     assert "head_s" not in q4 and "rows_dense<CARD, DD, B, false, NT>(head" in q4
@@ -149,7 +149,7 @@ def test_kernel_sources_differ_by_layout_and_name_their_variant():
     # the rows' sampling settings are read once into shared memory, not once a step
     assert "temp_s[threadIdx.x] = temp[threadIdx.x];" in dense and "temp[b]" not in dense
     assert "constexpr int NT = 256;" in dense and "constexpr int NT = 512;" in ds.source(
-        shape, {m: (0, 0) for m in mats}, 1e-8, 512
+        shape, tuple((m, 0, 0) for m in mats), 1e-8, 512
     )
 
 

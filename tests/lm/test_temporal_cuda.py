@@ -97,24 +97,22 @@ def test_reference_is_the_op_path_step(quant):
 
 def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
-    src = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
+    src = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
     # gated linear_in two rows a warp by its gate, the other three by pairs of rows
-    assert src.count("rows_quant<") == 1 and src.count("rows_quant_pairs<") == 3 and "rows_dense" not in src
-    assert "rows_quant_pairs<3 * D, D, B, NT, 4, 64, UQ>(wq, wq_s, wq_b" in src
+    assert src.count("rows_quant<") == 4 and src.count(", UQ, true>(") == 3 and "rows_dense" not in src
+    assert "rows_quant<3 * D, D, B, false, NT, 4, 64, UQ, true>(wq, wq_s, wq_b" in src
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
-    off = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(prefetch=False, slot_passes=2))
-    assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
-    dense = ts.source(shape, {n: (0, 0) for n in tc.FAMILIES}, 1e-8)
-    assert (
-        dense.count("rows_dense<") == 1
-        and dense.count("rows_dense_pairs<") == 3
-        and "rows_quant" not in dense
+    off = ts.source(
+        shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8, ts.Tuning(prefetch=False, slot_passes=2)
     )
-    single = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(pairs=False))
-    assert single.count("rows_quant<") == 4 and "pairs" not in single
+    assert "constexpr bool PREFETCH = false;" in off and "constexpr int SLOT_U = 2;" in off
+    dense = ts.source(shape, tuple((n, 0, 0) for n in tc.FAMILIES), 1e-8)
+    assert dense.count("rows_dense<") == 4 and dense.count(", NT, true>(") == 3 and "rows_quant" not in dense
+    single = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8, ts.Tuning(pairs=False))
+    assert single.count("rows_quant<") == 4 and ", true>(" not in single
     assert tc.split_plan(1, 32, 256, 132) == (4, 64)
     assert tc.split_plan(4, 32, 3000, 132) == (1, 3000)
     assert tc.split_plan(1, 32, 100, 132) == (2, 50)
@@ -154,15 +152,15 @@ def test_source_with_the_weight_pipeline():
     """Every quantized product through the rings, each stage input swizzled and summed by chunk."""
     shape = (4096, 32, 11264, 32, 3000, 3000, 256, 4, 64)
     plan = tc.Pipeline(8, 32, 352, 144, 0)
-    src = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8, ts.Tuning(), plan)
+    src = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8, ts.Tuning(), plan)
     assert src.count("rows_async<") == 4 and "rows_quant" not in src
     assert "rows_async<F, D, B, true, NT, 4, 64, ST>(wi, wi_s, wi_b" in src  # gated linear_in
     assert src.count("chunk_sums<") == 4  # after each of the four stage inputs
     assert "constexpr int ST = 8;" in src and "constexpr bool SWZ = true;" in src
-    assert "combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>" in src and "stage<F, B, NT, false, SWZ>" in src
+    assert "ring_combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>" in src and "stage<F, B, NT, false, SWZ>" in src
     assert src.count("prefetch_l2<NT>(") == 4 * 3  # one wave of rows per family, no halves
-    assert "uint32_t* ring = reinterpret_cast<uint32_t*>(sums + 352);" in src
-    plain = ts.source(shape, {n: (4, 64) for n in tc.FAMILIES}, 1e-8)
+    assert "constexpr int SUMS = 352;" in src  # the rings start after the chunk sums
+    plain = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8)
     assert "constexpr int ST = 0;" in plain and "constexpr bool SWZ = false;" in plain
 
 

@@ -99,12 +99,43 @@ def test_batches_above_max_rows_and_odd_layouts_stay_on_mlx(kernel_model):
     assert not fused.covers(fused.weights_of(_linear("q4", 64, 128, 14)), 96, 1, mx.float32)  # K mismatch
 
 
+def _preprocessed(src: str) -> str:
+    """The code (comments dropped) the C preprocessor keeps of `src`, for the #define / #if / #elif /
+    #else / #endif of integer macros the fused body uses."""
+    macros: dict[str, int] = {}
+    kept, stack = [], []  # stack: (this branch on, a branch taken) per open #if
+    for line in (re.sub(r"//.*", "", x) for x in src.splitlines()):
+        word = line.strip().split(maxsplit=1)
+        head, rest = (word + ["", ""])[:2] if word else ("", "")
+        on = all(b for b, _ in stack)
+        value = lambda expr: eval(re.sub(r"\b[A-Z_]+\b", lambda m: str(macros.get(m[0], 0)), expr))  # noqa: E731, S307
+        if head == "#define" and on:
+            name, val = rest.split()
+            macros[name] = int(val)
+        elif head == "#if":
+            stack.append((bool(value(rest)),) * 2)
+        elif head == "#elif":
+            taken = stack[-1][1]
+            stack[-1] = (not taken and bool(value(rest)), taken or bool(value(rest)))
+        elif head == "#else":
+            stack[-1] = (not stack[-1][1], True)
+        elif head == "#endif":
+            stack.pop()
+        elif on:
+            kept.append(line)
+    assert not stack
+    return "\n".join(kept)
+
+
 def test_source_names_only_the_inputs_of_its_variant():
-    plain = fused._source(quantized=False, norm=False, residual=False, eps=1e-8)
-    full = fused._source(quantized=True, norm=True, residual=True, eps=1e-5)
+    plain = _preprocessed(fused._source(quantized=False, norm=False, residual=False, eps=1e-8))
+    full = _preprocessed(fused._source(quantized=True, norm=True, residual=True, eps=1e-5, scale=True))
+    layer = _preprocessed(fused._source(quantized=False, norm="layer", residual=False, eps=1e-5, gelu=True))
     named = lambda src, name: re.search(rf"\b{name}\b", src) is not None  # noqa: E731
-    assert not any(named(plain, n) for n in ("g", "r", "scales", "biases"))
-    assert all(named(full, n) for n in ("g", "r", "scales", "biases")) and "1e-05f" in full
+    assert not any(named(plain, n) for n in ("g", "beta", "r", "ls", "scales", "biases", "erff"))
+    assert all(named(full, n) for n in ("g", "r", "ls", "scales", "biases")) and "1e-05f" in full
+    assert not any(named(full, n) for n in ("beta", "erff"))
+    assert all(named(layer, n) for n in ("g", "beta", "erff")) and not named(layer, "scales")
 
 
 @pytest.mark.parametrize("kind", ["multi", "multi-q4", "dense"])

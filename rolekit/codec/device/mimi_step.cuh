@@ -1,28 +1,3 @@
-
-__device__ inline void grid_sync(unsigned int* bar) {
-  // Sense-reversing grid barrier; bar = [arrived, generation, timed out], kept across launches
-  // (the last block to arrive resets the count, then advances the generation). All blocks are
-  // resident (one per SM). A waiter that sees no progress for ~2 s sets the flag and stops waiting.
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    volatile unsigned int* vb = bar;
-    const unsigned int gen = vb[1];
-    __threadfence();
-    if (atomicAdd(bar, 1u) == gridDim.x - 1u) {
-      atomicExch(bar, 0u);
-      __threadfence();
-      atomicAdd(bar + 1, 1u);
-    } else if (vb[2] == 0u) {
-      const long long t0 = clock64();
-      while (vb[1] == gen) {
-        if (clock64() - t0 > 4000000000LL) { atomicExch(bar + 2, 1u); break; }
-      }
-    }
-    __threadfence();
-  }
-  __syncthreads();
-}
-
 __device__ inline float warp_sum1(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -154,9 +129,10 @@ __device__ inline void shift_caches(const float* kin, const float* vin, float* k
 }
 
 template <int B, int T, int H, int HD, int NC, int NT>
-__device__ inline void attention_stage(const float* qkv, const float* kin, const float* vin, float* kout,
-                                       float* vout, float* dst, int offset, float lfreq, float scale) {
-  // one block per (batch row, head): RoPE on the new q, k (written to the new cache's last T
+__device__ inline void window_attention_stage(const float* qkv, const float* kin, const float* vin, float* kout,
+                                              float* vout, float* dst, int offset, float lfreq, float scale) {
+  // Mimi's streaming attention: T new positions over a window of NC cached slots (fp32), the
+  // caches shifted, not a ring. One block per (batch row, head): RoPE on the new q, k (written to the new cache's last T
   // slots; `shift_caches` moved the others in the stage before); query t sees slots
   // lo .. NC - T + t (lo skips slots of negative positions). Old slot j is kin's slot j + T.
   // Warps take keys in turn, lanes the head dims; partial outputs meet in shared memory.
@@ -348,15 +324,6 @@ __device__ inline void ln_stats(const float* src, int rows_alloc, int to, int nr
       lnr[i0 + threadIdx.x] = rsqrtf(q / static_cast<float>(C) + eps);
     }
     __syncthreads();
-  }
-}
-
-__device__ inline void stamp(float* at) {
-  // the global timer (ns) at a stage boundary, by block 0 (stage timings for the checks)
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    *reinterpret_cast<unsigned long long*>(at) = t;
   }
 }
 

@@ -1,22 +1,45 @@
+// The grid barrier of a persistent kernel (one block per SM, all resident). `bar` points at its
+// words: [0, 1] a 64-bit arrival count, [2] the timeout flag. Each block adds 1 to the count per
+// barrier and the count never goes back, so at a launch's start it is a multiple of gridDim.x: 0
+// in a zeroed scratch, or where the last launch of the same grid size left it in a counter kept
+// across launches (no zeroing launch). `epoch`, per block, starts at `grid_start(bar)`; barrier k
+// of the launch is passed when the count reaches start + k * gridDim.x. A waiter that sees no
+// progress for ~2 s sets the flag and, like every later barrier, stops waiting: the results are
+// then void (the host reads the flag).
+__device__ inline unsigned long long grid_start(const unsigned int* bar) {
+  // the count before this launch's first barrier (a block reads it before it arrives there, and
+  // no block passes that barrier before all have arrived)
+  const unsigned long long c = *reinterpret_cast<const volatile unsigned long long*>(bar);
+  return c - c % gridDim.x;
+}
 
-__device__ inline void grid_sync(unsigned int* bar, unsigned int& epoch) {
-  // All blocks are resident (one per SM): each arrives once per barrier on a monotonic counter.
-  // A waiter that sees no progress for ~2 s sets the timeout flag and stops waiting for good.
+__device__ inline void grid_sync(unsigned int* bar, unsigned long long& epoch) {
   __syncthreads();
   epoch += gridDim.x;
   if (threadIdx.x == 0) {
     __threadfence();
-    atomicAdd(bar, 1u);
-    volatile unsigned int* vb = bar;
-    if (vb[1] == 0u) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(bar), 1ull);
+    const volatile unsigned long long* count = reinterpret_cast<volatile unsigned long long*>(bar);
+    const volatile unsigned int* flag = bar + 2;
+    if (*flag == 0u) {
       const long long t0 = clock64();
-      while (vb[0] < epoch) {
-        if (clock64() - t0 > 4000000000LL) { atomicExch(bar + 1, 1u); break; }
+      while (*count < epoch) {
+        if (clock64() - t0 > 4000000000LL) { atomicExch(bar + 2, 1u); break; }
       }
     }
     __threadfence();
   }
   __syncthreads();
+}
+
+__device__ inline void stamp(float* times, int i) {
+  // block 0 writes the global timer (ns) as time i of `times` (uint32 pairs, low word first)
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    times[2 * i] = __uint_as_float(static_cast<unsigned int>(t & 0xffffffffull));
+    times[2 * i + 1] = __uint_as_float(static_cast<unsigned int>(t >> 32));
+  }
 }
 
 template <int K, int B, int NT, bool NORM, bool SWZ = false, typename G>
@@ -46,16 +69,18 @@ __device__ inline void stage(float* xs, const float* src, const G* g, float eps)
   if constexpr (NORM) block_rms_norm<B, K, NT, SWZ>(xs, g, eps);
 }
 
-template <int B, bool GATE, typename E>
-__device__ inline void finish_row(float (&acc)[B], float (&acc2)[B], int lane, int row, E epi) {
-  // sum the warp's partial products; lane 0 gates (silu(a) * b) and hands each value to `epi`
-  warp_sum<B, GATE>(acc, acc2);
+template <int B, bool GATE, bool PAIRS = false, typename E>
+__device__ inline void finish_row(float (&acc)[B], float (&acc2)[B], int lane, int row, E epi, int half = 0) {
+  // sum the warp's partial products; lane 0 hands each value to `epi`: GATE, silu(acc) * acc2 for
+  // `row`; PAIRS, acc for `row` and acc2 for `row + half`; else acc for `row`
+  warp_sum<B, GATE || PAIRS>(acc, acc2);
   if (lane == 0) {
 #pragma unroll
     for (int b = 0; b < B; ++b) {
       float v = acc[b];
       if constexpr (GATE) v = v / (1.f + expf(-v)) * acc2[b];
       epi(b, row, v);
+      if constexpr (PAIRS) epi(b, row + half, acc2[b]);
     }
   }
 }
@@ -222,80 +247,44 @@ __device__ inline void rows_async(
   cp_wait<0>();
 }
 
-template <int N, int K, int B, bool GATE, int NT, typename W, typename E>
+// One warp per output row of a weight family's rows row0 .. (an epilogue functor `epi(b, row, v)`
+// per value): GATE, row (u) and row N + row (w) give silu(u) * w; PAIRS (not gated), a warp takes
+// rows row and row + N / 2 at a time: twice the bytes in flight per warp.
+template <int N, int K, int B, bool GATE, int NT, bool PAIRS = false, typename W, typename E>
 __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E epi) {
+  static_assert(!PAIRS || (!GATE && N % 2 == 0), "pairs: not gated, N even");
   constexpr int NW = NT / 32;
+  constexpr int TASKS = PAIRS ? N / 2 : N;               // rows a warp starts from
+  constexpr int SECOND = PAIRS ? N / 2 : (GATE ? N : 0);  // the second row read, after the first
   const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < N; row += gridDim.x * NW) {
+  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < TASKS; row += gridDim.x * NW) {
     float acc[B], acc2[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    dot_dense<K, B, GATE>(w + (row0 + row) * K, w + (row0 + (GATE ? N : 0) + row) * K, xs, lane, acc, acc2);
-    finish_row<B, GATE>(acc, acc2, lane, row, epi);
+    dot_dense<K, B, GATE || PAIRS>(w + (row0 + row) * K, w + (row0 + SECOND + row) * K, xs, lane, acc, acc2);
+    finish_row<B, GATE, PAIRS>(acc, acc2, lane, row, epi, TASKS);
   }
 }
 
-template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int UQ, typename S, typename E>
+template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int UQ, bool PAIRS = false, typename S, typename E>
 __device__ inline void rows_quant(
     const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
+  // rows_dense's contract for MLX's affine q4 / q8 rows (`dot_quant`, UQ words in flight per lane)
+  static_assert(!PAIRS || (!GATE && N % 2 == 0), "pairs: not gated, N even");
   constexpr int NW = NT / 32;
   constexpr int KW = K * BITS / 32;
   constexpr int NG = K / GS;
+  constexpr int TASKS = PAIRS ? N / 2 : N;
+  constexpr int SECOND = PAIRS ? N / 2 : (GATE ? N : 0);
   const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < N; row += gridDim.x * NW) {
+  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < TASKS; row += gridDim.x * NW) {
     float acc[B], acc2[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    const size_t r1 = row0 + row, r2 = row0 + (GATE ? N : 0) + row;
-    dot_quant<K, B, GATE, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
-                                    bi + r2 * NG, xs, lane, acc, acc2);
-    finish_row<B, GATE>(acc, acc2, lane, row, epi);
-  }
-}
-
-template <int N, int K, int B, int NT, typename W, typename E>
-__device__ inline void rows_dense_pairs(const W* w, size_t row0, const float* xs, E epi) {
-  // rows_dense with two output rows per warp at a time (row and row + N / 2): twice the bytes in
-  // flight per warp
-  static_assert(N % 2 == 0, "pairs");
-  constexpr int NW = NT / 32;
-  constexpr int H2 = N / 2;
-  const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < H2; row += gridDim.x * NW) {
-    float acc[B], acc2[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    dot_dense<K, B, true>(w + (row0 + row) * K, w + (row0 + H2 + row) * K, xs, lane, acc, acc2);
-    warp_sum<B, true>(acc, acc2);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) { epi(b, row, acc[b]); epi(b, row + H2, acc2[b]); }
-    }
-  }
-}
-
-template <int N, int K, int B, int NT, int BITS, int GS, int UQ, typename S, typename E>
-__device__ inline void rows_quant_pairs(
-    const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
-  // rows_quant with two output rows per warp at a time (row and row + N / 2)
-  static_assert(N % 2 == 0, "pairs");
-  constexpr int NW = NT / 32;
-  constexpr int KW = K * BITS / 32;
-  constexpr int NG = K / GS;
-  constexpr int H2 = N / 2;
-  const int lane = threadIdx.x & 31;
-  for (int row = blockIdx.x * NW + (threadIdx.x >> 5); row < H2; row += gridDim.x * NW) {
-    float acc[B], acc2[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
-    const size_t r1 = row0 + row, r2 = row0 + H2 + row;
-    dot_quant<K, B, true, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG, sc + r2 * NG,
-                                          bi + r2 * NG, xs, lane, acc, acc2);
-    warp_sum<B, true>(acc, acc2);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) { epi(b, row, acc[b]); epi(b, row + H2, acc2[b]); }
-    }
+    const size_t r1 = row0 + row, r2 = row0 + SECOND + row;
+    dot_quant<K, B, GATE || PAIRS, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG,
+                                                   sc + r2 * NG, bi + r2 * NG, xs, lane, acc, acc2);
+    finish_row<B, GATE, PAIRS>(acc, acc2, lane, row, epi, TASKS);
   }
 }
 

@@ -16,7 +16,6 @@
   const int b = bh / NH;
   const int p = pos[0];
   const int st = start[b];
-  const int own = p < st ? p % CAP : -1;  // a padding row sees only its own slot
   float qv[8];
   load8(q + (size_t)bh * HD + sub * 8, qv);
 #pragma unroll
@@ -34,8 +33,7 @@
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + (ps + u) * SPW;
-      const int held = p - ((p - j + CAP) % CAP);  // newest position in slot j (< 0: never written)
-      vis[u] = j < LEN && ((held >= st && p - held < CTX) || j == own);
+      vis[u] = j < LEN && ring_slot_visible<CAP, CTX>(j, p, st);
       if (vis[u]) {
         load8(kb + base + (size_t)j * HD, kv[u]);
         load8(vb + base + (size_t)j * HD, vv[u]);
@@ -77,16 +75,10 @@
   for (int o = LPS; o < 32; o <<= 1) {
     const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
     const float l2 = __shfl_xor_sync(0xffffffffu, l, o);
-    const float mm = fmaxf(m, m2);
-    const float c1 = m == NEG ? 0.f : exp2f(m - mm);
-    const float c2 = m2 == NEG ? 0.f : exp2f(m2 - mm);
-    l = l * c1 + l2 * c2;
+    float a2[8];
 #pragma unroll
-    for (int t = 0; t < 8; ++t) {
-      const float a2 = __shfl_xor_sync(0xffffffffu, acc[t], o);
-      acc[t] = acc[t] * c1 + a2 * c2;
-    }
-    m = mm;
+    for (int t = 0; t < 8; ++t) a2[t] = __shfl_xor_sync(0xffffffffu, acc[t], o);
+    merge_softmax(m, l, acc, m2, l2, a2);
   }
   // merge the warps of the block
   __shared__ float sm_m[NW];

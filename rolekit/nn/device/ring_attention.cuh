@@ -1,12 +1,17 @@
+// One-position attention over a ring KV cache (`nn.ring_attention`'s contract): the slot rule,
+// online-softmax states in the log2 domain (scores pre-scaled by log2 e, so exp is exp2f), and the
+// temporal kernel's attention stages (split-K over the attended slots, then every block combines
+// the splits).
 
-__device__ inline void stamp(float* tm, int i) {
-  // block 0 writes the global timer (ns) after stage i
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    tm[2 * i] = __uint_as_float(static_cast<unsigned int>(t & 0xffffffffull));
-    tm[2 * i + 1] = __uint_as_float(static_cast<unsigned int>(t >> 32));
-  }
+template <int C, int CTX>
+__device__ inline bool ring_slot_visible(int j, int p, int st) {
+  // slot j of a ring of C slots after position p was written into slot p % C, for a row whose
+  // first position is st (its left padding): the newest position the slot holds, held =
+  // p - ((p - j + C) % C), is visible when held >= st and p - held < CTX; a row still in its
+  // padding (p < st) sees only the slot just written
+  if (p < st) return j == p % C;
+  const int held = p - ((p - j + C) % C);
+  return held >= st && p - held < CTX;
 }
 
 __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2, float l2, const float (&o2)[8]) {
@@ -21,7 +26,7 @@ __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2
 }
 
 template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
-__device__ inline void attention_stage(
+__device__ inline void ring_attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
     const int* start, const float* rope, float qscale, float* qs, float* kn, float* vn, float* rm,
     float* rl, float* ro, float* probe) {
@@ -84,8 +89,7 @@ __device__ inline void attention_stage(
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int j = jb + u * NW * SPW + grp;
-        const int held = p - ((p - j + C) % C);
-        ok[u] = j < j1 && (p < st ? j == cur : (held >= st && p - held < CTX));
+        ok[u] = j < j1 && ring_slot_visible<C, CTX>(j, p, st);
         if (ok[u] && j != cur) {
           load8s(kb + (size_t)j * HD, kv[u]);  // streamed, as the weights: read once a frame
           load8s(vb + (size_t)j * HD, vv[u]);
@@ -147,7 +151,7 @@ __device__ inline void attention_stage(
 }
 
 template <int B, int D, int H, int HD, int NSPLIT, int NT, bool SWZ>
-__device__ inline void combine_stage(const float* PM, const float* PL, const float* PO, float* xs, float* cw) {
+__device__ inline void ring_combine_stage(const float* PM, const float* PL, const float* PO, float* xs, float* cw) {
   // every block: the attention output [B, D] from the splits' partial states, into shared memory;
   // cw [B * H * NSPLIT] (shared) first takes each split's weight 2^(m_s - M) / L
   __syncthreads();
