@@ -1,6 +1,7 @@
-"""The CUDA source of a Mimi `Program`: the shared device code (`device/mimi_step.cuh`: staged
-products, grid barrier, attention, RVQ search, stamps) and one generated kernel body per program,
-a block of code per stage with a grid barrier between stages."""
+"""The CUDA source of a Mimi `Program`: Mimi's device code after the shared header set
+(`device/mimi_step.cuh`: staged products, cache shifts, window attention, LayerNorm statistics;
+`device/mimi_rvq.cuh`: the split RVQ search) and one generated kernel body per program, a block of
+code per stage with a grid barrier between stages."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from rolekit.codec.mimi_program import (
 )
 from rolekit.nn.cuda import device_code
 
-HEADER = device_code("rolekit.codec", "mimi_step.cuh")
+HEADER = device_code("rolekit.codec", "mimi_step.cuh") + device_code("rolekit.codec", "mimi_rvq.cuh")
 
 
 def _pow2_at_least(n: int) -> int:
@@ -238,17 +239,18 @@ class Emit:
         )
 
     def search(self, job: Search) -> str:
+        """Search stage `job.index` of the split RVQ (`rvq_*` of device/mimi_rvq.cuh): pick the codes the
+        last stage's candidates give (the first quantizer's after stage 0, the rest's after each),
+        update the rest's residual, then scan this stage's tables for new candidates."""
         s = self.p.search
         b, qd, k, n_search = self.p.b, s["qd"], s["k"], s["n"]
         idx = job.index
-        part = f"(S + ZS + {s['partials']})"
+        part = f"S + ZS + {s['partials']}"  # candidates [search stages, MAX_BLOCKS, 2, B, 2]
+        per_stage = MAX_BLOCKS * 2 * b * 2
         out = ["{\n"]
         if idx == 0:
             out.append(
-                f"  for (int i = threadIdx.x; i < {b * qd}; i += NT) {{ const int b = i / {qd}; const int d = i - b * {qd};\n"
-                f"    rsf[b][d] = __ldcg({s['rf'].ptr()} + (size_t)b * {qd} + d);\n"
-                f"    res[b][d] = __ldcg({s['rr'].ptr()} + (size_t)b * {qd} + d); }}\n"
-                "  __syncthreads();\n"
+                f"  rvq_start<{b}, {qd}, NT>({s['rf'].ptr()}, {s['rr'].ptr()}, &rsf[0][0], &res[0][0]);\n"
             )
         else:
             kinds = [
@@ -257,52 +259,24 @@ class Emit:
             for kind in kinds:
                 slot = 0 if kind == 0 else idx
                 out.append(
-                    f"  for (int b = warp; b < {b}; b += NW) {{ float bd = INFINITY; int bc = 0x7fffffff;\n"
-                    f"    for (int g = lane; g < (int)gridDim.x; g += 32) {{\n"
-                    f"      const float* e = {part} + ((((size_t){idx - 1} * {MAX_BLOCKS} + g) * 2 + {kind}) * {b} + b) * 2;\n"
-                    f"      const float dd = __ldcg(e); const int cc = __float_as_int(__ldcg(e + 1));\n"
-                    f"      if (better(dd, cc, bd, bc)) {{ bd = dd; bc = cc; }} }}\n"
-                    f"#pragma unroll\n"
-                    f"    for (int o = 16; o > 0; o >>= 1) {{ const float od = __shfl_xor_sync(0xffffffffu, bd, o);\n"
-                    f"      const int oc = __shfl_xor_sync(0xffffffffu, bc, o); if (better(od, oc, bd, bc)) {{ bd = od; bc = oc; }} }}\n"
-                    f"    if (lane == 0) {{ sel[{kind}][b] = bc; if (blockIdx.x == 0) codes[b * {k} + {slot}] = bc; }} }}\n"
-                    "  __syncthreads();\n"
+                    f"  rvq_pick<{b}, NW>({part} + {(idx - 1) * per_stage}, {kind}, sel[{kind}], codes, {k}, {slot});\n"
                 )
                 if kind == 1 and idx < n_search:  # the rest residual for the next table
-                    emb = s["tables"][idx][0]
-                    out.append(
-                        f"  for (int i = threadIdx.x; i < {b * qd}; i += NT) {{ const int b = i / {qd}; const int d = i - b * {qd};\n"
-                        f"    res[b][d] -= {emb}[(size_t)sel[1][b] * {qd} + d]; }}\n"
-                        "  __syncthreads();\n"
-                    )
+                    out.append(f"  rvq_subtract<{b}, {qd}, NT>(&res[0][0], {s['tables'][idx][0]}, sel[1]);\n")
         if idx < n_search:
             searched = []
             if idx == 0:
                 searched.append((0, s["tables"][0], "rsf"))
             if idx < k - 1:
                 searched.append((1, s["tables"][idx + 1], "res"))
-            out.append(
-                f"  for (int i = threadIdx.x; i < NW * 2 * {b}; i += NT) {{ (&wbd[0][0][0])[i] = INFINITY; (&wbc[0][0][0])[i] = 0x7fffffff; }}\n"
-                "  __syncthreads();\n"
-            )
-            bins = s["bins"]
+            out.append(f"  rvq_clear<{b}, NW>(&wbd[0][0][0], &wbc[0][0][0]);\n")
             for kind, (emb, norms), vec in searched:
                 out.append(
-                    f"  for (int task = blockIdx.x * NW + warp; task < {b * bins}; task += gridDim.x * NW) {{\n"
-                    f"    const int b = task / {bins}; const int c = task - b * {bins};\n"
-                    f"    const float* e = {emb} + (size_t)c * {qd}; float acc = 0.f;\n"
-                    f"    for (int d = lane; d < {qd}; d += 32) acc = fmaf({vec}[b][d], e[d], acc);\n"
-                    f"    const float dist = {norms}[c] - 2.f * warp_sum1(acc);\n"
-                    f"    if (lane == 0 && better(dist, c, wbd[warp][{kind}][b], wbc[warp][{kind}][b])) {{\n"
-                    f"      wbd[warp][{kind}][b] = dist; wbc[warp][{kind}][b] = c; }} }}\n"
+                    f"  rvq_scan<{b}, {qd}, {s['bins']}, NW>(&{vec}[0][0], {emb}, {norms}, {kind}, "
+                    "&wbd[0][0][0], &wbc[0][0][0]);\n"
                 )
             out.append(
-                "  __syncthreads();\n"
-                f"  if (threadIdx.x < 2 * {b}) {{ const int kind = threadIdx.x / {b}; const int b = threadIdx.x % {b};\n"
-                "    float bd = INFINITY; int bc = 0x7fffffff;\n"
-                "    for (int w = 0; w < NW; ++w) if (better(wbd[w][kind][b], wbc[w][kind][b], bd, bc)) { bd = wbd[w][kind][b]; bc = wbc[w][kind][b]; }\n"
-                f"    float* e = {part} + ((((size_t){idx} * {MAX_BLOCKS} + blockIdx.x) * 2 + kind) * {b} + b) * 2;\n"
-                "    e[0] = bd; e[1] = __int_as_float(bc); }\n"
+                f"  rvq_block_best<{b}, NW>(&wbd[0][0][0], &wbc[0][0][0], {part} + {idx * per_stage});\n"
             )
         out.append("}\n")
         return "".join(out)

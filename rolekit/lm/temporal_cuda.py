@@ -168,16 +168,16 @@ def pipeline(packed: Packed, b: int, d: int, f: int, dtype: mx.Dtype, tune: Tuni
     ok = ok and all((k * bits // 32) % 4 == 0 and (k // group * size) % 4 == 0 for k in (d, f))
     if not ok:
         return Pipeline(0, 0, 0, 0, xs)
-    vpc = 128 // bits
-    sums = -(-(b * max(d, f) // vpc) // 4) * 4
-    scale_bytes = 32 * vpc // group * size
+    lane_values = 128 // bits
+    sums = -(-(b * max(d, f) // lane_values) // 4) * 4
+    scale_bytes = 32 * lane_values // group * size
     slot_words = 128 + 2 * (-(-scale_bytes // 16) * 4)
     room = (shared_optin() or 48 * 1024) - _STATIC_SMEM - xs - 4 * sums
     per_stage = (tune.threads // 32) * slot_words * 4
     stages = min(tune.stages, room // per_stage)
     if stages < 2:
         return Pipeline(0, 0, 0, 0, xs)
-    return Pipeline(stages, vpc, sums, slot_words, xs + 4 * sums + stages * per_stage)
+    return Pipeline(stages, lane_values, sums, slot_words, xs + 4 * sums + stages * per_stage)
 
 
 # ---- the call ------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ FAMILIES = ("wq", "wo", "wi", "wd")  # in_proj, out_proj, gating linear_in, gati
 class Pipeline:
     """How the kernel's quantized products read their weights: `stages` slots of each warp's
     cp.async ring (`nn.grid.rows_async`; 0: the register path `rows_quant`), the values of one
-    lane's 16 bytes (`vpc`), the floats of the chunk sums and the words of a ring slot, and the
+    lane's 16 bytes (`lane_values`), the floats of the chunk sums and the words of a ring slot, and the
     dynamic shared memory in all (stage input [B, max(D, F)] fp32, chunk sums, rings)."""
 
     stages: int
-    vpc: int
+    lane_values: int
     sums: int
     slot_words: int
     smem: int
@@ -51,14 +51,14 @@ def _rows_call(
     g = "true" if gate else "false"
     if stages and bits:
         return (
-            f"    rows_async<{n}, {k}, B, {g}, NT, {bits}, {group}, ST>"
+            f"    rows_async<{n}, {k}, B, {g}, NT, {bits}, {group}, SLOTS>"
             f"({name}, {name}_s, {name}_b, {row0}, xs, sums, ring, {epi});\n"
         )
     paired = ", true" if pairs and not gate else ""  # two output rows a warp at a time
     if bits == 0:
         return f"    rows_dense<{n}, {k}, B, {g}, NT{paired}>({name}, {row0}, xs, {epi});\n"
     return (
-        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, UQ{paired}>"
+        f"    rows_quant<{n}, {k}, B, {g}, NT, {bits}, {group}, WORDS_IN_FLIGHT{paired}>"
         f"({name}, {name}_s, {name}_b, {row0}, xs, {epi});\n"
     )
 
@@ -114,13 +114,13 @@ def source(
         f"  constexpr int CTX = {ctx};\n  constexpr int LEN = {length};\n",
         f"  constexpr int NSPLIT = {nsplit};\n  constexpr int CHUNK = {chunk};\n",
         f"  constexpr int NT = {tune.threads};\n  constexpr int NW = NT / 32;\n",
-        f"  constexpr int UQ = {tune.words};\n  constexpr int SLOT_U = {tune.slot_passes};\n",
+        f"  constexpr int WORDS_IN_FLIGHT = {tune.words};\n  constexpr int SLOT_U = {tune.slot_passes};\n",
         f"  constexpr bool PREFETCH = {'true' if tune.prefetch else 'false'};\n",
         f"  constexpr bool PROBE = {'true' if tune.probe else 'false'};\n",
         f"  constexpr float EPS = {float(eps)!r}f;\n  constexpr int CONTROL = {CONTROL};\n",
         f"  const float QSCALE = {hd**-0.5 * _LOG2E!r}f;\n",
-        f"  constexpr int ST = {st};\n  constexpr bool SWZ = {swz};\n  constexpr int VPC = {plan.vpc or 32};\n",
-        f"  constexpr int SUMS = {plan.sums};  // ST: floats of the chunk sums\n",
+        f"  constexpr int SLOTS = {st};\n  constexpr bool SWZ = {swz};\n  constexpr int LANE_VALUES = {plan.lane_values or 32};\n",
+        f"  constexpr int SUMS = {plan.sums};  // SLOTS > 0: floats of the chunk sums\n",
         f"  const T* const ring_keys[L] = {{{kp}}};\n  const T* const ring_values[L] = {{{vp}}};\n",
         _SETUP,
         "  for (int l = 0; l < L; ++l) {\n    stage_qkv_input(l);\n",
@@ -148,14 +148,14 @@ def source(
         f"        PROBE ? TM + 2 * (10 * L + 2) + {2 * PROBES} * l : nullptr);\n"
         + _barrier("5 * l + 1")
         + "    ring_combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>(PM, PL, PO, xs, cw);\n"
-        + "    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);\n"
+        + "    if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);\n"
     )
     add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
     out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, pairs, st))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
     out.append(_barrier("5 * l + 2"))
     out.append("    stage<D, B, NT, true, SWZ>(xs, X, n2 + (size_t)l * D, EPS);\n")
-    out.append("    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);\n")
+    out.append("    if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);\n")
     out.append(
         _rows_call(
             "wi",
@@ -172,7 +172,7 @@ def source(
     out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, pairs))
     out.append(_barrier("5 * l + 3"))
     out.append("    stage<F, B, NT, false, SWZ>(xs, G, (const float*)nullptr, 0.f);\n")
-    out.append("    if constexpr (ST > 0) chunk_sums<B, F, NT, VPC>(xs, sums);\n")
+    out.append("    if constexpr (SLOTS > 0) chunk_sums<B, F, NT, LANE_VALUES>(xs, sums);\n")
     out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, pairs, st))
     out.append(
         "    if (l + 1 < L) {\n"

@@ -100,8 +100,12 @@ def test_source_has_a_stage_per_layer_step_and_the_prefetches():
     src = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8)
     assert src.count("grid_sync(bar, epoch);") == 5  # five stages in the layer loop body
     # gated linear_in two rows a warp by its gate, the other three by pairs of rows
-    assert src.count("rows_quant<") == 4 and src.count(", UQ, true>(") == 3 and "rows_dense" not in src
-    assert "rows_quant<3 * D, D, B, false, NT, 4, 64, UQ, true>(wq, wq_s, wq_b" in src
+    assert (
+        src.count("rows_quant<") == 4
+        and src.count(", WORDS_IN_FLIGHT, true>(") == 3
+        and "rows_dense" not in src
+    )
+    assert "rows_quant<3 * D, D, B, false, NT, 4, 64, WORDS_IN_FLIGHT, true>(wq, wq_s, wq_b" in src
     # four families, weights + scales + biases, both halves of the three paired ones
     assert src.count("prefetch_l2<NT>(") == 7 * 3
     assert src.count("if constexpr (PREFETCH)") == 7 and "constexpr bool PREFETCH = true;" in src
@@ -139,7 +143,7 @@ def test_weight_pipeline_plan(monkeypatch):
     four = tc.pipeline(_packed(4), 4, d, f, mx.bfloat16, ts.Tuning())
     assert four.stages == 3 and four.smem <= 232448 - tc._STATIC_SMEM  # the stage input takes 176 KB
     q8 = tc.pipeline(_packed(8), 1, d, f, mx.float32, ts.Tuning(threads=256))
-    assert (q8.stages, q8.vpc, q8.slot_words) == (8, 16, 128 + 2 * 8)  # 8 groups of fp32 scales
+    assert (q8.stages, q8.lane_values, q8.slot_words) == (8, 16, 128 + 2 * 8)  # 8 groups of fp32 scales
     for packed in (_packed(0, 0), _packed(4, wd_bits=8)):
         assert tc.pipeline(packed, 1, d, f, mx.bfloat16, ts.Tuning()).stages == 0
     assert tc.pipeline(_packed(4), 1, d, f, mx.bfloat16, ts.Tuning(stages=0)).stages == 0
@@ -154,14 +158,14 @@ def test_source_with_the_weight_pipeline():
     plan = tc.Pipeline(8, 32, 352, 144, 0)
     src = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8, ts.Tuning(), plan)
     assert src.count("rows_async<") == 4 and "rows_quant" not in src
-    assert "rows_async<F, D, B, true, NT, 4, 64, ST>(wi, wi_s, wi_b" in src  # gated linear_in
+    assert "rows_async<F, D, B, true, NT, 4, 64, SLOTS>(wi, wi_s, wi_b" in src  # gated linear_in
     assert src.count("chunk_sums<") == 4  # after each of the four stage inputs
-    assert "constexpr int ST = 8;" in src and "constexpr bool SWZ = true;" in src
+    assert "constexpr int SLOTS = 8;" in src and "constexpr bool SWZ = true;" in src
     assert "ring_combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>" in src and "stage<F, B, NT, false, SWZ>" in src
     assert src.count("prefetch_l2<NT>(") == 4 * 3  # one wave of rows per family, no halves
     assert "constexpr int SUMS = 352;" in src  # the rings start after the chunk sums
     plain = ts.source(shape, tuple((n, 4, 64) for n in tc.FAMILIES), 1e-8)
-    assert "constexpr int ST = 0;" in plain and "constexpr bool SWZ = false;" in plain
+    assert "constexpr int SLOTS = 0;" in plain and "constexpr bool SWZ = false;" in plain
 
 
 def test_launch_bounds_header():

@@ -326,7 +326,3 @@ __device__ inline void ln_stats(const float* src, int rows_alloc, int to, int nr
     __syncthreads();
   }
 }
-
-__device__ inline bool better(float d, int c, float bd, int bc) {
-  return d < bd || (d == bd && c < bc);
-}

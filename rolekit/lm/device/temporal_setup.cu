@@ -2,10 +2,10 @@
 // pointers `ring_keys` / `ring_values` [L] before it, the layer loop after it): shared memory, the
 // scratch's layout after the barrier's CONTROL words, the step's position and rows' padding read
 // once, the residual stream X from x, and `stage_qkv_input`.
-  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when ST)
-  float* sums = xs + B * (D > F ? D : F);  // ST: [B, K / VPC] chunk sums of the stage input
-  uint32_t* ring = reinterpret_cast<uint32_t*>(sums + SUMS);  // ST: [NW, ST, slot] weight rings
-  (void)sums; (void)ring; (void)UQ;
+  extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when SLOTS > 0)
+  float* sums = xs + B * (D > F ? D : F);  // SLOTS > 0: [B, K / LANE_VALUES] chunk sums of the stage input
+  uint32_t* ring = reinterpret_cast<uint32_t*>(sums + SUMS);  // SLOTS > 0: [NW, SLOTS, slot] weight rings
+  (void)sums; (void)ring; (void)WORDS_IN_FLIGHT;
   __shared__ float qs[HD], kn[HD], vn[HD];
   __shared__ float rm[NW], rl[NW];
   __shared__ float ro[NW * HD];
@@ -41,5 +41,5 @@
     } else {
       stage<D, B, NT, true, SWZ>(xs, X, n1 + (size_t)l * D, EPS);
     }
-    if constexpr (ST > 0) chunk_sums<B, D, NT, VPC>(xs, sums);
+    if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);
   };

@@ -130,7 +130,8 @@ __device__ inline void quant_values(uint32_t w, float (&v)[32 / BITS]) {
   }
 }
 
-template <int K, int B, bool GATE, int BITS, int GS, typename S, int UQ = 8>  // UQ: words in flight per lane
+// WORDS_IN_FLIGHT: the words a lane loads before it multiplies any
+template <int K, int B, bool GATE, int BITS, int GS, typename S, int WORDS_IN_FLIGHT = 8>
 __device__ inline void dot_quant(
     const uint32_t* wr, const uint32_t* wr2, const S* s1, const S* b1, const S* s2, const S* b2,
     const float* xs, int lane, float (&acc)[B], float (&acc2)[B]) {
@@ -139,16 +140,15 @@ __device__ inline void dot_quant(
   // words (coalesced) and consecutive activations (float4 reads of shared memory, 2-way at most).
   // The values q are built once per word by `quant_values` (mantissa bits, no int-to-float
   // conversion), then each row b takes s * sum(q x) + b * sum(x) over the word: one FFMA per value
-  // and a pairwise input sum (PER_WORD - 1 FADD). (Byte permutes with input sums precomputed in
-  // shared memory, an earlier variant, measured slower on an H100 than int-to-float conversions.)
+  // and a pairwise input sum (PER_WORD - 1 FADD).
   constexpr int PER_WORD = 32 / BITS;
   constexpr int KW = K / PER_WORD;
-  constexpr bool FULL = KW % (32 * UQ) == 0;  // no partial chunk: no bounds test (freer scheduling)
-  for (int c0 = 0; c0 < KW; c0 += 32 * UQ) {
-    uint32_t q[UQ];
-    uint32_t q2[UQ];
+  constexpr bool FULL = KW % (32 * WORDS_IN_FLIGHT) == 0;  // no partial chunk: no bounds test
+  for (int c0 = 0; c0 < KW; c0 += 32 * WORDS_IN_FLIGHT) {
+    uint32_t q[WORDS_IN_FLIGHT];
+    uint32_t q2[WORDS_IN_FLIGHT];
 #pragma unroll
-    for (int u = 0; u < UQ; ++u) {
+    for (int u = 0; u < WORDS_IN_FLIGHT; ++u) {
       const int c = c0 + u * 32 + lane;
       if (FULL || c < KW) {
         q[u] = __ldcs(wr + c);  // streamed: read once a frame, first out of L2
@@ -156,7 +156,7 @@ __device__ inline void dot_quant(
       }
     }
 #pragma unroll
-    for (int u = 0; u < UQ; ++u) {
+    for (int u = 0; u < WORDS_IN_FLIGHT; ++u) {
       const int c = c0 + u * 32 + lane;
       if (FULL || c < KW) {
         const int gi = (c * PER_WORD) / GS;

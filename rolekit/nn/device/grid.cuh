@@ -45,8 +45,8 @@ __device__ inline void stamp(float* times, int i) {
 template <int K, int B, int NT, bool NORM, bool SWZ = false, typename G>
 __device__ inline void stage(float* xs, const float* src, const G* g, float eps) {
   // this block's copy of the stage input [B, K] (written by other blocks: read through L2), 16
-  // bytes a load and up to 8 loads in flight per thread (one at a time waited ~1 us of L2 latency
-  // per 256 floats of a block)
+  // bytes a load and up to 8 loads in flight per thread (one at a time would wait an L2 latency
+  // per load)
   static_assert((B * K) % 4 == 0, "float4 staging");
   constexpr int N4 = B * K / 4;
   constexpr int PER = (N4 + NT - 1) / NT;
@@ -106,24 +106,25 @@ template <int BITS, int GS, typename S>
 struct Unit {
   // a warp's unit of the pipeline: 512 bytes of one packed row (16 per lane), then the scales and
   // the biases of the groups they hold (each padded to 16 bytes)
-  static constexpr int VPC = 128 / BITS;                 // values of a lane's 16 bytes
-  static constexpr int GROUPS = 32 * VPC / GS;
+  static constexpr int LANE_VALUES = 128 / BITS;         // values of a lane's 16 bytes
+  static constexpr int GROUPS = 32 * LANE_VALUES / GS;
   static constexpr int SB = GROUPS * (int)sizeof(S);     // bytes of the unit's scales
   static constexpr int SW = SB / 4;                      // as 4-byte copies
   static constexpr int SPAD = (SB + 15) / 16 * 4;        // words
-  static constexpr int WORDS = 128 + 2 * SPAD;           // words of a pipeline slot
+  static constexpr int SLOT_WORDS = 128 + 2 * SPAD;      // words of a pipeline slot
 };
 
-template <int B, int K, int NT, int VPC>
+template <int B, int K, int NT, int LANE_VALUES>
 __device__ inline void chunk_sums(const float* xs, float* sums) {
-  // sums [B, K / VPC]: each lane chunk's input sum (the bias term), from a swizzled stage input
+  // sums [B, K / LANE_VALUES]: each lane chunk's input sum (the bias term), from a swizzled
+  // stage input
   const float4* x4 = reinterpret_cast<const float4*>(xs);
-  for (int i = threadIdx.x; i < B * K / VPC; i += NT) {
-    const int f0 = i * (VPC / 4);
+  for (int i = threadIdx.x; i < B * K / LANE_VALUES; i += NT) {
+    const int f0 = i * (LANE_VALUES / 4);
     const int m = (f0 >> 3) & 7;
     float s = 0.f;
 #pragma unroll
-    for (int j = 0; j < VPC / 4; ++j) {
+    for (int j = 0; j < LANE_VALUES / 4; ++j) {
       const float4 v = x4[(f0 + j) ^ m];
       s += (v.x + v.y) + (v.z + v.w);
     }
@@ -137,10 +138,10 @@ __device__ inline void unit_dot(const uint32_t* slot, int c, int lane, const flo
   // lane's 16 bytes (chunk c of the row) against each row b of the swizzled input:
   // r[b] = s * sum(q x) + bias * sum(x)
   using U = Unit<BITS, GS, S>;
-  constexpr int VPC = U::VPC;
+  constexpr int LANE_VALUES = U::LANE_VALUES;
   constexpr int PW = 32 / BITS;
   const uint4 q = reinterpret_cast<const uint4*>(slot)[lane];
-  const int g = (lane * VPC) / GS;
+  const int g = (lane * LANE_VALUES) / GS;
   const float s = static_cast<float>(reinterpret_cast<const S*>(slot + 128)[g]);
   const float bb = static_cast<float>(reinterpret_cast<const S*>(slot + 128 + U::SPAD)[g]);
   float qv[4][PW];
@@ -151,11 +152,11 @@ __device__ inline void unit_dot(const uint32_t* slot, int c, int lane, const flo
   const float4* x4 = reinterpret_cast<const float4*>(xs);
 #pragma unroll
   for (int b = 0; b < B; ++b) {
-    const int f0 = (b * K + c * VPC) / 4;
+    const int f0 = (b * K + c * LANE_VALUES) / 4;
     const int m = (f0 >> 3) & 7;
     float d0 = 0.f, d1 = 0.f;
 #pragma unroll
-    for (int j = 0; j < VPC / 4; ++j) {
+    for (int j = 0; j < LANE_VALUES / 4; ++j) {
       const float4 xv = x4[(f0 + j) ^ m];
       const int e = 4 * j;
       d0 = fmaf(qv[e / PW][e % PW], xv.x, d0);
@@ -163,16 +164,16 @@ __device__ inline void unit_dot(const uint32_t* slot, int c, int lane, const flo
       d0 = fmaf(qv[(e + 2) / PW][(e + 2) % PW], xv.z, d0);
       d1 = fmaf(qv[(e + 3) / PW][(e + 3) % PW], xv.w, d1);
     }
-    r[b] = fmaf(s, d0 + d1, bb * sums[(b * K) / VPC + c]);
+    r[b] = fmaf(s, d0 + d1, bb * sums[(b * K) / LANE_VALUES + c]);
   }
 }
 
-template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int ST, typename S, typename E>
+template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int SLOTS, typename S, typename E>
 __device__ inline void rows_async(
     const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, const float* sums,
     uint32_t* ring, E epi) {
-  // rows_quant with the weights streamed through a per-warp ring of ST slots in shared memory
-  // (cp.async): ST units of 512 bytes in flight per warp at all times, across row boundaries,
+  // rows_quant with the weights streamed through a per-warp ring of SLOTS slots in shared memory
+  // (cp.async): SLOTS units of 512 bytes in flight per warp at all times, across row boundaries,
   // without holding them in registers. Each lane reads back its own 16 bytes (32 q4 values of one
   // group), the input from a swizzled stage (`stage<..., SWZ>`) and the chunk sums (`chunk_sums`).
   // GATE: output row r takes row r (u) then row N + r (w) of the family, silu(u) * w.
@@ -184,12 +185,12 @@ __device__ inline void rows_async(
   constexpr int UPO = GATE ? 2 * UPR : UPR;
   constexpr int NGB = (K / GS) * (int)sizeof(S);
   constexpr bool FULL = CH % 32 == 0;
-  static_assert(KW % 4 == 0 && NGB % 4 == 0 && (32 * U::VPC) % GS == 0, "rows_async layout");
+  static_assert(KW % 4 == 0 && NGB % 4 == 0 && (32 * U::LANE_VALUES) % GS == 0, "rows_async layout");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int gw = blockIdx.x * NW + warp;
   const int gn = gridDim.x * NW;
   const int total = gw < N ? ((N - 1 - gw) / gn + 1) * UPO : 0;
-  uint32_t* wring = ring + warp * ST * U::WORDS;
+  uint32_t* wring = ring + warp * SLOTS * U::SLOT_WORDS;
   const uint64_t pol = evict_first_policy();
   int irow = gw, ik = 0;  // the next unit to copy: output row, unit of it
   auto issue = [&](int i) {
@@ -197,7 +198,7 @@ __device__ inline void rows_async(
       const bool part = GATE && ik >= UPR;
       const int u = part ? ik - UPR : ik;
       const size_t r = row0 + (part ? (size_t)N : (size_t)0) + irow;
-      uint32_t* dst = wring + (i % ST) * U::WORDS;
+      uint32_t* dst = wring + (i % SLOTS) * U::SLOT_WORDS;
       const int c = u * 32 + lane;
       if (FULL || c < CH) cp_async16(dst + 4 * lane, w + r * KW + 4 * c, pol);
       for (int t = lane; t < 2 * U::SW; t += 32) {
@@ -213,19 +214,19 @@ __device__ inline void rows_async(
     cp_commit();
   };
 #pragma unroll
-  for (int i = 0; i < ST; ++i) issue(i);
+  for (int i = 0; i < SLOTS; ++i) issue(i);
   float acc[B], acc2[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
   int crow = gw, ck = 0;  // the unit being summed
   for (int i = 0; i < total; ++i) {
-    cp_wait<ST - 1>();
+    cp_wait<SLOTS - 1>();
     __syncwarp();
     const bool part = GATE && ck >= UPR;
     const int c = (part ? ck - UPR : ck) * 32 + lane;
     if (FULL || c < CH) {
       float r[B];
-      unit_dot<K, B, BITS, GS, S>(wring + (i % ST) * U::WORDS, c, lane, xs, sums, r);
+      unit_dot<K, B, BITS, GS, S>(wring + (i % SLOTS) * U::SLOT_WORDS, c, lane, xs, sums, r);
       if (part) {
 #pragma unroll
         for (int b = 0; b < B; ++b) acc2[b] += r[b];
@@ -235,7 +236,7 @@ __device__ inline void rows_async(
       }
     }
     __syncwarp();
-    issue(i + ST);
+    issue(i + SLOTS);
     if (++ck == UPO) {
       finish_row<B, GATE>(acc, acc2, lane, crow, epi);
 #pragma unroll
@@ -266,10 +267,12 @@ __device__ inline void rows_dense(const W* w, size_t row0, const float* xs, E ep
   }
 }
 
-template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int UQ, bool PAIRS = false, typename S, typename E>
+template <int N, int K, int B, bool GATE, int NT, int BITS, int GS, int WORDS_IN_FLIGHT, bool PAIRS = false,
+          typename S, typename E>
 __device__ inline void rows_quant(
     const uint32_t* w, const S* sc, const S* bi, size_t row0, const float* xs, E epi) {
-  // rows_dense's contract for MLX's affine q4 / q8 rows (`dot_quant`, UQ words in flight per lane)
+  // rows_dense's contract for MLX's affine q4 / q8 rows (`dot_quant`: WORDS_IN_FLIGHT words in
+  // flight per lane)
   static_assert(!PAIRS || (!GATE && N % 2 == 0), "pairs: not gated, N even");
   constexpr int NW = NT / 32;
   constexpr int KW = K * BITS / 32;
@@ -282,8 +285,9 @@ __device__ inline void rows_quant(
 #pragma unroll
     for (int b = 0; b < B; ++b) { acc[b] = 0.f; acc2[b] = 0.f; }
     const size_t r1 = row0 + row, r2 = row0 + SECOND + row;
-    dot_quant<K, B, GATE || PAIRS, BITS, GS, S, UQ>(w + r1 * KW, w + r2 * KW, sc + r1 * NG, bi + r1 * NG,
-                                                   sc + r2 * NG, bi + r2 * NG, xs, lane, acc, acc2);
+    dot_quant<K, B, GATE || PAIRS, BITS, GS, S, WORDS_IN_FLIGHT>(w + r1 * KW, w + r2 * KW, sc + r1 * NG,
+                                                                 bi + r1 * NG, sc + r2 * NG, bi + r2 * NG, xs,
+                                                                 lane, acc, acc2);
     finish_row<B, GATE, PAIRS>(acc, acc2, lane, row, epi, TASKS);
   }
 }

@@ -25,6 +25,21 @@ __device__ inline void merge_softmax(float& m, float& l, float (&o)[8], float m2
   m = M;
 }
 
+template <int LPS>
+__device__ inline void merge_slot_groups(float& m, float& l, float (&o)[8]) {
+  // the states of a warp's 32 / LPS lane groups (a group of LPS lanes reads one slot, 8 dims a
+  // lane) into one, in every lane: lanes with the same dims merge through shuffles
+#pragma unroll
+  for (int off = LPS; off < 32; off <<= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+    const float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+    float o2[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) o2[t] = __shfl_xor_sync(0xffffffffu, o[t], off);
+    merge_softmax(m, l, o, m2, l2, o2);
+  }
+}
+
 template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
 __device__ inline void ring_attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
@@ -117,15 +132,7 @@ __device__ inline void ring_attention_stage(
     }
     if (probe && item == blockIdx.x) stamp(probe, 3);
     // the warp's slot groups, then the block's warps
-#pragma unroll
-    for (int off = LPS; off < 32; off <<= 1) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
-      const float l2 = __shfl_xor_sync(0xffffffffu, l, off);
-      float o2[8];
-#pragma unroll
-      for (int t = 0; t < 8; ++t) o2[t] = __shfl_xor_sync(0xffffffffu, o[t], off);
-      merge_softmax(m, l, o, m2, l2, o2);
-    }
+    merge_slot_groups<LPS>(m, l, o);
     if (grp == 0) {
 #pragma unroll
       for (int t = 0; t < 8; ++t) ro[warp * HD + sub * 8 + t] = o[t];

@@ -70,16 +70,7 @@
       m = mnew;
     }
   }
-  // merge the lane groups of a warp (lanes with the same `sub`)
-#pragma unroll
-  for (int o = LPS; o < 32; o <<= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-    const float l2 = __shfl_xor_sync(0xffffffffu, l, o);
-    float a2[8];
-#pragma unroll
-    for (int t = 0; t < 8; ++t) a2[t] = __shfl_xor_sync(0xffffffffu, acc[t], o);
-    merge_softmax(m, l, acc, m2, l2, a2);
-  }
+  merge_slot_groups<LPS>(m, l, acc);  // the lane groups of a warp (lanes with the same `sub`)
   // merge the warps of the block
   __shared__ float sm_m[NW];
   __shared__ float sm_l[NW];
