@@ -1,6 +1,6 @@
 """Ring attention before the wrap (rolekit.nn.ring_attention): on CPU the MLX fallback against a
 plain numpy masked softmax over a simulated ring, the CUDA switch, and the kernels' launch plan and
-source rules (the kernels themselves run only on a CUDA GPU: `check_ring_attention` there)."""
+source rules; on a CUDA GPU (`gpu` marker) the kernels against the same numpy reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from benchmarks.attention import check_ring_attention
 from rolekit.nn import ring_attention as ra
 from rolekit.nn.attention import padded_mask, ring_positions
 
@@ -174,25 +173,51 @@ def test_kernel_sources():
     assert a != b and f"{128**-0.5 * ra._LOG2E!r}f" in a
 
 
-def test_check_ring_attention_on_cpu():
-    rows = check_ring_attention()
-    assert len(rows) == 38
-    assert any(r["case"].startswith("growing") for r in rows)
-    assert {r["dtype"] for r in rows} == {"bfloat16", "float32"}
-    assert any(r["case"].startswith("wrapped") for r in rows)
-    assert any("H32" in r["case"] for r in rows)
-    for r in rows:
-        assert r["ran"] is False, r
-        assert r["ok"] is True, r
-        assert r["rel_err"] == r["mlx_rel_err"], r  # on CPU both are the MLX path
-        assert r["rel_err"] < (1e-2 if r["dtype"] == "bfloat16" else 1e-4), r
+# name, start, heads, ring slots C, pos, context, attended length: the kernels' head dim (128), the
+# lengths the compiled step attends (powers of two >= 256 before the wrap, C after it)
+GPU_CASES = [
+    (f"B{len(start)}-H4-C{cap}-pos{pos}", start, 4, cap, pos, cap, length)
+    for cap, steps in (
+        (512, ((0, 256), (5, 256), (300, 512))),
+        (4096, ((0, 256), (5, 256), (300, 512), (3000, 4096))),
+    )
+    for start in ([0], [0, 37])
+    for pos, length in steps
+] + [
+    ("B2-H32-C4096-pos300", [0, 37], 32, 4096, 300, 4096, 512),
+    ("B1-H32-C4096-pos3000", [0], 32, 4096, 3000, 4096, 4096),
+    ("wrapped-B2-H4-C512-ctx400-pos700", [0, 37], 4, 512, 700, 400, 512),
+    ("wrapped-padded-B2-H4-C512-ctx400-pos700", [0, 650], 4, 512, 700, 400, 512),
+    # a growing ring (`LmCache.reserve`) smaller than the context, before it is grown again
+    ("growing-B2-H32-C512-ctx3000-pos500", [0, 37], 32, 512, 500, 3000, 512),
+]
 
 
 @pytest.mark.gpu
-def test_ring_attention_kernels_on_cuda_match_fp32():
-    """Before the wrap and wrapped, bf16 and fp32, padded rows: every case ran the kernels and is
-    within 1e-2 (bf16) / 1e-4 (fp32) of an fp32 reference (`benchmarks.attention`)."""
-    from benchmarks.attention import check_ring_attention
+@pytest.mark.parametrize("dtype,tol", [(mx.bfloat16, 1e-2), (mx.float32, 1e-4)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("name,start,heads,cap,pos,context,length", GPU_CASES, ids=[c[0] for c in GPU_CASES])
+def test_ring_attention_kernels_on_cuda_match_numpy(
+    name, start, heads, cap, pos, context, length, dtype, tol
+):
+    """The two CUDA kernels, before the wrap and wrapped, padded rows: within 1e-2 (bf16) / 1e-4
+    (fp32), relative, of the numpy reference over the dtype-rounded inputs. Ring slots past
+    `length` hold NaN: a kernel reading them fails."""
+    from rolekit.nn.kernels import Kernels
 
-    rows = check_ring_attention()
-    assert all(r["ran"] and r["ok"] for r in rows), [r for r in rows if not (r["ran"] and r["ok"])]
+    rng = np.random.default_rng(len(name))
+    batch, dim = len(start), 128
+    q_np = rng.standard_normal((batch, heads, 1, dim), dtype=np.float32)
+    rings = [np.full((batch, heads, cap, dim), np.nan, dtype=np.float32) for _ in range(2)]
+    for ring in rings:
+        ring[:, :, :length] = rng.standard_normal((batch, heads, length, dim), dtype=np.float32)
+    q, k, v = (mx.array(a).astype(dtype) for a in (q_np, *rings))
+    assert Kernels.for_device().ring_attention and ra.covers(q, k, v, length, context)
+    start_mx = mx.array(np.asarray(start, dtype=np.int32))
+    pos_mx = mx.array(pos, dtype=mx.int32)
+    out = ra.masked_step_attention(q, k, v, pos_mx, start_mx, context, length, dim**-0.5, use_kernel=True)
+    assert out.shape == (batch, heads, 1, dim) and out.dtype == dtype
+    got = np.array(out.astype(mx.float32)).astype(np.float64)
+    rounded = [np.array(a.astype(mx.float32)) for a in (q, k[:, :, :length], v[:, :, :length])]
+    want = numpy_attention(*rounded, simulated_visible(pos, start, cap, context, length), dim**-0.5)
+    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert np.isfinite(got).all() and err < tol, err
