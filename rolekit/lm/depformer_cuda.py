@@ -40,7 +40,15 @@ import mlx.nn as nn
 from rolekit.lm.depformer_source import HEADER, THREADS, source
 from rolekit.lm.sampling import SamplingParams, Scalar, split_keys
 from rolekit.nn.cuda import sm_count
-from rolekit.nn.grid import CONTROL, Mat, mat_ok, persistent_kernel, shared_memory, stack_linears
+from rolekit.nn.grid import (
+    CONTROL,
+    Mat,
+    family_inputs,
+    mat_ok,
+    persistent_kernel,
+    shared_memory,
+    stack_linears,
+)
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 
 MAX_ROWS = 4
@@ -194,15 +202,11 @@ def launch(
     for name, arr in norms:
         names.append(name)
         inputs.append(arr)
-    for name, m in mats:
-        names.append(name)
-        inputs.append(m.w)
-        if m.bits:
-            names += [f"{name}_s", f"{name}_b"]
-            inputs += [m.scales, m.biases]
+    weight_names, weights, bits = family_inputs(mats)
+    names += weight_names
+    inputs += weights
     shape = _shape_key(cfg)
     layout = _Layout(shape, b, steps)
-    bits = tuple((name, m.bits, m.group) for name, m in mats)
     kmax = max(cfg.dim, cfg.depformer_hidden, cfg.depformer_dim)
     smem = b * kmax * 4  # the stage inputs
     smem = shared_memory(smem, _STATIC_SMEM)

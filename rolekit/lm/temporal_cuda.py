@@ -58,6 +58,7 @@ from rolekit.nn.cuda import shared_optin, sm_count
 from rolekit.nn.grid import (
     CONTROL,
     Mat,
+    family_inputs,
     mat_ok,
     persistent_kernel,
     shared_memory,
@@ -208,18 +209,13 @@ def launch(
     names = ["x", "pos", "start", "rope", "n1", "n2"]
     rope = rope_table(pos, start, cfg.dim // cfg.num_heads, lm.transformer.layers[0].self_attn.max_period)
     inputs = [x, pos.reshape(1).astype(mx.int32), start.astype(mx.int32), rope, packed.norm1, packed.norm2]
-    for name in FAMILIES:
-        m = packed.mats[name]
-        names.append(name)
-        inputs.append(m.w)
-        if m.bits:
-            names += [f"{name}_s", f"{name}_b"]
-            inputs += [m.scales, m.biases]
+    weight_names, weights, bits = family_inputs([(n, packed.mats[n]) for n in FAMILIES])
+    names += weight_names
+    inputs += weights
     n_layers = len(ks)
     names += [f"k{i}" for i in range(n_layers)] + [f"v{i}" for i in range(n_layers)]
     inputs += list(ks) + list(vs)
     layout = _Layout(b, cfg.dim, cfg.hidden, cfg.num_heads, nsplit, n_layers)
-    bits = tuple((n, packed.mats[n].bits, packed.mats[n].group) for n in FAMILIES)
     shape = (cfg.dim, cfg.num_heads, cfg.hidden, n_layers, cap, min(context, cap), length, nsplit, chunk)
     plan = pipeline(packed, b, cfg.dim, cfg.hidden, x.dtype, tune)
     smem = shared_memory(plan.smem, _STATIC_SMEM)

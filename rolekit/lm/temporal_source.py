@@ -127,19 +127,7 @@ def source(
     ]
     layout = {n: (b, g) for n, b, g in bits}
     b_q, b_o, b_i, b_d = (layout[n] for n in FAMILIES)
-    out.append(
-        _rows_call(
-            "wq",
-            "3 * D",
-            "D",
-            False,
-            "(size_t)l * 3 * D",
-            "[&](int b, int row, float v) { QKV[b * 3 * D + row] = v; }",
-            *b_q,
-            pairs,
-            st,
-        )
-    )
+    out.append(_rows_call("wq", "3 * D", "D", False, "(size_t)l * 3 * D", "store_qkv", *b_q, pairs, st))
     out.append(_prefetch("wo", "D", "D", "(size_t)l * D", *b_o, pairs))
     out.append(_barrier("5 * l"))
     out.append(
@@ -150,30 +138,17 @@ def source(
         + "    ring_combine_stage<B, D, H, HD, NSPLIT, NT, SWZ>(PM, PL, PO, xs, cw);\n"
         + "    if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);\n"
     )
-    add_x = "[&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; }"
-    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", add_x, *b_o, pairs, st))
+    out.append(_rows_call("wo", "D", "D", False, "(size_t)l * D", "add_to_x", *b_o, pairs, st))
     out.append(_prefetch("wi", "F", "D", "(size_t)l * 2 * F", *b_i))
     out.append(_barrier("5 * l + 2"))
     out.append("    stage<D, B, NT, true, SWZ>(xs, X, n2 + (size_t)l * D, EPS);\n")
     out.append("    if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);\n")
-    out.append(
-        _rows_call(
-            "wi",
-            "F",
-            "D",
-            True,
-            "(size_t)l * 2 * F",
-            "[&](int b, int row, float v) { G[b * F + row] = v; }",
-            *b_i,
-            False,
-            st,
-        )
-    )
+    out.append(_rows_call("wi", "F", "D", True, "(size_t)l * 2 * F", "store_gated", *b_i, False, st))
     out.append(_prefetch("wd", "D", "F", "(size_t)l * D", *b_d, pairs))
     out.append(_barrier("5 * l + 3"))
     out.append("    stage<F, B, NT, false, SWZ>(xs, G, (const float*)nullptr, 0.f);\n")
     out.append("    if constexpr (SLOTS > 0) chunk_sums<B, F, NT, LANE_VALUES>(xs, sums);\n")
-    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", add_x, *b_d, pairs, st))
+    out.append(_rows_call("wd", "D", "F", False, "(size_t)l * D", "add_to_x", *b_d, pairs, st))
     out.append(
         "    if (l + 1 < L) {\n"
         + _prefetch("wq", "3 * D", "D", "(size_t)(l + 1) * 3 * D", *b_q, pairs)

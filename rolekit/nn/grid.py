@@ -66,6 +66,23 @@ def stack_linears(mods: list[nn.Module]) -> Mat | None:
     return Mat(w, None, None, 0, 0)
 
 
+def family_inputs(
+    families: list[tuple[str, Mat]],
+) -> tuple[list[str], list[mx.array], tuple[tuple[str, int, int], ...]]:
+    """A persistent kernel's inputs for weight families, in order: `name` (the rows), then
+    `name_s` / `name_b` (scales, biases) when quantized; and the layout the kernel source is
+    generated for, (name, bits, group) per family."""
+    names: list[str] = []
+    arrays: list[mx.array] = []
+    for name, m in families:
+        names.append(name)
+        arrays.append(m.w)
+        if m.bits:
+            names += [f"{name}_s", f"{name}_b"]
+            arrays += [m.scales, m.biases]
+    return names, arrays, tuple((name, m.bits, m.group) for name, m in families)
+
+
 def stack_norms(norms: list[nn.Module]) -> mx.array:
     """[n, D] weights of RMSNorm modules stacked once; each module then holds a view of its row."""
     w = mx.stack([m.weight for m in norms])

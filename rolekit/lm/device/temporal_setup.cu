@@ -1,7 +1,7 @@
 // The temporal kernel's set-up (`lm.temporal_source` writes the constants, SUMS and the rings'
 // pointers `ring_keys` / `ring_values` [L] before it, the layer loop after it): shared memory, the
 // scratch's layout after the barrier's CONTROL words, the step's position and rows' padding read
-// once, the residual stream X from x, and `stage_qkv_input`.
+// once, the residual stream X from x, `stage_qkv_input` and the products' epilogues.
   extern __shared__ float xs[];  // this block's stage input [B, max(D, F)] fp32 (swizzled when SLOTS > 0)
   float* sums = xs + B * (D > F ? D : F);  // SLOTS > 0: [B, K / LANE_VALUES] chunk sums of the stage input
   uint32_t* ring = reinterpret_cast<uint32_t*>(sums + SUMS);  // SLOTS > 0: [NW, SLOTS, slot] weight rings
@@ -43,3 +43,7 @@
     }
     if constexpr (SLOTS > 0) chunk_sums<B, D, NT, LANE_VALUES>(xs, sums);
   };
+  // the products' epilogues: value v of output row `row` for batch row b
+  auto store_qkv = [&](int b, int row, float v) { QKV[b * 3 * D + row] = v; };
+  auto add_to_x = [&](int b, int row, float v) { X[b * D + row] = __ldcg(X + b * D + row) + v; };
+  auto store_gated = [&](int b, int row, float v) { G[b * F + row] = v; };
