@@ -3,19 +3,17 @@
 SRC holds `model.safetensors` (LM, bf16; or an unquantized MLX-layout LM, e.g. the `tiny`
 model), the Mimi file, `tokenizer_spm_32k_3.model`, voices (`voices/*.pt` or `*.safetensors`, or
 NVIDIA's `voices.tgz`) and an optional `config.json`. DST gets the aufklarer layout (see
-lm/weights.py), `mimi.safetensors` (byte copy), the tokenizer, and `voices/*.safetensors` (bf16 ->
-fp16, other tensors -> fp32, like aufklarer).
+lm/weights.py), `mimi.safetensors` (byte copy), the tokenizer, and `voices/*.safetensors`
+(`embeddings` as fp16, other tensors as fp32, like aufklarer).
 
-The LM is streamed tensor by tensor. torch is imported only to read `.pt` voices. DST appears
-atomically (written as a sibling `.partial-<pid>` folder, then renamed): a crash never leaves a
+The LM is streamed tensor by tensor. torch is needed only to read `.pt` voices (`rolekit.ptfile`).
+DST appears atomically (`rolekit.atomic.replaced_folder`: a temporary sibling, then renamed): a crash never leaves a
 folder that later loads. `quantized_copy` converts once into `$ROLEKIT_CACHE/models/` under a
 file lock, so concurrent first loads wait for one conversion instead of racing.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -25,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from rolekit.atomic import remove_leftovers, replaced_file, replaced_folder
 from rolekit.codec.config import MIMI_FILE
 from rolekit.errors import ModelError, Problem
 from rolekit.frames import SAMPLING_DEFAULTS
 from rolekit.hub import rolekit_cache
 from rolekit.lm.config import LmConfig
+from rolekit.ptfile import read_pt
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all) of the LM being written
 
@@ -52,7 +52,7 @@ class ConvertResult:
 def convert(
     src: Path, dst: Path, bits: int = 4, overwrite: bool = False, progress: Progress | None = None
 ) -> ConvertResult:
-    """Convert SRC (PyTorch folder) into DST (MLX folder), written via a `.partial` sibling then renamed."""
+    """Convert SRC (PyTorch folder) into DST (MLX folder), written via a temporary sibling then renamed."""
     from rolekit.lm.weights import config_of
 
     src, dst = Path(src), Path(dst)
@@ -74,22 +74,11 @@ def convert(
             ]
         )
     cfg = config_of(src)
-    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
-        result = _write(src, tmp, cfg, bits, progress)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelError(problems=[Problem(f"cannot replace the destination ({exc})", str(dst))]) from None
+        with replaced_folder(dst) as tmp:
+            result = _write(src, tmp, cfg, bits, progress)
+    except OSError as exc:  # disk full, permissions, the final swap
+        raise ModelError(problems=[Problem(f"cannot write the destination ({exc})", str(dst))]) from None
     result.dst = dst
     return result
 
@@ -121,8 +110,7 @@ def quantized_copy(
     with FileLock(str(dst.with_name(dst.name + ".lock"))):
         if (dst / "config.json").is_file():  # another process converted it while we waited
             return dst, False
-        for stale in dst.parent.glob(f"{dst.name}.partial-*"):  # left by a crashed conversion
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_leftovers(dst)  # of a crashed conversion
         convert(src, dst, QUANT_BITS[quant], overwrite=True, progress=progress)
     return dst, True
 
@@ -200,7 +188,7 @@ def convert_voices(src: Path, out_dir: Path) -> list[str]:
             if path.suffix == ".safetensors":
                 shutil.copyfile(path, out_dir / path.name)
             elif path.suffix == ".pt":
-                _write_voice(out_dir / f"{path.stem}.safetensors", _read_pt(path.read_bytes(), str(path)))
+                _write_voice(out_dir / f"{path.stem}.safetensors", read_pt(path))
             else:
                 continue
             names.append(path.stem)
@@ -210,36 +198,18 @@ def convert_voices(src: Path, out_dir: Path) -> list[str]:
                 stem = Path(member.name).stem
                 if member.isfile() and member.name.endswith(".pt") and not stem.startswith("."):
                     data = tar.extractfile(member).read()
-                    _write_voice(out_dir / f"{stem}.safetensors", _read_pt(data, f"voices.tgz:{member.name}"))
+                    _write_voice(out_dir / f"{stem}.safetensors", read_pt(data, f"voices.tgz:{member.name}"))
                     names.append(stem)
     return sorted(names)
 
 
-def _read_pt(data: bytes, where: str) -> dict[str, np.ndarray]:
-    """A NVIDIA voice `.pt` ({"embeddings": [T, 1, 1, D], "cache": [1, 17, 4]}) as numpy."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise ModelError(
-            problems=[Problem("reading .pt voices needs torch: pip install 'rolekit[convert]'", where)]
-        ) from exc
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt pickles
-        raise ModelError(
-            problems=[Problem(f"cannot read voice file ({type(exc).__name__})", where)]
-        ) from None
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(problems=[Problem("expected a dict of tensors", where)])
-    out = {}
-    for key, t in obj.items():
-        t = t.detach().cpu()
-        t = t.to(torch.float16) if t.dtype == torch.bfloat16 else t.to(torch.float32)
-        out[key] = t.contiguous().numpy()
-    return out
-
-
 def _write_voice(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """aufklarer's voice layout: "embeddings" as float16, every other tensor as float32."""
     from safetensors.numpy import save_file
 
-    save_file(tensors, str(path))
+    out = {
+        k: np.ascontiguousarray(a, np.float16 if k == "embeddings" else np.float32)
+        for k, a in tensors.items()
+    }
+    with replaced_file(path, suffix=".safetensors") as tmp:
+        save_file(out, str(tmp))

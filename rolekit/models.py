@@ -250,7 +250,9 @@ def load_voice(bundle: ModelBundle, name_or_path: str) -> VoicePrompt:
 
         return voice_from_audio(bundle.mimi, read_audio(path), str(path))
     if suffix == ".pt":
-        tensors = _read_pt(path)
+        from rolekit.ptfile import read_pt
+
+        tensors = read_pt(path)
     else:
         tensors = {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(path)).items()}
     return _voice_from_tensors(tensors, path, bundle.lm.cfg.dim)
@@ -282,18 +284,6 @@ def _voice_from_tensors(tensors: dict[str, np.ndarray], path: Path, dim: int) ->
             codes = codes.T
         return VoicePrompt(embeddings=None, codes=codes[:N_CODEBOOKS], cache=None, source=str(path))
     raise ModelError(f"{path}: no 'embeddings' or 'codes' tensor in this voice file")
-
-
-def _read_pt(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise ModelError(f"{path}: a .pt voice needs torch (pip install 'rolekit[convert]')") from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in data.items()}
-    except Exception as exc:
-        raise ModelError(f"{path}: not a PersonaPlex voice .pt ({type(exc).__name__}: {exc})") from exc
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,6 @@ that reports and summaries show. Folders appear atomically (a sibling `.partial-
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import zlib
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from rolekit.atomic import remove_leftovers, replaced_folder
 from rolekit.codec.config import MIMI_FILE
 from rolekit.errors import AudioInputError, ModelError, Problem
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS, N_STREAMS, SAMPLE_RATE, VOICES
@@ -86,12 +86,7 @@ def build_tiny(folder: Path) -> Path:
     from rolekit.lm.weights import lm_tensors, save_lm_mlx
     from rolekit.text import TINY_TOKENIZER, TOKENIZER_FILE
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replaced_folder(folder, keep_if=_has_config) as tmp:  # a concurrent build that won is kept
         lm_cfg, mimi_cfg = tiny_configs()
         mx.random.seed(TINY_SEED)
         lm = LM(lm_cfg)
@@ -103,14 +98,11 @@ def build_tiny(folder: Path) -> Path:
         shutil.copyfile(TINY_TOKENIZER, tmp / TOKENIZER_FILE)
         (tmp / "README.txt").write_text(TINY_LABEL + "\n")
         write_tiny_voices(lm, mimi, tmp / "voices")
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not a concurrent build that won: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _has_config(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
 
 
 def _flat(module: Any) -> list[tuple[str, mx.array]]:
@@ -264,12 +256,9 @@ def build_random_7b(
     with FileLock(str(folder.with_name(folder.name + ".lock"))):
         if (folder / "config.json").is_file():
             return folder
-        for stale in folder.parent.glob(f".{folder.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_leftovers(folder)
         _check_can_build(folder, lm_cfg)
-        tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        tmp.mkdir()
-        try:
+        with replaced_folder(folder) as tmp:
             write_random_lm(tmp / LM_FILE, lm_cfg, seed, progress)
             mimi = random_mimi(mimi_cfg, seed)
             save_mimi(mimi, tmp / MIMI_FILE)
@@ -285,9 +274,6 @@ def build_random_7b(
             }
             (tmp / "README.txt").write_text(RANDOM_7B_LABEL + "\n")
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

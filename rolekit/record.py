@@ -1,9 +1,10 @@
 """SessionRecord: what a session (scripted or live) produces and every later step reads.
 
-numpy + soundfile only (no mlx, no other rolekit package): transcribe, evaluate, report and review
+numpy + soundfile only (no mlx; of rolekit only the leaf modules): transcribe, evaluate, report and review
 read records without ever touching the engine.
 
-Folder layout (written atomically by `save`: into `<folder>.partial/`, then one rename):
+Folder layout (written atomically by `save`: `rolekit.atomic.replaced_folder`, a temporary sibling
+folder, then one rename):
     conversation.wav   stereo 16-bit PCM, 24 kHz, left = user, right = agent
     channels.json      {"sample_rate": 24000, "channels": {"0": "user", "1": "agent"}}
     monologue.json     [{"frame": i, "time": s, "id": n, "piece": "..."}, ...]  (the model's text stream)
@@ -19,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rolekit.atomic import replaced_folder
 from rolekit.errors import RolekitError
 from rolekit.frames import FRAME_SECONDS, SAMPLE_RATE
 
@@ -90,41 +91,28 @@ class SessionRecord:
         return " ".join(w for _, w in monologue_words(self.text_pieces))
 
     def save(self, folder: Path) -> Path:
-        """Write the record to `folder` atomically: `<folder>.partial/` then rename.
+        """Write the record to `folder` atomically (a temporary sibling folder, then one rename).
 
         An existing `folder` is replaced only after the new one is complete.
         """
         folder = Path(folder)
         if len(self.text_ids) != len(self.text_pieces):
             raise ValueError("text_ids and text_pieces must have one entry per frame")
-        partial = folder.with_name(folder.name + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        _write_wav(partial / CONVERSATION_WAV, self.stereo(), self.sample_rate)
-        _write_json(
-            partial / CHANNELS_JSON,
-            {"sample_rate": self.sample_rate, "channels": {"0": "user", "1": "agent"}},
-        )
-        _write_json(partial / MONOLOGUE_JSON, self.monologue())
-        _write_json(partial / EVENTS_JSON, _plain(self.events))
-        _write_json(
-            partial / TIMINGS_JSON,
-            {"frame_seconds": FRAME_SECONDS, "step_ms": list(map(float, self.step_ms))},
-        )
-        _write_json(partial / META_JSON, _plain(self.meta))
-        if self.agent_codes is not None:
-            np.save(partial / AGENT_CODES_NPY, np.asarray(self.agent_codes, dtype=np.int32))
-        _fsync_dir(partial)
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(folder, old)
-            os.replace(partial, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(partial, folder)
+        with replaced_folder(folder) as partial:
+            _write_wav(partial / CONVERSATION_WAV, self.stereo(), self.sample_rate)
+            _write_json(
+                partial / CHANNELS_JSON,
+                {"sample_rate": self.sample_rate, "channels": {"0": "user", "1": "agent"}},
+            )
+            _write_json(partial / MONOLOGUE_JSON, self.monologue())
+            _write_json(partial / EVENTS_JSON, _plain(self.events))
+            _write_json(
+                partial / TIMINGS_JSON,
+                {"frame_seconds": FRAME_SECONDS, "step_ms": list(map(float, self.step_ms))},
+            )
+            _write_json(partial / META_JSON, _plain(self.meta))
+            if self.agent_codes is not None:
+                np.save(partial / AGENT_CODES_NPY, np.asarray(self.agent_codes, dtype=np.int32))
         return folder
 
     @classmethod
@@ -281,14 +269,3 @@ def _write_wav(path: Path, pcm: np.ndarray, sample_rate: int) -> None:
     import soundfile as sf
 
     sf.write(str(path), np.clip(pcm, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

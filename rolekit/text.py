@@ -6,10 +6,10 @@ No mlx here. The `<system>` wrapping of persona prompts lives in `rolekit.person
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import cached_property
 from pathlib import Path
 
+from rolekit.atomic import write_bytes
 from rolekit.errors import ModelError
 from rolekit.hub import download_file, rolekit_cache
 
@@ -83,8 +83,4 @@ def padded_tokenizer(path: Path, vocab: int = REAL_VOCAB) -> Path:
     for i in range(len(model.pieces), vocab):
         piece = model.pieces.add()
         piece.piece, piece.score, piece.type = f"{WORD_BOUNDARY}rkpad{i:05d}", -1000.0 - i * 1e-3, 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
-    return path
+    return write_bytes(path, model.SerializeToString())

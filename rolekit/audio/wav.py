@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rolekit.atomic import replaced_file
 from rolekit.errors import AudioInputError
 from rolekit.frames import SAMPLE_RATE
 
@@ -65,20 +65,12 @@ def write_wav(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int = SAMPL
     """Write [N] or [N, C] float audio as 16-bit PCM WAV, atomically (temp file + rename)."""
     import soundfile as sf
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with replaced_file(path) as tmp:
         sf.write(
-            tmp,
+            str(tmp),
             np.clip(np.asarray(pcm, dtype=np.float32), -1.0, 1.0),
             sample_rate,
             subtype="PCM_16",
             format="WAV",
         )
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return Path(path)

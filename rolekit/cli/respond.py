@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from rolekit.atomic import write_text
 from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import MAX_SEED, finite, is_text, parse_vars, user_errors
 from rolekit.errors import ConfigError, ModelError, Problem
@@ -225,10 +226,7 @@ def _peak_gb() -> float:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, ensure_ascii=False) + "\n")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from rolekit.atomic import replaced_file
 from rolekit.codec.config import MimiConfig, mimi_202407
 from rolekit.codec.conv import CausalConv1d, CausalConvTranspose1d
 from rolekit.codec.mimi import Mimi
@@ -235,13 +236,10 @@ def save_mimi(mimi: Mimi, path: Path) -> Path:
     """Write a Kyutai-named safetensors file; the config goes in the metadata for `load_mimi`."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {_META_KEY: json.dumps(asdict(mimi.cfg))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(export_kyutai(mimi), str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    with replaced_file(path, suffix=".safetensors") as tmp:
+        save_file(export_kyutai(mimi), str(tmp), metadata=meta)
+    return Path(path)
 
 
 def _config_from_metadata(file: Path) -> MimiConfig | None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
+from rolekit.atomic import replaced_file
 from rolekit.engine.engine import Engine, EngineSnapshot, check_offsets
 from rolekit.frames import PrefillPlan
 from rolekit.lm.temporal import pad_rows, unpad_row
@@ -64,12 +64,9 @@ def row_arrays(snap: EngineSnapshot, row: int) -> dict[str, mx.array]:
 
 
 def save_row(path: Path, snap: EngineSnapshot, row: int, meta: dict[str, str] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), row_arrays(snap, row), metadata={"format": FORMAT, **(meta or {})})
-    tmp.replace(path)
-    return path
+    with replaced_file(path, suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), row_arrays(snap, row), metadata={"format": FORMAT, **(meta or {})})
+    return Path(path)
 
 
 def load_rows(paths: list[Path], engine: Engine) -> EngineSnapshot:

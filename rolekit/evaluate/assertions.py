@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rolekit.atomic import write_text
 from rolekit.evaluate.metrics import turn_window, user_turns
 from rolekit.evaluate.thresholds import LOW_CONFIDENCE
 from rolekit.frames import FRAME_SECONDS
@@ -29,7 +30,7 @@ from rolekit.scenario.expect import (
     TextCheck,
     YieldCheck,
 )
-from rolekit.transcribe.transcript import Transcript, Word, write_text_atomic
+from rolekit.transcribe.transcript import Transcript, Word
 from rolekit.transcribe.words import normalize_words
 
 ASSERTIONS_JSON = "assertions.json"
@@ -353,7 +354,7 @@ def assertions_dict(results: list[AssertionResult], warnings: list[str] | None =
 
 
 def write_assertions(folder: Path, results: list[AssertionResult], warnings: list[str] | None = None) -> Path:
-    return write_text_atomic(
+    return write_text(
         Path(folder) / ASSERTIONS_JSON, json.dumps(assertions_dict(results, warnings), indent=1) + "\n"
     )
 

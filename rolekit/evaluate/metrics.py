@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from rolekit.atomic import write_text
 from rolekit.evaluate.thresholds import THRESHOLDS_VERSION, thresholds
 from rolekit.evaluate.vad import Span, clip, covering, intersect, merge, speech_segments, total
 from rolekit.record import SessionRecord
-from rolekit.transcribe.transcript import Transcript, write_text_atomic
+from rolekit.transcribe.transcript import Transcript
 from rolekit.transcribe.words import normalize_words, word_error_rate, word_overlap
 
 METRICS_JSON = "metrics.json"
@@ -286,7 +287,7 @@ def metric_names() -> frozenset[str]:
 
 
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
-    return write_text_atomic(Path(folder) / METRICS_JSON, json.dumps(metrics, indent=1) + "\n")
+    return write_text(Path(folder) / METRICS_JSON, json.dumps(metrics, indent=1) + "\n")
 
 
 def load_metrics(folder: Path) -> dict[str, Any] | None:

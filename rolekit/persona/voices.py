@@ -9,17 +9,18 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rolekit.atomic import replaced_folder
 from rolekit.errors import ModelError
 from rolekit.frames import FRAME_SAMPLES, SAMPLE_RATE
 from rolekit.frames import VOICES as VOICE_NAMES
 from rolekit.hub import rolekit_cache
 from rolekit.persona.schema import VOICE_FILE_SUFFIXES
+from rolekit.ptfile import read_pt
 
 VOICE_DIR = "voices"
 
@@ -83,17 +84,13 @@ def _extracted_voices(model_dir: Path) -> Path | None:
     folder = rolekit_cache() / "voices" / key
     if folder.is_dir():
         return folder
-    tmp = folder.with_name(f"{key}.partial-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with replaced_folder(folder, keep_if=Path.is_dir) as tmp, tarfile.open(archive, "r:gz") as tar:
             for member in tar.getmembers():
                 base = Path(member.name).name  # never a path from the archive: only the file's own name
                 if member.isfile() and base.endswith(".pt") and not base.startswith("."):
                     (tmp / base).write_bytes(tar.extractfile(member).read())
-        os.replace(tmp, folder)
     except (tarfile.TarError, OSError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if folder.is_dir():  # a concurrent extraction won
             return folder
         raise ModelError(f"{archive}: cannot unpack the voice presets ({exc})") from exc
@@ -161,15 +158,9 @@ def _safetensors_frames(path: Path) -> int:
 
 
 def _pt_frames(path: Path) -> int:
-    try:
-        import torch
-    except ImportError:
+    tensors = read_pt(path)
+    if "embeddings" not in tensors or tensors["embeddings"].ndim < 1:
         raise ModelError(
-            f"{path}: reading a .pt voice needs torch (pip install 'rolekit[convert]'), "
-            "or convert the voices to .safetensors once with `rolekit convert`"
-        ) from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-        return int(data["embeddings"].shape[0]) + 1  # [E, 1, 1, D] + the priming call
-    except Exception as exc:  # pickle, key or shape problems: one clear message
-        raise ModelError(f"{path}: not a PersonaPlex voice .pt ({type(exc).__name__}: {exc})") from exc
+            f"{path}: not a PersonaPlex voice .pt: no 'embeddings' tensor (found: {', '.join(tensors) or 'none'})"
+        )
+    return int(tensors["embeddings"].shape[0]) + 1  # [E, 1, 1, D] + the priming call

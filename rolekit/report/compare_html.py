@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rolekit.atomic import write_text
 from rolekit.evaluate.metric_docs import METRICS
 from rolekit.record import CONVERSATION_WAV
 from rolekit.report.compare import KEY_METRICS, Comparison
@@ -88,11 +89,10 @@ def render_compare_html(page: Path, c: Comparison) -> str:
 
 
 def write_compare_html(page: Path, c: Comparison) -> Path:
-    from rolekit.report.html import _write
 
     page = Path(page)
     page.parent.mkdir(parents=True, exist_ok=True)
-    return _write(page, render_compare_html(page, c))
+    return write_text(page, render_compare_html(page, c))
 
 
 def compare_rows(c: Comparison) -> list[dict[str, Any]]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from rolekit.atomic import write_text
 from rolekit.evaluate.assertions import load_assertions
 from rolekit.evaluate.metric_docs import METRICS, checked_metrics
 from rolekit.evaluate.metrics import load_metrics
@@ -193,18 +192,9 @@ def _messages(r: dict[str, Any]) -> list[str]:
     return ([f"run error: {r['error']}"] if r.get("error") else []) + list(r.get("failures") or [])
 
 
-def _write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
-
-
 def write_run_report(folder: Path, embed_audio: bool = True) -> Path:
     """Write `<run folder>/report.html`."""
-    return _write(Path(folder) / REPORT_HTML, render_run_html(folder, embed_audio))
+    return write_text(Path(folder) / REPORT_HTML, render_run_html(folder, embed_audio))
 
 
 def write_suite_report(
@@ -218,4 +208,4 @@ def write_suite_report(
         folder = run_folder(suite_dir, r)
         if folder is not None and not (folder / REPORT_HTML).is_file():
             write_run_report(folder)  # embedded audio: the channel switches need it on file:// pages
-    return _write(suite_dir / REPORT_HTML, render_suite_html(suite_dir, results, title))
+    return write_text(suite_dir / REPORT_HTML, render_suite_html(suite_dir, results, title))

@@ -8,12 +8,11 @@ becomes <error>; the message lists every such assertion. A run of a random-weigh
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from rolekit.atomic import write_text
 from rolekit.report.results import random_label
 
 
@@ -68,11 +67,4 @@ def junit_xml(results: list[dict[str, Any]], name: str = "rolekit") -> str:
 
 
 def write_junit(path: Path, results: list[dict[str, Any]], name: str = "rolekit") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(junit_xml(results, name))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, junit_xml(results, name))

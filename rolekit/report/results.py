@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rolekit.atomic import write_text
 from rolekit.errors import Problem
 from rolekit.evaluate.assertions import load_assertions
 from rolekit.evaluate.metrics import load_metrics
@@ -193,12 +194,7 @@ def _row(raw: str) -> dict[str, Any] | None:
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace results.jsonl with `rows`, one line each, atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace results.jsonl with `rows`, one line each, atomically (`rolekit.atomic.write_text`)."""
+    write_text(
+        path, "".join(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n" for row in rows)
+    )

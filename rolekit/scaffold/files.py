@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rolekit.atomic import write_text
 from rolekit.errors import ConfigError
 from rolekit.persona.schema import ROLES
 from rolekit.scaffold.schema import schema_line, write_schema
-from rolekit.transcribe.transcript import write_text_atomic
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 SCHEMAS = "schemas"
@@ -143,7 +143,7 @@ def write_new(path: Path, text: str) -> Path:
     if path.exists():
         raise ConfigError(f"{path}: already exists (not overwritten); pick another name or delete it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, text)
+    return write_text(path, text)
 
 
 def ensure_schema(kind: str, folder: Path, done: Written) -> Path:
@@ -199,7 +199,7 @@ def init_project(root: Path, persona: str = "my-agent", role: str = "customer-se
                 done.kept.append(path)
             else:  # keep what is there, add the line
                 sep = "" if old.endswith("\n") or not old else "\n"
-                done.written.append(write_text_atomic(path, old + sep + text))
+                done.written.append(write_text(path, old + sep + text))
         elif path.exists():
             done.kept.append(path)
         else:

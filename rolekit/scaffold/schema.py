@@ -57,9 +57,9 @@ def _widen_expectations(schema: dict[str, Any]) -> None:
 
 def write_schema(kind: str, path: Path) -> Path:
     """Write the schema as JSON (atomically: a reader never sees half a file)."""
-    from rolekit.transcribe.transcript import write_text_atomic
+    from rolekit.atomic import write_text
 
-    return write_text_atomic(Path(path), json.dumps(json_schema(kind), indent=1) + "\n")
+    return write_text(Path(path), json.dumps(json_schema(kind), indent=1) + "\n")
 
 
 def schema_line(schema_path: Path, document: Path) -> str:

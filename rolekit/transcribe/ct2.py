@@ -10,15 +10,14 @@ the CTranslate2 `config.json` are stored for word timestamps.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
+from rolekit.atomic import replaced_file, replaced_folder, write_text
 from rolekit.errors import ModelError
 
 # CTranslate2 DataType enum (include/ctranslate2/types.h).
@@ -207,27 +206,20 @@ def convert_ct2(src: Path, dst: Path, dtype: str = "float32") -> Path:
 
 
 def write_mlx_whisper(dst: Path, config: dict, weights: dict[str, np.ndarray]) -> None:
-    """Write config.json + weights.safetensors into `dst`, through a temporary sibling folder."""
+    """Write config.json + weights.safetensors into `dst`; other files in `dst` are kept.
+
+    A new `dst` appears whole (a temporary sibling folder, renamed). In an existing one config.json
+    goes first and comes back last, so an interrupted write leaves a folder that does not load."""
     from safetensors.numpy import save_file
 
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    tmp.chmod(0o755)
-    try:
-        save_file({k: np.ascontiguousarray(a) for k, a in weights.items()}, str(tmp / "weights.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-        if dst.exists():
-            for name in ("config.json", "weights.safetensors"):
-                if (dst / name).exists():
-                    (dst / name).unlink()
-            for name in ("config.json", "weights.safetensors"):
-                os.replace(tmp / name, dst / name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
+    arrays = {k: np.ascontiguousarray(a) for k, a in weights.items()}
+    text = json.dumps(config, indent=1) + "\n"
+    if not Path(dst).exists():
+        with replaced_folder(dst) as tmp:
+            save_file(arrays, str(tmp / "weights.safetensors"))
+            write_text(tmp / "config.json", text)
+        return
+    (Path(dst) / "config.json").unlink(missing_ok=True)
+    with replaced_file(Path(dst) / "weights.safetensors", suffix=".safetensors") as tmp:
+        save_file(arrays, str(tmp))
+    write_text(Path(dst) / "config.json", text)

@@ -7,12 +7,11 @@ times, plus the merged dialogue) and `transcript.md` (one line per speaker turn 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rolekit.atomic import write_text
 from rolekit.errors import RolekitError
 
 TRANSCRIPT_JSON = "transcript.json"
@@ -173,10 +172,10 @@ def clock(seconds: float) -> str:
 def write_transcript(folder: Path, transcript: Transcript, title: str | None = None) -> tuple[Path, Path]:
     """Write transcript.json and transcript.md into a run folder (each atomically)."""
     folder = Path(folder)
-    j = write_text_atomic(
+    j = write_text(
         folder / TRANSCRIPT_JSON, json.dumps(transcript.to_dict(), indent=1, ensure_ascii=False) + "\n"
     )
-    m = write_text_atomic(folder / TRANSCRIPT_MD, transcript.markdown(title or f"Transcript: {folder.name}"))
+    m = write_text(folder / TRANSCRIPT_MD, transcript.markdown(title or f"Transcript: {folder.name}"))
     return j, m
 
 
@@ -189,17 +188,3 @@ def load_transcript(folder: Path) -> Transcript | None:
         return Transcript.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
         raise TranscriptError(f"{path}: malformed transcript ({exc})") from None
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -69,7 +69,7 @@ def test_save_replaces_atomically_and_keeps_old_on_failure(tmp_path):
     assert (folder / "transcript.json").is_file()
     _record(seed=3).save(folder)
     assert not (folder / "transcript.json").exists()  # the new run replaces the whole folder
-    assert not (tmp_path / "r0.partial").exists() and not (tmp_path / "r0.old").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["r0"]  # no temporary or old folder left
     assert np.abs(SessionRecord.load(folder).user_pcm - _record(seed=3).user_pcm).max() < 1e-4
 
 
@@ -79,13 +79,13 @@ def test_interrupted_save_leaves_no_folder(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(record_mod, "_fsync_dir", boom)
+    monkeypatch.setattr(record_mod, "_write_json", boom)  # interrupted halfway through the files
     with pytest.raises(KeyboardInterrupt):
         _record().save(tmp_path / "r0")
-    assert not (tmp_path / "r0").exists() and not is_complete(tmp_path / "r0")
+    assert list(tmp_path.iterdir()) == [] and not is_complete(tmp_path / "r0")
     monkeypatch.undo()
-    _record().save(tmp_path / "r0")  # a stale .partial is cleared
-    assert is_complete(tmp_path / "r0") and not (tmp_path / "r0.partial").exists()
+    _record().save(tmp_path / "r0")
+    assert is_complete(tmp_path / "r0") and [p.name for p in tmp_path.iterdir()] == ["r0"]
 
 
 def test_load_incomplete_folder_is_a_clear_error(tmp_path):
