@@ -36,12 +36,13 @@ RANDOM_7B = RANDOM_7B_SPEC
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How a model is loaded (the shared `--dtype`, `--quant`, `--compat` options)."""
+    """How a model is loaded and run (the shared `--dtype`, `--quant`, `--compat`, `--kernels` options)."""
 
     dtype: str = "auto"  # activations: auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp16 | fp32
     quant: str = "auto"  # NVIDIA's bf16 checkpoint as: auto | bf16 | q8 | q4
     compat: str = "kyutai"  # kyutai | nvidia (the ring cache of NVIDIA's fork, LM and Mimi)
     batch: int = 1  # conversations stepped together (what `--quant auto` weighs)
+    kernels: Any = None  # nn.kernels.Kernels (`--kernels`); None: Kernels.for_device()
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ModelBundle:
     quant: str = ""  # the weight format loaded: bf16 | q8 | q4 | fp32 | ...
     compat: str = "kyutai"
     random_label: str = TINY_LABEL
+    kernels: Any = None  # the nn.kernels.Kernels policy engines of this model run (None: for the device)
 
     @property
     def label(self) -> str:
@@ -182,7 +184,7 @@ def load(
     is_random = bool(config.get("random_weights", False))
     label = str(config.get("label") or TINY_LABEL)
     bundle = ModelBundle(lm, mimi, Tokenizer(tok), folder, model_id_of(folder), is_random, quant)
-    bundle.compat, bundle.random_label = options.compat, label
+    bundle.compat, bundle.random_label, bundle.kernels = options.compat, label, options.kernels
     say(f"model {bundle.model_id}: {quant} weights, {bundle.dtype} activations on {device}")
     return bundle
 

@@ -39,6 +39,23 @@ def random_7b_cache(tmp_path_factory):
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The embedded tiny model, built once per session in a temporary ROLEKIT_CACHE (the CLI loads
+    `tiny` from the same cache while the fixture is alive)."""
+    from rolekit import models
+
+    old = os.environ.get("ROLEKIT_CACHE")
+    os.environ["ROLEKIT_CACHE"] = str(tmp_path_factory.mktemp("rolekit-cache"))
+    try:
+        yield models.load("tiny")
+    finally:
+        if old is None:
+            os.environ.pop("ROLEKIT_CACHE", None)
+        else:
+            os.environ["ROLEKIT_CACHE"] = old
+
+
 def _torch_missing() -> bool:
     try:
         import torch  # noqa: F401

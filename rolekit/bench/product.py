@@ -50,7 +50,7 @@ def bench_product(
     load_s = time.perf_counter() - t0
     plan = compile_persona(Persona(name="bench", prompt=PROMPT, voice="NATF2"), {}, bundle.tokenizer)
     voice = models.load_voice(bundle, plan.voice)
-    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed)
+    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed, kernels=bundle.kernels)
     t0 = time.perf_counter()
     engine.prefill([plan] * batch, [voice] * batch)
     mx.eval(*engine.lm_cache.arrays())

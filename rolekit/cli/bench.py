@@ -133,6 +133,7 @@ def bench_command(
     ),
     dtype: str = model_opts.DTYPE,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
     json_out: Path = typer.Option(None, "--json-out", help="Also write the report JSON to this file."),
     size: str = typer.Option("tiny", "--size", help="full (PersonaPlex 7B, random weights) or tiny."),
     quant: str = typer.Option(
@@ -184,6 +185,7 @@ def bench_command(
                 steps,
                 warmup,
                 reference,
+                kernels,
             )
         _emit(report, what, as_json, json_out)
         return
@@ -212,6 +214,7 @@ def _product(
     steps: int,
     warmup: int,
     reference: bool,
+    kernels: str = "",
 ) -> dict[str, Any]:
     from rolekit.bench.product import bench_product_with_reference
     from rolekit.bench.timing import host_info
@@ -220,13 +223,14 @@ def _product(
         raise ConfigError("--quant fp32: the product path quantizes auto | bf16 | q8 | q4 (use --dtype fp32)")
     if batch < 1 or steps < 1:
         raise ConfigError(f"--batch and --steps must be >= 1, got {batch} and {steps}")
-    load = model_opts.load_options(dtype, quant or "auto", compat, batch)
+    load = model_opts.load_options(dtype, quant or "auto", compat, batch, kernels)
     results = bench_product_with_reference(
         model, lambda spec: model_opts.load_model(spec, load), batch, steps, max(warmup, 3), reference
     )
     for r in results:
         r.setdefault("bench", "engine")
     options = {"model": model, "dtype": dtype, "quant": quant or "auto", "compat": compat, "batch": batch}
+    options["kernels"] = kernels
     return {"host": host_info(), "what": "engine", "options": {**options, "steps": steps}, "results": results}
 
 

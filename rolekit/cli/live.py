@@ -66,6 +66,7 @@ def live(
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
     input_device: str | None = typer.Option(
         None, "--input-device", help="microphone: index or name (see `rolekit devices`)"
     ),
@@ -96,9 +97,9 @@ def live(
 
         check_output_dir(record, "--record")
     console.print(f"[yellow]{HEADPHONES_HINT}[/]")
-    # devices first: a missing microphone is reported before the model loads
+    load = model_opts.load_options(dtype, quant, compat, kernels=kernels)  # bad options before devices
+    # devices next: a missing microphone is reported before the model loads
     stream = DuplexStream(input_device, output_device, prebuffer_frames=prebuffer)
-    load = model_opts.load_options(dtype, quant, compat)
     prepared = _prepare(persona, values, model, seed, cache, load)
     meta = prepared["meta"]
     folder = record or DEFAULT_RUNS / f"{meta['persona']}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -163,7 +164,7 @@ def _prepare(
     voice = models.load_voice(bundle, p.voice)
     plan = compile_persona(p, values, bundle.tokenizer, voice.frames)
     params = dataclasses.replace(SamplingParams(), **plan.sampling)
-    engine = Engine(bundle, batch=1, params=params, seed=seed)
+    engine = Engine(bundle, batch=1, params=params, seed=seed, kernels=bundle.kernels)
     meta = {
         "scenario": "live",
         "run_id": None,

@@ -1,5 +1,5 @@
 """The model options every command that loads a model shares: `--model`, `--dtype`, `--quant`,
-`--compat`, and `load_model`, which loads through `rolekit.models.load` with a visible progress bar
+`--compat`, `--kernels`, and `load_model`, which loads through `rolekit.models.load` with a visible progress bar
 for first-use builds and conversions and one stderr line per decision (what and why)."""
 
 from __future__ import annotations
@@ -44,10 +44,18 @@ COMPAT = typer.Option(
     help="kyutai (default: Kyutai's fixed ring cache) | nvidia (NVIDIA's fork exactly, incl. its "
     "ring-cache off-by-one after the wrap, LM and Mimi).",
 )
+KERNELS = typer.Option(
+    "",
+    "--kernels",
+    help="Override which of rolekit's CUDA kernels run, NAME=0|1,... (fused, ring_attention, temporal, "
+    "depformer, embed, conv, mimi, qmv; depformer_threads=N; temporal_tuning=threads=N/stages=N). "
+    "Default: all but qmv on a CUDA GPU, none elsewhere.",
+)
 
 
-def load_options(dtype: str, quant: str, compat: str, batch: int = 1) -> Any:
-    """Checked `models.LoadOptions` (a bad value names its option: exit 2)."""
+def load_options(dtype: str, quant: str, compat: str, batch: int = 1, kernels: str = "") -> Any:
+    """Checked `models.LoadOptions` (a bad value names its option: exit 2). `kernels` (the
+    `--kernels` text) is parsed here, once, into the `Kernels` policy of this device."""
     from rolekit.models import LoadOptions
 
     for flag, value, allowed in (
@@ -57,7 +65,12 @@ def load_options(dtype: str, quant: str, compat: str, batch: int = 1) -> Any:
     ):
         if value not in allowed:
             raise ConfigError(f"{flag}: must be one of {' | '.join(allowed)}, got {value!r}")
-    return LoadOptions(dtype=dtype, quant=quant, compat=compat, batch=max(1, int(batch)))
+    policy = None
+    if kernels.strip():
+        from rolekit.nn.kernels import Kernels
+
+        policy = Kernels.for_device(None, kernels)
+    return LoadOptions(dtype=dtype, quant=quant, compat=compat, batch=max(1, int(batch)), kernels=policy)
 
 
 def load_model(spec: str, options: Any, quiet: bool = False) -> Any:

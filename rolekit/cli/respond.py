@@ -36,6 +36,7 @@ def respond(
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
     channel: int = typer.Option(
         0,
         "--channel",
@@ -161,14 +162,16 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     from rolekit.frames import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, TEXT_SPECIAL_NAMES
 
     user = read_audio(opts["input"], channel=int(opts["channel"]))
-    load_opts = model_opts.load_options(opts["dtype"], opts["quant"], opts["compat"])
+    load_opts = model_opts.load_options(
+        opts["dtype"], opts["quant"], opts["compat"], kernels=opts.get("kernels") or ""
+    )
     t0 = time.perf_counter()
     bundle = model_opts.load_model(opts["model"], load_opts, quiet=bool(opts["quiet"]))
     load_s = time.perf_counter() - t0
     persona, plan = _persona_and_plan(opts, bundle)
     voice = models.load_voice(bundle, plan.voice)
     params = _sampling(opts, dict(plan.sampling))
-    engine = Engine(bundle, batch=1, params=params, seed=int(opts["seed"]))
+    engine = Engine(bundle, batch=1, params=params, seed=int(opts["seed"]), kernels=bundle.kernels)
     cache_dir = rolekit_cache() / "prefill" if opts["cache"] else None
     t0 = time.perf_counter()
     cached = prefill_cached(engine, [plan], [voice], cache_dir)

@@ -57,6 +57,7 @@ def run_command(
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
     resume: bool = _RESUME,
 ) -> None:
     """Run one scenario (every matrix cell and repeat) and write transcripts/<scenario>/<run-id>/."""
@@ -64,7 +65,7 @@ def run_command(
         raise ConfigError(
             f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
         )
-    load = model_opts.load_options(dtype, quant, compat, jobs)
+    load = model_opts.load_options(dtype, quant, compat, jobs, kernels)
     _suite(
         [scenario],
         None,
@@ -122,11 +123,12 @@ def test_command(
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
 ) -> None:
     """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
     with user_errors():
         on = _cluster_options(cluster, gpus_per_actor, actors_per_node)
-        load = model_opts.load_options(dtype, quant, compat, jobs)
+        load = model_opts.load_options(dtype, quant, compat, jobs, kernels)
     _suite(
         paths or [Path("scenarios")],
         filter,

@@ -28,6 +28,7 @@ def warmup_command(
     dtype: str = model_opts.DTYPE,
     quant: str = model_opts.QUANT,
     compat: str = model_opts.COMPAT,
+    kernels: str = model_opts.KERNELS,
     batch: int = typer.Option(1, "--batch", help="Conversations at once (graphs are built per batch size)."),
     steps: int = typer.Option(3, "--steps", help="Real steps timed after the warm-up."),
     voice: str = typer.Option("NATF2", "--voice", help="Voice preset of the prefill."),
@@ -42,7 +43,7 @@ def warmup_command(
         if json_out is not None and not json_out.expanduser().resolve().parent.is_dir():
             raise ConfigError(f"--json-out {json_out}: the folder does not exist")
         summary = run_warmup(
-            model, model_opts.load_options(dtype, quant, compat, batch), batch, steps, voice, quiet
+            model, model_opts.load_options(dtype, quant, compat, batch, kernels), batch, steps, voice, quiet
         )
     line = json.dumps(summary)
     if json_out is not None:
@@ -68,7 +69,7 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
     persona = Persona(name="warmup", prompt=PROMPT, voice=voice)
     plan = compile_persona(persona, {}, bundle.tokenizer)
     prompt = models.load_voice(bundle, plan.voice)
-    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=0)
+    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=0, kernels=bundle.kernels)
     t0 = time.perf_counter()
     engine.prefill([plan] * batch, [prompt] * batch)
     mx.eval(*engine.lm_cache.arrays())

@@ -88,7 +88,9 @@ class MlxBackend:
 
         params = [SamplingParams(**p.sampling) for p in plans]
         plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
-        engine = Engine(self.bundle, batch=len(plans), params=params, seed=list(seeds))
+        engine = Engine(
+            self.bundle, batch=len(plans), params=params, seed=list(seeds), kernels=self.bundle.kernels
+        )
         engine.prefill(plans, [self._voice(p.voice) for p in plans])
         if self._warm is not None:
             self._warm(engine)

@@ -35,7 +35,9 @@ class CachedBackend(MlxBackend):
 
         params = [SamplingParams(**p.sampling) for p in plans]
         plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
-        engine = Engine(self.bundle, batch=len(plans), params=params, seed=list(seeds))
+        engine = Engine(
+            self.bundle, batch=len(plans), params=params, seed=list(seeds), kernels=self.bundle.kernels
+        )
         voices = [self._voice(p.voice) for p in plans]
         self.cache_hits += prefill_cached(engine, plans, voices, rolekit_cache() / "prefill")
         return engine, int(engine.frames_left)

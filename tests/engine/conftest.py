@@ -1,6 +1,5 @@
 """Shared fixtures of the engine tests: the embedded tiny model, built once per session in a temp cache."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,21 +13,6 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from rolekit.frames import PrefillPlan  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    from rolekit import models
-
-    old = os.environ.get("ROLEKIT_CACHE")
-    os.environ["ROLEKIT_CACHE"] = str(tmp_path_factory.mktemp("rolekit-cache"))
-    try:
-        yield models.load("tiny")
-    finally:
-        if old is None:
-            os.environ.pop("ROLEKIT_CACHE", None)
-        else:
-            os.environ["ROLEKIT_CACHE"] = old
 
 
 def make_plan(voice: str, n_text: int, seed: int) -> PrefillPlan:
