@@ -67,7 +67,7 @@ def version() -> None:
 
 
 # Before any command module imports mlx: kernel caches under $ROLEKIT_CACHE (read when MLX starts
-# CUDA), and on Linux, bind MLX's CPU BLAS to the system OpenBLAS (4-6x faster).
+# CUDA), and on Linux, bind MLX's CPU BLAS to the system OpenBLAS (codec/blas.py says why).
 configure_kernel_caches()
 preload_openblas()
 for _name in _COMMAND_MODULES:

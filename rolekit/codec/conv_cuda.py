@@ -3,8 +3,8 @@ and the next carry.
 
 Why: in MLX a causal conv step is a concatenation of the carry and the input, a copy for the
 strided windows, a copy for the next carry (a compiled graph's output), and the GEMM; the ELU
-before most of Mimi's convs is one more launch. On CUDA the step is launch-bound (~7 us of host
-time a launch, ~700 launches per Mimi frame), so those four launches become one here.
+before most of Mimi's convs is one more launch. On CUDA the step is launch-bound (hundreds of
+launches per Mimi frame, each costing host time), so those four launches become one here.
 
 Contract, for prev [B, P, C] and x [B, T, C] with L = P + T, cat = [prev ; f(x)] along time
 (f = ELU when `elu`, else identity):

@@ -1,10 +1,8 @@
 """Mimi's streaming encode step and decode step as ONE CUDA kernel each.
 
-Why: on an H100 a Mimi frame is bound by the host, not the GPU. After the fused and conv kernels
-an encode step still launched ~262 kernels and a decode step ~251, ~3.1 ms of wall time each
-for ~0.75 ms of GPU work (bench/RESULTS.md): MLX spends several microseconds of host time on
-every launch. Here each direction is one launch: 0.68 ms of GPU time, ~1.2 ms of wall time per
-step on an H100 (lease P).
+Why: on a CUDA GPU a Mimi frame is bound by the host, not the GPU: as MLX ops an encode or decode
+step is a few hundred small launches, each costing host time. Here each direction is one launch
+(`rolekit bench mimi` times both paths).
 
 How: a persistent kernel, one block per SM, runs the step as a list of stages separated by grid
 barriers (`nn/device/grid.cuh`'s, on a small counter array that the kernel keeps across calls).
@@ -15,8 +13,8 @@ The stages are generated from the `Mimi` modules (`encoder_program`, `decoder_pr
   rows and a slice of r, stages x into shared memory with the reader's carry / window / ELU /
   GELU / LayerNorm applied once per element, and its warps take the columns; the sums go into
   zeroed fp32 scratch with atomics (a residual is added in place into the stream it belongs to).
-  A stage's work is latency-bound (a grid barrier plus a few dependent loads, ~6 us at least), so
-  loads are issued in batches ahead of their use;
+  A stage's work is latency-bound (a grid barrier plus a few dependent loads), so loads are
+  issued in batches ahead of their use;
 - attention: the stage before moves the caches' kept slots (every block, `Shift`); then one block
   per (batch row, head) applies RoPE, writes the new keys and values and attends over the visible
   slots (the compiled step's masking rule, from the device offset), a key per lane;

@@ -47,8 +47,8 @@ def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
 
 
 class LinearT(nn.Module):
-    """Bias-free linear whose weight is stored transposed, [in, out]: `x @ w` runs as a plain GEMM,
-    about 2x faster than `x @ W.T` for the 2-row steps on CPU BLAS. weights.py transposes on load.
+    """Bias-free linear whose weight is stored transposed, [in, out]: `x @ w` runs as a plain GEMM
+    (no transposed operand for the few-row steps on CPU BLAS). weights.py transposes on load.
 
     `to_rows()` stores it [out, in] instead (layout "rows"), the layout `nn.fused`'s CUDA kernels
     read: the same products, one orientation at a time (no second copy)."""

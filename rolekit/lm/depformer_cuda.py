@@ -1,9 +1,8 @@
 """The depformer's whole frame as ONE CUDA kernel: its 8 (or 16) steps, sampling included.
 
-Why: on an H100 the frame is bound by kernel launches (~7 us of host time each in MLX), and the
-depformer launched ~50 of them per step (6 layers x 6, embedding, head, sampling), ~400 per frame
-at 8 steps, for ~1 ms of GPU work. Measured (bench/RESULTS.md, lease I): the whole q4 engine step
-went 13.2-13.3 -> 12.1 ms per frame; the kernel itself takes ~1.7 ms of GPU time at batch 1.
+Why: on a CUDA GPU the frame is bound by kernel launches (each costs host time in MLX), and as
+MLX ops the depformer launches about 50 per step (6 layers x 6, embedding, head, sampling), 8 or 16
+steps a frame, for little GPU work each.
 
 How: a persistent kernel, one block per SM (so every block is resident), runs the frame's stages
 in order and waits for all blocks between two stages on a counter in global memory (a grid

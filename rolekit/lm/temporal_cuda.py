@@ -1,9 +1,8 @@
 """The temporal transformer's one-position step (all 32 layers) as ONE CUDA kernel.
 
-Why: on an H100 the q4 LM step launched ~390 kernels a frame, ~300 of them for the temporal
-layers (5-6 fused products and ring-attention kernels a layer plus the ring writes), and its wall
-time was ~3 ms above its GPU time (bench/RESULTS.md: 9.2 ms serialized for ~6.1 ms of GPU work,
-1.6 ms of it host graph building). Here the layers are one persistent kernel: one block per SM,
+Why: as MLX ops (or `nn.fused` products and `ring_attention` kernels) the temporal layers are
+most of the LM step's launches (5-6 products and attention kernels a layer plus the ring writes),
+and on a CUDA GPU each launch costs host time. Here the layers are one persistent kernel: one block per SM,
 grid barriers between stages (`nn.grid`), the fp32 residual stream in global scratch. Per layer:
 
     S1  q | k | v = in_proj[l] rms1(X)                       (every block normalizes X itself)
@@ -24,14 +23,12 @@ chunk sums (the bias term); dense weights, or `stages=0`, use `nn.grid.rows_dens
 Before each barrier the grid asks L2 for the first wave of rows of the next product. 512 threads a
 block under launch bounds (`nn.grid.launch_bounds`, 128 registers a thread). The step's position
 and the rows' padding are read once per block into shared memory: MLX's CUDA backend keeps an
-array of 8 bytes or less in host memory that the GPU reads over the bus, and reading `start[b]`
-once per layer and block had cost ~25 us a layer. Measured on an H100 (bench/RESULTS.md): 2.8 ms
-of GPU a frame in q4 (4.1 ms before these three changes), the step 8.2 -> 7.2 ms.
+array of 8 bytes or less in host memory that the GPU reads over the bus, so each read crosses it.
 
 The kernel writes the step's keys and values into the ring arrays IN PLACE (slot pos % C of each
 layer; no other slot changes, and that slot is never read from the ring in the step: its key and
 value come from S1) and also returns them (`new_kv` [L, 2, B, D], for the checks). In place,
-because MLX's 64 `put_along_axis` writes a frame took ~1.2 ms of GPU time; so `LmCache.snapshot`
+because the op path's alternative is 64 `put_along_axis` writes a frame; so `LmCache.snapshot`
 and `restore` copy the rings. Visibility of a ring slot is `ring_attention`'s rule (context
 window, each row's left padding, a padding row sees only itself), evaluated in the kernel.
 

@@ -42,8 +42,8 @@ def _attribute(attribute: int) -> int | None:
 
 @lru_cache(maxsize=1)
 def shared_optin() -> int | None:
-    """Bytes of shared memory a block of CUDA device 0 may opt in to (static + dynamic; 227 KB on
-    an H100), None without a device."""
+    """Bytes of shared memory a block of CUDA device 0 may opt in to (static + dynamic), None
+    without a device."""
     return _attribute(97)  # CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
 
 

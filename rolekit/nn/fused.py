@@ -1,9 +1,7 @@
 """Fused transformer-block products for the per-frame decode on CUDA: fewer kernel launches.
 
-On an H100 the batch-1 `Engine.step` is bound by the host, not the GPU: a frame launched ~2,070
-kernels while the GPU was busy 9.5 ms of 17.7 (bench/RESULTS.md). With these kernels it launches
-~1,520 and takes 14.8-15.2 ms (bf16) / 13.7-14.7 ms (q4), 0.3-1.3 ms less than the MLX ops in the
-same leases: fewer than the launch count alone predicted. A transformer block at one position is, per layer:
+On a CUDA GPU the batch-1 `Engine.step` is bound by the host, not the GPU: each of a frame's
+thousands of kernel launches costs host time. A transformer block at one position is, per layer:
 RMSNorm -> in_proj -> attention -> out_proj -> + residual -> RMSNorm -> linear_in -> silu gate ->
 linear_out -> + residual: 11 launches in MLX. Three kernels here cover everything but attention:
 

@@ -8,8 +8,9 @@ w = scale * q + bias. One warp per output row: each lane loads whole 16-byte chu
 weight (all of its loads issued before any arithmetic), multiplies them with the matching
 activations of every batch row, and the warp reduces.
 
-Opt-in (`Kernels.qmv`, off by default: the whole q4 step was measured slower with it, see
-bench/RESULTS.md): `adopt(model)` routes a model's affine quantized linears through `qmatmul`.
+Opt-in (`Kernels.qmv`, off by default: MLX's own quantized products serve the whole step as well;
+`--kernels qmv=1` turns it on): `adopt(model)` routes a model's affine quantized linears through
+`qmatmul`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import mlx.nn as nn
 
 from rolekit.nn.cuda import build_kernel, device_code
 
-# Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). At 16 rows it is 3-20x slower
-# than MLX's (each warp re-reads all rows' activations), so batches go to MLX. `qmv` takes up to 16.
+# Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). Each warp re-reads every row's
+# activations, so more rows cost it more than MLX's tiled kernel: batches go to MLX. `qmv` takes up to 16.
 MAX_ROWS = 1
 KERNEL_ROWS = 16
 

@@ -1,8 +1,8 @@
 """One-position ("decode") attention over the temporal transformer's ring KV cache before the ring
 wraps, as two CUDA kernels instead of MLX's masked path.
 
-Why: on an H100 the batch-1 `Engine.step` is bound by the host (each MLX op costs about 7 us of
-launch work, bench/RESULTS.md). Before the wrap, the compiled step attends a power-of-two prefix of
+Why: on a CUDA GPU the batch-1 `Engine.step` is bound by the host (each MLX op costs host time to
+launch). Before the wrap, the compiled step attends a power-of-two prefix of
 the ring through a bool mask built on the device from the position and each row's left padding;
 per layer that is the mask's share plus the prefix slices and MLX's masked SDPA, about 5 launches,
 x 32 layers every 80 ms frame. Here the visibility rule is evaluated inside the attention kernel,
@@ -49,7 +49,7 @@ HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)
 NW = 4  # warps per block of the partial kernel (NW * 32 >= Dh: the block's merge has a thread per dim)
 CHUNKS = (256, 128, 64)  # slots per split, largest first; must be multiples of NW * 32 / (Dh / 8) * U
-MIN_BLOCKS = 256  # shorter chunks until the partial kernel has this many blocks (H100: 132 SMs)
+MIN_BLOCKS = 256  # shorter chunks until the partial kernel has this many blocks (a few per SM)
 _LOG2E = 1.4426950408889634
 
 # Template constants: T (dtype of q / k_buf / v_buf), NH (heads), CAP (ring slots C), HD (Dh),

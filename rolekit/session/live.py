@@ -1,7 +1,7 @@
 """The live rehearsal loop: microphone -> engine.step -> speaker, one 80 ms frame at a time.
 
 All engine (MLX) work happens on the calling thread, which must be the thread that loaded the
-model (MLX evaluated from another thread costs ~80 ms per frame). The audio callback only moves
+model (MLX evaluated from another thread falls off its fast path and cannot keep up). The audio callback only moves
 blocks through the stream's queues. The prefill runs before the stream opens, so the first frame
 is never stalled, and the session ends (Ctrl-C, a device error, or `max_seconds`) with a complete
 SessionRecord, saved exactly like a scripted run.
