@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rolekit.nn.kernels import Kernels
+from rolekit.nn.kernels import Kernels, TemporalTuning
 from tests.nn.nvrtc import capture_kernels, compile_sm90, full_source
 
 pytestmark = pytest.mark.nvrtc
@@ -28,11 +28,14 @@ ALL = Kernels(
 POLICIES = {
     "all": ALL,
     "layers": dataclasses.replace(ALL, temporal=False, depformer=False, mimi=False),
-    "threads": dataclasses.replace(
-        ALL, depformer_threads=512, temporal_tuning=ALL.temporal_tuning.__class__(stages=0)
-    ),
+    "threads": dataclasses.replace(ALL, depformer_threads=512, temporal_tuning=TemporalTuning(stages=0)),
     "qmv": Kernels(qmv=True),
+    # the temporal generator's other knobs: register path by single rows, no L2 prefetch, 2 slot passes
+    "tuning": dataclasses.replace(
+        ALL, temporal_tuning=TemporalTuning(stages=0, pairs=False, prefetch=False, slot_passes=2)
+    ),
 }
+TUNED = {"threads": ("q4",), "tuning": ("fp32", "q4")}
 
 
 def _pretend_cuda(monkeypatch) -> None:
@@ -69,7 +72,7 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
     _pretend_cuda(monkeypatch)
     with capture_kernels(monkeypatch) as seen:
         for name, kernels in POLICIES.items():
-            for quant in ("fp32", "bf16", "q4", "q8") if name != "threads" else ("q4",):
+            for quant in TUNED.get(name, ("fp32", "bf16", "q4", "q8")):
                 for batch in (1, 2):
                     _engine_launches(monkeypatch, seen, kernels, quant, batch)
         for kernels in (ALL, dataclasses.replace(ALL, mimi=False)):
