@@ -9,6 +9,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Commands default to the real model (nvidia/personaplex-7b-v1); tests run on the embedded random one.
 os.environ.setdefault("ROLEKIT_MODEL", "tiny")
 
+# Test folders mirror rolekit's packages; fixtures that tests of several packages share live in
+# tests/fixtures/ (imported as `tests.fixtures.*`: the repository root must be importable even when
+# pytest starts without `python -m`, since --import-mode=importlib adds nothing to sys.path).
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+pytest_plugins = [
+    "tests.fixtures.personas",
+    "tests.fixtures.records",
+    "tests.fixtures.suites",
+    "tests.fixtures.live",
+]
+
 # Same as the CLI: MLX on Linux binds to the system OpenBLAS when it is loaded before mlx.
 from rolekit.codec.blas import preload_openblas  # noqa: E402
 

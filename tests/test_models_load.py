@@ -21,7 +21,7 @@ from rolekit.errors import AudioInputError, ConfigError, ModelError
 from rolekit.frames import VOICES
 
 RUNNER = CliRunner()
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Fewer kernel launches per frame, same numbers: views instead of gathers for q/k/v, one RoPE
-call for q and k, one-kernel RMSNorm in the activation dtype, one concatenation per depformer
-layer step, the few-row quantized product and its dispatch (its CUDA kernel is checked on the GPU
-by `benchmarks.matmul.check_qmv`, a `gpu`-marked test in tests/nn/test_fused.py; here the CPU path)."""
+"""Fewer kernel launches per frame, same numbers (rolekit.nn): views instead of gathers for q/k/v,
+one RoPE call for q and k, one-kernel RMSNorm in the activation dtype, head reshapes without
+transposes at one position, the few-row quantized product and its dispatch (its CUDA kernel is
+checked on the GPU by `benchmarks.matmul.check_qmv`, a `gpu`-marked test in tests/nn/test_fused.py;
+here the CPU path)."""
 
 from __future__ import annotations
 
@@ -59,19 +60,6 @@ def test_rms_norm_in_bf16_is_one_op_and_close_to_fp32(tmp_path):
     one = _graph_ops(norm(xb), path=str(tmp_path / "n.dot"))
     three = _graph_ops(cast, path=str(tmp_path / "c.dot"))
     assert len(one) < len(three)  # no casts around the norm (on the GPU: 1 kernel instead of 3)
-
-
-def test_depformer_keeps_keys_and_values_in_one_growing_cache():
-    mx.random.seed(4)
-    lm = LM(tiny(context=8))
-    mx.eval(lm.parameters())
-    dep = lm["depformer"]
-    x = mx.random.normal((2, 1, lm.cfg.depformer_dim))
-    _, kv = dep.step(x, 0, None)
-    _, kv = dep.step(x, 1, kv)
-    h = lm.cfg.depformer_num_heads
-    assert len(kv) == lm.cfg.depformer_num_layers
-    assert kv[0].shape == (2, 2 * h, 2, lm.cfg.depformer_dim // h)
 
 
 def test_qmatmul_without_use_kernel_is_mlx_quantized_matmul(monkeypatch):
