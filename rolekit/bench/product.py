@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.bench.timing import peak_rss_gb, speedup, summarize
 from rolekit.engine.engine import Engine
 from rolekit.engine.warmup import warmup
 from rolekit.frames import FRAME_SAMPLES
@@ -103,15 +103,7 @@ def bench_product_with_reference(
     for compile_ in (False, True):
         ref = reference_in_child(lm_kwargs, batch, steps, warmup_steps, compile_)
         key = "speedup_vs_lmgen_compile" if compile_ else "speedup_vs_lmgen"
-        ours[key] = _ratio(ref, ours)
+        ours[key] = speedup(ref, ours)
         out.append(ref)
     ours["speedup_vs_reference"] = ours.get("speedup_vs_lmgen_compile") or ours.get("speedup_vs_lmgen")
     return out
-
-
-def _ratio(ref: dict[str, Any], ours: dict[str, Any]) -> float | None:
-    try:
-        a, b = float(ref["step"]["median"]), float(ours["step"]["median"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return round(a / b, 2) if b > 0 else None

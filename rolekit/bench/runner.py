@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rolekit.bench.timing import host_info
+from rolekit.bench.timing import host_info, speedup
 from rolekit.errors import ConfigError
 
 WHATS = ("lm", "mimi", "engine", "phases", "prefill", "convert", "all")
@@ -43,15 +43,6 @@ class BenchOptions:
             raise ConfigError(f"--dep-steps: must be 1..16, got {self.dep_steps}")
 
 
-def _ratio(ref: dict[str, Any], ours: dict[str, Any]) -> float | None:
-    """How many times faster ours is than the reference (median step), None when unknown."""
-    try:
-        a, b = float(ref["step"]["median"]), float(ours["step"]["median"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return round(a / b, 2) if b > 0 else None
-
-
 def run_lm(opts: BenchOptions) -> list[dict[str, Any]]:
     from rolekit.bench.lm import bench_lm, lm_config
 
@@ -70,7 +61,7 @@ def run_lm(opts: BenchOptions) -> list[dict[str, Any]]:
             raise
         except Exception as exc:  # noqa: BLE001 - an unavailable reference is reported, not fatal
             ref = {"runtime": "kyutai-moshi-torch", "error": f"{type(exc).__name__}: {exc}"}
-        ours["speedup_vs_reference"] = _ratio(ref, ours)
+        ours["speedup_vs_reference"] = speedup(ref, ours)
         out.append(ref)
     return out
 

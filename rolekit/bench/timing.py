@@ -71,3 +71,12 @@ def host_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def speedup(ref: dict[str, Any], ours: dict[str, Any]) -> float | None:
+    """How many times faster ours is than the reference (median step), None when unknown."""
+    try:
+        a, b = float(ref["step"]["median"]), float(ours["step"]["median"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return round(a / b, 2) if b > 0 else None

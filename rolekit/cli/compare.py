@@ -63,14 +63,7 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
     for name, cells in by.items():
         pa, na = sum(x.passed[0] for x in cells), sum(x.runs[0] for x in cells)
         pb, nb = sum(x.passed[1] for x in cells), sum(x.runs[1] for x in cells)
-        color = (
-            "red"
-            if pb / max(nb, 1) < pa / max(na, 1)
-            else "green"
-            if pb / max(nb, 1) > pa / max(na, 1)
-            else ""
-        )
-        scen.add_row(name, str(len(cells)), f"{pa}/{na}", _color(f"{pb}/{nb}", color))
+        scen.add_row(name, str(len(cells)), f"{pa}/{na}", _color(f"{pb}/{nb}", _rate_color(pa, na, pb, nb)))
     console.print(scen)
     table = Table(title="A -> B per cell (means over repeats; red = worse, green = better)")
     table.add_column("cell")
@@ -80,14 +73,10 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
         table.add_column(m, justify="right")
     for cell in c.cells:
         (pa, pb), (na, nb) = cell.passed, cell.runs
-        color = (
-            "red"
-            if pb / max(nb, 1) < pa / max(na, 1)
-            else "green"
-            if pb / max(nb, 1) > pa / max(na, 1)
-            else ""
-        )
-        row = [f"{cell.key}\n[dim]{cell.label}[/]", _color(f"{pa}/{na} -> {pb}/{nb}", color)]
+        row = [
+            f"{cell.key}\n[dim]{cell.label}[/]",
+            _color(f"{pa}/{na} -> {pb}/{nb}", _rate_color(pa, na, pb, nb)),
+        ]
         for m in shown:
             va, vb = cell.metrics.get(m, (None, None))
             worse = cell.worse(m)
@@ -117,6 +106,12 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
     if c.only_b:
         console.print(f"only in B: {', '.join(c.only_b)}", markup=False)
     console.print(f"{len(c.pairs)} runs paired, {len(flipped)} with checks that changed", markup=False)
+
+
+def _rate_color(passed_a: int, runs_a: int, passed_b: int, runs_b: int) -> str:
+    """red where B's pass rate is below A's, green where above, "" where equal."""
+    a, b = passed_a / max(runs_a, 1), passed_b / max(runs_b, 1)
+    return "red" if b < a else "green" if b > a else ""
 
 
 def _color(text: str, color: str) -> str:

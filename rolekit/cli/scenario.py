@@ -6,6 +6,7 @@ Exit codes: 0 every run passed, 1 a run failed or errored, 2 usage error (bad sc
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +67,8 @@ def run_command(
             f"{scenario}: `rolekit run` takes one scenario file; use `rolekit test` for folders"
         )
     load = model_opts.load_options(dtype, quant, compat, jobs, kernels)
-    _suite(
-        [scenario],
-        None,
-        model,
-        out,
-        whisper,
-        no_transcribe,
-        resume,
-        jobs,
-        junit,
-        repeats,
-        title="rolekit run",
-        asr=asr,
-        load=load,
-    )
+    call = _SuiteCall(model, out, whisper, not no_transcribe, resume, jobs, junit, asr, load, "rolekit run")
+    _suite(call, [scenario], repeats=repeats)
 
 
 def test_command(
@@ -129,23 +117,10 @@ def test_command(
     with user_errors():
         on = _cluster_options(cluster, gpus_per_actor, actors_per_node)
         load = model_opts.load_options(dtype, quant, compat, jobs, kernels)
-    _suite(
-        paths or [Path("scenarios")],
-        filter,
-        model,
-        out,
-        whisper,
-        no_transcribe,
-        resume,
-        jobs,
-        junit,
-        None,
-        tags=tag,
-        baseline=baseline,
-        asr=asr,
-        cluster=on,
-        load=load,
+    call = _SuiteCall(
+        model, out, whisper, not no_transcribe, resume, jobs, junit, asr, load, "rolekit test", on
     )
+    _suite(call, paths or [Path("scenarios")], filter, tags=tag, baseline=baseline)
 
 
 def _cluster_options(address: str | None, gpus: float | None, per_node: int | None) -> Any:
@@ -158,48 +133,39 @@ def _cluster_options(address: str | None, gpus: float | None, per_node: int | No
     return ClusterOptions(address=address.strip(), gpus_per_actor=gpus, actors_per_node=per_node)
 
 
+@dataclass(frozen=True)
+class _SuiteCall:
+    """What `run` and `test` both hand the suite: the model, outputs and how the runs execute."""
+
+    model: str
+    out: Path
+    whisper: str | None
+    transcribe: bool
+    resume: bool
+    jobs: int
+    junit: Path | None
+    asr: str | None
+    load: Any  # models.LoadOptions
+    title: str
+    cluster: Any = None  # suite.cluster.ClusterOptions, or None: this process
+
+
 def _suite(
+    call: _SuiteCall,
     paths: list[Path],
-    pattern: str | None,
-    model: str,
-    out: Path,
-    whisper: str | None,
-    no_transcribe: bool,
-    resume: bool,
-    jobs: int,
-    junit: Path | None,
-    repeats: int | None,
-    title: str = "rolekit test",
+    pattern: str | None = None,
+    repeats: int | None = None,
     tags: list[str] | None = None,
     baseline: str | None = None,
-    asr: str | None = None,
-    cluster: Any = None,
-    load: Any = None,
 ) -> None:
     from rolekit.outputs import check_output_dir, check_output_file
 
     with user_errors():  # bad input: one message, exit 2
-        check_output_dir(out, "--out")
-        if junit is not None:
-            check_output_file(junit, "--junit", create_parents=True)
-        runs, base_side = _plan(paths, pattern, repeats, tags, baseline, out)
-    fresh = pattern is None and not tags
-    _run_planned(
-        runs,
-        base_side,
-        model,
-        out,
-        whisper,
-        no_transcribe,
-        resume,
-        jobs,
-        junit,
-        title,
-        asr,
-        cluster,
-        load,
-        fresh,
-    )
+        check_output_dir(call.out, "--out")
+        if call.junit is not None:
+            check_output_file(call.junit, "--junit", create_parents=True)
+        runs, base_side = _plan(paths, pattern, repeats, tags, baseline, call.out)
+    _run_planned(runs, base_side, call, fresh=pattern is None and not tags)
 
 
 def _plan(
@@ -220,22 +186,7 @@ def _plan(
     return runs, _baseline_side(baseline, out)  # read before the suite rewrites `out`
 
 
-def _run_planned(
-    runs: list[Any],
-    base_side: Any,
-    model: str,
-    out: Path,
-    whisper: str | None,
-    no_transcribe: bool,
-    resume: bool,
-    jobs: int,
-    junit: Path | None,
-    title: str,
-    asr: str | None = None,
-    cluster: Any = None,
-    load: Any = None,
-    fresh: bool = True,
-) -> None:
+def _run_planned(runs: list[Any], base_side: Any, call: _SuiteCall, fresh: bool = True) -> None:
     from contextlib import nullcontext
 
     from rolekit.suite.backend import MlxBackend
@@ -243,13 +194,14 @@ def _run_planned(
     from rolekit.suite.results import summarize
 
     # A filtered rerun (-k / --tag) adds or replaces only its own rows of results.jsonl.
+    model, out, load, cluster = call.model, call.out, call.load, call.cluster
     options = SuiteOptions(
         out=out,
-        whisper=whisper,
-        transcribe=not no_transcribe,
-        resume=resume,
-        batch=jobs,
-        asr=asr,
+        whisper=call.whisper,
+        transcribe=call.transcribe,
+        resume=call.resume,
+        batch=call.jobs,
+        asr=call.asr,
         fresh_results=fresh,
     )
     from rolekit.cli.progress import suite_progress
@@ -276,9 +228,9 @@ def _run_planned(
             typer.echo(f"interrupted: finished runs are in {out}; rerun with --resume to continue", err=True)
             raise typer.Exit(130) from None
         summary = summarize(outcome.rows)
-        _write_reports(out, outcome.rows, junit)
+        _write_reports(out, outcome.rows, call.junit)
         kept = snapshot(out, outcome.rows)
-    _print_summary(outcome.rows, summary, outcome.skipped, out, title)
+    _print_summary(outcome.rows, summary, outcome.skipped, out, call.title)
     typer.echo(f"history: {kept}")
     code = summary["exit_code"]
     if base_side is not None:

