@@ -11,7 +11,7 @@
   tested without the gated weights.
 
 Random weights produce noise, never speech: config.json says `random_weights: true` and a label
-that reports and summaries show. Folders appear atomically (a sibling `.partial-<pid>`, renamed).
+that reports and summaries show. Folders appear atomically (`atomic.replaced_folder`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from rolekit.atomic import write_text
 from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import user_errors
 from rolekit.errors import ConfigError
@@ -236,7 +237,7 @@ def _product(
 
 def _emit(report: dict[str, Any], what: str, as_json: bool, json_out: Path | None) -> None:
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
+        write_text(json_out, json.dumps(report, indent=1) + "\n")
     if as_json:
         typer.echo(json.dumps(report, indent=1))
         return

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from rolekit.atomic import write_text
 from rolekit.errors import ConfigError, Problem, RolekitError
 from rolekit.record import RecordError, SessionRecord
 
@@ -125,7 +126,7 @@ def report(
     out = write_suite_report(path, results, title=f"rolekit suite: {name}")
     junit = write_junit(path / "junit.xml", results, name=name)
     md = summary_markdown(results, title=f"rolekit suite: {name}")
-    (path / "summary.md").write_text(md, encoding="utf-8")
+    write_text(path / "summary.md", md)
     _print_markdown(md)
     typer.echo(f"wrote {out}, {junit}, {path / 'summary.md'}")
 

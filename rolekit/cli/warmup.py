@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from rolekit.atomic import write_text
 from rolekit.cli import options as model_opts
 from rolekit.cli.user_input import user_errors
 from rolekit.errors import ConfigError
@@ -47,7 +48,7 @@ def warmup_command(
         )
     line = json.dumps(summary)
     if json_out is not None:
-        json_out.write_text(line + "\n")
+        write_text(json_out, line + "\n")
     typer.echo(line)
 
 

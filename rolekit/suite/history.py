@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rolekit.atomic import write_text
 from rolekit.report.results import RESULTS_JSONL
 
 HISTORY = "history"
@@ -43,7 +44,7 @@ def snapshot(out: Path, rows: list[dict[str, Any]], now: datetime | None = None)
             row["run_dir"] = str(rel)
         kept.append(row)
     lines = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept)
-    (target / RESULTS_JSONL).write_text(lines, encoding="utf-8")
+    write_text(target / RESULTS_JSONL, lines)  # last and whole: `snapshots` lists folders that have it
     for name in ("summary.md", "junit.xml"):  # copies: summary.md is rewritten in place
         if (out / name).is_file():
             shutil.copy2(out / name, target / name)
