@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rolekit.atomic import replaced_folder
+from rolekit.atomic import remove_leftovers, replaced_folder
 from rolekit.errors import RolekitError
 from rolekit.frames import FRAME_SECONDS, SAMPLE_RATE
 
@@ -98,6 +98,7 @@ class SessionRecord:
         folder = Path(folder)
         if len(self.text_ids) != len(self.text_pieces):
             raise ValueError("text_ids and text_pieces must have one entry per frame")
+        remove_leftovers(folder)  # of a save that crashed (one writer per run folder)
         with replaced_folder(folder) as partial:
             _write_wav(partial / CONVERSATION_WAV, self.stereo(), self.sample_rate)
             _write_json(

@@ -84,6 +84,7 @@ def test_interrupted_save_leaves_no_folder(tmp_path, monkeypatch):
         _record().save(tmp_path / "r0")
     assert list(tmp_path.iterdir()) == [] and not is_complete(tmp_path / "r0")
     monkeypatch.undo()
+    (tmp_path / ".r0.partial-crashed").mkdir()  # what a killed process would leave
     _record().save(tmp_path / "r0")
     assert is_complete(tmp_path / "r0") and [p.name for p in tmp_path.iterdir()] == ["r0"]
 

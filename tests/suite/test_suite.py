@@ -94,14 +94,14 @@ def test_resume_skips_finished_runs(project, fake_tts, fake_backend):
     _scenario(project, "greet", extra="repeats: 3")
     _run(project, fake_tts, fake_backend())
     out = project / "transcripts" / "greet"
-    # simulate a crash: run r2 never finished (only a .partial folder), its result line is missing
-    (out / "r2").rename(out / "r2.partial")
+    # simulate a crash: run r2 never finished (only its temporary folder), its result line is missing
+    (out / "r2").rename(out / ".r2.partial-crashed")
     path = project / "transcripts" / "results.jsonl"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]) + '{"torn line')
     backend = fake_backend()
     _, outcome = _run(project, fake_tts, backend, resume=True)
     assert backend.started == [1] and outcome.skipped == 2
-    assert is_complete(out / "r2") and not (out / "r2.partial").exists()
+    assert is_complete(out / "r2") and not (out / ".r2.partial-crashed").exists()
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.startswith('{"') and x.endswith("}")]
     assert sorted(r["run_id"] for r in rows) == ["r0", "r1", "r2"]
     assert [r["status"] for r in outcome.rows] == ["pass"] * 3
