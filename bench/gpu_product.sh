@@ -18,7 +18,7 @@ timed() {  # timed NAME CMD...: wall time and peak RSS of one command
   shift
   local t0=$SECONDS
   /usr/bin/time -f '{"wall_s": %e, "max_rss_kb": %M}' -o "$OUT/$name.time.json" "$@"
-  echo "== $name rc=$? $(cat "$OUT/$name.time.json" 2>/dev/null) ($((SECONDS - t0)) s)"
+  echo "== $name rc=$? $(cat "$OUT/$name.time.json" 2>/dev/null) ($((SECONDS - t0)) s)" >&2
 }
 
 audio60() {  # 60 s of on/off tone at 24 kHz: user audio for respond and the suite
