@@ -7,9 +7,11 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 
 from rolekit import models
 from rolekit.models import LoadOptions
+from rolekit.nn.kernels import Kernels
 from rolekit.suite.cluster import ClusterOptions, RayCluster
 from rolekit.suite.worker import SuiteWorker
 
@@ -50,6 +52,9 @@ def test_worker_arguments_unpickle_without_mlx():
     options = LoadOptions(dtype="fp32", quant="q4", compat="nvidia", batch=4)
     assert _imports_mlx(options)  # why the worker gets a plain dict: the dataclass's module imports mlx
     args = RayCluster(ClusterOptions(), "tiny", options).worker_args()
-    assert args[2] == {"dtype": "fp32", "quant": "q4", "compat": "nvidia", "batch": 4}
+    assert args[2] == {"dtype": "fp32", "quant": "q4", "compat": "nvidia", "batch": 4, "kernels": None}
     assert not _imports_mlx(args)
+    policy = Kernels(depformer_threads=512)  # --kernels: a frozen value of a module without mlx
+    args = RayCluster(ClusterOptions(), "tiny", replace(options, kernels=policy)).worker_args()
+    assert args[2]["kernels"] == policy and not _imports_mlx(args)
     assert RayCluster(ClusterOptions(), "tiny").worker_args() == ("tiny", True, None)
