@@ -153,7 +153,10 @@ def resolve_mimi_file(path: Path) -> Path:
 
 
 def load_weights_into(mimi: Mimi, tensors: dict[str, np.ndarray], source: str = "weights") -> Mimi:
-    """Check `tensors` (Kyutai naming) against the model's key set and shapes, then load them."""
+    """Check `tensors` (Kyutai naming) against the model's key set and shapes, then load them.
+
+    `tensors` is consumed: each array is popped as it is converted, so the file's copy is freed
+    tensor by tensor instead of doubling Mimi's memory at the end of a model's load."""
     expected = kyutai_key_shapes(mimi)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -169,10 +172,11 @@ def load_weights_into(mimi: Mimi, tensors: dict[str, np.ndarray], source: str = 
                 shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
                 lines.append(f"{title} keys ({len(items)}): " + ", ".join(shown))
         raise ModelError("\n".join(lines))
-    pairs = [
-        (mk, mx.array(np.ascontiguousarray(convert(np.asarray(tensors[tk], dtype=np.float32)))))
-        for tk, (mk, convert) in key_table(mimi).items()
-    ]
+    pairs = []
+    for tk, (mk, convert) in key_table(mimi).items():
+        pairs.append(
+            (mk, mx.array(np.ascontiguousarray(convert(np.asarray(tensors.pop(tk), dtype=np.float32)))))
+        )
     mimi.load_weights(pairs, strict=True)
     mimi.prepare()
     mx.eval(mimi.parameters())

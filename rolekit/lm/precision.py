@@ -7,6 +7,8 @@ loads the same way and nothing is cast behind the user's back:
 - stored weights are never widened to fp32 on a GPU; on the CPU, 16-bit embeddings and linears
   stay 16-bit (cast at use, so fp32 activations need no fp32 copy of 16 GB of weights), and so
   does the ring KV cache of a quantized checkpoint (`cache_dtype`);
+- a quantized checkpoint's embeddings and heads are quantized to 8 bits at load off CUDA
+  (`table_bits`);
 - quantization scales / biases keep their stored dtype, except that with 16-bit activations of
   the other 16-bit kind they take the activation dtype (bf16 x fp16 would promote every quantized
   product's output to fp32);
@@ -27,6 +29,7 @@ DTYPES = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}
 DTYPE_CHOICES = ("auto", *DTYPES)
 QUANT_CHOICES = ("auto", "bf16", "q8", "q4")
 QUANT_BITS = {"q4": 4, "q8": 8}
+TABLE_BITS = 8  # embeddings and heads of a quantized checkpoint off CUDA (`table_bits`)
 GB = 1e9
 # Peak memory of PersonaPlex 7B loaded and stepped (weights + a step's temporaries), per format.
 NEEDS_GB = {"bf16": 18.0, "q8": 10.5, "q4": 6.0}
@@ -76,6 +79,17 @@ def cache_dtype(activations: mx.Dtype, stored: mx.Dtype, quantized: bool) -> mx.
     if quantized and activations == mx.float32 and stored in (mx.bfloat16, mx.float16):
         return stored
     return activations
+
+
+def table_bits(quantized: bool, device: str | None = None) -> int | None:
+    """Bits the embeddings and output heads of a quantized checkpoint are kept in at load: 8
+    (affine, group 64) on the CPU and Metal, where they are a sixth of a q4 7B's memory and the
+    text head (32000 x 4096) would otherwise be promoted to fp32 at every step under fp32
+    activations; None (as stored, 16-bit) on CUDA, whose embedding and depformer kernels read
+    float tables, and for unquantized checkpoints (kept token-exact against their references)."""
+    if not quantized or (device or device_kind()) == "cuda":
+        return None
+    return TABLE_BITS
 
 
 def scales_dtype(stored: mx.Dtype, activations: mx.Dtype) -> mx.Dtype:

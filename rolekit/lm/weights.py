@@ -7,7 +7,8 @@ MLX layout (aufklarer/PersonaPlex-7B-MLX-4bit, -8bit; also what `rolekit convert
 - `temporal.safetensors`: `layers.L.*` of the temporal transformer and `out_norm.alpha`;
 - `depformer.safetensors`: `layers.L.*` of the depformer and `depformer_in.K.*`;
 - `embeddings.safetensors`: embeddings and heads (`text_emb`, `emb.I`, `text_linear`, `linears.K`,
-  `depformer_emb.I`, `depformer_text_emb`), never quantized;
+  `depformer_emb.I`, `depformer_text_emb`), stored 16-bit (a quantized folder's are quantized to 8
+  bits as they are loaded off CUDA: `precision.table_bits`);
 - `config.json`: `lm_kwargs` and/or `temporal`/`depformer` blocks, and a `quantization` block
   {bits, group_size, quantized_components} when linears are affine-quantized (uint32 weight +
   fp16 `scales`/`biases`; the fused projections as `in_proj_weight`/`in_proj_scales`/`in_proj_biases`).
@@ -30,7 +31,7 @@ from rolekit.errors import ModelError, Problem
 from rolekit.lm.checkpoint import SafetensorsFile
 from rolekit.lm.config import LmConfig, from_mlx_config, personaplex_7b, to_mlx_blocks
 from rolekit.lm.model import LM
-from rolekit.lm.precision import activation_dtype, cache_dtype, scales_dtype, weight_dtype
+from rolekit.lm.precision import activation_dtype, cache_dtype, scales_dtype, table_bits, weight_dtype
 
 NVIDIA_FILE = "model.safetensors"
 MLX_FILES = {
@@ -40,6 +41,7 @@ MLX_FILES = {
 }
 GROUP_SIZE = 64
 _NORMS = (".norm1.weight", ".norm2.weight")
+_TABLES = ("text_emb.", "emb.", "text_linear.", "linears.", "depformer_emb.", "depformer_text_emb.")
 _KYUTAI_FILE_KEYS = {"moshi_name", "mimi_name", "tokenizer_name", "lm_gen_config", "model_type", "model_id"}
 
 
@@ -88,6 +90,12 @@ def internal_from_mlx(kind: str, name: str) -> str:
     if name.endswith(".alpha"):
         name = name[: -len("alpha")] + "weight"
     return name
+
+
+def is_table(internal: str, shape: tuple[int, ...], group_size: int = GROUP_SIZE) -> bool:
+    """An embedding or output head's weight (`text_emb`, `emb.I`, `text_linear`, `linears.K`,
+    `depformer_emb.I`, `depformer_text_emb`) whose rows split into groups."""
+    return internal.startswith(_TABLES) and internal.endswith(".weight") and shape[-1] % group_size == 0
 
 
 def is_quantizable(internal: str, shape: tuple[int, ...], group_size: int = GROUP_SIZE) -> bool:
@@ -215,11 +223,25 @@ def _load_mlx(folder: Path, dtype: mx.Dtype, compat: str) -> LM:
         nn.quantize(lm, group_size=group_size, bits=bits, class_predicate=lambda path, m: path in quantized)
     expected = {k: tuple(v.shape) for k, v in tree_flatten(lm.parameters())}
     _check(expected, {k: v[2] for k, v in source.items()}, str(folder))
+    tables = {n[: -len(".weight")] for n, v in source.items() if is_table(n, v[2])}
+    bits = table_bits(bool(quantized))
+    if bits:
+        nn.quantize(lm, group_size=GROUP_SIZE, bits=bits, class_predicate=lambda path, m: path in tables)
     weights = []
+    stored = None
     for internal, (kind, name, shape) in source.items():
-        weights.append((internal, _cast(internal, files[kind].get(name).reshape(shape), dtype)))
+        arr = _cast(internal, files[kind].get(name).reshape(shape), dtype)
+        if internal == "text_emb.weight":
+            stored = arr.dtype
+        if bits and internal[: -len(".weight")] in tables:  # one table at a time: no 16-bit copy of all
+            w, scales, biases = mx.quantize(arr, GROUP_SIZE, bits)
+            module = internal[: -len(".weight")]
+            weights += [(internal, w), (f"{module}.scales", scales), (f"{module}.biases", biases)]
+            mx.eval(w, scales, biases)
+            continue
+        weights.append((internal, arr))
         mx.eval(weights[-1][1])
-    return _finish(lm, weights, dtype)
+    return _finish(lm, weights, dtype, stored)
 
 
 def _cast(internal: str, arr: mx.array, activations: mx.Dtype) -> mx.array:
@@ -231,8 +253,11 @@ def _cast(internal: str, arr: mx.array, activations: mx.Dtype) -> mx.array:
     return arr.astype(weight_dtype(arr.dtype, activations, norm=_is_norm(internal)))
 
 
-def _finish(lm: LM, weights: list[tuple[str, mx.array]], dtype: mx.Dtype) -> LM:
-    stored = dict(weights)["text_emb.weight"].dtype
+def _finish(
+    lm: LM, weights: list[tuple[str, mx.array]], dtype: mx.Dtype, stored: mx.Dtype | None = None
+) -> LM:
+    """Load `weights` into `lm`; `stored`: the text embedding's dtype in the file (default: as given)."""
+    stored = stored or dict(weights)["text_emb.weight"].dtype
     lm.load_weights(weights, strict=True)
     mx.eval(lm.parameters())
     lm.activation_dtype = dtype

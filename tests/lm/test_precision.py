@@ -117,7 +117,56 @@ def test_quantized_folder_keeps_fp16_scales_on_cpu_and_bf16_with_bf16_activation
     cpu_lm = load_lm(tmp_path, mx.float32)
     cpu = _float_dtypes(cpu_lm)
     scales = [k for k in cpu if k.endswith(".scales")]
-    assert scales and {cpu[k] for k in scales} == {mx.float16}
+    linears = [k for k in scales if k.startswith(("transformer.", "depformer.", "depformer_in."))]
+    tables = [k for k in scales if k not in linears]  # quantized at load from the stored bf16 tables
+    assert linears and {cpu[k] for k in linears} == {mx.float16}
+    assert tables and {cpu[k] for k in tables} == {mx.bfloat16}
     assert cpu_lm.make_cache(1).rings[0].keys.dtype == mx.bfloat16  # quantized, tables stored bf16
     gpu = _float_dtypes(load_lm(tmp_path, mx.bfloat16))
     assert {gpu[k] for k in scales} == {mx.bfloat16} and set(gpu.values()) == {mx.bfloat16}
+
+
+@pytest.mark.parametrize(
+    ("quantized", "device", "bits"),
+    [
+        (True, "cpu", 8),
+        (True, "metal", 8),
+        (True, "cuda", None),
+        (False, "cpu", None),
+        (False, "metal", None),
+    ],
+)
+def test_tables_of_quantized_checkpoints_take_8_bits_off_cuda(quantized, device, bits):
+    assert P.table_bits(quantized, device) == bits
+
+
+def test_quantized_folder_loads_8_bit_embeddings_and_heads_on_cpu(tiny_oracle, tmp_path, tokens):
+    """Every embedding and head of a q4 folder is an 8-bit module after a CPU load (the text head's
+    product then never widens a 16-bit copy of its weight to fp32); the LM runs in fp32 and stays
+    close to the same folder with 16-bit tables (the policy turned off)."""
+    import mlx.nn as nn
+
+    from rolekit.convert import lm_source
+    from rolekit.lm import weights as W
+
+    save_lm_mlx = W.save_lm_mlx
+    save_lm_mlx(lm_source(tiny_oracle.folder), tmp_path, tiny_oracle.cfg, bits=4)
+    lm = W.load_lm(tmp_path, mx.float32)
+    embeddings = [lm.text_emb, *lm.emb, lm.depformer_text_emb, *lm.depformer_emb]
+    heads = [lm.text_linear, *lm.linears]
+    assert all(isinstance(e, nn.QuantizedEmbedding) and e.bits == 8 for e in embeddings)
+    assert all(isinstance(h, nn.QuantizedLinear) and h.bits == 8 for h in heads)
+    seq = mx.array(tokens(tiny_oracle.cfg, 2, 12).numpy()).astype(mx.int32)
+    h, logits = lm.temporal(lm.embed(seq), lm.make_cache(2))
+    assert h.dtype == mx.float32 and logits.dtype == mx.float32
+    original = W.table_bits
+    W.table_bits = lambda quantized: None  # the same folder, tables as stored
+    try:
+        wide = W.load_lm(tmp_path, mx.float32)
+    finally:
+        W.table_bits = original
+    assert not isinstance(wide.text_linear, nn.QuantizedLinear)
+    _, ref = wide.temporal(wide.embed(seq), wide.make_cache(2))
+    err = float(mx.sqrt(mx.mean((logits - ref) ** 2)) / mx.sqrt(mx.mean(ref**2)))
+    agree = float(mx.mean(logits.argmax(-1) == ref.argmax(-1)))
+    assert 0 < err < 0.03 and agree >= 0.9, (err, agree)  # the q8 bound of test_quantized

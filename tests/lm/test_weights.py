@@ -147,12 +147,13 @@ def test_quantized_mlx_layout_names(saved, tmp_path):
     assert d.shapes["layers.0.self_attn.in_proj_weight"] == (16 * 192, 8)  # one stacked matrix
     assert d.dtype("depformer_in.3.weight") == "U32" and "layers.1.gating.15.linear_in.scales" in d.shapes
     e = SafetensorsFile(tmp_path / "embeddings.safetensors")
-    assert all(e.dtype(k) != "U32" for k in e.keys())  # embeddings and heads never quantized
+    assert all(e.dtype(k) != "U32" for k in e.keys())  # embeddings and heads stored 16-bit
     q = json.loads((tmp_path / "config.json").read_text())["quantization"]
     assert q == {"bits": 4, "group_size": 64, "quantized_components": ["temporal", "depformer"]}
     lm = load_lm(tmp_path)
     names = {k for k, _ in tree_flatten(lm.parameters())}
-    assert "depformer.layers.0.self_attn.in_proj.scales" in names and "text_linear.scales" not in names
+    assert "depformer.layers.0.self_attn.in_proj.scales" in names
+    assert "text_linear.scales" in names and lm.text_linear.bits == 8  # 8-bit at load off CUDA
 
 
 # ---------------------------------------------------------------- corrupt checkpoints
