@@ -77,6 +77,7 @@ def test_cache_starts_at_the_floor_and_grows_before_the_wrap(lm):
         assert all(r.capacity == seen[-1] for r in cache.rings)
     assert seen[:9] == [2, 2, 4, 4, 8, 8, 8, 8, 16] and seen[16] == 24 and set(seen[16:]) == {24}
     assert lm.make_cache(1).rings[0].capacity == CTX  # the default floor (256) is above this context
+    assert LM(tiny(context=3000)).make_cache(1).rings[0].capacity == MIN_RING  # the 7B's context
     assert lm.make_cache(1, floor=CTX).rings[0].capacity == CTX
 
 
