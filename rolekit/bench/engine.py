@@ -331,7 +331,7 @@ def bench_engine_phases(
     for mode in ("overlapped", "serialized"):
         engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed, compiled=True)
         sync = mode == "serialized"
-        mimi = engine._mimi_steps
+        mimi = engine.mimi_steps
         enc = _Timed(mimi.encode_step, sync)
         dec = _Timed(mimi.decode_step, sync)
         lm = _Timed(engine.lm_step, sync)

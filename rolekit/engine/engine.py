@@ -105,7 +105,7 @@ class Engine:
         self.kernels = Kernels.for_device() if kernels is None else kernels
         # Mimi's encode/decode steps as two mx.compile graphs (codec.compiled): equal outputs,
         # fewer launches; eager: op by op.
-        self._mimi_steps = CompiledMimi(self.mimi, self.kernels) if compiled_mimi else self.mimi
+        self.mimi_steps = CompiledMimi(self.mimi, self.kernels) if compiled_mimi else self.mimi
         self.model_id = bundle.model_id
         self.batch = batch
         cfg = self.lm.cfg
@@ -269,7 +269,7 @@ class Engine:
             raise ConfigError(
                 f"step needs user audio [{self.batch}, {FRAME_SAMPLES}], got {list(pcm_in.shape)}"
             )
-        codes = self._mimi_steps.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
+        codes = self.mimi_steps.encode_step(mx.array(pcm_in)[:, None, :], self.mimi_state)  # [B, K, 1]
         # the device encodes while the host builds the LM step (on a GPU: ~0.7 ms of the codec
         # hidden under ~1.6 ms of graph building); no host sync
         mx.async_eval(codes)
@@ -290,7 +290,7 @@ class Engine:
         if not ready:
             return self._not_ready(user)
         mx.async_eval(out)  # the LM runs while the host builds the decode step
-        pcm = self._mimi_steps.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
+        pcm = self.mimi_steps.decode_step(out[:, 1:, None], self.mimi_state)  # [B, 1, 1920]
         mx.eval(pcm, out, user, self.keys, cache, *self.lm_cache.arrays())  # the one host sync
         out_np = np.array(out)
         self.last_user_codes = np.array(user)
