@@ -44,10 +44,15 @@ def random_7b_command(
     if folder.exists():
         raise ConfigError(f"--out {folder}: exists and is not a random-7b folder")
     start = time.perf_counter()
-    columns = (TextColumn("writing random-7b"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("lm", total=None)
-        build_random_7b(folder, lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task("writing random-7b: LM", total=None)
+
+        def progress(done: int, total: int) -> None:  # the LM's bytes, then Mimi and the voices
+            what = "LM" if done < total else "Mimi and 18 voices (after the LM)"
+            bar.update(task, completed=done, total=total, description=f"writing random-7b: {what}")
+
+        build_random_7b(folder, progress)
     typer.echo(f"wrote {folder} in {time.perf_counter() - start:.1f} s")
 
 
