@@ -106,6 +106,10 @@ def print_comparison(c: Any, diffs: str = "flips") -> None:
     if c.only_b:
         console.print(f"only in B: {', '.join(c.only_b)}", markup=False)
     console.print(f"{len(c.pairs)} runs paired, {len(flipped)} with checks that changed", markup=False)
+    if c.random_note:  # one line, never wrapped: the last thing a reader sees
+        from rich.markup import escape
+
+        console.print(f"[bold yellow]random weights:[/] {escape(c.random_note)}", soft_wrap=True)
 
 
 def _rate_color(passed_a: int, runs_a: int, passed_b: int, runs_b: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from rolekit.errors import ConfigError
 from rolekit.evaluate.metric_docs import METRICS
 from rolekit.record import MONOLOGUE_JSON, is_complete, monologue_words
-from rolekit.report.results import RESULTS_JSONL, read_results, run_result
+from rolekit.report.results import RANDOM_MODEL_NOTE, RESULTS_JSONL, random_label, read_results, run_result
 from rolekit.transcribe.transcript import load_transcript
 
 KEY_METRICS = (
@@ -151,6 +151,12 @@ class Comparison:
     pairs: list[RunPair]
     only_a: list[str]
     only_b: list[str]
+
+    @property
+    def random_note(self) -> str | None:
+        """The warning when side A, B or both ran a random-weight model (None: neither did)."""
+        sides = [name for name, side in (("A", self.a), ("B", self.b)) if random_label(side.rows)]
+        return f"side {' and '.join(sides)}: {RANDOM_MODEL_NOTE}" if sides else None
 
 
 def compare(a: Side, b: Side) -> Comparison:

@@ -11,7 +11,6 @@ from rolekit.atomic import write_text
 from rolekit.evaluate.metric_docs import METRICS
 from rolekit.record import CONVERSATION_WAV
 from rolekit.report.compare import KEY_METRICS, Comparison
-from rolekit.report.results import RANDOM_MODEL_NOTE, random_label
 
 
 def _rel(target: Path | None, page: Path) -> str | None:
@@ -61,8 +60,6 @@ def render_compare_html(page: Path, c: Comparison) -> str:
             }
         )
     docs = {m: METRICS[m] for m in shown}
-    sides = [n for n, side in (("A", c.a), ("B", c.b)) if random_label(side.rows)]
-    note = f"side {' and '.join(sides)}: {RANDOM_MODEL_NOTE}" if sides else None
     scenarios: dict[str, dict[str, Any]] = {}
     for cell in c.cells:
         d = scenarios.setdefault(cell.scenario, {"name": cell.scenario, "cells": 0, "a": [0, 0], "b": [0, 0]})
@@ -83,7 +80,7 @@ def render_compare_html(page: Path, c: Comparison) -> str:
             docs=docs,
             pairs=pairs,
             scenarios=list(scenarios.values()),
-            random_note=note,
+            random_note=c.random_note,
         )
     )
 

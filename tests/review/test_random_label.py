@@ -84,7 +84,7 @@ def _suite(root: Path, record, random: bool) -> Path:
     return folder
 
 
-def test_random_model_is_labelled_in_every_report(synth_record, tmp_path):
+def test_random_model_is_labelled_in_every_report(synth_record, tmp_path, capsys):
     random_run = _suite(tmp_path / "random", synth_record, random=True)
     real_run = _suite(tmp_path / "real", synth_record, random=False)
     want = f"Random weights: {RANDOM_MODEL_NOTE} ({LABEL})"
@@ -122,6 +122,19 @@ def test_random_model_is_labelled_in_every_report(synth_record, tmp_path):
     assert banner(both) == f"Random weights: side A and B: {RANDOM_MODEL_NOTE}"
     real = render_compare_html(page, compare(load_side(real_run), load_side(tmp_path / "real")))
     assert banner(real) is None
+
+    # and `rolekit compare`'s terminal output ends with it
+    from rolekit.cli.compare import print_comparison
+
+    for a, b, want_line in (
+        ("real", "random", [f"random weights: side B: {RANDOM_MODEL_NOTE}"]),
+        ("real", "real", []),
+    ):
+        capsys.readouterr()
+        print_comparison(compare(load_side(tmp_path / a), load_side(tmp_path / b)))
+        assert [
+            x for x in capsys.readouterr().out.splitlines() if x.startswith("random weights: ")
+        ] == want_line
 
 
 def test_a_run_folder_from_before_the_field_is_not_called_random(synth_record, tmp_path):
