@@ -73,6 +73,15 @@ def load_options(dtype: str, quant: str, compat: str, batch: int = 1, kernels: s
     return LoadOptions(dtype=dtype, quant=quant, compat=compat, batch=max(1, int(batch)), kernels=policy)
 
 
+def check_kernels(kernels: str) -> str:
+    """The `--kernels` text, checked for names and values but not against this device (for workers
+    that resolve it on theirs: `Kernels.for_device(None, text)`); a bad one names the option."""
+    from rolekit.nn.kernels import Kernels, parse
+
+    Kernels().with_values(parse(kernels))
+    return kernels.strip()
+
+
 def load_model(spec: str, options: Any, quiet: bool = False) -> Any:
     """`models.load(spec, options)` with its decisions on stderr and a progress bar for first-use work."""
     from rich.console import Console

@@ -115,22 +115,29 @@ def test_command(
 ) -> None:
     """Run every scenario × matrix × repeat as a test suite; results.jsonl, JUnit, summary, exit code."""
     with user_errors():
-        on = _cluster_options(cluster, gpus_per_actor, actors_per_node)
-        load = model_opts.load_options(dtype, quant, compat, jobs, kernels)
+        on = _cluster_options(cluster, gpus_per_actor, actors_per_node, kernels)
+        # on a cluster each worker turns --kernels into the policy of its own device (a driver
+        # without a GPU would turn every kernel off, or refuse one it cannot run)
+        load = model_opts.load_options(dtype, quant, compat, jobs, "" if on is not None else kernels)
     call = _SuiteCall(
         model, out, whisper, not no_transcribe, resume, jobs, junit, asr, load, "rolekit test", on
     )
     _suite(call, paths or [Path("scenarios")], filter, tags=tag, baseline=baseline)
 
 
-def _cluster_options(address: str | None, gpus: float | None, per_node: int | None) -> Any:
+def _cluster_options(address: str | None, gpus: float | None, per_node: int | None, kernels: str = "") -> Any:
     if address is None:
         if gpus is not None or per_node is not None:
             raise ConfigError("--gpus-per-actor / --actors-per-node need --cluster")
         return None
     from rolekit.suite.cluster import ClusterOptions
 
-    return ClusterOptions(address=address.strip(), gpus_per_actor=gpus, actors_per_node=per_node)
+    return ClusterOptions(
+        address=address.strip(),
+        gpus_per_actor=gpus,
+        actors_per_node=per_node,
+        kernels=model_opts.check_kernels(kernels),
+    )
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class ClusterOptions:
     max_attempts: int = 3  # worker losses one batch may suffer before its runs become error rows
     start_timeout_s: float = 900.0  # no worker ready for this long: the remaining runs become errors
     prefill_cache: bool = True
+    kernels: str = ""  # `--kernels` text, turned into a policy by each worker for its own device
 
 
 def import_ray() -> Any:
@@ -222,12 +223,13 @@ class RayCluster:
 
     def worker_args(self) -> tuple[str, bool, dict[str, Any] | None]:
         """`SuiteWorker`'s arguments, none of whose classes live in a module that imports mlx: the load
-        options as a dict of their fields (see SuiteWorker; a field's value is kept as it is)."""
-        load = (
-            None
-            if self.load is None
-            else {f.name: getattr(self.load, f.name) for f in dataclasses.fields(self.load)}
-        )
+        options as a dict of their fields (see SuiteWorker; a field's value is kept as it is), with
+        `ClusterOptions.kernels`' text as `kernels` when given."""
+        load = None
+        if self.load is not None:
+            load = {f.name: getattr(self.load, f.name) for f in dataclasses.fields(self.load)}
+        if self.options.kernels:
+            load = {**(load or {}), "kernels": self.options.kernels}
         return self.model, self.options.prefill_cache, load
 
     def _start_worker(self, node_id: str, res: dict[str, float]) -> _Slot:

@@ -49,7 +49,8 @@ class SuiteWorker:
 
     def __init__(self, model: str, prefill_cache: bool = True, load: dict[str, Any] | None = None) -> None:
         """`load`: the driver's `models.LoadOptions` as a dict of its fields (None: the defaults), so
-        workers load as the driver would. A dict, not the dataclass: Ray unpickles the
+        workers load as the driver would (a `kernels` text, `--kernels`, becomes the policy of this
+        worker's device). A dict, not the dataclass: Ray unpickles the
         arguments before `__init__` runs, and unpickling a LoadOptions imports `rolekit.models`, hence
         mlx, before `preload_openblas`: MLX would then bind the reference BLAS, whose GEMMs round
         differently from the driver's OpenBLAS (the cluster's audio would differ from a local run's)."""
@@ -61,6 +62,10 @@ class SuiteWorker:
         def loader(spec: str) -> Any:
             from rolekit import models
 
+            if isinstance(fields.get("kernels"), str):  # `--kernels` text: this worker's device decides
+                from rolekit.nn.kernels import Kernels
+
+                fields["kernels"] = Kernels.for_device(None, fields["kernels"])
             return models.load(spec, models.LoadOptions(**fields))
 
         kind = CachedBackend if prefill_cache else MlxBackend

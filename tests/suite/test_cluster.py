@@ -290,6 +290,11 @@ def test_cluster_usage_errors_name_the_option(project, monkeypatch, capsys):
     dead = f"127.0.0.1:{free_port()}"
     assert _cli([*base, "--cluster", dead]) == 2
     assert f"--cluster {dead}: no Ray cluster at {dead}" in capsys.readouterr().err
+    # --kernels is checked here, but resolved by each worker on its device: qmv=1 is no error on this CPU
+    assert _cli([*base, "--cluster", dead, "--kernels", "nope=1"]) == 2
+    assert "--kernels: unknown kernel 'nope'" in capsys.readouterr().err
+    assert _cli([*base, "--cluster", dead, "--kernels", "qmv=1"]) == 2
+    assert f"--cluster {dead}: no Ray cluster at {dead}" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert _cli([*base, "--cluster", dead]) == 2
     assert "--cluster needs Ray: pip install 'rolekit[cluster]'" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
+
 from rolekit import models
 from rolekit.models import LoadOptions
 from rolekit.nn.kernels import Kernels
@@ -58,3 +60,18 @@ def test_worker_arguments_unpickle_without_mlx():
     args = RayCluster(ClusterOptions(), "tiny", replace(options, kernels=policy)).worker_args()
     assert args[2]["kernels"] == policy and not _imports_mlx(args)
     assert RayCluster(ClusterOptions(), "tiny").worker_args() == ("tiny", True, None)
+    with_kernels = RayCluster(ClusterOptions(kernels="fused=0"), "tiny", options).worker_args()
+    assert with_kernels[2]["kernels"] == "fused=0" and not _imports_mlx(with_kernels)
+
+
+def test_a_worker_turns_kernels_text_into_its_own_devices_policy():
+    """`--kernels` on a cluster is resolved by each worker: here a CPU, where every kernel is off and
+    one turned on is refused, naming the option."""
+    from rolekit.errors import ConfigError
+    from rolekit.nn.kernels import OPS
+
+    worker = SuiteWorker("tiny", False, {"kernels": "fused=0"})
+    worker.ready()
+    assert worker.backend.bundle.kernels == OPS
+    with pytest.raises(ConfigError, match="--kernels qmv: rolekit's kernels need a CUDA GPU"):
+        SuiteWorker("tiny", False, {"kernels": "qmv=1"}).ready()
