@@ -87,25 +87,44 @@ class EspeakLibrary:
         variant = ctypes.create_string_buffer(b"\x00variant\x00")  # priority 0, "variant"
         spec = _Voice(languages=ctypes.cast(variant, ctypes.c_void_p))
         with self._lock:
-            for arg in (None, ctypes.byref(spec)):  # the voices, then the variants (`en-us+f3`)
-                table = self._lib.espeak_ListVoices(arg)
-                i = 0
-                while table[i]:
-                    v = table[i].contents
+            for which in (None, spec):  # the voices, then the variants (`en-us+f3`)
+                for v in self._list(which):
                     for text in (v.name, v.identifier):
                         if text:
                             t = text.decode("utf-8", "replace").lower()
                             names.update({t, t.split("/")[-1], t.replace(" ", "_")})
                     names.update(_languages(v.languages) - {"variant"})
-                    i += 1
         return names
+
+    def _set_voice(self, voice: str) -> bool:
+        """Select `voice` as the espeak-ng program's `-v` does: a voice name (`en-us`, `en-us+f3`),
+        else a language with an optional `+variant` (`en-gb+f3`: the first voice that speaks en-gb,
+        with variant f3). Caller holds the lock."""
+        if self._lib.espeak_SetVoiceByName(voice.encode("utf-8")) == 0:
+            return True
+        language, plus, variant = voice.partition("+")
+        for v in self._list(None):
+            if v.name and language.lower() in _languages(v.languages):
+                name = v.name + (plus + variant).encode("utf-8")
+                return self._lib.espeak_SetVoiceByName(name) == 0
+        return False
+
+    def _list(self, spec: _Voice | None) -> list[_Voice]:
+        """espeak_ListVoices: every voice (None) or those matching `spec`. The library rebuilds its
+        table on each call: read the result before the next call. Caller holds the lock."""
+        table = self._lib.espeak_ListVoices(ctypes.byref(spec) if spec is not None else None)
+        out, i = [], 0
+        while table[i]:
+            out.append(table[i].contents)
+            i += 1
+        return out
 
     def speak_here(self, text: str, voice: str | None, rate: int) -> np.ndarray:
         """`text` spoken by `voice` (None: the default, en) at `rate` words per minute: int16 [N],
         in this process (only the first utterance of a process is reproducible)."""
         data = text.encode("utf-8") + b"\0"
         with self._lock:
-            if voice and self._lib.espeak_SetVoiceByName(voice.encode("utf-8")) != 0:
+            if voice and not self._set_voice(voice):
                 raise EspeakError(f"espeak-ng has no voice {voice!r}")
             self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
             self._chunks = []

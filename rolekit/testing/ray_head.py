@@ -9,6 +9,7 @@ context stops it and every process it started (SIGTERM to the blocking `ray star
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ def local_ray_head(
 
     `env` is added to this process's environment for the head and the workers it starts (e.g.
     ROLEKIT_CACHE, PYTHONPATH). RAY_AUTH_MODE defaults to `token` (Ray's own default for new
-    clusters); drivers read the token from ~/.ray/auth_token.
+    clusters); drivers read the token from ~/.ray/auth_token or RAY_AUTH_TOKEN. Where neither exists
+    (a fresh machine), a random token is made for this head and RAY_AUTH_TOKEN is set in this
+    process while the context lasts, so its drivers connect; it is unset again on exit.
     """
     temp = tempfile.mkdtemp(prefix="rkray-", dir="/tmp")  # short: Ray's unix socket paths must fit
     gcs, client = free_port(), free_port()
@@ -80,6 +84,9 @@ def local_ray_head(
         f"--temp-dir={temp}",
         *(f"{k}={v}" for k, v in ports.items()),
     ]
+    own_token = "RAY_AUTH_TOKEN" not in os.environ and not (Path.home() / ".ray" / "auth_token").is_file()
+    if own_token:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     full_env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), **(env or {})}
     log = open(os.path.join(temp, "ray-start.log"), "wb")
     proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -88,11 +95,9 @@ def local_ray_head(
         raylet = ports["--node-manager-port"]  # the node itself: drivers and workers attach to it
         while not all(_listening(p) for p in (gcs, client, raylet)):
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {proc.returncode}: see {temp}/ray-start.log")
+                raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log.name)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"ray start did not listen within {timeout_s:g} s: see {temp}/ray-start.log"
-                )
+                raise RuntimeError(f"ray start did not listen within {timeout_s:g} s:\n{_tail(log.name)}")
             time.sleep(0.2)
         yield RayHead(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", proc.pid, temp)
     finally:
@@ -105,3 +110,11 @@ def local_ray_head(
                 proc.wait()
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+        if own_token:
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    """The last lines of `ray start`'s log (the folder is removed on exit, so errors quote it)."""
+    with open(path, "rb") as f:
+        return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])

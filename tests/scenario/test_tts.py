@@ -68,8 +68,17 @@ def test_timeline_speaks_say_turns_with_espeak(tmp_path):
     assert not pcm[ps:pe].any()
 
 
+def _variant_changes_the_voice() -> None:
+    plain = synthesize(TtsRequest("hello there", backend="espeak-ng", voice="en-gb"), use_cache=False)
+    f3 = synthesize(TtsRequest("hello there", backend="espeak-ng", voice="en-gb+f3"), use_cache=False)
+    assert is_voiced(f3)
+    assert len(f3) != len(plain) or not np.allclose(f3, plain, atol=1e-3)
+
+
 def test_espeak_variants_are_accepted():
-    assert len(synthesize(TtsRequest("hi", backend="espeak-ng", voice="en-gb+f3"))) > 0
+    """A language with a variant (`en-gb+f3`, as `espeak-ng -v` takes it) speaks, and the variant
+    changes the voice (the espeak-ng program where installed, else the library)."""
+    _variant_changes_the_voice()
 
 
 def test_without_the_espeak_ng_program_the_pypi_library_speaks(monkeypatch):
@@ -88,5 +97,6 @@ def test_without_the_espeak_ng_program_the_pypi_library_speaks(monkeypatch):
     assert len(slow) > 1.8 * len(fast)
     assert {"en-us", "en-gb", "f3"} <= tts.espeak_voices()
     assert len(synthesize(TtsRequest("hi there", backend="espeak-ng", voice="en-us+f3"))) > 0
+    _variant_changes_the_voice()  # a language + variant: the library resolves it as the program does
     with pytest.raises(TtsError, match="espeak-ng has no voice"):
         synthesize(TtsRequest("hi", backend="espeak-ng", voice="no-such-voice-xyz"))
