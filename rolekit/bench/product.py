@@ -55,7 +55,7 @@ def bench_product(
     engine.prefill([plan] * batch, [voice] * batch)
     mx.eval(*engine.lm_cache.arrays())
     prefill_ms = (time.perf_counter() - t0) * 1000.0
-    warm = warmup(engine)
+    warm = warmup(engine, frames=steps)
     rng = np.random.default_rng(seed)
     pcm = (0.1 * rng.standard_normal((steps, batch, FRAME_SAMPLES))).astype(np.float32)
     samples = []
@@ -75,6 +75,7 @@ def bench_product(
         "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_ms, 1),
         "warmup_steps_ms": [round(ms, 1) for ms in warm.steps_ms],
+        "warmup_graphs": warm.graphs,
         "step": stats,
         "rtf": round(stats["median"] / 80.0, 4),
         "first_steps_ms": [round(ms, 1) for ms in samples[:3]],

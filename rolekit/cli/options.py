@@ -144,8 +144,9 @@ def _bar(console: Any, quiet: bool) -> Iterator[Any]:
             bar.stop()
 
 
-def warm(engine: Any, quiet: bool = False) -> Any:
-    """Warm `engine` up (`engine.warmup`) behind a visible status line on stderr; its state is unchanged."""
+def warm(engine: Any, quiet: bool = False, frames: int | None = None) -> Any:
+    """Warm `engine` up (`engine.warmup`: its first steps, then the step graphs of the next
+    `frames` frames, None = a whole conversation) behind a status line on stderr; state unchanged."""
     import os
 
     from rich.console import Console
@@ -154,13 +155,16 @@ def warm(engine: Any, quiet: bool = False) -> Any:
 
     console = Console(stderr=True, highlight=False)
     if quiet:
-        return warmup(engine)
+        return warmup(engine, frames=frames)
     where = os.environ.get("MLX_PTX_CACHE_DIR", "")
     with console.status(
-        f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps; kernels cached in {where})"
+        f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps, then the step graphs "
+        f"of a longer conversation; kernels cached in {where})"
     ):
-        result = warmup(engine)
+        result = warmup(engine, frames=frames)
+    steps = ", ".join(f"{ms:.0f}" for ms in result.steps_ms)
     console.print(
-        f"[dim]warm-up: {result.seconds:.1f} s ({', '.join(f'{ms:.0f}' for ms in result.steps_ms)} ms)[/]"
+        f"[dim]warm-up: {result.seconds:.1f} s (steps {steps} ms; {result.graphs} more step graphs "
+        f"in {result.graphs_ms / 1000.0:.1f} s)[/]"
     )
     return result

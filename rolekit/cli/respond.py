@@ -176,9 +176,10 @@ def run_respond(**opts: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     cached = prefill_cached(engine, [plan], [voice], cache_dir)
     prefill_ms = (time.perf_counter() - t0) * 1000.0
-    warm = model_opts.warm(engine, bool(opts["quiet"]))  # compile stalls before the first timed step
     tail_frames = int(round(opts["tail"] / FRAME_SECONDS))
     frames = frame_user_audio(user, tail_frames)
+    # compile stalls before the first timed step: the first steps' and every later step graph's
+    warm = model_opts.warm(engine, bool(opts["quiet"]), frames=frames.shape[1])
     with _progress(frames.shape[1], opts["quiet"]) as on_step:
         result = run_offline(engine, frames, on_step)
     if bundle.is_random and not opts["quiet"]:  # after the run too: the last line before the summary

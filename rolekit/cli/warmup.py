@@ -89,6 +89,8 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
         "load_s": round(load_s, 2),
         "prefill_ms": round(prefill_ms, 1),
         "warmup_steps_ms": [round(ms, 1) for ms in warm.steps_ms],
+        "warmup_graphs": warm.graphs,
+        "warmup_graphs_s": round(warm.graphs_ms / 1000.0, 2),
         "warmup_s": round(warm.seconds, 2),
         "steps_ms": steps_ms,
         "prefill_to_first_step_s": round(warm.seconds + steps_ms[0] / 1000.0, 2),

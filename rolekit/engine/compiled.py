@@ -23,12 +23,13 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from rolekit.engine import step as S
 from rolekit.engine.step import EagerStep, StepConstants, StepShape
 from rolekit.lm import temporal_cuda
 from rolekit.lm.temporal import LmCache
-from rolekit.nn.attention import attended, prefix_length
+from rolekit.nn.attention import attended, prefix_length, ring_capacity
 
 __all__ = ["CompiledStep", "prefix_length"]
 
@@ -56,9 +57,13 @@ class CompiledStep(EagerStep):
 
     def shape(self, lm_cache: LmCache) -> StepShape:
         cap = lm_cache.rings[0].capacity
+        return self.shape_at(lm_cache.offset, cap, lm_cache.start, self.uses_kernel(lm_cache))
+
+    def shape_at(self, offset: int, capacity: int, start: np.ndarray | None, kernel: bool) -> StepShape:
+        """The `StepShape` of the step at global position `offset` in rings of `capacity` slots."""
         c = self.constants
-        length, masked = attended(lm_cache.offset, cap, c.lm.context, lm_cache.start, self.MIN_PREFIX)
-        if self.uses_kernel(lm_cache):  # the kernel evaluates the visibility rule itself
+        length, masked = attended(offset, capacity, c.lm.context, start, self.MIN_PREFIX)
+        if kernel:  # the kernel evaluates the visibility rule itself
             return StepShape(length, False, temporal=self.temporal_kernel)
         return StepShape(length, masked, c.kernels.fused, c.kernels.ring_attention)
 
@@ -67,3 +72,44 @@ class CompiledStep(EagerStep):
             c = self.constants
             self.graphs[shape] = mx.compile(lambda *a: S.lm_step(c, shape, *a))
         return self.graphs[shape]
+
+    def upcoming(self, lm_cache: LmCache, horizon: int | None) -> list[tuple[int, int, StepShape]]:
+        """(position, ring capacity, shape) of the first step of every graph that the steps at
+        global positions offset .. horizon - 1 run, in order (None: every graph of the
+        conversation, past the ring's wrap). The rings grow as `LmCache.reserve` grows them."""
+        context = self.constants.lm.context
+        first = 0 if lm_cache.start is None else int(np.max(lm_cache.start))
+        last = context + first + 1  # from here on every step has the same shape
+        end = last if horizon is None else min(horizon, last)
+        kernel = self.uses_kernel(lm_cache)
+        cap, out, seen = lm_cache.rings[0].capacity, [], set()
+        for pos in range(lm_cache.offset, end):
+            if lm_cache.context is not None and cap < lm_cache.context and pos + 1 > cap:
+                cap = ring_capacity(pos + 1, lm_cache.context, lm_cache.floor)
+            shape = self.shape_at(pos, cap, lm_cache.start, kernel)
+            if (cap, shape) not in seen:
+                seen.add((cap, shape))
+                out.append((pos, cap, shape))
+        return out
+
+    def prepare(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
+        """Trace and run once, on scratch rings, every graph of `upcoming(lm_cache, horizon)` not
+        run yet, so no step of the conversation waits for a compile (trace, kernel JIT). `args`:
+        the step's (ring cache, ring provided, off, user, keys) as `__call__` takes them; nothing of
+        the caller's state changes. Scratch memory: one set of rings of the largest capacity.
+        Returns how many graphs it ran."""
+        ring = lm_cache.rings[0].keys
+        b, h, _, d = ring.shape
+        start = self._start_array(lm_cache.start)
+        ran = 0
+        for pos, cap, shape in self.upcoming(lm_cache, horizon):
+            if (cap, shape) in self.ran:
+                continue
+            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(2 * len(lm_cache.rings))]
+            res = self.function(shape)(*args, mx.array(pos, dtype=mx.int32), start, *kv)
+            kv = None
+            mx.eval(*res)
+            res = None
+            self.ran.add((cap, shape))
+            ran += 1
+        return ran

@@ -146,6 +146,11 @@ class EagerStep:
         self.constants = constants
         self._start_np: np.ndarray | None = None
         self._start = mx.zeros((constants.batch,), dtype=mx.int32)  # [B]
+        self.ran: set[tuple[int, StepShape]] = set()  # (ring capacity, shape) of the steps run
+
+    def prepare(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
+        """Nothing to build ahead for the eager step (see `CompiledStep.prepare`): 0 graphs."""
+        return 0
 
     def shape(self, lm_cache: LmCache) -> StepShape:
         """The `StepShape` of the cache's next position."""
@@ -168,7 +173,9 @@ class EagerStep:
         """One frame: -> (ring cache, ring provided, out [B, 9], next RNG keys [B, 2]); lm_cache
         advanced by one position. off [B] LMGen offsets per row, user [B, 8], keys [B, 2]."""
         lm_cache.reserve(lm_cache.offset + 1)  # a growing ring gets room first, outside any graph
-        run = self.function(self.shape(lm_cache))
+        shape = self.shape(lm_cache)
+        self.ran.add((lm_cache.rings[0].capacity, shape))
+        run = self.function(shape)
         pos = mx.array(lm_cache.offset, dtype=mx.int32)
         kv = lm_cache.release()
         res = run(ring_cache, ring_provided, off, user, keys, pos, self._start_array(lm_cache.start), *kv)

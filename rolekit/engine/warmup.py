@@ -2,8 +2,10 @@
 
 A fresh process compiles every MLX graph and CUDA kernel on the first steps that need them (the
 first two calls only prime the delays; the depformer and the Mimi decoder start on the third).
-`warmup` runs those steps on silence and puts the whole engine state back, so the conversation
-that follows is exactly the one it would have been, minus the compile stalls.
+`warmup` runs those steps on silence and puts the whole engine state back, then builds the LM
+step graphs that later steps would compile mid-conversation (the ring grows and the attended
+prefix doubles: 256, 512, 1024, 2048 slots, the full context; `Engine.prepare`), so the
+conversation that follows is exactly the one it would have been, minus the compile stalls.
 """
 
 from __future__ import annotations
@@ -23,16 +25,22 @@ WARMUP_STEPS = 4  # every phase of a step has run once by the fourth call
 @dataclass
 class WarmupResult:
     steps_ms: list[float] = field(default_factory=list)  # per warm-up step
+    graphs: int = 0  # later step graphs built ahead (`Engine.prepare`)
+    graphs_ms: float = 0.0  # their time
 
     @property
     def seconds(self) -> float:
-        return sum(self.steps_ms) / 1000.0
+        return (sum(self.steps_ms) + self.graphs_ms) / 1000.0
 
 
 def warmup(
-    engine: Any, steps: int = WARMUP_STEPS, on_step: Callable[[int, float], None] | None = None
+    engine: Any,
+    steps: int = WARMUP_STEPS,
+    on_step: Callable[[int, float], None] | None = None,
+    frames: int | None = None,
 ) -> WarmupResult:
-    """Step `engine` `steps` times on silence, then restore its state (snapshot / restore).
+    """Step `engine` `steps` times on silence, restore its state (snapshot / restore), then build
+    the step graphs of the next `frames` frames (None: of a whole conversation; `Engine.prepare`).
 
     Outputs, RNG keys, caches and offsets afterwards equal those before: only process-wide caches
     (compiled graphs, kernels, allocator) keep what the steps built. `on_step(i, ms)` after each."""
@@ -48,4 +56,7 @@ def warmup(
                 on_step(i, result.steps_ms[-1])
     finally:
         engine.restore(snap)
+    t0 = time.perf_counter()
+    result.graphs = engine.prepare(frames)
+    result.graphs_ms = (time.perf_counter() - t0) * 1000.0
     return result

@@ -158,14 +158,16 @@ def attended(
 
     floor None (the eager step): exactly the written slots, min(offset + 1, C), masked only where
     one of them is hidden (a row's left padding, or a ring longer than the context). floor n (a
-    compiled step, one trace per result): (C, False) once the ring has wrapped and every slot is
-    visible; else the next power of two >= the written slots (>= n, <= C), masked."""
+    compiled step, one trace per result): (C, False) once a full-size ring (C = context) is full
+    and every slot is visible; else the next power of two >= the written slots (>= n, <= C),
+    masked. A growing ring (C < context) is full for one step only, before it grows: that step
+    keeps the masked trace of the steps before it rather than tracing a graph used once."""
     written = min(offset + 1, capacity)
     oldest = offset + 1 - written  # oldest position in the ring after this step's write
     first = 0 if start is None else int(np.max(start))
     if floor is None:  # a lone slot holds this position: every row sees it (a padding row itself)
         return written, not ((oldest >= first or written == 1) and written <= context)
-    if offset + 1 >= capacity and capacity <= context and oldest >= first:
+    if offset + 1 >= capacity and capacity == context and oldest >= first:
         return capacity, False
     return prefix_length(offset + 1, capacity, floor), True
 

@@ -24,8 +24,11 @@ class Backend(Protocol):
 
     def voice_frames(self, voice: str) -> int | None: ...
 
-    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
-        """A prefilled engine for len(plans) conversations (one seed each) and the frames of context left."""
+    def start(
+        self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
+    ) -> tuple[StepEngine, int | None]:
+        """A prefilled engine for len(plans) conversations (one seed each) and the frames of context
+        left; `frames`: the longest script's frames (the warm-up builds the step graphs that far)."""
         ...
 
 
@@ -33,11 +36,11 @@ class MlxBackend:
     """rolekit.models.load(spec) once; a fresh Engine per batch of runs."""
 
     def __init__(
-        self, spec: str, loader: Callable[[str], Any] | None = None, warm: Callable[[Any], Any] | None = None
+        self, spec: str, loader: Callable[[str], Any] | None = None, warm: Callable[..., Any] | None = None
     ) -> None:
         """`loader(spec) -> ModelBundle` (default `models.load` with default options; the CLI passes
-        its `--dtype` / `--quant` / `--compat` and progress display); `warm(engine)` runs after each
-        prefill, before the first timed step (the CLI's warm-up with a status line)."""
+        its `--dtype` / `--quant` / `--compat` and progress display); `warm(engine, frames=N)` runs
+        after each prefill, before the first timed step (the CLI's warm-up with a status line)."""
         from rolekit.text import Tokenizer, tokenizer_path
 
         self.spec = spec
@@ -82,7 +85,9 @@ class MlxBackend:
         random weights and their label)."""
         return self.bundle.describe()
 
-    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[StepEngine, int | None]:
+    def start(
+        self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
+    ) -> tuple[StepEngine, int | None]:
         from rolekit.engine.engine import Engine
         from rolekit.lm.sampling import SamplingParams
 
@@ -93,5 +98,5 @@ class MlxBackend:
         )
         engine.prefill(plans, [self._voice(p.voice) for p in plans])
         if self._warm is not None:
-            self._warm(engine)
+            self._warm(engine, frames=frames)
         return engine, int(engine.frames_left)

@@ -224,7 +224,8 @@ def drive_group(
     try:
         if track:
             track.enter(ls, "prefill", keys, sum(p.plan.frames for p in group))
-        engine, frames_left = backend.start([p.plan for p in group], [p.spec.seed for p in group])
+        frames = max(p.timeline.max_frames() for p in group)
+        engine, frames_left = backend.start([p.plan for p in group], [p.spec.seed for p in group], frames)
         if track:
             track.enter(ls, "conversation", keys, 1)
         metas = [_meta(p, backend, len(group)) for p in group]

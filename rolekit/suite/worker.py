@@ -25,7 +25,9 @@ class CachedBackend(MlxBackend):
 
     cache_hits: int = 0  # batches whose every row came from the cache
 
-    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[Any, int | None]:
+    def start(
+        self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
+    ) -> tuple[Any, int | None]:
         import dataclasses
 
         from rolekit.engine.engine import Engine
@@ -140,5 +142,7 @@ class ClusterBackend:
             self._frames[voice] = self._ask("voice_frames", voice)
         return self._frames[voice]
 
-    def start(self, plans: list[PrefillPlan], seeds: list[int]) -> tuple[Any, int | None]:
+    def start(
+        self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
+    ) -> tuple[Any, int | None]:
         raise ConfigError("a cluster suite runs its batches on the workers, not on the driver")

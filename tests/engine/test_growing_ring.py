@@ -152,3 +152,45 @@ def test_prefill_cache_assembles_rows_of_different_ring_sizes(growing, full, tmp
     )  # 80 slots vs fewer: compared as one size
     frames = _frames(ref)
     np.testing.assert_array_equal(_run(ref, frames)[0], _run(restored, frames)[0])
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["ops", "temporal-kernel"])
+def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, monkeypatch):
+    """`warmup(frames=N)` runs every graph that the next N steps need (each ring size, each
+    prefix, the full ring after the wrap) on scratch rings: the conversation then compiles
+    nothing, and its tokens and audio equal those of an engine that compiled as it went."""
+    monkeypatch.setattr(CompiledStep, "MIN_PREFIX", 8)
+    kernels = Kernels(temporal=True) if kernel else OPS
+    bundle = _bundle(growing, 8, heads=1) if kernel else growing
+    lazy, eager = _engine(bundle, kernels=kernels), _engine(bundle, kernels=kernels)
+    frames = _frames(lazy)
+    plan = eager.lm_step.upcoming(eager.lm_cache, None)
+    caps = [cap for _, cap, _ in plan]
+    assert caps == sorted(caps) and caps[-1] == CONTEXT and 64 in caps
+    if kernel:  # one launch per ring size: the kernel evaluates visibility itself
+        assert len(set(caps)) == len(caps) and not any(s.masked for _, _, s in plan)
+    else:  # masked prefixes, then the full ring without a mask after the wrap
+        assert caps[-2:] == [CONTEXT, CONTEXT]
+        assert [s.masked for _, _, s in plan] == [True] * (len(plan) - 1) + [False]
+    assert [pos for pos, _, _ in plan] == sorted(pos for pos, _, _ in plan)
+    result = warmup(eager, frames=frames.shape[1])
+    assert result.graphs >= len(plan) - 1 and result.seconds > 0  # the warm-up's own steps ran one
+    graphs, ran = dict(eager.lm_step.graphs), set(eager.lm_step.ran)
+    t_eager, p_eager = _run(eager, frames)
+    assert eager.lm_step.graphs == graphs and eager.lm_step.ran == ran  # nothing new mid-conversation
+    t_lazy, p_lazy = _run(lazy, frames)
+    assert len(lazy.lm_step.ran) == len(ran)  # the same graphs, built as the steps needed them
+    np.testing.assert_array_equal(t_lazy, t_eager)
+    np.testing.assert_array_equal(p_lazy, p_eager)
+    assert warmup(eager, frames=frames.shape[1]).graphs == 0  # all built: nothing more to run
+
+
+def test_a_growing_ring_full_for_one_step_keeps_its_masked_graph():
+    """Before the wrap a compiled step over a growing ring attends to a masked power-of-two
+    prefix, also on the one step where the ring is full just before it grows; only a full-size
+    ring (C = context) switches to the unmasked graph."""
+    from rolekit.nn.attention import attended
+
+    assert attended(15, 16, 80, floor=8) == (16, True)  # 16 of 16 written, the ring then grows
+    assert attended(79, 80, 80, floor=8) == (80, False)  # full size and full: every slot visible
+    assert attended(15, 16, 16, floor=8) == (16, False)

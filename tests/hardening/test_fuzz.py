@@ -135,7 +135,7 @@ class _NoEngine:
 
         return voice_frames(Path(voice)) if is_voice_file(voice) else 50
 
-    def start(self, plans, seeds):
+    def start(self, plans, seeds, frames=None):
         raise RuntimeError("fuzz: no engine")
 
 

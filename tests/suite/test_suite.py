@@ -148,7 +148,7 @@ def test_ctrl_c_mid_suite_then_resume(project, fake_tts, fake_backend):
     _scenario(project, "greet", extra="repeats: 3")
 
     class Interrupting(fake_backend):
-        def start(self, plans, seeds):
+        def start(self, plans, seeds, frames=None):
             if len(self.started) == 1:
                 self.started.append(-1)
                 raise KeyboardInterrupt

@@ -47,7 +47,7 @@ class Backend:
     def voice_frames(self, voice):
         return None
 
-    def start(self, plans, seeds):
+    def start(self, plans, seeds, frames=None):
         return Engine(len(plans)), 2000
 '''
 
