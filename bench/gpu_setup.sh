@@ -1,7 +1,10 @@
 # Source this on the lent GPU machine (bash): installs the carried wheels into /tmp/site.
 # Call 1 carries .whl/a (small wheels + first half of mlx_cuda_13); call 2 carries .whl/b (second
-# half). Both halves are kept in /tmp/wheels while the machine stays warm; once both are there the
-# wheel is reassembled, checked against its sha256 and installed with the image's nvidia libraries.
+# half). The small wheels in .whl/a: moshi, pydantic (+ pydantic_core, annotated_types,
+# typing_inspection), soxr, pyloudnorm, soundfile (the manylinux_2_28 wheel: it bundles libsndfile
+# but imports _cffi_backend) and so cffi and pycparser. Both halves are kept in /tmp/wheels while
+# the machine stays warm; once both are there the wheel is reassembled, checked against its sha256
+# and installed with the image's nvidia libraries.
 set -e
 mkdir -p /tmp/wheels
 for d in .whl/a .whl/b; do [ -d "$d" ] && cp -n "$d"/* /tmp/wheels/ 2>/dev/null || true; done
@@ -11,7 +14,8 @@ CUDA_WHL=$W/mlx_cuda_13-0.32.4-py3-none-manylinux_2_35_x86_64.whl
 if [ ! -f /tmp/site/.done-small ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
     $W/moshi-*.whl $W/pydantic-*.whl $W/pydantic_core-*.whl $W/annotated_types-*.whl \
-    $W/typing_inspection-*.whl $W/soxr-*.whl $W/soundfile-*.whl $W/pyloudnorm-*.whl
+    $W/typing_inspection-*.whl $W/soxr-*.whl $W/soundfile-*.whl $W/pyloudnorm-*.whl \
+    $W/cffi-*.whl $W/pycparser-*.whl
   touch /tmp/site/.done-small
 fi
 if [ ! -f /tmp/site/.done-mlx ] && [ -f $W/mlx_cuda_13.part-aa ] && [ -f $W/mlx_cuda_13.part-ab ]; then
