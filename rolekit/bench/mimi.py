@@ -38,7 +38,7 @@ def bench_mimi(
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     from rolekit.codec.compiled import CompiledMimi
     from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.bench.kyutai_mimi import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
     from rolekit.nn.kernels import Kernels
 
@@ -233,7 +233,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 def _random_mimis(size: str, seed: int, count: int) -> tuple[Any, list[Any]]:
     """(cfg, `count` MLX Mimis) of one set of random weights, written in the real format and loaded."""
     from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.bench.kyutai_mimi import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
 
     cfg = mimi_202407() if size == "full" else tiny()

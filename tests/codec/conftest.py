@@ -95,7 +95,7 @@ def _codebook(rvq, i: int) -> np.ndarray:
 
 def reference_pair(tmp_path_factory, cfg, seed: int = 0):
     """A random PyTorch Mimi of `cfg` and our Mimi loaded from its file in the real naming."""
-    from rolekit.codec.reference import build_reference, save_reference
+    from rolekit.bench.kyutai_mimi import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
 
     ref = build_reference(cfg, seed=seed)

@@ -25,7 +25,7 @@ FRAMES = 13  # 26 transformer steps: the context-8 ring wraps three times
 
 
 def test_compat_nvidia_mimi_streams_like_the_fork(tmp_path_factory, oracle):
-    from rolekit.codec.reference import save_reference
+    from rolekit.bench.kyutai_mimi import save_reference
     from rolekit.codec.weights import load_mimi
 
     cfg = tiny()
