@@ -36,9 +36,9 @@ def bench_mimi(
 ) -> dict[str, Any]:
     """Median / p10 / p90 ms per frame of encode_step and decode_step for each backend."""
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    from rolekit.bench.kyutai_mimi import build_reference, save_reference
     from rolekit.codec.compiled import CompiledMimi
     from rolekit.codec.config import mimi_202407, tiny
-    from rolekit.bench.kyutai_mimi import build_reference, save_reference
     from rolekit.codec.weights import load_mimi
     from rolekit.nn.kernels import Kernels
 
@@ -232,8 +232,8 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 def _random_mimis(size: str, seed: int, count: int) -> tuple[Any, list[Any]]:
     """(cfg, `count` MLX Mimis) of one set of random weights, written in the real format and loaded."""
-    from rolekit.codec.config import mimi_202407, tiny
     from rolekit.bench.kyutai_mimi import build_reference, save_reference
+    from rolekit.codec.config import mimi_202407, tiny
     from rolekit.codec.weights import load_mimi
 
     cfg = mimi_202407() if size == "full" else tiny()

@@ -118,7 +118,9 @@ class CompiledMimi:
             return False
         ok = self._kernel_ok.get(batch)
         if ok is None:
-            ok = self._kernel_ok[batch] = mimi_cuda.applies(self.mimi, batch)
+            ok = self._kernel_ok[batch] = mimi_cuda.sm_count() is not None and mimi_cuda.covers(
+                self.mimi, batch
+            )
         return ok
 
     def _full(self, offset: int) -> bool:

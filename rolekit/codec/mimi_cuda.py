@@ -56,12 +56,13 @@ from rolekit.nn.cuda import build_kernel, sm_count
 
 __all__ = [
     "MAX_BATCH", "MAX_BLOCKS", "THREADS", "XS_FLOATS", "MimiKernels", "Program", "Stage", "Mat",
-    "applies", "decoder_program", "describe", "encoder_program", "make_kernel", "reference_step", "supported",
+    "covers", "decoder_program", "describe", "encoder_program", "make_kernel", "reference_step",
 ]  # fmt: skip
 
 
-def supported(mimi: Any, batch: int) -> bool:
-    """The program covers this Mimi at this batch (fp32 weights, no transformer projections)."""
+def covers(mimi: Any, batch: int) -> bool:
+    """The programs cover this Mimi at this batch (fp32 weights, no transformer projections); a
+    CUDA device is the caller's condition (`Kernels.mimi`, `codec.compiled`)."""
     cfg = mimi.cfg
     if not 1 <= batch <= MAX_BATCH or cfg.d_model != cfg.dimension or cfg.channels != 1:
         return False
@@ -70,12 +71,6 @@ def supported(mimi: Any, batch: int) -> bool:
     from mlx.utils import tree_flatten
 
     return all(v.dtype == mx.float32 for _, v in tree_flatten(mimi.parameters()))
-
-
-def applies(mimi: Any, batch: int) -> bool:
-    """The kernels can serve this Mimi and batch here (the caller's `Kernels.mimi` chose them): a
-    CUDA device, supported."""
-    return sm_count() is not None and supported(mimi, batch)
 
 
 # ---- the call -------------------------------------------------------------------------------------

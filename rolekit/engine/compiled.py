@@ -53,7 +53,7 @@ class CompiledStep(EagerStep):
             return False
         if not self.temporal_kernel.writes_rings:  # a stand-in: any device
             return temporal_cuda.packed_weights(c.lm) is not None and c.batch <= temporal_cuda.MAX_ROWS
-        return temporal_cuda.applies(c.lm, c.batch, lm_cache.rings[0].keys.dtype)
+        return temporal_cuda.covers(c.lm, c.batch, lm_cache.rings[0].keys.dtype)
 
     def shape(self, lm_cache: LmCache) -> StepShape:
         cap = lm_cache.rings[0].capacity

@@ -138,10 +138,10 @@ def _dims_ok(cfg: Any) -> bool:
     return dd % cfg.depformer_num_heads == 0 and hd % 32 == 0 and all(k % 64 == 0 for k in (dd, f, d))
 
 
-# ---- when it applies -----------------------------------------------------------------------------
+# ---- what it covers -----------------------------------------------------------------------------
 
 
-def applies(lm: Any, hidden: mx.array, params: SamplingParams, key: mx.array | None, steps: int) -> bool:
+def covers(lm: Any, hidden: mx.array, params: SamplingParams, key: mx.array | None, steps: int) -> bool:
     """The kernel can serve this call (the caller's `Kernels.depformer` chose it): packed model, a
     CUDA device, 1..MAX_ROWS rows, per-row keys or greedy."""
     if getattr(lm, "_dep_packed", None) is None:

@@ -130,7 +130,7 @@ class LM(nn.Module):
         layers' blocks as `nn.fused` kernels.
         """
         n = self.cfg.dep_q if steps is None else steps
-        if kernels.depformer and depformer_cuda.applies(self, hidden, params, key, n):
+        if kernels.depformer and depformer_cuda.covers(self, hidden, params, key, n):
             drawn, _ = depformer_cuda.launch(
                 self, hidden, text, provided, params, key, n, kernels.depformer_threads
             )  # [B, n]

@@ -122,7 +122,7 @@ def packed_weights(lm: Any) -> Packed | None:
     return getattr(lm, "_temporal_packed", None)
 
 
-def applies(lm: Any, batch: int, cache_dtype: mx.Dtype) -> bool:
+def covers(lm: Any, batch: int, cache_dtype: mx.Dtype) -> bool:
     """The kernel can serve this step (the caller's `Kernels.temporal` chose it): packed model, a
     CUDA device, 1..MAX_ROWS rows, the ring cache in the activation dtype."""
     if packed_weights(lm) is None:

@@ -39,7 +39,7 @@ def _kernel() -> Any:
     return build_kernel("qmv", ["x", "w", "scales", "biases"], ["y"], _SOURCE)
 
 
-def kernel_applies(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:
+def covers(rows: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:
     """Shapes the hand-written kernel covers (else MLX's quantized_matmul runs)."""
     return (
         1 <= rows <= MAX_ROWS
@@ -79,7 +79,7 @@ def qmatmul(
     """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)`; with `use_kernel` (CUDA
     only) through the few-row kernel where it covers the shapes."""
     k = x.shape[-1]
-    if use_kernel and kernel_applies(x.size // k, k, group_size, bits, x.dtype):
+    if use_kernel and covers(x.size // k, k, group_size, bits, x.dtype):
         return qmv(x, w, scales, biases, group_size, bits)
     return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)
 

@@ -126,10 +126,10 @@ def test_compiled_mimi_steps_through_the_kernel_program(
 
 def test_supported_covers_the_released_codec():
     mimi = Mimi(mimi_202407())
-    assert mimi_cuda.supported(mimi, 1) and mimi_cuda.supported(mimi, mimi_cuda.MAX_BATCH)
-    assert not mimi_cuda.supported(mimi, mimi_cuda.MAX_BATCH + 1)
+    assert mimi_cuda.covers(mimi, 1) and mimi_cuda.covers(mimi, mimi_cuda.MAX_BATCH)
+    assert not mimi_cuda.covers(mimi, mimi_cuda.MAX_BATCH + 1)
     mimi.set_dtype(mx.bfloat16)
-    assert not mimi_cuda.supported(mimi, 1)
+    assert not mimi_cuda.covers(mimi, 1)
 
 
 def test_released_codec_programs_write_every_carry():

@@ -4,8 +4,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rolekit.codec.config import mimi_202407
 from rolekit.bench.kyutai_mimi import build_reference, save_reference
+from rolekit.codec.config import mimi_202407
 from rolekit.codec.weights import load_mimi
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from rolekit.bench.kyutai_mimi import build_reference, reference_state_dict
 from rolekit.codec.config import mimi_202407, tiny
 from rolekit.codec.mimi import Mimi
-from rolekit.bench.kyutai_mimi import build_reference, reference_state_dict
 from rolekit.codec.weights import export_kyutai, kyutai_key_shapes, load_mimi, save_mimi
 from rolekit.errors import ModelError
 

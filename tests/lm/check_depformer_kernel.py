@@ -61,7 +61,7 @@ def check_depformer_kernel(
                     "steps": steps,
                     "packed": packed is not None,
                 }
-                ran = packed is not None and depformer_cuda.applies(lm, hidden, params, keys, steps)
+                ran = packed is not None and depformer_cuda.covers(lm, hidden, params, keys, steps)
                 row["ran"] = ran
                 if not ran:
                     row["ok"] = False

@@ -67,7 +67,7 @@ def check_temporal_kernel(
     row: dict[str, Any] = {"quant": quant, "batch": batch, "layers": cfg.num_layers, "context": cfg.context}
     row["packed"] = packed is not None
     cache = lm.make_cache(batch)
-    row["ran"] = packed is not None and temporal_cuda.applies(lm, batch, cache.rings[0].keys.dtype)
+    row["ran"] = packed is not None and temporal_cuda.covers(lm, batch, cache.rings[0].keys.dtype)
     if not row["ran"]:
         row["ok"] = False
         return row

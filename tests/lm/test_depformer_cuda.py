@@ -58,7 +58,7 @@ def test_off_cuda_the_kernel_never_applies(monkeypatch):
     hidden, text, provided, keys = _inputs(lm, 1, 8, 1)
     monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
     assert dc.pack(lm) is not None  # packing is explicit and runs anywhere
-    assert not dc.applies(lm, hidden, SamplingParams(), keys, 8)  # no CUDA device here
+    assert not dc.covers(lm, hidden, SamplingParams(), keys, 8)  # no CUDA device here
 
 
 @pytest.mark.parametrize("quant", [False, True])
@@ -93,7 +93,7 @@ def test_the_kernel_contract_gives_the_op_path_tokens(quant, b, greedy, dep_kern
     hidden, text, provided, keys = _inputs(lm, b, steps, 4 + b)
     params = SamplingParams(greedy=greedy, audio_top_k=20 if not greedy else 250)
     dc.pack(lm)
-    assert dc.applies(lm, hidden, params, keys, steps)
+    assert dc.covers(lm, hidden, params, keys, steps)
     got = lm.depformer(hidden, text, provided, params, keys, steps, KERNEL)
     assert dep_kernel_model == [{"T": mx.float32, "B": b, "NS": steps, "GREEDY": greedy}]
     want = lm.depformer(hidden, text, provided, params, keys, steps)
@@ -125,15 +125,15 @@ def test_the_kernel_noise_is_the_op_path_noise():
 def test_when_the_kernel_applies(dep_kernel_model):
     lm = _lm(False)
     hidden, text, provided, keys = _inputs(lm, 1, 8, 1)
-    assert not dc.applies(lm, hidden, SamplingParams(), keys, 8)  # not packed yet
+    assert not dc.covers(lm, hidden, SamplingParams(), keys, 8)  # not packed yet
     dc.pack(lm)
-    assert dc.applies(lm, hidden, SamplingParams(), keys, 8)
-    assert dc.applies(lm, hidden, SamplingParams(greedy=True), None, 16)
-    assert not dc.applies(lm, hidden, SamplingParams(), None, 8)  # global RNG: categorical
-    assert not dc.applies(lm, hidden, SamplingParams(), mx.random.key(1), 8)  # one key
+    assert dc.covers(lm, hidden, SamplingParams(), keys, 8)
+    assert dc.covers(lm, hidden, SamplingParams(greedy=True), None, 16)
+    assert not dc.covers(lm, hidden, SamplingParams(), None, 8)  # global RNG: categorical
+    assert not dc.covers(lm, hidden, SamplingParams(), mx.random.key(1), 8)  # one key
     big = mx.zeros((dc.MAX_ROWS + 1, lm.cfg.dim))
-    assert not dc.applies(lm, big, SamplingParams(greedy=True), None, 8)
-    assert not dc.applies(lm, hidden, SamplingParams(greedy=True), None, lm.cfg.dep_q + 1)
+    assert not dc.covers(lm, big, SamplingParams(greedy=True), None, 8)
+    assert not dc.covers(lm, hidden, SamplingParams(greedy=True), None, lm.cfg.dep_q + 1)
 
 
 def test_kernel_sources_differ_by_layout_and_name_their_variant():

@@ -29,9 +29,9 @@ def _lm(seed: int = 0, **kw) -> LM:
 
 def test_off_cuda_the_kernel_never_applies():
     lm = _lm()
-    assert not tc.applies(lm, 1, mx.float32)  # not packed
+    assert not tc.covers(lm, 1, mx.float32)  # not packed
     assert tc.pack(lm) is not None and tc.pack(lm) is lm._temporal_packed  # explicit, idempotent
-    assert not tc.applies(lm, 1, mx.float32)  # no CUDA device here
+    assert not tc.covers(lm, 1, mx.float32)  # no CUDA device here
 
 
 def test_layouts_the_kernel_does_not_take_are_not_packed():
@@ -204,7 +204,7 @@ def test_temporal_check_through_the_kernel_contract(monkeypatch):
     from tests.lm import check_temporal_kernel as ct
 
     monkeypatch.setattr(tc, "launch", tc.reference)
-    monkeypatch.setattr(tc, "applies", lambda lm, b, dtype: True)
+    monkeypatch.setattr(tc, "covers", lambda lm, b, dtype: True)
     res = ct.check_temporal_kernel(
         "tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, tunes="u=2/prefetch=0"
     )
@@ -222,7 +222,7 @@ def test_temporal_check_across_a_ring_growth_through_the_contract(monkeypatch):
     from tests.lm import check_temporal_kernel as ct
 
     monkeypatch.setattr(tc, "launch", tc.reference)
-    monkeypatch.setattr(tc, "applies", lambda lm, b, dtype: True)
+    monkeypatch.setattr(tc, "covers", lambda lm, b, dtype: True)
     res = ct.check_temporal_kernel(
         "tiny", quant="bf16", batch=2, steps=4, prefill=14, heads=1, context=40, ring_floor=4
     )

@@ -83,11 +83,11 @@ def test_an_adopted_layer_routes_covered_shapes_to_the_kernel(monkeypatch):
 
 
 def test_qmv_kernel_shape_rules():
-    assert qmv.kernel_applies(1, 4096, 64, 4, mx.bfloat16)
-    assert not qmv.kernel_applies(qmv.MAX_ROWS + 1, 4096, 64, 4, mx.bfloat16)  # batches: MLX's kernels
-    assert not qmv.kernel_applies(1, 4096, 64, 3, mx.bfloat16)
-    assert not qmv.kernel_applies(1, 4000, 64, 4, mx.bfloat16)  # K must be a multiple of 128
-    assert not qmv.kernel_applies(1, 4096, 64, 4, mx.int32)
+    assert qmv.covers(1, 4096, 64, 4, mx.bfloat16)
+    assert not qmv.covers(qmv.MAX_ROWS + 1, 4096, 64, 4, mx.bfloat16)  # batches: MLX's kernels
+    assert not qmv.covers(1, 4096, 64, 3, mx.bfloat16)
+    assert not qmv.covers(1, 4000, 64, 4, mx.bfloat16)  # K must be a multiple of 128
+    assert not qmv.covers(1, 4096, 64, 4, mx.int32)
 
 
 def test_adopt_routes_quantized_linears_and_keeps_outputs():
