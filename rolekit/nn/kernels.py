@@ -47,10 +47,6 @@ class TemporalTuning:
     stages: int = 8
 
 
-# the names `temporal_tuning=` takes in a `--kernels` string (short forms of the fields above)
-_TUNING_NAMES = {"uq": "words", "u": "slot_passes"}
-
-
 @dataclass(frozen=True)
 class Kernels:
     """Which kernels run (all off: the MLX op path everywhere). Build with `for_device`."""
@@ -141,13 +137,13 @@ def _threads(value: Any) -> int:
 
 
 def _tuning(spec: str) -> TemporalTuning:
-    """ "threads=256/stages=0/uq=16" -> TemporalTuning (unnamed fields keep their defaults)."""
+    """ "threads=256/stages=0/words=16" -> TemporalTuning (unnamed fields keep their defaults)."""
     base = TemporalTuning()
     known = {f.name: f for f in fields(base)}
     values: dict[str, Any] = {}
     for item in filter(None, spec.replace(",", "/").split("/")):
         key, sep, raw = item.partition("=")
-        key = _TUNING_NAMES.get(key.strip(), key.strip())
+        key = key.strip()
         if not sep or key not in known:
             raise ConfigError(
                 f"{OPTION} temporal_tuning: unknown field in {item!r} (one of {', '.join(known)})"

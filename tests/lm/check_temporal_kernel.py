@@ -51,7 +51,7 @@ def check_temporal_kernel(
     `layers` / `context` / `heads` > 0 change the model (e.g. a context the prefill wraps);
     `ring_floor` > 0 the growing ring's first size (the steps then cross a growth).
     `tunes`: kernel shapes to run after the default one on the same model, "-" between them, "/"
-    between their `TemporalTuning` fields (e.g. "u=2-prefetch=0/uq=8"): each gets its own
+    between their `TemporalTuning` fields (e.g. "slot_passes=2-prefetch=0/words=8"): each gets its own
     `steps` steps, reported under `tunes`."""
     cfg = lm_config(size)
     if layers:

@@ -37,7 +37,7 @@ def test_the_option_string_sets_flags_threads_and_the_temporal_tuning(monkeypatc
     monkeypatch.setattr(cuda, "cuda_available", lambda: True)
     policy = Kernels.for_device(
         mx.gpu,
-        "temporal=0, ring_attention=off,depformer_threads=512,temporal_tuning=threads=256/uq=16/prefetch=0",
+        "temporal=0, ring_attention=off,depformer_threads=512,temporal_tuning=threads=256/words=16/prefetch=0",
     )
     assert not policy.temporal and not policy.ring_attention and policy.fused
     assert policy.depformer_threads == 512
