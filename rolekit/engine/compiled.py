@@ -92,12 +92,15 @@ class CompiledStep(EagerStep):
                 out.append((pos, cap, shape))
         return out
 
-    def prepare(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
-        """Trace and run once, on scratch rings, every graph of `upcoming(lm_cache, horizon)` not
-        run yet, so no step of the conversation waits for a compile (trace, kernel JIT). `args`:
-        the step's (ring cache, ring provided, off, user, keys) as `__call__` takes them; nothing of
-        the caller's state changes. Scratch memory: one set of rings of the largest capacity.
-        Returns how many graphs it ran."""
+    def prepare(
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, evaluate: bool = True
+    ) -> int:
+        """Trace every graph of `upcoming(lm_cache, horizon)` not run yet and, with `evaluate`, run
+        it once on scratch rings (the device's kernels are built on a graph's first run), so no
+        step of the conversation waits for a compile. `args`: the step's (ring cache, ring
+        provided, off, user, keys) as `__call__` takes them; nothing of the caller's state changes.
+        Scratch memory (`evaluate` only): one set of rings of the largest capacity. Returns how
+        many graphs it built."""
         ring = lm_cache.rings[0].keys
         b, h, _, d = ring.shape
         start = self._start_array(lm_cache.start)
@@ -108,8 +111,9 @@ class CompiledStep(EagerStep):
             kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(2 * len(lm_cache.rings))]
             res = self.function(shape)(*args, mx.array(pos, dtype=mx.int32), start, *kv)
             kv = None
-            mx.eval(*res)
-            res = None
+            if evaluate:
+                mx.eval(*res)
+            res = None  # unevaluated: the trace is kept, the scratch rings are never allocated
             self.ran.add((cap, shape))
             ran += 1
         return ran

@@ -193,16 +193,20 @@ class Engine:
             self.mimi_state.restore(snap.mimi)
         self.last_user_codes = None
 
-    def prepare(self, frames: int | None = None) -> int:
+    def prepare(self, frames: int | None = None, evaluate: bool | None = None) -> int:
         """Build now every LM step graph that the next `frames` steps run (None: the whole
-        conversation, past the ring's wrap): each ring size and attended prefix is traced and run
-        once on scratch rings, so no step compiles mid-conversation. State unchanged; returns
-        the number of graphs built (0 for the eager step)."""
+        conversation, past the ring's wrap): each ring size and attended prefix is traced and,
+        with `evaluate`, run once on scratch rings (default: on a GPU, whose kernels are compiled
+        on a graph's first run; on the CPU a run costs a whole step, so the trace alone is
+        built), so no step compiles mid-conversation. State unchanged; returns the number of
+        graphs built (0 for the eager step)."""
         horizon = None if frames is None else self.lm_cache.offset + frames
         off = mx.array(self.offsets.astype(np.int32))  # [B]
         user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
         args = (self.ring.cache, self.ring.provided, off, user, self.keys)
-        return self.lm_step.prepare(self.lm_cache, args, horizon)
+        if evaluate is None:
+            evaluate = mx.default_device().type == mx.gpu
+        return self.lm_step.prepare(self.lm_cache, args, horizon, evaluate)
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:

@@ -148,7 +148,9 @@ class EagerStep:
         self._start = mx.zeros((constants.batch,), dtype=mx.int32)  # [B]
         self.ran: set[tuple[int, StepShape]] = set()  # (ring capacity, shape) of the steps run
 
-    def prepare(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
+    def prepare(
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, evaluate: bool = True
+    ) -> int:
         """Nothing to build ahead for the eager step (see `CompiledStep.prepare`): 0 graphs."""
         return 0
 

@@ -13,6 +13,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from rolekit import models
+from rolekit.engine import step as S
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.engine import Engine
 from rolekit.engine.snapshot import prefill_cached, state_equal
@@ -154,11 +155,16 @@ def test_prefill_cache_assembles_rows_of_different_ring_sizes(growing, full, tmp
     np.testing.assert_array_equal(_run(ref, frames)[0], _run(restored, frames)[0])
 
 
-@pytest.mark.parametrize("kernel", [False, True], ids=["ops", "temporal-kernel"])
-def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, monkeypatch):
-    """`warmup(frames=N)` runs every graph that the next N steps need (each ring size, each
-    prefix, the full ring after the wrap) on scratch rings: the conversation then compiles
-    nothing, and its tokens and audio equal those of an engine that compiled as it went."""
+@pytest.mark.parametrize(
+    "kernel,evaluate",
+    [(False, False), (False, True), (True, True)],
+    ids=["ops", "ops-run", "temporal-kernel"],
+)
+def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, evaluate, monkeypatch):
+    """`warmup(frames=N)` builds every graph that the next N steps need (each ring size, each
+    prefix, the full ring after the wrap; traced, and with `evaluate` run on scratch rings as on
+    a GPU): the conversation then compiles nothing, and its tokens and audio equal those of an
+    engine that compiled as it went."""
     monkeypatch.setattr(CompiledStep, "MIN_PREFIX", 8)
     kernels = Kernels(temporal=True) if kernel else OPS
     bundle = _bundle(growing, 8, heads=1) if kernel else growing
@@ -173,11 +179,19 @@ def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, monkeypatch
         assert caps[-2:] == [CONTEXT, CONTEXT]
         assert [s.masked for _, _, s in plan] == [True] * (len(plan) - 1) + [False]
     assert [pos for pos, _, _ in plan] == sorted(pos for pos, _, _ in plan)
-    result = warmup(eager, frames=frames.shape[1])
-    assert result.graphs >= len(plan) - 1 and result.seconds > 0  # the warm-up's own steps ran one
+    if evaluate:  # every graph run once on scratch rings, then the warm-up has nothing left
+        assert eager.prepare(frames.shape[1], evaluate=True) == len(plan)
+        assert warmup(eager, frames=frames.shape[1]).graphs == 0
+    else:  # the CPU's default: traced only (the warm-up's own steps ran the first graph)
+        result = warmup(eager, frames=frames.shape[1])
+        assert result.graphs >= len(plan) - 1 and result.seconds > 0
     graphs, ran = dict(eager.lm_step.graphs), set(eager.lm_step.ran)
+    traces = []  # lm_step itself runs only while a graph is traced
+    real_step = S.lm_step
+    monkeypatch.setattr(S, "lm_step", lambda *a: (traces.append(a[1]), real_step(*a))[1])
     t_eager, p_eager = _run(eager, frames)
-    assert eager.lm_step.graphs == graphs and eager.lm_step.ran == ran  # nothing new mid-conversation
+    assert traces == []  # nothing traced mid-conversation
+    assert eager.lm_step.graphs == graphs and eager.lm_step.ran == ran
     t_lazy, p_lazy = _run(lazy, frames)
     assert len(lazy.lm_step.ran) == len(ran)  # the same graphs, built as the steps needed them
     np.testing.assert_array_equal(t_lazy, t_eager)

@@ -205,10 +205,11 @@ def test_temporal_check_through_the_kernel_contract(monkeypatch):
 
     monkeypatch.setattr(tc, "launch", tc.reference)
     monkeypatch.setattr(tc, "covers", lambda lm, b, dtype: True)
+    tune = "slot_passes=2/prefetch=0"
     res = ct.check_temporal_kernel(
-        "tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, tunes="slot_passes=2/prefetch=0"
+        "tiny", quant="bf16", batch=2, steps=3, prefill=14, heads=1, context=16, tunes=tune
     )
-    assert res["tunes"]["slot_passes=2/prefetch=0"]["ok"] and res["tunes"]["slot_passes=2/prefetch=0"]["positions"] == [17, 19]
+    assert res["tunes"][tune]["ok"] and res["tunes"][tune]["positions"] == [17, 19]
     assert res["ran"] and res["ok"] and not res["timed_out"], res
     assert res["hidden_vs_ref"] == 0.0 and res["kv_vs_ref"] == 0.0
     assert res["hidden_vs_ops"] < 1e-4 and res["kv_vs_ops"] < 1e-4  # the tiny model is fp32
