@@ -93,27 +93,38 @@ class CompiledStep(EagerStep):
         return out
 
     def prepare(
-        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, evaluate: bool = True
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, budget: int | None
     ) -> int:
-        """Trace every graph of `upcoming(lm_cache, horizon)` not run yet and, with `evaluate`, run
-        it once on scratch rings (the device's kernels are built on a graph's first run), so no
-        step of the conversation waits for a compile. `args`: the step's (ring cache, ring
-        provided, off, user, keys) as `__call__` takes them; nothing of the caller's state changes.
-        Scratch memory (`evaluate` only): one set of rings of the largest capacity. Returns how
-        many graphs it built."""
+        """Trace every graph of `upcoming(lm_cache, horizon)` this engine has not built, and run
+        each once on scratch rings where they take at most `budget` bytes (None: trace only): a
+        graph's first run builds its kernels (MLX's CPU and GPU kernels, rolekit's CUDA ones),
+        which then serve the whole process, so a graph some engine of this process already ran
+        with the same shapes is only traced. Then no step of the conversation waits for a trace
+        or a compile. `args`: the step's (ring cache, ring provided, off, user, keys) as
+        `__call__` takes them; nothing of the caller's state changes. Returns the graphs built."""
         ring = lm_cache.rings[0].keys
         b, h, _, d = ring.shape
+        n_rings = 2 * len(lm_cache.rings)
         start = self._start_array(lm_cache.start)
-        ran = 0
+        built = 0
         for pos, cap, shape in self.upcoming(lm_cache, horizon):
-            if (cap, shape) in self.ran:
+            if (cap, shape) in self.built:
                 continue
-            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(2 * len(lm_cache.rings))]
+            key = (id(self.constants.lm), b, ring.dtype, cap, shape)
+            scratch = n_rings * b * h * cap * d * ring.dtype.size
+            run = budget is not None and scratch <= budget and key not in _RUN
+            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(n_rings)]
             res = self.function(shape)(*args, mx.array(pos, dtype=mx.int32), start, *kv)
             kv = None
-            if evaluate:
+            if run:
                 mx.eval(*res)
+                _RUN.add(key)
             res = None  # unevaluated: the trace is kept, the scratch rings are never allocated
-            self.ran.add((cap, shape))
-            ran += 1
-        return ran
+            self.built.add((cap, shape))
+            built += 1
+        return built
+
+
+# (model, rows, ring dtype, ring capacity, shape) of every step graph some engine of this process
+# has run: its kernels exist process-wide, so another engine's `prepare` only traces its own copy
+_RUN: set[tuple[int, int, mx.Dtype, int, StepShape]] = set()

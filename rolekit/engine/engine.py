@@ -31,6 +31,7 @@ from rolekit.frames import (
     StepOutput,
 )
 from rolekit.lm import depformer_cuda, temporal_cuda
+from rolekit.lm.precision import free_memory_bytes
 from rolekit.lm.sampling import SamplingParams
 from rolekit.nn import qmv
 from rolekit.nn.kernels import Kernels
@@ -195,18 +196,20 @@ class Engine:
 
     def prepare(self, frames: int | None = None, evaluate: bool | None = None) -> int:
         """Build now every LM step graph that the next `frames` steps run (None: the whole
-        conversation, past the ring's wrap): each ring size and attended prefix is traced and,
-        with `evaluate`, run once on scratch rings (default: on a GPU, whose kernels are compiled
-        on a graph's first run; on the CPU a run costs a whole step, so the trace alone is
-        built), so no step compiles mid-conversation. State unchanged; returns the number of
-        graphs built (0 for the eager step)."""
+        conversation, past the ring's wrap), so no step traces or compiles mid-conversation: each
+        ring size and attended prefix is traced and run once on scratch rings of its size, which
+        builds its kernels (`CompiledStep.prepare`). `evaluate` None: run those whose scratch
+        rings fit in half the free memory (else traced only); True: run all; False: trace only.
+        State unchanged; returns the number of graphs built (0 for the eager step)."""
         horizon = None if frames is None else self.lm_cache.offset + frames
         off = mx.array(self.offsets.astype(np.int32))  # [B]
         user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
         args = (self.ring.cache, self.ring.provided, off, user, self.keys)
         if evaluate is None:
-            evaluate = mx.default_device().type == mx.gpu
-        return self.lm_step.prepare(self.lm_cache, args, horizon, evaluate)
+            budget: int | None = int(0.5 * free_memory_bytes())
+        else:
+            budget = (1 << 62) if evaluate else None
+        return self.lm_step.prepare(self.lm_cache, args, horizon, budget)
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:

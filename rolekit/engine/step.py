@@ -146,10 +146,12 @@ class EagerStep:
         self.constants = constants
         self._start_np: np.ndarray | None = None
         self._start = mx.zeros((constants.batch,), dtype=mx.int32)  # [B]
-        self.ran: set[tuple[int, StepShape]] = set()  # (ring capacity, shape) of the steps run
+        # (ring capacity, shape) of the graphs this engine has built: run by a step, or ahead by
+        # `CompiledStep.prepare`
+        self.built: set[tuple[int, StepShape]] = set()
 
     def prepare(
-        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, evaluate: bool = True
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, budget: int | None
     ) -> int:
         """Nothing to build ahead for the eager step (see `CompiledStep.prepare`): 0 graphs."""
         return 0
@@ -176,7 +178,7 @@ class EagerStep:
         advanced by one position. off [B] LMGen offsets per row, user [B, 8], keys [B, 2]."""
         lm_cache.reserve(lm_cache.offset + 1)  # a growing ring gets room first, outside any graph
         shape = self.shape(lm_cache)
-        self.ran.add((lm_cache.rings[0].capacity, shape))
+        self.built.add((lm_cache.rings[0].capacity, shape))
         run = self.function(shape)
         pos = mx.array(lm_cache.offset, dtype=mx.int32)
         kv = lm_cache.release()

@@ -109,6 +109,15 @@ def memory_gb(device: str | None = None) -> float:
     return _available_ram() / GB
 
 
+def free_memory_bytes(device: str | None = None) -> float:
+    """Memory not in use on `device` now: the GPU's (`memory_gb`) less MLX's active memory, or the
+    available RAM on the CPU."""
+    device = device or device_kind()
+    if device == "cpu":
+        return _available_ram()
+    return max(0.0, memory_gb(device) * GB - mx.get_active_memory())
+
+
 def _available_ram() -> float:
     try:
         with open("/proc/meminfo") as f:

@@ -42,6 +42,8 @@ class CachedBackend(MlxBackend):
         )
         voices = [self._voice(p.voice) for p in plans]
         self.cache_hits += prefill_cached(engine, plans, voices, rolekit_cache() / "prefill")
+        if self._warm is not None:
+            self._warm(engine, frames=frames)
         return engine, int(engine.frames_left)
 
 
@@ -70,8 +72,13 @@ class SuiteWorker:
                 fields["kernels"] = Kernels.for_device(None, fields["kernels"])
             return models.load(spec, models.LoadOptions(**fields))
 
+        def warm(engine: Any, frames: int | None = None) -> Any:
+            from rolekit.engine.warmup import warmup  # quiet: a worker has no terminal
+
+            return warmup(engine, frames=frames)
+
         kind = CachedBackend if prefill_cache else MlxBackend
-        self.backend: MlxBackend = kind(model, loader)
+        self.backend: MlxBackend = kind(model, loader, warm)
         self._models: dict[tuple[str | None, str | None], Any] = {}  # resolved Whisper models
 
     def ready(self) -> dict[str, Any]:

@@ -156,19 +156,33 @@ def test_prefill_cache_assembles_rows_of_different_ring_sizes(growing, full, tmp
 
 
 @pytest.mark.parametrize(
-    "kernel,evaluate",
-    [(False, False), (False, True), (True, True)],
-    ids=["ops", "ops-run", "temporal-kernel"],
+    "kernel,room",
+    [(False, "free"), (False, "none"), (False, "trace"), (True, "free")],
+    ids=["ops", "ops-no-room", "ops-trace-only", "temporal-kernel"],
 )
-def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, evaluate, monkeypatch):
+def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, room, monkeypatch):
     """`warmup(frames=N)` builds every graph that the next N steps need (each ring size, each
-    prefix, the full ring after the wrap; traced, and with `evaluate` run on scratch rings as on
-    a GPU): the conversation then compiles nothing, and its tokens and audio equal those of an
-    engine that compiled as it went."""
+    prefix, the full ring after the wrap): traced, and run once on scratch rings where they fit
+    in half the free memory (their kernels are built on that run); the conversation then traces
+    nothing, and its tokens and audio equal those of an engine that compiled as it went."""
+    from rolekit.engine import compiled as compiled_module
+    from rolekit.engine import engine as engine_module
+
     monkeypatch.setattr(CompiledStep, "MIN_PREFIX", 8)
+    monkeypatch.setattr(compiled_module, "_RUN", set())  # nothing run yet in this "process"
+    if room == "none":
+        monkeypatch.setattr(engine_module, "free_memory_bytes", lambda: 0.0)
     kernels = Kernels(temporal=True) if kernel else OPS
     bundle = _bundle(growing, 8, heads=1) if kernel else growing
-    lazy, eager = _engine(bundle, kernels=kernels), _engine(bundle, kernels=kernels)
+    shared = tc.TemporalKernel(lambda *a: tc.reference(*a), writes_rings=False)  # one, as tc.KERNEL
+
+    def engine():
+        e = _engine(bundle, kernels=kernels)
+        if kernel:
+            e.lm_step.temporal_kernel = shared
+        return e
+
+    lazy, eager = engine(), engine()
     frames = _frames(lazy)
     plan = eager.lm_step.upcoming(eager.lm_cache, None)
     caps = [cap for _, cap, _ in plan]
@@ -179,24 +193,31 @@ def test_warmup_builds_every_later_step_graph_ahead(growing, kernel, evaluate, m
         assert caps[-2:] == [CONTEXT, CONTEXT]
         assert [s.masked for _, _, s in plan] == [True] * (len(plan) - 1) + [False]
     assert [pos for pos, _, _ in plan] == sorted(pos for pos, _, _ in plan)
-    if evaluate:  # every graph run once on scratch rings, then the warm-up has nothing left
-        assert eager.prepare(frames.shape[1], evaluate=True) == len(plan)
-        assert warmup(eager, frames=frames.shape[1]).graphs == 0
-    else:  # the CPU's default: traced only (the warm-up's own steps ran the first graph)
+    if room == "trace":
+        assert eager.prepare(frames.shape[1], evaluate=False) == len(plan)
+        assert warmup(eager, frames=frames.shape[1]).graphs == 0  # all built already
+    else:
         result = warmup(eager, frames=frames.shape[1])
-        assert result.graphs >= len(plan) - 1 and result.seconds > 0
-    graphs, ran = dict(eager.lm_step.graphs), set(eager.lm_step.ran)
+        assert result.graphs == len(plan) - 1 and result.seconds > 0  # its own steps built one
+    ran = len(compiled_module._RUN)
+    assert ran == (len(plan) - 1 if room == "free" else 0)
+    graphs, built = dict(eager.lm_step.graphs), set(eager.lm_step.built)
     traces = []  # lm_step itself runs only while a graph is traced
     real_step = S.lm_step
     monkeypatch.setattr(S, "lm_step", lambda *a: (traces.append(a[1]), real_step(*a))[1])
     t_eager, p_eager = _run(eager, frames)
     assert traces == []  # nothing traced mid-conversation
-    assert eager.lm_step.graphs == graphs and eager.lm_step.ran == ran
+    assert eager.lm_step.graphs == graphs and eager.lm_step.built == built
+    monkeypatch.setattr(S, "lm_step", real_step)
     t_lazy, p_lazy = _run(lazy, frames)
-    assert len(lazy.lm_step.ran) == len(ran)  # the same graphs, built as the steps needed them
+    assert lazy.lm_step.built == built  # the same graphs, built as the steps needed them
     np.testing.assert_array_equal(t_lazy, t_eager)
     np.testing.assert_array_equal(p_lazy, p_eager)
-    assert warmup(eager, frames=frames.shape[1]).graphs == 0  # all built: nothing more to run
+    assert warmup(eager, frames=frames.shape[1]).graphs == 0  # all built: nothing more to do
+    # another engine of this process traces its own copies; it runs only graphs none has run
+    other = engine()
+    assert warmup(other, frames=frames.shape[1]).graphs == len(plan) - 1
+    assert len(compiled_module._RUN) == {"free": ran, "none": 0, "trace": len(plan) - 1}[room]
 
 
 def test_a_growing_ring_full_for_one_step_keeps_its_masked_graph():
