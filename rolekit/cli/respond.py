@@ -211,6 +211,9 @@ def run_respond(**opts: Any) -> dict[str, Any]:
         "seconds": round(result.frames * FRAME_SAMPLES / SAMPLE_RATE, 3),
         "ms_per_step": round(ms, 2),
         "rtf": round(ms / (FRAME_SECONDS * 1000.0), 3),
+        "max_step_ms": round(max(steps, default=0.0), 2),
+        # steps longer than the 80 ms frame: what live mode would have played late
+        "late_steps": sum(1 for s in steps if s > FRAME_SECONDS * 1000.0),
         "peak_gb": _peak_gb(),
         "seed": int(opts["seed"]),
         "greedy": bool(opts["greedy"]),

@@ -65,6 +65,7 @@ class CompiledMimi:
         }
         self._shapes: dict[int, tuple[Shapes, Shapes]] = {}  # batch -> (enc, dec) carry shapes
         self.traces = 0  # how many times a graph was traced (the bodies run only when tracing)
+        self._prepared: set[int] = set()  # batch sizes whose later graphs `prepare` built
 
     @property
     def cfg(self) -> Any:
@@ -111,6 +112,24 @@ class CompiledMimi:
             pcm, state.dec = self._decode[self._full(state.dec_offset)](codes, state.dec, off)
         state.dec_offset += self.cfg.downsample_stride
         return pcm
+
+    def prepare(self, batch: int) -> int:
+        """Trace and run once the two graphs a stream of `batch` reaches only later (encode and
+        decode with full transformer caches, from 20 s in), on scratch carries, so that no step
+        waits for their compile. The one-kernel steps need none. Returns the graphs run."""
+        if self._use_kernels(batch) or batch in self._prepared:
+            return 0
+        enc_shapes, dec_shapes = self._carry_shapes(batch)
+        off = mx.array(self.cfg.context, dtype=mx.int32)  # a position with every cache slot real
+        scratch = lambda shapes: {k: mx.zeros(s, dtype=mx.float32) for k, s in shapes.items()}  # noqa: E731
+        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
+        codes = mx.zeros((batch, self.num_codebooks, 1), dtype=mx.int32)
+        mx.eval(
+            self._encode[True](x, scratch(enc_shapes), off),
+            self._decode[True](codes, scratch(dec_shapes), off),
+        )
+        self._prepared.add(batch)
+        return 2
 
     def _use_kernels(self, batch: int) -> bool:
         """The one-kernel steps serve this batch (`Kernels.mimi`, CUDA, supported)."""

@@ -195,10 +195,11 @@ class Engine:
         self.last_user_codes = None
 
     def prepare(self, frames: int | None = None, evaluate: bool | None = None) -> int:
-        """Build now every LM step graph that the next `frames` steps run (None: the whole
+        """Build now every step graph that the next `frames` steps run (None: the whole
         conversation, past the ring's wrap), so no step traces or compiles mid-conversation: each
-        ring size and attended prefix is traced and run once on scratch rings of its size, which
-        builds its kernels (`CompiledStep.prepare`). `evaluate` None: run those whose scratch
+        ring size and attended prefix of the LM step is traced and run once on scratch rings of
+        its size, which builds its kernels (`CompiledStep.prepare`), and so are Mimi's graphs of
+        full transformer caches (`CompiledMimi.prepare`). `evaluate` None: run those whose scratch
         rings fit in half the free memory (else traced only); True: run all; False: trace only.
         State unchanged; returns the number of graphs built (0 for the eager step)."""
         horizon = None if frames is None else self.lm_cache.offset + frames
@@ -209,7 +210,12 @@ class Engine:
             budget: int | None = int(0.5 * free_memory_bytes())
         else:
             budget = (1 << 62) if evaluate else None
-        return self.lm_step.prepare(self.lm_cache, args, horizon, budget)
+        built = self.lm_step.prepare(self.lm_cache, args, horizon, budget)
+        cfg = self.mimi.cfg  # Mimi's graphs of full caches, if the stream gets there
+        reaches = frames is None or self.mimi_state.enc_offset + frames * cfg.downsample_stride >= cfg.context
+        if isinstance(self.mimi_steps, CompiledMimi) and budget is not None and reaches:
+            built += self.mimi_steps.prepare(self.batch)
+        return built
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:

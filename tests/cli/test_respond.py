@@ -41,6 +41,9 @@ def test_respond_writes_audio_text_tokens_and_a_summary(tiny_bundle, tmp_path, u
     assert summary["frames"] == 30 and summary["input_frames"] == 20 and summary["tail_frames"] == 10
     assert summary["random_weights"] is True and summary["greedy"] is True and summary["ms_per_step"] > 0
     assert summary["rtf"] == pytest.approx(summary["ms_per_step"] / 80, abs=1e-2)
+    assert (
+        summary["max_step_ms"] >= summary["ms_per_step"] and 0 <= summary["late_steps"] <= summary["frames"]
+    )
     pcm, sr = sf.read(tmp_path / "agent.wav")
     assert sr == 24000 and pcm.ndim == 1 and pcm.shape[0] == 30 * 1920
     tokens = json.loads((tmp_path / "tokens.json").read_text())

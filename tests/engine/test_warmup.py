@@ -64,3 +64,29 @@ def test_kernel_caches_default_under_rolekit_cache_and_user_values_win(tmp_path,
     assert (tmp_path / "rk" / "kernels" / "cuda").is_dir() and int(env["CUDA_CACHE_MAXSIZE"]) >= 1 << 30
     monkeypatch.setenv("CUDA_CACHE_PATH", str(tmp_path / "mine"))
     assert configure_kernel_caches()["CUDA_CACHE_PATH"] == str(tmp_path / "mine")
+
+
+def test_warmup_builds_mimis_full_cache_graphs_ahead(tiny_bundle):
+    """Mimi's steps switch to their full-cache graphs once its transformer caches are full (125
+    frames for the tiny codec): the warm-up builds those too, so the conversation traces no Mimi
+    graph, and its output equals that of an engine that traced them as it went."""
+    plans = [make_plan("NATF1", 9, 1)]
+    voices = [models.load_voice(tiny_bundle, p.voice) for p in plans]
+    mimi_cfg = tiny_bundle.mimi.cfg
+    n = mimi_cfg.context // mimi_cfg.downsample_stride + 10  # past the full point
+    frames = user_frames(n, 3)
+    runs = []
+    for warm in (True, False):
+        engine = Engine(tiny_bundle, 1, SamplingParams(greedy=True), seed=5)
+        engine.prefill(plans, voices)
+        if warm:
+            assert warmup(engine, frames=n).graphs >= 2  # at least Mimi's two full-cache graphs
+            traced = engine.mimi_steps.traces
+        res = run_offline(engine, frames)
+        if warm:
+            assert engine.mimi_steps.traces == traced  # nothing traced mid-conversation
+        else:
+            assert engine.mimi_steps.traces > 2  # the lazy engine traced the full graphs late
+        runs.append((res.text, res.audio, res.pcm))
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
