@@ -1,4 +1,5 @@
-# Source this on the lent GPU machine (bash): installs the carried wheels into /tmp/site.
+# Source this on the lent GPU machine (bash): installs the carried wheels into /tmp/site (build
+# .whl/a and .whl/b here first: bash bench/gpu_wheels.sh).
 # Call 1 carries .whl/a (small wheels + first half of mlx_cuda_13); call 2 carries .whl/b (second
 # half). The small wheels in .whl/a: moshi, pydantic (+ pydantic_core, annotated_types,
 # typing_inspection), soxr, pyloudnorm, soundfile (the manylinux_2_28 wheel: it bundles libsndfile
