@@ -2,10 +2,11 @@
 
 A fresh process compiles every MLX graph and CUDA kernel on the first steps that need them (the
 first two calls only prime the delays; the depformer and the Mimi decoder start on the third).
-`warmup` runs those steps on silence and puts the whole engine state back, then builds the LM
-step graphs that later steps would compile mid-conversation (the ring grows and the attended
-prefix doubles: 256, 512, 1024, 2048 slots, the full context; `Engine.prepare`), so the
-conversation that follows is exactly the one it would have been, minus the compile stalls.
+`warmup` runs those steps on silence and puts the whole engine state back, then builds the step
+graphs that later steps would compile mid-conversation (the LM's as the ring grows and the
+attended prefix doubles: 256, 512, 1024, 2048 slots, the full context; Mimi's once its caches are
+full; `Engine.prepare`), so the conversation that follows is exactly the one it would have been,
+minus the compile stalls.
 """
 
 from __future__ import annotations

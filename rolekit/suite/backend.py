@@ -96,7 +96,11 @@ class MlxBackend:
         engine = Engine(
             self.bundle, batch=len(plans), params=params, seed=list(seeds), kernels=self.bundle.kernels
         )
-        engine.prefill(plans, [self._voice(p.voice) for p in plans])
+        self._prefill(engine, plans, [self._voice(p.voice) for p in plans])
         if self._warm is not None:
             self._warm(engine, frames=frames)
         return engine, int(engine.frames_left)
+
+    def _prefill(self, engine: Any, plans: list[PrefillPlan], voices: list[Any]) -> None:
+        """Prefill `engine` with one plan and voice prompt per row (subclasses may cache it)."""
+        engine.prefill(plans, voices)

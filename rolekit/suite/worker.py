@@ -25,26 +25,11 @@ class CachedBackend(MlxBackend):
 
     cache_hits: int = 0  # batches whose every row came from the cache
 
-    def start(
-        self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
-    ) -> tuple[Any, int | None]:
-        import dataclasses
-
-        from rolekit.engine.engine import Engine
+    def _prefill(self, engine: Any, plans: list[PrefillPlan], voices: list[Any]) -> None:
         from rolekit.engine.snapshot import prefill_cached
         from rolekit.hub import rolekit_cache
-        from rolekit.lm.sampling import SamplingParams
 
-        params = [SamplingParams(**p.sampling) for p in plans]
-        plans = [dataclasses.replace(p, voice_frames=self.voice_frames(p.voice)) for p in plans]
-        engine = Engine(
-            self.bundle, batch=len(plans), params=params, seed=list(seeds), kernels=self.bundle.kernels
-        )
-        voices = [self._voice(p.voice) for p in plans]
         self.cache_hits += prefill_cached(engine, plans, voices, rolekit_cache() / "prefill")
-        if self._warm is not None:
-            self._warm(engine, frames=frames)
-        return engine, int(engine.frames_left)
 
 
 class SuiteWorker:
