@@ -47,7 +47,7 @@ from rolekit.nn.cuda import build_kernel, device_code
 
 HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)
-NW = 4  # warps per block of the partial kernel (NW * 32 >= Dh: the block's merge has a thread per dim)
+NW = 4  # warps per block of the partial kernel
 CHUNKS = (256, 128, 64)  # slots per split, largest first; must be multiples of NW * 32 / (Dh / 8) * U
 MIN_BLOCKS = 256  # shorter chunks until the partial kernel has this many blocks (a few per SM)
 _LOG2E = 1.4426950408889634

@@ -40,6 +40,39 @@ __device__ inline void merge_slot_groups(float& m, float& l, float (&o)[8]) {
   }
 }
 
+template <int NW, int HD, int LPS, int NT>
+__device__ inline void merge_block_warps(
+    float m, float l, const float (&o)[8], float* rm, float* rl, float* ro, float* po, float* pm, float* pl,
+    float* probe) {
+  // the block's warps' softmax states (each already merged over its slot groups, so lanes with
+  // grp == 0 hold dims sub * 8 .. sub * 8 + 7) into one partial state: po [HD], *pm, *pl.
+  // rm, rl [NW] and ro [NW * HD]: shared scratch. Every thread of the block must call it.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int grp = lane / LPS, sub = lane % LPS;
+  if (grp == 0) {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) ro[warp * HD + sub * 8 + t] = o[t];
+    if (sub == 0) { rm[warp] = m; rl[warp] = l; }
+  }
+  __syncthreads();
+  if (probe) stamp(probe, 4);
+  for (int dd = threadIdx.x; dd < HD; dd += NT) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, rm[w]);
+    float L = 0.f, O = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      if (rm[w] == -INFINITY) continue;
+      const float c = exp2f(rm[w] - M);
+      L = fmaf(c, rl[w], L);
+      O = fmaf(c, ro[w * HD + dd], O);
+    }
+    po[dd] = O;
+    if (dd == 0) { *pm = M; *pl = L; }
+  }
+}
+
 template <typename T, int B, int D, int H, int HD, int C, int CTX, int LEN, int NSPLIT, int CHUNK, int NT, int U>
 __device__ inline void ring_attention_stage(
     const float* QKV, const T* kc, const T* vc, T* nkv, float* PM, float* PL, float* PO, int p,
@@ -133,26 +166,7 @@ __device__ inline void ring_attention_stage(
     if (probe && item == blockIdx.x) stamp(probe, 3);
     // the warp's slot groups, then the block's warps
     merge_slot_groups<LPS>(m, l, o);
-    if (grp == 0) {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) ro[warp * HD + sub * 8 + t] = o[t];
-      if (sub == 0) { rm[warp] = m; rl[warp] = l; }
-    }
-    __syncthreads();
-    if (probe && item == blockIdx.x) stamp(probe, 4);
-    for (int dd = threadIdx.x; dd < HD; dd += NT) {
-      float M = -INFINITY;
-      for (int w = 0; w < NW; ++w) M = fmaxf(M, rm[w]);
-      float L = 0.f, O = 0.f;
-      for (int w = 0; w < NW; ++w) {
-        if (rm[w] == -INFINITY) continue;
-        const float c = exp2f(rm[w] - M);
-        L += c * rl[w];
-        O += c * ro[w * HD + dd];
-      }
-      PO[(size_t)item * HD + dd] = O;
-      if (dd == 0) { PM[item] = M; PL[item] = L; }
-    }
+    merge_block_warps<NW, HD, LPS, NT>(m, l, o, rm, rl, ro, PO + (size_t)item * HD, PM + item, PL + item, probe && item == blockIdx.x ? probe : nullptr);
     if (probe && item == blockIdx.x) stamp(probe, 5);
   }
 }

@@ -5,7 +5,6 @@
   constexpr int PASSES = SW / SPW;
   static_assert(HD % 64 == 0 && HD <= 256, "head dim");
   static_assert(SW % (SPW * U) == 0, "chunk");
-  static_assert(NW * 32 >= HD, "merge needs a thread per dim");
   const float NEG = __int_as_float(static_cast<int>(0xff800000u));  // -infinity
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -71,38 +70,8 @@
     }
   }
   merge_slot_groups<LPS>(m, l, acc);  // the lane groups of a warp (lanes with the same `sub`)
-  // merge the warps of the block
   __shared__ float sm_m[NW];
   __shared__ float sm_l[NW];
-  __shared__ float sm_a[NW][HD];
-  if (grp == 0) {
-    if (sub == 0) {
-      sm_m[warp] = m;
-      sm_l[warp] = l;
-    }
-#pragma unroll
-    for (int t = 0; t < 8; ++t) sm_a[warp][sub * 8 + t] = acc[t];
-  }
-  __syncthreads();
-  if (threadIdx.x < HD) {
-    float mm = NEG;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, sm_m[w]);
-    float ll = 0.f, aa = 0.f;
-    if (mm != NEG) {
-#pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        if (sm_m[w] != NEG) {
-          const float c = exp2f(sm_m[w] - mm);
-          ll = fmaf(c, sm_l[w], ll);
-          aa = fmaf(c, sm_a[w][threadIdx.x], aa);
-        }
-      }
-    }
-    const size_t part = (size_t)bh * NSPLIT + split;
-    po[part * HD + threadIdx.x] = aa;
-    if (threadIdx.x == 0) {
-      pm[part] = mm;
-      pl[part] = ll;
-    }
-  }
+  __shared__ float sm_a[NW * HD];
+  const size_t part = (size_t)bh * NSPLIT + split;
+  merge_block_warps<NW, HD, LPS, NW * 32>(m, l, acc, sm_m, sm_l, sm_a, po + part * HD, pm + part, pl + part, nullptr);
