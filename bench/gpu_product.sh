@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
-# Stages: write cold engine_b1 engine_b16 engine_b32 respond test16 kernel_path.
+# Stages: write cold cold_second engine_b1 engine_b16 engine_b32 respond respond_warm test16 test64
+# kernel_path gpu_tests; diagnostics: cold_diag (benchmarks/cold_start.py), gap
+# (benchmarks/batch_gap.py), harness_ab (the old harness
+# at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
 # MODEL=tiny runs the same commands on the tiny model (a rehearsal on a CPU machine).
 set -u
@@ -36,6 +39,9 @@ for stage in "$@"; do
       timed cold_first "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_first.json" -q
       timed cold_second "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_second.json" -q
       ;;
+    cold_second)  # a later process only (the caches of an earlier q4 run on this machine)
+      timed cold_second "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_second.json" -q
+      ;;
     engine_b1)  # batch 1 q4 + LMGen with CUDA graphs and with torch.compile (own processes)
       timed engine_q4_b1 "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
         --json-out "$OUT/engine_q4_b1.json"
@@ -55,6 +61,11 @@ for stage in "$@"; do
       timed respond60 "${RK[@]}" respond -m "$M" --quant q4 --input /tmp/u60.wav --output /tmp/a60.wav \
         --prompt "You enjoy having a good conversation." -q >"$OUT/respond60.json"
       ;;
+    respond_warm)  # the same again: a later process, kernel caches warm
+      audio60
+      timed respond60_warm "${RK[@]}" respond -m "$M" --quant q4 --input /tmp/u60.wav --output /tmp/a60.wav \
+        --prompt "You enjoy having a good conversation." -q >"$OUT/respond60_warm.json"
+      ;;
     test16)  # 16 scenarios of 60 s, --jobs 16 (no TTS, no Whisper): wall time against audio time
       audio60
       mkdir -p /tmp/s16 && cp /tmp/u60.wav /tmp/s16/
@@ -68,6 +79,34 @@ for stage in "$@"; do
 print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
         >"$OUT/test16_bf16.json"
       cat "$OUT/test16_bf16.json"
+      ;;
+    test64)  # 64 scenarios of 60 s at once (--jobs 64): within the 80 ms frame?
+      audio60
+      mkdir -p /tmp/s64 && cp /tmp/u60.wav /tmp/s64/
+      for i in $(seq -w 0 63); do
+        printf 'name: s%s\npersona: refund-desk\nseed: %d\nlead_in: 1.0\ntail: 2.0\nuser:\n  - audio: u60.wav\n' \
+          "$i" "$((10#$i))" >/tmp/s64/s$i.yaml
+      done
+      timed test64 "${RK[@]}" test /tmp/s64 --jobs 64 -m "$M" --quant "${TEST_QUANT:-bf16}" --no-transcribe \
+        --out /tmp/test64
+      python3 -c "import json,sys; rows=[json.loads(l) for l in open('/tmp/test64/results.jsonl')]; \
+print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
+        >"$OUT/test64.json"
+      cat "$OUT/test64.json"
+      ;;
+    gpu_tests)  # every `gpu`-marked kernel test but the 7B kernel path (its own stage)
+      timed gpu_tests python3 -m pytest -q -p no:cacheprovider -m gpu tests \
+        --deselect tests/engine/test_gpu_kernel_path.py --junitxml "$OUT/gpu_tests.xml"
+      ;;
+    gap)  # the batch-16 product step against fresh / filled engines and the harness model, one process
+      timed gap python3 -c "from benchmarks.batch_gap import run; run('$M', '${GAP_QUANT:-bf16}', ${GAP_BATCH:-16}, out='$OUT/gap.jsonl')"
+      ;;
+    cold_diag)  # where a process's prefill -> first step goes, phase by phase (benchmarks/cold_start.py)
+      timed cold_diag python3 -c "from benchmarks.cold_start import run; run('$M', 'q4', out='$OUT/cold_diag.jsonl')"
+      ;;
+    harness_ab)  # the old harness (.ab/rolekit) at batch 16, bf16, its own random model
+      timed harness_ab env PYTHONPATH="/tmp/site:$PWD/.ab" python3 -m rolekit bench engine --size full \
+        --quant bf16 --batch 16 --compiled --no-reference --json >"$OUT/harness_ab.json"
       ;;
     kernel_path)  # kernel path vs op path on random-7b, teacher-forced
       timed kernel_path python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/engine/test_gpu_kernel_path.py \

@@ -3,7 +3,8 @@
 # Call 1 carries .whl/a (small wheels + first half of mlx_cuda_13); call 2 carries .whl/b (second
 # half). The small wheels in .whl/a: moshi, pydantic (+ pydantic_core, annotated_types,
 # typing_inspection), soxr, pyloudnorm, soundfile (the manylinux_2_28 wheel: it bundles libsndfile
-# but imports _cffi_backend) and so cffi and pycparser. Both halves are kept in /tmp/wheels while
+# but imports _cffi_backend) and so cffi and pycparser; pytest (+ pluggy, iniconfig, packaging,
+# pygments) for the `gpu` tests. Both halves are kept in /tmp/wheels while
 # the machine stays warm; once both are there the wheel is reassembled, checked against its sha256
 # and installed with the image's nvidia libraries.
 set -e
@@ -16,7 +17,8 @@ if [ ! -f /tmp/site/.done-small ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
     $W/moshi-*.whl $W/pydantic-*.whl $W/pydantic_core-*.whl $W/annotated_types-*.whl \
     $W/typing_inspection-*.whl $W/soxr-*.whl $W/soundfile-*.whl $W/pyloudnorm-*.whl \
-    $W/cffi-*.whl $W/pycparser-*.whl
+    $W/cffi-*.whl $W/pycparser-*.whl $W/pytest-*.whl $W/pluggy-*.whl $W/iniconfig-*.whl \
+    $W/packaging-*.whl $W/pygments-*.whl
   touch /tmp/site/.done-small
 fi
 if [ ! -f /tmp/site/.done-mlx ] && [ -f $W/mlx_cuda_13.part-aa ] && [ -f $W/mlx_cuda_13.part-ab ]; then

@@ -11,7 +11,7 @@ dl() {
     --platform manylinux2014_x86_64 --platform any "$@"
 }
 dl moshi==0.2.13 pydantic==2.14.4 pydantic_core==2.50.5 annotated_types typing_inspection soxr==0.5.0.post1 pyloudnorm \
-  soundfile cffi pycparser mlx==0.32.4 mlx_cuda_13==0.32.4
+  soundfile cffi pycparser pytest pluggy iniconfig packaging pygments mlx==0.32.4 mlx_cuda_13==0.32.4
 cuda=.whl/dl/mlx_cuda_13-0.32.4-py3-none-manylinux_2_35_x86_64.whl
 echo "94cb48fba73e5ee39467e51c35c51c691123359ca17bafd1a24cf92ad6732bee  $cuda" | sha256sum -c -
 split -b 45M "$cuda" .whl/dl/mlx_cuda_13.part-

@@ -19,12 +19,12 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.bench.engine import build_bundle
-from rolekit.bench.lm import default_quant
+from benchmarks.engine import build_bundle
 from rolekit.codec.compiled import CompiledMimi
 from rolekit.engine.engine import Engine
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS
 from rolekit.lm.sampling import SamplingParams
+from rolekit.randlm import default_quant
 
 CATEGORIES = (  # (category, substrings of the kernel name), first match wins
     ("matmul", ("gemv", "gemm", "cublas", "cutlass", "sm90_", "qmv", "qmm", "matmul", "dot")),

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rolekit.bench.lm import lm_config
 from rolekit.errors import ConfigError
+from rolekit.randlm import lm_config
 
 
 def write_random_checkpoint(folder: Path, size: str = "tiny", seed: int = 0) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`rolekit bench engine`: the product path, timed as users run it.
+"""`rolekit bench engine` and `rolekit bench prefill`: the product path, timed as users run it.
 
 The model is loaded by `loader(spec)` (the CLI passes the very loader `respond` uses: same
 `--model` / `--dtype` / `--quant` / `--compat`, quantize-on-first-load included), a short persona
@@ -6,12 +6,19 @@ is prefilled, the engine is warmed up like `respond` does, then `steps` full-dup
 encode -> LM -> Mimi decode, one host sync each) are timed on noise. Kyutai's LMGen at the same
 size runs next, twice, each in its own process: with CUDA graphs (NO_TORCH_COMPILE=1) and with
 torch.compile (NO_TORCH_COMPILE cleared; a run in which dynamo compiled nothing is an error).
+
+`bench_prefill` times the same persona's prompt phases on the same kind of engine three ways: one
+batched temporal pass (`Engine.prefill`), frame by frame (`stepwise=True`, what NVIDIA's LMGen
+does), and through the on-disk prefill cache (`engine.snapshot.prefill_cached`, first run with its
+save, then the restore).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -28,7 +35,22 @@ PROMPT = "You enjoy having a good conversation."
 
 
 def weights_gb(lm: Any) -> float:
+    """Bytes of `lm`'s parameters in GB."""
     return round(sum(v.nbytes for _, v in tree_flatten(lm.parameters())) / 1e9, 2)
+
+
+def _persona(bundle: Any) -> tuple[Any, Any]:
+    """(PrefillPlan, VoicePrompt) of the benchmark persona, compiled as `respond` compiles one."""
+    from rolekit import models
+    from rolekit.persona.compile import compile_persona
+    from rolekit.persona.schema import Persona
+
+    plan = compile_persona(Persona(name="bench", prompt=PROMPT, voice="NATF2"), {}, bundle.tokenizer)
+    return plan, models.load_voice(bundle, plan.voice)
+
+
+def _size(bundle: Any) -> str:
+    return f"{bundle.lm.cfg.dim}d-{bundle.lm.cfg.num_layers}L"
 
 
 def bench_product(
@@ -39,17 +61,13 @@ def bench_product(
     seed: int = 0,
 ) -> dict[str, Any]:
     """ms per `Engine.step` of `spec` as loaded by `loader`, after a prefill and the warm-up."""
-    from rolekit import models
     from rolekit.lm.precision import device_kind
-    from rolekit.persona.compile import compile_persona
-    from rolekit.persona.schema import Persona
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     bundle = loader(spec)
     load_s = time.perf_counter() - t0
-    plan = compile_persona(Persona(name="bench", prompt=PROMPT, voice="NATF2"), {}, bundle.tokenizer)
-    voice = models.load_voice(bundle, plan.voice)
+    plan, voice = _persona(bundle)
     engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed, kernels=bundle.kernels)
     t0 = time.perf_counter()
     engine.prefill([plan] * batch, [voice] * batch)
@@ -69,7 +87,7 @@ def bench_product(
         "variant": "product",
         **bundle.describe(),
         "device": device_kind(),
-        "size": f"{bundle.lm.cfg.dim}d-{bundle.lm.cfg.num_layers}L",
+        "size": _size(bundle),
         "batch": batch,
         "weights_gb": weights_gb(bundle.lm),
         "load_s": round(load_s, 2),
@@ -108,3 +126,59 @@ def bench_product_with_reference(
         out.append(ref)
     ours["speedup_vs_reference"] = ours.get("speedup_vs_lmgen_compile") or ours.get("speedup_vs_lmgen")
     return out
+
+
+def bench_prefill(
+    spec: str,
+    loader: Callable[[str], Any],
+    batch: int = 1,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """ms of the persona's prefill of `batch` conversations on `spec` as loaded by `loader`: one
+    batched pass (after one untimed pass that builds the kernels), stepwise, and through the
+    prefill cache in `cache_dir` (a fresh temporary folder by default; with a folder that already
+    holds this snapshot the first run is a restore too: `first_run_restored` says so). Each timing
+    ends when the LM cache is evaluated."""
+    from rolekit.engine.snapshot import prefill_cached
+    from rolekit.lm.precision import device_kind
+
+    mx.reset_peak_memory()
+    bundle = loader(spec)
+    plan, voice = _persona(bundle)
+    plans, voices = [plan] * batch, [voice] * batch
+    engine = Engine(bundle, batch=batch, params=SamplingParams(), seed=seed, kernels=bundle.kernels)
+    frames = max(r.calls for r in engine.prefill_inputs(plans, voices))
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        out = fn()
+        mx.eval(*engine.lm_cache.arrays())
+        return (time.perf_counter() - t0) * 1000.0, out
+
+    timed(lambda: engine.prefill(plans, voices))  # builds the kernels and graphs: not timed
+    batched, _ = timed(lambda: engine.prefill(plans, voices))
+    stepwise, _ = timed(lambda: engine.prefill(plans, voices, stepwise=True))
+    with tempfile.TemporaryDirectory(prefix="rolekit-bench-prefill-") as tmp:
+        folder = cache_dir if cache_dir is not None else Path(tmp)
+        first, first_hit = timed(lambda: prefill_cached(engine, plans, voices, folder))
+        restored, hit = timed(lambda: prefill_cached(engine, plans, voices, folder))
+    return {
+        "runtime": "rolekit-engine",
+        "variant": "prefill",
+        **bundle.describe(),
+        "device": device_kind(),
+        "size": _size(bundle),
+        "batch": batch,
+        "frames": frames,
+        "batched_ms": round(batched, 2),
+        "stepwise_ms": round(stepwise, 2),
+        "first_run_with_save_ms": round(first, 2),
+        "restored_ms": round(restored, 2),
+        "first_run_restored": bool(first_hit),
+        "restored": bool(hit),
+        "stepwise_over_batched": round(stepwise / batched, 2),
+        "batched_over_restored": round(batched / max(restored, 1e-6), 1),
+        "peak_gb": round(mx.get_peak_memory() / 1e9, 2),
+        "peak_rss_gb": peak_rss_gb(),
+    }

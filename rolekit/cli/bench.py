@@ -1,5 +1,6 @@
-"""`rolekit bench`: time the LM step, Mimi, the engine, the prefill and the converter, with
-Kyutai's PyTorch reference measured in the same process."""
+"""`rolekit bench`: time the product path (the engine step and the prompt prefill of the model as
+`respond` loads it, against Kyutai's LMGen), Mimi and the converter. The lab benchmarks on their
+own random models live in `benchmarks/` at the repository root, outside the package."""
 
 from __future__ import annotations
 
@@ -83,25 +84,8 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         if r.get("bench") == "convert":
             rows.extend(_convert_rows(r))
             continue
-        if r.get("bench") == "phases":
-            for mode in ("overlapped", "serialized"):
-                m = r[mode]
-                parts = f"enc {m['encode']:.2f} / lm {m['lm']:.2f} / dec {m['decode']:.2f}"
-                wait = f" / wait {m['wait']:.2f}" if "wait" in m else ""
-                rows.append(
-                    [
-                        "phases",
-                        mode,
-                        r["size"],
-                        r["quant"],
-                        str(r["batch"]),
-                        _cell(m["step"]),
-                        parts + wait,
-                        "",
-                        "",
-                        "",
-                    ]
-                )
+        if r.get("bench") == "prefill":
+            rows.extend(_prefill_rows(r))
             continue
         speed = r.get("speedup_vs_reference")
         rows.append(
@@ -121,118 +105,102 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _prefill_rows(r: dict[str, Any]) -> list[list[str]]:
+    timings = (
+        f"batched {r['batched_ms']:.2f} / stepwise {r['stepwise_ms']:.2f} / "
+        f"cached: first {r['first_run_with_save_ms']:.2f}, restored {r['restored_ms']:.2f}"
+    )
+    return [
+        [
+            "prefill",
+            f"{r['runtime']} {r['variant']}",
+            r["size"],
+            str(r.get("quant", "")),
+            str(r["batch"]),
+            f"{r['frames']} frames: {timings}",
+            "",
+            "",
+            str(r.get("peak_gb", "")),
+            f"stepwise {r['stepwise_over_batched']:.2f}x",
+        ]
+    ]
+
+
 def bench_command(
     what: str = typer.Argument(
-        "lm", help="lm | mimi | engine (the product path) | phases | prefill | convert | all"
+        "engine",
+        help="engine (the product step) | prefill (the product prefill) | mimi | convert | "
+        "all (engine, prefill, mimi). Lab benchmarks: benchmarks/ at the repository root.",
     ),
     model: str = typer.Option(
         None,
         "--model",
         "-m",
-        help="engine: tiny | random-7b | FOLDER | HF id, loaded as `respond` loads it "
+        help="engine, prefill: tiny | random-7b | FOLDER | HF id, loaded as `respond` loads it "
         "(default: random-7b for --size full, else tiny).",
     ),
     dtype: str = model_opts.DTYPE,
     compat: str = model_opts.COMPAT,
     kernels: str = model_opts.KERNELS,
     json_out: Path = typer.Option(None, "--json-out", help="Also write the report JSON to this file."),
-    size: str = typer.Option("tiny", "--size", help="full (PersonaPlex 7B, random weights) or tiny."),
+    size: str = typer.Option(
+        "tiny",
+        "--size",
+        help="mimi, convert: full (PersonaPlex 7B sizes, random weights) or tiny; "
+        "engine, prefill: full = --model random-7b when --model is not given.",
+    ),
     quant: str = typer.Option(
-        None,
-        "--quant",
-        help="engine: auto | bf16 | q8 | q4 (as `respond --quant`); others: fp32 | bf16 | q8 | q4 "
-        "(default: bf16 on GPU, fp32 on CPU).",
+        None, "--quant", help="engine, prefill: auto | bf16 | q8 | q4 (as `respond --quant`; default auto)."
     ),
-    batch: int = typer.Option(1, "--batch", help="Conversations stepped together."),
-    steps: int = typer.Option(50, "--steps", help="Timed steps (frames)."),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed steps first."),
-    dep_steps: int = typer.Option(
-        None, "--dep-steps", help="Depformer steps (default all 16; 8 = agent only)."
-    ),
-    compiled: bool = typer.Option(
-        False,
-        "--compiled",
-        help="lm: the compiled LM step; engine: the engine's whole-step compiled graph (its default; without it: eager).",
-    ),
+    batch: int = typer.Option(1, "--batch", help="Conversations stepped (or prefilled) together."),
+    steps: int = typer.Option(50, "--steps", help="engine, mimi: timed steps (frames)."),
+    warmup: int = typer.Option(5, "--warmup", help="mimi: untimed steps first; engine: the reference's."),
     reference: bool = typer.Option(
-        True, "--reference/--no-reference", help="Also time Kyutai's PyTorch moshi."
+        True, "--reference/--no-reference", help="Also time Kyutai's PyTorch moshi (engine, mimi)."
     ),
     convert_dir: str = typer.Option(
         None, "--dir", help="convert: working folder (needs ~2x 16.7 GB at full size)."
     ),
-    start: int = typer.Option(
-        0,
-        "--start",
-        help="engine: frames already in the LM context (e.g. 3000: a conversation past 4 minutes).",
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Benchmark with random weights: median, p10-p90 (ms per 80 ms frame) and peak memory.
+    """Time what users run to choose a runtime: median, p10-p90 (ms per 80 ms frame), peak memory.
 
-    `engine` times the product path: the model loaded exactly as `respond` loads it, prefilled and
-    warmed up, then Kyutai's LMGen with CUDA graphs and with torch.compile, each in its own process."""
-    from rolekit.bench.runner import BenchOptions, run_bench
+    `engine` and `prefill` load the model exactly as `respond` loads it (random weights are
+    labelled); `engine` then times Kyutai's LMGen with CUDA graphs and with torch.compile, each in
+    its own process. `mimi` times the codec, `convert` the converter, at --size."""
+    from rolekit.bench.runner import BenchOptions, check_what, run_bench
 
-    if json_out is not None and not json_out.expanduser().resolve().parent.is_dir():
-        raise ConfigError(f"--json-out {json_out}: the folder does not exist")
-    if what == "engine" and not start:  # the product path (--start: the lab timing below)
-        with user_errors():
-            report = _product(
-                model or ("random-7b" if size == "full" else "tiny"),
-                dtype,
-                quant,
-                compat,
-                batch,
-                steps,
-                warmup,
-                reference,
-                kernels,
+    with user_errors():
+        if json_out is not None and not json_out.expanduser().resolve().parent.is_dir():
+            raise ConfigError(f"--json-out {json_out}: the folder does not exist")
+        names = check_what(what)
+        if quant == "fp32":
+            raise ConfigError(
+                "--quant fp32: the product path quantizes auto | bf16 | q8 | q4 (use --dtype fp32)"
             )
-        _emit(report, what, as_json, json_out)
-        return
-    opts = BenchOptions(
-        size=size,
-        quant=quant,
-        batch=batch,
-        steps=steps,
-        warmup=warmup,
-        dep_steps=dep_steps,
-        compiled=compiled,
-        reference=reference,
-        convert_dir=convert_dir,
-        start=start,
-    )
-    report = run_bench(what, opts)
+        opts = BenchOptions(
+            model=model or ("random-7b" if size == "full" else "tiny"),
+            dtype=dtype,
+            quant=quant or "auto",
+            compat=compat,
+            kernels=kernels,
+            size=size,
+            batch=batch,
+            steps=steps,
+            warmup=warmup,
+            reference=reference,
+            convert_dir=convert_dir,
+        )
+        opts.check()
+        load = None
+        if {"engine", "prefill"} & set(names):  # a bad model option fails before any work
+            load = model_opts.load_options(dtype, opts.quant, compat, batch, kernels)
+
+        def loader(spec: str) -> Any:
+            return model_opts.load_model(spec, load)
+
+        report = run_bench(what, opts, loader)
     _emit(report, what, as_json, json_out)
-
-
-def _product(
-    model: str,
-    dtype: str,
-    quant: str | None,
-    compat: str,
-    batch: int,
-    steps: int,
-    warmup: int,
-    reference: bool,
-    kernels: str = "",
-) -> dict[str, Any]:
-    from rolekit.bench.product import bench_product_with_reference
-    from rolekit.bench.timing import host_info
-
-    if quant == "fp32":
-        raise ConfigError("--quant fp32: the product path quantizes auto | bf16 | q8 | q4 (use --dtype fp32)")
-    if batch < 1 or steps < 1:
-        raise ConfigError(f"--batch and --steps must be >= 1, got {batch} and {steps}")
-    load = model_opts.load_options(dtype, quant or "auto", compat, batch, kernels)
-    results = bench_product_with_reference(
-        model, lambda spec: model_opts.load_model(spec, load), batch, steps, max(warmup, 3), reference
-    )
-    for r in results:
-        r.setdefault("bench", "engine")
-    options = {"model": model, "dtype": dtype, "quant": quant or "auto", "compat": compat, "batch": batch}
-    options["kernels"] = kernels
-    return {"host": host_info(), "what": "engine", "options": {**options, "steps": steps}, "results": results}
 
 
 def _emit(report: dict[str, Any], what: str, as_json: bool, json_out: Path | None) -> None:

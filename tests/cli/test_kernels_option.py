@@ -47,6 +47,7 @@ def test_load_options_rejects_bad_values_naming_the_option(spec, message):
         ["live", "assistant"],
         ["warmup"],
         ["bench", "engine"],
+        ["bench", "prefill"],
     ],
 )
 def test_every_model_command_rejects_a_bad_value_before_loading(tmp_path, command):

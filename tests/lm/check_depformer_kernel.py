@@ -18,11 +18,11 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.bench.lm import build_lm, lm_config
 from rolekit.lm import depformer_cuda
 from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.nn import grid
 from rolekit.nn.kernels import OPS, Kernels
+from rolekit.randlm import build_lm, lm_config
 
 
 def check_depformer_kernel(

@@ -19,12 +19,12 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.bench.lm import build_lm, lm_config
 from rolekit.engine.compiled import CompiledStep
 from rolekit.lm import temporal_cuda
 from rolekit.nn import grid
 from rolekit.nn.attention import attended
 from rolekit.nn.kernels import Kernels, TemporalTuning
+from rolekit.randlm import build_lm, lm_config
 
 STAGES = ("qkv", "attention", "out", "gate", "down")
 

@@ -48,12 +48,12 @@ def _pretend_cuda(monkeypatch) -> None:
 
 
 def _engine_launches(monkeypatch, seen, kernels: Kernels, quant: str, batch: int) -> None:
-    from rolekit.bench.lm import build_lm
     from rolekit.codec.config import tiny as tiny_mimi
     from rolekit.codec.mimi import Mimi
     from rolekit.engine.engine import Engine
     from rolekit.lm.config import tiny
     from rolekit.models import ModelBundle
+    from rolekit.randlm import build_lm
 
     lm = build_lm(tiny(card=2048, context=40, num_heads=1, depformer_num_heads=1), quant)
     mimi = Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8, context=250))

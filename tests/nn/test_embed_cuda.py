@@ -78,7 +78,7 @@ def check_embed_kernel(
     """`LM.embed` under `kernels` (default: this device's policy) against the op path, per (batch,
     time): `ran` (the kernel served the lookup), `exact` (bit for bit); `ok` = exact, and ran where
     the policy asks for the kernel."""
-    from rolekit.bench.lm import build_lm, lm_config
+    from rolekit.randlm import build_lm, lm_config
 
     kernels = Kernels.for_device() if kernels is None else kernels
     lm = build_lm(lm_config(size), quant, seed)

@@ -1,7 +1,8 @@
-"""MLX LM benchmark: one 80 ms generation step (embed + temporal + text sampling + depformer).
+"""Lab LM benchmark: one 80 ms generation step (embed + temporal + text sampling + depformer).
 
-The model is built with random weights directly in MLX at the requested size (no checkpoint), cast
-to the activation dtype and optionally affine-quantized (linears only, as `convert --quant` does).
+Not the product path (`rolekit bench engine` times that): the model is `rolekit.randlm.build_lm`,
+random weights built directly in MLX at the requested size (no checkpoint), cast to the activation
+dtype and optionally affine-quantized (linears only, as `convert --quant` does).
 The step mirrors Kyutai's LMGen: every frame feeds back the tokens it generated, and by default the
 depformer samples all dep_q codebooks (like the reference); `dep_steps=8` with the user stream
 provided is what rolekit's engine runs.
@@ -14,68 +15,27 @@ from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from rolekit.bench.timing import peak_rss_gb, summarize
+from rolekit.bench.timing import peak_rss_gb, speedup, summarize
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.step import StepConstants
-from rolekit.errors import ConfigError
 from rolekit.frames import N_CODEBOOKS, N_STREAMS, USER_STREAMS
-from rolekit.lm.config import LmConfig, personaplex_7b, tiny
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
 from rolekit.nn.kernels import Kernels
-from rolekit.nn.multilinear import MultiLinear
-
-QUANTS = ("fp32", "bf16", "q8", "q4")
-GROUP_SIZE = 64
-
-
-def lm_config(size: str) -> LmConfig:
-    """`full` = PersonaPlex 7B (8.37 B parameters), `tiny` = the test-size model."""
-    if size == "full":
-        return personaplex_7b()
-    if size == "tiny":
-        return tiny()
-    raise ConfigError(f"unknown size {size!r} (full or tiny)")
-
-
-def default_quant() -> str:
-    """bf16 on a GPU, fp32 activations on a CPU (bf16 is ~10x slower there)."""
-    return "bf16" if mx.default_device() == mx.gpu else "fp32"
-
-
-def build_lm(cfg: LmConfig, quant: str, seed: int = 0) -> LM:
-    """Random-weight LM: cast to fp32/bf16, or bf16/fp32 activations with q8/q4 linears (group 64)."""
-    if quant not in QUANTS:
-        raise ConfigError(f"unknown quantization {quant!r} (one of {', '.join(QUANTS)})")
-    mx.random.seed(seed)
-    lm = LM(cfg)
-    act = mx.float32 if quant == "fp32" or mx.default_device() == mx.cpu else mx.bfloat16
-    lm.set_dtype(act)
-    if quant in ("q8", "q4"):
-
-        def linear(path: str, m: nn.Module) -> bool:
-            # Linears of temporal layers and depformer (as convert does); never embeddings or heads.
-            if not isinstance(m, (nn.Linear, MultiLinear)) or path.startswith(("text_linear", "linears")):
-                return False
-            return m.weight.shape[-1] % GROUP_SIZE == 0
-
-        nn.quantize(lm, group_size=GROUP_SIZE, bits=8 if quant == "q8" else 4, class_predicate=linear)
-    # Materialize layer by layer so the fp32 init never exists for the whole model at once.
-    for _, p in tree_flatten(lm.parameters()):
-        mx.eval(p)
-    return lm
+from rolekit.randlm import build_lm, default_quant, lm_config
 
 
 def param_count_b(lm: LM) -> float:
+    """Parameters of `lm` in billions (a quantized weight counts its packed words)."""
     return round(sum(p.size for _, p in tree_flatten(lm.parameters())) / 1e9, 3)
 
 
 def weight_gb(lm: LM) -> float:
+    """Bytes of `lm`'s parameters in GB."""
     return round(sum(p.nbytes for _, p in tree_flatten(lm.parameters())) / 1e9, 2)
 
 
@@ -278,3 +238,25 @@ def _eager_breakdown(st: LmStepper, steps: int, warmup: int, result: dict[str, A
             dep_ms.append((t2 - t1) * 1000.0)
     result["temporal"] = summarize(temporal_ms)
     result["depformer"] = summarize(dep_ms)
+
+
+def bench_lm_with_reference(
+    size: str = "tiny",
+    quant: str | None = None,
+    batch: int = 1,
+    steps: int = 50,
+    warmup: int = 5,
+    dep_steps: int | None = None,
+    compiled: bool = False,
+) -> list[dict[str, Any]]:
+    """[ours (`bench_lm`), Kyutai's LMGen at the same size in this process], the ratio on ours; an
+    unavailable reference is reported as its `error`, not raised."""
+    from rolekit.bench.reference import bench_reference_lm
+
+    ours = bench_lm(size, quant, batch, steps, warmup, dep_steps, compiled=compiled)
+    try:
+        ref = bench_reference_lm(lm_config(size).to_kyutai(), batch=batch, steps=steps, warmup=warmup)
+    except Exception as exc:  # noqa: BLE001 - an unavailable reference is reported, not fatal
+        ref = {"runtime": "kyutai-moshi-torch", "error": f"{type(exc).__name__}: {exc}"}
+    ours["speedup_vs_reference"] = speedup(ref, ours)
+    return [ours, ref]

@@ -1,5 +1,8 @@
-"""Engine and prefill benchmarks: the whole full-duplex step (Mimi encode -> LM -> Mimi decode, one
-host sync) and the batched prompt prefill, at full or tiny size with random weights.
+"""Lab engine and prefill benchmarks on the harness's own random model (`build_bundle`: an LM from
+`rolekit.randlm.build_lm` and a random Mimi, not loaded the way `respond` loads a model): the whole
+full-duplex step (Mimi encode -> LM -> Mimi decode, one host sync), the step split into phases, a
+step deep into a conversation, and the prompt prefill, at full or tiny size.
+The product path a user times to choose a runtime is `rolekit bench engine|prefill`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.bench.lm import build_lm, default_quant, lm_config, weight_gb
+from benchmarks.lm import weight_gb
 from rolekit.bench.timing import peak_rss_gb, summarize
 from rolekit.codec.config import mimi_202407
 from rolekit.codec.mimi import Mimi
@@ -20,6 +23,7 @@ from rolekit.engine.engine import Engine
 from rolekit.frames import FRAME_SAMPLES
 from rolekit.lm.sampling import SamplingParams
 from rolekit.models import ModelBundle, tiny_configs
+from rolekit.randlm import build_lm, default_quant, lm_config
 
 
 def build_bundle(size: str, quant: str, seed: int = 0) -> ModelBundle:
