@@ -2,7 +2,7 @@
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
 # Stages: write cold cold_second engine_b1 engine_b16 engine_b32 respond respond_warm test16 test64
-# kernel_path gpu_tests; diagnostics: cold_diag (benchmarks/cold_start.py), gap
+# kernel_path gpu_tests; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
@@ -100,6 +100,10 @@ print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r
       ;;
     gap)  # the batch-16 product step against fresh / filled engines and the harness model, one process
       timed gap python3 -c "from benchmarks.batch_gap import run; run('$M', '${GAP_QUANT:-bf16}', ${GAP_BATCH:-16}, out='$OUT/gap.jsonl')"
+      ;;
+    matmul)  # the temporal layer's products at 1, 16, 32, 64 rows: bf16, MLX q4, rolekit's q4 kernels
+      timed matmul python3 -c "import json; from benchmarks.matmul import bench_matmul; \
+print(json.dumps(bench_matmul(batches=(1, 16, 32, 64), kernel=True)))" >"$OUT/matmul.json"
       ;;
     cold_diag)  # where a process's prefill -> first step goes, phase by phase (benchmarks/cold_start.py)
       timed cold_diag python3 -c "from benchmarks.cold_start import run; run('$M', 'q4', out='$OUT/cold_diag.jsonl')"

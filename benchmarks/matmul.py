@@ -3,7 +3,7 @@
 For each weight shape of one temporal layer ([N, K] = [out, in]) and each batch M, times
 `x @ W.T` (nn.Linear's layout), `x @ Wt` (the weight stored pre-transposed, [K, N] contiguous)
 and `quantized_matmul` (q8/q4, group 64) and, with `kernel=True` (CUDA only), rolekit's few-row
-kernel (`rolekit.nn.qmv`: q8k/q4k), as one lazy graph of `repeat` independent products
+kernel (`rolekit.nn.qmv`: q8k/q4k) and its tensor-core q4 kernel (`rolekit.nn.qmm`: q4t), as one lazy graph of `repeat` independent products
 evaluated at once. Reports ms per product and the achieved weight bandwidth (GB/s).
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from rolekit.nn import qmm
 from rolekit.nn.kernels import Kernels
 from rolekit.nn.qmv import KERNEL_ROWS, qmv
 
@@ -46,6 +47,8 @@ def _products(layout: str, x: mx.array, weights: list[Any]) -> list[mx.array]:
     if layout == "x@Wt":
         return [x @ wt for wt in weights]
     bits = 8 if layout.startswith("q8") else 4
+    if layout == "q4t":  # rolekit's tensor-core kernel (rolekit.nn.qmm)
+        return [qmm.qmm(x, *q, group_size=64) for q in weights]
     if layout.endswith("k"):  # rolekit's few-row CUDA kernel
         return [qmv(x, *q, group_size=64, bits=bits) for q in weights]
     return [mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=bits) for q in weights]
@@ -109,6 +112,8 @@ def bench_matmul(
             ]
             if kernel and m <= KERNEL_ROWS:  # rolekit's CUDA kernel (rolekit.nn.qmv)
                 layouts += [("q8k", q8, n * k * 1.06), ("q4k", q4, n * k * 0.56)]
+            if kernel and qmm.covers(m, n, k, 64, 4, dtype):  # rolekit's tensor-core kernel
+                layouts.append(("q4t", q4, n * k * 0.56))
             for layout, weights, nbytes in layouts:
                 ms = _time(partial(_products, layout, x, weights), repeat)
                 rows.append(

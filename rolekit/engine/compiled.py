@@ -65,7 +65,7 @@ class CompiledStep(EagerStep):
         length, masked = attended(offset, capacity, c.lm.context, start, self.MIN_PREFIX)
         if kernel:  # the kernel evaluates the visibility rule itself
             return StepShape(length, False, temporal=self.temporal_kernel)
-        return StepShape(length, masked, c.kernels.fused, c.kernels.ring_attention)
+        return StepShape(length, masked, c.kernels.blocks, c.kernels.ring_attention)
 
     def function(self, shape: StepShape) -> Any:
         if shape not in self.graphs:

@@ -25,7 +25,7 @@ from rolekit.lm.sampling import SamplingParams, sample
 from rolekit.lm.temporal import LmCache
 from rolekit.lm.temporal_cuda import TemporalKernel
 from rolekit.nn.attention import RingKV, attended, step_view
-from rolekit.nn.kernels import Kernels
+from rolekit.nn.kernels import Blocks, Kernels
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,14 @@ class StepShape:
 
     length: ring slots attended (a power-of-two prefix before the wrap in a compiled step, the
     written slots in an eager one; C after the wrap); masked: some attended slot is hidden (the
-    device builds the mask from the position and the rows' padding); fused / ring_kernel: the
-    `nn.fused` and `nn.ring_attention` kernels in the temporal layers; temporal: the temporal
+    device builds the mask from the position and the rows' padding); fused (a `Blocks` value) /
+    ring_kernel: the `nn.fused` block kernels and the `nn.ring_attention` kernels in the temporal
+    layers; temporal: the temporal
     layers as one kernel launch instead of the model's layers (None: the layers)."""
 
     length: int
     masked: bool
-    fused: bool = False
+    fused: Blocks = Blocks.NONE
     ring_kernel: bool = False
     temporal: TemporalKernel | None = None
 

@@ -13,6 +13,7 @@ import mlx.nn as nn
 from rolekit.lm.config import LmConfig
 from rolekit.nn import fused
 from rolekit.nn.attention import heads_first, merge_heads
+from rolekit.nn.kernels import Blocks
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.multilinear import MultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -60,10 +61,10 @@ class DepformerLayer(nn.Module):
         self.gating = [GatedMLP(dim, cfg.depformer_hidden) for _ in range(cfg.dep_q)]
 
     def __call__(
-        self, x: mx.array, step: int, kv: mx.array | None, use_kernel: bool = False
+        self, x: mx.array, step: int, kv: mx.array | None, use_kernel: Blocks | bool = False
     ) -> tuple[mx.array, mx.array]:
         """Norm, projection, gate and residual go through `nn.fused` (`use_kernel`: one kernel each
-        where it covers the layout, `Kernels.fused`; exactly the MLX ops otherwise)."""
+        where it covers the layout, `Kernels.blocks`; exactly the MLX ops otherwise)."""
         attn = self.self_attn
         fk = use_kernel
         out, kv = attn.attend(fused.norm_linear(x, self.norm1, attn.in_proj, step, use_kernel=fk), kv)
@@ -79,9 +80,9 @@ class Depformer(nn.Module):
         self.layers = [DepformerLayer(cfg) for _ in range(cfg.depformer_num_layers)]
 
     def step(
-        self, x: mx.array, step: int, kv: StepKV | None, use_kernel: bool = False
+        self, x: mx.array, step: int, kv: StepKV | None, use_kernel: Blocks | bool = False
     ) -> tuple[mx.array, StepKV]:
-        """x [B, 1, Dd] -> ([B, 1, Dd], kv including this step); `use_kernel`: `Kernels.fused`."""
+        """x [B, 1, Dd] -> ([B, 1, Dd], kv including this step); `use_kernel`: `Kernels.blocks`."""
         new_kv: StepKV = []
         for i, layer in enumerate(self.layers):
             x, layer_kv = layer(x, step, None if kv is None else kv[i], use_kernel)

@@ -16,7 +16,7 @@ from rolekit.lm.sampling import SamplingParams, sample, split_keys
 from rolekit.lm.temporal import LmCache, Transformer
 from rolekit.nn import embed_cuda, fused
 from rolekit.nn.attention import MIN_RING, RingKV, ring_capacity
-from rolekit.nn.kernels import OPS, Kernels
+from rolekit.nn.kernels import OPS, Blocks, Kernels
 from rolekit.nn.norm import RMSNorm
 
 
@@ -98,7 +98,12 @@ class LM(nn.Module):
         return h, self.text_linear(h)
 
     def _dep_step(
-        self, step: int, hidden: mx.array, token: mx.array, kv: StepKV | None, fused_kernel: bool = False
+        self,
+        step: int,
+        hidden: mx.array,
+        token: mx.array,
+        kv: StepKV | None,
+        fused_kernel: Blocks | bool = False,
     ) -> tuple[mx.array, StepKV]:
         """hidden [B, D], token [B] (text for step 0, codebook step-1 after) -> (logits [B, card], kv)."""
         emb = self.depformer_text_emb if step == 0 else self.depformer_emb[step - 1]
@@ -126,8 +131,8 @@ class LM(nn.Module):
         `key`: one key [2], per-row keys [B, 2] (row b's draws depend on its key alone, so one
         batched call equals B batch-1 calls), or None. `steps` < dep_q stops early (8 = agent codebooks only, exact when the user stream is
         provided); the columns not run hold `provided`. `kernels.depformer` (a packed LM,
-        `depformer_cuda.pack`): the frame as one CUDA kernel where it applies; `kernels.fused`: the
-        layers' blocks as `nn.fused` kernels.
+        `depformer_cuda.pack`): the frame as one CUDA kernel where it applies; `kernels.blocks`: the
+        layers' block products through `nn.fused`'s kernels.
         """
         n = self.cfg.dep_q if steps is None else steps
         if kernels.depformer and depformer_cuda.covers(self, hidden, params, key, n):
@@ -140,7 +145,7 @@ class LM(nn.Module):
         kv: StepKV | None = None
         out = []
         for k in range(n):
-            logits, kv = self._dep_step(k, hidden, token, kv, kernels.fused)
+            logits, kv = self._dep_step(k, hidden, token, kv, kernels.blocks)
             if params.greedy:
                 drawn = mx.argmax(logits, axis=-1).astype(mx.int32)
             else:

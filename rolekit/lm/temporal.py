@@ -21,6 +21,7 @@ from rolekit.nn.attention import (
     ring_positions,
     step_view,
 )
+from rolekit.nn.kernels import Blocks
 from rolekit.nn.mlp import GatedMLP
 from rolekit.nn.norm import RMSNorm
 
@@ -166,7 +167,7 @@ class TemporalLayer(nn.Module):
     ) -> tuple[mx.array, RingKV]:
         """x [B, T, D] -> (x [B, T, D], ring with these positions written); `at` and `start` as
         `Attention.__call__` (a `StepView` for one step, else the first position and padding)."""
-        fk = isinstance(at, StepView) and at.fused
+        fk = at.fused if isinstance(at, StepView) else Blocks.NONE
         attn = self.self_attn
         qkv = fused.norm_linear(x, self.norm1, attn.in_proj, use_kernel=fk)  # [B, T, 3D]
         y, ring = attn(qkv, ring, at, start)  # [B, T, D]

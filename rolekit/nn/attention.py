@@ -22,6 +22,7 @@ import mlx.nn as nn
 import numpy as np
 
 from rolekit.nn import ring_attention
+from rolekit.nn.kernels import Blocks
 
 MIN_RING = 256  # slots of a growing ring at its first step (`ring_capacity`)
 
@@ -124,7 +125,7 @@ class StepView:
     rope_offset: [B] int32 = pos - start (each row's own position); length: ring slots attended,
     0 .. length - 1 (static: one trace per value); mask: [B, 1, 1, length] bool (the rule of
     `ring_attention.step_mask`) or None when every attended slot is visible; ring_kernel / fused:
-    `Kernels.ring_attention` / `Kernels.fused` (CUDA kernels where they cover the shapes)."""
+    `Kernels.ring_attention` / `Kernels.blocks` (CUDA kernels where they cover the shapes)."""
 
     pos: mx.array
     start: mx.array
@@ -132,7 +133,7 @@ class StepView:
     length: int
     mask: mx.array | None
     ring_kernel: bool = False
-    fused: bool = False
+    fused: Blocks | bool = False
 
 
 def step_view(

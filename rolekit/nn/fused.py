@@ -19,8 +19,11 @@ step's rows are a view (`weight_rows`), so one compiled variant serves every ste
 Mimi's transformer uses the same kernels with an `nn.LayerNorm` prologue, `gelu=True` after
 linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `[out, in]` on CUDA).
 
-Where the kernel does not apply (`use_kernel` false, i.e. `Kernels.fused` off or not CUDA, more
-than MAX_ROWS rows, a layout it does not cover), each function is exactly the MLX ops it replaces,
+`use_kernel` is a `Blocks` value (`Kernels.blocks`; True = FUSED). With QMM, a product of q4
+weights with `nn.qmm.MIN_ROWS`..`MAX_ROWS` rows (batched conversations) runs on tensor cores
+(`nn.qmm`) and the norm and epilogues as MLX ops. Where no kernel applies (NONE, i.e. the
+kernels off or not CUDA, a row count or layout no kernel covers), each function is exactly the
+MLX ops it replaces,
 so CPU results, the PyTorch parity tests and the eager path are unchanged. On CUDA the fused
 result differs from the op-by-op one by float rounding only: the kernel keeps the normalized
 input and the products in fp32 where MLX rounds them to the activation dtype between ops
@@ -36,7 +39,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from rolekit.nn import qmm
 from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.kernels import Blocks
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear
 from rolekit.nn.norm import RMSNorm
@@ -197,13 +202,21 @@ def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.
     return wt.w[rows], wt.scales[rows], wt.biases[rows]
 
 
-def _call(lin: nn.Module, x: mx.array, step: int | None) -> mx.array:
+def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bool = False) -> mx.array:
+    """lin(x) (at `step` for a multi-linear): through `nn.qmm` where `use_kernel` has QMM and it
+    covers the product, else the module's own MLX ops."""
+    if use_kernel & Blocks.QMM:
+        wt = weights_of(lin, step)
+        k = x.shape[-1]
+        if wt is not None and wt.bits and qmm.covers(x.size // k, wt.rows, k, wt.group, wt.bits, x.dtype):
+            w, scales, biases = weight_rows(wt, False)
+            return qmm.qmm(x, w, scales.astype(x.dtype), biases.astype(x.dtype), wt.group)
     return lin(x) if step is None else lin(x, step)
 
 
-def _plan(x: mx.array, lin: nn.Module, step: int | None, use_kernel: bool) -> Weights | None:
-    """The kernel's weights where it serves this call (`use_kernel`: the caller's `Kernels.fused`)."""
-    if not use_kernel:
+def _plan(x: mx.array, lin: nn.Module, step: int | None, use_kernel: Blocks | bool) -> Weights | None:
+    """The fused kernel's weights where it serves this call (`use_kernel`: the caller's `Blocks`)."""
+    if not use_kernel & Blocks.FUSED:
         return None
     wt = weights_of(lin, step)
     if wt is None or not covers(wt, x.shape[-1], x.size // x.shape[-1], x.dtype):
@@ -219,22 +232,24 @@ def norm_linear(
     lin: nn.Module,
     step: int | None = None,
     gelu: bool = False,
-    use_kernel: bool = False,
+    use_kernel: Blocks | bool = False,
 ) -> mx.array:
     """lin(norm(x)), then exact GELU when `gelu`; `step` selects a multi-linear's weight set.
-    `use_kernel` (`Kernels.fused`, CUDA only): one kernel where the layout is covered."""
+    `use_kernel` (`Kernels.blocks`, CUDA only): one kernel where the layout is covered."""
     wt = _plan(x, lin, step, use_kernel)
     if wt is None or (isinstance(norm, nn.LayerNorm) and "bias" not in norm):
-        y = _call(lin, norm(x), step)
+        y = _call(lin, norm(x), step, use_kernel)
         return nn.gelu(y) if gelu else y
     return fused(x, wt, norm=norm, gelu=gelu)
 
 
-def norm_gated(x: mx.array, norm: RMSNorm, linear_in: nn.Module, use_kernel: bool = False) -> mx.array:
+def norm_gated(
+    x: mx.array, norm: RMSNorm, linear_in: nn.Module, use_kernel: Blocks | bool = False
+) -> mx.array:
     """silu(a) * b with [a | b] = linear_in(norm(x)) split in halves (Kyutai ActivationGating)."""
     wt = _plan(x, linear_in, None, use_kernel)
     if wt is None or wt.rows % 2:
-        return silu_gate(linear_in(norm(x)))
+        return silu_gate(_call(linear_in, norm(x), None, use_kernel))
     half = Weights(wt.w, wt.scales, wt.biases, wt.bits, wt.group, wt.row0, wt.rows // 2)
     return fused(x, half, norm=norm, gate=True)
 
@@ -245,11 +260,11 @@ def linear_residual(
     residual: mx.array,
     step: int | None = None,
     scale: mx.array | None = None,
-    use_kernel: bool = False,
+    use_kernel: Blocks | bool = False,
 ) -> mx.array:
     """residual + lin(x), the product times `scale` [N] first when given (a layer scale)."""
     wt = _plan(x, lin, step, use_kernel)
     if wt is None or residual.dtype != x.dtype or residual.size != x.size // x.shape[-1] * wt.rows:
-        y = _call(lin, x, step)
+        y = _call(lin, x, step, use_kernel)
         return residual + (y if scale is None else y * scale)
     return fused(x, wt, residual=residual, scale=scale)

@@ -14,12 +14,18 @@ Each field names one kernel family and the module that owns it:
 - `embed`: `nn.embed_cuda` (a step's summed token embeddings),
 - `conv`: `codec.conv_cuda` (a streaming conv's carry, ELU and windows),
 - `mimi`: `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel each),
-- `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module).
+- `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module),
+- `qmm`: `nn.qmm` (q4 products of 5..64 rows on tensor cores, in the temporal and depformer
+  blocks; off by default).
+
+The block products of the temporal, depformer and Mimi layers take the two block fields as one
+`Blocks` value (`Kernels.blocks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -27,6 +33,16 @@ from typing import Any
 from rolekit.errors import ConfigError
 
 OPTION = "--kernels"
+
+
+class Blocks(enum.IntFlag):
+    """Which kernels serve a layer's block products (`nn.fused`): FUSED (`Kernels.fused`, up to
+    `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
+    rows). True means FUSED, False NONE."""
+
+    NONE = 0
+    FUSED = 1
+    QMM = 2
 
 
 @dataclass(frozen=True)
@@ -59,17 +75,18 @@ class Kernels:
     conv: bool = False
     mimi: bool = False
     qmv: bool = False
+    qmm: bool = False
     temporal_tuning: TemporalTuning = field(default_factory=TemporalTuning)
     depformer_threads: int = 256  # a multiple of 32, up to 1024 (8 warps fit one block per SM)
 
     @classmethod
     def for_device(cls, device: Any = None, overrides: Mapping[str, Any] | str | None = None) -> Kernels:
         """The policy for `device` (default: MLX's default device): on a CUDA GPU every kernel but
-        `qmv`, elsewhere none; then `overrides` (a mapping of field -> value, or a `--kernels`
+        the opt-in ones (`OPT_IN`), elsewhere none; then `overrides` (a mapping of field -> value, or a `--kernels`
         string such as "fused=0,depformer_threads=512,temporal_tuning=threads=256/stages=0").
         Turning a kernel on off CUDA is a `ConfigError`."""
         on = _on_cuda(device)
-        base = cls(**{f: on for f in KERNEL_FIELDS if f != "qmv"})
+        base = cls(**{f: on for f in KERNEL_FIELDS if f not in OPT_IN})
         values = parse(overrides) if isinstance(overrides, str) else dict(overrides or {})
         policy = base.with_values(values)
         if not on:
@@ -95,12 +112,18 @@ class Kernels:
         return replace(self, **out)
 
     @property
+    def blocks(self) -> Blocks:
+        """The block-product kernels as one value (what the layers' `nn.fused` calls take)."""
+        return (Blocks.FUSED if self.fused else Blocks.NONE) | (Blocks.QMM if self.qmm else Blocks.NONE)
+
+    @property
     def any(self) -> bool:
         """Some kernel runs."""
         return any(getattr(self, f) for f in KERNEL_FIELDS)
 
 
 KERNEL_FIELDS = tuple(f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool))
+OPT_IN = ("qmv", "qmm")  # off unless asked for (`--kernels qmm=1`)
 OPS = Kernels()  # the MLX op path everywhere
 
 

@@ -81,8 +81,14 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
             state = codec.make_state(1)
             codes = codec.encode_step(mx.zeros((1, 1, 1920)), state)
             codec.decode_step(codes, state)
+        # the tensor-core q4 product serves 5..64 rows at dims the tiny engines lack: three 16-row tiles
+        from rolekit.nn import qmm
+
+        scales = mx.zeros((256, 8), mx.float16)
+        qmm.qmm(mx.zeros((40, 512), mx.bfloat16), mx.zeros((256, 64), mx.uint32), scales, scales, 64)
     families = {k.name.split("_")[1] for k in seen}
-    assert families == {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv"}, families
+    expected = {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm"}
+    assert families == expected, families
     # one launch per kernel source and activation type (other template values only set constants)
     distinct = {(k.name, dict(k.template).get("T")): k for k in seen}
     failures = {}
