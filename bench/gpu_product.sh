@@ -2,7 +2,7 @@
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
 # Stages: write cold cold_second engine_b1 engine_b16 engine_b32 respond respond_warm test16 test64
-# kernel_path gpu_tests; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
+# kernel_path gpu_tests qmm engine_qmm; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
@@ -93,6 +93,15 @@ print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r
 print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
         >"$OUT/test64.json"
       cat "$OUT/test64.json"
+      ;;
+    qmm)  # the tensor-core q4 kernel against MLX's product, then q4 at batch 16 without and with it
+      timed qmm_test python3 -m pytest -q -p no:cacheprovider -m gpu tests/nn/test_qmm.py --junitxml "$OUT/qmm_test.xml"
+      ;;
+    engine_qmm)
+      for q in 0 1; do
+        timed "engine_q4_b16_qmm$q" "${RK[@]}" bench engine -m "$M" --quant q4 --batch 16 --steps 60 \
+          --no-reference --kernels "qmm=$q" --json-out "$OUT/engine_q4_b16_qmm$q.json"
+      done
       ;;
     gpu_tests)  # every `gpu`-marked kernel test but the 7B kernel path (its own stage)
       timed gpu_tests python3 -m pytest -q -p no:cacheprovider -m gpu tests \
