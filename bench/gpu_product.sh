@@ -30,6 +30,21 @@ audio60() {  # 60 s of on/off tone at 24 kHz: user audio for respond and the sui
 sf.write('/tmp/u60.wav', (0.2*np.sin(2*np.pi*180*t)*(np.sin(2*np.pi*0.3*t)>0)).astype('float32'), 24000)"
 }
 
+suite() {  # suite N NAME: N scenarios of the 60 s audio, `rolekit test --jobs N`, runs and audio seconds
+  local n=$1 name=$2 dir=/tmp/s$1
+  audio60
+  mkdir -p "$dir" && cp /tmp/u60.wav "$dir/"
+  for i in $(seq -w 0 $((n - 1))); do
+    printf 'name: s%s\npersona: refund-desk\nseed: %d\nlead_in: 1.0\ntail: 2.0\nuser:\n  - audio: u60.wav\n' \
+      "$i" "$((10#$i))" >"$dir/s$i.yaml"
+  done
+  timed "$name" "${RK[@]}" test "$dir" --jobs "$n" -m "$M" --quant "${TEST_QUANT:-bf16}" --no-transcribe \
+    --out "/tmp/$name"
+  python3 -c "import json,sys; rows=[json.loads(l) for l in open('/tmp/$name/results.jsonl')]; \
+print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" >"$OUT/$name.json"
+  cat "$OUT/$name.json"
+}
+
 for stage in "$@"; do
   case $stage in
     write)  # the full-size random model, NVIDIA layout (random-7b only)
@@ -67,32 +82,10 @@ for stage in "$@"; do
         --prompt "You enjoy having a good conversation." -q >"$OUT/respond60_warm.json"
       ;;
     test16)  # 16 scenarios of 60 s, --jobs 16 (no TTS, no Whisper): wall time against audio time
-      audio60
-      mkdir -p /tmp/s16 && cp /tmp/u60.wav /tmp/s16/
-      for i in $(seq -w 0 15); do
-        printf 'name: s%s\npersona: refund-desk\nseed: %d\nlead_in: 1.0\ntail: 2.0\nuser:\n  - audio: u60.wav\n' \
-          "$i" "$((10#$i))" >/tmp/s16/s$i.yaml
-      done
-      timed test16_bf16 "${RK[@]}" test /tmp/s16 --jobs 16 -m "$M" --quant "${TEST_QUANT:-bf16}" --no-transcribe \
-        --out /tmp/test16_bf16
-      python3 -c "import json,sys; rows=[json.loads(l) for l in open('/tmp/test16_bf16/results.jsonl')]; \
-print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
-        >"$OUT/test16_bf16.json"
-      cat "$OUT/test16_bf16.json"
+      suite 16 test16_bf16
       ;;
     test64)  # 64 scenarios of 60 s at once (--jobs 64): within the 80 ms frame?
-      audio60
-      mkdir -p /tmp/s64 && cp /tmp/u60.wav /tmp/s64/
-      for i in $(seq -w 0 63); do
-        printf 'name: s%s\npersona: refund-desk\nseed: %d\nlead_in: 1.0\ntail: 2.0\nuser:\n  - audio: u60.wav\n' \
-          "$i" "$((10#$i))" >/tmp/s64/s$i.yaml
-      done
-      timed test64 "${RK[@]}" test /tmp/s64 --jobs 64 -m "$M" --quant "${TEST_QUANT:-bf16}" --no-transcribe \
-        --out /tmp/test64
-      python3 -c "import json,sys; rows=[json.loads(l) for l in open('/tmp/test64/results.jsonl')]; \
-print(json.dumps({'runs': len(rows), 'audio_s': sum(r.get('duration_s', 0) for r in rows)}))" \
-        >"$OUT/test64.json"
-      cat "$OUT/test64.json"
+      suite 64 test64
       ;;
     qmm)  # the tensor-core q4 kernel against MLX's product, then q4 at batch 16 without and with it
       timed qmm_test python3 -m pytest -q -p no:cacheprovider -m gpu tests/nn/test_qmm.py --junitxml "$OUT/qmm_test.xml"

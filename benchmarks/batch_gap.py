@@ -17,7 +17,6 @@ with CUDA): categories and top kernels per step. Results are appended to `out` a
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from benchmarks.jsonl import emit
 from rolekit.bench.timing import summarize
 from rolekit.frames import FRAME_SAMPLES
 
@@ -43,14 +43,6 @@ def _steps(engine: Any, steps: int, seed: int = 0) -> dict[str, Any]:
         "capacity": int(engine.lm_cache.rings[0].capacity),
         "start": None if engine.lm_cache.start is None else [int(s) for s in engine.lm_cache.start][:2],
     }
-
-
-def _emit(out: Path | None, row: dict[str, Any]) -> None:
-    line = json.dumps(row)
-    print(line, flush=True)
-    if out is not None:
-        with out.open("a") as f:
-            f.write(line + "\n")
 
 
 def run(
@@ -75,7 +67,7 @@ def run(
     path = Path(out) if out else None
     t0 = time.perf_counter()
     bundle = models.load(spec, models.LoadOptions(quant=quant, batch=batch))
-    _emit(path, {"what": "load", "s": round(time.perf_counter() - t0, 1), **bundle.describe()})
+    emit(path, {"what": "load", "s": round(time.perf_counter() - t0, 1), **bundle.describe()})
     plan = compile_persona(
         Persona(name="gap", prompt="You enjoy having a good conversation.", voice="NATF2"),
         {},
@@ -115,12 +107,12 @@ def run(
             **_steps(engine, steps),
         }
         row["peak_gb"] = round(mx.get_peak_memory() / 1e9, 2)
-        _emit(path, row)
+        emit(path, row)
         if profile and name in ("product", "fresh"):
             from benchmarks.profile import _trace
 
             pcm = np.zeros((batch, FRAME_SAMPLES), np.float32)
-            _emit(path, {"what": f"{name}-profile", **_trace(lambda e=engine, p=pcm: e.step(p), 10)})
+            emit(path, {"what": f"{name}-profile", **_trace(lambda e=engine, p=pcm: e.step(p), 10)})
         del engine
         mx.clear_cache()
     if harness:  # the old harness's own random model, and each half of it with the other's
@@ -136,5 +128,5 @@ def run(
             e = Engine(b, batch=batch, params=SamplingParams(), seed=0)
             for _ in range(5):
                 e.step(np.zeros((batch, FRAME_SAMPLES), np.float32))
-            _emit(path, {"what": name, "quant": quant, "batch": batch, **_steps(e, steps)})
+            emit(path, {"what": name, "quant": quant, "batch": batch, **_steps(e, steps)})
             del e

@@ -10,7 +10,6 @@ Run it twice on one machine: the first process fills the kernel caches, the seco
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from benchmarks.jsonl import emit
 from rolekit.frames import FRAME_SAMPLES, N_CODEBOOKS
-
-
-def _emit(out: Path | None, row: dict[str, Any]) -> None:
-    line = json.dumps(row)
-    print(line, flush=True)
-    if out is not None:
-        with out.open("a") as f:
-            f.write(line + "\n")
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
@@ -56,7 +48,7 @@ def run(spec: str = "random-7b", quant: str = "q4", batch: int = 1, out: str | N
     _, prefill_ms = _timed(
         lambda: (engine.prefill([plan] * batch, [voice] * batch), mx.eval(*engine.lm_cache.arrays()))
     )
-    _emit(path, {"what": "load", "load_ms": load_ms, "engine_ms": engine_ms, "prefill_ms": prefill_ms})
+    emit(path, {"what": "load", "load_ms": load_ms, "engine_ms": engine_ms, "prefill_ms": prefill_ms})
     silence = np.zeros((batch, FRAME_SAMPLES), np.float32)
     t_first = time.perf_counter()
     for i in range(4):  # the phases of `Engine.step`, each built then evaluated
@@ -69,7 +61,7 @@ def run(spec: str = "random-7b", quant: str = "q4", batch: int = 1, out: str | N
         off = mx.array(engine.offsets.astype(np.int32))
         if not engine.offsets.any():
             engine.step(silence)  # LMGen's first call only primes (no forward pass)
-            _emit(path, row)
+            emit(path, row)
             continue
         res, row["lm_build_ms"] = _timed(
             lambda u=user, o=off: engine.lm_step(
@@ -84,12 +76,12 @@ def run(spec: str = "random-7b", quant: str = "q4", batch: int = 1, out: str | N
             lambda o=lm_out: engine.mimi_steps.decode_step(o[:, 1:, None], engine.mimi_state)
         )
         _, row["decode_eval_ms"] = _timed(lambda p=pcm: mx.eval(p, *engine.mimi_state.arrays()))
-        _emit(path, row)
+        emit(path, row)
     first_ms = (time.perf_counter() - t_first) * 1000.0
     built, prepare_ms = _timed(lambda: engine.prepare(None))
-    _emit(path, {"what": "prepare", "graphs": built, "ms": prepare_ms})
+    emit(path, {"what": "prepare", "graphs": built, "ms": prepare_ms})
     _, step_ms = _timed(lambda: engine.step(silence))
-    _emit(
+    emit(
         path,
         {
             "what": "total",
