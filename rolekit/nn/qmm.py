@@ -10,8 +10,9 @@ Contract (`qmm`): x [..., K] bf16 with R = prod(leading) rows, 1 <= R <= MAX_ROW
 [N, K / 8] in MLX's affine layout (value j of a row in word j / 8, lowest bits first), scales and
 biases [N, K / group] (any float type; read as fp32), w = scale * q + bias; N a multiple of 128,
 K of 128, group 32 / 64 / 128 -> [..., N] bf16. The k range is split over blocks so a product
-has at least ~2 blocks per SM; the split sums are added by MLX in fp32 (a fixed order:
-deterministic). Where `covers` is false the caller uses `reference` (MLX's own product).
+has about 2 blocks per SM where its partial sums stay small (`splits`); they are added by MLX in
+fp32 (a fixed order: deterministic). Each lane loads its next chunk's weights before it
+multiplies the current one. The row count is a template value: one compile per batch size. Where `covers` is false the caller uses `reference` (MLX's own product).
 The device code: `device/qmm.cu` (body) after `device/qmm_mma.cuh` (bf16 pairs, the mma).
 """
 
@@ -51,15 +52,20 @@ def covers(rows: int, n: int, k: int, group_size: int, bits: int, dtype: mx.Dtyp
     )
 
 
-def splits(n: int, k: int) -> int:
-    """How many k ranges a product of [N, K] is cut into: the fewest that give TARGET_BLOCKS
-    blocks, each range a whole number of chunks."""
+def splits(n: int, k: int, tiles: int = 1) -> int:
+    """How many k ranges a product of [N, K] over `tiles` 16-row tiles is cut into: the fewest that
+    give TARGET_BLOCKS blocks, each range a whole number of chunks, and at most as many as keep
+    the fp32 partial sums (s x tiles x 16 x N x 4 bytes) within a quarter of the 4-bit weights."""
     chunks = k // CHUNK
     blocks = n // COLS
-    for s in range(1, chunks + 1):
-        if chunks % s == 0 and blocks * s >= TARGET_BLOCKS:
-            return s
-    return chunks
+    cap = max(1, k // (512 * tiles))
+    best = 1
+    for s in range(1, min(chunks, cap) + 1):
+        if chunks % s == 0:
+            best = s
+            if blocks * s >= TARGET_BLOCKS:
+                break
+    return best
 
 
 def qmm(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int) -> mx.array:
@@ -68,7 +74,7 @@ def qmm(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size
     n = w.shape[0]
     rows = x.size // k
     tiles = -(-rows // 16)
-    s = splits(n, k)
+    s = splits(n, k, tiles)
     (part,) = _kernel()(
         inputs=[x.reshape(rows, k), w, scales, biases],
         template=[

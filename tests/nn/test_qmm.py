@@ -103,9 +103,18 @@ def test_covers_and_splits():
     assert not qmm.covers(16, 4096, 4096, 64, 4, mx.float32)
     # each k range a whole number of chunks, enough blocks per product, none when the chunks run out
     for n, k in ((4096, 4096), (22528, 4096), (4096, 11264), (1024, 2816), (128, 256)):
-        s = qmm.splits(n, k)
-        assert (k // 128) % s == 0
-        assert n // 128 * s >= qmm.TARGET_BLOCKS or s == k // 128
+        for tiles in (1, 2, 4):
+            s = qmm.splits(n, k, tiles)
+            assert (k // 128) % s == 0
+            assert s * tiles * 16 * n * 4 <= max(n * k // 8, tiles * 16 * n * 4)  # partials <= 1/4 weights
+            # more blocks were possible only past the cap on the partial sums
+            assert (
+                n // 128 * s >= qmm.TARGET_BLOCKS
+                or s == 1
+                or (k // 128) % (s + 1)
+                or s + 1 > k // (512 * tiles)
+            )
+    assert qmm.splits(4096, 4096) == 8 and qmm.splits(4096, 4096, 4) == 2
 
 
 def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):

@@ -27,18 +27,27 @@
     for (int j = 0; j < NTW; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.f;
-  for (int c = 0; c < CHUNKS; ++c) {
+  // the chunk's weights, scales and biases of the lane (loaded one chunk ahead)
+  uint4 wq[NTW];
+  float sc[NTW];
+  float bi[NTW];
+  auto load = [&](int c, uint4 (&q)[NTW], float (&s)[NTW], float (&b)[NTW]) {
     const int kb = k0 + c * 128 + 32 * t;
-    uint4 wq[NTW];
-    float sc[NTW];
-    float bi[NTW];
 #pragma unroll
     for (int j = 0; j < NTW; ++j) {
       const size_t row = (size_t)(n0 + 8 * j + g);
-      wq[j] = __ldcs(reinterpret_cast<const uint4*>(w + row * WORDS + kb / 8));
-      sc[j] = static_cast<float>(scales[row * GROUPS + kb / GS]);
-      bi[j] = static_cast<float>(biases[row * GROUPS + kb / GS]);
+      q[j] = __ldcs(reinterpret_cast<const uint4*>(w + row * WORDS + kb / 8));
+      s[j] = static_cast<float>(scales[row * GROUPS + kb / GS]);
+      b[j] = static_cast<float>(biases[row * GROUPS + kb / GS]);
     }
+  };
+  load(0, wq, sc, bi);
+  for (int c = 0; c < CHUNKS; ++c) {
+    const int kb = k0 + c * 128 + 32 * t;
+    uint4 wn[NTW];
+    float sn[NTW];
+    float bn[NTW];
+    if (c + 1 < CHUNKS) load(c + 1, wn, sn, bn);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       uint32_t xa[2][16];
@@ -69,6 +78,14 @@
               acc[mt][j], xa[0][2 * s], xa[1][2 * s], xa[0][2 * s + 1], xa[1][2 * s + 1],
               pack_bf16x2(f0, f1), pack_bf16x2(f2, f3));
         }
+      }
+    }
+    if (c + 1 < CHUNKS) {
+#pragma unroll
+      for (int j = 0; j < NTW; ++j) {
+        wq[j] = wn[j];
+        sc[j] = sn[j];
+        bi[j] = bn[j];
       }
     }
   }
