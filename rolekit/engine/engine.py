@@ -33,7 +33,6 @@ from rolekit.frames import (
 from rolekit.lm import depformer_cuda, temporal_cuda
 from rolekit.lm.precision import free_memory_bytes
 from rolekit.lm.sampling import SamplingParams
-from rolekit.nn import qmv
 from rolekit.nn.kernels import Kernels
 
 
@@ -146,8 +145,6 @@ class Engine:
             depformer_cuda.pack(self.lm)
         if self.kernels.temporal:
             temporal_cuda.pack(self.lm)
-        if self.kernels.qmv:  # opt-in: the LM's quantized linears change class (nn.qmv.adopt)
-            qmv.adopt(self.lm)
         self.compiled = compiled
         self.reset()
 

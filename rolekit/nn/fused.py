@@ -21,7 +21,8 @@ linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `
 
 `use_kernel` is a `Blocks` value (`Kernels.blocks`; True = FUSED). With QMM, a product of q4
 weights with `nn.qmm.MIN_ROWS`..`MAX_ROWS` rows (batched conversations) runs on tensor cores
-(`nn.qmm`) and the norm and epilogues as MLX ops. Where no kernel applies (NONE, i.e. the
+(`nn.qmm`), with QMV a one-row q4 / q8 product the fused kernel does not serve runs `nn.qmv`'s
+kernel, the norm and epilogues then as MLX ops. Where no kernel applies (NONE, i.e. the
 kernels off or not CUDA, a row count or layout no kernel covers), each function is exactly the
 MLX ops it replaces,
 so CPU results, the PyTorch parity tests and the eager path are unchanged. On CUDA the fused
@@ -39,7 +40,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn import qmm
+from rolekit.nn import qmm, qmv
 from rolekit.nn.cuda import build_kernel, device_code
 from rolekit.nn.kernels import Blocks
 from rolekit.nn.mlp import silu_gate
@@ -203,14 +204,17 @@ def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.
 
 
 def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bool = False) -> mx.array:
-    """lin(x) (at `step` for a multi-linear): through `nn.qmm` where `use_kernel` has QMM and it
-    covers the product, else the module's own MLX ops."""
-    if use_kernel & Blocks.QMM:
-        wt = weights_of(lin, step)
+    """lin(x) (at `step` for a multi-linear): through `nn.qmm` (QMM) or `nn.qmv` (QMV) where
+    `use_kernel` has the flag and the kernel covers the product, else the module's own MLX ops."""
+    wt = weights_of(lin, step) if use_kernel & (Blocks.QMM | Blocks.QMV) else None
+    if wt is not None and wt.bits:
         k = x.shape[-1]
-        if wt is not None and wt.bits and qmm.covers(x.size // k, wt.rows, k, wt.group, wt.bits, x.dtype):
+        rows = x.size // k
+        if use_kernel & Blocks.QMM and qmm.covers(rows, wt.rows, k, wt.group, wt.bits, x.dtype):
             w, scales, biases = weight_rows(wt, False)
             return qmm.qmm(x, w, scales.astype(x.dtype), biases.astype(x.dtype), wt.group)
+        if use_kernel & Blocks.QMV and qmv.covers(rows, k, wt.group, wt.bits, x.dtype):
+            return qmv.qmv(x, *weight_rows(wt, False), wt.group, wt.bits)
     return lin(x) if step is None else lin(x, step)
 
 

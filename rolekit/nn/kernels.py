@@ -18,8 +18,8 @@ Each field names one kernel family and the module that owns it:
 - `qmm`: `nn.qmm` (q4 products of 5..64 rows on tensor cores, in the temporal and depformer
   blocks; off by default).
 
-The block products of the temporal, depformer and Mimi layers take the two block fields as one
-`Blocks` value (`Kernels.blocks`).
+The block products of the temporal, depformer and Mimi layers take the three product fields
+(`fused`, `qmm`, `qmv`) as one `Blocks` value (`Kernels.blocks`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ OPTION = "--kernels"
 class Blocks(enum.IntFlag):
     """Which kernels serve a layer's block products (`nn.fused`): FUSED (`Kernels.fused`, up to
     `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
-    rows). True means FUSED, False NONE."""
+    rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve). True means
+    FUSED, False NONE."""
 
     NONE = 0
     FUSED = 1
     QMM = 2
+    QMV = 4
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,11 @@ class Kernels:
     @property
     def blocks(self) -> Blocks:
         """The block-product kernels as one value (what the layers' `nn.fused` calls take)."""
-        return (Blocks.FUSED if self.fused else Blocks.NONE) | (Blocks.QMM if self.qmm else Blocks.NONE)
+        out = Blocks.NONE
+        for flag, on in ((Blocks.FUSED, self.fused), (Blocks.QMM, self.qmm), (Blocks.QMV, self.qmv)):
+            if on:
+                out |= flag
+        return out
 
     @property
     def any(self) -> bool:

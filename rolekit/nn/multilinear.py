@@ -10,8 +10,6 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from rolekit.nn.qmv import qmatmul
-
 
 class MultiLinear(nn.Module):
     def __init__(self, num_steps: int, in_dims: int, out_dims: int) -> None:
@@ -49,4 +47,7 @@ class QuantizedMultiLinear(nn.Module):
 
     def __call__(self, x: mx.array, step: int) -> mx.array:
         rows = slice(step * self.out_dims, (step + 1) * self.out_dims)
-        return qmatmul(x, self.weight[rows], self.scales[rows], self.biases[rows], self.group_size, self.bits)
+        w, scales, biases = self.weight[rows], self.scales[rows], self.biases[rows]
+        return mx.quantized_matmul(
+            x, w, scales, biases, transpose=True, group_size=self.group_size, bits=self.bits
+        )

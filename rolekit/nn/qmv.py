@@ -9,8 +9,8 @@ weight (all of its loads issued before any arithmetic), multiplies them with the
 activations of every batch row, and the warp reduces.
 
 Opt-in (`Kernels.qmv`, off by default: MLX's own quantized products serve the whole step as well;
-`--kernels qmv=1` turns it on): `adopt(model)` routes a model's affine quantized linears through
-`qmatmul`.
+`--kernels qmv=1` turns it on): `nn.fused` then sends the one-row q4 / q8 products its own kernel
+does not serve here (`Blocks.QMV`). Where `covers` is false, MLX's `quantized_matmul` runs.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from rolekit.nn.cuda import build_kernel, device_code
 
-# Activation rows routed to the kernel by `qmatmul` (with `use_kernel`). Each warp re-reads every row's
+# Activation rows routed to the kernel by `nn.fused` (with `Blocks.QMV`). Each warp re-reads every row's
 # activations, so more rows cost it more than MLX's tiled kernel: batches go to MLX. `qmv` takes up to 16.
 MAX_ROWS = 1
 KERNEL_ROWS = 16
@@ -65,44 +64,3 @@ def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size
         output_dtypes=[x.dtype],
     )
     return y.reshape(*x.shape[:-1], n)
-
-
-def qmatmul(
-    x: mx.array,
-    w: mx.array,
-    scales: mx.array,
-    biases: mx.array,
-    group_size: int = 64,
-    bits: int = 4,
-    use_kernel: bool = False,
-) -> mx.array:
-    """`mx.quantized_matmul(x, w, scales, biases, transpose=True, ...)`; with `use_kernel` (CUDA
-    only) through the few-row kernel where it covers the shapes."""
-    k = x.shape[-1]
-    if use_kernel and covers(x.size // k, k, group_size, bits, x.dtype):
-        return qmv(x, w, scales, biases, group_size, bits)
-    return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)
-
-
-class QuantizedLinear(nn.QuantizedLinear):
-    """MLX's affine QuantizedLinear whose few-row products go through the kernel (`qmatmul`)."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if getattr(self, "mode", "affine") != "affine":
-            return super().__call__(x)
-        y = qmatmul(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits, True)
-        return y + self["bias"] if "bias" in self else y
-
-
-def adopt(model: nn.Module) -> int:
-    """Route every affine nn.QuantizedLinear of `model` through the kernel; returns how many.
-
-    An explicit, one-way change of `model` made by its owner (`Engine` when `Kernels.qmv`; CUDA
-    only): the instances keep their parameters, only their class becomes the subclass above (no
-    new state, so the object layout is the same). Loading never calls it."""
-    n = 0
-    for _, m in model.named_modules():
-        if type(m) is nn.QuantizedLinear and getattr(m, "mode", "affine") == "affine":
-            m.__class__ = QuantizedLinear
-            n += 1
-    return n

@@ -27,7 +27,7 @@ def test_on_cuda_every_default_kernel_runs_and_qmv_qmm_are_opt_in(monkeypatch):
     }  # fmt: skip
     off = Kernels.for_device(mx.gpu, {"fused": False, "qmv": True})
     assert not off.fused and off.qmv and off.temporal
-    assert policy.blocks == Blocks.FUSED and off.blocks == Blocks.NONE
+    assert policy.blocks == Blocks.FUSED and off.blocks == Blocks.QMV
     both = Kernels.for_device(mx.gpu, "qmm=1")
     assert both.blocks == Blocks.FUSED | Blocks.QMM
 

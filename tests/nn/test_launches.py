@@ -11,8 +11,6 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from rolekit.lm.config import tiny
-from rolekit.lm.model import LM
 from rolekit.nn import qmv
 from rolekit.nn.attention import split_qkv
 from rolekit.nn.norm import RMSNorm
@@ -62,23 +60,22 @@ def test_rms_norm_in_bf16_is_one_op_and_close_to_fp32(tmp_path):
     assert len(one) < len(three)  # no casts around the norm (on the GPU: 1 kernel instead of 3)
 
 
-def test_qmatmul_without_use_kernel_is_mlx_quantized_matmul(monkeypatch):
-    w = mx.random.normal((96, 256), key=mx.random.key(5)) * 0.05
-    x = mx.random.normal((1, 1, 256), key=mx.random.key(6))
-    monkeypatch.setattr(qmv, "qmv", lambda *a: pytest.fail("kernel launched"))
-    for bits in (4, 8):
-        q = mx.quantize(w, 64, bits)
-        want = mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=bits)
-        np.testing.assert_array_equal(np.array(qmv.qmatmul(x, *q, 64, bits)), np.array(want))
+def test_qmv_flag_routes_only_covered_one_row_products_to_the_kernel(monkeypatch):
+    """With Blocks.QMV (`--kernels qmv=1`) and the fused kernel off, `nn.fused` sends one-row
+    quantized products to `qmv.qmv`; more rows, and no flag, keep MLX's quantized_matmul (exactly)."""
+    from rolekit.nn import fused
+    from rolekit.nn.kernels import Blocks, Kernels
 
-
-def test_an_adopted_layer_routes_covered_shapes_to_the_kernel(monkeypatch):
     calls = []
     monkeypatch.setattr(qmv, "qmv", lambda x, w, s, b, g, bits: (calls.append(x.shape), mx.zeros((1, 96)))[1])
+    monkeypatch.setattr(qmv, "covers", lambda rows, k, g, bits, dtype: rows <= qmv.MAX_ROWS)
     lin = nn.QuantizedLinear(256, 96, bias=False, group_size=64, bits=4)
-    assert qmv.adopt(lin) == 1 and qmv.adopt(lin) == 0  # once
-    lin(mx.zeros((1, 256)))
-    lin(mx.zeros((2, 256)))  # two rows: MLX's kernel
+    assert Kernels(qmv=True).blocks == Blocks.QMV
+    fused.linear_residual(mx.zeros((1, 256)), lin, mx.zeros((1, 96)), use_kernel=Blocks.QMV)
+    x2 = mx.random.normal((2, 256), key=mx.random.key(6))
+    got = fused.linear_residual(x2, lin, mx.zeros((2, 96)), use_kernel=Blocks.QMV)  # two rows: MLX
+    np.testing.assert_array_equal(np.array(got), np.array(lin(x2)))
+    fused.linear_residual(mx.zeros((1, 256)), lin, mx.zeros((1, 96)), use_kernel=Blocks.NONE)
     assert calls == [(1, 256)]
 
 
@@ -88,24 +85,6 @@ def test_qmv_kernel_shape_rules():
     assert not qmv.covers(1, 4096, 64, 3, mx.bfloat16)
     assert not qmv.covers(1, 4000, 64, 4, mx.bfloat16)  # K must be a multiple of 128
     assert not qmv.covers(1, 4096, 64, 4, mx.int32)
-
-
-def test_adopt_routes_quantized_linears_and_keeps_outputs():
-    mx.random.seed(7)
-    lm = LM(tiny(context=8))
-    nn.quantize(
-        lm,
-        group_size=64,
-        bits=4,
-        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[1] % 64 == 0,
-    )
-    layer = lm.transformer.layers[0].gating.linear_in
-    x = mx.random.normal((1, 1, lm.cfg.dim))
-    before = layer(x)
-    n = qmv.adopt(lm)
-    assert n > 0 and type(layer) is qmv.QuantizedLinear
-    np.testing.assert_array_equal(np.array(layer(x)), np.array(before))
-    assert qmv.adopt(lm) == 0  # already adopted
 
 
 @pytest.mark.parametrize("t", [1, 3])
