@@ -37,6 +37,7 @@ class Limits:
     """What one render may cost. A prompt that fits the 240 s context is a few thousand characters."""
 
     seconds: float = 2.0
+    depth: int = 64  # template frames (macro calls, includes, blocks) nested at once
     output_chars: int = 200_000
     value_chars: int = 1_000_000
     power_bits: int = 100_000
@@ -147,15 +148,19 @@ class RootedLoader(jinja2.FileSystemLoader):
 
 
 class _Deadline:
-    """A trace function that stops the template's code once `seconds` have passed.
+    """A trace function that stops the template's code once `seconds` have passed, or when more
+    than `depth` of the environment's template frames are nested (a macro or include that calls
+    itself: stopped well before Python's recursion limit, whose C stack a traced recursion can
+    overflow first, a crash instead of a RecursionError).
 
     Only frames of the environment's compiled templates are traced line by line; other frames are
     checked when they are entered. The thread's previous trace function is restored afterwards.
     """
 
-    def __init__(self, env: jinja2.Environment, seconds: float) -> None:
+    def __init__(self, env: jinja2.Environment, seconds: float, depth: int = 64) -> None:
         self.env = env
         self.seconds = seconds
+        self.depth = depth
         self.end = 0.0
 
     def _check(self) -> None:
@@ -168,9 +173,18 @@ class _Deadline:
 
     def _call(self, frame: Any, event: str, arg: Any) -> Any:
         self._check()
-        if frame.f_globals.get("environment") is self.env:
-            return self._line
-        return None
+        if frame.f_globals.get("environment") is not self.env:
+            return None
+        nested, f = 0, frame
+        while f is not None:
+            nested += f.f_globals.get("environment") is self.env
+            f = f.f_back
+        if nested > self.depth:
+            raise LimitExceeded(
+                f"template recursion too deep: more than {self.depth} nested macro calls, includes or"
+                " blocks (a macro, include or extends that calls itself?)"
+            )
+        return self._line
 
     def __enter__(self) -> _Deadline:
         self.previous = sys.gettrace()
@@ -194,7 +208,7 @@ def render_bounded(
         template = env.from_string(source)
         parts: list[str] = []
         total = 0
-        with _Deadline(env, env.limits.seconds):
+        with _Deadline(env, env.limits.seconds, env.limits.depth):
             for chunk in template.generate(**values):
                 total += len(chunk)
                 if total > env.limits.output_chars:

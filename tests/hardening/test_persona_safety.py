@@ -121,6 +121,25 @@ def test_a_self_include_is_a_clear_error(project):
         render_prompt(load_persona(path, []))
 
 
+@pytest.mark.parametrize(
+    "template",
+    ["{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "{% include 'partials/loop.j2' %}"],
+)
+def test_recursion_stops_at_the_depth_limit_far_from_pythons(project, template):
+    """A template that calls itself stops at `Limits.depth` nested template frames, long before
+    Python's recursion limit (whose C stack a traced recursion can overflow first: a crash)."""
+    import sys
+
+    (project / "personas" / "partials" / "loop.j2").write_text("{% include 'partials/loop.j2' %}")
+    path = _persona(project, f'prompt: "{template}"\n')
+    limit = sys.getrecursionlimit()
+    with pytest.raises(TemplateError) as err:
+        render_prompt(load_persona(path, []))
+    assert sys.getrecursionlimit() == limit
+    (problem,) = err.value.problems
+    assert f"more than {Limits().depth} nested" in problem.message
+
+
 def test_nested_loops_stop_at_the_time_limit(project, monkeypatch):
     import rolekit.persona.render as render
 
