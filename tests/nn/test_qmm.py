@@ -151,12 +151,17 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [5, 16, 33, 64])
 def test_kernel_equals_mlx_quantized_matmul_on_the_gpu(m):
+    """Against MLX's product in fp32 on the same 4-bit weights: every group size, one split and
+    several, and a row slice of a stacked weight (a multi-linear's step, read in place)."""
     mx.random.seed(m)
-    for n, k in ((4096, 4096), (1024, 2816), (22528, 4096)):
-        wf = (0.02 * mx.random.normal((n, k))).astype(mx.bfloat16)
-        w, scales, biases = mx.quantize(wf, 64, 4)
+    for n, k, gs in ((4096, 4096, 64), (1024, 2816, 32), (22528, 4096, 128), (128, 256, 64)):
+        wf = (0.02 * mx.random.normal((2 * n, k))).astype(mx.bfloat16)
+        w2, scales2, biases2 = mx.quantize(wf, gs, 4)
+        rows = slice(n, 2 * n)  # the second weight set of a stack of two
+        w, scales, biases = w2[rows], scales2[rows], biases2[rows]
         x = mx.random.normal((m, k)).astype(mx.bfloat16)
-        ours = qmm.qmm(x, w, scales, biases, 64).astype(mx.float32)
-        ref = qmm.reference(x.astype(mx.float32), w, scales, biases, 64)
+        ours = qmm.qmm(x, w, scales, biases, gs).astype(mx.float32)
+        ref = qmm.reference(x.astype(mx.float32), w, scales, biases, gs)
         err = (mx.linalg.norm(ours - ref) / mx.linalg.norm(ref)).item()
-        assert err < 1e-2, (m, n, k, err)
+        assert err < 1e-2, (m, n, k, gs, qmm.splits(n, k, -(-m // 16)), err)
+    assert qmm.splits(128, 256) == 1  # the last shape ran unsplit
