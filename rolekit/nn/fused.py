@@ -211,8 +211,7 @@ def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bo
         k = x.shape[-1]
         rows = x.size // k
         if use_kernel & Blocks.QMM and qmm.covers(rows, wt.rows, k, wt.group, wt.bits, x.dtype):
-            w, scales, biases = weight_rows(wt, False)
-            return qmm.qmm(x, w, scales.astype(x.dtype), biases.astype(x.dtype), wt.group)
+            return qmm.qmm(x, *weight_rows(wt, False), wt.group)
         if use_kernel & Blocks.QMV and qmv.covers(rows, k, wt.group, wt.bits, x.dtype):
             return qmv.qmv(x, *weight_rows(wt, False), wt.group, wt.bits)
     return lin(x) if step is None else lin(x, step)

@@ -6,13 +6,15 @@ row once per few rows. This kernel reads every weight once per step, dequantizes
 to bf16 and multiplies it with up to 16 rows per `mma.sync.m16n8k16` (fp32 sums; more rows loop
 over 16-row tiles of the same weights), so the product stays bound by the 4-bit weights' bandwidth.
 
-Contract (`qmm`): x [..., K] bf16 with R = prod(leading) rows, 1 <= R <= MAX_ROWS; w uint32
-[N, K / 8] in MLX's affine layout (value j of a row in word j / 8, lowest bits first), scales and
-biases [N, K / group] (any float type; read as fp32), w = scale * q + bias; N a multiple of 128,
-K of 128, group 32 / 64 / 128 -> [..., N] bf16. The k range is split over blocks so a product
+Contract (`qmm`): x [..., K] bf16 with R = prod(leading) rows, 1 <= R <= MAX_ROWS; w uint32 [N, K /
+8] in MLX's affine layout (value j of a row in word j / 8, lowest bits first), scales and biases
+[N, K / group] (any float type: cast to x's here, as `nn.qmv` does, since MLX names a compiled
+kernel by its name and template values, not its input types), w = scale * q + bias; N a multiple of
+128, K of 128, group 32 / 64 / 128 -> [..., N] bf16. The k range is split over blocks so a product
 has about 2 blocks per SM where its partial sums stay small (`splits`); they are added by MLX in
-fp32 (a fixed order: deterministic). Each lane loads its next chunk's weights before it
-multiplies the current one. The row count is a template value: one compile per batch size. Where `covers` is false the caller uses `reference` (MLX's own product).
+fp32 (a fixed order: deterministic). Each lane loads its next chunk's weights before it multiplies
+the current one. The row count is a template value: one compile per batch size. Where `covers` is
+false the caller uses `reference` (MLX's own product).
 The device code: `device/qmm.cu` (body) after `device/qmm_mma.cuh` (bf16 pairs, the mma).
 """
 
@@ -76,7 +78,7 @@ def qmm(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size
     tiles = -(-rows // 16)
     s = splits(n, k, tiles)
     (part,) = _kernel()(
-        inputs=[x.reshape(rows, k), w, scales, biases],
+        inputs=[x.reshape(rows, k), w, scales.astype(x.dtype), biases.astype(x.dtype)],
         template=[
             ("T", x.dtype),
             ("M", rows),
