@@ -15,8 +15,8 @@ Each field names one kernel family and the module that owns it:
 - `conv`: `codec.conv_cuda` (a streaming conv's carry, ELU and windows),
 - `mimi`: `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel each),
 - `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module),
-- `qmm`: `nn.qmm` (q4 products of 5..64 rows on tensor cores, in the temporal and depformer
-  blocks; off by default).
+- `qmm`: `nn.qmm` (q4 products of batched rows on tensor cores, in the temporal and depformer
+  blocks).
 
 The block products of the temporal, depformer and Mimi layers take the three product fields
 (`fused`, `qmm`, `qmv`) as one `Blocks` value (`Kernels.blocks`).
@@ -37,7 +37,7 @@ OPTION = "--kernels"
 
 class Blocks(enum.IntFlag):
     """Which kernels serve a layer's block products (`nn.fused`): FUSED (`Kernels.fused`, up to
-    `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
+    `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`SERVED_ROWS`
     rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve). True means
     FUSED, False NONE."""
 
@@ -129,7 +129,7 @@ class Kernels:
 
 
 KERNEL_FIELDS = tuple(f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool))
-OPT_IN = ("qmv", "qmm")  # off unless asked for (`--kernels qmm=1`)
+OPT_IN = ("qmv",)  # off unless asked for (`--kernels qmv=1`)
 OPS = Kernels()  # the MLX op path everywhere
 
 

@@ -17,19 +17,19 @@ def test_off_cuda_no_kernel_runs():
     assert Kernels.for_device(mx.cpu, "fused=0,depformer_threads=512").depformer_threads == 512
 
 
-def test_on_cuda_every_default_kernel_runs_and_qmv_qmm_are_opt_in(monkeypatch):
+def test_on_cuda_every_default_kernel_runs_and_qmv_is_opt_in(monkeypatch):
     monkeypatch.setattr(cuda, "cuda_available", lambda: True)
     policy = Kernels.for_device(mx.gpu)
     assert all(getattr(policy, f) for f in KERNEL_FIELDS if f not in OPT_IN) and not policy.qmv
-    assert OPT_IN == ("qmv", "qmm") and not policy.qmm
+    assert OPT_IN == ("qmv",) and policy.qmm
     assert set(KERNEL_FIELDS) == {
         "fused", "ring_attention", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm"
     }  # fmt: skip
     off = Kernels.for_device(mx.gpu, {"fused": False, "qmv": True})
     assert not off.fused and off.qmv and off.temporal
-    assert policy.blocks == Blocks.FUSED and off.blocks == Blocks.QMV
-    both = Kernels.for_device(mx.gpu, "qmm=1")
-    assert both.blocks == Blocks.FUSED | Blocks.QMM
+    assert policy.blocks == Blocks.FUSED | Blocks.QMM and off.blocks == Blocks.QMV | Blocks.QMM
+    plain = Kernels.for_device(mx.gpu, "qmm=0")
+    assert plain.blocks == Blocks.FUSED
 
 
 def test_cuda_without_a_device_is_not_cuda(monkeypatch):
