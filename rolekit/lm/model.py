@@ -57,11 +57,32 @@ class LM(nn.Module):
         slots per layer at first (default `ring_floor`, else `MIN_RING`; at most the context),
         doubling before the ring would wrap, up to the context. `floor` >= context: full size now."""
         cfg = self.cfg
-        dtype = getattr(self, "cache_dtype", None) or self.dtype  # chosen at load (lm.precision)
-        floor = floor or getattr(self, "ring_floor", MIN_RING)
+        floor = self._ring_floor(floor)
         cap = ring_capacity(0, cfg.context, floor)
-        rings = [RingKV.empty(batch, cfg.num_heads, cap, cfg.head_dim, dtype) for _ in range(cfg.num_layers)]
+        rings = [
+            RingKV.empty(batch, cfg.num_heads, cap, cfg.head_dim, self._cache_dtype())
+            for _ in range(cfg.num_layers)
+        ]
         return LmCache(rings=rings, offset=0, context=cfg.context, floor=floor)
+
+    def kv_bytes(self, batch: int, positions: int, floor: int | None = None) -> int:
+        """Bytes (device memory) of the temporal ring KV cache that `make_cache(batch, floor)` holds
+        once `reserve(positions)` has grown it for global positions 0 .. positions - 1: layers x
+        (keys, values) x batch x heads x `ring_capacity(positions)` slots x head_dim x the cache
+        dtype's size. Linear in `batch`. The depformer's cache is not counted: it is rebuilt for
+        every frame and holds dep_q steps per layer (a few hundred KB per conversation on the 7B)."""
+        cfg = self.cfg
+        slots = ring_capacity(positions, cfg.context, self._ring_floor(floor))
+        per_layer = 2 * batch * cfg.num_heads * slots * cfg.head_dim * self._cache_dtype().size
+        return cfg.num_layers * per_layer
+
+    def _cache_dtype(self) -> mx.Dtype:
+        """The ring KV cache's dtype: chosen at load (`lm.precision.cache_dtype`), else the activations'."""
+        return getattr(self, "cache_dtype", None) or self.dtype
+
+    def _ring_floor(self, floor: int | None) -> int:
+        """A growing ring's first size: `floor`, else `ring_floor` (set on the model), else `MIN_RING`."""
+        return floor or getattr(self, "ring_floor", MIN_RING)
 
     def embed(self, tokens: mx.array, kernels: Kernels = OPS) -> mx.array:
         """tokens [B, 17, T] int32 -> summed embeddings [B, T, D] (audio streams first, then text).

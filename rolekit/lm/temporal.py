@@ -49,7 +49,12 @@ class LmCache:
 
     def reserve(self, written: int) -> None:
         """Grow every ring (before it wraps) to hold global positions 0 .. written - 1; a no-op
-        for fixed rings, once the rings are full size, or when they are already big enough."""
+        for fixed rings, once the rings are full size, or when they are already big enough.
+
+        Layer by layer, each old ring is freed once its copy is made and MLX's buffer cache is
+        emptied (`mx.clear_cache`) before the next layer's ring is allocated: the cache cannot
+        reuse a smaller ring's buffers for a larger one, so it would otherwise keep every old ring
+        on the device next to the new ones. A ring grows a few times per conversation at most."""
         if self.context is None or not self.rings:
             return
         cap = self.rings[0].capacity
@@ -57,8 +62,9 @@ class LmCache:
             return
         want = ring_capacity(written, self.context, self.floor)
         old, self.rings = self.rings[::-1], []
-        while old:  # layer by layer: each old ring is freed once its copy is made
-            self.rings.append(old.pop().grow(want))
+        while old:
+            self.rings.append(old.pop().grow(want))  # the old ring is freed here (the cache held it)
+            mx.clear_cache()
 
     @property
     def positions(self) -> np.ndarray:

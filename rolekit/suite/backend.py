@@ -7,10 +7,38 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rolekit.frames import PrefillPlan
 from rolekit.session.scripted import StepEngine
+
+# What `MlxBackend.fit_batch` leaves to everything but the ring KV caches (step activations, Mimi
+# state, the voice prompts, Whisper, the allocator's fragmentation): this fraction of the free
+# memory, plus these bytes.
+KEEP_FREE_FRACTION = 0.10
+KEEP_FREE_BYTES = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    """`MlxBackend.fit_batch`'s answer and its grounds: `count` conversations fit in `free_bytes`
+    (device memory not in use after the loaded model), each holding `kv_bytes` of ring KV cache."""
+
+    count: int
+    free_bytes: float
+    kv_bytes: int
+
+    def describe(self) -> str:
+        """E.g. "61.2 GB; 1.07 GB of KV cache each"."""
+        return f"{self.free_bytes / 1e9:.1f} GB; {self.kv_bytes / 1e9:.2f} GB of KV cache each"
+
+
+def fitting(free_bytes: float, each_bytes: int, wanted: int) -> int:
+    """Conversations of `each_bytes` (> 0) that fit in `free_bytes` less the margin
+    (`KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`), clamped to 1 .. `wanted`."""
+    budget = free_bytes * (1.0 - KEEP_FREE_FRACTION) - KEEP_FREE_BYTES
+    return max(1, min(wanted, int(budget // max(1, each_bytes))))
 
 
 class Backend(Protocol):
@@ -23,6 +51,11 @@ class Backend(Protocol):
     def piece(self, text_id: int) -> str: ...
 
     def voice_frames(self, voice: str) -> int | None: ...
+
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        """How many conversations of up to `positions` LM positions (prefill + conversation frames)
+        one engine can run at once: 1 <= answer <= `wanted`."""
+        ...
 
     def start(
         self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None
@@ -51,6 +84,7 @@ class MlxBackend:
         self._voices: dict[str, Any] = {}
         self.model_id = spec
         self.is_random = spec in ("tiny", "random-7b")
+        self.last_fit: BatchFit | None = None  # the latest `fit_batch` answer with its grounds
 
     @property
     def tokenizer(self) -> Any:
@@ -78,6 +112,23 @@ class MlxBackend:
 
     def voice_frames(self, voice: str) -> int | None:
         return self._voice(voice).frames
+
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        """Conversations of up to `positions` positions whose ring KV caches (`LM.kv_bytes`) fit in
+        the device memory free now, after the loaded model (`precision.free_memory_bytes`), less
+        `KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`: 1 <= answer <= `wanted`. Loads the model
+        first and empties MLX's buffer cache (what loading left there goes back to the device);
+        `last_fit` keeps the answer with its grounds."""
+        import mlx.core as mx
+
+        from rolekit.lm.precision import free_memory_bytes
+
+        lm = self.bundle.lm
+        mx.clear_cache()
+        free = free_memory_bytes()
+        each = lm.kv_bytes(1, positions)
+        self.last_fit = BatchFit(fitting(free, each, wanted), free, each)
+        return self.last_fit.count
 
     @property
     def model_info(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rolekit.errors import DocumentError, ModelError, Problem, RolekitError
+from rolekit.frames import CONTEXT_FRAMES
 from rolekit.record import SessionRecord, is_complete
 from rolekit.report.results import append_result, error_result, run_result
 from rolekit.scenario.timeline import Synthesizer
@@ -18,7 +19,7 @@ from rolekit.session.scripted import run_scripted
 from rolekit.suite.backend import Backend
 from rolekit.suite.lock import suite_lock
 from rolekit.suite.plan import RunSpec
-from rolekit.suite.prepare import PreparedRun, check_context, prepare_run
+from rolekit.suite.prepare import PreparedRun, check_context, prefill_frames, prepare_run
 from rolekit.suite.results import compact_results, results_path, start_results
 from rolekit.suite.stages import TRANSCRIBE_PRIOR, StageClock, StageEvent
 
@@ -130,8 +131,11 @@ def _run_suite(
         else:
             todo.append(spec)
     prepared = _prepare_all(todo, backend, synth)  # bad input stops here, every file reported
+    lengths: list[tuple[int, int]] = []  # per run: (prefill frames, conversation frames at most)
     for p in prepared:  # with the voice's real length (this loads the model once)
-        check_context(p.spec, p.plan, p.timeline, backend.voice_frames(p.plan.voice))
+        voice = backend.voice_frames(p.plan.voice)
+        check_context(p.spec, p.plan, p.timeline, voice)
+        lengths.append((prefill_frames(p.plan, voice), p.timeline.max_frames()))
     if not options.resume and options.fresh_results:
         start_results(out, resume=False)
     else:
@@ -142,7 +146,7 @@ def _run_suite(
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
     track.left = len(prepared)
-    groups = [prepared[i : i + batch] for i in range(0, len(prepared), batch)]
+    groups = [[prepared[i] for i in g] for g in _batches(lengths, batch, backend, ls)]
     finish = GroupFinisher(out, whisper_dir, ls, track, options.whisper, options.asr)
     produced = executor(groups, finish) if executor else (_run_group(g, backend, finish) for g in groups)
     t0 = time.perf_counter()
@@ -160,6 +164,53 @@ def _run_suite(
         getattr(produced, "close", lambda: None)()  # a cluster executor stops its workers here
     ordered = [rows[s.key] for s in runs if s.key in rows]
     return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
+
+
+def _batches(
+    lengths: list[tuple[int, int]], batch: int, backend: Backend, ls: SuiteListener
+) -> list[list[int]]:
+    """Runs (by index, in plan order) grouped into consecutive batches of at most `batch` runs and
+    at most `backend.fit_batch` of the batch's positions: its longest prefill (shorter prompts are
+    left-padded to it) plus its longest conversation. `lengths`: per run, (prefill frames,
+    conversation frames at most). The first time memory caps a batch below `batch`, the listener
+    gets a note saying so."""
+    fits: dict[int, tuple[int, str]] = {}  # positions -> (fit_batch's answer, its grounds)
+    noted = False
+    groups: list[list[int]] = []
+    for i in range(len(lengths)):
+        group = groups[-1] if groups else []
+        if not group or len(group) >= batch:
+            groups.append([i])
+            continue
+        positions = _positions([lengths[j] for j in (*group, i)])
+        if positions not in fits:
+            fits[positions] = _fit(backend, positions, batch)
+        fit, why = fits[positions]
+        if len(group) < fit:
+            group.append(i)
+            continue
+        groups.append([i])
+        if not noted and ls.on_note:
+            ls.on_note(
+                f"--jobs {batch}: {fit} conversation{'s' if fit != 1 else ''} of up to {positions} "
+                f"frames fit in the memory left after the model{why}: batches of {fit}"
+            )
+        noted = True
+    return groups
+
+
+def _fit(backend: Backend, positions: int, batch: int) -> tuple[int, str]:
+    """`backend.fit_batch(positions, batch)` and its grounds for a note, e.g. " (61.2 GB; 1.07 GB
+    of KV cache each)" (from `MlxBackend.last_fit`; "" from a backend without them)."""
+    fit = backend.fit_batch(positions, batch)
+    grounds = getattr(backend, "last_fit", None)
+    return fit, f" ({grounds.describe()})" if grounds is not None else ""
+
+
+def _positions(lengths: list[tuple[int, int]]) -> int:
+    """LM positions of one batch of runs of (prefill frames, conversation frames at most); the
+    engine stops a batch at the context (`CONTEXT_FRAMES`)."""
+    return min(CONTEXT_FRAMES, max(p for p, _ in lengths) + max(f for _, f in lengths))
 
 
 def _prepare_all(todo: list[RunSpec], backend: Backend, synth: Synthesizer | None) -> list[PreparedRun]:

@@ -87,13 +87,19 @@ def prepare_run(spec: RunSpec, tokenizer: Any, synth: Synthesizer | None = None)
     return PreparedRun(spec, plan, timeline, run_meta(spec, plan, timeline))
 
 
+def prefill_frames(plan: PrefillPlan, voice_frames: int | None = None) -> int:
+    """LM positions the prefill of `plan` takes, with the voice prompt's `voice_frames` (None: as
+    the plan knows them)."""
+    return (
+        plan.frames if voice_frames is None else dataclasses.replace(plan, voice_frames=voice_frames).frames
+    )
+
+
 def check_context(
     spec: RunSpec, plan: PrefillPlan, timeline: Timeline, voice_frames: int | None = None
 ) -> None:
     """A scenario (worst case: every reactive wait times out) must fit in the context after the prefill."""
-    prefill = (
-        plan.frames if voice_frames is None else dataclasses.replace(plan, voice_frames=voice_frames).frames
-    )
+    prefill = prefill_frames(plan, voice_frames)
     left = CONTEXT_FRAMES - prefill
     need = timeline.max_frames()
     if need > left:

@@ -82,6 +82,10 @@ class SuiteWorker:
     def voice_frames(self, voice: str) -> int | None:
         return self.backend.voice_frames(voice)
 
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        """`MlxBackend.fit_batch` on this worker's device (its memory free after its model)."""
+        return self.backend.fit_batch(positions, wanted)
+
     def run(
         self, group: list[PreparedRun], whisper: str | None, asr: str | None, transcribe: bool
     ) -> GroupResult:
@@ -133,6 +137,11 @@ class ClusterBackend:
         if voice not in self._frames:
             self._frames[voice] = self._ask("voice_frames", voice)
         return self._frames[voice]
+
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        """The answer of one ready worker (`SuiteWorker.fit_batch`): the batches the driver forms
+        fit on that worker's device."""
+        return int(self._ask("fit_batch", positions, wanted))
 
     def start(
         self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None

@@ -135,6 +135,9 @@ class _NoEngine:
 
         return voice_frames(Path(voice)) if is_voice_file(voice) else 50
 
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        return wanted
+
     def start(self, plans, seeds, frames=None):
         raise RuntimeError("fuzz: no engine")
 

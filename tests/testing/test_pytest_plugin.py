@@ -47,6 +47,9 @@ class Backend:
     def voice_frames(self, voice):
         return None
 
+    def fit_batch(self, positions, wanted):
+        return wanted
+
     def start(self, plans, seeds, frames=None):
         return Engine(len(plans)), 2000
 '''

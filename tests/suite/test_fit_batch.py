@@ -1,0 +1,179 @@
+"""How many conversations one engine may run (`Backend.fit_batch`): the ring KV caches of the
+longest batch must fit in the memory left after the model, with a margin; the suite splits its
+batches where they would not, says so once, and still runs and writes every run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rolekit.lm import precision
+from rolekit.record import is_complete
+from rolekit.suite.backend import KEEP_FREE_BYTES, KEEP_FREE_FRACTION, BatchFit, MlxBackend, fitting
+from rolekit.suite.execute import SuiteListener, SuiteOptions, _batches, _positions, run_suite
+from rolekit.suite.plan import plan_suite
+from rolekit.suite.prepare import prepare_run
+from rolekit.suite.worker import ClusterBackend, SuiteWorker
+
+GB = 1_000_000_000
+
+
+def _free_for(each: int, count: float) -> float:
+    """Free bytes whose budget after the margin is exactly `count` caches of `each` bytes."""
+    return (count * each + KEEP_FREE_BYTES) / (1.0 - KEEP_FREE_FRACTION)
+
+
+@pytest.mark.parametrize(
+    "free, each, wanted, want",
+    [
+        (_free_for(GB, 48.5), GB, 64, 48),
+        (_free_for(GB, 48), GB, 64, 48),
+        (_free_for(GB, 48) - 1e6, GB, 64, 47),
+        (_free_for(GB, 48), GB, 8, 8),  # never more than wanted
+        (_free_for(GB, 0.5), GB, 64, 1),  # always at least one
+        (0.0, GB, 4, 1),
+        (KEEP_FREE_BYTES / 2, GB, 4, 1),  # a budget below zero
+    ],
+)
+def test_fitting_keeps_the_margin_and_clamps(free, each, wanted, want):
+    assert fitting(free, each, wanted) == want
+
+
+def test_the_margin_is_a_tenth_of_the_free_memory_and_a_gigabyte():
+    assert KEEP_FREE_FRACTION == 0.10 and KEEP_FREE_BYTES == GB
+    assert fitting(80 * GB, GB, 100) == 71  # 80 GB free: 72 - 1 GB for the caches
+
+
+def test_batch_fit_describes_its_grounds():
+    assert BatchFit(48, 61.23e9, 1_073_741_824).describe() == "61.2 GB; 1.07 GB of KV cache each"
+
+
+@pytest.fixture(scope="module")
+def tiny_backend():
+    backend = MlxBackend("tiny")
+    assert backend.bundle.lm is not None  # loaded once for the module
+    return backend
+
+
+def test_mlx_backend_fits_the_kv_caches_in_the_free_memory(tiny_backend, monkeypatch):
+    lm = tiny_backend.bundle.lm
+    positions = 120
+    each = lm.kv_bytes(1, positions)
+    assert each > 0
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(each, 5.5))
+    assert tiny_backend.fit_batch(positions, 64) == 5
+    assert tiny_backend.last_fit == BatchFit(5, _free_for(each, 5.5), each)
+    assert tiny_backend.fit_batch(positions, 3) == 3
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 0.0)
+    assert tiny_backend.fit_batch(positions, 64) == 1
+    assert tiny_backend.last_fit.count == 1 and tiny_backend.last_fit.free_bytes == 0.0
+
+
+def test_a_longer_conversation_fits_fewer_times(tiny_backend, monkeypatch):
+    lm = tiny_backend.bundle.lm
+    monkeypatch.setattr(lm, "ring_floor", 2, raising=False)  # rings that grow within the tiny context
+    short, long = lm.kv_bytes(1, 1), lm.kv_bytes(1, lm.context)
+    assert long > short
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(long, 4))
+    assert tiny_backend.fit_batch(lm.context, 64) == 4 < tiny_backend.fit_batch(1, 64)
+
+
+def test_the_cluster_asks_a_worker(monkeypatch):
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 0.0)
+    worker = SuiteWorker("tiny", False)
+    asked = []
+
+    def ask(method, *args):
+        asked.append((method, *args))
+        return getattr(worker, method)(*args)
+
+    cluster = ClusterBackend("tiny", ask)
+    assert cluster.fit_batch(200, 8) == worker.fit_batch(200, 8) == 1
+    assert asked[-1] == ("fit_batch", 200, 8)
+
+
+class _Fits:
+    """A backend whose fit_batch answers `table(positions)`, recording each question."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.asked: list[tuple[int, int]] = []
+
+    def fit_batch(self, positions: int, wanted: int) -> int:
+        self.asked.append((positions, wanted))
+        return max(1, min(wanted, self.table(positions)))
+
+
+def test_a_batchs_positions_are_its_longest_prefill_plus_its_longest_conversation():
+    assert _positions([(10, 200), (200, 10)]) == 400  # rows are left-padded to the longest prefill
+    assert _positions([(100, 50)]) == 150
+    assert _positions([(2000, 2000)]) == 3000  # the engine stops at the context
+
+
+def test_batches_follow_plan_order_and_the_fit_of_each_batch():
+    notes: list[str] = []
+    backend = _Fits(lambda positions: 3 if positions <= 150 else 1)
+    lengths = [(100, 50), (100, 50), (100, 50), (100, 50), (300, 50), (100, 50)]
+    groups = _batches(lengths, 4, backend, SuiteListener(on_note=notes.append))
+    assert groups == [[0, 1, 2], [3], [4], [5]]
+    assert notes == [
+        "--jobs 4: 3 conversations of up to 150 frames fit in the memory left after the model: batches of 3"
+    ]
+    assert backend.asked == [(150, 4), (350, 4)]  # each batch size asked once (nothing runs meanwhile)
+
+
+def test_batches_without_a_cap_are_slices_of_jobs():
+    notes: list[str] = []
+    backend = _Fits(lambda positions: 64)
+    groups = _batches([(100, 50)] * 5, 2, backend, SuiteListener(on_note=notes.append))
+    assert groups == [[0, 1], [2, 3], [4]] and notes == []
+    assert _batches([(100, 50)] * 3, 1, backend, SuiteListener()) == [[0], [1], [2]]
+    assert backend.asked == [(150, 2)]  # one run per batch: nothing to ask
+
+
+def test_a_note_carries_the_backends_grounds():
+    backend = _Fits(lambda positions: 2)
+    backend.last_fit = BatchFit(2, 61.2e9, 1_070_000_000)
+    notes: list[str] = []
+    _batches([(100, 1080)] * 3, 64, backend, SuiteListener(on_note=notes.append))
+    assert notes == [
+        "--jobs 64: 2 conversations of up to 1180 frames fit in the memory left after the model "
+        "(61.2 GB; 1.07 GB of KV cache each): batches of 2"
+    ]
+
+
+SCENARIO = """persona: shop
+lead_in: 0.5
+tail: 2.5
+repeats: 5
+user:
+  - say: "hello there"
+  - after: agent_done
+    silence: 0.4
+    say: "thanks"
+expect:
+  - agent_says: {contains: w10, source: monologue}
+"""
+
+
+def test_the_suite_splits_batches_that_do_not_fit(project, fake_tts, fake_backend):
+    (project / "scenarios" / "greet.yaml").write_text(SCENARIO)
+    runs = plan_suite([project / "scenarios"])
+    backend = fake_backend(fit=2)
+    notes: list[str] = []
+    options = SuiteOptions(out=project / "transcripts", transcribe=False, batch=4)
+    outcome = run_suite(runs, backend, options, SuiteListener(on_note=notes.append), synth=fake_tts)
+    assert backend.started == [2, 2, 1]
+    prepared = prepare_run(runs[0], backend.tokenizer, fake_tts)
+    positions = prepared.plan.frames + prepared.timeline.max_frames()
+    assert set(backend.fit_asked) == {(positions, 4)}
+    assert notes == [
+        f"--jobs 4: 2 conversations of up to {positions} frames fit in the memory left after the model: "
+        "batches of 2"
+    ]
+    assert [r["run_id"] for r in outcome.rows] == [f"r{i}" for i in range(5)]
+    assert all(r["status"] == "pass" for r in outcome.rows), outcome.rows
+    lines = (project / "transcripts" / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["run_id"] for x in lines) == [f"r{i}" for i in range(5)]
+    assert all(is_complete(project / "transcripts" / "greet" / f"r{i}") for i in range(5))
