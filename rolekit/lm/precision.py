@@ -110,11 +110,16 @@ def memory_gb(device: str | None = None) -> float:
 
 
 def free_memory_bytes(device: str | None = None) -> float:
-    """Memory not in use on `device` now: the GPU's (`memory_gb`) less MLX's active memory, or the
-    available RAM on the CPU."""
+    """Bytes this process could still allocate on `device`: on a GPU whose MLX reports the card's
+    free memory (`device_info()["free_memory"]`, CUDA: other processes' use included), that plus
+    MLX's buffer cache (this process's to reuse); else the GPU's memory (`memory_gb`) less this
+    process's active MLX memory; the available RAM on the CPU."""
     device = device or device_kind()
     if device == "cpu":
         return _available_ram()
+    free = mx.device_info().get("free_memory")
+    if free:
+        return float(free) + mx.get_cache_memory()
     return max(0.0, memory_gb(device) * GB - mx.get_active_memory())
 
 

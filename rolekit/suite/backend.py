@@ -113,19 +113,20 @@ class MlxBackend:
     def voice_frames(self, voice: str) -> int | None:
         return self._voice(voice).frames
 
-    def fit_batch(self, positions: int, wanted: int) -> int:
+    def fit_batch(self, positions: int, wanted: int, share: float = 1.0) -> int:
         """Conversations of up to `positions` positions whose ring KV caches (`LM.kv_bytes`) fit in
-        the device memory free now, after the loaded model (`precision.free_memory_bytes`), less
-        `KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`: 1 <= answer <= `wanted`. Loads the model
-        first and empties MLX's buffer cache (what loading left there goes back to the device);
-        `last_fit` keeps the answer with its grounds."""
+        `share` (0 < share <= 1: workers sharing a GPU) of the device memory free now, after the
+        loaded model (`precision.free_memory_bytes`), less `KEEP_FREE_FRACTION` of it and
+        `KEEP_FREE_BYTES`: 1 <= answer <= `wanted`. Loads the model first and empties MLX's buffer
+        cache (what loading left there goes back to the device); `last_fit` keeps the answer with
+        its grounds."""
         import mlx.core as mx
 
         from rolekit.lm.precision import free_memory_bytes
 
         lm = self.bundle.lm
         mx.clear_cache()
-        free = free_memory_bytes()
+        free = free_memory_bytes() * share
         each = lm.kv_bytes(1, positions)
         self.last_fit = BatchFit(fitting(free, each, wanted), free, each)
         return self.last_fit.count

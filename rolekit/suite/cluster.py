@@ -120,6 +120,13 @@ class _Slot:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def memory_share(plan: list[tuple[str, dict[str, float]]]) -> float:
+    """The part of a GPU's free memory each worker of `plan` ((node id, Ray resources) per worker)
+    may fill: its `num_gpus` where workers share a GPU (below 1), else all of it."""
+    gpus = max((res.get("num_gpus", 0.0) for _, res in plan), default=0.0)
+    return gpus if 0.0 < gpus < 1.0 else 1.0
+
+
 class RayCluster:
     """Connect, place the workers, run batches. Use as a context manager: leaving it kills the workers
     (and disconnects when it connected)."""
@@ -248,7 +255,7 @@ class RayCluster:
     def backend(self) -> ClusterBackend:
         """Tokenizer here; voice lengths and model id from the first worker that is ready."""
         if self._backend is None:
-            self._backend = ClusterBackend(self.model, self._ask)
+            self._backend = ClusterBackend(self.model, self._ask, memory_share=memory_share(self._plan))
         return self._backend
 
     def _ask(self, method: str, *args: Any) -> Any:

@@ -170,3 +170,19 @@ def test_quantized_folder_loads_8_bit_embeddings_and_heads_on_cpu(tiny_oracle, t
     err = float(mx.sqrt(mx.mean((logits - ref) ** 2)) / mx.sqrt(mx.mean(ref**2)))
     agree = float(mx.mean(logits.argmax(-1) == ref.argmax(-1)))
     assert 0 < err < 0.03 and agree >= 0.9, (err, agree)  # the q8 bound of test_quantized
+
+
+def test_free_memory_is_the_cards_where_mlx_reports_it_else_total_less_active(monkeypatch):
+    """On CUDA, MLX reports the card's free memory (other processes' use included): that and MLX's
+    own buffer cache; where it does not (Metal), the working set less this process's active memory."""
+    gb = P.GB
+    monkeypatch.setattr(P.mx, "get_active_memory", lambda: int(10 * gb))
+    monkeypatch.setattr(P.mx, "get_cache_memory", lambda: int(2 * gb))
+    monkeypatch.setattr(
+        P.mx, "device_info", lambda: {"total_memory": int(80 * gb), "free_memory": int(30 * gb)}
+    )
+    assert P.free_memory_bytes("cuda") == 32 * gb
+    monkeypatch.setattr(P.mx, "device_info", lambda: {"max_recommended_working_set_size": int(24 * gb)})
+    assert P.free_memory_bytes("metal") == 14 * gb
+    monkeypatch.setattr(P, "_available_ram", lambda: 5.0 * gb)
+    assert P.free_memory_bytes("cpu") == 5.0 * gb

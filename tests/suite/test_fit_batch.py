@@ -90,7 +90,20 @@ def test_the_cluster_asks_a_worker(monkeypatch):
 
     cluster = ClusterBackend("tiny", ask)
     assert cluster.fit_batch(200, 8) == worker.fit_batch(200, 8) == 1
-    assert asked[-1] == ("fit_batch", 200, 8)
+    assert asked[-1] == ("fit_batch", 200, 8, 1.0)
+    halves = ClusterBackend("tiny", ask, memory_share=0.5)  # two workers on one GPU
+    halves.fit_batch(200, 8)
+    assert asked[-1] == ("fit_batch", 200, 8, 0.5)
+
+
+def test_workers_sharing_a_gpu_fit_their_share(tiny_backend, monkeypatch):
+    from rolekit.suite import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "KEEP_FREE_BYTES", 0)  # only the fraction: tiny caches
+    each = tiny_backend.bundle.lm.kv_bytes(1, 120)
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 12.5 * each / 0.9)
+    assert tiny_backend.fit_batch(120, 64) == 12
+    assert tiny_backend.fit_batch(120, 64, share=0.5) == 6
 
 
 class _Fits:
@@ -177,3 +190,12 @@ def test_the_suite_splits_batches_that_do_not_fit(project, fake_tts, fake_backen
     lines = (project / "transcripts" / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["run_id"] for x in lines) == [f"r{i}" for i in range(5)]
     assert all(is_complete(project / "transcripts" / "greet" / f"r{i}") for i in range(5))
+
+
+def test_workers_sharing_a_gpu_are_given_their_part_of_its_memory():
+    from rolekit.suite.cluster import memory_share
+
+    assert memory_share([("n1", {"num_gpus": 0.5, "num_cpus": 1.0})] * 2) == 0.5
+    assert memory_share([("n1", {"num_gpus": 1.0, "num_cpus": 1.0})]) == 1.0
+    assert memory_share([("n1", {"num_gpus": 0.0, "num_cpus": 1.0})]) == 1.0  # CPU workers: RAM
+    assert memory_share([]) == 1.0
