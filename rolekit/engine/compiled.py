@@ -101,12 +101,13 @@ class CompiledStep(EagerStep):
         which then serve the whole process, so a graph some engine of this process already ran
         with the same shapes is only traced. Then no step of the conversation waits for a trace
         or a compile. `args`: the step's (ring cache, ring provided, off, user, keys) as
-        `__call__` takes them; nothing of the caller's state changes. Returns the graphs built."""
+        `__call__` takes them; nothing of the caller's state changes, and the scratch rings are
+        given back to the device (MLX's buffer cache emptied). Returns the graphs built."""
         ring = lm_cache.rings[0].keys
         b, h, _, d = ring.shape
         n_rings = 2 * len(lm_cache.rings)
         start = self._start_array(lm_cache.start)
-        built = 0
+        built, ran = 0, False
         for pos, cap, shape in self.upcoming(lm_cache, horizon):
             if (cap, shape) in self.built:
                 continue
@@ -119,9 +120,12 @@ class CompiledStep(EagerStep):
             if run:
                 mx.eval(*res)
                 _RUN.add(key)
+                ran = True
             res = None  # unevaluated: the trace is kept, the scratch rings are never allocated
             self.built.add((cap, shape))
             built += 1
+        if ran:
+            mx.clear_cache()  # the scratch rings go back to the device, not to this process's cache
         return built
 
 

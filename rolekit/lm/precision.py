@@ -117,9 +117,9 @@ def free_memory_bytes(device: str | None = None) -> float:
     device = device or device_kind()
     if device == "cpu":
         return _available_ram()
-    free = mx.device_info().get("free_memory")
-    if free:
-        return float(free) + mx.get_cache_memory()
+    info = mx.device_info()
+    if "free_memory" in info:
+        return float(info["free_memory"]) + mx.get_cache_memory()
     return max(0.0, memory_gb(device) * GB - mx.get_active_memory())
 
 

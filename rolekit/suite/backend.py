@@ -23,15 +23,20 @@ KEEP_FREE_BYTES = 1_000_000_000
 @dataclass(frozen=True)
 class BatchFit:
     """`MlxBackend.fit_batch`'s answer and its grounds: `count` conversations fit in `free_bytes`
-    (device memory not in use after the loaded model), each holding `kv_bytes` of ring KV cache."""
+    (device memory not in use after the loaded model), each holding at most `kv_bytes` of ring KV
+    cache at once."""
 
     count: int
     free_bytes: float
     kv_bytes: int
 
     def describe(self) -> str:
-        """E.g. "61.2 GB; 1.07 GB of KV cache each"."""
-        return f"{self.free_bytes / 1e9:.1f} GB; {self.kv_bytes / 1e9:.2f} GB of KV cache each"
+        """E.g. "61.2 GB free; 1.07 GB of KV cache each"."""
+        return f"{_size(self.free_bytes)} free; {_size(self.kv_bytes)} of KV cache each"
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def fitting(free_bytes: float, each_bytes: int, wanted: int) -> int:
@@ -52,9 +57,10 @@ class Backend(Protocol):
 
     def voice_frames(self, voice: str) -> int | None: ...
 
-    def fit_batch(self, positions: int, wanted: int) -> int:
-        """How many conversations of up to `positions` LM positions (prefill + conversation frames)
-        one engine can run at once: 1 <= answer <= `wanted`."""
+    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+        """How many conversations of a `prefill`-frame prompt and up to `positions` LM positions
+        (prompt + conversation frames) one engine can run at once in `share` of the device's free
+        memory: 1 <= answer <= `wanted`."""
         ...
 
     def start(
@@ -113,21 +119,23 @@ class MlxBackend:
     def voice_frames(self, voice: str) -> int | None:
         return self._voice(voice).frames
 
-    def fit_batch(self, positions: int, wanted: int, share: float = 1.0) -> int:
-        """Conversations of up to `positions` positions whose ring KV caches (`LM.kv_bytes`) fit in
-        `share` (0 < share <= 1: workers sharing a GPU) of the device memory free now, after the
-        loaded model (`precision.free_memory_bytes`), less `KEEP_FREE_FRACTION` of it and
-        `KEEP_FREE_BYTES`: 1 <= answer <= `wanted`. Loads the model first and empties MLX's buffer
-        cache (what loading left there goes back to the device); `last_fit` keeps the answer with
-        its grounds."""
+    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+        """Conversations whose ring KV caches (`LM.kv_bytes`) fit in `share` (0 < share <= 1:
+        workers sharing a GPU) of the device memory free now, after the loaded model
+        (`precision.free_memory_bytes`), less `KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`:
+        1 <= answer <= `wanted`. A conversation holds its rings at `positions` at most, and twice
+        at the size they have after the `prefill`-frame prompt and the warm-up (whose snapshot
+        copies them). Loads the model first and empties MLX's buffer cache (what loading left
+        there goes back to the device); `last_fit` keeps the answer with its grounds."""
         import mlx.core as mx
 
+        from rolekit.engine.warmup import WARMUP_STEPS
         from rolekit.lm.precision import free_memory_bytes
 
         lm = self.bundle.lm
         mx.clear_cache()
         free = free_memory_bytes() * share
-        each = lm.kv_bytes(1, positions)
+        each = max(lm.kv_bytes(1, positions), 2 * lm.kv_bytes(1, prefill + WARMUP_STEPS))
         self.last_fit = BatchFit(fitting(free, each, wanted), free, each)
         return self.last_fit.count
 

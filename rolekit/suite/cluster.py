@@ -255,12 +255,23 @@ class RayCluster:
     def backend(self) -> ClusterBackend:
         """Tokenizer here; voice lengths and model id from the first worker that is ready."""
         if self._backend is None:
-            self._backend = ClusterBackend(self.model, self._ask, memory_share=memory_share(self._plan))
+            self._backend = ClusterBackend(
+                self.model, self._ask, memory_share=memory_share(self._plan), ask_all=self._ask_all
+            )
         return self._backend
 
     def _ask(self, method: str, *args: Any) -> Any:
         slot = self._wait_ready()
         return self.ray.get(getattr(slot.handle, method).remote(*args))
+
+    def _ask_all(self, method: str, *args: Any) -> list[Any]:
+        """The answers of every worker, asked once none is still starting (workers sharing a GPU
+        have then all loaded their model: the free memory one reports is what is really left)."""
+        self._wait_ready()
+        deadline = time.monotonic() + self.options.start_timeout_s
+        while self.starting and time.monotonic() < deadline:
+            self._collect_ready(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        return self.ray.get([getattr(slot.handle, method).remote(*args) for slot in self.idle])
 
     def _wait_ready(self) -> _Slot:
         deadline = time.monotonic() + self.options.start_timeout_s

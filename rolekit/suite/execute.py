@@ -169,42 +169,38 @@ def _run_suite(
 def _batches(
     lengths: list[tuple[int, int]], batch: int, backend: Backend, ls: SuiteListener
 ) -> list[list[int]]:
-    """Runs (by index, in plan order) grouped into consecutive batches of at most `batch` runs and
-    at most `backend.fit_batch` of the batch's positions: its longest prefill (shorter prompts are
-    left-padded to it) plus its longest conversation. `lengths`: per run, (prefill frames,
-    conversation frames at most). The first time memory caps a batch below `batch`, the listener
-    gets a note saying so."""
-    fits: dict[int, tuple[int, str]] = {}  # positions -> (fit_batch's answer, its grounds)
-    noted = False
-    groups: list[list[int]] = []
-    for i in range(len(lengths)):
-        group = groups[-1] if groups else []
-        if not group or len(group) >= batch:
-            groups.append([i])
-            continue
-        positions = _positions([lengths[j] for j in (*group, i)])
-        if positions not in fits:
-            fits[positions] = _fit(backend, positions, batch)
-        fit, why = fits[positions]
-        if len(group) < fit:
-            group.append(i)
-            continue
-        groups.append([i])
-        if not noted and ls.on_note:
-            ls.on_note(
-                f"--jobs {batch}: {fit} conversation{'s' if fit != 1 else ''} of up to {positions} "
-                f"frames fit in the memory left after the model{why}: batches of {fit}"
-            )
-        noted = True
+    """Runs (by index, in plan order) grouped into consecutive batches of at most `batch` runs
+    (`--jobs`), or of as many as `backend.fit_batch` lets one engine hold for the suite's longest
+    prompt and positions (longest prompt + longest script: prompts in a batch are left-padded to
+    its longest), whichever is fewer. `lengths`: per run, (prefill frames, conversation frames at
+    most). Where memory is the limit, the runs are spread over the fewest batches evenly (one or
+    two batch sizes, so few graphs to build) and the listener gets one note saying so."""
+    n = len(lengths)
+    cap = batch
+    if batch > 1 and n > 1:
+        prefill = max(p for p, _ in lengths)
+        positions = _positions(lengths)
+        fit = backend.fit_batch(prefill, positions, min(batch, n))
+        if fit < min(batch, n):
+            cap = fit
+    if cap == batch:
+        return [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+    count = -(-n // cap)  # the fewest batches of at most `cap`
+    sizes = [n // count + (1 if k < n % count else 0) for k in range(count)]
+    if ls.on_note:
+        grounds = getattr(backend, "last_fit", None)
+        why = f" ({grounds.describe()})" if grounds is not None else ""
+        spread = " and ".join(str(x) for x in sorted(set(sizes), reverse=True))
+        ls.on_note(
+            f"--jobs {batch}: {cap} conversation{'s' if cap != 1 else ''} of up to {positions} positions "
+            f"(prompt included) fit in the memory left after the model{why}: {n} runs in batches "
+            f"of {spread}"
+        )
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(list(range(start, start + size)))
+        start += size
     return groups
-
-
-def _fit(backend: Backend, positions: int, batch: int) -> tuple[int, str]:
-    """`backend.fit_batch(positions, batch)` and its grounds for a note, e.g. " (61.2 GB; 1.07 GB
-    of KV cache each)" (from `MlxBackend.last_fit`; "" from a backend without them)."""
-    fit = backend.fit_batch(positions, batch)
-    grounds = getattr(backend, "last_fit", None)
-    return fit, f" ({grounds.describe()})" if grounds is not None else ""
 
 
 def _positions(lengths: list[tuple[int, int]]) -> int:

@@ -82,10 +82,10 @@ class SuiteWorker:
     def voice_frames(self, voice: str) -> int | None:
         return self.backend.voice_frames(voice)
 
-    def fit_batch(self, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
         """`MlxBackend.fit_batch` on this worker's device (its memory free after its model), of which
         this worker may use `share` (workers sharing a GPU: their `--gpus-per-actor`)."""
-        return self.backend.fit_batch(positions, wanted, share)
+        return self.backend.fit_batch(prefill, positions, wanted, share)
 
     def run(
         self, group: list[PreparedRun], whisper: str | None, asr: str | None, transcribe: bool
@@ -116,14 +116,16 @@ class ClusterBackend:
     """The driver's Backend on a cluster: the tokenizer here (persona plans), the model's facts
     (voice lengths, model id) from a worker; `start` never runs on the driver."""
 
-    def __init__(self, model: str, ask: Any, memory_share: float = 1.0) -> None:
-        """`ask(method_name, *args)`: the answer of one ready worker; `memory_share`: the part of a
-        device's free memory each worker may use (workers sharing a GPU: below 1)."""
+    def __init__(self, model: str, ask: Any, memory_share: float = 1.0, ask_all: Any = None) -> None:
+        """`ask(method_name, *args)`: the answer of one ready worker; `ask_all(method_name, *args)`:
+        the answers of every worker once all have started (None: `ask`'s only); `memory_share`: the
+        part of a device's free memory each worker may use (workers sharing a GPU: below 1)."""
         from rolekit.text import Tokenizer, tokenizer_path
 
         self._tokenizer = Tokenizer(tokenizer_path(model))
         self._ask = ask  # ask(method_name, *args) -> the answer of one ready worker
         self.memory_share = memory_share
+        self._ask_all = ask_all or (lambda method, *args: [ask(method, *args)])
         self._frames: dict[str, int | None] = {}
         info = ask("ready")
         self.model_id: str = info["model_id"]
@@ -142,10 +144,12 @@ class ClusterBackend:
             self._frames[voice] = self._ask("voice_frames", voice)
         return self._frames[voice]
 
-    def fit_batch(self, positions: int, wanted: int) -> int:
-        """The answer of one ready worker (`SuiteWorker.fit_batch`): the batches the driver forms
-        fit on that worker's device."""
-        return int(self._ask("fit_batch", positions, wanted, self.memory_share))
+    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+        """The smallest answer of the workers (`SuiteWorker.fit_batch`, each with `memory_share`,
+        asked once all have loaded their model): the batches the driver forms fit on every
+        worker's device. `share` is the workers' own, not the caller's."""
+        answers = self._ask_all("fit_batch", prefill, positions, wanted, self.memory_share)
+        return min(int(a) for a in answers)
 
     def start(
         self, plans: list[PrefillPlan], seeds: list[int], frames: int | None = None

@@ -119,8 +119,8 @@ def test_covers_and_splits():
 
 
 def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
-    """With Blocks.QMM, q4 products of 5..64 rows go to `qmm.qmm`; dense weights, few rows and
-    Blocks.NONE stay on MLX's ops (a stand-in records the calls and returns the reference)."""
+    """With Blocks.QMM, the q4 products `qmm.covers` accepts go to `qmm.qmm`; dense weights, few
+    rows and Blocks.NONE stay on MLX's ops (a stand-in records the calls and returns the reference)."""
     import mlx.nn as nn
 
     from rolekit.nn import fused
@@ -133,7 +133,11 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
         return qmm.reference(x, w, scales, biases, group_size)
 
     monkeypatch.setattr(qmm, "qmm", fake)
-    monkeypatch.setattr(qmm, "covers", lambda rows, n, k, g, bits, dtype: 5 <= rows <= 64 and bits == 4)
+    monkeypatch.setattr(
+        qmm,
+        "covers",
+        lambda rows, n, k, g, bits, dtype: qmm.MIN_ROWS <= rows <= qmm.SERVED_ROWS and bits == 4,
+    )
     lin = nn.Linear(256, 128, bias=False)
     qlin = nn.QuantizedLinear.from_linear(lin, group_size=64, bits=4)
     x = mx.random.normal((8, 1, 256))
@@ -149,9 +153,7 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [5, 16, 33, 64])
-def test_kernel_equals_mlx_quantized_matmul_on_the_gpu(m):
+def _check_against_the_dense_product(m):
     """Against the dense fp32 product of the dequantized 4-bit weights: every group size, one
     split and several, and a row slice of a stacked weight (a multi-linear's step, read in place).
     The kernel is evaluated on its own first, so a launch failure names it, not the oracle."""
@@ -170,3 +172,17 @@ def test_kernel_equals_mlx_quantized_matmul_on_the_gpu(m):
         err = (mx.linalg.norm(ours - ref) / mx.linalg.norm(ref)).item()
         assert err < 1e-2, (m, n, k, gs, qmm.splits(n, k, -(-m // 16)), err)
     assert qmm.splits(128, 256) == 1  # the last shape ran unsplit
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [5, 16])
+def test_kernel_equals_the_dense_product_on_the_gpu_where_it_is_served(m):
+    """The rows `covers` hands the kernel (one 16-row tile)."""
+    _check_against_the_dense_product(m)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [33, 64])
+def test_kernel_equals_the_dense_product_on_the_gpu_past_the_served_rows(m):
+    """3 and 4 tiles (up to MAX_ROWS): `covers` serves them once this passes on a GPU."""
+    _check_against_the_dense_product(m)

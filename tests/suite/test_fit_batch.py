@@ -46,7 +46,7 @@ def test_the_margin_is_a_tenth_of_the_free_memory_and_a_gigabyte():
 
 
 def test_batch_fit_describes_its_grounds():
-    assert BatchFit(48, 61.23e9, 1_073_741_824).describe() == "61.2 GB; 1.07 GB of KV cache each"
+    assert BatchFit(48, 61.23e9, 1_073_741_824).describe() == "61.23 GB free; 1.07 GB of KV cache each"
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +57,36 @@ def tiny_backend():
 
 
 def test_mlx_backend_fits_the_kv_caches_in_the_free_memory(tiny_backend, monkeypatch):
+    from rolekit.engine.warmup import WARMUP_STEPS
+
     lm = tiny_backend.bundle.lm
     positions = 120
-    each = lm.kv_bytes(1, positions)
+    # at most: the rings at `positions`, or twice (the warm-up's snapshot) those after the prompt
+    each = max(lm.kv_bytes(1, positions), 2 * lm.kv_bytes(1, WARMUP_STEPS))
     assert each > 0
     monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(each, 5.5))
-    assert tiny_backend.fit_batch(positions, 64) == 5
+    assert tiny_backend.fit_batch(0, positions, 64) == 5
     assert tiny_backend.last_fit == BatchFit(5, _free_for(each, 5.5), each)
-    assert tiny_backend.fit_batch(positions, 3) == 3
+    assert tiny_backend.fit_batch(0, positions, 3) == 3
     monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 0.0)
-    assert tiny_backend.fit_batch(positions, 64) == 1
+    assert tiny_backend.fit_batch(0, positions, 64) == 1
     assert tiny_backend.last_fit.count == 1 and tiny_backend.last_fit.free_bytes == 0.0
+
+
+def test_the_warm_up_snapshot_counts_twice_where_the_prompt_fills_the_rings(tiny_backend, monkeypatch):
+    """The warm-up snapshots the rings after the prompt (a copy): a conversation whose prompt
+    already fills the rings it ends with holds them twice during the warm-up."""
+    from rolekit.engine.warmup import WARMUP_STEPS
+
+    lm = tiny_backend.bundle.lm
+    monkeypatch.setattr(lm, "ring_floor", 2, raising=False)  # rings that grow within the tiny context
+    positions = lm.context
+    each = lm.kv_bytes(1, positions)
+    assert lm.kv_bytes(1, positions - WARMUP_STEPS) == each  # the prompt alone fills them
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(each, 8.5))
+    assert tiny_backend.fit_batch(positions - WARMUP_STEPS, positions, 64) == 4
+    assert tiny_backend.last_fit.kv_bytes == 2 * each
+    assert tiny_backend.fit_batch(1, positions, 64) == 8  # a short prompt: its small rings twice
 
 
 def test_a_longer_conversation_fits_fewer_times(tiny_backend, monkeypatch):
@@ -76,7 +95,7 @@ def test_a_longer_conversation_fits_fewer_times(tiny_backend, monkeypatch):
     short, long = lm.kv_bytes(1, 1), lm.kv_bytes(1, lm.context)
     assert long > short
     monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(long, 4))
-    assert tiny_backend.fit_batch(lm.context, 64) == 4 < tiny_backend.fit_batch(1, 64)
+    assert tiny_backend.fit_batch(0, lm.context, 64) == 4 < tiny_backend.fit_batch(0, 1, 64)
 
 
 def test_the_cluster_asks_a_worker(monkeypatch):
@@ -89,21 +108,38 @@ def test_the_cluster_asks_a_worker(monkeypatch):
         return getattr(worker, method)(*args)
 
     cluster = ClusterBackend("tiny", ask)
-    assert cluster.fit_batch(200, 8) == worker.fit_batch(200, 8) == 1
-    assert asked[-1] == ("fit_batch", 200, 8, 1.0)
+    assert cluster.fit_batch(50, 200, 8) == worker.fit_batch(50, 200, 8) == 1
+    assert asked[-1] == ("fit_batch", 50, 200, 8, 1.0)
     halves = ClusterBackend("tiny", ask, memory_share=0.5)  # two workers on one GPU
-    halves.fit_batch(200, 8)
-    assert asked[-1] == ("fit_batch", 200, 8, 0.5)
+    halves.fit_batch(50, 200, 8)
+    assert asked[-1] == ("fit_batch", 50, 200, 8, 0.5)
+
+
+def test_the_cluster_takes_the_smallest_answer_of_its_workers(monkeypatch):
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 0.0)
+    worker = SuiteWorker("tiny", False)
+    answers = {"fit_batch": [6, 3, 5]}
+
+    def ask(method, *args):
+        return getattr(worker, method)(*args)
+
+    def ask_all(method, *args):
+        return answers[method]
+
+    assert ClusterBackend("tiny", ask, ask_all=ask_all).fit_batch(50, 200, 8) == 3
 
 
 def test_workers_sharing_a_gpu_fit_their_share(tiny_backend, monkeypatch):
     from rolekit.suite import backend as backend_module
 
     monkeypatch.setattr(backend_module, "KEEP_FREE_BYTES", 0)  # only the fraction: tiny caches
-    each = tiny_backend.bundle.lm.kv_bytes(1, 120)
+    lm = tiny_backend.bundle.lm
+    monkeypatch.setattr(lm, "ring_floor", 2, raising=False)  # the prompt's rings are the smaller
+    each = lm.kv_bytes(1, 120)
+    assert 2 * lm.kv_bytes(1, 4) < each
     monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: 12.5 * each / 0.9)
-    assert tiny_backend.fit_batch(120, 64) == 12
-    assert tiny_backend.fit_batch(120, 64, share=0.5) == 6
+    assert tiny_backend.fit_batch(0, 120, 64) == 12
+    assert tiny_backend.fit_batch(0, 120, 64, share=0.5) == 6
 
 
 class _Fits:
@@ -111,10 +147,10 @@ class _Fits:
 
     def __init__(self, table) -> None:
         self.table = table
-        self.asked: list[tuple[int, int]] = []
+        self.asked: list[tuple[int, int, int]] = []
 
-    def fit_batch(self, positions: int, wanted: int) -> int:
-        self.asked.append((positions, wanted))
+    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+        self.asked.append((prefill, positions, wanted))
         return max(1, min(wanted, self.table(positions)))
 
 
@@ -124,16 +160,29 @@ def test_a_batchs_positions_are_its_longest_prefill_plus_its_longest_conversatio
     assert _positions([(2000, 2000)]) == 3000  # the engine stops at the context
 
 
-def test_batches_follow_plan_order_and_the_fit_of_each_batch():
+@pytest.mark.parametrize(
+    "runs, fit, sizes, spread",
+    [
+        (6, 3, [3, 3], "3"),
+        (7, 3, [3, 2, 2], "3 and 2"),
+        (64, 56, [32, 32], "32"),
+        (65, 56, [33, 32], "33 and 32"),
+        (3, 1, [1, 1, 1], "1"),
+    ],
+)
+def test_capped_batches_are_even_and_in_plan_order(runs, fit, sizes, spread):
     notes: list[str] = []
-    backend = _Fits(lambda positions: 3 if positions <= 150 else 1)
-    lengths = [(100, 50), (100, 50), (100, 50), (100, 50), (300, 50), (100, 50)]
-    groups = _batches(lengths, 4, backend, SuiteListener(on_note=notes.append))
-    assert groups == [[0, 1, 2], [3], [4], [5]]
+    backend = _Fits(lambda positions: fit)
+    lengths = [(100, 50)] * (runs - 1) + [(300, 20)]  # the longest prompt and script set the fit
+    groups = _batches(lengths, 64, backend, SuiteListener(on_note=notes.append))
+    assert [len(g) for g in groups] == sizes
+    assert [i for g in groups for i in g] == list(range(runs))
+    assert backend.asked == [(300, 350, min(64, runs))]  # asked once, for the suite's longest
+    plural = "s" if fit != 1 else ""
     assert notes == [
-        "--jobs 4: 3 conversations of up to 150 frames fit in the memory left after the model: batches of 3"
+        f"--jobs 64: {fit} conversation{plural} of up to 350 positions (prompt included) fit in the memory "
+        f"left after the model: {runs} runs in batches of {spread}"
     ]
-    assert backend.asked == [(150, 4), (350, 4)]  # each batch size asked once (nothing runs meanwhile)
 
 
 def test_batches_without_a_cap_are_slices_of_jobs():
@@ -142,18 +191,23 @@ def test_batches_without_a_cap_are_slices_of_jobs():
     groups = _batches([(100, 50)] * 5, 2, backend, SuiteListener(on_note=notes.append))
     assert groups == [[0, 1], [2, 3], [4]] and notes == []
     assert _batches([(100, 50)] * 3, 1, backend, SuiteListener()) == [[0], [1], [2]]
-    assert backend.asked == [(150, 2)]  # one run per batch: nothing to ask
+    assert _batches([(100, 50)], 8, backend, SuiteListener()) == [[0]]
+    assert backend.asked == [(100, 150, 2)]  # --jobs 1 or a single run: nothing to ask
+    fits_all = _Fits(lambda positions: 3)  # 3 runs that fit under --jobs 8: one batch, no note
+    assert _batches([(100, 50)] * 3, 8, fits_all, SuiteListener(on_note=notes.append)) == [[0, 1, 2]]
+    assert notes == []
 
 
 def test_a_note_carries_the_backends_grounds():
     backend = _Fits(lambda positions: 2)
-    backend.last_fit = BatchFit(2, 61.2e9, 1_070_000_000)
+    backend.last_fit = BatchFit(2, 61.23e9, 1_070_000_000)
     notes: list[str] = []
     _batches([(100, 1080)] * 3, 64, backend, SuiteListener(on_note=notes.append))
     assert notes == [
-        "--jobs 64: 2 conversations of up to 1180 frames fit in the memory left after the model "
-        "(61.2 GB; 1.07 GB of KV cache each): batches of 2"
+        "--jobs 64: 2 conversations of up to 1180 positions (prompt included) fit in the memory left after "
+        "the model (61.23 GB free; 1.07 GB of KV cache each): 3 runs in batches of 2 and 1"
     ]
+    assert BatchFit(1, 2.5e9, 8_400_000).describe() == "2.50 GB free; 8.4 MB of KV cache each"
 
 
 SCENARIO = """persona: shop
@@ -179,11 +233,12 @@ def test_the_suite_splits_batches_that_do_not_fit(project, fake_tts, fake_backen
     outcome = run_suite(runs, backend, options, SuiteListener(on_note=notes.append), synth=fake_tts)
     assert backend.started == [2, 2, 1]
     prepared = prepare_run(runs[0], backend.tokenizer, fake_tts)
-    positions = prepared.plan.frames + prepared.timeline.max_frames()
-    assert set(backend.fit_asked) == {(positions, 4)}
+    prefill = prepared.plan.frames
+    positions = prefill + prepared.timeline.max_frames()
+    assert backend.fit_asked == [(prefill, positions, 4)]
     assert notes == [
-        f"--jobs 4: 2 conversations of up to {positions} frames fit in the memory left after the model: "
-        "batches of 2"
+        f"--jobs 4: 2 conversations of up to {positions} positions (prompt included) fit in the memory "
+        "left after the model: 5 runs in batches of 2 and 1"
     ]
     assert [r["run_id"] for r in outcome.rows] == [f"r{i}" for i in range(5)]
     assert all(r["status"] == "pass" for r in outcome.rows), outcome.rows
