@@ -57,10 +57,12 @@ class Backend(Protocol):
 
     def voice_frames(self, voice: str) -> int | None: ...
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         """How many conversations of a `prefill`-frame prompt and up to `positions` LM positions
         (prompt + conversation frames) one engine can run at once in `share` of the device's free
-        memory: 1 <= answer <= `wanted`."""
+        memory, less `reserve` bytes (models still to load, e.g. Whisper): 1 <= answer <= `wanted`."""
         ...
 
     def start(
@@ -119,10 +121,13 @@ class MlxBackend:
     def voice_frames(self, voice: str) -> int | None:
         return self._voice(voice).frames
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         """Conversations whose ring KV caches (`LM.kv_bytes`) fit in `share` (0 < share <= 1:
         workers sharing a GPU) of the device memory free now, after the loaded model
-        (`precision.free_memory_bytes`), less `KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`:
+        (`precision.free_memory_bytes`), less `reserve` bytes (models still to load, e.g.
+        Whisper), less `KEEP_FREE_FRACTION` of it and `KEEP_FREE_BYTES`:
         1 <= answer <= `wanted`. A conversation holds its rings at `positions` at most, and twice
         at the size they have after the `prefill`-frame prompt and the warm-up (whose snapshot
         copies them). Loads the model first and empties MLX's buffer cache (what loading left
@@ -134,7 +139,7 @@ class MlxBackend:
 
         lm = self.bundle.lm
         mx.clear_cache()
-        free = free_memory_bytes() * share
+        free = max(0.0, free_memory_bytes() * share - reserve)
         each = max(lm.kv_bytes(1, positions), 2 * lm.kv_bytes(1, prefill + WARMUP_STEPS))
         self.last_fit = BatchFit(fitting(free, each, wanted), free, each)
         return self.last_fit.count

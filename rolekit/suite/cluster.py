@@ -22,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +121,14 @@ class _Slot:
 
 
 def memory_share(plan: list[tuple[str, dict[str, float]]]) -> float:
-    """The part of a GPU's free memory each worker of `plan` ((node id, Ray resources) per worker)
-    may fill: its `num_gpus` where workers share a GPU (below 1), else all of it."""
+    """The part of its device's free memory each worker of `plan` ((node id, Ray resources) per
+    worker) may fill: its `num_gpus` where workers share a GPU (below 1); without GPUs, an equal
+    part of the node's RAM among the workers of the most crowded node; else all of it."""
     gpus = max((res.get("num_gpus", 0.0) for _, res in plan), default=0.0)
-    return gpus if 0.0 < gpus < 1.0 else 1.0
+    if gpus > 0.0:
+        return gpus if gpus < 1.0 else 1.0
+    per_node = Counter(node for node, _ in plan)
+    return 1.0 / max(per_node.values(), default=1)
 
 
 class RayCluster:

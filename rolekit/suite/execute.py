@@ -146,7 +146,8 @@ def _run_suite(
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
     track.left = len(prepared)
-    groups = [[prepared[i] for i in g] for g in _batches(lengths, batch, backend, ls)]
+    reserve = _whisper_bytes(whisper_dir)  # Whisper loads after the batches are sized
+    groups = [[prepared[i] for i in g] for g in _batches(lengths, batch, backend, ls, reserve)]
     finish = GroupFinisher(out, whisper_dir, ls, track, options.whisper, options.asr)
     produced = executor(groups, finish) if executor else (_run_group(g, backend, finish) for g in groups)
     t0 = time.perf_counter()
@@ -167,20 +168,21 @@ def _run_suite(
 
 
 def _batches(
-    lengths: list[tuple[int, int]], batch: int, backend: Backend, ls: SuiteListener
+    lengths: list[tuple[int, int]], batch: int, backend: Backend, ls: SuiteListener, reserve: int = 0
 ) -> list[list[int]]:
     """Runs (by index, in plan order) grouped into consecutive batches of at most `batch` runs
     (`--jobs`), or of as many as `backend.fit_batch` lets one engine hold for the suite's longest
     prompt and positions (longest prompt + longest script: prompts in a batch are left-padded to
     its longest), whichever is fewer. `lengths`: per run, (prefill frames, conversation frames at
     most). Where memory is the limit, the runs are spread over the fewest batches evenly (one or
-    two batch sizes, so few graphs to build) and the listener gets one note saying so."""
+    two batch sizes, so few graphs to build) and the listener gets one note saying so. `reserve`:
+    bytes of models the batches' process still loads (the Whisper model that transcribes them)."""
     n = len(lengths)
     cap = batch
     if batch > 1 and n > 1:
         prefill = max(p for p, _ in lengths)
         positions = _positions(lengths)
-        fit = backend.fit_batch(prefill, positions, min(batch, n))
+        fit = backend.fit_batch(prefill, positions, min(batch, n), reserve=reserve)
         if fit < min(batch, n):
             cap = fit
     if cap == batch:
@@ -201,6 +203,14 @@ def _batches(
         groups.append(list(range(start, start + size)))
         start += size
     return groups
+
+
+def _whisper_bytes(model: AsrModel | None) -> int:
+    if model is None:
+        return 0
+    from rolekit.transcribe.whisper import model_bytes
+
+    return model_bytes(model)
 
 
 def _positions(lengths: list[tuple[int, int]]) -> int:

@@ -82,10 +82,12 @@ class SuiteWorker:
     def voice_frames(self, voice: str) -> int | None:
         return self.backend.voice_frames(voice)
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         """`MlxBackend.fit_batch` on this worker's device (its memory free after its model), of which
         this worker may use `share` (workers sharing a GPU: their `--gpus-per-actor`)."""
-        return self.backend.fit_batch(prefill, positions, wanted, share)
+        return self.backend.fit_batch(prefill, positions, wanted, share, reserve)
 
     def run(
         self, group: list[PreparedRun], whisper: str | None, asr: str | None, transcribe: bool
@@ -144,11 +146,13 @@ class ClusterBackend:
             self._frames[voice] = self._ask("voice_frames", voice)
         return self._frames[voice]
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         """The smallest answer of the workers (`SuiteWorker.fit_batch`, each with `memory_share`,
         asked once all have loaded their model): the batches the driver forms fit on every
         worker's device. `share` is the workers' own, not the caller's."""
-        answers = self._ask_all("fit_batch", prefill, positions, wanted, self.memory_share)
+        answers = self._ask_all("fit_batch", prefill, positions, wanted, self.memory_share, reserve)
         return min(int(a) for a in answers)
 
     def start(

@@ -135,7 +135,9 @@ class _NoEngine:
 
         return voice_frames(Path(voice)) if is_voice_file(voice) else 50
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         return wanted
 
     def start(self, plans, seeds, frames=None):

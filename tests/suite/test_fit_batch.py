@@ -73,6 +73,15 @@ def test_mlx_backend_fits_the_kv_caches_in_the_free_memory(tiny_backend, monkeyp
     assert tiny_backend.last_fit.count == 1 and tiny_backend.last_fit.free_bytes == 0.0
 
 
+def test_models_still_to_load_are_kept_out_of_the_budget(tiny_backend, monkeypatch):
+    lm = tiny_backend.bundle.lm
+    each = max(lm.kv_bytes(1, 120), 2 * lm.kv_bytes(1, 4))
+    monkeypatch.setattr(precision, "free_memory_bytes", lambda device=None: _free_for(each, 6.5) + 3 * GB)
+    assert tiny_backend.fit_batch(0, 120, 64) > 6
+    assert tiny_backend.fit_batch(0, 120, 64, reserve=3 * GB) == 6
+    assert tiny_backend.fit_batch(0, 120, 64, reserve=100 * GB) == 1  # nothing left: still one
+
+
 def test_the_warm_up_snapshot_counts_twice_where_the_prompt_fills_the_rings(tiny_backend, monkeypatch):
     """The warm-up snapshots the rings after the prompt (a copy): a conversation whose prompt
     already fills the rings it ends with holds them twice during the warm-up."""
@@ -109,10 +118,10 @@ def test_the_cluster_asks_a_worker(monkeypatch):
 
     cluster = ClusterBackend("tiny", ask)
     assert cluster.fit_batch(50, 200, 8) == worker.fit_batch(50, 200, 8) == 1
-    assert asked[-1] == ("fit_batch", 50, 200, 8, 1.0)
+    assert asked[-1] == ("fit_batch", 50, 200, 8, 1.0, 0)
     halves = ClusterBackend("tiny", ask, memory_share=0.5)  # two workers on one GPU
     halves.fit_batch(50, 200, 8)
-    assert asked[-1] == ("fit_batch", 50, 200, 8, 0.5)
+    assert asked[-1] == ("fit_batch", 50, 200, 8, 0.5, 0)
 
 
 def test_the_cluster_takes_the_smallest_answer_of_its_workers(monkeypatch):
@@ -149,7 +158,9 @@ class _Fits:
         self.table = table
         self.asked: list[tuple[int, int, int]] = []
 
-    def fit_batch(self, prefill: int, positions: int, wanted: int, share: float = 1.0) -> int:
+    def fit_batch(
+        self, prefill: int, positions: int, wanted: int, share: float = 1.0, reserve: int = 0
+    ) -> int:
         self.asked.append((prefill, positions, wanted))
         return max(1, min(wanted, self.table(positions)))
 
@@ -247,10 +258,38 @@ def test_the_suite_splits_batches_that_do_not_fit(project, fake_tts, fake_backen
     assert all(is_complete(project / "transcripts" / "greet" / f"r{i}") for i in range(5))
 
 
+def test_the_suite_keeps_the_whisper_model_out_of_the_budget(
+    project, fake_tts, fake_backend, monkeypatch, tmp_path
+):
+    """Whisper loads after the batches are sized, in the same process: its files' bytes are kept."""
+    from rolekit.transcribe import whisper
+    from rolekit.transcribe.transcript import Transcript
+
+    folder = tmp_path / "whisper"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.bin").write_bytes(b"w" * 3000)
+    (folder / "sub" / "vocab.json").write_bytes(b"v" * 500)
+    monkeypatch.setattr(
+        whisper, "resolve_asr", lambda spec, asr=None: whisper.AsrModel("ct2", folder, "fake")
+    )
+    monkeypatch.setattr(
+        whisper, "transcribe_record", lambda record, model=None, **k: Transcript(model="fake")
+    )
+    (project / "scenarios" / "greet.yaml").write_text(SCENARIO)
+    backend = fake_backend(fit=2)
+    options = SuiteOptions(out=project / "transcripts", transcribe=True, batch=4)
+    outcome = run_suite(plan_suite([project / "scenarios"]), backend, options, synth=fake_tts)
+    assert backend.fit_reserved == [3500] and backend.started == [2, 2, 1]
+    assert len(outcome.rows) == 5
+    assert whisper.model_bytes(whisper.AsrModel("ct2", tmp_path / "none", "x")) == 0
+
+
 def test_workers_sharing_a_gpu_are_given_their_part_of_its_memory():
     from rolekit.suite.cluster import memory_share
 
     assert memory_share([("n1", {"num_gpus": 0.5, "num_cpus": 1.0})] * 2) == 0.5
     assert memory_share([("n1", {"num_gpus": 1.0, "num_cpus": 1.0})]) == 1.0
     assert memory_share([("n1", {"num_gpus": 0.0, "num_cpus": 1.0})]) == 1.0  # CPU workers: RAM
+    cpu = {"num_gpus": 0.0, "num_cpus": 1.0}
+    assert memory_share([("n1", cpu), ("n1", cpu), ("n2", cpu)]) == 0.5  # two share n1's RAM
     assert memory_share([]) == 1.0

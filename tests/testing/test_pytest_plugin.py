@@ -47,7 +47,7 @@ class Backend:
     def voice_frames(self, voice):
         return None
 
-    def fit_batch(self, prefill, positions, wanted, share=1.0):
+    def fit_batch(self, prefill, positions, wanted, share=1.0, reserve=0):
         return wanted
 
     def start(self, plans, seeds, frames=None):
