@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rolekit.errors import DocumentError, ModelError, Problem, RolekitError
-from rolekit.frames import CONTEXT_FRAMES
 from rolekit.record import SessionRecord, is_complete
 from rolekit.report.results import append_result, error_result, run_result
 from rolekit.scenario.timeline import Synthesizer
 from rolekit.session.scripted import run_scripted
 from rolekit.suite.backend import Backend
+from rolekit.suite.batching import plan_batches, whisper_bytes
 from rolekit.suite.lock import suite_lock
 from rolekit.suite.plan import RunSpec
 from rolekit.suite.prepare import PreparedRun, check_context, prefill_frames, prepare_run
@@ -146,8 +146,8 @@ def _run_suite(
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
     track.left = len(prepared)
-    reserve = _whisper_bytes(whisper_dir)  # Whisper loads after the batches are sized
-    groups = [[prepared[i] for i in g] for g in _batches(lengths, batch, backend, ls, reserve)]
+    reserve = whisper_bytes(whisper_dir)  # Whisper loads after the batches are sized
+    groups = [[prepared[i] for i in g] for g in plan_batches(lengths, batch, backend, ls.on_note, reserve)]
     finish = GroupFinisher(out, whisper_dir, ls, track, options.whisper, options.asr)
     produced = executor(groups, finish) if executor else (_run_group(g, backend, finish) for g in groups)
     t0 = time.perf_counter()
@@ -165,58 +165,6 @@ def _run_suite(
         getattr(produced, "close", lambda: None)()  # a cluster executor stops its workers here
     ordered = [rows[s.key] for s in runs if s.key in rows]
     return SuiteOutcome(ordered, skipped=len(runs) - len(todo), transcribed=whisper_dir is not None)
-
-
-def _batches(
-    lengths: list[tuple[int, int]], batch: int, backend: Backend, ls: SuiteListener, reserve: int = 0
-) -> list[list[int]]:
-    """Runs (by index, in plan order) grouped into consecutive batches of at most `batch` runs
-    (`--jobs`), or of as many as `backend.fit_batch` lets one engine hold for the suite's longest
-    prompt and positions (longest prompt + longest script: prompts in a batch are left-padded to
-    its longest), whichever is fewer. `lengths`: per run, (prefill frames, conversation frames at
-    most). Where memory is the limit, the runs are spread over the fewest batches evenly (one or
-    two batch sizes, so few graphs to build) and the listener gets one note saying so. `reserve`:
-    bytes of models the batches' process still loads (the Whisper model that transcribes them)."""
-    n = len(lengths)
-    cap = batch
-    if batch > 1 and n > 1:
-        prefill = max(p for p, _ in lengths)
-        positions = _positions(lengths)
-        fit = backend.fit_batch(prefill, positions, min(batch, n), reserve=reserve)
-        if fit < min(batch, n):
-            cap = fit
-    if cap == batch:
-        return [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-    count = -(-n // cap)  # the fewest batches of at most `cap`
-    sizes = [n // count + (1 if k < n % count else 0) for k in range(count)]
-    if ls.on_note:
-        grounds = getattr(backend, "last_fit", None)
-        why = f" ({grounds.describe()})" if grounds is not None else ""
-        spread = " and ".join(str(x) for x in sorted(set(sizes), reverse=True))
-        ls.on_note(
-            f"--jobs {batch}: {cap} conversation{'s' if cap != 1 else ''} of up to {positions} positions "
-            f"(prompt included) fit in the memory left after the model{why}: {n} runs in batches "
-            f"of {spread}"
-        )
-    groups, start = [], 0
-    for size in sizes:
-        groups.append(list(range(start, start + size)))
-        start += size
-    return groups
-
-
-def _whisper_bytes(model: AsrModel | None) -> int:
-    if model is None:
-        return 0
-    from rolekit.transcribe.whisper import model_bytes
-
-    return model_bytes(model)
-
-
-def _positions(lengths: list[tuple[int, int]]) -> int:
-    """LM positions of one batch of runs of (prefill frames, conversation frames at most); the
-    engine stops a batch at the context (`CONTEXT_FRAMES`)."""
-    return min(CONTEXT_FRAMES, max(p for p, _ in lengths) + max(f for _, f in lengths))
 
 
 def _prepare_all(todo: list[RunSpec], backend: Backend, synth: Synthesizer | None) -> list[PreparedRun]:

@@ -11,7 +11,8 @@ import pytest
 from rolekit.lm import precision
 from rolekit.record import is_complete
 from rolekit.suite.backend import KEEP_FREE_BYTES, KEEP_FREE_FRACTION, BatchFit, MlxBackend, fitting
-from rolekit.suite.execute import SuiteListener, SuiteOptions, _batches, _positions, run_suite
+from rolekit.suite.batching import batch_positions, plan_batches
+from rolekit.suite.execute import SuiteListener, SuiteOptions, run_suite
 from rolekit.suite.plan import plan_suite
 from rolekit.suite.prepare import prepare_run
 from rolekit.suite.worker import ClusterBackend, SuiteWorker
@@ -166,9 +167,9 @@ class _Fits:
 
 
 def test_a_batchs_positions_are_its_longest_prefill_plus_its_longest_conversation():
-    assert _positions([(10, 200), (200, 10)]) == 400  # rows are left-padded to the longest prefill
-    assert _positions([(100, 50)]) == 150
-    assert _positions([(2000, 2000)]) == 3000  # the engine stops at the context
+    assert batch_positions([(10, 200), (200, 10)]) == 400  # rows are left-padded to the longest prefill
+    assert batch_positions([(100, 50)]) == 150
+    assert batch_positions([(2000, 2000)]) == 3000  # the engine stops at the context
 
 
 @pytest.mark.parametrize(
@@ -185,7 +186,7 @@ def test_capped_batches_are_even_and_in_plan_order(runs, fit, sizes, spread):
     notes: list[str] = []
     backend = _Fits(lambda positions: fit)
     lengths = [(100, 50)] * (runs - 1) + [(300, 20)]  # the longest prompt and script set the fit
-    groups = _batches(lengths, 64, backend, SuiteListener(on_note=notes.append))
+    groups = plan_batches(lengths, 64, backend, notes.append)
     assert [len(g) for g in groups] == sizes
     assert [i for g in groups for i in g] == list(range(runs))
     assert backend.asked == [(300, 350, min(64, runs))]  # asked once, for the suite's longest
@@ -199,13 +200,13 @@ def test_capped_batches_are_even_and_in_plan_order(runs, fit, sizes, spread):
 def test_batches_without_a_cap_are_slices_of_jobs():
     notes: list[str] = []
     backend = _Fits(lambda positions: 64)
-    groups = _batches([(100, 50)] * 5, 2, backend, SuiteListener(on_note=notes.append))
+    groups = plan_batches([(100, 50)] * 5, 2, backend, notes.append)
     assert groups == [[0, 1], [2, 3], [4]] and notes == []
-    assert _batches([(100, 50)] * 3, 1, backend, SuiteListener()) == [[0], [1], [2]]
-    assert _batches([(100, 50)], 8, backend, SuiteListener()) == [[0]]
+    assert plan_batches([(100, 50)] * 3, 1, backend) == [[0], [1], [2]]
+    assert plan_batches([(100, 50)], 8, backend) == [[0]]
     assert backend.asked == [(100, 150, 2)]  # --jobs 1 or a single run: nothing to ask
     fits_all = _Fits(lambda positions: 3)  # 3 runs that fit under --jobs 8: one batch, no note
-    assert _batches([(100, 50)] * 3, 8, fits_all, SuiteListener(on_note=notes.append)) == [[0, 1, 2]]
+    assert plan_batches([(100, 50)] * 3, 8, fits_all, notes.append) == [[0, 1, 2]]
     assert notes == []
 
 
@@ -213,7 +214,7 @@ def test_a_note_carries_the_backends_grounds():
     backend = _Fits(lambda positions: 2)
     backend.last_fit = BatchFit(2, 61.23e9, 1_070_000_000)
     notes: list[str] = []
-    _batches([(100, 1080)] * 3, 64, backend, SuiteListener(on_note=notes.append))
+    plan_batches([(100, 1080)] * 3, 64, backend, notes.append)
     assert notes == [
         "--jobs 64: 2 conversations of up to 1180 positions (prompt included) fit in the memory left after "
         "the model (61.23 GB free; 1.07 GB of KV cache each): 3 runs in batches of 2 and 1"
