@@ -114,3 +114,16 @@ def _check_files(folder: Path, patterns: list[str] | None, spec: str) -> None:
 def download_file(spec: str, filename: str) -> Path:
     """One file of a model folder or HF repo (e.g. the tokenizer), fetched alone when remote."""
     return resolve_model(spec, [filename]) / filename
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under `path` (0 when it does not exist; files that vanish or cannot be
+    read while it is walked count as 0)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += (Path(root) / f).stat().st_size
+            except OSError:
+                pass
+    return total

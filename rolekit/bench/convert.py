@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rolekit.errors import ConfigError
+from rolekit.hub import folder_size
 from rolekit.randlm import lm_config
 
 
@@ -59,7 +60,7 @@ def time_convert(src: Path, dst: Path, bits: int) -> dict[str, Any]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
-    out_gb = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file()) / 1e9 if dst.exists() else 0.0
+    out_gb = folder_size(dst) / 1e9
     result: dict[str, Any] = {
         "bits": bits,
         "seconds": round(seconds, 1),

@@ -22,7 +22,6 @@ from typing import Any
 
 from rolekit.doctor.probes import (
     compile_cuda_kernel,
-    folder_size,
     gemm_gflops,
     hub_reachable,
     kernel_cache_dir,
@@ -243,7 +242,7 @@ def check_whisper(accelerated: bool | None = None) -> Check:
 
 
 def check_caches() -> Check:
-    from rolekit.hub import rolekit_cache
+    from rolekit.hub import folder_size, rolekit_cache
 
     root = rolekit_cache()
     parts = {name: root / name for name in ("prefill", "models", "whisper", "tts", "voices")}

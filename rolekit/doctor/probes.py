@@ -67,17 +67,6 @@ def gemm_gflops(openblas: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def folder_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += (Path(root) / f).stat().st_size
-            except OSError:
-                pass
-    return total
-
-
 def kernel_cache_dir() -> Path:
     """MLX's CUDA JIT cache: $MLX_PTX_CACHE_DIR, else <tmp>/mlx/<version>/ptx."""
     if os.environ.get("MLX_PTX_CACHE_DIR"):

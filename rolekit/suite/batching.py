@@ -4,13 +4,9 @@ the memory left after the model (`Backend.fit_batch`), spread evenly where memor
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rolekit.frames import CONTEXT_FRAMES
 from rolekit.suite.backend import Backend
-
-if TYPE_CHECKING:
-    from rolekit.transcribe.whisper import AsrModel
 
 
 def plan_batches(
@@ -59,12 +55,3 @@ def batch_positions(lengths: list[tuple[int, int]]) -> int:
     """LM positions of one batch of runs of (prefill frames, conversation frames at most); the
     engine stops a batch at the context (`CONTEXT_FRAMES`)."""
     return min(CONTEXT_FRAMES, max(p for p, _ in lengths) + max(f for _, f in lengths))
-
-
-def whisper_bytes(model: AsrModel | None) -> int:
-    """Bytes the Whisper model `model` takes once loaded (its files); 0 without one."""
-    if model is None:
-        return 0
-    from rolekit.transcribe.whisper import model_bytes
-
-    return model_bytes(model)

@@ -126,7 +126,7 @@ def memory_share(plan: list[tuple[str, dict[str, float]]]) -> float:
     part of the node's RAM among the workers of the most crowded node; else all of it."""
     gpus = max((res.get("num_gpus", 0.0) for _, res in plan), default=0.0)
     if gpus > 0.0:
-        return gpus if gpus < 1.0 else 1.0
+        return min(gpus, 1.0)
     per_node = Counter(node for node, _ in plan)
     return 1.0 / max(per_node.values(), default=1)
 

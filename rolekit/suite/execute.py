@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rolekit.errors import DocumentError, ModelError, Problem, RolekitError
+from rolekit.hub import folder_size
 from rolekit.record import SessionRecord, is_complete
 from rolekit.report.results import append_result, error_result, run_result
 from rolekit.scenario.timeline import Synthesizer
 from rolekit.session.scripted import run_scripted
 from rolekit.suite.backend import Backend
-from rolekit.suite.batching import plan_batches, whisper_bytes
+from rolekit.suite.batching import plan_batches
 from rolekit.suite.lock import suite_lock
 from rolekit.suite.plan import RunSpec
 from rolekit.suite.prepare import PreparedRun, check_context, prefill_frames, prepare_run
@@ -146,7 +147,7 @@ def _run_suite(
         ls.on_plan(len(todo), len(runs) - len(todo))
     batch = max(1, options.batch)
     track.left = len(prepared)
-    reserve = whisper_bytes(whisper_dir)  # Whisper loads after the batches are sized
+    reserve = 0 if whisper_dir is None else folder_size(whisper_dir.folder)  # Whisper loads later
     groups = [[prepared[i] for i in g] for g in plan_batches(lengths, batch, backend, ls.on_note, reserve)]
     finish = GroupFinisher(out, whisper_dir, ls, track, options.whisper, options.asr)
     produced = executor(groups, finish) if executor else (_run_group(g, backend, finish) for g in groups)

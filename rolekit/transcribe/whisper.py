@@ -119,11 +119,6 @@ class AsrModel:
     name: str  # what the transcript records as its model (the spec, or the folder)
 
 
-def model_bytes(model: AsrModel) -> int:
-    """Bytes of the files in the model's folder: about what loading it takes (its weights)."""
-    return sum(f.stat().st_size for f in model.folder.rglob("*") if f.is_file())
-
-
 def accelerated_mlx() -> bool:
     """Whether MLX runs on a GPU here (Apple Silicon's Metal, or CUDA), where mlx-whisper is fast."""
     if sys.platform == "darwin" and platform.machine() == "arm64":
