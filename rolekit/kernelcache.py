@@ -1,10 +1,11 @@
 """Where compiled GPU kernels are kept between processes: under `$ROLEKIT_CACHE/kernels` by default.
 
-MLX writes the PTX it compiles with NVRTC to `MLX_PTX_CACHE_DIR`, and the CUDA driver keeps the
+MLX writes the kernels it compiles with NVRTC to `MLX_PTX_CACHE_DIR`, the CUDA driver keeps the
 machine code it builds from PTX in `CUDA_CACHE_PATH` (256 MB by default, too small for a model's
-kernels: `CUDA_CACHE_MAXSIZE`). Both are read when MLX first initializes CUDA, so
-`configure_kernel_caches` must run before mlx is imported (the CLI does it first). Variables the
-user already set win. No mlx here.
+kernels: `CUDA_CACHE_MAXSIZE`), and rolekit keeps its own kernels' cubins in `kernels/rolekit`
+(`nn.cubins`). MLX and the driver read their variables when MLX first initializes CUDA, so
+`configure_kernel_caches` must run before mlx is imported: importing `rolekit` does it (and the
+CLI again, first). Variables the user already set win. No mlx here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 from rolekit.hub import rolekit_cache
+from rolekit.nn import cubins
 
 CUDA_CACHE_BYTES = 4 << 30
 
@@ -22,8 +24,15 @@ def kernel_cache_dirs() -> dict[str, Path]:
     return {"MLX_PTX_CACHE_DIR": root / "mlx-ptx", "CUDA_CACHE_PATH": root / "cuda"}
 
 
-def configure_kernel_caches() -> dict[str, str]:
-    """Set (unless already set) the kernel cache variables; returns the values in effect."""
+def cubin_dir() -> Path:
+    """rolekit's own compiled kernels (`nn.cubins`)."""
+    return rolekit_cache() / "kernels" / "rolekit"
+
+
+def configure_kernel_caches(create: bool = True) -> dict[str, str]:
+    """Set (unless already set) the kernel cache variables and rolekit's cubin folder; returns the
+    values in effect (the cubin folder as `rolekit`). `create`: make MLX's and the driver's
+    folders now (each cache also makes its own folder when it first writes)."""
     out = {}
     for name, path in kernel_cache_dirs().items():
         if not os.environ.get(name):
@@ -31,9 +40,11 @@ def configure_kernel_caches() -> dict[str, str]:
         out[name] = os.environ[name]
     os.environ.setdefault("CUDA_CACHE_MAXSIZE", str(CUDA_CACHE_BYTES))
     out["CUDA_CACHE_MAXSIZE"] = os.environ["CUDA_CACHE_MAXSIZE"]
-    for name in kernel_cache_dirs():
+    for name in kernel_cache_dirs() if create else ():
         try:
             Path(out[name]).mkdir(parents=True, exist_ok=True)
         except OSError:  # a read-only cache: the driver and MLX then compile in memory
             pass
+    cubins.use_folder(cubin_dir())
+    out["rolekit"] = str(cubin_dir())
     return out

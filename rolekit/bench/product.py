@@ -94,6 +94,8 @@ def bench_product(
         "prefill_ms": round(prefill_ms, 1),
         "warmup_steps_ms": [round(ms, 1) for ms in warm.steps_ms],
         "warmup_graphs": warm.graphs,
+        "warmup_graphs_s": round(warm.graphs_ms / 1000.0, 2),
+        "rolekit_kernels": warm.kernels,
         "step": stats,
         "rtf": round(stats["median"] / 80.0, 4),
         "first_steps_ms": [round(ms, 1) for ms in samples[:3]],

@@ -156,15 +156,21 @@ def warm(engine: Any, quiet: bool = False, frames: int | None = None) -> Any:
     console = Console(stderr=True, highlight=False)
     if quiet:
         return warmup(engine, frames=frames)
-    where = os.environ.get("MLX_PTX_CACHE_DIR", "")
+    where = os.path.dirname(os.environ.get("MLX_PTX_CACHE_DIR", "").rstrip("/"))
     with console.status(
         f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps, then the step graphs "
         f"of a longer conversation; kernels cached in {where})"
     ):
         result = warmup(engine, frames=frames)
     steps = ", ".join(f"{ms:.0f}" for ms in result.steps_ms)
+    k = result.kernels
+    built = (
+        f"; rolekit kernels: {k['compiled']:.0f} compiled in {k['compile_s']:.1f} s, {k['read']:.0f} from the cache"
+        if k.get("compiled") or k.get("read")
+        else ""
+    )
     console.print(
         f"[dim]warm-up: {result.seconds:.1f} s (steps {steps} ms; {result.graphs} more step graphs "
-        f"in {result.graphs_ms / 1000.0:.1f} s)[/]"
+        f"in {result.graphs_ms / 1000.0:.1f} s{built})[/]"
     )
     return result

@@ -59,6 +59,7 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
     from rolekit import models
     from rolekit.engine.engine import Engine
     from rolekit.frames import FRAME_SAMPLES
+    from rolekit.kernelcache import cubin_dir
     from rolekit.lm.precision import device_kind
     from rolekit.lm.sampling import SamplingParams
     from rolekit.persona.compile import compile_persona
@@ -94,5 +95,9 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
         "warmup_s": round(warm.seconds, 2),
         "steps_ms": steps_ms,
         "prefill_to_first_step_s": round(warm.seconds + steps_ms[0] / 1000.0, 2),
-        "kernel_caches": {k: os.environ.get(k, "") for k in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")},
+        "rolekit_kernels": warm.kernels,
+        "kernel_caches": {
+            **{k: os.environ.get(k, "") for k in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")},
+            "rolekit": str(cubin_dir()),
+        },
     }

@@ -131,6 +131,25 @@ class CompiledMimi:
         self._prepared.add(batch)
         return 2
 
+    def build_lazily(self, batch: int, codebooks: int) -> None:
+        """Build, never evaluate, every step a stream of `batch` runs (decoding `codebooks`), on
+        scratch carries and uncompiled: inside `nn.cuda.compiling_ahead` this compiles the CUDA
+        kernels those steps launch. No trace is cached, no state changes."""
+        enc_shapes, dec_shapes = self._carry_shapes(batch)
+        scratch = lambda shapes: {k: mx.zeros(s, dtype=mx.float32) for k, s in shapes.items()}  # noqa: E731
+        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
+        codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
+        if self._use_kernels(batch):
+            self.kernels.encode(x, scratch(enc_shapes), 0)  # type: ignore[union-attr]
+            self.kernels.decode(codes, scratch(dec_shapes), 0)  # type: ignore[union-attr]
+            return
+        traces = self.traces
+        for full in (False, True):
+            off = mx.array(self.cfg.context if full else 0, dtype=mx.int32)
+            self._encode_impl(x, scratch(enc_shapes), off, full)
+            self._decode_impl(codes, scratch(dec_shapes), off, full)
+        self.traces = traces  # built, not traced
+
     def _use_kernels(self, batch: int) -> bool:
         """The one-kernel steps serve this batch (`Kernels.mimi`, CUDA, supported)."""
         if self.kernels is None:

@@ -28,6 +28,7 @@ from rolekit.doctor.probes import (
     mlx_backend,
     nvidia_driver,
 )
+from rolekit.kernelcache import cubin_dir
 
 COMMANDS = ("demo", "run", "test", "live", "transcribe")
 SCRIPTED = ("demo", "run", "test")  # every command that speaks scripted user lines
@@ -246,7 +247,8 @@ def check_caches() -> Check:
 
     root = rolekit_cache()
     parts = {name: root / name for name in ("prefill", "models", "whisper", "tts", "voices")}
-    parts["kernels"] = kernel_cache_dir()
+    parts["kernels"] = kernel_cache_dir()  # MLX's
+    parts["rolekit-kernels"] = cubin_dir()
     sizes = {name: folder_size(p) if p.is_dir() else 0 for name, p in parts.items()}
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -278,15 +280,15 @@ def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel) -> Check:
     except Exception as exc:  # NVRTC / driver errors arrive as RuntimeError or ValueError
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         fix = (
-            "install the CUDA toolkit headers matching the driver and set CUDA_HOME "
-            "(NVRTC compiles rolekit's kernels at run time)"
+            "install rolekit's cuda extra (NVRTC and CUDA's headers), or the CUDA toolkit matching "
+            "the driver with CUDA_HOME set: NVRTC compiles rolekit's kernels at run time"
         )
         return Check("cuda-kernels", "fail", f"a custom kernel does not compile: {msg}", fix, needs)
     ms = (time.perf_counter() - t0) * 1000
     return Check(
         "cuda-kernels",
         "ok",
-        f"a custom kernel compiled and ran ({ms:.0f} ms, cache {kernel_cache_dir()})",
+        f"a rolekit kernel compiled and ran ({ms:.0f} ms, cache {cubin_dir()})",
         None,
         needs,
         {"ms": round(ms, 1)},

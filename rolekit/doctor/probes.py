@@ -82,20 +82,22 @@ def kernel_cache_dir() -> Path:
 
 _KERNEL_SOURCE = """
     unsigned int i = threadIdx.x + blockIdx.x * blockDim.x;
-    if (i < x_shape[0]) { out[i] = 2.0f * x[i] + 1.0f; }
+    if (i < N) { out[i] = 2.0f * x[i] + 1.0f; }
 """
 
 
 def compile_cuda_kernel() -> None:
-    """Compile and run one custom kernel through mx.fast.cuda_kernel (NVRTC), checked against MLX's ops."""
+    """Compile (NVRTC, or rolekit's kernel cache) and run one kernel the way rolekit builds its
+    own (`nn.cuda.build_kernel`), checked against MLX's ops."""
     import mlx.core as mx
 
-    kernel = mx.fast.cuda_kernel(
-        name="rolekit_doctor_axpb", input_names=["x"], output_names=["out"], source=_KERNEL_SOURCE
-    )
+    from rolekit.nn.cuda import build_kernel
+
+    kernel = build_kernel("doctor_axpb", ["x"], ["out"], _KERNEL_SOURCE)
     x = mx.arange(256, dtype=mx.float32)
     (out,) = kernel(
         inputs=[x],
+        template=[("N", x.size)],
         grid=(256, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=[x.shape],

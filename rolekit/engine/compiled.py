@@ -92,6 +92,20 @@ class CompiledStep(EagerStep):
                 out.append((pos, cap, shape))
         return out
 
+    def build_lazily(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
+        """Build, never evaluate, the uncompiled step of every graph `upcoming(lm_cache, horizon)`
+        runs, on scratch rings that are never allocated: inside `nn.cuda.compiling_ahead` this
+        compiles each CUDA kernel those graphs launch. No trace is cached; nothing of the caller's
+        state changes. `args` as `prepare` takes them. Returns the graphs built."""
+        ring = lm_cache.rings[0].keys
+        b, h, _, d = ring.shape
+        start = self._start_array(lm_cache.start)
+        shapes = self.upcoming(lm_cache, horizon)
+        for pos, cap, shape in shapes:
+            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(2 * len(lm_cache.rings))]
+            S.lm_step(self.constants, shape, *args, mx.array(pos, dtype=mx.int32), start, *kv)
+        return len(shapes)
+
     def prepare(
         self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, budget: int | None
     ) -> int:

@@ -21,7 +21,7 @@ bytes in flight per warp, across row boundaries, with no registers held), each l
 its own 16 bytes against a swizzled, bank-conflict-free copy of the stage input and precomputed
 chunk sums (the bias term); dense weights, or `stages=0`, use `nn.grid.rows_dense` / `rows_quant`.
 Before each barrier the grid asks L2 for the first wave of rows of the next product. 512 threads a
-block under launch bounds (`nn.grid.launch_bounds`, 128 registers a thread). The step's position
+block under launch bounds (`CudaKernel.threads`, 128 registers a thread). The step's position
 and the rows' padding are read once per block into shared memory: MLX's CUDA backend keeps an
 array of 8 bytes or less in host memory that the GPU reads over the bus, so each read crosses it.
 

@@ -1,15 +1,24 @@
-"""The CUDA device as rolekit's own kernels (`mx.fast.cuda_kernel`) see it: present, its SMs and shared
-memory; the device code of `<package>/device/` and the shared header set every kernel includes;
-`build_kernel`, the one place a kernel is named and built. Which kernels run is `nn.kernels.Kernels`."""
+"""The CUDA device as rolekit's own kernels see it: present, its SMs, shared memory and architecture;
+the device code of `<package>/device/` and the shared header set every kernel includes;
+`CudaKernel` (built by `build_kernel`, the one place a kernel is named and built): a kernel's
+translation unit, compiled once per source and device (`nn.cubins`, `nn.nvrtc`) and launched with
+`mx.fast.precompiled_cuda_kernel`. Which kernels run is `nn.kernels.Kernels`."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 import mlx.core as mx
+
+from rolekit.nn import cubins
 
 
 @lru_cache(maxsize=1)
@@ -47,9 +56,18 @@ def shared_optin() -> int | None:
     return _attribute(97)  # CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
 
 
+@lru_cache(maxsize=1)
+def arch() -> str:
+    """NVRTC's target for CUDA device 0, from its compute capability ("sm_90" on an H100 or H200).
+    Raises RuntimeError without a device."""
+    major = _attribute(75)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    if major is None:
+        raise RuntimeError("no CUDA device: rolekit's CUDA kernels cannot be compiled for one")
+    return f"sm_{major}{_attribute(76) or 0}"  # ..._MINOR (0 reads as None)
+
+
 def source_tag(source: str) -> str:
-    """12 hex digits of a kernel source for its name: MLX caches compiled kernels by name (and
-    template values), so two sources must never share one."""
+    """12 hex digits of a kernel source for its name: two sources never share a kernel name."""
     return hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
@@ -71,19 +89,167 @@ def shared_header() -> str:
     return "".join(device_code("rolekit.nn", name) for name in SHARED_DEVICE_CODE)
 
 
+# What every kernel's translation unit starts with: CUDA's own types (MLX's custom-kernel prelude
+# offered the same), `cg` for cooperative groups, INFINITY without <cmath>.
+PRELUDE = """#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda/std/cstdint>
+#include <cuda/std/limits>
+#include <cooperative_groups.h>
+using cuda::std::int32_t; using cuda::std::uint32_t; using cuda::std::int64_t;
+using cuda::std::uint64_t; using cuda::std::int8_t; using cuda::std::uint8_t;
+namespace cg = cooperative_groups;
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+"""
+
+# the CUDA type of each MLX dtype a kernel argument may have
+CUDA_TYPES = {
+    mx.float32: "float",
+    mx.float16: "__half",
+    mx.bfloat16: "__nv_bfloat16",
+    mx.int32: "int32_t",
+    mx.uint32: "uint32_t",
+    mx.int64: "int64_t",
+    mx.uint64: "uint64_t",
+    mx.int8: "int8_t",
+    mx.uint8: "uint8_t",
+    mx.bool_: "bool",
+}
+
+Template = Sequence[tuple[str, "int | bool | mx.Dtype"]]
+
+
+@dataclass(frozen=True)
+class CudaKernel:
+    """One rolekit kernel: the body `source` of a `__global__` function whose arguments are the
+    row-contiguous `inputs` (`const T*`, in order) then the `outputs` (`T*`), after the shared
+    header set and `header`. Template values become constants at the top of the body (`int`,
+    `bool`, or a type alias for a dtype). `threads`: launch bounds (a block of at most that many
+    threads; without them NVRTC may give a thread 255 registers, capping a block at 256
+    threads); `shared_memory`: dynamic shared memory in bytes (MLX raises the block's limit past
+    48000).
+
+    Called like the function `mx.fast.cuda_kernel` returns (inputs, output shapes and dtypes,
+    grid in threads, threadgroup, template, init_value), it compiles the source for this GPU once
+    per process and cache folder (`nn.cubins`) and launches the cubin through
+    `mx.fast.precompiled_cuda_kernel`."""
+
+    family: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    source: str
+    header: str = ""
+    threads: int = 0
+    shared_memory: int = 0
+
+    @property
+    def name(self) -> str:
+        """`rolekit_<family>_<source_tag of the header set and body>`."""
+        return f"rolekit_{self.family}_{source_tag(shared_header() + self.header + self.source)}"
+
+    def translation_unit(
+        self, input_dtypes: Sequence[mx.Dtype], output_dtypes: Sequence[mx.Dtype], template: Template = ()
+    ) -> str:
+        """The full source NVRTC compiles for one launch's dtypes and template values."""
+        params = [f"    const {CUDA_TYPES[d]}* {n}" for n, d in zip(self.inputs, input_dtypes, strict=True)]
+        params += [f"    {CUDA_TYPES[d]}* {n}" for n, d in zip(self.outputs, output_dtypes, strict=True)]
+        consts = []
+        for key, value in template:
+            if isinstance(value, bool):
+                consts.append(f"  constexpr bool {key} = {'true' if value else 'false'};\n")
+            elif isinstance(value, int):
+                consts.append(f"  constexpr int {key} = {value};\n")
+            else:
+                consts.append(f"  using {key} = {CUDA_TYPES[value]};\n")
+        bounds = f" __launch_bounds__({self.threads})" if self.threads else ""
+        return (
+            PRELUDE
+            + shared_header()
+            + self.header
+            + f'\nextern "C" __global__ void{bounds} {self.name}(\n'
+            + ",\n".join(params)
+            + ") {\n"
+            + "".join(consts)
+            + self.source
+            + "\n}\n"
+        )
+
+    def __call__(
+        self,
+        *,
+        inputs: Sequence[mx.array],
+        output_shapes: Sequence[Sequence[int]],
+        output_dtypes: Sequence[mx.Dtype],
+        grid: tuple[int, int, int],
+        threadgroup: tuple[int, int, int],
+        template: Template = (),
+        init_value: float | None = None,
+    ) -> list[mx.array]:
+        source = self.translation_unit([a.dtype for a in inputs], output_dtypes, template)
+        ahead = _AHEAD.get()
+        if ahead is not None:  # building ahead: compile in the background, answer with placeholders
+            ahead.submit(source, self.name)
+            return [mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
+        binary = cubins.CACHE.get(source, self.name, arch())
+        return mx.fast.precompiled_cuda_kernel(
+            name=self.name,
+            compiled_source=binary,
+            inputs=list(inputs),
+            output_shapes=[tuple(s) for s in output_shapes],
+            output_dtypes=list(output_dtypes),
+            scalars=[],
+            grid=grid,
+            threadgroup=threadgroup,
+            shared_memory=self.shared_memory,
+            init_value=init_value,
+            ensure_row_contiguous=True,
+        )
+
+
 def build_kernel(
-    family: str, inputs: list[str], outputs: list[str], source: str, header: str = "", **options: Any
-) -> Any:
-    """`mx.fast.cuda_kernel` of one rolekit kernel: `header` after the shared header set, the body
-    `source`, row-contiguous inputs, named `rolekit_<family>_<source_tag of header and body>` (MLX
-    caches compiled kernels by name and template values). `options`: `shared_memory` etc."""
-    full = shared_header() + header
-    return mx.fast.cuda_kernel(
-        name=f"rolekit_{family}_{source_tag(full + source)}",
-        input_names=list(inputs),
-        output_names=list(outputs),
-        source=source,
-        header=full,
-        ensure_row_contiguous=True,
-        **options,
-    )
+    family: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    source: str,
+    header: str = "",
+    threads: int = 0,
+    shared_memory: int = 0,
+) -> CudaKernel:
+    """The one place a rolekit kernel is named and built (`CudaKernel`)."""
+    return CudaKernel(family, tuple(inputs), tuple(outputs), source, header, threads, shared_memory)
+
+
+class _Ahead:
+    """The translation units launched inside `compiling_ahead`, each compiling in `pool`."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+        self.futures: dict[str, Future[bytes]] = {}
+
+    def submit(self, source: str, name: str) -> None:
+        if source not in self.futures:
+            self.futures[source] = self.pool.submit(cubins.CACHE.get, source, name, arch())
+
+
+_AHEAD: ContextVar[_Ahead | None] = ContextVar("rolekit_cuda_ahead", default=None)
+
+
+@contextmanager
+def compiling_ahead(workers: int | None = None) -> Iterator[_Ahead]:
+    """Inside the block a `CudaKernel` call does not launch: its translation unit starts compiling
+    (or loading from the kernel cache) in one of `workers` threads (default: the CPU count, at most
+    16) and the call returns zeros of the output shapes, to be built on lazily and never
+    evaluated. On leaving, the block waits for every compile; a source that fails to compile is
+    left for the real launch to report. Build only throwaway graphs inside (placeholders are not
+    results)."""
+    pool = ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1))
+    ahead = _Ahead(pool)
+    token = _AHEAD.set(ahead)
+    try:
+        yield ahead
+    finally:
+        _AHEAD.reset(token)
+        wait(list(ahead.futures.values()))
+        pool.shutdown()

@@ -13,7 +13,7 @@ The device code is `device/grid.cuh`, part of the shared header set (`nn.cuda.sh
 in place on request, swizzled on request), `rows_dense` / `rows_quant` (one warp per output row,
 an epilogue functor per value; `_pairs`: two rows per warp at a time), `rows_async` (q4 / q8 rows
 streamed through a per-warp ring of cp.async slots in shared memory, against a swizzled input and
-its `chunk_sums`), `prefetch_l2`. `launch_bounds` gives a kernel more than 256 threads a block.
+its `chunk_sums`), `prefetch_l2`.
 """
 
 from __future__ import annotations
@@ -113,14 +113,6 @@ def mat_ok(m: Mat) -> bool:
     return m.bits in (4, 8) and m.group in (32, 64, 128) and m.w.dtype == mx.uint32
 
 
-def launch_bounds(threads: int) -> str:
-    """A header line that gives the kernel defined after it `__launch_bounds__(threads)`: MLX's
-    `cuda_kernel` writes the signature itself, and without bounds NVRTC may give a thread up to 255
-    registers, which caps a block at 256 threads (65536 registers an SM). With the bounds, ptxas
-    keeps a thread within 65536 / threads registers (spilling if it must)."""
-    return f"#undef __global__\n#define __global__ __attribute__((global)) __launch_bounds__({threads})\n"
-
-
 @cache
 def persistent_kernel(
     kind: str,
@@ -131,9 +123,7 @@ def persistent_kernel(
     threads: int,
     smem: int,
 ) -> Any:
-    """The `mx.fast.cuda_kernel` of a persistent kernel (built once per distinct arguments): its own
-    `header` after the shared header set (`nn.cuda.build_kernel`), `threads` a block under launch
-    bounds, `smem` bytes of dynamic shared memory."""
-    return build_kernel(
-        kind, list(names), list(outputs), source, header + launch_bounds(threads), shared_memory=smem
-    )
+    """The `nn.cuda.CudaKernel` of a persistent kernel (built once per distinct arguments): its own
+    `header` after the shared header set, `threads` a block under launch bounds, `smem` bytes of
+    dynamic shared memory."""
+    return build_kernel(kind, names, outputs, source, header, threads=threads, shared_memory=smem)

@@ -168,15 +168,6 @@ def test_source_with_the_weight_pipeline():
     assert "constexpr int SLOTS = 0;" in plain and "constexpr bool SWZ = false;" in plain
 
 
-def test_launch_bounds_header():
-    from rolekit.nn.grid import launch_bounds
-
-    assert launch_bounds(512).splitlines() == [
-        "#undef __global__",
-        "#define __global__ __attribute__((global)) __launch_bounds__(512)",
-    ]
-
-
 def test_rope_table_rotates_as_mlx_rope():
     """cos / sin of the table applied to interleaved pairs give mx.fast.rope at each row's position."""
     pos, start = mx.array(37, dtype=mx.int32), mx.array([0, 5, 36], dtype=mx.int32)

@@ -1,8 +1,8 @@
 """Every CUDA kernel rolekit's launchers generate compiles with NVRTC for sm_90 (an H100), here on a
 machine without a GPU: the launches of tiny engines (every kernel family, dense / bf16 / q4 / q8
 weights, 1-2 rows, each policy that selects a different kernel) and of the full-size Mimi are
-captured at `mx.fast.cuda_kernel` and compiled as MLX's CUDA backend would compile them, once per
-kernel source and activation type.
+captured at `nn.cuda.CudaKernel` and compiled as the product compiles them (`nn.nvrtc`), once per
+kernel body and activation type.
 
 Needs `nvidia-cuda-nvrtc` and CUDA's headers (marker `nvrtc`; `python -m pytest -m nvrtc tests`)."""
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rolekit.nn.kernels import Kernels, TemporalTuning
-from tests.nn.nvrtc import capture_kernels, compile_sm90, full_source
+from tests.nn.nvrtc import capture_kernels, compile_sm90, pretend_cuda
 
 pytestmark = pytest.mark.nvrtc
 
@@ -36,15 +36,6 @@ POLICIES = {
     ),
 }
 TUNED = {"threads": ("q4",), "tuning": ("fp32", "q4")}
-
-
-def _pretend_cuda(monkeypatch) -> None:
-    from rolekit.codec import mimi_cuda
-    from rolekit.lm import depformer_cuda, temporal_cuda
-
-    for mod in (mimi_cuda, depformer_cuda, temporal_cuda):
-        monkeypatch.setattr(mod, "sm_count", lambda: 132)
-    monkeypatch.setattr(temporal_cuda, "shared_optin", lambda: 232448)
 
 
 def _engine_launches(monkeypatch, seen, kernels: Kernels, quant: str, batch: int) -> None:
@@ -69,7 +60,7 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
     from rolekit.codec.config import mimi_202407
     from rolekit.codec.mimi import Mimi
 
-    _pretend_cuda(monkeypatch)
+    pretend_cuda(monkeypatch)
     with capture_kernels(monkeypatch) as seen:
         for name, kernels in POLICIES.items():
             for quant in TUNED.get(name, ("fp32", "bf16", "q4", "q8")):
@@ -90,10 +81,10 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
     expected = {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm"}
     assert families == expected, families
     # one launch per kernel source and activation type (other template values only set constants)
-    distinct = {(k.name, dict(k.template).get("T")): k for k in seen}
+    distinct = {(k.name, k.dtype): k for k in seen}
     failures = {}
     for k in distinct.values():
-        log = compile_sm90(full_source(k), f"{k.name}.cu")
+        log = compile_sm90(k.source, k.name)
         if log is not None:
             failures[k.name] = log[:2000]
     assert not failures, failures

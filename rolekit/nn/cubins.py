@@ -1,0 +1,133 @@
+"""The machine code of rolekit's CUDA kernels, compiled once per source and device, kept on disk.
+
+MLX's `mx.fast.cuda_kernel` compiles a custom kernel with NVRTC in every process and never writes
+it to MLX's kernel cache; rolekit's temporal kernel alone takes seconds to compile, once per
+attended ring length. So rolekit compiles its kernels itself (`nn.nvrtc`), keeps each cubin in
+this process and in `folder` (`$ROLEKIT_CACHE/kernels/rolekit`, set by `rolekit.kernelcache`),
+and launches it with `mx.fast.precompiled_cuda_kernel` (`nn.cuda`).
+
+A cubin is named by the SHA-256 of everything that decides it: the full source, the target
+architecture, NVRTC's version and options. Files are written atomically (a reader sees a whole
+cubin or none); a folder that cannot be written leaves the cache in memory only. `stats` counts
+what this process compiled and read. No mlx here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rolekit.atomic import replaced_file
+from rolekit.nn import nvrtc
+
+Compiler = Callable[[str, str, str], bytes]  # (source, name, arch) -> cubin
+
+
+@dataclass
+class Stats:
+    """What this process's cache did: kernels compiled (and their seconds), read from disk, reused."""
+
+    compiled: int = 0
+    compile_s: float = 0.0
+    read: int = 0
+    reused: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "compiled": self.compiled,
+            "compile_s": round(self.compile_s, 3),
+            "read": self.read,
+            "reused": self.reused,
+        }
+
+
+class BinaryCache:
+    """cubins by source and architecture: this process's memory, then `folder`, then `compiler`."""
+
+    def __init__(self, folder: Path | None = None, compiler: Compiler | None = None) -> None:
+        self.folder = folder
+        self.compiler = compiler
+        self.stats = Stats()
+        self._memory: dict[str, bytes] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def key(self, source: str, arch: str) -> str:
+        """The SHA-256 (hex) that names the cubin of `source` for `arch`."""
+        compiler = "custom" if self.compiler is not None else "nvrtc-{}.{}".format(*nvrtc.version())
+        h = hashlib.sha256()
+        for part in (compiler, arch, " ".join(nvrtc.OPTIONS), source):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def path(self, name: str, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / f"{name}-{key[:32]}.cubin"
+
+    def get(self, source: str, name: str, arch: str) -> bytes:
+        """The cubin of `source` (kernel `name`, for `arch`): compiled at most once per cache
+        folder, whichever threads or processes ask. Raises nvrtc.CompileError."""
+        key = self.key(source, arch)
+        found = self._memory.get(key)
+        if found is not None:
+            self.stats.reused += 1
+            return found
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one compile per source in this process; other threads wait for it
+            found = self._memory.get(key)
+            if found is None:
+                found = self._read(name, key)
+                if found is None:
+                    found = self._compile(source, name, arch)
+                    self._write(name, key, found)
+                self._memory[key] = found
+            else:
+                self.stats.reused += 1
+        return found
+
+    def _read(self, name: str, key: str) -> bytes | None:
+        path = self.path(name, key)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if not data:
+            return None
+        self.stats.read += 1
+        return data
+
+    def _compile(self, source: str, name: str, arch: str) -> bytes:
+        t0 = time.perf_counter()
+        compiler = self.compiler or nvrtc.compile_cubin
+        data = compiler(source, name, arch)
+        with self._guard:
+            self.stats.compiled += 1
+            self.stats.compile_s += time.perf_counter() - t0
+        return data
+
+    def _write(self, name: str, key: str, data: bytes) -> None:
+        path = self.path(name, key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with replaced_file(path) as tmp:
+                Path(tmp).write_bytes(data)
+        except OSError:  # a read-only or full cache: this process keeps its copy in memory
+            pass
+
+
+CACHE = BinaryCache()
+
+
+def use_folder(folder: str | os.PathLike | None) -> None:
+    """Keep compiled kernels in `folder` from now on (None: in memory only)."""
+    CACHE.folder = None if folder is None else Path(folder)

@@ -1,0 +1,145 @@
+"""NVRTC, CUDA's runtime compiler, through ctypes: a kernel's full source in, machine code out.
+
+rolekit compiles its own kernels (not MLX's `mx.fast.cuda_kernel`, which compiles them again in
+every process) so that the machine code can be kept on disk (`nn.cubins`). The library is the
+one MLX's CUDA backend loaded when there is one, else the `nvidia-cuda-nvrtc` wheel's, else the
+toolkit's; the CUDA headers are found where MLX's JIT finds them (MLX's bundled headers, the
+`nvidia/cu13` wheel, `$CUDA_HOME`, `$CUDA_PATH`, `/usr/local/cuda`).
+
+Thread-safe: each call compiles its own program, and NVRTC releases no state between programs,
+so several kernels may compile at once in threads (ctypes releases the GIL during the call).
+No mlx here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import importlib.util
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+OPTIONS = ("--std=c++17", "-default-device")
+
+
+class CompileError(RuntimeError):
+    """NVRTC refused a source: the message is its log."""
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """libnvrtc: the one already in this process (MLX's CUDA backend links it), else the
+    `nvidia-cuda-nvrtc` wheel's, else the system's. Raises FileNotFoundError without one."""
+    for path in _candidates():
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    raise FileNotFoundError(
+        "libnvrtc (CUDA's runtime compiler) not found: install rolekit's cuda extra "
+        "(or nvidia-cuda-nvrtc), or put the CUDA toolkit's lib64 on LD_LIBRARY_PATH"
+    )
+
+
+def _candidates() -> list[str]:
+    found: list[str] = []
+    try:  # what this process already loaded
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                name = os.path.basename(path)
+                if name.startswith("libnvrtc.so") and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    for root in _site_dirs():
+        for path in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")), reverse=True):
+            if "builtins" not in os.path.basename(path):
+                found.append(path)
+    for home in _cuda_homes():
+        found += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")), reverse=True)
+    named = ctypes.util.find_library("nvrtc")
+    if named:
+        found.append(named)
+    return found
+
+
+def _site_dirs() -> list[str]:
+    dirs = []
+    spec = importlib.util.find_spec("mlx")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [str(Path(p).parent) for p in spec.submodule_search_locations]
+    dirs += [p for p in sys.path if p.endswith("site-packages") or p.endswith("dist-packages")]
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def _cuda_homes() -> list[str]:
+    homes = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    return [h for h in dict.fromkeys(homes) if h and os.path.isdir(h)]
+
+
+@lru_cache(maxsize=1)
+def include_dirs() -> tuple[str, ...]:
+    """Folders holding CUDA's headers (cuda_bf16.h, cooperative_groups.h, cuda/std), each followed
+    by its `cccl` subfolder where there is one. Raises FileNotFoundError without cuda_bf16.h."""
+    bases = []
+    spec = importlib.util.find_spec("mlx")
+    if spec is not None and spec.submodule_search_locations:
+        bases += [os.path.join(p, "include") for p in spec.submodule_search_locations]
+    for root in _site_dirs():
+        bases += [os.path.join(root, "nvidia", name, "include") for name in ("cu13", "cuda_runtime")]
+    bases += [os.path.join(h, "include") for h in _cuda_homes()]
+    dirs: list[str] = []
+    for base in bases:
+        for d in (base, os.path.join(base, "cccl")):
+            if os.path.isdir(d) and d not in dirs:
+                dirs.append(d)
+    if not any(os.path.exists(os.path.join(d, "cuda_bf16.h")) for d in dirs):
+        raise FileNotFoundError(f"CUDA headers (cuda_bf16.h) not found in {dirs or bases} (set CUDA_HOME)")
+    return tuple(dirs)
+
+
+@lru_cache(maxsize=1)
+def version() -> tuple[int, int]:
+    """(major, minor) of the NVRTC library in use."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _check(library().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+    return major.value, minor.value
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        lib = library()
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise CompileError(f"{what} failed: {lib.nvrtcGetErrorString(rc).decode()} ({rc})")
+
+
+def compile_cubin(source: str, name: str, arch: str) -> bytes:
+    """Machine code (a cubin) of `source` for `arch` (e.g. "sm_90"), C++17, device code by
+    default. Raises CompileError with NVRTC's log when the source does not compile."""
+    lib = library()
+    prog = ctypes.c_void_p()
+    _check(
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None),
+        "nvrtcCreateProgram",
+    )
+    try:
+        opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
+        opts += [f"--include-path={d}".encode() for d in include_dirs()]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        if rc != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            raise CompileError(f"NVRTC could not compile {name}:\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")
+        out = ctypes.create_string_buffer(size.value)
+        _check(lib.nvrtcGetCUBIN(prog, out), "nvrtcGetCUBIN")
+        return out.raw
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))

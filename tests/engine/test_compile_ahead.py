@@ -1,0 +1,78 @@
+"""`Engine.compile_kernels_ahead` (the warm-up's first phase) compiles, in parallel, exactly the
+rolekit CUDA kernels that a conversation's steps and its later step graphs launch, without
+running anything: here on CPU, launchers pretending an H100, a recording stand-in for NVRTC."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rolekit.engine.engine import Engine
+from rolekit.nn import cubins
+from rolekit.nn.kernels import Kernels
+from tests.nn.nvrtc import capture_kernels, pretend_cuda
+
+ALL = Kernels(
+    fused=True, ring_attention=True, temporal=True, depformer=True, embed=True, conv=True, mimi=True
+)
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, source: str, name: str, arch: str) -> bytes:
+        with self.lock:
+            self.sources.append(source)
+        return b"cubin"
+
+
+def _engine(quant: str, batch: int, context: int) -> Engine:
+    from rolekit.codec.config import tiny as tiny_mimi
+    from rolekit.codec.mimi import Mimi
+    from rolekit.lm.config import tiny
+    from rolekit.models import ModelBundle
+    from rolekit.randlm import build_lm
+
+    lm = build_lm(tiny(card=2048, context=context, num_heads=1, depformer_num_heads=1), quant)
+    mimi = Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8, context=250))
+    mimi.prepare()
+    return Engine(ModelBundle(lm, mimi, None, Path("."), "tiny-h1", True), batch=batch, kernels=ALL)
+
+
+@pytest.mark.parametrize(("quant", "batch"), [("q4", 1), ("bf16", 2)])
+def test_the_kernels_compiled_ahead_are_those_the_conversation_launches(monkeypatch, tmp_path, quant, batch):
+    pretend_cuda(monkeypatch)
+    compiler = Recording()
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
+    # a context past the attended prefixes 256 and 512: the conversation runs three LM graphs
+    engine = _engine(quant, batch, context=600)
+    offsets = engine.offsets.copy()
+    assert engine.compile_kernels_ahead() == len(set(compiler.sources)) == len(compiler.sources)
+    assert (engine.offsets == offsets).all() and engine.lm_cache.offset == 0  # state untouched
+    with capture_kernels(monkeypatch) as seen:
+        for _ in range(4):  # the depformer and the decoder start on the third call
+            engine.step(np.zeros((batch, 1920), np.float32))
+        assert engine.prepare(None, evaluate=False) >= 2  # the later step graphs, traced
+    launched = {k.source for k in seen}
+    families = {k.name.split("_")[1] for k in seen}
+    assert {"temporal", "depformer", "mimi", "embed"} <= families
+    assert launched == set(compiler.sources)
+
+
+def test_no_rolekit_kernel_no_work():
+    from rolekit.codec.config import tiny as tiny_mimi
+    from rolekit.codec.mimi import Mimi
+    from rolekit.lm.config import tiny
+    from rolekit.models import ModelBundle
+    from rolekit.randlm import build_lm
+
+    lm = build_lm(tiny(card=2048, context=40, num_heads=1, depformer_num_heads=1), "fp32")
+    bundle = ModelBundle(
+        lm, Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8)), None, Path("."), "t", True
+    )
+    assert Engine(bundle, batch=1, kernels=Kernels()).compile_kernels_ahead() == 0

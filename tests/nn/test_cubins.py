@@ -1,0 +1,165 @@
+"""rolekit's kernels are compiled once per source and device and kept on disk (`nn.cubins`), then
+launched as machine code (`nn.cuda.CudaKernel` -> `mx.fast.precompiled_cuda_kernel`). Here with a
+counting stand-in for NVRTC; `-m nvrtc` compiles a real kernel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mlx.core as mx
+import pytest
+
+from rolekit.nn import cubins, cuda, nvrtc
+
+
+class Counting:
+    """A compiler that returns a made-up cubin per (source, arch) and counts its calls."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, source: str, name: str, arch: str) -> bytes:
+        time.sleep(self.delay)
+        with self.lock:
+            self.calls.append((name, arch))
+        return f"{arch}:{name}:{source}".encode()
+
+
+def test_a_second_process_reads_the_cubin_instead_of_compiling(tmp_path):
+    first = cubins.BinaryCache(tmp_path, Counting())
+    data = first.get("SRC", "k", "sm_90")
+    assert first.get("SRC", "k", "sm_90") == data  # this process: from memory
+    assert first.stats.as_dict() == {
+        "compiled": 1,
+        "compile_s": pytest.approx(0, abs=0.1),
+        "read": 0,
+        "reused": 1,
+    }
+    assert [p.name for p in tmp_path.iterdir()] == [f"k-{first.key('SRC', 'sm_90')[:32]}.cubin"]
+
+    again = Counting()
+    second = cubins.BinaryCache(tmp_path, again)  # a later process, same folder
+    assert second.get("SRC", "k", "sm_90") == data
+    assert again.calls == [] and second.stats.read == 1 and second.stats.compiled == 0
+
+
+def test_another_source_or_architecture_is_another_cubin(tmp_path):
+    compiler = Counting()
+    cache = cubins.BinaryCache(tmp_path, compiler)
+    a = cache.get("SRC", "k", "sm_90")
+    b = cache.get("SRC2", "k", "sm_90")
+    c = cache.get("SRC", "k", "sm_100")
+    assert len({a, b, c}) == 3 and len(compiler.calls) == 3
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_threads_asking_for_one_source_compile_it_once(tmp_path):
+    compiler = Counting(delay=0.05)
+    cache = cubins.BinaryCache(tmp_path, compiler)
+    got: list[bytes] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("SRC", "k", "sm_90"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(compiler.calls) == 1 and len(set(got)) == 1 and len(got) == 8
+
+
+def test_an_unwritable_folder_keeps_the_cubin_in_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    compiler = Counting()
+    cache = cubins.BinaryCache(blocker / "kernels", compiler)  # mkdir under a file fails
+    assert cache.get("SRC", "k", "sm_90") == cache.get("SRC", "k", "sm_90")
+    assert len(compiler.calls) == 1 and blocker.read_text() == "not a folder"
+
+
+def test_an_empty_cache_file_is_compiled_again(tmp_path):
+    cache = cubins.BinaryCache(tmp_path, Counting())
+    path = cache.path("k", cache.key("SRC", "sm_90"))
+    path.write_bytes(b"")
+    compiler = Counting()
+    data = cubins.BinaryCache(tmp_path, compiler).get("SRC", "k", "sm_90")
+    assert len(compiler.calls) == 1 and path.read_bytes() == data
+
+
+def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, monkeypatch):
+    compiler = Counting()
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
+    launched = []
+
+    def precompiled(**kw):
+        launched.append(kw)
+        return [mx.zeros(s, dtype=d) for s, d in zip(kw["output_shapes"], kw["output_dtypes"], strict=True)]
+
+    monkeypatch.setattr(mx.fast, "precompiled_cuda_kernel", precompiled)
+    kernel = cuda.build_kernel("axpb", ["x", "w"], ["y"], "y[0] = x[0];", threads=256, shared_memory=49152)
+    x, w = mx.zeros((4,), mx.bfloat16), mx.zeros((2, 2), mx.uint32)
+    (y,) = kernel(
+        inputs=[x, w],
+        output_shapes=[(4,)],
+        output_dtypes=[mx.float32],
+        grid=(4, 1, 1),
+        threadgroup=(4, 1, 1),
+        template=[("T", mx.bfloat16), ("N", 4), ("FLAG", True)],
+        init_value=0,
+    )
+    assert y.shape == (4,) and len(launched) == 1
+    call = launched[0]
+    source = kernel.translation_unit(
+        [mx.bfloat16, mx.uint32], [mx.float32], [("T", mx.bfloat16), ("N", 4), ("FLAG", True)]
+    )
+    assert call["compiled_source"] == f"sm_90:{kernel.name}:{source}".encode()
+    assert call["name"] == kernel.name and call["shared_memory"] == 49152 and call["init_value"] == 0
+    assert call["ensure_row_contiguous"] is True and call["scalars"] == []
+    assert call["grid"] == (4, 1, 1) and call["threadgroup"] == (4, 1, 1)
+    # the signature MLX's launcher fills: inputs in order, then outputs; bounds and constants
+    signature = source[source.index('extern "C"') :]
+    assert signature.startswith(f'extern "C" __global__ void __launch_bounds__(256) {kernel.name}(\n')
+    assert "const __nv_bfloat16* x,\n    const uint32_t* w,\n    float* y) {\n" in signature
+    assert "  using T = __nv_bfloat16;\n  constexpr int N = 4;\n  constexpr bool FLAG = true;\n" in signature
+    # another dtype is another translation unit, compiled once more
+    kernel(
+        inputs=[x.astype(mx.float32), w],
+        output_shapes=[(4,)],
+        output_dtypes=[mx.float32],
+        grid=(4, 1, 1),
+        threadgroup=(4, 1, 1),
+        template=[("T", mx.float32), ("N", 4), ("FLAG", True)],
+    )
+    assert len(compiler.calls) == 2
+
+
+def test_importing_rolekit_puts_every_kernel_cache_under_the_rolekit_cache(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")}
+    env["ROLEKIT_CACHE"] = str(tmp_path)
+    code = (
+        "import json, os, rolekit; from rolekit.nn import cubins; "
+        "print(json.dumps([str(cubins.CACHE.folder), os.environ['MLX_PTX_CACHE_DIR'], os.environ['CUDA_CACHE_PATH']]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    kernels = tmp_path / "kernels"
+    assert json.loads(out.stdout) == [
+        str(kernels / "rolekit"),
+        str(kernels / "mlx-ptx"),
+        str(kernels / "cuda"),
+    ]
+
+
+@pytest.mark.nvrtc
+def test_nvrtc_compiles_a_kernel_to_machine_code_and_reports_errors():
+    kernel = cuda.build_kernel("probe", ["x"], ["y"], "y[threadIdx.x] = T(2) * x[threadIdx.x];", threads=128)
+    source = kernel.translation_unit([mx.bfloat16], [mx.bfloat16], [("T", mx.bfloat16)])
+    binary = nvrtc.compile_cubin(source, kernel.name, "sm_90")
+    assert binary[:4] == b"\x7fELF" and kernel.name.encode() in binary
+    with pytest.raises(nvrtc.CompileError, match="undefined"):
+        nvrtc.compile_cubin(source.replace("T(2)", "undefined_thing"), kernel.name, "sm_90")
