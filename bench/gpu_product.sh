@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
-# Stages: write cold cold_second engine_b1 engine_b16 engine_b32 respond respond_warm test16 test64 test64_q4
+# Stages: write cold cold_second engine_b1 engine_b1_ab engine_b16 engine_b32 respond respond_warm test16 test64 test64_q4
 # kernel_path gpu_tests qmm engine_qmm; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
@@ -116,9 +116,16 @@ print(json.dumps(bench_matmul(batches=(1, 16, 32, 64), kernel=True)))" >"$OUT/ma
     cold_diag)  # where a process's prefill -> first step goes, phase by phase (benchmarks/cold_start.py)
       timed cold_diag python3 -c "from benchmarks.cold_start import run; run('$M', 'q4', out='$OUT/cold_diag.jsonl')"
       ;;
-    harness_ab)  # the old harness (.ab/rolekit) at batch 16, bf16, its own random model
-      timed harness_ab env PYTHONPATH="/tmp/site:$PWD/.ab" python3 -m rolekit bench engine --size full \
-        --quant bf16 --batch 16 --compiled --no-reference --json >"$OUT/harness_ab.json"
+    harness_ab)  # the old harness (.ab/rolekit) at batch 16, bf16, its own random model (run from
+      # .ab/: `python -m` puts the working folder first on sys.path)
+      (cd .ab && timed harness_ab env PYTHONPATH="/tmp/site:$PWD" python3 -m rolekit bench engine --size full \
+        --quant bf16 --batch 16 --compiled --no-reference --json >"$OUT/harness_ab.json")
+      ;;
+    engine_b1_ab)  # batch 1 q4 without the reference: the code at $AB (unpacked in .ab/), then this code
+      (cd .ab && timed engine_q4_b1_ab env PYTHONPATH="/tmp/site:$PWD" ROLEKIT_CACHE="$ROLEKIT_CACHE" python3 -m rolekit \
+        bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" --no-reference --json-out "$OUT/engine_q4_b1_ab.json")
+      timed engine_q4_b1_noref "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
+        --no-reference --json-out "$OUT/engine_q4_b1_noref.json"
       ;;
     kernel_path)  # kernel path vs op path on random-7b, teacher-forced
       timed kernel_path python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/engine/test_gpu_kernel_path.py \

@@ -33,7 +33,7 @@ from rolekit.frames import (
 from rolekit.lm import depformer_cuda, temporal_cuda
 from rolekit.lm.precision import free_memory_bytes
 from rolekit.lm.sampling import SamplingParams
-from rolekit.nn.cuda import compiling_ahead
+from rolekit.nn.cuda import AheadBuild, compiling_ahead
 from rolekit.nn.kernels import Kernels
 
 
@@ -215,14 +215,15 @@ class Engine:
             built += self.mimi_steps.prepare(self.batch)
         return built
 
-    def compile_kernels_ahead(self, frames: int | None = None) -> int:
-        """Compile now, all at once in threads (`nn.cuda.compiling_ahead`), rolekit's CUDA kernels
-        that the next `frames` steps launch (None: a whole conversation; Mimi's and those of every
-        LM step graph `prepare` builds), instead of one after another as steps first reach them.
-        Later processes read them from the kernel cache. Builds throwaway lazy graphs; state
-        unchanged. Returns the kernels compiled or read (0 when no rolekit kernel runs)."""
+    def compile_kernels_ahead(self, frames: int | None = None) -> AheadBuild | None:
+        """Start compiling, all at once in threads (`nn.cuda.compiling_ahead`), rolekit's CUDA
+        kernels that the next `frames` steps launch (None: a whole conversation; Mimi's and those
+        of every LM step graph `prepare` builds), instead of one after another as steps first
+        reach them; steps may run meanwhile (a launch waits for its own kernel). Later processes
+        read them from the kernel cache. Builds throwaway lazy graphs; state unchanged. Returns
+        the build (`wait()` gives the kernel count), None when no rolekit kernel runs."""
         if not self.kernels.any or not self.compiled:
-            return 0
+            return None
         horizon = None if frames is None else self.lm_cache.offset + frames
         off = mx.array(self.offsets.astype(np.int32))  # [B]
         user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
@@ -231,7 +232,7 @@ class Engine:
             if isinstance(self.mimi_steps, CompiledMimi):
                 self.mimi_steps.build_lazily(self.batch, N_CODEBOOKS)
             self.lm_step.build_lazily(self.lm_cache, args, horizon)  # type: ignore[union-attr]
-        return len(ahead.futures)
+        return ahead
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 
 import mlx.core as mx
@@ -58,12 +58,13 @@ def shared_optin() -> int | None:
 
 @lru_cache(maxsize=1)
 def arch() -> str:
-    """NVRTC's target for CUDA device 0, from its compute capability ("sm_90" on an H100 or H200).
+    """NVRTC's target for CUDA device 0, from its compute capability ("sm_90a" on an H100 or H200).
     Raises RuntimeError without a device."""
     major = _attribute(75)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
     if major is None:
         raise RuntimeError("no CUDA device: rolekit's CUDA kernels cannot be compiled for one")
-    return f"sm_{major}{_attribute(76) or 0}"  # ..._MINOR (0 reads as None)
+    # ..._MINOR (0 reads as None); "a": the architecture's own features, as MLX's JIT compiles
+    return f"sm_{major}{_attribute(76) or 0}{'a' if major >= 9 else ''}"
 
 
 def source_tag(source: str) -> str:
@@ -120,6 +121,9 @@ CUDA_TYPES = {
 
 Template = Sequence[tuple[str, "int | bool | mx.Dtype"]]
 
+# (kernel, input dtypes, output dtypes, template) -> cubin, for this process's launches
+_BINARIES: dict[tuple, bytes] = {}
+
 
 @dataclass(frozen=True)
 class CudaKernel:
@@ -144,7 +148,7 @@ class CudaKernel:
     threads: int = 0
     shared_memory: int = 0
 
-    @property
+    @cached_property
     def name(self) -> str:
         """`rolekit_<family>_<source_tag of the header set and body>`."""
         return f"rolekit_{self.family}_{source_tag(shared_header() + self.header + self.source)}"
@@ -187,12 +191,17 @@ class CudaKernel:
         template: Template = (),
         init_value: float | None = None,
     ) -> list[mx.array]:
-        source = self.translation_unit([a.dtype for a in inputs], output_dtypes, template)
-        ahead = _AHEAD.get()
-        if ahead is not None:  # building ahead: compile in the background, answer with placeholders
-            ahead.submit(source, self.name)
-            return [mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
-        binary = cubins.CACHE.get(source, self.name, arch())
+        launch = (self, tuple(a.dtype for a in inputs), tuple(output_dtypes), tuple(template))
+        binary = _BINARIES.get(launch)  # a step launches the same kernels every 80 ms
+        if binary is None:
+            source = self.translation_unit(launch[1], output_dtypes, template)
+            ahead = _AHEAD.get()
+            if ahead is not None:  # building ahead: compile in the background, answer with placeholders
+                ahead.submit(source, self.name)
+                return [
+                    mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)
+                ]
+            binary = _BINARIES[launch] = cubins.CACHE.get(source, self.name, arch())
         return mx.fast.precompiled_cuda_kernel(
             name=self.name,
             compiled_source=binary,
@@ -221,8 +230,9 @@ def build_kernel(
     return CudaKernel(family, tuple(inputs), tuple(outputs), source, header, threads, shared_memory)
 
 
-class _Ahead:
-    """The translation units launched inside `compiling_ahead`, each compiling in `pool`."""
+class AheadBuild:
+    """The translation units launched inside `compiling_ahead`, each compiling (or loading from
+    the kernel cache) in a thread of `pool`; `wait` for them all."""
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:
         self.pool = pool
@@ -232,24 +242,27 @@ class _Ahead:
         if source not in self.futures:
             self.futures[source] = self.pool.submit(cubins.CACHE.get, source, name, arch())
 
+    def wait(self) -> int:
+        """Block until every compile has finished; returns how many there were. A source that
+        failed to compile is left for its real launch to report."""
+        wait(list(self.futures.values()))
+        self.pool.shutdown()
+        return len(self.futures)
 
-_AHEAD: ContextVar[_Ahead | None] = ContextVar("rolekit_cuda_ahead", default=None)
+
+_AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default=None)
 
 
 @contextmanager
-def compiling_ahead(workers: int | None = None) -> Iterator[_Ahead]:
+def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     """Inside the block a `CudaKernel` call does not launch: its translation unit starts compiling
     (or loading from the kernel cache) in one of `workers` threads (default: the CPU count, at most
     16) and the call returns zeros of the output shapes, to be built on lazily and never
-    evaluated. On leaving, the block waits for every compile; a source that fails to compile is
-    left for the real launch to report. Build only throwaway graphs inside (placeholders are not
-    results)."""
-    pool = ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1))
-    ahead = _Ahead(pool)
-    token = _AHEAD.set(ahead)
+    evaluated. The compiles go on after the block (`AheadBuild.wait`); a launch that needs one of
+    them meanwhile waits for it (`nn.cubins`). Build only throwaway graphs inside."""
+    build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
+    token = _AHEAD.set(build)
     try:
-        yield ahead
+        yield build
     finally:
         _AHEAD.reset(token)
-        wait(list(ahead.futures.values()))
-        pool.shutdown()

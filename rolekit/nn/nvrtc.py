@@ -22,7 +22,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-OPTIONS = ("--std=c++17", "-default-device")
+OPTIONS = ("--std=c++17", "--device-as-default-execution-space")  # as MLX's JIT (C++17 its default)
 
 
 class CompileError(RuntimeError):

@@ -52,7 +52,7 @@ def test_the_kernels_compiled_ahead_are_those_the_conversation_launches(monkeypa
     # a context past the attended prefixes 256 and 512: the conversation runs three LM graphs
     engine = _engine(quant, batch, context=600)
     offsets = engine.offsets.copy()
-    assert engine.compile_kernels_ahead() == len(set(compiler.sources)) == len(compiler.sources)
+    assert engine.compile_kernels_ahead().wait() == len(set(compiler.sources)) == len(compiler.sources)
     assert (engine.offsets == offsets).all() and engine.lm_cache.offset == 0  # state untouched
     with capture_kernels(monkeypatch) as seen:
         for _ in range(4):  # the depformer and the decoder start on the third call
@@ -75,4 +75,4 @@ def test_no_rolekit_kernel_no_work():
     bundle = ModelBundle(
         lm, Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8)), None, Path("."), "t", True
     )
-    assert Engine(bundle, batch=1, kernels=Kernels()).compile_kernels_ahead() == 0
+    assert Engine(bundle, batch=1, kernels=Kernels()).compile_kernels_ahead() is None

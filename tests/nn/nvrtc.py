@@ -50,13 +50,13 @@ def pretend_cuda(monkeypatch: Any) -> None:
     for mod in (mimi_cuda, depformer_cuda, temporal_cuda):
         monkeypatch.setattr(mod, "sm_count", lambda: 132)
     monkeypatch.setattr(temporal_cuda, "shared_optin", lambda: 232448)
-    monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
 
 
 def compile_sm90(source: str, name: str = "kernel") -> str | None:
     """NVRTC-compile `source` for sm_90 as the product does; None on success, else the log."""
     try:
-        nvrtc.compile_cubin(source, name, "sm_90")
+        nvrtc.compile_cubin(source, name, "sm_90a")
     except nvrtc.CompileError as exc:
         return str(exc)
     return None
