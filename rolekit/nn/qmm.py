@@ -8,8 +8,8 @@ over 16-row tiles of the same weights), so the product stays bound by the 4-bit 
 
 Contract (`qmm`): x [..., K] bf16 with R = prod(leading) rows, 1 <= R <= MAX_ROWS; w uint32 [N, K /
 8] in MLX's affine layout (value j of a row in word j / 8, lowest bits first), scales and biases
-[N, K / group] (any float type: cast to x's here, as `nn.qmv` does, since MLX names a compiled
-kernel by its name and template values, not its input types), w = scale * q + bias; N a multiple of
+[N, K / group] (any float type: cast to x's here, as `nn.qmv` does: the body reads them as T),
+w = scale * q + bias; N a multiple of
 128, K of 128, group 32 / 64 / 128 -> [..., N] bf16. The k range is split over blocks so a product
 has about 2 blocks per SM where its partial sums stay small (`splits`); they are added by MLX in
 fp32 (a fixed order: deterministic). Each lane loads its next chunk's weights before it multiplies

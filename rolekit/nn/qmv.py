@@ -1,7 +1,7 @@
 """Quantized matrix-vector products for few-row activations on CUDA (the per-frame decode case).
 
 At batch 1..16 every 80 ms frame reads all linear weights once, so the step is bound by weight
-bandwidth. One hand-written kernel (through `mx.fast.cuda_kernel`, compiled by NVRTC on first use)
+bandwidth. One hand-written kernel (an `nn.cuda.CudaKernel`, compiled by NVRTC on first use)
 for MLX's affine layout: weight uint32 [N, K * bits / 32] (value j of a row sits in word
 j * bits / 32, lowest bits first), scales and biases [N, K / group] in the activation dtype,
 w = scale * q + bias. One warp per output row: each lane loads whole 16-byte chunks of packed

@@ -1,0 +1,35 @@
+"""On a CUDA GPU (`pytest -m gpu tests/nn`): a process compiles a rolekit kernel once, runs it
+(checked against MLX's ops by doctor's probe) and keeps its cubin; a later process with the same
+`$ROLEKIT_CACHE` runs it from the cache without compiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+CODE = (
+    "import json, rolekit; from rolekit.doctor.probes import compile_cuda_kernel; "
+    "from rolekit.nn import cubins; compile_cuda_kernel(); print(json.dumps(cubins.CACHE.stats.as_dict()))"
+)
+
+
+def _run(cache) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")}
+    env["ROLEKIT_CACHE"] = str(cache)
+    out = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_runs_the_kernel_from_the_cubin_cache(tmp_path):
+    first = _run(tmp_path)
+    assert first["compiled"] == 1 and first["read"] == 0, first
+    cubin = list((tmp_path / "kernels" / "rolekit").glob("rolekit_doctor_axpb_*.cubin"))
+    assert len(cubin) == 1 and cubin[0].read_bytes()[:4] == b"\x7fELF"
+    second = _run(tmp_path)
+    assert second["compiled"] == 0 and second["read"] == 1, second
