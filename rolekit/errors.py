@@ -61,5 +61,10 @@ class DeviceError(RolekitError):
     """No audio device, no PortAudio, or the device failed."""
 
 
+class KernelError(RolekitError):
+    """rolekit's CUDA kernels cannot be built here: NVRTC or CUDA's headers are missing, or NVRTC
+    refused a kernel."""
+
+
 class ConfigError(RolekitError):
     """A command-line option or configuration value is invalid."""

@@ -147,16 +147,16 @@ def _bar(console: Any, quiet: bool) -> Iterator[Any]:
 def warm(engine: Any, quiet: bool = False, frames: int | None = None) -> Any:
     """Warm `engine` up (`engine.warmup`: its first steps, then the step graphs of the next
     `frames` frames, None = a whole conversation) behind a status line on stderr; state unchanged."""
-    import os
 
     from rich.console import Console
 
     from rolekit.engine.warmup import WARMUP_STEPS, warmup
+    from rolekit.kernelcache import cubin_dir
 
     console = Console(stderr=True, highlight=False)
     if quiet:
         return warmup(engine, frames=frames)
-    where = os.path.dirname(os.environ.get("MLX_PTX_CACHE_DIR", "").rstrip("/"))
+    where = cubin_dir().parent
     with console.status(
         f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps, then the step graphs "
         f"of a longer conversation; kernels cached in {where})"

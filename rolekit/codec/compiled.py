@@ -140,8 +140,10 @@ class CompiledMimi:
         x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
         codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
         if self._use_kernels(batch):
+            last = dict(self.kernels.last)  # type: ignore[union-attr]
             self.kernels.encode(x, scratch(enc_shapes), 0)  # type: ignore[union-attr]
             self.kernels.decode(codes, scratch(dec_shapes), 0)  # type: ignore[union-attr]
+            self.kernels.last = last  # type: ignore[union-attr]  # the real steps' stage timers
             return
         traces = self.traces
         for full in (False, True):

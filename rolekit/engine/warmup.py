@@ -31,14 +31,14 @@ class WarmupResult:
     graphs: int = 0  # later step graphs built ahead (`Engine.prepare`)
     graphs_ms: float = 0.0  # their time
     ahead: int = 0  # rolekit kernels compiled (or read) at once, in threads beside the steps
-    ahead_ms: float = 0.0  # from their start until the last was done (overlaps steps_ms)
+    ahead_ms: float = 0.0  # from their start until the steps and every compile were done
     # rolekit's CUDA kernels the warm-up needed (`nn.cubins.Stats`): compiled now (and the
     # seconds that took), read from the kernel cache, reused from this process
     kernels: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
-        return (max(self.ahead_ms, sum(self.steps_ms)) + self.graphs_ms) / 1000.0
+        return ((self.ahead_ms or sum(self.steps_ms)) + self.graphs_ms) / 1000.0
 
 
 def warmup(
@@ -67,11 +67,15 @@ def warmup(
             result.steps_ms.append((time.perf_counter() - t0) * 1000.0)
             if on_step is not None:
                 on_step(i, result.steps_ms[-1])
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()  # an interrupt does not wait for the compiles still queued
+        raise
     finally:
         engine.restore(snap)
-        if ahead is not None:
-            result.ahead = ahead.wait()
-            result.ahead_ms = (time.perf_counter() - t_ahead) * 1000.0
+    if ahead is not None:
+        result.ahead = ahead.wait()
+        result.ahead_ms = (time.perf_counter() - t_ahead) * 1000.0
     t0 = time.perf_counter()
     result.graphs = engine.prepare(frames)
     result.graphs_ms = (time.perf_counter() - t0) * 1000.0

@@ -7,9 +7,11 @@ this process and in `folder` (`$ROLEKIT_CACHE/kernels/rolekit`, set by `rolekit.
 and launches it with `mx.fast.precompiled_cuda_kernel` (`nn.cuda`).
 
 A cubin is named by the SHA-256 of everything that decides it: the full source, the target
-architecture, NVRTC's version and options. Files are written atomically (a reader sees a whole
-cubin or none); a folder that cannot be written leaves the cache in memory only. `stats` counts
-what this process compiled and read. No mlx here.
+architecture, NVRTC's version and options, and the CUDA headers (`nvrtc.headers_fingerprint`). A
+file holds the cubin followed by the SHA-256 of it, written atomically; a file whose digest does not
+match (damaged, truncated, not ours) is removed and the kernel compiled again. A folder that cannot
+be written leaves the cache in memory only. Two processes may compile one kernel at once (the last
+rename wins, with equal bytes). `stats` counts what this process compiled and read. No mlx here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rolekit.atomic import replaced_file
 from rolekit.nn import nvrtc
 
 Compiler = Callable[[str, str, str], bytes]  # (source, name, arch) -> cubin
+DIGEST = 32  # bytes of SHA-256 after the cubin in a cache file
 
 
 @dataclass
@@ -59,7 +62,10 @@ class BinaryCache:
 
     def key(self, source: str, arch: str) -> str:
         """The SHA-256 (hex) that names the cubin of `source` for `arch`."""
-        compiler = "custom" if self.compiler is not None else "nvrtc-{}.{}".format(*nvrtc.version())
+        if self.compiler is not None:
+            compiler = "custom"
+        else:
+            compiler = "nvrtc-{}.{}-{}".format(*nvrtc.version(), nvrtc.headers_fingerprint())
         h = hashlib.sha256()
         for part in (compiler, arch, " ".join(nvrtc.OPTIONS), source):
             h.update(part.encode())
@@ -70,12 +76,13 @@ class BinaryCache:
         return None if self.folder is None else self.folder / f"{name}-{key[:32]}.cubin"
 
     def get(self, source: str, name: str, arch: str) -> bytes:
-        """The cubin of `source` (kernel `name`, for `arch`): compiled at most once per cache
-        folder, whichever threads or processes ask. Raises nvrtc.CompileError."""
+        """The cubin of `source` (kernel `name`, for `arch`): compiled once per process whichever
+        threads ask, and not again while the cache folder keeps it. Raises nvrtc.CompileError
+        (and FileNotFoundError without NVRTC or CUDA's headers)."""
         key = self.key(source, arch)
         found = self._memory.get(key)
         if found is not None:
-            self.stats.reused += 1
+            self._count("reused")
             return found
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -88,8 +95,13 @@ class BinaryCache:
                     self._write(name, key, found)
                 self._memory[key] = found
             else:
-                self.stats.reused += 1
+                self._count("reused")
         return found
+
+    def _count(self, what: str, seconds: float = 0.0) -> None:
+        with self._guard:
+            setattr(self.stats, what, getattr(self.stats, what) + 1)
+            self.stats.compile_s += seconds
 
     def _read(self, name: str, key: str) -> bytes | None:
         path = self.path(name, key)
@@ -99,18 +111,21 @@ class BinaryCache:
             data = path.read_bytes()
         except OSError:
             return None
-        if not data:
+        cubin, digest = data[:-DIGEST], data[-DIGEST:]
+        if len(data) <= DIGEST or hashlib.sha256(cubin).digest() != digest:
+            try:
+                path.unlink(missing_ok=True)  # damaged or not ours: compiled again
+            except OSError:
+                pass
             return None
-        self.stats.read += 1
-        return data
+        self._count("read")
+        return cubin
 
     def _compile(self, source: str, name: str, arch: str) -> bytes:
         t0 = time.perf_counter()
         compiler = self.compiler or nvrtc.compile_cubin
         data = compiler(source, name, arch)
-        with self._guard:
-            self.stats.compiled += 1
-            self.stats.compile_s += time.perf_counter() - t0
+        self._count("compiled", time.perf_counter() - t0)
         return data
 
     def _write(self, name: str, key: str, data: bytes) -> None:
@@ -120,7 +135,7 @@ class BinaryCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with replaced_file(path) as tmp:
-                Path(tmp).write_bytes(data)
+                Path(tmp).write_bytes(data + hashlib.sha256(data).digest())
         except OSError:  # a read-only or full cache: this process keeps its copy in memory
             pass
 

@@ -18,7 +18,8 @@ from importlib import resources
 
 import mlx.core as mx
 
-from rolekit.nn import cubins
+from rolekit.errors import KernelError
+from rolekit.nn import cubins, nvrtc
 
 
 @lru_cache(maxsize=1)
@@ -191,8 +192,10 @@ class CudaKernel:
         template: Template = (),
         init_value: float | None = None,
     ) -> list[mx.array]:
-        launch = (self, tuple(a.dtype for a in inputs), tuple(output_dtypes), tuple(template))
-        binary = _BINARIES.get(launch)  # a step launches the same kernels every 80 ms
+        # a step launches the same kernels every 80 ms; True and 1 are other constants (bool, int)
+        values = tuple((k, type(v), v) for k, v in template)
+        launch = (self, tuple(a.dtype for a in inputs), tuple(output_dtypes), values)
+        binary = _BINARIES.get(launch)
         if binary is None:
             source = self.translation_unit(launch[1], output_dtypes, template)
             ahead = _AHEAD.get()
@@ -201,7 +204,7 @@ class CudaKernel:
                 return [
                     mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)
                 ]
-            binary = _BINARIES[launch] = cubins.CACHE.get(source, self.name, arch())
+            binary = _BINARIES[launch] = _binary(source, self.name)
         return mx.fast.precompiled_cuda_kernel(
             name=self.name,
             compiled_source=binary,
@@ -215,6 +218,23 @@ class CudaKernel:
             init_value=init_value,
             ensure_row_contiguous=True,
         )
+
+
+def _binary(source: str, name: str) -> bytes:
+    """The cubin of one translation unit (`nn.cubins`); what stops it is the user's to fix."""
+    try:
+        return cubins.CACHE.get(source, name, arch())
+    except FileNotFoundError as exc:
+        raise KernelError(f"{exc}. {KERNEL_FIX}") from None
+    except nvrtc.CompileError as exc:
+        raise KernelError(f"{exc}\n{KERNEL_FIX}") from None
+
+
+KERNEL_FIX = (
+    "rolekit compiles its CUDA kernels with NVRTC: install rolekit's cuda extra (NVRTC and CUDA's "
+    "headers) or the CUDA toolkit with CUDA_HOME set (`rolekit doctor` checks it), or run the "
+    "part with MLX's ops (`--kernels NAME=0`)"
+)
 
 
 def build_kernel(
@@ -249,20 +269,28 @@ class AheadBuild:
         self.pool.shutdown()
         return len(self.futures)
 
+    def cancel(self) -> None:
+        """Drop the compiles not yet started (those running finish in their threads)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
 
 _AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default=None)
 
 
 @contextmanager
 def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
-    """Inside the block a `CudaKernel` call does not launch: its translation unit starts compiling
-    (or loading from the kernel cache) in one of `workers` threads (default: the CPU count, at most
-    16) and the call returns zeros of the output shapes, to be built on lazily and never
-    evaluated. The compiles go on after the block (`AheadBuild.wait`); a launch that needs one of
-    them meanwhile waits for it (`nn.cubins`). Build only throwaway graphs inside."""
+    """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it (or
+    loading it from the kernel cache) in one of `workers` threads (default: the CPU count, at most
+    16) and returns zeros of the output shapes; build on them lazily and never evaluate (only
+    throwaway graphs belong inside). The compiles go on after the block (`AheadBuild.wait`); a
+    launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
+    cancels the compiles not yet started."""
     build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
     token = _AHEAD.set(build)
     try:
         yield build
+    except BaseException:
+        build.cancel()
+        raise
     finally:
         _AHEAD.reset(token)

@@ -3,8 +3,7 @@
 rolekit compiles its own kernels (not MLX's `mx.fast.cuda_kernel`, which compiles them again in
 every process) so that the machine code can be kept on disk (`nn.cubins`). The library is the
 one MLX's CUDA backend loaded when there is one, else the `nvidia-cuda-nvrtc` wheel's, else the
-toolkit's; the CUDA headers are found where MLX's JIT finds them (MLX's bundled headers, the
-`nvidia/cu13` wheel, `$CUDA_HOME`, `$CUDA_PATH`, `/usr/local/cuda`).
+toolkit's; the CUDA headers are chosen as MLX's JIT chooses them (`include_dirs`).
 
 Thread-safe: each call compiles its own program, and NVRTC releases no state between programs,
 so several kernels may compile at once in threads (ctypes releases the GIL during the call).
@@ -16,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import hashlib
 import importlib.util
 import os
 import sys
@@ -83,23 +83,48 @@ def _cuda_homes() -> list[str]:
 
 @lru_cache(maxsize=1)
 def include_dirs() -> tuple[str, ...]:
-    """Folders holding CUDA's headers (cuda_bf16.h, cooperative_groups.h, cuda/std), each followed
-    by its `cccl` subfolder where there is one. Raises FileNotFoundError without cuda_bf16.h."""
-    bases = []
+    """The include path, chosen as MLX's JIT chooses it: MLX's bundled headers (and their `cccl`),
+    then the first CUDA runtime header folder that has cuda_bf16.h, of the `nvidia/cu13` (or
+    `cuda_runtime`) wheel, `$CUDA_HOME`, `$CUDA_PATH`, `/usr/local/cuda` (and its `cccl`); where
+    none of these has libcu++ (cuda/std), the first of those folders that does. Raises
+    FileNotFoundError without cuda_bf16.h."""
+    dirs: list[str] = []
     spec = importlib.util.find_spec("mlx")
     if spec is not None and spec.submodule_search_locations:
-        bases += [os.path.join(p, "include") for p in spec.submodule_search_locations]
-    for root in _site_dirs():
-        bases += [os.path.join(root, "nvidia", name, "include") for name in ("cu13", "cuda_runtime")]
-    bases += [os.path.join(h, "include") for h in _cuda_homes()]
-    dirs: list[str] = []
-    for base in bases:
-        for d in (base, os.path.join(base, "cccl")):
-            if os.path.isdir(d) and d not in dirs:
-                dirs.append(d)
-    if not any(os.path.exists(os.path.join(d, "cuda_bf16.h")) for d in dirs):
-        raise FileNotFoundError(f"CUDA headers (cuda_bf16.h) not found in {dirs or bases} (set CUDA_HOME)")
+        for p in spec.submodule_search_locations:
+            dirs += [os.path.join(p, "include"), os.path.join(p, "include", "cccl")]
+    runtimes = [
+        os.path.join(r, "nvidia", n, "include") for r in _site_dirs() for n in ("cu13", "cuda_runtime")
+    ]
+    runtimes += [os.path.join(h, "include") for h in _cuda_homes()]
+    runtime = next((r for r in runtimes if os.path.exists(os.path.join(r, "cuda_bf16.h"))), None)
+    if runtime is None:
+        raise FileNotFoundError(
+            f"CUDA's headers (cuda_bf16.h) not found in any of {runtimes} (set CUDA_HOME)"
+        )
+    dirs += [runtime, os.path.join(runtime, "cccl")]
+    dirs = [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+    if not any(_has_cuda_std(d) for d in dirs):  # libcu++ (cuda/std) from another CUDA install
+        dirs += [d for r in runtimes for d in (r, os.path.join(r, "cccl")) if _has_cuda_std(d)][:1]
     return tuple(dirs)
+
+
+def _has_cuda_std(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, "cuda", "std", "cstdint"))
+
+
+@lru_cache(maxsize=1)
+def headers_fingerprint() -> str:
+    """A SHA-256 (hex) of the include path and of the CUDA runtime's cuda_bf16.h and cuda.h:
+    kernels built against other headers get other cubins (`nn.cubins`)."""
+    h = hashlib.sha256("\0".join(include_dirs()).encode())
+    for d in include_dirs():
+        for name in ("cuda_bf16.h", "cuda.h"):
+            path = os.path.join(d, name)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)

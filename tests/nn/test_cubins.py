@@ -13,11 +13,16 @@ import pytest
 from rolekit.nn import cubins, cuda, nvrtc
 
 
+def compiler_sources(compiler: Counting) -> list[str]:
+    return compiler.sources
+
+
 class Counting:
     """A compiler that returns a made-up cubin per (source, arch) and counts its calls."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.sources: list[str] = []
         self.delay = delay
         self.lock = threading.Lock()
 
@@ -25,6 +30,7 @@ class Counting:
         time.sleep(self.delay)
         with self.lock:
             self.calls.append((name, arch))
+            self.sources.append(source)
         return f"{arch}:{name}:{source}".encode()
 
 
@@ -77,13 +83,18 @@ def test_an_unwritable_folder_keeps_the_cubin_in_memory(tmp_path):
     assert len(compiler.calls) == 1 and blocker.read_text() == "not a folder"
 
 
-def test_an_empty_cache_file_is_compiled_again(tmp_path):
-    cache = cubins.BinaryCache(tmp_path, Counting())
-    path = cache.path("k", cache.key("SRC", "sm_90"))
-    path.write_bytes(b"")
+@pytest.mark.parametrize("damage", [b"", b"garbage", None])
+def test_a_damaged_cache_file_is_compiled_again(tmp_path, damage):
+    first = cubins.BinaryCache(tmp_path, Counting())
+    data = first.get("SRC", "k", "sm_90")
+    path = first.path("k", first.key("SRC", "sm_90"))
+    stored = path.read_bytes()
+    assert stored[: len(data)] == data and len(stored) == len(data) + cubins.DIGEST
+    path.write_bytes(stored[:-1] + bytes([stored[-1] ^ 1]) if damage is None else damage)
     compiler = Counting()
-    data = cubins.BinaryCache(tmp_path, compiler).get("SRC", "k", "sm_90")
-    assert len(compiler.calls) == 1 and path.read_bytes() == data
+    again = cubins.BinaryCache(tmp_path, compiler)
+    assert again.get("SRC", "k", "sm_90") == data
+    assert len(compiler.calls) == 1 and again.stats.read == 0 and path.read_bytes() == stored
 
 
 def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, monkeypatch):
@@ -122,6 +133,16 @@ def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, 
     assert signature.startswith(f'extern "C" __global__ void __launch_bounds__(256) {kernel.name}(\n')
     assert "const __nv_bfloat16* x,\n    const uint32_t* w,\n    float* y) {\n" in signature
     assert "  using T = __nv_bfloat16;\n  constexpr int N = 4;\n  constexpr bool FLAG = true;\n" in signature
+    # an int where a bool was is another constant: another translation unit
+    kernel(
+        inputs=[x, w],
+        output_shapes=[(4,)],
+        output_dtypes=[mx.float32],
+        grid=(4, 1, 1),
+        threadgroup=(4, 1, 1),
+        template=[("T", mx.bfloat16), ("N", 4), ("FLAG", 1)],
+    )
+    assert len(compiler.calls) == 2 and "constexpr int FLAG = 1;" in compiler_sources(compiler)[-1]
     # another dtype is another translation unit, compiled once more
     kernel(
         inputs=[x.astype(mx.float32), w],
@@ -131,7 +152,26 @@ def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, 
         threadgroup=(4, 1, 1),
         template=[("T", mx.float32), ("N", 4), ("FLAG", True)],
     )
-    assert len(compiler.calls) == 2
+    assert len(compiler.calls) == 3
+
+
+def test_a_kernel_that_cannot_be_built_is_a_clear_error(tmp_path, monkeypatch):
+    from rolekit.errors import KernelError
+
+    def missing(source, name, arch):
+        raise FileNotFoundError("CUDA's headers (cuda_bf16.h) not found in any of [] (set CUDA_HOME)")
+
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, missing))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
+    kernel = cuda.build_kernel("nothing", ["x"], ["y"], "y[0] = x[0];")
+    with pytest.raises(KernelError, match=r"cuda_bf16\.h.*--kernels NAME=0"):
+        kernel(
+            inputs=[mx.zeros((1,))],
+            output_shapes=[(1,)],
+            output_dtypes=[mx.float32],
+            grid=(1, 1, 1),
+            threadgroup=(1, 1, 1),
+        )
 
 
 def test_importing_rolekit_puts_every_kernel_cache_under_the_rolekit_cache(tmp_path):
