@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class BinaryCache:
         self.stats = Stats()
         self._memory: dict[str, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._pending: dict[str, Future[tuple[bytes, float]]] = {}  # prefetches under way
         self._guard = threading.Lock()
 
     def key(self, source: str, arch: str) -> str:
@@ -84,6 +86,15 @@ class BinaryCache:
         if found is not None:
             self._count("reused")
             return found
+        pending = self._pending.get(key)
+        if pending is not None:  # a prefetch is compiling it: wait for that one
+            try:
+                data, _ = pending.result()
+            except Exception:  # failed or cancelled: compiled here, which reports the failure
+                pass
+            else:
+                with self._guard:
+                    return self._memory.setdefault(key, data)
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one compile per source in this process; other threads wait for it
@@ -97,6 +108,50 @@ class BinaryCache:
             else:
                 self._count("reused")
         return found
+
+    def prefetch(self, source: str, name: str, arch: str, pool: Executor) -> Future | None:
+        """Start compiling `source` in a thread of `pool` (with NVRTC: in a process of its own,
+        `nvrtc.compile_in_subprocess`) unless this process or the folder already has it; the result goes
+        to memory and the folder, and a `get` meanwhile waits for it. Returns the compile's future,
+        None when nothing had to be compiled. A failed compile is left for `get` to report."""
+        key = self.key(source, arch)
+        with self._guard:
+            if key in self._memory or key in self._pending:
+                return self._pending.get(key)
+        data = self._read(name, key)
+        if data is not None:
+            with self._guard:
+                self._memory.setdefault(key, data)
+            return None
+        if self.compiler is not None:
+            job = pool.submit(_timed, self.compiler, source, name, arch)
+        else:  # a process of its own, with this process's library and headers
+            job = pool.submit(
+                _timed,
+                nvrtc.compile_in_subprocess,
+                source,
+                name,
+                arch,
+                nvrtc.library_path(),
+                nvrtc.include_dirs(),
+            )
+        with self._guard:
+            self._pending[key] = job
+        job.add_done_callback(lambda done: self._prefetched(key, name, done))
+        return job
+
+    def _prefetched(self, key: str, name: str, job: Future[tuple[bytes, float]]) -> None:
+        try:
+            data, seconds = job.result()
+        except BaseException:  # noqa: BLE001 - failed or cancelled: `get` compiles and reports
+            with self._guard:
+                self._pending.pop(key, None)
+            return
+        self._write(name, key, data)
+        with self._guard:
+            self._memory.setdefault(key, data)
+            self._pending.pop(key, None)
+        self._count("compiled", seconds)
 
     def _count(self, what: str, seconds: float = 0.0) -> None:
         with self._guard:
@@ -138,6 +193,13 @@ class BinaryCache:
                 Path(tmp).write_bytes(data + hashlib.sha256(data).digest())
         except OSError:  # a read-only or full cache: this process keeps its copy in memory
             pass
+
+
+def _timed(compile_fn: Compiler, *args: object) -> tuple[bytes, float]:
+    """(cubin, seconds) of one compile: a prefetch's job."""
+    t0 = time.perf_counter()
+    data = compile_fn(*args)  # type: ignore[arg-type]
+    return data, time.perf_counter() - t0
 
 
 CACHE = BinaryCache()

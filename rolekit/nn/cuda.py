@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -251,26 +251,30 @@ def build_kernel(
 
 
 class AheadBuild:
-    """The translation units launched inside `compiling_ahead`, each compiling (or loading from
-    the kernel cache) in a thread of `pool`; `wait` for them all."""
+    """The translation units launched inside `compiling_ahead`: each not yet compiled compiles in
+    `pool` (`nn.cubins.BinaryCache.prefetch`); `wait` for them all."""
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, pool: Executor) -> None:
         self.pool = pool
-        self.futures: dict[str, Future[bytes]] = {}
+        self.sources: set[str] = set()
+        self.futures: list[Future] = []
 
     def submit(self, source: str, name: str) -> None:
-        if source not in self.futures:
-            self.futures[source] = self.pool.submit(cubins.CACHE.get, source, name, arch())
+        if source not in self.sources:
+            self.sources.add(source)
+            job = cubins.CACHE.prefetch(source, name, arch(), self.pool)
+            if job is not None:
+                self.futures.append(job)
 
     def wait(self) -> int:
-        """Block until every compile has finished; returns how many there were. A source that
-        failed to compile is left for its real launch to report."""
-        wait(list(self.futures.values()))
+        """Block until every compile has finished; returns how many kernels were asked for
+        (compiled or read). A source that failed to compile is left for its launch to report."""
+        wait(self.futures)
         self.pool.shutdown()
-        return len(self.futures)
+        return len(self.sources)
 
     def cancel(self) -> None:
-        """Drop the compiles not yet started (those running finish in their threads)."""
+        """Drop the compiles not yet started (those running finish in their workers)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -279,9 +283,9 @@ _AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default
 
 @contextmanager
 def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
-    """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it (or
-    loading it from the kernel cache) in one of `workers` threads (default: the CPU count, at most
-    16) and returns zeros of the output shapes; build on them lazily and never evaluate (only
+    """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it, in
+    a process of its own watched by one of `workers` threads (default: the CPU count, at most 16),
+    unless the kernel cache has it, and returns zeros of the output shapes; build on them lazily and never evaluate (only
     throwaway graphs belong inside). The compiles go on after the block (`AheadBuild.wait`); a
     launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
     cancels the compiles not yet started."""

@@ -5,9 +5,10 @@ every process) so that the machine code can be kept on disk (`nn.cubins`). The l
 one MLX's CUDA backend loaded when there is one, else the `nvidia-cuda-nvrtc` wheel's, else the
 toolkit's; the CUDA headers are chosen as MLX's JIT chooses them (`include_dirs`).
 
-Thread-safe: each call compiles its own program, and NVRTC releases no state between programs,
-so several kernels may compile at once in threads (ctypes releases the GIL during the call).
-No mlx here.
+Thread-safe, but NVRTC serializes part of a compile inside one process (MLX's own JIT included):
+kernels compiled at once each go to a process of their own (`compile_in_subprocess`, running this
+module: `python -m rolekit.nn.nvrtc NAME ARCH LIBRARY INCLUDES < source > cubin`), with this
+process's library and include path. No mlx here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -30,18 +32,25 @@ class CompileError(RuntimeError):
 
 
 @lru_cache(maxsize=1)
-def library() -> ctypes.CDLL:
-    """libnvrtc: the one already in this process (MLX's CUDA backend links it), else the
+def library_path() -> str:
+    """Where libnvrtc is: the one already in this process (MLX's CUDA backend links it), else the
     `nvidia-cuda-nvrtc` wheel's, else the system's. Raises FileNotFoundError without one."""
     for path in _candidates():
         try:
-            return ctypes.CDLL(path)
+            ctypes.CDLL(path)
         except OSError:
             continue
+        return path
     raise FileNotFoundError(
         "libnvrtc (CUDA's runtime compiler) not found: install rolekit's cuda extra "
         "(or nvidia-cuda-nvrtc), or put the CUDA toolkit's lib64 on LD_LIBRARY_PATH"
     )
+
+
+@lru_cache(maxsize=4)
+def library(path: str | None = None) -> ctypes.CDLL:
+    """libnvrtc at `path` (default `library_path()`)."""
+    return ctypes.CDLL(path or library_path())
 
 
 def _candidates() -> list[str]:
@@ -142,10 +151,14 @@ def _check(rc: int, what: str) -> None:
         raise CompileError(f"{what} failed: {lib.nvrtcGetErrorString(rc).decode()} ({rc})")
 
 
-def compile_cubin(source: str, name: str, arch: str) -> bytes:
-    """Machine code (a cubin) of `source` for `arch` (e.g. "sm_90"), C++17, device code by
-    default. Raises CompileError with NVRTC's log when the source does not compile."""
-    lib = library()
+def compile_cubin(
+    source: str, name: str, arch: str, lib_path: str | None = None, includes: tuple[str, ...] | None = None
+) -> bytes:
+    """Machine code (a cubin) of `source` for `arch` (e.g. "sm_90a"), C++17, device code by
+    default, with libnvrtc at `lib_path` and the include path `includes` (defaults:
+    `library_path()`, `include_dirs()`). Raises CompileError with NVRTC's log when the source
+    does not compile."""
+    lib = library(lib_path)
     prog = ctypes.c_void_p()
     _check(
         lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), f"{name}.cu".encode(), 0, None, None),
@@ -153,7 +166,7 @@ def compile_cubin(source: str, name: str, arch: str) -> bytes:
     )
     try:
         opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
-        opts += [f"--include-path={d}".encode() for d in include_dirs()]
+        opts += [f"--include-path={d}".encode() for d in (include_dirs() if includes is None else includes)]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         if rc != 0:
             size = ctypes.c_size_t()
@@ -168,3 +181,38 @@ def compile_cubin(source: str, name: str, arch: str) -> bytes:
         return out.raw
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def compile_in_subprocess(
+    source: str, name: str, arch: str, lib_path: str | None = None, includes: tuple[str, ...] | None = None
+) -> bytes:
+    """`compile_cubin` in a new Python process running this module (defaults as there, resolved
+    here so that the worker uses this process's NVRTC and headers). Raises CompileError."""
+    lib_path = lib_path or library_path()
+    includes = include_dirs() if includes is None else includes
+    out = subprocess.run(
+        [sys.executable, "-m", "rolekit.nn.nvrtc", name, arch, lib_path, os.pathsep.join(includes)],
+        input=source.encode(),
+        capture_output=True,
+        check=False,
+    )
+    if out.returncode != 0 or not out.stdout:
+        raise CompileError(out.stderr.decode(errors="replace")[-8000:] or f"the compile of {name} failed")
+    return out.stdout
+
+
+def _main(argv: list[str]) -> int:
+    name, arch, lib_path, includes = argv
+    try:
+        cubin = compile_cubin(
+            sys.stdin.read(), name, arch, lib_path, tuple(filter(None, includes.split(os.pathsep)))
+        )
+    except CompileError as exc:
+        sys.stderr.write(str(exc))
+        return 3
+    sys.stdout.buffer.write(cubin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

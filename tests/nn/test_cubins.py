@@ -74,6 +74,30 @@ def test_threads_asking_for_one_source_compile_it_once(tmp_path):
     assert len(compiler.calls) == 1 and len(set(got)) == 1 and len(got) == 8
 
 
+def test_a_launch_waits_for_the_prefetch_of_its_kernel(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiler = Counting(delay=0.2)
+    cache = cubins.BinaryCache(tmp_path, compiler)
+    with ThreadPoolExecutor(2) as pool:
+        job = cache.prefetch("SRC", "k", "sm_90", pool)
+        assert job is not None and cache.prefetch("SRC", "k", "sm_90", pool) is job
+        data = cache.get("SRC", "k", "sm_90")  # while the prefetch compiles
+    assert len(compiler.calls) == 1 and data == job.result()[0]
+    assert cache.stats.compiled == 1 and cache.path("k", cache.key("SRC", "sm_90")).exists()
+    later = cubins.BinaryCache(tmp_path, Counting())
+    with ThreadPoolExecutor(1) as pool:
+        assert later.prefetch("SRC", "k", "sm_90", pool) is None  # read from the folder
+    assert later.stats.read == 1 and later.get("SRC", "k", "sm_90") == data
+
+
+def test_a_compile_in_a_process_of_its_own_reports_the_worker_failure(tmp_path):
+    with pytest.raises(nvrtc.CompileError, match="no-such-libnvrtc"):
+        nvrtc.compile_in_subprocess(
+            "", "k", "sm_90a", str(tmp_path / "no-such-libnvrtc.so"), (str(tmp_path),)
+        )
+
+
 def test_an_unwritable_folder_keeps_the_cubin_in_memory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -193,6 +217,27 @@ def test_importing_rolekit_puts_every_kernel_cache_under_the_rolekit_cache(tmp_p
         str(kernels / "mlx-ptx"),
         str(kernels / "cuda"),
     ]
+
+
+@pytest.mark.nvrtc
+def test_kernels_compiled_ahead_compile_in_processes_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path))  # NVRTC itself
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    kernels = [
+        cuda.build_kernel(f"probe{i}", ["x"], ["y"], f"y[threadIdx.x] = x[threadIdx.x] + {i};")
+        for i in range(2)
+    ]
+    x = mx.zeros((32,), mx.float32)
+    call = dict(output_shapes=[(32,)], output_dtypes=[mx.float32], grid=(32, 1, 1), threadgroup=(32, 1, 1))
+    with cuda.compiling_ahead(workers=2) as ahead:
+        for k in kernels:
+            (y,) = k(inputs=[x], **call)  # placeholders: nothing runs
+    assert ahead.wait() == 2 and cubins.CACHE.stats.compiled == 2
+    for k in kernels:
+        source = k.translation_unit([mx.float32], [mx.float32])
+        assert cubins.CACHE.get(source, k.name, "sm_90a")[:4] == b"\x7fELF"
+    assert cubins.CACHE.stats.compiled == 2 and cubins.CACHE.stats.reused == 2
+    assert len(list(tmp_path.glob("rolekit_probe*.cubin"))) == 2
 
 
 @pytest.mark.nvrtc
