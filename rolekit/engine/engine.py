@@ -216,7 +216,7 @@ class Engine:
         return built
 
     def compile_kernels_ahead(self, frames: int | None = None) -> AheadBuild | None:
-        """Start compiling, all at once in threads (`nn.cuda.compiling_ahead`), rolekit's CUDA
+        """Start compiling, all at once (`nn.cuda.compiling_ahead`: a process each), rolekit's CUDA
         kernels that the next `frames` steps launch (None: a whole conversation; Mimi's and those
         of every LM step graph `prepare` builds), instead of one after another as steps first
         reach them; steps may run meanwhile (a launch waits for its own kernel). Later processes

@@ -30,7 +30,7 @@ class WarmupResult:
     steps_ms: list[float] = field(default_factory=list)  # per warm-up step
     graphs: int = 0  # later step graphs built ahead (`Engine.prepare`)
     graphs_ms: float = 0.0  # their time
-    ahead: int = 0  # rolekit kernels compiled (or read) at once, in threads beside the steps
+    ahead: int = 0  # rolekit kernels compiled (or read) at once, beside the steps
     ahead_ms: float = 0.0  # from their start until the steps and every compile were done
     # rolekit's CUDA kernels the warm-up needed (`nn.cubins.Stats`): compiled now (and the
     # seconds that took), read from the kernel cache, reused from this process
@@ -56,7 +56,7 @@ def warmup(
     before = cubins.CACHE.stats.as_dict()
     result = WarmupResult()
     t_ahead = time.perf_counter()
-    # rolekit's kernels compile in threads while the first step builds MLX's own (a fresh machine)
+    # rolekit's kernels compile in processes of their own while the first step builds MLX's
     ahead = engine.compile_kernels_ahead(frames)
     snap = engine.snapshot()
     silence = np.zeros((engine.batch, FRAME_SAMPLES), np.float32)
