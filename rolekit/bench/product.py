@@ -95,7 +95,7 @@ def bench_product(
         "warmup_steps_ms": [round(ms, 1) for ms in warm.steps_ms],
         "warmup_graphs": warm.graphs,
         "warmup_graphs_s": round(warm.graphs_ms / 1000.0, 2),
-        "rolekit_kernels": {**warm.kernels, "ahead": warm.ahead, "ahead_s": round(warm.ahead_ms / 1000.0, 2)},
+        "rolekit_kernels": warm.kernel_report(),
         "step": stats,
         "rtf": round(stats["median"] / 80.0, 4),
         "first_steps_ms": [round(ms, 1) for ms in samples[:3]],

@@ -95,7 +95,7 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
         "warmup_s": round(warm.seconds, 2),
         "steps_ms": steps_ms,
         "prefill_to_first_step_s": round(warm.seconds + steps_ms[0] / 1000.0, 2),
-        "rolekit_kernels": {**warm.kernels, "ahead": warm.ahead, "ahead_s": round(warm.ahead_ms / 1000.0, 2)},
+        "rolekit_kernels": warm.kernel_report(),
         "kernel_caches": {
             **{k: os.environ.get(k, "") for k in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")},
             "rolekit": str(cubin_dir()),

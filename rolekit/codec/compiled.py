@@ -121,12 +121,11 @@ class CompiledMimi:
             return 0
         enc_shapes, dec_shapes = self._carry_shapes(batch)
         off = mx.array(self.cfg.context, dtype=mx.int32)  # a position with every cache slot real
-        scratch = lambda shapes: {k: mx.zeros(s, dtype=mx.float32) for k, s in shapes.items()}  # noqa: E731
         x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
         codes = mx.zeros((batch, self.num_codebooks, 1), dtype=mx.int32)
         mx.eval(
-            self._encode[True](x, scratch(enc_shapes), off),
-            self._decode[True](codes, scratch(dec_shapes), off),
+            self._encode[True](x, _scratch(enc_shapes), off),
+            self._decode[True](codes, _scratch(dec_shapes), off),
         )
         self._prepared.add(batch)
         return 2
@@ -136,20 +135,19 @@ class CompiledMimi:
         scratch carries and uncompiled: inside `nn.cuda.compiling_ahead` this compiles the CUDA
         kernels those steps launch. No trace is cached, no state changes."""
         enc_shapes, dec_shapes = self._carry_shapes(batch)
-        scratch = lambda shapes: {k: mx.zeros(s, dtype=mx.float32) for k, s in shapes.items()}  # noqa: E731
         x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
         codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
         if self._use_kernels(batch):
             last = dict(self.kernels.last)  # type: ignore[union-attr]
-            self.kernels.encode(x, scratch(enc_shapes), 0)  # type: ignore[union-attr]
-            self.kernels.decode(codes, scratch(dec_shapes), 0)  # type: ignore[union-attr]
+            self.kernels.encode(x, _scratch(enc_shapes), 0)  # type: ignore[union-attr]
+            self.kernels.decode(codes, _scratch(dec_shapes), 0)  # type: ignore[union-attr]
             self.kernels.last = last  # type: ignore[union-attr]  # the real steps' stage timers
             return
         traces = self.traces
         for full in (False, True):
             off = mx.array(self.cfg.context if full else 0, dtype=mx.int32)
-            self._encode_impl(x, scratch(enc_shapes), off, full)
-            self._decode_impl(codes, scratch(dec_shapes), off, full)
+            self._encode_impl(x, _scratch(enc_shapes), off, full)
+            self._decode_impl(codes, _scratch(dec_shapes), off, full)
         self.traces = traces  # built, not traced
 
     def _use_kernels(self, batch: int) -> bool:
@@ -214,6 +212,11 @@ class CompiledMimi:
 
             self._shapes[batch] = (full(probe.enc), full(probe.dec))
         return self._shapes[batch]
+
+
+def _scratch(shapes: Shapes) -> dict[str, mx.array]:
+    """Zero fp32 carries of `shapes` (lazy: allocated only if evaluated)."""
+    return {k: mx.zeros(s, dtype=mx.float32) for k, s in shapes.items()}
 
 
 def _fixed(carries: dict[str, mx.array | None], shapes: Shapes) -> dict[str, mx.array]:

@@ -97,12 +97,10 @@ class CompiledStep(EagerStep):
         runs, on scratch rings that are never allocated: inside `nn.cuda.compiling_ahead` this
         compiles each CUDA kernel those graphs launch. No trace is cached; nothing of the caller's
         state changes. `args` as `prepare` takes them. Returns the graphs built."""
-        ring = lm_cache.rings[0].keys
-        b, h, _, d = ring.shape
         start = self._start_array(lm_cache.start)
         shapes = self.upcoming(lm_cache, horizon)
         for pos, cap, shape in shapes:
-            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(2 * len(lm_cache.rings))]
+            kv = _scratch_rings(lm_cache, cap)
             S.lm_step(self.constants, shape, *args, mx.array(pos, dtype=mx.int32), start, *kv)
         return len(shapes)
 
@@ -128,7 +126,7 @@ class CompiledStep(EagerStep):
             key = (id(self.constants.lm), b, ring.dtype, cap, shape)
             scratch = n_rings * b * h * cap * d * ring.dtype.size
             run = budget is not None and scratch <= budget and key not in _RUN
-            kv = [mx.zeros((b, h, cap, d), ring.dtype) for _ in range(n_rings)]
+            kv = _scratch_rings(lm_cache, cap)
             res = self.function(shape)(*args, mx.array(pos, dtype=mx.int32), start, *kv)
             kv = None
             if run:
@@ -141,6 +139,13 @@ class CompiledStep(EagerStep):
         if ran:
             mx.clear_cache()  # the scratch rings go back to the device, not to this process's cache
         return built
+
+
+def _scratch_rings(lm_cache: LmCache, capacity: int) -> list[mx.array]:
+    """Zero keys and values of every layer at `capacity` slots (lazy: allocated only if evaluated)."""
+    b, h, _, d = lm_cache.rings[0].keys.shape
+    dtype = lm_cache.rings[0].keys.dtype
+    return [mx.zeros((b, h, capacity, d), dtype) for _ in range(2 * len(lm_cache.rings))]
 
 
 # (model, rows, ring dtype, ring capacity, shape) of every step graph some engine of this process

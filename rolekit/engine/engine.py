@@ -200,10 +200,7 @@ class Engine:
         full transformer caches (`CompiledMimi.prepare`). `evaluate` None: run those whose scratch
         rings fit in half the free memory (else traced only); True: run all; False: trace only.
         State unchanged; returns the number of graphs built (0 for the eager step)."""
-        horizon = None if frames is None else self.lm_cache.offset + frames
-        off = mx.array(self.offsets.astype(np.int32))  # [B]
-        user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
-        args = (self.ring.cache, self.ring.provided, off, user, self.keys)
+        horizon, args = self._ahead(frames)
         if evaluate is None:
             budget: int | None = int(0.5 * free_memory_bytes())
         else:
@@ -224,15 +221,20 @@ class Engine:
         the build (`wait()` gives the kernel count), None when no rolekit kernel runs."""
         if not self.kernels.any or not self.compiled:
             return None
-        horizon = None if frames is None else self.lm_cache.offset + frames
-        off = mx.array(self.offsets.astype(np.int32))  # [B]
-        user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
-        args = (self.ring.cache, self.ring.provided, off, user, self.keys)
+        horizon, args = self._ahead(frames)
         with compiling_ahead() as ahead:
             if isinstance(self.mimi_steps, CompiledMimi):
                 self.mimi_steps.build_lazily(self.batch, N_CODEBOOKS)
             self.lm_step.build_lazily(self.lm_cache, args, horizon)  # type: ignore[union-attr]
         return ahead
+
+    def _ahead(self, frames: int | None) -> tuple[int | None, tuple[mx.array, ...]]:
+        """(global position the next `frames` steps end before (None: no end), the LM step's
+        (ring cache, ring provided, off, user, keys) of a scratch step from the current state)."""
+        horizon = None if frames is None else self.lm_cache.offset + frames
+        off = mx.array(self.offsets.astype(np.int32))  # [B]
+        user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
+        return horizon, (self.ring.cache, self.ring.provided, off, user, self.keys)
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:

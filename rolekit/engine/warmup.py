@@ -2,8 +2,9 @@
 
 A fresh process compiles every MLX graph and CUDA kernel on the first steps that need them (the
 first two calls only prime the delays; the depformer and the Mimi decoder start on the third).
-`warmup` first compiles rolekit's own CUDA kernels of the whole conversation in parallel threads
-(or reads them from the kernel cache: `nn.cubins`), then runs those steps on silence and puts the whole engine state back, then builds the step
+`warmup` first starts compiling rolekit's own CUDA kernels of the whole conversation, each in a
+process of its own (or reads them from the kernel cache: `nn.cubins`), runs those steps on silence
+beside them and puts the whole engine state back, then builds the step
 graphs that later steps would compile mid-conversation (the LM's as the ring grows and the
 attended prefix doubles: 256, 512, 1024, 2048 slots, the full context; Mimi's once its caches are
 full; `Engine.prepare`), so the conversation that follows is exactly the one it would have been,
@@ -35,6 +36,10 @@ class WarmupResult:
     # rolekit's CUDA kernels the warm-up needed (`nn.cubins.Stats`): compiled now (and the
     # seconds that took), read from the kernel cache, reused from this process
     kernels: dict[str, float] = field(default_factory=dict)
+
+    def kernel_report(self) -> dict[str, float]:
+        """`kernels` with the ahead build's count and seconds, as the JSON summaries give them."""
+        return {**self.kernels, "ahead": self.ahead, "ahead_s": round(self.ahead_ms / 1000.0, 2)}
 
     @property
     def seconds(self) -> float:

@@ -122,9 +122,6 @@ CUDA_TYPES = {
 
 Template = Sequence[tuple[str, "int | bool | mx.Dtype"]]
 
-# (kernel, input dtypes, output dtypes, template) -> cubin, for this process's launches
-_BINARIES: dict[tuple, bytes] = {}
-
 
 @dataclass(frozen=True)
 class CudaKernel:
@@ -148,6 +145,11 @@ class CudaKernel:
     header: str = ""
     threads: int = 0
     shared_memory: int = 0
+
+    @cached_property
+    def _binaries(self) -> dict[tuple, bytes]:
+        """(input dtypes, output dtypes, template) -> cubin of this process's launches."""
+        return {}
 
     @cached_property
     def name(self) -> str:
@@ -194,17 +196,17 @@ class CudaKernel:
     ) -> list[mx.array]:
         # a step launches the same kernels every 80 ms; True and 1 are other constants (bool, int)
         values = tuple((k, type(v), v) for k, v in template)
-        launch = (self, tuple(a.dtype for a in inputs), tuple(output_dtypes), values)
-        binary = _BINARIES.get(launch)
+        launch = (tuple(a.dtype for a in inputs), tuple(output_dtypes), values)
+        binary = self._binaries.get(launch)
         if binary is None:
-            source = self.translation_unit(launch[1], output_dtypes, template)
+            source = self.translation_unit(launch[0], output_dtypes, template)
             ahead = _AHEAD.get()
             if ahead is not None:  # building ahead: compile in the background, answer with placeholders
                 ahead.submit(source, self.name)
                 return [
                     mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)
                 ]
-            binary = _BINARIES[launch] = _binary(source, self.name)
+            binary = self._binaries[launch] = _binary(source, self.name)
         return mx.fast.precompiled_cuda_kernel(
             name=self.name,
             compiled_source=binary,
@@ -285,8 +287,8 @@ _AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default
 def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it, in
     a process of its own watched by one of `workers` threads (default: the CPU count, at most 16),
-    unless the kernel cache has it, and returns zeros of the output shapes; build on them lazily and never evaluate (only
-    throwaway graphs belong inside). The compiles go on after the block (`AheadBuild.wait`); a
+    unless the kernel cache has it, and returns zeros of the output shapes; build on them lazily
+    and never evaluate (only throwaway graphs belong inside). The compiles go on after the block (`AheadBuild.wait`); a
     launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
     cancels the compiles not yet started."""
     build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
