@@ -19,14 +19,18 @@ from rolekit.nn import cubins
 CUDA_CACHE_BYTES = 4 << 30
 
 
+def kernels_root() -> Path:
+    """The folder of every kernel cache: `$ROLEKIT_CACHE/kernels`."""
+    return rolekit_cache() / "kernels"
+
+
 def kernel_cache_dirs() -> dict[str, Path]:
-    root = rolekit_cache() / "kernels"
-    return {"MLX_PTX_CACHE_DIR": root / "mlx-ptx", "CUDA_CACHE_PATH": root / "cuda"}
+    return {"MLX_PTX_CACHE_DIR": kernels_root() / "mlx-ptx", "CUDA_CACHE_PATH": kernels_root() / "cuda"}
 
 
 def cubin_dir() -> Path:
     """rolekit's own compiled kernels (`nn.cubins`)."""
-    return rolekit_cache() / "kernels" / "rolekit"
+    return kernels_root() / "rolekit"
 
 
 def configure_kernel_caches(create: bool = True) -> dict[str, str]:

@@ -147,16 +147,15 @@ def _bar(console: Any, quiet: bool) -> Iterator[Any]:
 def warm(engine: Any, quiet: bool = False, frames: int | None = None) -> Any:
     """Warm `engine` up (`engine.warmup`: its first steps, then the step graphs of the next
     `frames` frames, None = a whole conversation) behind a status line on stderr; state unchanged."""
-
     from rich.console import Console
 
     from rolekit.engine.warmup import WARMUP_STEPS, warmup
-    from rolekit.kernelcache import cubin_dir
+    from rolekit.kernelcache import kernels_root
 
     console = Console(stderr=True, highlight=False)
     if quiet:
         return warmup(engine, frames=frames)
-    where = cubin_dir().parent
+    where = kernels_root()
     with console.status(
         f"warming up: compiling graphs and kernels ({WARMUP_STEPS} silent steps, then the step graphs "
         f"of a longer conversation; kernels cached in {where})"
