@@ -285,13 +285,16 @@ def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel) -> Check:
         )
         return Check("cuda-kernels", "fail", f"a custom kernel does not compile: {msg}", fix, needs)
     ms = (time.perf_counter() - t0) * 1000
+    from rolekit.nn.cuda import launch_path
+
+    how = launch_path()  # "precompiled": MLX hashes each cubin at every launch (slower steps)
     return Check(
         "cuda-kernels",
         "ok",
-        f"a rolekit kernel compiled and ran ({ms:.0f} ms, cache {cubin_dir()})",
+        f"a rolekit kernel compiled and ran ({ms:.0f} ms, cache {cubin_dir()}, launched {how})",
         None,
         needs,
-        {"ms": round(ms, 1)},
+        {"ms": round(ms, 1), "launch": how},
     )
 
 

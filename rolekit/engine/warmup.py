@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rolekit.frames import FRAME_SAMPLES
-from rolekit.nn import cubins
+from rolekit.nn import cubins, cuda
 
 WARMUP_STEPS = 4  # every phase of a step has run once by the fourth call
 
@@ -37,9 +37,11 @@ class WarmupResult:
     # seconds that took), read from the kernel cache, reused from this process
     kernels: dict[str, float] = field(default_factory=dict)
 
-    def kernel_report(self) -> dict[str, float]:
-        """`kernels` with the ahead build's count and seconds, as the JSON summaries give them."""
-        return {**self.kernels, "ahead": self.ahead, "ahead_s": round(self.ahead_ms / 1000.0, 2)}
+    def kernel_report(self) -> dict[str, float | str]:
+        """`kernels` with the ahead build's count and seconds and how cubins launch
+        (`nn.cuda.launch_path`), as the JSON summaries give them."""
+        ahead = {"ahead": self.ahead, "ahead_s": round(self.ahead_ms / 1000.0, 2)}
+        return {**self.kernels, **ahead, "launch": cuda.launch_path()}
 
     @property
     def seconds(self) -> float:

@@ -4,7 +4,7 @@ MLX's `mx.fast.cuda_kernel` compiles a custom kernel with NVRTC in every process
 it to MLX's kernel cache; rolekit's temporal kernel alone takes seconds to compile, once per
 attended ring length. So rolekit compiles its kernels itself (`nn.nvrtc`), keeps each cubin in
 this process and in `folder` (`$ROLEKIT_CACHE/kernels/rolekit`, set by `rolekit.kernelcache`),
-and launches it with `mx.fast.precompiled_cuda_kernel` (`nn.cuda`).
+and `nn.cuda` launches it (from MLX's own kernel cache, `nn.mlxcache`).
 
 A cubin is named by the SHA-256 of everything that decides it: the full source, the target
 architecture, NVRTC's version and options, and the CUDA headers (`nvrtc.headers_fingerprint`). A

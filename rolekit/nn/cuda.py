@@ -1,25 +1,26 @@
 """The CUDA device as rolekit's own kernels see it: present, its SMs, shared memory and architecture;
 the device code of `<package>/device/` and the shared header set every kernel includes;
 `CudaKernel` (built by `build_kernel`, the one place a kernel is named and built): a kernel's
-translation unit, compiled once per source and device (`nn.cubins`, `nn.nvrtc`) and launched with
+translation unit, compiled once per source and device (`nn.cubins`, `nn.nvrtc`) and launched from
+MLX's kernel cache by `mx.fast.cuda_kernel` (`nn.mlxcache`), else by
 `mx.fast.precompiled_cuda_kernel`. Which kernels run is `nn.kernels.Kernels`."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from importlib import resources
 
 import mlx.core as mx
 
 from rolekit.errors import KernelError
-from rolekit.nn import cubins, nvrtc
+from rolekit.nn import cubins, mlxcache, nvrtc
 
 
 @lru_cache(maxsize=1)
@@ -66,6 +67,14 @@ def arch() -> str:
         raise RuntimeError("no CUDA device: rolekit's CUDA kernels cannot be compiled for one")
     # ..._MINOR (0 reads as None); "a": the architecture's own features, as MLX's JIT compiles
     return f"sm_{major}{_attribute(76) or 0}{'a' if major >= 9 else ''}"
+
+
+def launch_path() -> str:
+    """How this process launches rolekit's cubins: "mlx-cache" (`nn.mlxcache`), "precompiled"
+    (`mx.fast.precompiled_cuda_kernel`), or "none" without a CUDA device."""
+    if not cuda_available():
+        return "none"
+    return "mlx-cache" if mlxcache.folder() is not None else "precompiled"
 
 
 def source_tag(source: str) -> str:
@@ -135,8 +144,7 @@ class CudaKernel:
 
     Called like the function `mx.fast.cuda_kernel` returns (inputs, output shapes and dtypes,
     grid in threads, threadgroup, template, init_value), it compiles the source for this GPU once
-    per process and cache folder (`nn.cubins`) and launches the cubin through
-    `mx.fast.precompiled_cuda_kernel`."""
+    per process and cache folder (`nn.cubins`) and launches the cubin (`_launcher`)."""
 
     family: str
     inputs: tuple[str, ...]
@@ -147,8 +155,8 @@ class CudaKernel:
     shared_memory: int = 0
 
     @cached_property
-    def _binaries(self) -> dict[tuple, bytes]:
-        """(input dtypes, output dtypes, template) -> cubin of this process's launches."""
+    def _launchers(self) -> dict[tuple, Callable[..., list[mx.array]]]:
+        """(input dtypes, output dtypes, template) -> the launch function of this process's cubin."""
         return {}
 
     @cached_property
@@ -197,8 +205,8 @@ class CudaKernel:
         # a step launches the same kernels every 80 ms; True and 1 are other constants (bool, int)
         values = tuple((k, type(v), v) for k, v in template)
         launch = (tuple(a.dtype for a in inputs), tuple(output_dtypes), values)
-        binary = self._binaries.get(launch)
-        if binary is None:
+        launcher = self._launchers.get(launch)
+        if launcher is None:
             source = self.translation_unit(launch[0], output_dtypes, template)
             ahead = _AHEAD.get()
             if ahead is not None:  # building ahead: compile in the background, answer with placeholders
@@ -206,18 +214,45 @@ class CudaKernel:
                 return [
                     mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)
                 ]
-            binary = self._binaries[launch] = _binary(source, self.name)
-        return mx.fast.precompiled_cuda_kernel(
-            name=self.name,
-            compiled_source=binary,
+            launcher = self._launchers[launch] = self._launcher(source, launch)
+        return launcher(
             inputs=list(inputs),
             output_shapes=[tuple(s) for s in output_shapes],
             output_dtypes=list(output_dtypes),
-            scalars=[],
             grid=grid,
             threadgroup=threadgroup,
-            shared_memory=self.shared_memory,
             init_value=init_value,
+        )
+
+    def _launcher(self, source: str, launch: tuple) -> Callable[..., list[mx.array]]:
+        """How one launch variant runs: its cubin placed in MLX's kernel cache and launched by
+        `mx.fast.cuda_kernel` (`nn.mlxcache`: MLX then hashes a short text per launch), or, where
+        that cache is not ours to write, launched by `mx.fast.precompiled_cuda_kernel`."""
+        binary = _binary(source, self.name)
+        folder = mlxcache.folder()
+        if folder is not None:
+            placeholder = mlxcache.Placeholder(
+                self.name,
+                cubins.CACHE.key(source, arch()),
+                [(CUDA_TYPES[d], n) for n, d in zip(self.inputs, launch[0], strict=True)],
+                [(CUDA_TYPES[d], n) for n, d in zip(self.outputs, launch[1], strict=True)],
+            )
+            if placeholder.place(folder, binary):
+                return mx.fast.cuda_kernel(
+                    name=placeholder.name,
+                    input_names=list(self.inputs),
+                    output_names=list(self.outputs),
+                    source=placeholder.source,
+                    header=placeholder.header,
+                    ensure_row_contiguous=True,
+                    shared_memory=self.shared_memory,
+                )
+        return partial(
+            mx.fast.precompiled_cuda_kernel,
+            name=self.name,
+            compiled_source=binary,
+            scalars=[],
+            shared_memory=self.shared_memory,
             ensure_row_contiguous=True,
         )
 

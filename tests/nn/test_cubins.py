@@ -1,6 +1,7 @@
 """rolekit's kernels are compiled once per source and device and kept on disk (`nn.cubins`), then
-launched as machine code (`nn.cuda.CudaKernel` -> `mx.fast.precompiled_cuda_kernel`). Here with a
-counting stand-in for NVRTC; `-m nvrtc` compiles a real kernel."""
+launched as machine code (`nn.cuda.CudaKernel`: from MLX's kernel cache, tests/nn/test_mlxcache.py,
+else by `mx.fast.precompiled_cuda_kernel`). Here with a counting stand-in for NVRTC; `-m nvrtc`
+compiles a real kernel."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import mlx.core as mx
 import pytest
 
-from rolekit.nn import cubins, cuda, nvrtc
+from rolekit.nn import cubins, cuda, mlxcache, nvrtc
 
 
 def compiler_sources(compiler: Counting) -> list[str]:
@@ -125,6 +126,7 @@ def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, 
     compiler = Counting()
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
+    monkeypatch.setattr(mlxcache, "folder", lambda: None)  # MLX's kernel cache not ours to write
     launched = []
 
     def precompiled(**kw):

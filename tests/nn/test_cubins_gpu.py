@@ -1,6 +1,7 @@
 """On a CUDA GPU (`pytest -m gpu tests/nn`): a process compiles a rolekit kernel once, runs it
 (checked against MLX's ops by doctor's probe) and keeps its cubin; a later process with the same
-`$ROLEKIT_CACHE` runs it from the cache without compiling."""
+`$ROLEKIT_CACHE` runs it from the cache without compiling. Both launch it from MLX's kernel cache
+(`nn.mlxcache`): MLX ran the placed cubin, since compiling the placeholder is an `#error`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.gpu
 
 CODE = (
     "import json, rolekit; from rolekit.doctor.probes import compile_cuda_kernel; "
-    "from rolekit.nn import cubins; compile_cuda_kernel(); print(json.dumps(cubins.CACHE.stats.as_dict()))"
+    "from rolekit.nn import cubins, cuda; compile_cuda_kernel(); "
+    "print(json.dumps({**cubins.CACHE.stats.as_dict(), 'launch': cuda.launch_path()}))"
 )
 
 
@@ -31,5 +33,8 @@ def test_a_second_process_runs_the_kernel_from_the_cubin_cache(tmp_path):
     assert first["compiled"] == 1 and first["read"] == 0, first
     cubin = list((tmp_path / "kernels" / "rolekit").glob("rolekit_doctor_axpb_*.cubin"))
     assert len(cubin) == 1 and cubin[0].read_bytes()[:4] == b"\x7fELF"
+    assert first["launch"] == "mlx-cache", first
+    placed = list((tmp_path / "kernels" / "mlx-ptx").glob("custom_kernel_rolekit_doctor_axpb_*.ptx"))
+    assert len(placed) == 1 and cubin[0].read_bytes().startswith(placed[0].read_bytes())
     second = _run(tmp_path)
     assert second["compiled"] == 0 and second["read"] == 1, second

@@ -1,0 +1,202 @@
+"""rolekit's cubins are launched from MLX's kernel cache (`nn.mlxcache`): the placeholder text and
+module name MLX derives, the files MLX reads, and `CudaKernel` choosing that path or, where it
+cannot, `mx.fast.precompiled_cuda_kernel`. That MLX really loads the placed cubin is checked on a
+GPU (tests/nn/test_cubins_gpu.py): here no CUDA back-end runs."""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+
+from rolekit.nn import cubins, cuda, mlxcache
+
+from .test_cubins import Counting
+
+LONG = "".join(chr(ord("a") + (i * 131 + 7) % 26) for i in range(10003))
+# `printf("%zx", std::hash<std::string>{}(s))`, built with g++ (libstdc++) on x86-64; the long
+# text's prefixes end at every position of the hash's 8-byte loop
+GOLDEN = {
+    "": 0x553E93901E462A6E,
+    "rolekit": 0xFA174AC11CC3601D,
+    'custom_kernel_rolekit_axpb\n#error "x"\n': 0xC526A85F5941972,
+    LONG[:9995]: 0x5755CCE023575795,
+    LONG[:9996]: 0x784F4773DFFE89EA,
+    LONG[:9997]: 0x435A4F8BCEE34951,
+    LONG[:9998]: 0x8DB260318AA3C166,
+    LONG[:9999]: 0x4C300DB1F5392A12,
+    LONG[:10000]: 0xD63D71B002264A9B,
+    LONG[:10001]: 0x2755FE7239FADD9D,
+    LONG[:10002]: 0x4FB4A68963A32A97,
+    LONG: 0x14880CD4ED3D1496,
+}
+
+
+def test_std_hash_is_libstdcxx_std_hash_of_a_string():
+    assert {text: mlxcache.std_hash(text) for text in GOLDEN} == GOLDEN
+
+
+def test_the_generated_text_is_mlx_custom_kernel_text():
+    # mlx/backend/cuda/custom_kernel.cpp, build_kernel, 0.32.x: default header, the user's header,
+    # the namespace, inputs `const T* name,` one a line, outputs joined by ",\n", then the body
+    text = mlxcache.generated_text(
+        "custom_kernel_k", "H\n", "B", [("float", "x"), ("uint32_t", "w")], [("float", "y"), ("int32_t", "z")]
+    )
+    assert text == (
+        '\n#include "mlx/backend/cuda/device/utils.cuh"\n\n#include <cooperative_groups.h>\n\n'
+        "H\n"
+        "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
+        "__global__ void custom_kernel_k(\n"
+        "    const float* x,\n    const uint32_t* w,\n"
+        "    float* y,\n    int32_t* z) {\n"
+        "B\n}\n\n} // namespace mlx::core::cu\n"
+    )
+    assert mlxcache.module_name("custom_kernel_k", text) == f"custom_kernel_k_{mlxcache.std_hash(text):x}"
+
+
+def test_a_long_module_name_continues_in_subfolders(tmp_path):
+    name = "m" * 245
+    assert mlxcache.module_path(tmp_path, name) == tmp_path / f"{name}.ptx"
+    longer = "a" * 245 + "b" * 245 + "c" * 7
+    assert mlxcache.module_path(tmp_path, longer) == tmp_path / ("a" * 245) / ("b" * 245) / ("c" * 7 + ".ptx")
+
+
+def _placeholder(key: str = "k1") -> mlxcache.Placeholder:
+    return mlxcache.Placeholder("rolekit_axpb_0123", key, [("float", "x")], [("float", "y")])
+
+
+def test_a_placeholder_names_its_cubin_and_fails_loudly_if_ever_compiled():
+    one, again, other = _placeholder("k1"), _placeholder("k1"), _placeholder("k2")
+    assert one.module == again.module != other.module  # the cubin's key is in the text
+    assert one.module.startswith("custom_kernel_rolekit_axpb_0123_")
+    assert one.header.startswith('#error "rolekit kernel rolekit_axpb_0123: its cubin is missing')
+    assert one.source == "" and len(one.header) < 400  # MLX hashes this text on every launch
+
+
+def test_placing_writes_the_files_mlx_reads_and_leaves_right_ones_alone(tmp_path):
+    ph = _placeholder()
+    assert ph.place(tmp_path, b"\x7fELF-cubin")
+    ptx = mlxcache.module_path(tmp_path, ph.module)
+    txt = ptx.with_suffix(".txt")
+    assert ptx.read_bytes() == b"\x7fELF-cubin"
+    assert txt.read_text() == "mlx::core::cu::custom_kernel_rolekit_axpb_0123\trolekit_axpb_0123\n"
+    stamp = os.stat(ptx).st_mtime_ns, os.stat(txt).st_mtime_ns
+    assert ph.place(tmp_path, b"\x7fELF-cubin")
+    assert (os.stat(ptx).st_mtime_ns, os.stat(txt).st_mtime_ns) == stamp  # already right: untouched
+    ptx.write_bytes(b"\x7fELF-cub")  # damaged: written again
+    assert ph.place(tmp_path, b"\x7fELF-cubin") and ptx.read_bytes() == b"\x7fELF-cubin"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ptx.name, txt.name])  # no temporaries
+
+
+def test_an_unwritable_folder_is_reported_not_raised(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert not _placeholder().place(blocker / "ptx", b"cubin")
+
+
+def test_mlx_cache_folder_needs_a_known_mlx_and_the_variable(monkeypatch, tmp_path):
+    from importlib.metadata import version
+
+    def decided(env: str | None, mlx_version: str) -> object:
+        mlxcache.folder.cache_clear()
+        if env is None:
+            monkeypatch.delenv(mlxcache.ENV, raising=False)
+        else:
+            monkeypatch.setenv(mlxcache.ENV, env)
+        monkeypatch.setattr("importlib.metadata.version", lambda name: mlx_version)
+        return mlxcache.folder()
+
+    try:
+        assert version("mlx") in mlxcache.MLX_VERSIONS  # the installed MLX is one the contract holds for
+        assert decided(str(tmp_path), "0.32.4") == tmp_path
+        assert decided(str(tmp_path), "0.33.0") is None  # an MLX not read: launched the precompiled way
+        assert decided(None, "0.32.4") is None
+    finally:
+        mlxcache.folder.cache_clear()
+
+
+def test_a_kernel_launches_its_cubin_from_mlx_kernel_cache(tmp_path, monkeypatch):
+    compiler = Counting()
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path / "rolekit", compiler))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")
+    made, launched = [], []
+
+    def cuda_kernel(**kw):
+        made.append(kw)
+
+        def launch(**call):
+            launched.append(call)
+            return [
+                mx.zeros(s, dtype=d)
+                for s, d in zip(call["output_shapes"], call["output_dtypes"], strict=True)
+            ]
+
+        return launch
+
+    def precompiled(**kw):
+        raise AssertionError("launched the precompiled way")
+
+    monkeypatch.setattr(mx.fast, "cuda_kernel", cuda_kernel)
+    monkeypatch.setattr(mx.fast, "precompiled_cuda_kernel", precompiled)
+    kernel = cuda.build_kernel("axpb", ["x", "w"], ["y"], "y[0] = x[0];", threads=128, shared_memory=49152)
+    x, w = mx.zeros((4,), mx.bfloat16), mx.zeros((2,), mx.uint32)
+    args = {
+        "output_shapes": [(4,)],
+        "output_dtypes": [mx.float32],
+        "grid": (4, 1, 1),
+        "threadgroup": (4, 1, 1),
+    }
+    for _ in range(3):  # a step after another: one placeholder, three launches
+        (y,) = kernel(inputs=[x, w], template=[("N", 4)], init_value=0, **args)
+    assert y.shape == (4,) and len(made) == 1 and len(launched) == 3 and len(compiler.calls) == 1
+    spec = made[0]
+    assert spec["name"] == kernel.name and spec["input_names"] == ["x", "w"] and spec["output_names"] == ["y"]
+    assert spec["shared_memory"] == 49152 and spec["ensure_row_contiguous"] is True
+    source = kernel.translation_unit([mx.bfloat16, mx.uint32], [mx.float32], [("N", 4)])
+    key = cubins.CACHE.key(source, "sm_90a")
+    ph = mlxcache.Placeholder(kernel.name, key, [("__nv_bfloat16", "x"), ("uint32_t", "w")], [("float", "y")])
+    assert (spec["header"], spec["source"]) == (ph.header, ph.source)
+    # MLX finds the real kernel's cubin under the placeholder's module, its symbol the cubin's function
+    ptx = mlxcache.module_path(tmp_path / "mlx", ph.module)
+    assert ptx.read_bytes() == f"sm_90a:{kernel.name}:{source}".encode()
+    assert (
+        ptx.with_suffix(".txt").read_text() == f"mlx::core::cu::custom_kernel_{kernel.name}\t{kernel.name}\n"
+    )
+    call = launched[0]
+    assert set(call) == {"inputs", "init_value", *args} and call["inputs"][0] is x and call["inputs"][1] is w
+    assert call["init_value"] == 0 and all(call[k] == v for k, v in args.items())
+    # other dtypes: another cubin, another placeholder
+    kernel(inputs=[x.astype(mx.float32), w], template=[("N", 4)], **args)
+    assert (
+        len(made) == 2 and made[1]["header"] != ph.header and len(list((tmp_path / "mlx").glob("*.ptx"))) == 2
+    )
+
+
+def test_a_cache_folder_that_cannot_be_written_launches_the_precompiled_way(tmp_path, monkeypatch):
+    compiler = Counting()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(None, compiler))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(mlxcache, "folder", lambda: blocker / "mlx")
+    launched = []
+
+    def cuda_kernel(**kw):
+        raise AssertionError("the placeholder needs its cubin in MLX's cache")
+
+    def precompiled(**kw):
+        launched.append(kw)
+        return [mx.zeros(s, dtype=d) for s, d in zip(kw["output_shapes"], kw["output_dtypes"], strict=True)]
+
+    monkeypatch.setattr(mx.fast, "cuda_kernel", cuda_kernel)
+    monkeypatch.setattr(mx.fast, "precompiled_cuda_kernel", precompiled)
+    kernel = cuda.build_kernel("copy", ["x"], ["y"], "y[0] = x[0];")
+    kernel(
+        inputs=[mx.zeros((1,))],
+        output_shapes=[(1,)],
+        output_dtypes=[mx.float32],
+        grid=(1, 1, 1),
+        threadgroup=(1, 1, 1),
+    )
+    assert len(launched) == 1 and launched[0]["compiled_source"].startswith(b"sm_90a:")
