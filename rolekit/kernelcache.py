@@ -11,10 +11,11 @@ CLI again, first). Variables the user already set win. No mlx here.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rolekit.hub import rolekit_cache
-from rolekit.nn import cubins
+from rolekit.nn import cubins, mlxcache
 
 CUDA_CACHE_BYTES = 4 << 30
 
@@ -33,18 +34,30 @@ def cubin_dir() -> Path:
     return kernels_root() / "rolekit"
 
 
+_SET: dict[str, str] = {}  # the variables this process's rolekit set, and to what
+
+
 def configure_kernel_caches(create: bool = True) -> dict[str, str]:
-    """Set (unless already set) the kernel cache variables and rolekit's cubin folder; returns the
-    values in effect (the cubin folder as `rolekit`). `create`: make MLX's and the driver's
-    folders now (each cache also makes its own folder when it first writes)."""
+    """Set (unless already set) the kernel cache variables, as absolute paths, and rolekit's cubin
+    folder; returns the values in effect (the cubin folder as `rolekit`). `create`: make the
+    driver's folder now (each cache also makes its own folder when it first writes). MLX's folder
+    is always made: MLX drops its disk cache for the whole process when another process creates
+    the folder between its own check and create.
+
+    `nn.mlxcache` may place cubins in MLX's folder only if MLX reads the variable in effect: the
+    user's own, or one rolekit set before mlx was imported (else MLX may have fixed its folder)."""
     out = {}
     for name, path in kernel_cache_dirs().items():
         if not os.environ.get(name):
-            os.environ[name] = str(path)
+            os.environ[name] = _SET[name] = str(path.absolute())
+            if name == "MLX_PTX_CACHE_DIR":
+                mlxcache.trust_variable("mlx.core" not in sys.modules)
+        elif name == "MLX_PTX_CACHE_DIR" and os.environ[name] != _SET.get(name):
+            mlxcache.trust_variable(True)  # the user's
         out[name] = os.environ[name]
     os.environ.setdefault("CUDA_CACHE_MAXSIZE", str(CUDA_CACHE_BYTES))
     out["CUDA_CACHE_MAXSIZE"] = os.environ["CUDA_CACHE_MAXSIZE"]
-    for name in kernel_cache_dirs() if create else ():
+    for name in kernel_cache_dirs() if create else ("MLX_PTX_CACHE_DIR",):
         try:
             Path(out[name]).mkdir(parents=True, exist_ok=True)
         except OSError:  # a read-only cache: the driver and MLX then compile in memory

@@ -69,11 +69,19 @@ def arch() -> str:
     return f"sm_{major}{_attribute(76) or 0}{'a' if major >= 9 else ''}"
 
 
+_LAUNCHED: set[str] = set()  # the paths this process's launchers took (`CudaKernel._launcher`)
+
+
 def launch_path() -> str:
     """How this process launches rolekit's cubins: "mlx-cache" (`nn.mlxcache`), "precompiled"
-    (`mx.fast.precompiled_cuda_kernel`), or "none" without a CUDA device."""
+    (`mx.fast.precompiled_cuda_kernel`), "mixed" (some each: a cubin could not be placed), or
+    "none" without a CUDA device. Before the first launch: the path it will try."""
     if not cuda_available():
         return "none"
+    if len(_LAUNCHED) > 1:
+        return "mixed"
+    if _LAUNCHED:
+        return next(iter(_LAUNCHED))
     return "mlx-cache" if mlxcache.folder() is not None else "precompiled"
 
 
@@ -238,6 +246,7 @@ class CudaKernel:
                 [(CUDA_TYPES[d], n) for n, d in zip(self.outputs, launch[1], strict=True)],
             )
             if placeholder.place(folder, binary):
+                _LAUNCHED.add("mlx-cache")
                 return mx.fast.cuda_kernel(
                     name=placeholder.name,
                     input_names=list(self.inputs),
@@ -247,6 +256,7 @@ class CudaKernel:
                     ensure_row_contiguous=True,
                     shared_memory=self.shared_memory,
                 )
+        _LAUNCHED.add("precompiled")
         return partial(
             mx.fast.precompiled_cuda_kernel,
             name=self.name,

@@ -10,7 +10,7 @@ writes the cubin compiled from the real source (`nn.cubins`) under the module na
 from that placeholder: MLX loads the cubin and hashes a few hundred bytes per launch.
 
 The contract with MLX, read in `mlx/backend/cuda/custom_kernel.cpp` (`build_kernel`,
-`CustomKernel::eval_gpu`) and `jit_module.cpp` (`read_cached_ptx`) and unchanged from 0.32.0 to
+`CustomKernel::eval_gpu`) and `jit_module.cpp` (`read_cached_ptx`), unchanged from 0.32.1 to
 0.32.4; `MLX_VERSIONS` are the versions it holds for (others launch cubins the precompiled way):
 - the kernel is `custom_kernel_<name>` (no template arguments are passed), its text `generated_text`;
 - the module is `<kernel>_<libstdc++ std::hash of the text, lowercase hex>` (`std_hash`);
@@ -18,8 +18,8 @@ The contract with MLX, read in `mlx/backend/cuda/custom_kernel.cpp` (`build_kern
   subfolders) and `<dir>/<module>.txt`, a line `mlx::core::cu::<kernel>\\t<symbol>` per kernel.
 
 The placeholder's text is an `#error` that says what went wrong: should MLX ever compile it
-instead of reading the cubin (MLX_PTX_CACHE_DIR changed after MLX first used it), the launch fails
-with that message instead of running an empty kernel. No mlx here.
+instead of reading the cubin (the variable changed after MLX first used it, the file was removed
+mid-run), the launch fails with that message instead of running an empty kernel. No mlx here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from rolekit.atomic import replaced_file
 
-MLX_VERSIONS = ("0.32.0", "0.32.1", "0.32.2", "0.32.3", "0.32.4")
+MLX_VERSIONS = ("0.32.1", "0.32.2", "0.32.3", "0.32.4")  # 0.32.0 named a module without the hash
 ENV = "MLX_PTX_CACHE_DIR"
 NAME_LIMIT = 245  # MLX's longest file name part
 
@@ -101,7 +101,8 @@ class Placeholder:
         self.name = self.symbol = symbol
         self.header = (
             f"#error \"rolekit kernel {symbol}: its cubin is missing from MLX's kernel cache ({ENV} "
-            'changed after MLX first used it): set it before any GPU work, or import rolekit first"\n'
+            "changed after MLX first used it, or the file was removed): set the variable before any "
+            'GPU work or import rolekit first, and run again"\n'
             f"// {key}\n"
         )
         self.source = ""
@@ -134,18 +135,41 @@ def _holds(path: Path, data: bytes) -> bool:
         return False
 
 
+_TRUSTED = False  # MLX reads the MLX_PTX_CACHE_DIR in effect (`trust_variable`)
+
+
+def trust_variable(trusted: bool) -> None:
+    """Whether MLX reads the `MLX_PTX_CACHE_DIR` now in effect (`rolekit.kernelcache` decides:
+    the user's own, or set by rolekit before mlx was imported)."""
+    global _TRUSTED
+    _TRUSTED = trusted
+    folder.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def folder() -> Path | None:
-    """MLX's kernel cache folder when rolekit may place cubins in it: MLX of `MLX_VERSIONS`,
-    `MLX_PTX_CACHE_DIR` set (`rolekit.kernelcache` sets it at import) and libstdc++ loadable;
-    else None. Decided once per process, as MLX reads its variable once."""
-    try:
-        from importlib.metadata import version
-
-        mlx = version("mlx")
-    except Exception:  # noqa: BLE001 - no metadata: unknown version
-        return None
+    """MLX's kernel cache folder when rolekit may place cubins in it: MLX (and its CUDA library)
+    of `MLX_VERSIONS`, `MLX_PTX_CACHE_DIR` trusted (`trust_variable`) and absolute (MLX resolves
+    a relative one against the working folder of each read), libstdc++ loadable; else None.
+    Decided once per process, as MLX reads its variable once."""
     value = os.environ.get(ENV)
-    if mlx not in MLX_VERSIONS or not value or _hash_bytes() is None:
+    if not _TRUSTED or not value or not os.path.isabs(value) or _hash_bytes() is None:
         return None
-    return Path(value).absolute()
+    if not all(v in MLX_VERSIONS for v in _mlx_versions()):
+        return None
+    return Path(value)
+
+
+def _mlx_versions() -> list[str]:
+    """Versions of the installed MLX packages whose `libmlx` may run the kernels ("?" for mlx
+    without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("mlx", "mlx-cuda-13", "mlx-cuda-12", "mlx-cuda"):
+        try:
+            found.append(version(name))
+        except PackageNotFoundError:
+            if name == "mlx":
+                found.append("?")
+    return found

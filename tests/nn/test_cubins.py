@@ -127,6 +127,7 @@ def test_a_kernel_launches_its_cached_cubin_with_its_translation_unit(tmp_path, 
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
     monkeypatch.setattr(mlxcache, "folder", lambda: None)  # MLX's kernel cache not ours to write
+    monkeypatch.setattr(cuda, "_LAUNCHED", set())
     launched = []
 
     def precompiled(**kw):

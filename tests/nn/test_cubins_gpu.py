@@ -35,6 +35,11 @@ def test_a_second_process_runs_the_kernel_from_the_cubin_cache(tmp_path):
     assert len(cubin) == 1 and cubin[0].read_bytes()[:4] == b"\x7fELF"
     assert first["launch"] == "mlx-cache", first
     placed = list((tmp_path / "kernels" / "mlx-ptx").glob("custom_kernel_rolekit_doctor_axpb_*.ptx"))
-    assert len(placed) == 1 and cubin[0].read_bytes().startswith(placed[0].read_bytes())
+    assert len(placed) == 1 and placed[0].read_bytes() == cubin[0].read_bytes()[:-32]  # less its digest
+    symbol = cubin[0].name.split("-")[0]
+    listing = placed[0].with_suffix(".txt").read_text()
+    assert listing == f"mlx::core::cu::custom_kernel_{symbol}\t{symbol}\n"
+    stamp = placed[0].stat().st_mtime_ns
     second = _run(tmp_path)
-    assert second["compiled"] == 0 and second["read"] == 1, second
+    assert second["compiled"] == 0 and second["read"] == 1 and second["launch"] == "mlx-cache", second
+    assert placed[0].stat().st_mtime_ns == stamp  # found right: not written again

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import mlx.core as mx
+import pytest
 
 from rolekit.nn import cubins, cuda, mlxcache
 
@@ -94,25 +95,62 @@ def test_an_unwritable_folder_is_reported_not_raised(tmp_path):
     assert not _placeholder().place(blocker / "ptx", b"cubin")
 
 
-def test_mlx_cache_folder_needs_a_known_mlx_and_the_variable(monkeypatch, tmp_path):
-    from importlib.metadata import version
-
-    def decided(env: str | None, mlx_version: str) -> object:
-        mlxcache.folder.cache_clear()
-        if env is None:
-            monkeypatch.delenv(mlxcache.ENV, raising=False)
-        else:
-            monkeypatch.setenv(mlxcache.ENV, env)
-        monkeypatch.setattr("importlib.metadata.version", lambda name: mlx_version)
-        return mlxcache.folder()
-
+@pytest.mark.parametrize(
+    ("trusted", "value", "versions", "placed"),
+    [
+        (True, "ABS", ["0.32.4", "0.32.4"], True),
+        (True, "ABS", ["0.32.1"], True),
+        (True, "ABS", ["0.33.0"], False),  # an MLX whose source was not read: the precompiled way
+        (True, "ABS", ["0.32.4", "0.33.0"], False),  # mlx and its CUDA library disagree
+        (True, "ABS", ["0.32.0"], False),  # 0.32.0 names a module without the hash
+        (True, "ABS", ["?"], False),
+        (True, "rel/mlx-ptx", ["0.32.4"], False),  # MLX resolves it anew at each read
+        (True, None, ["0.32.4"], False),
+        (False, "ABS", ["0.32.4"], False),  # set after mlx was imported: MLX may not read it
+    ],
+)
+def test_cubins_go_to_mlx_cache_only_where_mlx_reads_them(
+    monkeypatch, tmp_path, trusted, value, versions, placed
+):
+    if value is None:
+        monkeypatch.delenv(mlxcache.ENV, raising=False)
+    else:
+        monkeypatch.setenv(mlxcache.ENV, str(tmp_path) if value == "ABS" else value)
+    monkeypatch.setattr(mlxcache, "_mlx_versions", lambda: versions)
+    was = mlxcache._TRUSTED
     try:
-        assert version("mlx") in mlxcache.MLX_VERSIONS  # the installed MLX is one the contract holds for
-        assert decided(str(tmp_path), "0.32.4") == tmp_path
-        assert decided(str(tmp_path), "0.33.0") is None  # an MLX not read: launched the precompiled way
-        assert decided(None, "0.32.4") is None
+        mlxcache.trust_variable(trusted)
+        assert mlxcache.folder() == (tmp_path if placed else None)
     finally:
-        mlxcache.folder.cache_clear()
+        mlxcache.trust_variable(was)
+
+
+@pytest.mark.parametrize(
+    ("setup", "trusted"),
+    [
+        ("", True),  # rolekit sets the variable before mlx is imported
+        ("import mlx.core; ", False),  # mlx first: MLX may have fixed its folder already
+        ("import os; os.environ['MLX_PTX_CACHE_DIR'] = os.path.abspath('mine'); import mlx.core; ", True),
+    ],
+)
+def test_importing_rolekit_decides_whether_mlx_reads_the_variable(tmp_path, setup, trusted):
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")}
+    env["ROLEKIT_CACHE"] = "rel-cache"  # relative: the variables are set absolute
+    code = setup + (
+        "import json, os, rolekit; from rolekit.nn import mlxcache; "
+        "print(json.dumps([mlxcache._TRUSTED, os.environ['MLX_PTX_CACHE_DIR']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    got, folder = json.loads(out.stdout)
+    assert got is trusted
+    expected = tmp_path / ("mine" if "mine" in setup else "rel-cache/kernels/mlx-ptx")
+    assert folder == str(expected) and expected.is_dir()  # made at import: MLX never races to create it
 
 
 def test_a_kernel_launches_its_cubin_from_mlx_kernel_cache(tmp_path, monkeypatch):
@@ -120,6 +158,7 @@ def test_a_kernel_launches_its_cubin_from_mlx_kernel_cache(tmp_path, monkeypatch
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path / "rolekit", compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
     monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")
+    monkeypatch.setattr(cuda, "_LAUNCHED", set())
     made, launched = [], []
 
     def cuda_kernel(**kw):
@@ -150,6 +189,7 @@ def test_a_kernel_launches_its_cubin_from_mlx_kernel_cache(tmp_path, monkeypatch
     for _ in range(3):  # a step after another: one placeholder, three launches
         (y,) = kernel(inputs=[x, w], template=[("N", 4)], init_value=0, **args)
     assert y.shape == (4,) and len(made) == 1 and len(launched) == 3 and len(compiler.calls) == 1
+    assert cuda._LAUNCHED == {"mlx-cache"}
     spec = made[0]
     assert spec["name"] == kernel.name and spec["input_names"] == ["x", "w"] and spec["output_names"] == ["y"]
     assert spec["shared_memory"] == 49152 and spec["ensure_row_contiguous"] is True
