@@ -2,7 +2,7 @@
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
 # Stages: write cold cold_second engine_b1 engine_b1_ab engine_b16 engine_b32 respond respond_warm test16 test64 test64_q4
-# kernel_path gpu_tests probe qmm engine_qmm; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
+# kernel_path gpu_tests probe launch qmm engine_qmm; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
@@ -90,6 +90,9 @@ for stage in "$@"; do
       ;;
     test64_q4)  # the same in q4 (5.4 GB of weights: 64 rings of 2048 slots fit an 80 GB card)
       TEST_QUANT=q4 suite 64 test64_q4
+      ;;
+    launch)  # host time of one kernel launch: from MLX's kernel cache against precompiled (benchmarks/launch.py)
+      timed launch python3 -c "from benchmarks.launch import run; run(out='$OUT/launch.jsonl')"
       ;;
     probe)  # rolekit's kernel cache on this GPU: compile, launch from MLX's cache, read back (fast)
       timed probe python3 -m pytest -q -p no:cacheprovider -m gpu tests/nn/test_cubins_gpu.py --junitxml "$OUT/probe.xml"

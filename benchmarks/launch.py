@@ -1,0 +1,66 @@
+"""Host time of one rolekit kernel launch, by launch path: the cubin placed in MLX's kernel cache
+and launched by `mx.fast.cuda_kernel` (`nn.mlxcache`, the default) against
+`mx.fast.precompiled_cuda_kernel`, which keeps the cubin as its primitive's source (copied into
+each launch, hashed at each evaluation). The kernel is `nn.qmm` at the temporal layer's shape (a
+cubin of ~170 KB); each path launches it `launches` times into one graph, evaluated once, eagerly
+and inside one `mx.compile` graph (where only the evaluation repeats per step). CUDA only.
+
+    python -c "from benchmarks.launch import run; run(out='launch.jsonl')"
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from unittest import mock
+
+import mlx.core as mx
+
+from benchmarks.jsonl import emit
+
+
+def run(launches: int = 64, repeats: int = 20, rows: int = 16, out: str | None = None) -> list[dict]:
+    from rolekit.nn import cubins, cuda, mlxcache, qmm
+
+    n = k = 4096
+    x = mx.random.normal((rows, k)).astype(mx.bfloat16)
+    w = mx.random.randint(0, 2**30, (n, k // 8)).astype(mx.uint32)
+    scales = mx.random.normal((n, k // 64)).astype(mx.bfloat16)
+    biases = mx.random.normal((n, k // 64)).astype(mx.bfloat16)
+    mx.eval(x, w, scales, biases)
+    path = Path(out) if out else None
+    rows_out = []
+    for name, folder in (("mlx-cache", mlxcache.folder()), ("precompiled", None)):
+        if name == "mlx-cache" and folder is None:
+            continue  # this MLX or cache folder launches the precompiled way only
+        qmm._kernel.cache_clear()  # a kernel object of its own: its launchers are per object
+        with mock.patch.object(mlxcache, "folder", lambda folder=folder: folder):
+
+            def chain(a: mx.array) -> mx.array:
+                y = a
+                for _ in range(launches):
+                    y = qmm.qmm(y, w, scales, biases, 64) * 1e-3  # [rows, n] stays bf16
+                return y
+
+            mx.eval(chain(x))  # builds the launcher (and compiles or reads the cubin)
+            compiled = mx.compile(chain)
+            mx.eval(compiled(x))
+            for mode, fn in (("eager", chain), ("compiled", compiled)):
+                best = float("inf")
+                for _ in range(repeats):
+                    mx.synchronize()
+                    t0 = time.perf_counter()
+                    mx.eval(fn(x))
+                    mx.synchronize()
+                    best = min(best, time.perf_counter() - t0)
+                row = {
+                    "path": name,
+                    "mode": mode,
+                    "launches": launches,
+                    "us_per_launch": round(best / launches * 1e6, 2),
+                    "cubin_kb": round(max(len(b) for b in cubins.CACHE._memory.values()) / 1024, 1),
+                    "launch_path": cuda.launch_path(),
+                }
+                emit(path, row)
+                rows_out.append(row)
+    return rows_out
