@@ -48,6 +48,9 @@ lint:
 	lint-imports
 
 # `gpu` tests need a CUDA GPU and are deselected here (run them with `pytest -m gpu` on one).
+# The tests run in TEST_WORKERS processes (pytest-xdist, a file per worker at a time; default: the
+# CPU count, at most 4, since each worker builds the session's models; 0 runs them in this process).
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 test: install-test lint
-	$(PYTHON) -m pytest -q -m "not gpu" --durations=15 tests; rc=$$?; \
+	$(PYTHON) -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadfile --durations=15 tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
