@@ -15,8 +15,9 @@ import typer
 
 from rolekit.cli.user_input import print_error
 from rolekit.codec.blas import preload_openblas
-from rolekit.errors import ConfigError, Problem, RolekitError
+from rolekit.errors import ConfigError, KernelError, Problem, RolekitError
 from rolekit.kernelcache import configure_kernel_caches
+from rolekit.nn.mlxcache import MISSING
 
 app = typer.Typer(
     name="rolekit",
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     except RolekitError as exc:  # raised outside click's own handling
         print_error(exc)
         sys.exit(exc.exit_code)
+    except RuntimeError as exc:  # MLX compiled a kernel's placeholder: the kernel cache moved mid-run
+        if MISSING not in str(exc):
+            raise
+        print_error(KernelError(next(line for line in str(exc).splitlines() if MISSING in line).strip()))
+        sys.exit(KernelError.exit_code)
     except OSError as exc:  # a path the system refuses (name too long, permission, ...): the user's input
         if exc.filename is None:
             raise

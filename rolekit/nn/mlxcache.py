@@ -41,6 +41,8 @@ _DEFAULT_HEADER = '\n#include "mlx/backend/cuda/device/utils.cuh"\n\n#include <c
 _OPEN = "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
 _CLOSE = "\n}\n\n} // namespace mlx::core::cu\n"
 _SEED = 0xC70F6907  # libstdc++'s seed of std::hash<std::string>
+# what MLX's compile error says when it compiled a placeholder (`rolekit.cli` reports it cleanly)
+MISSING = "its cubin is missing from MLX's kernel cache"
 
 
 @lru_cache(maxsize=1)
@@ -100,9 +102,9 @@ class Placeholder:
     ) -> None:
         self.name = self.symbol = symbol
         self.header = (
-            f"#error \"rolekit kernel {symbol}: its cubin is missing from MLX's kernel cache ({ENV} "
-            "changed after MLX first used it, or the file was removed): set the variable before any "
-            'GPU work or import rolekit first, and run again"\n'
+            f'#error "rolekit kernel {symbol}: {MISSING} ({ENV} changed after MLX first used it, or '
+            "the file was removed): set the variable before any GPU work or import rolekit first, "
+            'and run again"\n'
             f"// {key}\n"
         )
         self.source = ""

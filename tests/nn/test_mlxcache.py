@@ -240,3 +240,31 @@ def test_a_cache_folder_that_cannot_be_written_launches_the_precompiled_way(tmp_
         threadgroup=(1, 1, 1),
     )
     assert len(launched) == 1 and launched[0]["compiled_source"].startswith(b"sm_90a:")
+
+
+def test_mlx_compiling_a_placeholder_is_one_clear_message(monkeypatch, capsys):
+    from rolekit.cli import app as cli_app
+
+    log = (
+        "[compile] Failed to compile kernel: custom_kernel_k.cu(3): error: #error directive: "
+        f'"rolekit kernel k: {mlxcache.MISSING} (MLX_PTX_CACHE_DIR changed after MLX first used it)"\n'
+        "1 error detected in the compilation of custom_kernel_k.cu."
+    )
+
+    class Fails:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def main(self, **_: object) -> None:
+            raise self.exc
+
+    monkeypatch.setattr(cli_app, "_command", lambda: Fails(RuntimeError(log)))
+    with pytest.raises(SystemExit) as exit_:
+        cli_app.main(["run"])
+    out = capsys.readouterr()
+    assert exit_.value.code == 2 and "Traceback" not in out.err
+    assert f'"rolekit kernel k: {mlxcache.MISSING} (MLX_PTX_CACHE_DIR changed' in out.err
+    assert "1 error detected" not in out.err  # the one line that says it, not NVRTC's whole log
+    monkeypatch.setattr(cli_app, "_command", lambda: Fails(RuntimeError("another failure")))
+    with pytest.raises(RuntimeError, match="another failure"):  # not ours: not hidden
+        cli_app.main(["run"])
