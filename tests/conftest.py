@@ -239,3 +239,37 @@ def dep_kernel_model(monkeypatch):
     monkeypatch.setattr(dc, "_dims_ok", lambda cfg: True)
     monkeypatch.setattr(dc, "_kernel", kernel)
     return calls
+
+
+# ---- the fuzz suite's summary (tests/hardening/fuzz_summary.py), relayed from an xdist worker ----
+
+_FUZZ_KEY = "rolekit_fuzz_summary"
+_FUZZ_LINES = pytest.StashKey[list]()
+
+
+class _FuzzRelay:
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        node.config.stash.setdefault(_FUZZ_LINES, []).extend(
+            getattr(node, "workeroutput", {}).get(_FUZZ_KEY, [])
+        )
+
+
+def pytest_configure(config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_FuzzRelay(), "rolekit-fuzz-relay")
+
+
+def pytest_sessionfinish(session) -> None:
+    from tests.hardening.fuzz_summary import summary_lines
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput[_FUZZ_KEY] = summary_lines()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.hardening.fuzz_summary import summary_lines
+
+    for line in summary_lines() or terminalreporter.config.stash.get(_FUZZ_LINES, []):
+        terminalreporter.write_line(line)
