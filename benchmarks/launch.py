@@ -20,7 +20,7 @@ from benchmarks.jsonl import emit
 
 
 def run(launches: int = 64, repeats: int = 20, rows: int = 16, out: str | None = None) -> list[dict]:
-    from rolekit.nn import cubins, cuda, mlxcache, qmm
+    from rolekit.nn import cubins, cuda, qmm
 
     n = k = 4096
     x = mx.random.normal((rows, k)).astype(mx.bfloat16)
@@ -30,11 +30,11 @@ def run(launches: int = 64, repeats: int = 20, rows: int = 16, out: str | None =
     mx.eval(x, w, scales, biases)
     path = Path(out) if out else None
     rows_out = []
-    for name, folder in (("mlx-cache", mlxcache.folder()), ("precompiled", None)):
+    for name, folder in (("mlx-cache", cuda.mlx_cache_folder()), ("precompiled", None)):
         if name == "mlx-cache" and folder is None:
             continue  # this MLX or cache folder launches the precompiled way only
         qmm._kernel.cache_clear()  # a kernel object of its own: its launchers are per object
-        with mock.patch.object(mlxcache, "folder", lambda folder=folder: folder):
+        with mock.patch.object(cuda, "mlx_cache_folder", lambda folder=folder: folder):
 
             def chain(a: mx.array) -> mx.array:
                 y = a

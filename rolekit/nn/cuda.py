@@ -16,11 +16,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
 from importlib import resources
+from pathlib import Path
 
 import mlx.core as mx
 
 from rolekit.errors import KernelError
 from rolekit.nn import cubins, mlxcache, nvrtc
+from rolekit.notices import notice
 
 
 @lru_cache(maxsize=1)
@@ -82,7 +84,64 @@ def launch_path() -> str:
         return "mixed"
     if _LAUNCHED:
         return next(iter(_LAUNCHED))
-    return "mlx-cache" if mlxcache.folder() is not None else "precompiled"
+    return "mlx-cache" if mlx_cache_folder() is not None else "precompiled"
+
+
+_PROBE_BODY = (
+    "uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;\nif (i < N) { out[i] = 2.0f * x[i] + 1.0f; }"
+)
+
+
+@lru_cache(maxsize=1)
+def _probe() -> tuple[CudaKernel, str]:
+    """The kernel `mlx_cache_folder` runs, and its translation unit (also built ahead)."""
+    kernel = build_kernel("launch_probe", ["x"], ["out"], _PROBE_BODY)
+    return kernel, kernel.translation_unit([mx.float32], [mx.float32], [("N", 64)])
+
+
+@lru_cache(maxsize=1)
+def mlx_cache_folder() -> Path | None:
+    """MLX's kernel cache folder where launching cubins from it works in this process: the
+    folder `nn.mlxcache.folder` allows, checked once by running a small kernel that way (MLX
+    either loads the placed cubin or fails on the placeholder's `#error`). Where the check fails,
+    every kernel launches the precompiled way and a notice says why."""
+    folder = mlxcache.folder()
+    if folder is None:
+        return None
+    try:
+        kernel, source = _probe()
+        placeholder = mlxcache.Placeholder(
+            kernel.name, cubins.CACHE.key(source, arch()), [("float", "x")], [("float", "out")]
+        )
+        if not placeholder.place(folder, _binary(source, kernel.name)):
+            raise OSError(f"{folder} cannot be written")
+        launch = mx.fast.cuda_kernel(
+            name=placeholder.name,
+            input_names=["x"],
+            output_names=["out"],
+            source=placeholder.source,
+            header=placeholder.header,
+            ensure_row_contiguous=True,
+        )
+        x = mx.arange(64, dtype=mx.float32)
+        (out,) = launch(
+            inputs=[x],
+            output_shapes=[(64,)],
+            output_dtypes=[mx.float32],
+            grid=(64, 1, 1),
+            threadgroup=(64, 1, 1),
+        )
+        if not bool(mx.all(out == 2 * x + 1).item()):
+            raise RuntimeError("a kernel launched from it computed wrong values")
+    except (RuntimeError, OSError, KernelError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        notice(
+            "mlx-kernel-cache",
+            f"rolekit's CUDA kernels launch the precompiled way (MLX hashes each cubin at every "
+            f"launch: slower steps), since launching them from MLX's kernel cache failed: {first}",
+        )
+        return None
+    return folder
 
 
 def source_tag(source: str) -> str:
@@ -237,7 +296,7 @@ class CudaKernel:
         `mx.fast.cuda_kernel` (`nn.mlxcache`: MLX then hashes a short text per launch), or, where
         that cache is not ours to write, launched by `mx.fast.precompiled_cuda_kernel`."""
         binary = _binary(source, self.name)
-        folder = mlxcache.folder()
+        folder = mlx_cache_folder()
         if folder is not None:
             placeholder = mlxcache.Placeholder(
                 self.name,
@@ -337,6 +396,9 @@ def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
     cancels the compiles not yet started."""
     build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
+    if mlxcache.folder() is not None:  # the check of MLX's kernel cache runs before the first launch
+        kernel, source = _probe()
+        build.submit(source, kernel.name)
     token = _AHEAD.set(build)
     try:
         yield build

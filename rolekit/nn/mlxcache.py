@@ -17,6 +17,8 @@ The contract with MLX, read in `mlx/backend/cuda/custom_kernel.cpp` (`build_kern
 - its files are `<dir>/<module>.ptx` (the cubin; names over 245 characters continue in
   subfolders) and `<dir>/<module>.txt`, a line `mlx::core::cu::<kernel>\\t<symbol>` per kernel.
 
+`nn.cuda.mlx_cache_folder` checks the contract once a process with a small kernel launched this
+way, before the first real launch; where that fails every kernel launches the precompiled way.
 The placeholder's text is an `#error` that says what went wrong: should MLX ever compile it
 instead of reading the cubin (the variable changed after MLX first used it, the file was removed
 mid-run), the launch fails with that message instead of running an empty kernel. No mlx here.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rolekit.engine.engine import Engine
-from rolekit.nn import cubins
+from rolekit.nn import cubins, cuda, mlxcache
 from rolekit.nn.kernels import Kernels
 from tests.nn.nvrtc import capture_kernels, pretend_cuda
 
@@ -49,6 +49,7 @@ def test_the_kernels_compiled_ahead_are_those_the_conversation_launches(monkeypa
     pretend_cuda(monkeypatch)
     compiler = Recording()
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
+    monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")  # cubins launch from MLX's cache
     # a context past the attended prefixes 256 and 512: the conversation runs three LM graphs
     engine = _engine(quant, batch, context=600)
     offsets = engine.offsets.copy()
@@ -61,7 +62,8 @@ def test_the_kernels_compiled_ahead_are_those_the_conversation_launches(monkeypa
     launched = {k.source for k in seen}
     families = {k.name.split("_")[1] for k in seen}
     assert {"temporal", "depformer", "mimi", "embed"} <= families
-    assert launched == set(compiler.sources)
+    # and the kernel that checks launching from MLX's cache, before the first launch
+    assert launched | {cuda._probe()[1]} == set(compiler.sources)
 
 
 def test_no_rolekit_kernel_no_work():

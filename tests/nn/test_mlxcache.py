@@ -157,7 +157,7 @@ def test_a_kernel_launches_its_cubin_from_mlx_kernel_cache(tmp_path, monkeypatch
     compiler = Counting()
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path / "rolekit", compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
-    monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")
+    monkeypatch.setattr(cuda, "mlx_cache_folder", lambda: tmp_path / "mlx")  # checked: launches work
     monkeypatch.setattr(cuda, "_LAUNCHED", set())
     made, launched = [], []
 
@@ -219,7 +219,7 @@ def test_a_cache_folder_that_cannot_be_written_launches_the_precompiled_way(tmp_
     blocker.write_text("x")
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(None, compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
-    monkeypatch.setattr(mlxcache, "folder", lambda: blocker / "mlx")
+    monkeypatch.setattr(cuda, "mlx_cache_folder", lambda: blocker / "mlx")
     launched = []
 
     def cuda_kernel(**kw):
@@ -268,3 +268,49 @@ def test_mlx_compiling_a_placeholder_is_one_clear_message(monkeypatch, capsys):
     monkeypatch.setattr(cli_app, "_command", lambda: Fails(RuntimeError("another failure")))
     with pytest.raises(RuntimeError, match="another failure"):  # not ours: not hidden
         cli_app.main(["run"])
+
+
+@pytest.mark.parametrize("mlx_does", ["load the cubin", "compile the placeholder", "compute wrong values"])
+def test_launching_from_mlx_cache_is_checked_once_with_a_small_kernel(tmp_path, monkeypatch, mlx_does):
+    from rolekit import notices
+
+    compiler = Counting()
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path / "rolekit", compiler))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")
+    monkeypatch.setattr(notices, "_said", set())
+    said = []
+    monkeypatch.setattr(notices, "_sink", said.append)
+    cuda.mlx_cache_folder.cache_clear()
+
+    def cuda_kernel(**spec):
+        def launch(inputs, output_shapes, output_dtypes, **_):
+            module = mlxcache.module_path(
+                tmp_path / "mlx",
+                mlxcache.Placeholder(
+                    spec["name"],
+                    cubins.CACHE.key(cuda._probe()[1], "sm_90a"),
+                    [("float", "x")],
+                    [("float", "out")],
+                ).module,
+            )
+            if mlx_does == "compile the placeholder" or not module.exists():
+                raise RuntimeError(
+                    f"[compile] Failed to compile kernel: error: {spec['header'].splitlines()[0]}"
+                )
+            x = inputs[0]
+            return [2 * x + (1 if mlx_does == "load the cubin" else 2)]
+
+        return launch
+
+    monkeypatch.setattr(mx.fast, "cuda_kernel", cuda_kernel)
+    try:
+        folder = cuda.mlx_cache_folder()
+        assert cuda.mlx_cache_folder() is folder  # decided once
+    finally:
+        cuda.mlx_cache_folder.cache_clear()
+    if mlx_does == "load the cubin":
+        assert folder == tmp_path / "mlx" and said == []
+    else:  # every kernel then launches the precompiled way, and a notice says why
+        assert folder is None and len(said) == 1 and "launch the precompiled way" in said[0]
+    assert compiler.calls == [(cuda._probe()[0].name, "sm_90a")]
