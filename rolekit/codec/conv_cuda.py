@@ -19,7 +19,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 
 _THREADS = 256
 

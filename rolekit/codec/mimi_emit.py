@@ -27,7 +27,7 @@ from rolekit.codec.mimi_program import (
     XSpec,
     Zero,
 )
-from rolekit.nn.cuda import device_code
+from rolekit.nn.cuda_text import device_code
 
 HEADER = device_code("rolekit.codec", "mimi_step.cuh") + device_code("rolekit.codec", "mimi_rvq.cuh")
 

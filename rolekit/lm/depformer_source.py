@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from rolekit.nn.cuda import device_code
+from rolekit.nn.cuda_text import device_code
 from rolekit.nn.grid import CONTROL
 
 THREADS = 256  # per block: 8 warps (255 registers a thread still fit one block per SM)

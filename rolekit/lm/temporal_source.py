@@ -1,5 +1,5 @@
 """The CUDA source of the temporal-step kernel (`lm.temporal_cuda`), over the shared header set
-(`nn.cuda.shared_header`: ring attention stages, staged products, grid barrier): the constants of
+(`nn.cuda_text.shared_header`: ring attention stages, staged products, grid barrier): the constants of
 a model shape, weight layout and `TemporalTuning`, the set-up (`device/temporal_setup.cu`), then
 the layer loop generated per layout: the five stages (qkv, attention, out, gate, down) with a grid
 barrier after each, L2 prefetches of the next product's rows, and block 0's timer stamps."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from rolekit.nn.cuda import device_code
+from rolekit.nn.cuda_text import device_code
 from rolekit.nn.grid import CONTROL
 from rolekit.nn.kernels import TemporalTuning
 

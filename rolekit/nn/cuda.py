@@ -1,13 +1,12 @@
 """The CUDA device as rolekit's own kernels see it: present, its SMs, shared memory and architecture;
-the device code of `<package>/device/` and the shared header set every kernel includes;
 `CudaKernel` (built by `build_kernel`, the one place a kernel is named and built): a kernel's
 translation unit, compiled once per source and device (`nn.cubins`, `nn.nvrtc`) and launched from
 MLX's kernel cache by `mx.fast.cuda_kernel` (`nn.mlxcache`), else by
-`mx.fast.precompiled_cuda_kernel`. Which kernels run is `nn.kernels.Kernels`."""
+`mx.fast.precompiled_cuda_kernel`. The kernels' text: `nn.cuda_text`. Which kernels run is
+`nn.kernels.Kernels`."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
@@ -15,13 +14,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
-from importlib import resources
 from pathlib import Path
 
 import mlx.core as mx
 
 from rolekit.errors import KernelError
 from rolekit.nn import cubins, mlxcache, nvrtc
+from rolekit.nn.cuda_text import CUDA_TYPES, PRELUDE, Template, shared_header, source_tag
 from rolekit.notices import notice
 
 
@@ -110,28 +109,20 @@ def mlx_cache_folder() -> Path | None:
         return None
     try:
         kernel, source = _probe()
-        placeholder = mlxcache.Placeholder(
-            kernel.name, cubins.CACHE.key(source, arch()), [("float", "x")], [("float", "out")]
+        launch = kernel.from_mlx_cache(
+            source, _binary(source, kernel.name), [mx.float32], [mx.float32], folder
         )
-        if not placeholder.place(folder, _binary(source, kernel.name)):
+        if launch is None:
             raise OSError(f"{folder} cannot be written")
-        launch = mx.fast.cuda_kernel(
-            name=placeholder.name,
-            input_names=["x"],
-            output_names=["out"],
-            source=placeholder.source,
-            header=placeholder.header,
-            ensure_row_contiguous=True,
-        )
         x = mx.arange(64, dtype=mx.float32)
-        (out,) = launch(
+        out = launch(
             inputs=[x],
             output_shapes=[(64,)],
             output_dtypes=[mx.float32],
             grid=(64, 1, 1),
             threadgroup=(64, 1, 1),
         )
-        if not bool(mx.all(out == 2 * x + 1).item()):
+        if not bool(mx.all(out[0] == 2 * x + 1).item()):
             raise RuntimeError("a kernel launched from it computed wrong values")
     except (RuntimeError, OSError, KernelError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -142,61 +133,6 @@ def mlx_cache_folder() -> Path | None:
         )
         return None
     return folder
-
-
-def source_tag(source: str) -> str:
-    """12 hex digits of a kernel source for its name: two sources never share a kernel name."""
-    return hashlib.sha1(source.encode()).hexdigest()[:12]
-
-
-def device_code(package: str, name: str) -> str:
-    """The CUDA text of `<package>/device/<name>` (a .cuh header or a .cu kernel body shipped as
-    package data), exactly as stored: kernel names hash it (`source_tag`)."""
-    return resources.files(package).joinpath("device", name).read_text(encoding="utf-8")
-
-
-SHARED_DEVICE_CODE = ("load.cuh", "dot.cuh", "grid.cuh", "ring_attention.cuh")
-
-
-@lru_cache(maxsize=1)
-def shared_header() -> str:
-    """The device code every rolekit kernel includes, `rolekit/nn/device/` in this order: 16-byte
-    loads (`load.cuh`), block norms and warp dot products (`dot.cuh`), the grid barrier, timer stamps
-    and staged row products of persistent kernels (`grid.cuh`), and the ring attention's slot rule,
-    softmax merge and stages (`ring_attention.cuh`)."""
-    return "".join(device_code("rolekit.nn", name) for name in SHARED_DEVICE_CODE)
-
-
-# What every kernel's translation unit starts with: CUDA's own types (MLX's custom-kernel prelude
-# offered the same), `cg` for cooperative groups, INFINITY without <cmath>.
-PRELUDE = """#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda/std/cstdint>
-#include <cuda/std/limits>
-#include <cooperative_groups.h>
-using cuda::std::int32_t; using cuda::std::uint32_t; using cuda::std::int64_t;
-using cuda::std::uint64_t; using cuda::std::int8_t; using cuda::std::uint8_t;
-namespace cg = cooperative_groups;
-#ifndef INFINITY
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-"""
-
-# the CUDA type of each MLX dtype a kernel argument may have
-CUDA_TYPES = {
-    mx.float32: "float",
-    mx.float16: "__half",
-    mx.bfloat16: "__nv_bfloat16",
-    mx.int32: "int32_t",
-    mx.uint32: "uint32_t",
-    mx.int64: "int64_t",
-    mx.uint64: "uint64_t",
-    mx.int8: "int8_t",
-    mx.uint8: "uint8_t",
-    mx.bool_: "bool",
-}
-
-Template = Sequence[tuple[str, "int | bool | mx.Dtype"]]
 
 
 @dataclass(frozen=True)
@@ -292,37 +228,48 @@ class CudaKernel:
         )
 
     def _launcher(self, source: str, launch: tuple) -> Callable[..., list[mx.array]]:
-        """How one launch variant runs: its cubin placed in MLX's kernel cache and launched by
-        `mx.fast.cuda_kernel` (`nn.mlxcache`: MLX then hashes a short text per launch), or, where
-        that cache is not ours to write, launched by `mx.fast.precompiled_cuda_kernel`."""
+        """How one launch variant runs: from MLX's kernel cache (`from_mlx_cache`) where that
+        works in this process, else by `mx.fast.precompiled_cuda_kernel`."""
         binary = _binary(source, self.name)
         folder = mlx_cache_folder()
-        if folder is not None:
-            placeholder = mlxcache.Placeholder(
-                self.name,
-                cubins.CACHE.key(source, arch()),
-                [(CUDA_TYPES[d], n) for n, d in zip(self.inputs, launch[0], strict=True)],
-                [(CUDA_TYPES[d], n) for n, d in zip(self.outputs, launch[1], strict=True)],
-            )
-            if placeholder.place(folder, binary):
-                _LAUNCHED.add("mlx-cache")
-                return mx.fast.cuda_kernel(
-                    name=placeholder.name,
-                    input_names=list(self.inputs),
-                    output_names=list(self.outputs),
-                    source=placeholder.source,
-                    header=placeholder.header,
-                    ensure_row_contiguous=True,
-                    shared_memory=self.shared_memory,
-                )
-        _LAUNCHED.add("precompiled")
-        return partial(
+        placed = None if folder is None else self.from_mlx_cache(source, binary, launch[0], launch[1], folder)
+        _LAUNCHED.add("precompiled" if placed is None else "mlx-cache")
+        return placed or partial(
             mx.fast.precompiled_cuda_kernel,
             name=self.name,
             compiled_source=binary,
             scalars=[],
             shared_memory=self.shared_memory,
             ensure_row_contiguous=True,
+        )
+
+    def from_mlx_cache(
+        self,
+        source: str,
+        binary: bytes,
+        in_dtypes: Sequence[mx.Dtype],
+        out_dtypes: Sequence[mx.Dtype],
+        folder: Path,
+    ) -> Callable[..., list[mx.array]] | None:
+        """The cubin of `source` placed in MLX's kernel cache `folder` under its placeholder's
+        module (`nn.mlxcache`), and `mx.fast.cuda_kernel` of the placeholder, which MLX then
+        launches from the cubin; None when the folder cannot be written."""
+        placeholder = mlxcache.Placeholder(
+            self.name,
+            cubins.CACHE.key(source, arch()),
+            [(CUDA_TYPES[d], n) for n, d in zip(self.inputs, in_dtypes, strict=True)],
+            [(CUDA_TYPES[d], n) for n, d in zip(self.outputs, out_dtypes, strict=True)],
+        )
+        if not placeholder.place(folder, binary):
+            return None
+        return mx.fast.cuda_kernel(
+            name=placeholder.name,
+            input_names=list(self.inputs),
+            output_names=list(self.outputs),
+            source=placeholder.source,
+            header=placeholder.header,
+            ensure_row_contiguous=True,
+            shared_memory=self.shared_memory,
         )
 
 
@@ -366,6 +313,12 @@ class AheadBuild:
         self.futures: list[Future] = []
 
     def submit(self, source: str, name: str) -> None:
+        if not self.sources and mlxcache.folder() is not None:  # the check before the first launch
+            probe, probe_source = _probe()
+            self._add(probe_source, probe.name)
+        self._add(source, name)
+
+    def _add(self, source: str, name: str) -> None:
         if source not in self.sources:
             self.sources.add(source)
             job = cubins.CACHE.prefetch(source, name, arch(), self.pool)
@@ -396,9 +349,6 @@ def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
     cancels the compiles not yet started."""
     build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
-    if mlxcache.folder() is not None:  # the check of MLX's kernel cache runs before the first launch
-        kernel, source = _probe()
-        build.submit(source, kernel.name)
     token = _AHEAD.set(build)
     try:
         yield build

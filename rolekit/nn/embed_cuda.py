@@ -20,7 +20,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 
 _BODY = device_code("rolekit.nn", "embed_sum.cu")
 

@@ -41,7 +41,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rolekit.nn import qmm, qmv
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 from rolekit.nn.kernels import Blocks
 from rolekit.nn.mlp import silu_gate
 from rolekit.nn.multilinear import MultiLinear, QuantizedMultiLinear

@@ -7,7 +7,7 @@ weight family of several modules (the depformer's steps, the temporal transforme
 array once and points each module at its rows of it, so the kernel takes one pointer per family and
 the op path keeps reading the same numbers.
 
-The device code is `device/grid.cuh`, part of the shared header set (`nn.cuda.shared_header`):
+The device code is `device/grid.cuh`, part of the shared header set (`nn.cuda_text.shared_header`):
 `grid_start` / `grid_sync` (the barrier on a 64-bit count that only grows, and its timeout flag),
 `stamp` (block 0's global-timer values), `stage` (a block's copy of a stage input, RMS-normalized
 in place on request, swizzled on request), `rows_dense` / `rows_quant` (one warp per output row,

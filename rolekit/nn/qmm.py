@@ -26,7 +26,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 
 MIN_ROWS = 5  # fewer rows: `nn.fused` / the temporal kernel (one warp per row) serve them
 MAX_ROWS = 64  # 4 tiles of 16 rows (each tile re-dequantizes the chunk: registers, not shared memory)

@@ -20,7 +20,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 
 # Activation rows routed to the kernel by `nn.fused` (with `Blocks.QMV`). Each warp re-reads every row's
 # activations, so more rows cost it more than MLX's tiled kernel: batches go to MLX. `qmv` takes up to 16.

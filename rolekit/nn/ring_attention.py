@@ -43,7 +43,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from rolekit.nn.cuda import build_kernel, device_code
+from rolekit.nn.cuda import build_kernel
+from rolekit.nn.cuda_text import device_code
 
 HEAD_DIMS = (64, 128)
 DTYPES = (mx.bfloat16, mx.float16, mx.float32)

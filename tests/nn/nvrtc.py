@@ -16,6 +16,7 @@ from typing import Any
 import mlx.core as mx
 
 from rolekit.nn import cuda, nvrtc
+from rolekit.nn.cuda_text import CUDA_TYPES
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def capture_kernels(monkeypatch: Any) -> Iterator[dict[Launch, None]]:
     def call(self, *, inputs, output_shapes, output_dtypes, template=(), **_: Any):  # noqa: ANN001
         t = dict(template).get("T")
         source = self.translation_unit([a.dtype for a in inputs], output_dtypes, template)
-        seen[Launch(self.name, None if t is None else cuda.CUDA_TYPES[t], source)] = None
+        seen[Launch(self.name, None if t is None else CUDA_TYPES[t], source)] = None
         return [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
 
     monkeypatch.setattr(cuda.CudaKernel, "__call__", call)

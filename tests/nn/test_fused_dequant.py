@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from rolekit.nn.cuda import device_code
+from rolekit.nn.cuda_text import device_code
 
 EXPS = np.uint32(
     int(re.search(r"EXPS = (0x[0-9A-Fa-f]+)u;", device_code("rolekit.nn", "dot.cuh")).group(1), 16)
