@@ -80,20 +80,14 @@ def kernel_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "mlx" / v / "ptx"
 
 
-_KERNEL_SOURCE = """
-    unsigned int i = threadIdx.x + blockIdx.x * blockDim.x;
-    if (i < N) { out[i] = 2.0f * x[i] + 1.0f; }
-"""
-
-
 def compile_cuda_kernel() -> None:
     """Compile (NVRTC, or rolekit's kernel cache) and run one kernel the way rolekit builds its
     own (`nn.cuda.build_kernel`), checked against MLX's ops."""
     import mlx.core as mx
 
-    from rolekit.nn.cuda import build_kernel
+    from rolekit.nn.cuda import AXPB_BODY, build_kernel
 
-    kernel = build_kernel("doctor_axpb", ["x"], ["out"], _KERNEL_SOURCE)
+    kernel = build_kernel("doctor_axpb", ["x"], ["out"], AXPB_BODY)
     x = mx.arange(256, dtype=mx.float32)
     (out,) = kernel(
         inputs=[x],

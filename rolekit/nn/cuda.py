@@ -86,15 +86,14 @@ def launch_path() -> str:
     return "mlx-cache" if mlx_cache_folder() is not None else "precompiled"
 
 
-_PROBE_BODY = (
-    "uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;\nif (i < N) { out[i] = 2.0f * x[i] + 1.0f; }"
-)
+# out = 2 x + 1 over N floats: the kernel that checks a launch path (here, and doctor's probe)
+AXPB_BODY = "uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;\nif (i < N) { out[i] = 2.0f * x[i] + 1.0f; }"
 
 
 @lru_cache(maxsize=1)
 def _probe() -> tuple[CudaKernel, str]:
     """The kernel `mlx_cache_folder` runs, and its translation unit (also built ahead)."""
-    kernel = build_kernel("launch_probe", ["x"], ["out"], _PROBE_BODY)
+    kernel = build_kernel("launch_probe", ["x"], ["out"], AXPB_BODY)
     return kernel, kernel.translation_unit([mx.float32], [mx.float32], [("N", 64)])
 
 
