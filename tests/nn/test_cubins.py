@@ -192,13 +192,18 @@ def test_a_kernel_that_cannot_be_built_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90")
     kernel = cuda.build_kernel("nothing", ["x"], ["y"], "y[0] = x[0];")
     with pytest.raises(KernelError, match=r"cuda_bf16\.h.*--kernels NAME=0"):
-        kernel(
-            inputs=[mx.zeros((1,))],
-            output_shapes=[(1,)],
-            output_dtypes=[mx.float32],
-            grid=(1, 1, 1),
-            threadgroup=(1, 1, 1),
-        )
+        launch_one(kernel)
+
+
+def launch_one(kernel: cuda.CudaKernel) -> list[mx.array]:
+    """One launch of a kernel of one float in, one float out."""
+    return kernel(
+        inputs=[mx.zeros((1,))],
+        output_shapes=[(1,)],
+        output_dtypes=[mx.float32],
+        grid=(1, 1, 1),
+        threadgroup=(1, 1, 1),
+    )
 
 
 def test_importing_rolekit_puts_every_kernel_cache_under_the_rolekit_cache(tmp_path):

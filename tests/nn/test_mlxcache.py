@@ -12,7 +12,7 @@ import pytest
 
 from rolekit.nn import cubins, cuda, mlxcache
 
-from .test_cubins import Counting
+from .test_cubins import Counting, launch_one
 
 LONG = "".join(chr(ord("a") + (i * 131 + 7) % 26) for i in range(10003))
 # `printf("%zx", std::hash<std::string>{}(s))`, built with g++ (libstdc++) on x86-64; the long
@@ -231,14 +231,7 @@ def test_a_cache_folder_that_cannot_be_written_launches_the_precompiled_way(tmp_
 
     monkeypatch.setattr(mx.fast, "cuda_kernel", cuda_kernel)
     monkeypatch.setattr(mx.fast, "precompiled_cuda_kernel", precompiled)
-    kernel = cuda.build_kernel("copy", ["x"], ["y"], "y[0] = x[0];")
-    kernel(
-        inputs=[mx.zeros((1,))],
-        output_shapes=[(1,)],
-        output_dtypes=[mx.float32],
-        grid=(1, 1, 1),
-        threadgroup=(1, 1, 1),
-    )
+    launch_one(cuda.build_kernel("copy", ["x"], ["y"], "y[0] = x[0];"))
     assert len(launched) == 1 and launched[0]["compiled_source"].startswith(b"sm_90a:")
 
 
