@@ -20,7 +20,7 @@ Mimi's transformer uses the same kernels with an `nn.LayerNorm` prologue, `gelu=
 linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `[out, in]` on CUDA).
 
 `use_kernel` is a `Blocks` value (`Kernels.blocks`; True = FUSED). With QMM, a product of q4
-weights with `nn.qmm.MIN_ROWS`..`SERVED_ROWS` rows (batched conversations) runs on tensor cores
+weights with `nn.qmm.MIN_ROWS`..`MAX_ROWS` rows (batched conversations) runs on tensor cores
 (`nn.qmm`), with QMV a one-row q4 / q8 product the fused kernel does not serve runs `nn.qmv`'s
 kernel, the norm and epilogues then as MLX ops. Where no kernel applies (NONE, i.e. the
 kernels off or not CUDA, a row count or layout no kernel covers), each function is exactly the

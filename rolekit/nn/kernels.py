@@ -37,7 +37,7 @@ OPTION = "--kernels"
 
 class Blocks(enum.IntFlag):
     """Which kernels serve a layer's block products (`nn.fused`): FUSED (`Kernels.fused`, up to
-    `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`SERVED_ROWS`
+    `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
     rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve). True means
     FUSED, False NONE."""
 

@@ -14,8 +14,8 @@ w = scale * q + bias; N a multiple of
 has about 2 blocks per SM where its partial sums stay small (`splits`); they are added by MLX in
 fp32 (a fixed order: deterministic). Each lane loads its next chunk's weights before it multiplies
 the current one. The row count is a template value: one compile per batch size. Where `covers` is
-false the caller uses `reference` (MLX's own product). `covers` hands it at most SERVED_ROWS rows
-(one 16-row tile, the tile count checked against MLX on an H100); `qmm` itself takes up to MAX_ROWS.
+false the caller uses `reference` (MLX's own product). `covers` hands it MIN_ROWS..MAX_ROWS rows
+(1 to 4 tiles, each tile count checked against the dense product on an H100: `tests/nn/test_qmm.py`).
 The device code: `device/qmm.cu` (body) after `device/qmm_mma.cuh` (bf16 pairs, the mma).
 """
 
@@ -31,7 +31,6 @@ from rolekit.nn.cuda_text import device_code
 
 MIN_ROWS = 5  # fewer rows: `nn.fused` / the temporal kernel (one warp per row) serve them
 MAX_ROWS = 64  # 4 tiles of 16 rows (each tile re-dequantizes the chunk: registers, not shared memory)
-SERVED_ROWS = 16  # the rows `covers` accepts (bench/RESULTS.md: the GPU test of more tiles)
 COLS = 128  # output columns per block (4 warps x 4 tiles of 8)
 CHUNK = 128  # k values per chunk (4 lanes x 32)
 TARGET_BLOCKS = 264  # split k until a product has about 2 blocks per SM of an H100 (132 SMs)
@@ -48,7 +47,7 @@ def _kernel() -> Any:
 def covers(rows: int, n: int, k: int, group_size: int, bits: int, dtype: mx.Dtype) -> bool:
     """Shapes and dtypes the dispatcher (`nn.fused`) hands the kernel (rows = activation rows)."""
     return (
-        MIN_ROWS <= rows <= SERVED_ROWS
+        MIN_ROWS <= rows <= MAX_ROWS
         and bits == 4
         and group_size in (32, 64, 128)
         and n % COLS == 0

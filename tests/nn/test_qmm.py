@@ -97,8 +97,9 @@ def test_kernel_layout_emulated_equals_the_dequantized_product(m, gs):
 def test_covers_and_splits():
     assert qmm.covers(16, 4096, 4096, 64, 4, mx.bfloat16)
     assert not qmm.covers(4, 4096, 4096, 64, 4, mx.bfloat16)  # few rows: nn.fused's kernels
-    assert not qmm.covers(17, 4096, 4096, 64, 4, mx.bfloat16)  # past the served tile
-    assert qmm.SERVED_ROWS <= qmm.MAX_ROWS
+    assert qmm.covers(17, 4096, 4096, 64, 4, mx.bfloat16)  # two tiles
+    assert qmm.covers(64, 4096, 4096, 64, 4, mx.bfloat16)  # four tiles
+    assert not qmm.covers(65, 4096, 4096, 64, 4, mx.bfloat16)  # past MAX_ROWS: MLX's product
     assert not qmm.covers(16, 4096, 4096, 64, 8, mx.bfloat16)
     assert not qmm.covers(16, 4096 + 64, 4096, 64, 4, mx.bfloat16)
     assert not qmm.covers(16, 4096, 4096, 64, 4, mx.float32)
@@ -136,7 +137,7 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
     monkeypatch.setattr(
         qmm,
         "covers",
-        lambda rows, n, k, g, bits, dtype: qmm.MIN_ROWS <= rows <= qmm.SERVED_ROWS and bits == 4,
+        lambda rows, n, k, g, bits, dtype: qmm.MIN_ROWS <= rows <= qmm.MAX_ROWS and bits == 4,
     )
     lin = nn.Linear(256, 128, bias=False)
     qlin = nn.QuantizedLinear.from_linear(lin, group_size=64, bits=4)
@@ -175,14 +176,7 @@ def _check_against_the_dense_product(m):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [5, 16])
-def test_kernel_equals_the_dense_product_on_the_gpu_where_it_is_served(m):
-    """The rows `covers` hands the kernel (one 16-row tile)."""
-    _check_against_the_dense_product(m)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("m", [33, 64])
-def test_kernel_equals_the_dense_product_on_the_gpu_past_the_served_rows(m):
-    """3 and 4 tiles (up to MAX_ROWS): `covers` serves them once this passes on a GPU."""
+@pytest.mark.parametrize("m", [5, 16, 33, 64])
+def test_kernel_equals_the_dense_product_on_the_gpu(m):
+    """1 to 4 tiles of 16 rows: every row count `covers` hands the kernel is a tile count run here."""
     _check_against_the_dense_product(m)
