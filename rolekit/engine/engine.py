@@ -258,18 +258,29 @@ class Engine:
         `lm_cache.start[b]` (masked before), its token ring at its own offset.
 
         `voices[i]` has `.embeddings` [E, D] + `.cache` [17, 4] (a preset) or `.codes` [8, T].
+
+        First it starts compiling rolekit's CUDA kernels of a whole conversation
+        (`compile_kernels_ahead`), so that they compile beside the prompt pass (MLX's own kernels,
+        on a machine that has not built them yet) instead of after it; the warm-up's build finds
+        them compiled or compiling (`nn.cubins`) and waits. An interrupt cancels those not started.
         """
         rows = self.prefill_inputs(plans, voices)
         self.reset()
-        x = self._prefill_embeddings(rows)  # [B, L, D], left-padded with zeros
-        if x is not None:
-            start = x.shape[1] - np.array([r.calls for r in rows], np.int64)  # [B]
-            self.lm_cache.start = start if start.any() else None
-            if stepwise:
-                self._prefill_stepwise(x)
-            else:
-                _, logits = self.lm.temporal(x, self.lm_cache)
-                mx.eval(logits, *self.lm_cache.arrays())
+        ahead = self.compile_kernels_ahead()
+        try:
+            x = self._prefill_embeddings(rows)  # [B, L, D], left-padded with zeros
+            if x is not None:
+                start = x.shape[1] - np.array([r.calls for r in rows], np.int64)  # [B]
+                self.lm_cache.start = start if start.any() else None
+                if stepwise:
+                    self._prefill_stepwise(x)
+                else:
+                    _, logits = self.lm.temporal(x, self.lm_cache)
+                    mx.eval(logits, *self.lm_cache.arrays())
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
         self.ring = R.Ring(
             cache=mx.array(np.concatenate([r.ring.cache for r in rows])),
             provided=mx.array(np.concatenate([r.ring.provided for r in rows])),

@@ -332,7 +332,10 @@ class AheadBuild:
         return len(self.sources)
 
     def cancel(self) -> None:
-        """Drop the compiles not yet started (those running finish in their workers)."""
+        """Drop the compiles not yet started, this build's and those of an earlier build it found
+        pending (those running finish in their workers)."""
+        for job in self.futures:
+            job.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -344,9 +347,11 @@ def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it, in
     a process of its own watched by one of `workers` threads (default: the CPU count, at most 16),
     unless the kernel cache has it, and returns zeros of the output shapes; build on them lazily
-    and never evaluate (only throwaway graphs belong inside). The compiles go on after the block (`AheadBuild.wait`); a
-    launch that needs one of them meanwhile waits for it (`nn.cubins`). An exception inside
-    cancels the compiles not yet started."""
+    and never evaluate (only throwaway graphs belong inside). The compiles go on after the block
+    (`AheadBuild.wait`), their pool closed to new work, so its threads end with the last compile
+    even if nobody waits; a launch that needs one of them meanwhile waits for it (`nn.cubins`). A
+    build that meets a compile of an earlier build still running waits for that one too. An
+    exception inside cancels the compiles not yet started."""
     build = AheadBuild(ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)))
     token = _AHEAD.set(build)
     try:
@@ -356,3 +361,4 @@ def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
         raise
     finally:
         _AHEAD.reset(token)
+        build.pool.shutdown(wait=False)  # no more submits: the queued compiles still run

@@ -78,3 +78,54 @@ def test_no_rolekit_kernel_no_work():
         lm, Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8)), None, Path("."), "t", True
     )
     assert Engine(bundle, batch=1, kernels=Kernels()).compile_kernels_ahead() is None
+
+
+def test_the_prefill_starts_the_conversation_kernels_before_its_prompt_pass(monkeypatch, tmp_path):
+    """On a machine that lacks them, rolekit's kernels compile beside the prompt pass: every
+    kernel the conversation launches is submitted before the pass, and the warm-up's build finds
+    them there (each compiled once)."""
+    from types import SimpleNamespace
+
+    from rolekit.frames import PrefillPlan
+
+    pretend_cuda(monkeypatch)
+    compiler = Recording()
+    cache = cubins.BinaryCache(tmp_path, compiler)
+    monkeypatch.setattr(cubins, "CACHE", cache)
+    monkeypatch.setattr(mlxcache, "folder", lambda: tmp_path / "mlx")
+    submitted: list[str] = []
+    prefetch = cache.prefetch
+    monkeypatch.setattr(
+        cache, "prefetch", lambda source, *a: submitted.append(source) or prefetch(source, *a)
+    )
+    engine = _engine("q4", 1, context=600)
+    before_pass: list[set[str]] = []
+    temporal = engine.lm.temporal
+
+    def prompt_pass(x, lm_cache):  # noqa: ANN001, ANN202
+        before_pass.append(set(submitted))
+        return temporal(x, lm_cache)
+
+    embed = engine.lm.embed
+    monkeypatch.setattr(engine.lm, "temporal", prompt_pass)
+    # the prompt's tokens (T > 1) embedded by the ops: their kernel cannot run here
+    monkeypatch.setattr(
+        engine.lm,
+        "embed",
+        lambda tokens, kernels: embed(tokens, kernels if tokens.shape[-1] == 1 else Kernels()),
+    )
+    plan = PrefillPlan(voice="x.wav", text_ids=(5, 6, 7), silence_frames=2)
+    voice = SimpleNamespace(codes=np.random.default_rng(0).integers(0, 2048, (8, 4)).astype(np.int32))
+    engine.prefill([plan], [voice])
+    monkeypatch.setattr(engine.lm, "temporal", temporal)
+    monkeypatch.setattr(engine.lm, "embed", embed)
+    assert len(before_pass) == 1 and before_pass[0]  # one prompt pass, after the submits
+    assert engine.compile_kernels_ahead().wait() >= len(before_pass[0] - {cuda._probe()[1]})
+    assert len(compiler.sources) == len(set(compiler.sources))  # nothing compiled twice
+    with capture_kernels(monkeypatch) as seen:
+        for _ in range(4):
+            engine.step(np.zeros((1, 1920), np.float32))
+        engine.prepare(None, evaluate=False)
+    launched = {k.source for k in seen}
+    assert launched and launched <= before_pass[0]
+    assert set(compiler.sources) == before_pass[0]

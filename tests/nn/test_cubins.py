@@ -248,6 +248,34 @@ def test_kernels_compiled_ahead_compile_in_processes_of_their_own(tmp_path, monk
     assert len(list(tmp_path.glob("rolekit_probe*.cubin"))) == 2
 
 
+def test_a_later_build_waits_for_and_cancels_the_compiles_an_earlier_build_left_running(
+    tmp_path, monkeypatch
+):
+    """The prefill's build (`Engine.prefill`) is left running; the warm-up's meets its compiles."""
+    compiler = Counting(delay=0.3)
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(mlxcache, "folder", lambda: None)  # no launch check kernel
+    kernels = [
+        cuda.build_kernel(f"late{i}", ["x"], ["y"], f"y[threadIdx.x] = x[threadIdx.x] + {i};")
+        for i in range(2)
+    ]
+    x = mx.zeros((32,), mx.float32)
+    call = dict(output_shapes=[(32,)], output_dtypes=[mx.float32], grid=(32, 1, 1), threadgroup=(32, 1, 1))
+    with cuda.compiling_ahead(workers=1) as first:  # one worker: the second compile waits in line
+        for k in kernels:
+            k(inputs=[x], **call)
+    with pytest.raises(RuntimeError):  # closed to new work after its block
+        first.pool.submit(print)
+    with cuda.compiling_ahead(workers=1) as second:
+        for k in kernels:
+            k(inputs=[x], **call)
+    assert second.futures == first.futures and len(first.futures) == 2
+    second.cancel()
+    assert first.futures[1].cancelled() and first.futures[0].result()[0]
+    assert len(compiler.calls) == 1  # the cancelled one never compiled
+
+
 @pytest.mark.nvrtc
 def test_nvrtc_compiles_a_kernel_to_machine_code_and_reports_errors():
     kernel = cuda.build_kernel("probe", ["x"], ["y"], "y[threadIdx.x] = T(2) * x[threadIdx.x];", threads=128)
