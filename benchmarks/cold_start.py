@@ -58,13 +58,13 @@ def run(spec: str = "random-7b", quant: str = "q4", batch: int = 1, out: str | N
         )
         _, row["encode_eval_ms"] = _timed(lambda c=codes: mx.eval(c, *engine.mimi_state.arrays()))
         user = codes[:, :N_CODEBOOKS, 0].astype(mx.int32)
-        off = mx.array(engine.offsets.astype(np.int32))
+        cols = engine.columns()
         if not engine.offsets.any():
             engine.step(silence)  # LMGen's first call only primes (no forward pass)
             emit(path, row)
             continue
         res, row["lm_build_ms"] = _timed(
-            lambda u=user, o=off: engine.lm_step(
+            lambda u=user, o=cols: engine.lm_step(
                 engine.ring.cache, engine.ring.provided, o, u, engine.keys, engine.lm_cache
             )
         )

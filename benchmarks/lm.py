@@ -22,7 +22,7 @@ from rolekit.bench.timing import peak_rss_gb, speedup, summarize
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
 from rolekit.engine.step import StepConstants
-from rolekit.frames import N_CODEBOOKS, N_STREAMS, USER_STREAMS
+from rolekit.frames import N_CODEBOOKS
 from rolekit.lm.model import LM
 from rolekit.lm.sampling import SamplingParams, sample
 from rolekit.nn.kernels import Kernels
@@ -115,18 +115,14 @@ class CompiledLmStepper:
     def __init__(self, lm: LM, batch: int, dep_steps: int, params: SamplingParams, seed: int = 0) -> None:
         cfg = lm.cfg
         initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
-        user_mask = np.zeros((batch, N_STREAMS), bool)
-        user_mask[:, list(USER_STREAMS)] = True
-        c = StepConstants(
-            lm, batch, mx.array(user_mask), initial, params, params.greedy, dep_steps, Kernels.for_device()
-        )
+        c = StepConstants(lm, batch, initial, params, params.greedy, dep_steps, Kernels.for_device())
         self.step_fn = CompiledStep(c)
         self.cache = lm.make_cache(batch)
         self.user = mx.random.randint(0, cfg.card, (batch, N_CODEBOOKS), key=mx.random.key(seed)).astype(
             mx.int32
         )
         tokens = mx.concatenate([mx.zeros((batch, 1 + N_CODEBOOKS), mx.int32), self.user], axis=1)
-        ring = R.provide(mx, R.new_ring(mx, batch), tokens, c.user_mask, 0, initial)
+        ring = R.provide(mx, R.new_ring(mx, batch), tokens, None, R.step_columns(mx, 0), initial)
         self.ring = R.prime(mx, ring, initial)  # LMGen's first call (offset 0) only primes
         self.offset = 1
         self.keys = mx.stack([mx.random.key(seed + i) for i in range(batch)])  # [B, 2]
@@ -134,9 +130,10 @@ class CompiledLmStepper:
 
     def step(self) -> mx.array:
         """One frame -> out [B, 9] (text + agent codes), not yet evaluated."""
-        off = mx.full((self.ring.cache.shape[0],), self.offset, dtype=mx.int32)  # [B]
+        offsets = np.full(self.ring.cache.shape[0], self.offset)  # [B]
+        cols = mx.array(R.pack(np, R.step_columns(np, offsets)))  # made on the host, as Engine.step
         cache, provided, self.out, self.keys = self.step_fn(
-            self.ring.cache, self.ring.provided, off, self.user, self.keys, self.cache
+            self.ring.cache, self.ring.provided, cols, self.user, self.keys, self.cache
         )
         self.ring = R.Ring(cache, provided)
         self.offset += 1

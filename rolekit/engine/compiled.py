@@ -112,7 +112,7 @@ class CompiledStep(EagerStep):
         graph's first run builds its kernels (MLX's CPU and GPU kernels, rolekit's CUDA ones),
         which then serve the whole process, so a graph some engine of this process already ran
         with the same shapes is only traced. Then no step of the conversation waits for a trace
-        or a compile. `args`: the step's (ring cache, ring provided, off, user, keys) as
+        or a compile. `args`: the step's (ring cache, ring provided, cols, user, keys) as
         `__call__` takes them; nothing of the caller's state changes, and the scratch rings are
         given back to the device (MLX's buffer cache emptied). Returns the graphs built."""
         ring = lm_cache.rings[0].keys

@@ -9,6 +9,7 @@ a batch by left padding: the LM cache masks each row's padding, the token ring r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 import mlx.core as mx
@@ -24,9 +25,7 @@ from rolekit.frames import (
     FRAME_SAMPLES,
     MAX_DELAY,
     N_CODEBOOKS,
-    N_STREAMS,
     PAD,
-    USER_STREAMS,
     PrefillPlan,
     StepOutput,
 )
@@ -79,10 +78,11 @@ def _row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams
     )
 
 
-def _user_mask(batch: int) -> mx.array:
-    m = np.zeros((batch, N_STREAMS), bool)
-    m[:, list(USER_STREAMS)] = True
-    return mx.array(m)
+@lru_cache(maxsize=64)
+def _step_columns(offsets: tuple[int, ...]) -> mx.array:
+    """`Engine.columns` of rows at these offsets (`R.same_columns` keys: a run cycles through CT
+    of them), made once and kept on the device (a step only reads it)."""
+    return mx.array(R.pack(np, R.step_columns(np, np.array(offsets))))
 
 
 class Engine:
@@ -125,11 +125,9 @@ class Engine:
         self.dep_steps = N_CODEBOOKS if dep_stop else cfg.dep_q
         self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)
         self._initial_np = R.initial_tokens(np, cfg.text_card, cfg.card)
-        self._user_mask = _user_mask(batch)
         self.constants = StepConstants(
             self.lm,
             batch,
-            self._user_mask,
             self.initial,
             self._sampling,
             self.greedy,
@@ -230,11 +228,15 @@ class Engine:
 
     def _ahead(self, frames: int | None) -> tuple[int | None, tuple[mx.array, ...]]:
         """(global position the next `frames` steps end before (None: no end), the LM step's
-        (ring cache, ring provided, off, user, keys) of a scratch step from the current state)."""
+        (ring cache, ring provided, cols, user, keys) of a scratch step from the current state)."""
         horizon = None if frames is None else self.lm_cache.offset + frames
-        off = mx.array(self.offsets.astype(np.int32))  # [B]
         user = mx.zeros((self.batch, N_CODEBOOKS), mx.int32)  # [B, 8]
-        return horizon, (self.ring.cache, self.ring.provided, off, user, self.keys)
+        return horizon, (self.ring.cache, self.ring.provided, self.columns(), user, self.keys)
+
+    def columns(self) -> mx.array:
+        """[B, R.PACKED, CT] bool: the ring columns of each row's next call, made on the host;
+        `write` limited to the user's streams (the step provides only those: `R.step_columns`)."""
+        return _step_columns(tuple(int(o) for o in R.same_columns(self.offsets)))
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:
@@ -328,15 +330,15 @@ class Engine:
         # hidden under ~1.6 ms of graph building); no host sync
         mx.async_eval(codes)
         user = codes[:, :N_CODEBOOKS, 0].astype(mx.int32)  # [B, 8]
-        off = mx.array(self.offsets.astype(np.int32))  # [B]
+        cols = self.columns()
         if not self.offsets.any():  # LMGen's first call only primes: no forward pass
             tokens = mx.concatenate([mx.zeros((self.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
-            ring = R.provide(mx, self.ring, tokens, self._user_mask, off, self.initial)
+            ring = R.provide(mx, self.ring, tokens, None, R.unpack(cols), self.initial)
             self.ring = R.prime(mx, ring, self.initial)
             self.offsets = self.offsets + 1
             return self._not_ready(user)
         cache, provided, out, self.keys = self.lm_step(
-            self.ring.cache, self.ring.provided, off, user, self.keys, self.lm_cache
+            self.ring.cache, self.ring.provided, cols, user, self.keys, self.lm_cache
         )
         self.ring = R.Ring(cache=cache, provided=provided)
         ready = bool((self.offsets > MAX_DELAY).all())  # uniform: see check_offsets

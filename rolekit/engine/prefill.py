@@ -82,21 +82,24 @@ def simulate(
         dummy[0] = PAD  # step_embeddings: initial audio tokens, text = PAD
         for _ in range(len(embeddings)):
             if offset == 0:
-                ring = R.prime(np, R.provide(np, ring, dummy[None], all_mask, offset, initial), initial)
+                ring = R.prime(
+                    np, R.provide(np, ring, dummy[None], all_mask, R.columns(np, offset), initial), initial
+                )
                 offset = 1
-            ring = R.provide(np, ring, dummy[None], all_mask, offset, initial)
+            ring = R.provide(np, ring, dummy[None], all_mask, R.columns(np, offset), initial)
             ring = _commit_provided(ring, offset)
             offset += 1
     if voice_cache is not None:
         ring = R.Ring(cache=np.asarray(voice_cache, np.int32)[None].copy(), provided=ring.provided)
     tokens = []
     for frame in frames:
-        ring = R.provide(np, ring, frame[None], all_mask, offset, initial)
+        at = R.columns(np, offset)
+        ring = R.provide(np, ring, frame[None], all_mask, at, initial)
         if offset == 0:
             ring = R.prime(np, ring, initial)
             offset = 1
             continue
-        tokens.append(R.model_input(np, ring, offset)[0])
+        tokens.append(R.model_input(np, ring, at)[0])
         ring = _commit_provided(ring, offset)
         offset += 1
     token_arr = np.stack(tokens).astype(np.int32) if tokens else np.zeros((0, N_STREAMS), np.int32)
@@ -105,8 +108,9 @@ def simulate(
 
 def _commit_provided(ring: R.Ring, offset: int) -> R.Ring:
     """Commit of a prompt call: everything is provided, so only the provided-mask moves."""
-    target, _ = R.targets(np, ring, offset)
-    return R.commit(np, ring, offset, target[:, 0], target[:, 1:])
+    at = R.columns(np, offset)
+    target, _ = R.targets(np, ring, at)
+    return R.commit(np, ring, at, target[:, 0], target[:, 1:])
 
 
 def prefill_inputs(plan: PrefillPlan, voice: Any, initial: np.ndarray) -> PrefillInputs:

@@ -30,12 +30,12 @@ from rolekit.nn.kernels import Blocks, Kernels
 
 @dataclass(frozen=True)
 class StepConstants:
-    """What every step of one engine shares: the LM, the batch, the user-stream mask [B, 17], the
-    ring's initial tokens, sampling ([B] values or scalars), depformer steps, the kernel policy."""
+    """What every step of one engine shares: the LM, the batch, the ring's initial tokens,
+    sampling ([B] values or scalars), depformer steps, the kernel policy. (Which streams a step
+    provides is in its ring columns: `R.step_columns`.)"""
 
     lm: Any
     batch: int
-    user_mask: mx.array
     initial: mx.array
     sampling: SamplingParams
     greedy: bool
@@ -44,13 +44,13 @@ class StepConstants:
 
 
 def model_input(
-    c: StepConstants, cache: mx.array, provided: mx.array, off: mx.array, user: mx.array
+    c: StepConstants, cache: mx.array, provided: mx.array, at: R.Cols, user: mx.array
 ) -> tuple[mx.array, mx.array, mx.array]:
     """User codes [B, 8] into the ring at offset + delay -> (ring cache, ring provided, model input
-    embeddings [B, 1, D]); off [B] the rows' LMGen offsets."""
+    embeddings [B, 1, D]); `at` the rows' ring columns of this call."""
     tokens = mx.concatenate([mx.zeros((c.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
-    ring = R.provide(mx, R.Ring(cache, provided), tokens, c.user_mask, off, c.initial)
-    x = c.lm.embed(R.model_input(mx, ring, off)[:, :, None], c.kernels)  # [B, 1, D]
+    ring = R.provide(mx, R.Ring(cache, provided), tokens, None, at, c.initial)  # `at` masked
+    x = c.lm.embed(R.model_input(mx, ring, at)[:, :, None], c.kernels)  # [B, 1, D]
     return ring.cache, ring.provided, x
 
 
@@ -60,7 +60,7 @@ def sample_and_commit(
     text_logits: mx.array,
     cache: mx.array,
     provided: mx.array,
-    off: mx.array,
+    at: R.Cols,
     text_keys: mx.array,
     dep_keys: mx.array,
 ) -> tuple[mx.array, mx.array, mx.array]:
@@ -68,13 +68,13 @@ def sample_and_commit(
     [B, V], per-row keys [B, 2] -> (ring cache, ring provided, out [B, 9] = text + 8 agent codes)."""
     ring = R.Ring(cache=cache, provided=provided)
     text = sample_text(c, text_logits, text_keys)  # [B]
-    forced = R.forced_text(mx, ring, off, text)
-    dep_given = R.depformer_provided(mx, ring, off, c.lm.cfg.dep_q)  # [B, dep_q]
+    forced = R.forced_text(mx, ring, at, text)
+    dep_given = R.depformer_provided(mx, ring, at, c.lm.cfg.dep_q)  # [B, dep_q]
     # One depformer pass for all rows: per-row keys keep each row equal to its batch-1 run.
     keys = None if c.greedy else dep_keys
     audio = c.lm.depformer(hidden, forced, dep_given, c.sampling, keys, c.dep_steps, c.kernels)
-    ring = R.commit(mx, ring, off, text, audio[:, : c.dep_steps])
-    return ring.cache, ring.provided, R.output(mx, ring, off)
+    ring = R.commit(mx, ring, at, text, audio[:, : c.dep_steps])
+    return ring.cache, ring.provided, R.output(mx, ring, at)
 
 
 def sample_text(c: StepConstants, logits: mx.array, keys: mx.array) -> mx.array:
@@ -108,20 +108,22 @@ def lm_step(
     shape: StepShape,
     ring_cache: mx.array,
     ring_provided: mx.array,
-    off: mx.array,
+    cols: mx.array,
     user: mx.array,
     keys: mx.array,
     pos: mx.array,
     start: mx.array,
     *kv: mx.array,
 ) -> tuple[mx.array, ...]:
-    """One LM step: ring_cache / ring_provided [B, 17, CT], off [B] the rows' LMGen offsets, user
+    """One LM step: ring_cache / ring_provided [B, 17, CT], cols [B, R.PACKED, CT] bool the rows'
+    ring columns of this call (`R.pack` of `R.columns` of their LMGen offsets, made on the host), user
     [B, 8] user codes, keys [B, 2] RNG keys, pos int32 scalar (the LM cache's global position),
     start [B] int32 (each row's left padding), kv = the cache's rings K0, V0, K1, V1, ... each
     [B, H, C, Dh] (`LmCache.release`) -> (ring cache, ring provided, out [B, 9] = text + 8 agent
     codes, next keys [B, 2], K0', V0', ...: the rings with position `pos` written)."""
     lm = c.lm
-    ring_cache, ring_provided, x = model_input(c, ring_cache, ring_provided, off, user)  # x [B, 1, D]
+    at = R.unpack(cols)
+    ring_cache, ring_provided, x = model_input(c, ring_cache, ring_provided, at, user)  # x [B, 1, D]
     rings = [RingKV(k, v) for k, v in zip(kv[0::2], kv[1::2], strict=True)]
     cap = rings[0].capacity
     view = step_view(pos, start, cap, lm.context, shape.length, shape.masked, shape.ring_kernel, shape.fused)
@@ -133,7 +135,7 @@ def lm_step(
     logits = lm.text_linear(hidden)  # [B, 1, text_card]
     split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
     ring_cache, ring_provided, out = sample_and_commit(
-        c, hidden[:, 0], logits[:, 0], ring_cache, ring_provided, off, split[:, 1], split[:, 2]
+        c, hidden[:, 0], logits[:, 0], ring_cache, ring_provided, at, split[:, 1], split[:, 2]
     )
     return (ring_cache, ring_provided, out, split[:, 0], *(a for r in rings for a in (r.keys, r.values)))
 
@@ -170,20 +172,21 @@ class EagerStep:
         self,
         ring_cache: mx.array,
         ring_provided: mx.array,
-        off: mx.array,
+        cols: mx.array,
         user: mx.array,
         keys: mx.array,
         lm_cache: LmCache,
     ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
         """One frame: -> (ring cache, ring provided, out [B, 9], next RNG keys [B, 2]); lm_cache
-        advanced by one position. off [B] LMGen offsets per row, user [B, 8], keys [B, 2]."""
+        advanced by one position. cols [B, R.PACKED, CT] the rows' ring columns (`lm_step`), user
+        [B, 8], keys [B, 2]."""
         lm_cache.reserve(lm_cache.offset + 1)  # a growing ring gets room first, outside any graph
         shape = self.shape(lm_cache)
         self.built.add((lm_cache.rings[0].capacity, shape))
         run = self.function(shape)
         pos = mx.array(lm_cache.offset, dtype=mx.int32)
         kv = lm_cache.release()
-        res = run(ring_cache, ring_provided, off, user, keys, pos, self._start_array(lm_cache.start), *kv)
+        res = run(ring_cache, ring_provided, cols, user, keys, pos, self._start_array(lm_cache.start), *kv)
         kv = None  # only the step holds the old rings now: its writes may update them in place
         lm_cache.adopt(list(res[4:]))
         return res[0], res[1], res[2], res[3]
