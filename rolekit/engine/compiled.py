@@ -73,17 +73,20 @@ class CompiledStep(EagerStep):
             self.graphs[shape] = mx.compile(lambda *a: S.lm_step(c, shape, *a))
         return self.graphs[shape]
 
-    def upcoming(self, lm_cache: LmCache, horizon: int | None) -> list[tuple[int, int, StepShape]]:
+    def upcoming(
+        self, lm_cache: LmCache, horizon: int | None, begin: int | None = None
+    ) -> list[tuple[int, int, StepShape]]:
         """(position, ring capacity, shape) of the first step of every graph that the steps at
-        global positions offset .. horizon - 1 run, in order (None: every graph of the
-        conversation, past the ring's wrap). The rings grow as `LmCache.reserve` grows them."""
+        global positions begin (None: the cache's offset) .. horizon - 1 run, in order (None:
+        every graph of the conversation, past the ring's wrap). The rings grow as
+        `LmCache.reserve` grows them."""
         context = self.constants.lm.context
         first = 0 if lm_cache.start is None else int(np.max(lm_cache.start))
         last = context + first + 1  # from here on every step has the same shape
         end = last if horizon is None else min(horizon, last)
         kernel = self.uses_kernel(lm_cache)
         cap, out, seen = lm_cache.rings[0].capacity, [], set()
-        for pos in range(lm_cache.offset, end):
+        for pos in range(lm_cache.offset if begin is None else begin, end):
             if lm_cache.context is not None and cap < lm_cache.context and pos + 1 > cap:
                 cap = ring_capacity(pos + 1, lm_cache.context, lm_cache.floor)
             shape = self.shape_at(pos, cap, lm_cache.start, kernel)
@@ -92,13 +95,15 @@ class CompiledStep(EagerStep):
                 out.append((pos, cap, shape))
         return out
 
-    def build_lazily(self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None) -> int:
-        """Build, never evaluate, the uncompiled step of every graph `upcoming(lm_cache, horizon)`
-        runs, on scratch rings that are never allocated: inside `nn.cuda.compiling_ahead` this
+    def build_lazily(
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, begin: int | None = None
+    ) -> int:
+        """Build, never evaluate, the uncompiled step of every graph `upcoming(lm_cache, horizon,
+        begin)` runs, on scratch rings that are never allocated: inside `nn.cuda.compiling_ahead` this
         compiles each CUDA kernel those graphs launch. No trace is cached; nothing of the caller's
         state changes. `args` as `prepare` takes them. Returns the graphs built."""
         start = self._start_array(lm_cache.start)
-        shapes = self.upcoming(lm_cache, horizon)
+        shapes = self.upcoming(lm_cache, horizon, begin)
         for pos, cap, shape in shapes:
             kv = _scratch_rings(lm_cache, cap)
             S.lm_step(self.constants, shape, *args, mx.array(pos, dtype=mx.int32), start, *kv)

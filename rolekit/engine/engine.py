@@ -145,6 +145,8 @@ class Engine:
         if self.kernels.temporal:
             temporal_cuda.pack(self.lm)
         self.compiled = compiled
+        # the compiles the last prefill started (`prefill`); the warm-up cancels what it does not need
+        self.kernel_build: AheadBuild | None = None
         self.reset()
 
     # ---- state ---------------------------------------------------------------------------
@@ -210,20 +212,22 @@ class Engine:
             built += self.mimi_steps.prepare(self.batch)
         return built
 
-    def compile_kernels_ahead(self, frames: int | None = None) -> AheadBuild | None:
+    def compile_kernels_ahead(self, frames: int | None = None, begin: int | None = None) -> AheadBuild | None:
         """Start compiling, all at once (`nn.cuda.compiling_ahead`: a process each), rolekit's CUDA
         kernels that the next `frames` steps launch (None: a whole conversation; Mimi's and those
         of every LM step graph `prepare` builds), instead of one after another as steps first
-        reach them; steps may run meanwhile (a launch waits for its own kernel). Later processes
-        read them from the kernel cache. Builds throwaway lazy graphs; state unchanged. Returns
-        the build (`wait()` gives the kernel count), None when no rolekit kernel runs."""
+        reach them; steps may run meanwhile (a launch waits for its own kernel). `begin`: the LM
+        position of the first of those steps (default: the cache's; the prefill passes the
+        prompt's length before its pass). Later processes read them from the kernel cache. Builds
+        throwaway lazy graphs; state unchanged. Returns the build (`wait()` gives the kernel
+        count), None when no rolekit kernel runs."""
         if not self.kernels.any or not self.compiled:
             return None
         horizon, args = self._ahead(frames)
         with compiling_ahead() as ahead:
             if isinstance(self.mimi_steps, CompiledMimi):
                 self.mimi_steps.build_lazily(self.batch, N_CODEBOOKS)
-            self.lm_step.build_lazily(self.lm_cache, args, horizon)  # type: ignore[union-attr]
+            self.lm_step.build_lazily(self.lm_cache, args, horizon, begin)  # type: ignore[union-attr]
         return ahead
 
     def _ahead(self, frames: int | None) -> tuple[int | None, tuple[mx.array, ...]]:
@@ -261,19 +265,21 @@ class Engine:
 
         `voices[i]` has `.embeddings` [E, D] + `.cache` [17, 4] (a preset) or `.codes` [8, T].
 
-        First it starts compiling rolekit's CUDA kernels of a whole conversation
+        First it starts compiling rolekit's CUDA kernels of the conversation after the prompt
         (`compile_kernels_ahead`), so that they compile beside the prompt pass (MLX's own kernels,
         on a machine that has not built them yet) instead of after it; the warm-up's build finds
-        them compiled or compiling (`nn.cubins`) and waits. An interrupt cancels those not started.
+        them compiled or compiling (`nn.cubins`), waits for those it needs and cancels the rest
+        not yet started (`kernel_build`). An interrupt cancels those not started.
         """
         rows = self.prefill_inputs(plans, voices)
         self.reset()
-        ahead = self.compile_kernels_ahead()
+        longest = max(r.calls for r in rows)
+        start = longest - np.array([r.calls for r in rows], np.int64)  # [B] left padding
+        self.lm_cache.start = start if start.any() else None
+        ahead = self.kernel_build = self.compile_kernels_ahead(begin=longest)
         try:
             x = self._prefill_embeddings(rows)  # [B, L, D], left-padded with zeros
             if x is not None:
-                start = x.shape[1] - np.array([r.calls for r in rows], np.int64)  # [B]
-                self.lm_cache.start = start if start.any() else None
                 if stepwise:
                     self._prefill_stepwise(x)
                 else:

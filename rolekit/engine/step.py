@@ -116,7 +116,8 @@ def lm_step(
     *kv: mx.array,
 ) -> tuple[mx.array, ...]:
     """One LM step: ring_cache / ring_provided [B, 17, CT], cols [B, R.PACKED, CT] bool the rows'
-    ring columns of this call (`R.pack` of `R.columns` of their LMGen offsets, made on the host), user
+    ring columns of this call (`R.pack` of `R.step_columns` of their LMGen offsets, made on the host:
+    `Engine.columns`; `write` limited to the user's streams, the only ones a step provides), user
     [B, 8] user codes, keys [B, 2] RNG keys, pos int32 scalar (the LM cache's global position),
     start [B] int32 (each row's left padding), kv = the cache's rings K0, V0, K1, V1, ... each
     [B, H, C, Dh] (`LmCache.release`) -> (ring cache, ring provided, out [B, 9] = text + 8 agent

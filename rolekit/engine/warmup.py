@@ -83,6 +83,9 @@ def warmup(
     if ahead is not None:
         result.ahead = ahead.wait()
         result.ahead_ms = (time.perf_counter() - t_ahead) * 1000.0
+    if getattr(engine, "kernel_build", None) is not None:  # the prefill's: what these frames skip
+        engine.kernel_build.cancel()
+        engine.kernel_build = None
     t0 = time.perf_counter()
     result.graphs = engine.prepare(frames)
     result.graphs_ms = (time.perf_counter() - t0) * 1000.0

@@ -320,7 +320,10 @@ class AheadBuild:
     def _add(self, source: str, name: str) -> None:
         if source not in self.sources:
             self.sources.add(source)
-            job = cubins.CACHE.prefetch(source, name, arch(), self.pool)
+            try:
+                job = cubins.CACHE.prefetch(source, name, arch(), self.pool)
+            except Exception:  # noqa: BLE001 - e.g. no NVRTC: left for the launch to report
+                return
             if job is not None:
                 self.futures.append(job)
 

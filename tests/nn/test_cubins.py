@@ -252,7 +252,14 @@ def test_a_later_build_waits_for_and_cancels_the_compiles_an_earlier_build_left_
     tmp_path, monkeypatch
 ):
     """The prefill's build (`Engine.prefill`) is left running; the warm-up's meets its compiles."""
-    compiler = Counting(delay=0.3)
+    release = threading.Event()
+
+    class Gated(Counting):  # holds the first compile until released: the second waits in line
+        def __call__(self, source: str, name: str, arch: str) -> bytes:
+            release.wait(10)
+            return super().__call__(source, name, arch)
+
+    compiler = Gated()
     monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path, compiler))
     monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
     monkeypatch.setattr(mlxcache, "folder", lambda: None)  # no launch check kernel
@@ -272,8 +279,32 @@ def test_a_later_build_waits_for_and_cancels_the_compiles_an_earlier_build_left_
             k(inputs=[x], **call)
     assert second.futures == first.futures and len(first.futures) == 2
     second.cancel()
+    release.set()
     assert first.futures[1].cancelled() and first.futures[0].result()[0]
     assert len(compiler.calls) == 1  # the cancelled one never compiled
+
+
+def test_a_build_ahead_leaves_a_kernel_it_cannot_start_to_its_launch(tmp_path, monkeypatch):
+    """No NVRTC (its version unreadable): building ahead does not fail the caller (the prefill);
+    the launch reports it (`test_a_kernel_that_cannot_be_built_is_a_clear_error`)."""
+
+    def no_nvrtc(*_a: object) -> None:
+        raise FileNotFoundError("libnvrtc.so")
+
+    monkeypatch.setattr(cubins.CACHE, "prefetch", no_nvrtc)
+    monkeypatch.setattr(cuda, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(mlxcache, "folder", lambda: None)
+    kernel = cuda.build_kernel("nonvrtc", ["x"], ["y"], "y[threadIdx.x] = x[threadIdx.x];")
+    x = mx.zeros((32,), mx.float32)
+    with cuda.compiling_ahead(workers=1) as ahead:
+        kernel(
+            inputs=[x],
+            output_shapes=[(32,)],
+            output_dtypes=[mx.float32],
+            grid=(32, 1, 1),
+            threadgroup=(32, 1, 1),
+        )
+    assert ahead.wait() == 1 and ahead.futures == []
 
 
 @pytest.mark.nvrtc
