@@ -212,7 +212,7 @@ def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bo
         k = x.shape[-1]
         rows = x.size // k
         if use_kernel & Blocks.QMM and qmm.covers(rows, wt.rows, k, wt.group, wt.bits, x.dtype):
-            return qmm.qmm(x, *weight_rows(wt, False), wt.group)
+            return qmm.qmm(x, *weight_rows(wt, False), wt.group, split=not use_kernel & Blocks.QMM_WHOLE)
         if use_kernel & Blocks.QMV and qmv.covers(rows, k, wt.group, wt.bits, x.dtype):
             return qmv.qmv(x, *weight_rows(wt, False), wt.group, wt.bits)
     return lin(x) if step is None else lin(x, step)

@@ -38,13 +38,15 @@ OPTION = "--kernels"
 class Blocks(enum.IntFlag):
     """Which kernels serve a layer's block products (`nn.fused`): FUSED (`Kernels.fused`, up to
     `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
-    rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve). True means
-    FUSED, False NONE."""
+    rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve);
+    QMM_WHOLE: QMM's products each over the whole k range (`Kernels.qmm_split` off: one launch, no
+    partial sums for MLX to add). True means FUSED, False NONE."""
 
     NONE = 0
     FUSED = 1
     QMM = 2
     QMV = 4
+    QMM_WHOLE = 8
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class Kernels:
     qmm: bool = False
     temporal_tuning: TemporalTuning = field(default_factory=TemporalTuning)
     depformer_threads: int = 256  # a multiple of 32, up to 1024 (8 warps fit one block per SM)
+    # tuning: `nn.qmm` cuts a product's k range over blocks to fill the GPU (partial sums added by
+    # MLX: a second launch); False: one block per 128 columns, one launch (`Blocks.QMM_WHOLE`)
+    qmm_split: bool = True
 
     @classmethod
     def for_device(cls, device: Any = None, overrides: Mapping[str, Any] | str | None = None) -> Kernels:
@@ -120,6 +125,8 @@ class Kernels:
         for flag, on in ((Blocks.FUSED, self.fused), (Blocks.QMM, self.qmm), (Blocks.QMV, self.qmv)):
             if on:
                 out |= flag
+        if self.qmm and not self.qmm_split:
+            out |= Blocks.QMM_WHOLE
         return out
 
     @property
@@ -128,7 +135,10 @@ class Kernels:
         return any(getattr(self, f) for f in KERNEL_FIELDS)
 
 
-KERNEL_FIELDS = tuple(f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool))
+TUNING_FLAGS = ("qmm_split",)  # booleans that tune a kernel rather than turn one on
+KERNEL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool) and f.name not in TUNING_FLAGS
+)
 OPT_IN = ("qmv",)  # off unless asked for (`--kernels qmv=1`)
 OPS = Kernels()  # the MLX op path everywhere
 

@@ -72,13 +72,16 @@ def splits(n: int, k: int, tiles: int = 1) -> int:
     return best
 
 
-def qmm(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int) -> mx.array:
-    """x [..., K] -> x @ dequantize(w).T [..., N] (the module docstring's contract); CUDA only."""
+def qmm(
+    x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int, split: bool = True
+) -> mx.array:
+    """x [..., K] -> x @ dequantize(w).T [..., N] (the module docstring's contract); CUDA only.
+    `split` False: the whole k range in each block (one launch, no partial sums to add)."""
     k = x.shape[-1]
     n = w.shape[0]
     rows = x.size // k
     tiles = -(-rows // 16)
-    s = splits(n, k, tiles)
+    s = splits(n, k, tiles) if split else 1
     (part,) = _kernel()(
         inputs=[x.reshape(rows, k), w, scales.astype(x.dtype), biases.astype(x.dtype)],
         template=[

@@ -47,6 +47,16 @@ def test_the_option_string_sets_flags_threads_and_the_temporal_tuning(monkeypatc
     assert policy.depformer_threads == 512
     assert policy.temporal_tuning == TemporalTuning(threads=256, words=16, prefetch=False)
     assert parse("a=1,,b = 2") == {"a": "1", "b": "2"}
+    assert policy.qmm_split and policy.blocks == Blocks.FUSED | Blocks.QMM
+    unsplit = Kernels.for_device(mx.gpu, "qmm_split=0")
+    assert unsplit.blocks == Blocks.FUSED | Blocks.QMM | Blocks.QMM_WHOLE
+    assert Kernels.for_device(mx.gpu, "qmm=0,qmm_split=0").blocks == Blocks.FUSED  # no QMM: nothing to tune
+
+
+def test_a_tuning_flag_is_not_a_kernel():
+    """`qmm_split` tunes `nn.qmm`: allowed off CUDA (where it changes nothing), never counted as a kernel."""
+    policy = Kernels.for_device(mx.cpu, "qmm_split=0")
+    assert not policy.any and policy.blocks == Blocks.NONE and "qmm_split" not in KERNEL_FIELDS
 
 
 @pytest.mark.parametrize(

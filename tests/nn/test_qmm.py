@@ -129,8 +129,8 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
 
     calls = []
 
-    def fake(x, w, scales, biases, group_size):  # noqa: ANN001, ANN202
-        calls.append(x.shape)
+    def fake(x, w, scales, biases, group_size, split=True):  # noqa: ANN001, ANN202
+        calls.append(x.shape if split else ("whole", *x.shape))
         return qmm.reference(x, w, scales, biases, group_size)
 
     monkeypatch.setattr(qmm, "qmm", fake)
@@ -149,6 +149,9 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
         np.testing.assert_allclose(np.array(got), np.array(qlin(x)), rtol=1e-5, atol=1e-5)
         assert calls == ([] if use == Blocks.NONE else [(8, 1, 256)])
     calls.clear()
+    fused.linear_residual(x, qlin, r, use_kernel=Blocks.QMM | Blocks.QMM_WHOLE)  # `Kernels.qmm_split` off
+    assert calls == [("whole", 8, 1, 256)]
+    calls.clear()
     fused.linear_residual(x, lin, r, use_kernel=Blocks.QMM)  # dense: MLX
     fused.linear_residual(x[:2], qlin, r[:2], use_kernel=Blocks.QMM)  # 2 rows: not covered
     assert calls == []
@@ -156,8 +159,9 @@ def test_fused_dispatch_routes_only_covered_q4_products(monkeypatch):
 
 def _check_against_the_dense_product(m):
     """Against the dense fp32 product of the dequantized 4-bit weights: every group size, one
-    split and several, and a row slice of a stacked weight (a multi-linear's step, read in place).
-    The kernel is evaluated on its own first, so a launch failure names it, not the oracle."""
+    split and several, each also over the whole k range (`split=False`: `Kernels.qmm_split` off),
+    and a row slice of a stacked weight (a multi-linear's step, read in place). The kernel is
+    evaluated on its own first, so a launch failure names it, not the oracle."""
     mx.random.seed(m)
     for n, k, gs in ((4096, 4096, 64), (1024, 2816, 32), (22528, 4096, 128), (128, 256, 64)):
         wf = (0.02 * mx.random.normal((2 * n, k))).astype(mx.bfloat16)
@@ -165,13 +169,14 @@ def _check_against_the_dense_product(m):
         rows = slice(n, 2 * n)  # the second weight set of a stack of two
         w, scales, biases = w2[rows], scales2[rows], biases2[rows]
         x = mx.random.normal((m, k)).astype(mx.bfloat16)
-        ours = qmm.qmm(x, w, scales, biases, gs).astype(mx.float32)
-        mx.eval(ours)
-        dense = mx.dequantize(w, scales, biases, gs, 4).astype(mx.float32)  # [N, K]
-        ref = x.astype(mx.float32) @ dense.T
-        mx.eval(ref)
-        err = (mx.linalg.norm(ours - ref) / mx.linalg.norm(ref)).item()
-        assert err < 1e-2, (m, n, k, gs, qmm.splits(n, k, -(-m // 16)), err)
+        for split in (True, False):
+            ours = qmm.qmm(x, w, scales, biases, gs, split=split).astype(mx.float32)
+            mx.eval(ours)
+            dense = mx.dequantize(w, scales, biases, gs, 4).astype(mx.float32)  # [N, K]
+            ref = x.astype(mx.float32) @ dense.T
+            mx.eval(ref)
+            err = (mx.linalg.norm(ours - ref) / mx.linalg.norm(ref)).item()
+            assert err < 1e-2, (m, n, k, gs, split, qmm.splits(n, k, -(-m // 16)), err)
     assert qmm.splits(128, 256) == 1  # the last shape ran unsplit
 
 
