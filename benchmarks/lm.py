@@ -21,6 +21,7 @@ from mlx.utils import tree_flatten
 from rolekit.bench.timing import peak_rss_gb, speedup, summarize
 from rolekit.engine import ring as R
 from rolekit.engine.compiled import CompiledStep
+from rolekit.engine.engine import device_columns
 from rolekit.engine.step import StepConstants
 from rolekit.frames import N_CODEBOOKS
 from rolekit.lm.model import LM
@@ -130,8 +131,7 @@ class CompiledLmStepper:
 
     def step(self) -> mx.array:
         """One frame -> out [B, 9] (text + agent codes), not yet evaluated."""
-        offsets = np.full(self.ring.cache.shape[0], self.offset)  # [B]
-        cols = mx.array(R.pack(np, R.step_columns(np, offsets)))  # made on the host, as Engine.step
+        cols = device_columns(np.full(self.ring.cache.shape[0], self.offset))  # as Engine.step
         cache, provided, self.out, self.keys = self.step_fn(
             self.ring.cache, self.ring.provided, cols, self.user, self.keys, self.cache
         )

@@ -78,10 +78,15 @@ def _row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams
     )
 
 
+def device_columns(offsets: np.ndarray) -> mx.array:
+    """[B, R.PACKED, CT] bool: the packed `R.step_columns` of rows at these LMGen offsets [B],
+    made on the host once per `R.same_columns` key (a run cycles through CT of them) and kept on
+    the device (a step only reads it)."""
+    return _packed_step_columns(tuple(int(o) for o in R.same_columns(offsets)))
+
+
 @lru_cache(maxsize=64)
-def _step_columns(offsets: tuple[int, ...]) -> mx.array:
-    """`Engine.columns` of rows at these offsets (`R.same_columns` keys: a run cycles through CT
-    of them), made once and kept on the device (a step only reads it)."""
+def _packed_step_columns(offsets: tuple[int, ...]) -> mx.array:
     return mx.array(R.pack(np, R.step_columns(np, np.array(offsets))))
 
 
@@ -238,9 +243,9 @@ class Engine:
         return horizon, (self.ring.cache, self.ring.provided, self.columns(), user, self.keys)
 
     def columns(self) -> mx.array:
-        """[B, R.PACKED, CT] bool: the ring columns of each row's next call, made on the host;
-        `write` limited to the user's streams (the step provides only those: `R.step_columns`)."""
-        return _step_columns(tuple(int(o) for o in R.same_columns(self.offsets)))
+        """[B, R.PACKED, CT] bool: the ring columns of each row's next call (`device_columns`);
+        `write` limited to the user's streams, the only ones a step provides."""
+        return device_columns(self.offsets)
 
     # ---- prefill -------------------------------------------------------------------------
     def prefill_inputs(self, plans: list[PrefillPlan], voices: list[Any]) -> list[PrefillInputs]:
@@ -278,7 +283,7 @@ class Engine:
         self.lm_cache.start = start if start.any() else None
         ahead = self.kernel_build = self.compile_kernels_ahead(begin=longest)
         try:
-            x = self._prefill_embeddings(rows)  # [B, L, D], left-padded with zeros
+            x = self._prefill_embeddings(rows, longest)  # [B, L, D], left-padded with zeros
             if x is not None:
                 if stepwise:
                     self._prefill_stepwise(x)
@@ -297,8 +302,7 @@ class Engine:
         self.mimi_state = self.mimi.make_state(self.batch)  # NVIDIA resets Mimi after the prompts
         mx.eval(self.ring.cache, self.ring.provided)
 
-    def _prefill_embeddings(self, rows: list[PrefillInputs]) -> mx.array | None:
-        longest = max(r.calls for r in rows)
+    def _prefill_embeddings(self, rows: list[PrefillInputs], longest: int) -> mx.array | None:
         if longest == 0:
             return None
         seqs = []

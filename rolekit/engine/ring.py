@@ -65,8 +65,8 @@ def _per_row(xp: Any, offset: Any, trailing: int) -> Any:
 class Cols:
     """The ring columns one call touches, as one-hot masks per row (bool, leading dim B or 1).
     They depend on the rows' offsets alone, so the engine computes them on the host
-    (`columns(np, offsets)`, sent as one array: `pack` / `unpack`) and the device step does no
-    index arithmetic."""
+    (`step_columns(np, offsets)`, sent as one array: `pack` / `unpack`) and the device step does
+    no index arithmetic."""
 
     write: Any  # [B, 17, CT]: column (offset + delay) % CT, where provided tokens go
     init: Any  # [B, 17, CT]: column offset % CT of the streams with offset <= delay (start token)
@@ -127,9 +127,9 @@ def unpack(packed: Any) -> Cols:
 
 
 def provide(xp: Any, ring: Ring, tokens: Any, mask: Any | None, at: Cols, initial: Any) -> Ring:
-    """Write provided tokens [B, 17] where mask [B, 17] at column (offset + delay) % CT (mask None:
-    `at.write` is already limited, as by `step_columns`); the very beginning (offset <= delay) feeds a delayed
-    stream the initial token instead."""
+    """Write provided tokens [B, 17] where mask [B, 17] at column (offset + delay) % CT (mask
+    None: `at.write` is already limited, as by `step_columns`); the very beginning (offset <=
+    delay) feeds a delayed stream the initial token instead."""
     sel = at.write if mask is None else mask[:, :, None] & at.write  # [B, 17, CT]
     cache = xp.where(sel, tokens[:, :, None].astype(xp.int32), ring.cache)
     cache = xp.where(at.init, initial[None, :, None], cache)

@@ -83,7 +83,7 @@ def warmup(
     if ahead is not None:
         result.ahead = ahead.wait()
         result.ahead_ms = (time.perf_counter() - t_ahead) * 1000.0
-    if getattr(engine, "kernel_build", None) is not None:  # the prefill's: what these frames skip
+    if engine.kernel_build is not None:  # the prefill's: what these frames skip
         engine.kernel_build.cancel()
         engine.kernel_build = None
     t0 = time.perf_counter()
