@@ -66,6 +66,7 @@ def test_a_tuning_flag_is_not_a_kernel():
         ("fusd=1", "unknown kernel 'fusd'"),
         ("fused=maybe", "fused='maybe': expected 0 or 1"),
         ("depformer_threads=100", "a multiple of 32"),
+        ("qmm_split=maybe", "qmm_split='maybe': expected 0 or 1"),
         ("temporal_tuning=lanes=2", "unknown field"),
         ("temporal_tuning=threads=x", "threads='x': expected an integer"),
     ],
