@@ -52,6 +52,8 @@ for stage in "$@"; do
       ;;
     cold)  # first process on a fresh machine (q4 conversion on first load + kernel JIT), then a second
       timed cold_first "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_first.json" -q
+      # when each kernel cache file was written (which kernels compiled, in what order, how long)
+      find "$ROLEKIT_CACHE/kernels" -type f -printf '%T@ %s %P\n' | sort -n >"$OUT/cold_files.txt"
       timed cold_second "${RK[@]}" warmup -m "$M" --quant q4 --json-out "$OUT/cold_second.json" -q
       ;;
     cold_second)  # a later process only (the caches of an earlier q4 run on this machine)

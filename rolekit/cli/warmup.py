@@ -95,6 +95,8 @@ def run_warmup(model: str, load: Any, batch: int, steps: int, voice: str, quiet:
         "warmup_s": round(warm.seconds, 2),
         "steps_ms": steps_ms,
         "prefill_to_first_step_s": round(warm.seconds + steps_ms[0] / 1000.0, 2),
+        # the same from the prefill's start (its prompt pass and the compiles it starts included)
+        "prefill_start_to_first_step_s": round(prefill_ms / 1000.0 + warm.seconds + steps_ms[0] / 1000.0, 2),
         "rolekit_kernels": warm.kernel_report(),
         "kernel_caches": {
             **{k: os.environ.get(k, "") for k in ("MLX_PTX_CACHE_DIR", "CUDA_CACHE_PATH")},

@@ -275,6 +275,10 @@ class Engine:
         on a machine that has not built them yet) instead of after it; the warm-up's build finds
         them compiled or compiling (`nn.cubins`), waits for those it needs and cancels the rest
         not yet started (`kernel_build`). An interrupt cancels those not started.
+
+        The prompt pass's block products take `Kernels.prompt_blocks` (on CUDA: a quantized
+        checkpoint's weights dequantized into MLX's dense product, which needs no kernel compiled
+        at run time).
         """
         rows = self.prefill_inputs(plans, voices)
         self.reset()
@@ -287,9 +291,9 @@ class Engine:
             if x is not None:
                 if stepwise:
                     self._prefill_stepwise(x)
-                else:
-                    _, logits = self.lm.temporal(x, self.lm_cache)
-                    mx.eval(logits, *self.lm_cache.arrays())
+                else:  # the text head's logits of the prompt are never read: left unevaluated
+                    hidden, _ = self.lm.temporal(x, self.lm_cache, self.kernels.prompt_blocks)
+                    mx.eval(hidden, *self.lm_cache.arrays())
         except BaseException:
             if ahead is not None:
                 ahead.cancel()

@@ -110,12 +110,16 @@ class LM(nn.Module):
         text = stream(self.text_emb, 0)
         return text if x is None else x + text
 
-    def temporal(self, x: mx.array, cache: LmCache) -> tuple[mx.array, mx.array]:
+    def temporal(
+        self, x: mx.array, cache: LmCache, blocks: Blocks = Blocks.NONE
+    ) -> tuple[mx.array, mx.array]:
         """x [B, T, D] -> (hidden [B, T, D] after out_norm, text_logits [B, T, text_card]).
 
         Whole-sequence (prefill) and one-step calls give the same result for the same positions.
+        `blocks`: how a sequence's block products run (`Kernels.prompt_blocks`: DEQUANT, equal up
+        to float rounding; default the modules' own ops).
         """
-        h = self.out_norm(self.transformer(x, cache))
+        h = self.out_norm(self.transformer(x, cache, blocks))
         return h, self.text_linear(h)
 
     def _dep_step(

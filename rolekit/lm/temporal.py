@@ -169,11 +169,18 @@ class TemporalLayer(nn.Module):
         self.gating = GatedMLP(cfg.dim, cfg.hidden)
 
     def __call__(
-        self, x: mx.array, ring: RingKV, at: StepView | int, start: np.ndarray | None = None
+        self,
+        x: mx.array,
+        ring: RingKV,
+        at: StepView | int,
+        start: np.ndarray | None = None,
+        blocks: Blocks = Blocks.NONE,
     ) -> tuple[mx.array, RingKV]:
         """x [B, T, D] -> (x [B, T, D], ring with these positions written); `at` and `start` as
-        `Attention.__call__` (a `StepView` for one step, else the first position and padding)."""
-        fk = at.fused if isinstance(at, StepView) else Blocks.NONE
+        `Attention.__call__` (a `StepView` for one step, else the first position and padding).
+        `blocks`: what a whole sequence's block products take (`Kernels.prompt_blocks`); a step
+        takes its view's."""
+        fk = at.fused if isinstance(at, StepView) else blocks
         attn = self.self_attn
         qkv = fused.norm_linear(x, self.norm1, attn.in_proj, use_kernel=fk)  # [B, T, 3D]
         y, ring = attn(qkv, ring, at, start)  # [B, T, D]
@@ -196,8 +203,9 @@ class Transformer(nn.Module):
             x, _ = layer(x, ring, view)
         return x
 
-    def __call__(self, x: mx.array, cache: LmCache) -> mx.array:
-        """x [B, T, D] -> [B, T, D]; advances cache.offset by T."""
+    def __call__(self, x: mx.array, cache: LmCache, blocks: Blocks = Blocks.NONE) -> mx.array:
+        """x [B, T, D] -> [B, T, D]; advances cache.offset by T. `blocks`: the block products of
+        a sequence (T > 1; `Kernels.prompt_blocks`)."""
         offset = cache.offset
         cache.reserve(offset + x.shape[1])
         if x.shape[1] == 1 and self.layers:  # one step: one view (and at most one mask) for all layers
@@ -211,7 +219,7 @@ class Transformer(nn.Module):
         else:
             rings = []
             for layer, ring in zip(self.layers, cache.rings, strict=True):
-                x, ring = layer(x, ring, offset, cache.start)
+                x, ring = layer(x, ring, offset, cache.start, blocks)
                 rings.append(ring)
         cache.rings = rings
         cache.offset = offset + x.shape[1]

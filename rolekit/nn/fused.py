@@ -19,7 +19,8 @@ step's rows are a view (`weight_rows`), so one compiled variant serves every ste
 Mimi's transformer uses the same kernels with an `nn.LayerNorm` prologue, `gelu=True` after
 linear1 and a layer `scale=` before the residual (its `LinearT` weights stored `[out, in]` on CUDA).
 
-`use_kernel` is a `Blocks` value (`Kernels.blocks`; True = FUSED). With QMM, a product of q4
+`use_kernel` is a `Blocks` value (`Kernels.blocks`; True = FUSED). With DEQUANT (a prompt pass,
+`Kernels.prompt_blocks`) every quantized product is `dense_product`. With QMM, a product of q4
 weights with `nn.qmm.MIN_ROWS`..`MAX_ROWS` rows (batched conversations) runs on tensor cores
 (`nn.qmm`), with QMV a one-row q4 / q8 product the fused kernel does not serve runs `nn.qmv`'s
 kernel, the norm and epilogues then as MLX ops. Where no kernel applies (NONE, i.e. the
@@ -207,7 +208,9 @@ def weight_rows(wt: Weights, gate: bool) -> tuple[mx.array, mx.array | None, mx.
 def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bool = False) -> mx.array:
     """lin(x) (at `step` for a multi-linear): through `nn.qmm` (QMM) or `nn.qmv` (QMV) where
     `use_kernel` has the flag and the kernel covers the product, else the module's own MLX ops."""
-    wt = weights_of(lin, step) if use_kernel & (Blocks.QMM | Blocks.QMV) else None
+    wt = weights_of(lin, step) if use_kernel & (Blocks.QMM | Blocks.QMV | Blocks.DEQUANT) else None
+    if wt is not None and wt.bits and use_kernel & Blocks.DEQUANT:
+        return dense_product(x, wt)
     if wt is not None and wt.bits:
         k = x.shape[-1]
         rows = x.size // k
@@ -216,6 +219,15 @@ def _call(lin: nn.Module, x: mx.array, step: int | None, use_kernel: Blocks | bo
         if use_kernel & Blocks.QMV and qmv.covers(rows, k, wt.group, wt.bits, x.dtype):
             return qmv.qmv(x, *weight_rows(wt, False), wt.group, wt.bits)
     return lin(x) if step is None else lin(x, step)
+
+
+def dense_product(x: mx.array, wt: Weights) -> mx.array:
+    """x [..., K] @ dequantize(wt).T -> [..., N] in x's dtype: MLX's dense product (cuBLAS on CUDA)
+    with the weight rows dequantized to x's dtype first (transient: [N, K] of it per call). Equal to
+    MLX's quantized product up to float rounding (`Blocks.DEQUANT`: a prompt pass's products)."""
+    w, scales, biases = weight_rows(wt, False)
+    dense = mx.dequantize(w, scales, biases, group_size=wt.group, bits=wt.bits).astype(x.dtype)
+    return x @ dense.T
 
 
 def _plan(x: mx.array, lin: nn.Module, step: int | None, use_kernel: Blocks | bool) -> Weights | None:

@@ -18,6 +18,9 @@ Each field names one kernel family and the module that owns it:
 - `qmm`: `nn.qmm` (q4 products of batched rows on tensor cores, in the temporal and depformer
   blocks).
 
+One field picks among MLX's own ops instead: `dense_prompt` (`Kernels.prompt_blocks`, on by default
+on CUDA) runs a prompt pass's quantized products as a dequantized weight times the rows.
+
 The block products of the temporal, depformer and Mimi layers take the three product fields
 (`fused`, `qmm`, `qmv`) as one `Blocks` value (`Kernels.blocks`).
 """
@@ -40,13 +43,16 @@ class Blocks(enum.IntFlag):
     `nn.fused.MAX_ROWS` rows), QMM (`Kernels.qmm`, q4 weights at `nn.qmm.MIN_ROWS`..`MAX_ROWS`
     rows), QMV (`Kernels.qmv`, q4 / q8 weights at one row where FUSED does not serve);
     QMM_WHOLE: QMM's products each over the whole k range (`Kernels.qmm_split` off: one launch, no
-    partial sums for MLX to add). True means FUSED, False NONE."""
+    partial sums for MLX to add). DEQUANT: a quantized product of any row count as MLX's dense
+    product with the dequantized weight (`Kernels.dense_prompt`; prompt passes only). True means
+    FUSED, False NONE."""
 
     NONE = 0
     FUSED = 1
     QMM = 2
     QMV = 4
     QMM_WHOLE = 8
+    DEQUANT = 16
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class Kernels:
     # tuning: `nn.qmm` cuts a product's k range over blocks to fill the GPU (partial sums added by
     # MLX: a second launch); False: one block per 128 columns, one launch (`Blocks.QMM_WHOLE`)
     qmm_split: bool = True
+    # MLX ops, not a kernel: a prompt pass's q4 / q8 products dequantize the weight and run MLX's
+    # dense product (cuBLAS, built ahead of time) instead of MLX's quantized GEMM, which NVRTC
+    # compiles on a machine's first prompt pass; `prompt_blocks`. On by default on CUDA.
+    dense_prompt: bool = False
 
     @classmethod
     def for_device(cls, device: Any = None, overrides: Mapping[str, Any] | str | None = None) -> Kernels:
@@ -93,7 +103,7 @@ class Kernels:
         string such as "fused=0,depformer_threads=512,temporal_tuning=threads=256/stages=0").
         Turning a kernel on off CUDA is a `ConfigError`."""
         on = _on_cuda(device)
-        base = cls(**{f: on for f in KERNEL_FIELDS if f not in OPT_IN})
+        base = cls(**{f: on for f in KERNEL_FIELDS if f not in OPT_IN}, dense_prompt=on)
         values = parse(overrides) if isinstance(overrides, str) else dict(overrides or {})
         policy = base.with_values(values)
         if not on:
@@ -130,12 +140,17 @@ class Kernels:
         return out
 
     @property
+    def prompt_blocks(self) -> Blocks:
+        """What a prompt pass's block products take (`LM.temporal(..., blocks=)`): DEQUANT or NONE."""
+        return Blocks.DEQUANT if self.dense_prompt else Blocks.NONE
+
+    @property
     def any(self) -> bool:
         """Some kernel runs."""
         return any(getattr(self, f) for f in KERNEL_FIELDS)
 
 
-TUNING_FLAGS = ("qmm_split",)  # booleans that tune a kernel rather than turn one on
+TUNING_FLAGS = ("qmm_split", "dense_prompt")  # booleans that tune a kernel or pick MLX ops, not kernels
 KERNEL_FIELDS = tuple(
     f.name for f in dataclasses.fields(Kernels) if f.type in ("bool", bool) and f.name not in TUNING_FLAGS
 )

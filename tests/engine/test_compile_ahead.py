@@ -103,9 +103,9 @@ def test_the_prefill_starts_the_conversation_kernels_before_its_prompt_pass(monk
     before_pass: list[set[str]] = []
     temporal = engine.lm.temporal
 
-    def prompt_pass(x, lm_cache):  # noqa: ANN001, ANN202
+    def prompt_pass(x, lm_cache, *blocks):  # noqa: ANN001, ANN002, ANN202
         before_pass.append(set(submitted))
-        return temporal(x, lm_cache)
+        return temporal(x, lm_cache, *blocks)
 
     embed = engine.lm.embed
     monkeypatch.setattr(engine.lm, "temporal", prompt_pass)

@@ -48,6 +48,8 @@ def test_warmup_command_reports_the_path_to_the_first_step(tiny_bundle, tmp_path
     assert len(summary["warmup_steps_ms"]) == WARMUP_STEPS and len(summary["steps_ms"]) == 2
     assert summary["random_weights"] is True and summary["dtype"] == "fp32" and summary["device"] == "cpu"
     assert summary["prefill_to_first_step_s"] >= summary["warmup_s"]
+    from_start = summary["prefill_ms"] / 1000.0 + summary["prefill_to_first_step_s"]
+    assert abs(summary["prefill_start_to_first_step_s"] - from_start) <= 0.011  # two roundings
     bad = RUNNER.invoke(app, ["warmup", "-m", "tiny", "--json-out", str(tmp_path / "no" / "w.json")])
     assert bad.exit_code == 2 and "--json-out" in bad.output
 

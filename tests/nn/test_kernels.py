@@ -30,6 +30,10 @@ def test_on_cuda_every_default_kernel_runs_and_qmv_is_opt_in(monkeypatch):
     assert policy.blocks == Blocks.FUSED | Blocks.QMM and off.blocks == Blocks.QMV | Blocks.QMM
     plain = Kernels.for_device(mx.gpu, "qmm=0")
     assert plain.blocks == Blocks.FUSED
+    # a prompt pass's quantized products: dense by default on CUDA, never part of a step's blocks
+    assert policy.dense_prompt and policy.prompt_blocks == Blocks.DEQUANT
+    assert not policy.blocks & Blocks.DEQUANT
+    assert Kernels.for_device(mx.gpu, "dense_prompt=0").prompt_blocks == Blocks.NONE
 
 
 def test_cuda_without_a_device_is_not_cuda(monkeypatch):
@@ -57,6 +61,9 @@ def test_a_tuning_flag_is_not_a_kernel():
     """`qmm_split` tunes `nn.qmm`: allowed off CUDA (where it changes nothing), never counted as a kernel."""
     policy = Kernels.for_device(mx.cpu, "qmm_split=0")
     assert not policy.any and policy.blocks == Blocks.NONE and "qmm_split" not in KERNEL_FIELDS
+    assert Kernels.for_device(mx.cpu).prompt_blocks == Blocks.NONE  # off CUDA: MLX's quantized product
+    dense = Kernels.for_device(mx.cpu, "dense_prompt=1")  # MLX ops only: allowed anywhere
+    assert not dense.any and dense.prompt_blocks == Blocks.DEQUANT and "dense_prompt" not in KERNEL_FIELDS
 
 
 @pytest.mark.parametrize(
