@@ -81,7 +81,9 @@ def test_mixed_length_prefill_is_one_batched_pass_and_equals_stepwise(short_cont
     plans, voices = _conversations(short_context)
     calls = []
     real = short_context.lm.temporal
-    monkeypatch.setattr(short_context.lm, "temporal", lambda x, c: (calls.append(x.shape), real(x, c))[1])
+    monkeypatch.setattr(
+        short_context.lm, "temporal", lambda x, c, *b: (calls.append(x.shape), real(x, c, *b))[1]
+    )
     batched = _engine(short_context, plans, voices, [GREEDY] * 3, 0)
     assert len(calls) == 1 and calls[0][1] == max(batched.offsets) - 1  # [B, longest, D]
     stepwise = Engine(short_context, 3, GREEDY)
