@@ -41,12 +41,11 @@ def sample(logits: mx.array, temperature: Scalar, top_k: Scalar, key: mx.array |
     if isinstance(temperature, (int, float)):  # one temperature for all rows: no per-row greedy
         if temperature <= 0:
             return mx.argmax(logits, axis=-1).astype(mx.int32)
-        return _draw(_top_k_mask(logits / temperature, top_k), key).astype(mx.int32)
+        return _draw(_top_k_scaled(logits, top_k, temperature), key).astype(mx.int32)
     greedy = mx.argmax(logits, axis=-1)  # [B]
     temp = mx.broadcast_to(mx.array(temperature, dtype=mx.float32).reshape(-1), (b,))  # [B]
     hot = temp > 0
-    scaled = logits / mx.where(hot, temp, 1.0)[:, None]  # [B, V]
-    drawn = _draw(_top_k_mask(scaled, top_k), key)
+    drawn = _draw(_top_k_scaled(logits, top_k, mx.where(hot, temp, 1.0)[:, None]), key)
     return mx.where(hot, drawn, greedy).astype(mx.int32)
 
 
@@ -58,20 +57,23 @@ def _draw(scaled: mx.array, key: mx.array | None) -> mx.array:
     return mx.random.categorical(scaled, axis=-1, key=key)  # [B]
 
 
-def _top_k_mask(scaled: mx.array, top_k: Scalar) -> mx.array:
-    """Keep the k largest logits of each row (ties at the k-th value are kept), -inf elsewhere."""
-    b, v = scaled.shape
+def _top_k_scaled(logits: mx.array, top_k: Scalar, temperature: float | mx.array) -> mx.array:
+    """logits / temperature [B, V] at the k largest logits of each row (ties at the k-th value are
+    kept), -inf elsewhere; temperature > 0, a number or [B, 1]. The k largest are found on the
+    logits themselves (a positive scale keeps their order), so the division lands in the same
+    elementwise chain as the mask and the draw's noise: one fused kernel, not two."""
+    b, v = logits.shape
     if isinstance(top_k, (int, float)):
         k = int(top_k)
         if k <= 0 or k >= v:
-            return scaled
-        thresh = mx.min(mx.topk(scaled, k, axis=-1), axis=-1, keepdims=True)  # [B, 1]
+            return logits / temperature
+        thresh = mx.min(mx.topk(logits, k, axis=-1), axis=-1, keepdims=True)  # [B, 1]
     else:
         k = mx.broadcast_to(mx.array(top_k).astype(mx.int32).reshape(-1), (b,))  # [B]
         k = mx.where((k <= 0) | (k > v), v, k)
-        ordered = -mx.sort(-scaled, axis=-1)  # [B, V] descending
+        ordered = -mx.sort(-logits, axis=-1)  # [B, V] descending
         thresh = mx.take_along_axis(ordered, (k - 1)[:, None], axis=-1)  # [B, 1]
-    return mx.where(scaled >= thresh, scaled, -mx.inf)
+    return mx.where(logits >= thresh, logits / temperature, -mx.inf)
 
 
 def _row_gumbel(keys: mx.array, v: int) -> mx.array:

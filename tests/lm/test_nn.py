@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -97,3 +99,28 @@ def test_depformer_provided_tokens_and_early_stop(lm):
     s1 = np.array(lm.depformer(hidden, text, provided, SamplingParams(), mx.random.key(1)))
     s2 = np.array(lm.depformer(hidden, text, provided, SamplingParams(), mx.random.key(1)))
     assert np.array_equal(s1, s2) and np.array_equal(s1[:, 8:], user)
+
+
+def test_top_k_is_taken_on_the_scaled_logits_and_the_draw_is_one_fused_chain(tmp_path):
+    """A draw is argmax(logits / T + Gumbel) over the k largest scaled logits, as Kyutai's
+    softmax(logits / T) restricted to the top k; the division is in the draw's one elementwise
+    chain (a compiled step's fused kernels each cost a GPU run-time compile on a fresh machine)."""
+    from rolekit.lm.sampling import _row_gumbel
+
+    rng = np.random.default_rng(3)
+    logits = mx.array(rng.normal(size=(3, 64)).astype(np.float32))
+    keys = mx.stack([mx.random.key(s) for s in (4, 5, 6)])
+    noise = np.array(_row_gumbel(keys, 64))
+    for temps, ks in ((0.7, 9), ([0.5, 1.3, 2.0], [3, 0, 64])):
+        t = np.broadcast_to(np.asarray(temps, np.float32), (3,))[:, None]
+        k = np.broadcast_to(np.asarray(ks), (3,))
+        scaled = np.array(logits) / t
+        kth = -np.sort(-scaled, axis=-1)[np.arange(3), np.where((k <= 0) | (k > 64), 64, k) - 1]
+        want = np.argmax(np.where(scaled >= kth[:, None], scaled, -np.inf) + noise, axis=-1)
+        args = (temps, ks) if isinstance(temps, float) else (mx.array(temps), mx.array(ks))
+        np.testing.assert_array_equal(np.array(sample(logits, *args, keys)), want)
+    fn = mx.compile(lambda x, key: sample(x, 0.7, 9, key))
+    mx.export_to_dot(str(tmp_path / "draw.dot"), fn(logits, keys))
+    ops = re.findall(r'label ="(\w+)"', (tmp_path / "draw.dot").read_text())
+    fused = [op for op in ops if op.startswith("Compiled")]
+    assert len(fused) == 1 and "Divide" in fused[0] and "Divide" not in ops
