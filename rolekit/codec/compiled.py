@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from rolekit.codec import mimi_cuda
 from rolekit.codec.mimi import Mimi, MimiState
@@ -149,6 +150,24 @@ class CompiledMimi:
             self._encode_impl(x, _scratch(enc_shapes), off, full)
             self._decode_impl(codes, _scratch(dec_shapes), off, full)
         self.traces = traces  # built, not traced
+
+    def run_placeholders(self, batch: int, codebooks: int) -> list[mx.array]:
+        """The outputs (lazy) of the encode and decode graphs of a stream of `batch` that is
+        filling its caches, compiled as the steps compile them but in throwaway `mx.compile`s, on
+        scratch carries (`CompiledStep.run_placeholders` says why); [] for the one-kernel steps."""
+        if self._use_kernels(batch):
+            return []
+        enc_shapes, dec_shapes = self._carry_shapes(batch)
+        off = mx.array(0, dtype=mx.int32)
+        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
+        codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
+        traces = self.traces
+        encode = mx.compile(partial(self._encode_impl, full=False))
+        decode = mx.compile(partial(self._decode_impl, full=False))
+        outs = (encode(x, _scratch(enc_shapes), off), decode(codes, _scratch(dec_shapes), off))
+        out = [a for _, a in tree_flatten(outs) if isinstance(a, mx.array)]
+        self.traces = traces  # not the engine's traces
+        return out
 
     def _use_kernels(self, batch: int) -> bool:
         """The one-kernel steps serve this batch (`Kernels.mimi`, CUDA, supported)."""

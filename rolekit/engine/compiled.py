@@ -109,6 +109,25 @@ class CompiledStep(EagerStep):
             S.lm_step(self.constants, shape, *args, mx.array(pos, dtype=mx.int32), start, *kv)
         return len(shapes)
 
+    def run_placeholders(
+        self, lm_cache: LmCache, args: tuple[mx.array, ...], begin: int | None, budget: int
+    ) -> list[mx.array]:
+        """The outputs (lazy) of the first step graph of `upcoming(lm_cache, None, begin)`,
+        compiled as the steps compile it but in a throwaway `mx.compile` (no trace kept), on
+        scratch rings: inside `nn.cuda.compiling_ahead` rolekit's kernels in it are placeholders,
+        so evaluating them runs only MLX's own work, and builds MLX's fused kernels of the step,
+        which every graph of the engine shares (MLX names them by ops, dtypes and layout, not
+        sizes). [] when the scratch rings would take more than `budget` bytes. `args` as
+        `prepare` takes them."""
+        pos, cap, shape = self.upcoming(lm_cache, None, begin)[0]
+        b, h, _, d = lm_cache.rings[0].keys.shape
+        if 2 * len(lm_cache.rings) * b * h * cap * d * lm_cache.rings[0].keys.dtype.size > budget:
+            return []
+        c = self.constants
+        step = mx.compile(lambda *a: S.lm_step(c, shape, *a))
+        kv = _scratch_rings(lm_cache, cap)
+        return list(step(*args, mx.array(pos, dtype=mx.int32), self._start_array(lm_cache.start), *kv))
+
     def prepare(
         self, lm_cache: LmCache, args: tuple[mx.array, ...], horizon: int | None, budget: int | None
     ) -> int:

@@ -217,7 +217,9 @@ class Engine:
             built += self.mimi_steps.prepare(self.batch)
         return built
 
-    def compile_kernels_ahead(self, frames: int | None = None, begin: int | None = None) -> AheadBuild | None:
+    def compile_kernels_ahead(
+        self, frames: int | None = None, begin: int | None = None, mlx_kernels: bool = False
+    ) -> AheadBuild | None:
         """Start compiling, all at once (`nn.cuda.compiling_ahead`: a process each), rolekit's CUDA
         kernels that the next `frames` steps launch (None: a whole conversation; Mimi's and those
         of every LM step graph `prepare` builds), instead of one after another as steps first
@@ -225,7 +227,15 @@ class Engine:
         position of the first of those steps (default: the cache's; the prefill passes the
         prompt's length before its pass). Later processes read them from the kernel cache. Builds
         throwaway lazy graphs; state unchanged. Returns the build (`wait()` gives the kernel
-        count), None when no rolekit kernel runs."""
+        count), None when no rolekit kernel runs.
+
+        `mlx_kernels` (the prefill's): when some of those kernels compile now (a machine that
+        lacks them), also build MLX's own kernels of a step meanwhile, instead of after them: the
+        next step graph and Mimi's run once on scratch state with rolekit's kernels as
+        placeholders (`run_placeholders`; skipped where the scratch would take more than half the
+        free memory; the first graph from `begin` on, so no kernel the conversation does not
+        launch is asked for). MLX compiles each of its fused kernels when a graph first runs it,
+        one at a time, and names them by ops, dtypes and layout, so the real graphs find them."""
         if not self.kernels.any or not self.compiled:
             return None
         horizon, args = self._ahead(frames)
@@ -233,6 +243,15 @@ class Engine:
             if isinstance(self.mimi_steps, CompiledMimi):
                 self.mimi_steps.build_lazily(self.batch, N_CODEBOOKS)
             self.lm_step.build_lazily(self.lm_cache, args, horizon, begin)  # type: ignore[union-attr]
+            if mlx_kernels and ahead.futures:
+                outs = self.lm_step.run_placeholders(
+                    self.lm_cache, args, begin, int(0.5 * free_memory_bytes())
+                )  # type: ignore[union-attr]
+                if isinstance(self.mimi_steps, CompiledMimi):
+                    outs += self.mimi_steps.run_placeholders(self.batch, N_CODEBOOKS)
+                mx.eval(outs)
+                outs = None
+                mx.clear_cache()  # the scratch state goes back to the device
         return ahead
 
     def _ahead(self, frames: int | None) -> tuple[int | None, tuple[mx.array, ...]]:
@@ -271,8 +290,8 @@ class Engine:
         `voices[i]` has `.embeddings` [E, D] + `.cache` [17, 4] (a preset) or `.codes` [8, T].
 
         First it starts compiling rolekit's CUDA kernels of the conversation after the prompt
-        (`compile_kernels_ahead`), so that they compile beside the prompt pass (MLX's own kernels,
-        on a machine that has not built them yet) instead of after it; the warm-up's build finds
+        (`compile_kernels_ahead`), so that they compile beside the prompt pass and beside MLX's
+        own kernels of a step (built then, on a machine that lacks rolekit's) instead of after them; the warm-up's build finds
         them compiled or compiling (`nn.cubins`), waits for those it needs and cancels the rest
         not yet started (`kernel_build`). An interrupt cancels those not started.
 
@@ -285,7 +304,7 @@ class Engine:
         longest = max(r.calls for r in rows)
         start = longest - np.array([r.calls for r in rows], np.int64)  # [B] left padding
         self.lm_cache.start = start if start.any() else None
-        ahead = self.kernel_build = self.compile_kernels_ahead(begin=longest)
+        ahead = self.kernel_build = self.compile_kernels_ahead(begin=longest, mlx_kernels=True)
         try:
             x = self._prefill_embeddings(rows, longest)  # [B, L, D], left-padded with zeros
             if x is not None:

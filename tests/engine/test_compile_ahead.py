@@ -108,6 +108,14 @@ def test_the_prefill_starts_the_conversation_kernels_before_its_prompt_pass(monk
         return temporal(x, lm_cache, *blocks)
 
     embed = engine.lm.embed
+    placeholders = engine.lm_step.run_placeholders
+    ran: list[int] = []
+
+    def run_placeholders(*a):  # noqa: ANN002, ANN202
+        ran.append(len(before_pass))
+        return placeholders(*a)
+
+    monkeypatch.setattr(engine.lm_step, "run_placeholders", run_placeholders)
     monkeypatch.setattr(engine.lm, "temporal", prompt_pass)
     # the prompt's tokens (T > 1) embedded by the ops: their kernel cannot run here
     monkeypatch.setattr(
@@ -121,6 +129,7 @@ def test_the_prefill_starts_the_conversation_kernels_before_its_prompt_pass(monk
     monkeypatch.setattr(engine.lm, "temporal", temporal)
     monkeypatch.setattr(engine.lm, "embed", embed)
     assert len(before_pass) == 1 and before_pass[0]  # one prompt pass, after the submits
+    assert ran == [0]  # and after MLX's own kernels of a step were built, once
     assert engine.compile_kernels_ahead().wait() >= len(before_pass[0] - {cuda._probe()[1]})
     assert len(compiler.sources) == len(set(compiler.sources))  # nothing compiled twice
     with capture_kernels(monkeypatch) as seen:
@@ -130,3 +139,60 @@ def test_the_prefill_starts_the_conversation_kernels_before_its_prompt_pass(monk
     launched = {k.source for k in seen}
     assert engine.lm_cache.offset > 256 and launched
     assert set(compiler.sources) == before_pass[0] == launched | {cuda._probe()[1]}
+
+
+_MLX_KERNELS = """
+import json, os, sys, tempfile
+from pathlib import Path
+import numpy as np
+import pytest
+from rolekit.nn import cubins, mlxcache
+from tests.engine.test_compile_ahead import Recording, _engine
+from tests.nn.nvrtc import capture_kernels, pretend_cuda
+
+def built():  # MLX's CPU JIT keeps each fused kernel it compiles as a library under TMPDIR
+    return {p.name for p in Path(os.environ["TMPDIR"]).rglob("*.so")}
+
+mp = pytest.MonkeyPatch()
+pretend_cuda(mp)
+tmp = Path(tempfile.mkdtemp())
+mp.setattr(cubins, "CACHE", cubins.BinaryCache(tmp, Recording()))
+mp.setattr(mlxcache, "folder", lambda: tmp / "mlx")
+quant, batch, ahead = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+engine = _engine(quant, batch, context=600)
+engine.compile_kernels_ahead(mlx_kernels=ahead).wait()
+before = built()
+with capture_kernels(mp):
+    for _ in range(4):
+        engine.step(np.zeros((batch, 1920), np.float32))
+    engine.prepare(None, evaluate=True)
+print(json.dumps({"ahead": len(before), "later": sorted(built() - before)}))
+"""
+
+
+@pytest.mark.parametrize(("quant", "batch"), [("q4", 1), ("bf16", 8)])
+def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_path, quant, batch):
+    """With `mlx_kernels` (the prefill's), the build ahead also runs the next step graph (and
+    Mimi's) with rolekit's kernels as placeholders: MLX builds every fused kernel the
+    conversation's steps and later graphs then use, while rolekit's compile, instead of one at a
+    time after them. Here on CPU, where MLX's JIT names fused kernels as on CUDA and keeps each
+    as a file under TMPDIR (a fresh one per process: the count is this process's)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    found = {}
+    for ahead in ("1", "0"):
+        tmp = tmp_path / f"tmp{ahead}"
+        tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(root)}
+        res = subprocess.run(
+            [sys.executable, "-c", _MLX_KERNELS, quant, str(batch), ahead],
+            capture_output=True, text=True, env=env, cwd=root, timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        found[ahead] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert found["1"]["ahead"] >= 5 and found["1"]["later"] == []  # all of them, ahead
+    assert found["0"]["ahead"] == 0 and len(found["0"]["later"]) == found["1"]["ahead"]  # else: later
