@@ -31,7 +31,7 @@ from rolekit.frames import (
 )
 from rolekit.lm import depformer_cuda, temporal_cuda
 from rolekit.lm.precision import free_memory_bytes
-from rolekit.lm.sampling import SamplingParams
+from rolekit.lm.sampling import SamplingParams, row_params
 from rolekit.nn.cuda import AheadBuild, compiling_ahead
 from rolekit.nn.kernels import Kernels
 
@@ -55,27 +55,6 @@ class EngineSnapshot:
     keys: mx.array  # [B, 2] uint32 RNG keys
     mimi: dict | None = None  # None: a fresh Mimi stream (as after NVIDIA's prompt phases)
     meta: dict[str, str] = field(default_factory=dict)
-
-
-def _row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams:
-    """One SamplingParams with [B] values (greedy rows get temperature 0), for one batched sample."""
-    if isinstance(params, SamplingParams):
-        return params
-    if all(p.greedy for p in params):
-        return SamplingParams(greedy=True)
-
-    def col(name: str, dtype: mx.Dtype) -> mx.array | float | int:
-        values = [0.0 if p.greedy else float(getattr(p, name)) for p in params]
-        if len(set(values)) == 1:  # a scalar keeps the cheaper top-k path (no full sort)
-            return values[0]
-        return mx.array(values, dtype=dtype)  # [B]
-
-    return SamplingParams(
-        text_temperature=col("text_temperature", mx.float32),
-        text_top_k=col("text_top_k", mx.int32),
-        audio_temperature=col("audio_temperature", mx.float32),
-        audio_top_k=col("audio_top_k", mx.int32),
-    )
 
 
 def device_columns(offsets: np.ndarray) -> mx.array:
@@ -125,7 +104,7 @@ class Engine:
             raise ConfigError(f"batch {batch} needs {batch} sampling params and seeds")
         self.seeds = seeds
         self.greedy = all(p.greedy for p in self.params)
-        self._sampling = _row_params(params)  # [B] values: rows sample together, each from its key
+        self._sampling = row_params(params)  # [B] values: rows sample together, each from its key
         # Depformer steps 8..15 predict the user stream, which is always provided in `step`.
         self.dep_steps = N_CODEBOOKS if dep_stop else cfg.dep_q
         self.initial = R.initial_tokens(mx, cfg.text_card, cfg.card)

@@ -31,6 +31,27 @@ class SamplingParams:
     greedy: bool = False
 
 
+def row_params(params: list[SamplingParams] | SamplingParams) -> SamplingParams:
+    """One SamplingParams with [B] values (greedy rows get temperature 0), for one batched sample."""
+    if isinstance(params, SamplingParams):
+        return params
+    if all(p.greedy for p in params):
+        return SamplingParams(greedy=True)
+
+    def col(name: str, dtype: mx.Dtype) -> mx.array | float | int:
+        values = [0.0 if p.greedy else float(getattr(p, name)) for p in params]
+        if len(set(values)) == 1:  # a scalar keeps the cheaper top-k path (no full sort)
+            return values[0]
+        return mx.array(values, dtype=dtype)  # [B]
+
+    return SamplingParams(
+        text_temperature=col("text_temperature", mx.float32),
+        text_top_k=col("text_top_k", mx.int32),
+        audio_temperature=col("audio_temperature", mx.float32),
+        audio_top_k=col("audio_top_k", mx.int32),
+    )
+
+
 def sample(logits: mx.array, temperature: Scalar, top_k: Scalar, key: mx.array | None) -> mx.array:
     """logits [B, V] -> tokens [B] int32. Rows with temperature <= 0 take the argmax; top_k <= 0 = all.
 
