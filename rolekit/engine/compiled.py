@@ -114,12 +114,16 @@ class CompiledStep(EagerStep):
     ) -> list[mx.array]:
         """The outputs (lazy) of the first step graph of `upcoming(lm_cache, None, begin)`,
         compiled as the steps compile it but in a throwaway `mx.compile` (no trace kept), on
-        scratch rings: inside `nn.cuda.compiling_ahead` rolekit's kernels in it are placeholders,
-        so evaluating them runs only MLX's own work, and builds MLX's fused kernels of the step,
+        scratch rings: inside `nn.cuda.compiling_ahead` rolekit's kernels this process cannot
+        launch yet are placeholders (those it can really run, on the scratch state), so
+        evaluating them runs MLX's own work, and builds MLX's fused kernels of the step,
         which every graph of the engine shares (MLX names them by ops, dtypes and layout, not
         sizes). [] when the scratch rings would take more than `budget` bytes. `args` as
         `prepare` takes them."""
-        pos, cap, shape = self.upcoming(lm_cache, None, begin)[0]
+        graphs = self.upcoming(lm_cache, None, begin)
+        if not graphs:  # `begin` past every graph's first position (a prompt longer than the context)
+            return []
+        pos, cap, shape = graphs[0]
         b, h, _, d = lm_cache.rings[0].keys.shape
         if 2 * len(lm_cache.rings) * b * h * cap * d * lm_cache.rings[0].keys.dtype.size > budget:
             return []

@@ -205,7 +205,7 @@ class Engine:
         reach them; steps may run meanwhile (a launch waits for its own kernel). `begin`: the LM
         position of the first of those steps (default: the cache's; the prefill passes the
         prompt's length before its pass). Later processes read them from the kernel cache. Builds
-        throwaway lazy graphs; state unchanged. Returns the build (`wait()` gives the kernel
+        throwaway graphs, evaluated only on scratch state (`mlx_kernels`); state unchanged. Returns the build (`wait()` gives the kernel
         count), None when no rolekit kernel runs.
 
         `mlx_kernels` (the prefill's): when some of those kernels compile now (a machine that

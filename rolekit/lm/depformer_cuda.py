@@ -17,7 +17,8 @@ barrier). For step s, with x the residual stream [B, Dd] in fp32:
 
 Every block samples every row itself (the same logits and noise give the same token), so the next
 step starts without another barrier. Sampling is `lm.sampling.sample`'s rule: logits / T, the k
-largest kept (the k-th value by radix select; ties kept), plus Gumbel noise that MLX draws from the
+largest kept (the k-th value by radix select, here on the scaled values, there on the logits:
+the same set unless the division rounds two logits to one value at the k-th place; ties kept), plus Gumbel noise that MLX draws from the
 same per-row keys as the op path (the same random numbers), argmax (lowest index on ties); rows
 with T <= 0 take the argmax of the logits. Inside, activations stay fp32 (the op path rounds them
 to the activation dtype between ops), so tokens agree with the op path up to near-ties.

@@ -213,9 +213,7 @@ class CudaKernel:
             ahead = _AHEAD.get()
             if ahead is not None:  # building ahead: compile in the background, answer with placeholders
                 ahead.submit(source, self.name)
-                return [
-                    mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)
-                ]
+                return ahead.placeholders(output_shapes, output_dtypes)
             launcher = self._launchers[launch] = self._launcher(source, launch)
         return launcher(
             inputs=list(inputs),
@@ -310,6 +308,18 @@ class AheadBuild:
         self.pool = pool
         self.sources: set[str] = set()
         self.futures: list[Future] = []
+        self.filled = 0  # placeholders handed out (`placeholders`)
+
+    def placeholders(self, shapes: Sequence[Sequence[int]], dtypes: Sequence[mx.Dtype]) -> list[mx.array]:
+        """Stand-ins for a kernel's outputs: lazy constants, each with a fill value of its own
+        (0, 1, 2, ...: small, so an integer one is a valid index), so that `mx.compile` never
+        merges two of them into one array where a kernel's outputs would stay apart (the fused
+        kernels MLX builds around them are those it builds around the kernel's)."""
+        out = []
+        for shape, dtype in zip(shapes, dtypes, strict=True):
+            out.append(mx.full(tuple(shape), self.filled % 64, dtype=dtype))
+            self.filled += 1
+        return out
 
     def submit(self, source: str, name: str) -> None:
         if not self.sources and mlxcache.folder() is not None:  # the check before the first launch
@@ -349,8 +359,9 @@ _AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default
 def compiling_ahead(workers: int | None = None) -> Iterator[AheadBuild]:
     """Inside the block a `CudaKernel` call whose cubin this process lacks starts compiling it, in
     a process of its own watched by one of `workers` threads (default: the CPU count, at most 16),
-    unless the kernel cache has it, and returns zeros of the output shapes; build on them lazily
-    and never evaluate (only throwaway graphs belong inside). The compiles go on after the block
+    unless the kernel cache has it, and returns placeholders of the output shapes
+    (`AheadBuild.placeholders`); only throwaway graphs belong inside, evaluated (if at all) on
+    scratch state. The compiles go on after the block
     (`AheadBuild.wait`), their pool closed to new work, so its threads end with the last compile
     even if nobody waits; a launch that needs one of them meanwhile waits for it (`nn.cubins`). A
     build that meets a compile of an earlier build still running waits for that one too. An

@@ -31,7 +31,7 @@ class Recording:
         return b"cubin"
 
 
-def _engine(quant: str, batch: int, context: int) -> Engine:
+def _engine(quant: str, batch: int, context: int, kernels: Kernels = ALL) -> Engine:
     from rolekit.codec.config import tiny as tiny_mimi
     from rolekit.codec.mimi import Mimi
     from rolekit.lm.config import tiny
@@ -41,7 +41,7 @@ def _engine(quant: str, batch: int, context: int) -> Engine:
     lm = build_lm(tiny(card=2048, context=context, num_heads=1, depformer_num_heads=1), quant)
     mimi = Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8, context=250))
     mimi.prepare()
-    return Engine(ModelBundle(lm, mimi, None, Path("."), "tiny-h1", True), batch=batch, kernels=ALL)
+    return Engine(ModelBundle(lm, mimi, None, Path("."), "tiny-h1", True), batch=batch, kernels=kernels)
 
 
 @pytest.mark.parametrize(("quant", "batch"), [("q4", 1), ("bf16", 2)])
@@ -53,8 +53,15 @@ def test_the_kernels_compiled_ahead_are_those_the_conversation_launches(monkeypa
     # a context past the attended prefixes 256 and 512: the conversation runs three LM graphs
     engine = _engine(quant, batch, context=600)
     offsets = engine.offsets.copy()
-    assert engine.compile_kernels_ahead().wait() == len(set(compiler.sources)) == len(compiler.sources)
+    before = [np.array(a) for a in (engine.ring.cache, engine.ring.provided, engine.keys)]
+    ahead = engine.compile_kernels_ahead(mlx_kernels=True)  # MLX's own kernels too: scratch state
+    assert ahead.wait() == len(set(compiler.sources)) == len(compiler.sources)
     assert (engine.offsets == offsets).all() and engine.lm_cache.offset == 0  # state untouched
+    after = [np.array(a) for a in (engine.ring.cache, engine.ring.provided, engine.keys)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not engine.lm_step.graphs and not engine.lm_step.built  # no trace kept
+    # a prompt longer than the context: no step graph starts after it, nothing to run
+    assert engine.lm_step.run_placeholders(engine.lm_cache, engine._ahead(None)[1], 10_000, 1 << 40) == []
     with capture_kernels(monkeypatch) as seen:
         for _ in range(4):  # the depformer and the decoder start on the third call
             engine.step(np.zeros((batch, 1920), np.float32))
@@ -147,7 +154,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rolekit.nn import cubins, mlxcache
-from tests.engine.test_compile_ahead import Recording, _engine
+from dataclasses import replace
+from tests.engine.test_compile_ahead import ALL, Recording, _engine
 from tests.nn.nvrtc import capture_kernels, pretend_cuda
 
 def built():  # MLX's CPU JIT keeps each fused kernel it compiles as a library under TMPDIR
@@ -158,8 +166,8 @@ pretend_cuda(mp)
 tmp = Path(tempfile.mkdtemp())
 mp.setattr(cubins, "CACHE", cubins.BinaryCache(tmp, Recording()))
 mp.setattr(mlxcache, "folder", lambda: tmp / "mlx")
-quant, batch, ahead = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-engine = _engine(quant, batch, context=600)
+quant, batch, ahead, mimi = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
+engine = _engine(quant, batch, context=600, kernels=replace(ALL, mimi=mimi))
 engine.compile_kernels_ahead(mlx_kernels=ahead).wait()
 before = built()
 with capture_kernels(mp):
@@ -170,13 +178,15 @@ print(json.dumps({"ahead": len(before), "later": sorted(built() - before)}))
 """
 
 
-@pytest.mark.parametrize(("quant", "batch"), [("q4", 1), ("bf16", 8)])
-def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_path, quant, batch):
+@pytest.mark.parametrize(("quant", "batch", "mimi"), [("q4", 1, "1"), ("bf16", 8, "1"), ("q4", 2, "0")])
+def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_path, quant, batch, mimi):
     """With `mlx_kernels` (the prefill's), the build ahead also runs the next step graph (and
-    Mimi's) with rolekit's kernels as placeholders: MLX builds every fused kernel the
-    conversation's steps and later graphs then use, while rolekit's compile, instead of one at a
-    time after them. Here on CPU, where MLX's JIT names fused kernels as on CUDA and keeps each
-    as a file under TMPDIR (a fresh one per process: the count is this process's)."""
+    Mimi's compiled graphs, where its one-kernel steps are off) with rolekit's kernels as
+    placeholders: MLX builds every fused kernel the conversation's steps and later graphs then
+    use, while rolekit's compile, instead of one at a time after them. Here on CPU, where MLX's
+    JIT names fused kernels as on CUDA and keeps each as a file under TMPDIR (a fresh one per
+    process: the count is this process's); the later steps' kernels answer with arrays of their
+    own, as real kernels do, so a placeholder that changed MLX's fusion would show."""
     import json
     import os
     import subprocess
@@ -189,10 +199,32 @@ def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_p
         tmp.mkdir()
         env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(root)}
         res = subprocess.run(
-            [sys.executable, "-c", _MLX_KERNELS, quant, str(batch), ahead],
+            [sys.executable, "-c", _MLX_KERNELS, quant, str(batch), ahead, mimi],
             capture_output=True, text=True, env=env, cwd=root, timeout=300,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         found[ahead] = json.loads(res.stdout.strip().splitlines()[-1])
     assert found["1"]["ahead"] >= 5 and found["1"]["later"] == []  # all of them, ahead
     assert found["0"]["ahead"] == 0 and len(found["0"]["later"]) == found["1"]["ahead"]  # else: later
+
+
+def test_placeholders_stay_apart_in_a_compiled_graph(tmp_path):
+    """Two kernel outputs of one shape are two arrays: their placeholders must not be merged by
+    `mx.compile` (equal constants would be, and MLX would then fuse other kernels around them)."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlx.core as mx
+
+    build = cuda.AheadBuild(ThreadPoolExecutor(max_workers=1))
+
+    def f(x):  # noqa: ANN001, ANN202
+        a, b = build.placeholders([(4,), (4,)], [mx.float32, mx.float32])
+        return x * a + b
+
+    mx.export_to_dot(str(tmp_path / "g.dot"), mx.compile(f)(mx.array([1.0, 2.0, 3.0, 4.0])))
+    ops = re.findall(r'label ="(\w+)"', (tmp_path / "g.dot").read_text())
+    assert ops.count("Full") == 2
+    ints = build.placeholders([(3,)] * 70, [mx.int32] * 70)
+    assert len({int(p[0].item()) for p in ints}) == 64 and max(int(p[0].item()) for p in ints) == 63
+    build.pool.shutdown()

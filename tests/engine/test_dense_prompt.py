@@ -1,4 +1,4 @@
-"""`Kernels.dense_prompt`: a q4 checkpoint's prompt pass through MLX's dense product with each weight
+"""`Kernels.dense_prompt`: a q4 or q8 checkpoint's prompt pass through MLX's dense product with each weight
 dequantized (`nn.fused.dense_product`), the default on CUDA, where MLX's quantized GEMM of many rows
 is compiled at run time. Here on CPU (fp32): the pass leaves MLX's quantized product to the text
 head alone, and the conversation that follows is the one the quantized prompt pass gives."""
@@ -17,18 +17,18 @@ from rolekit.frames import PrefillPlan
 from rolekit.nn.kernels import Kernels
 
 
-@pytest.fixture(scope="module")
-def bundle():
+@pytest.fixture(scope="module", params=["q4", "q8"])
+def bundle(request):
     from rolekit.codec.config import tiny as tiny_mimi
     from rolekit.codec.mimi import Mimi
     from rolekit.lm.config import tiny
     from rolekit.models import ModelBundle
     from rolekit.randlm import build_lm
 
-    lm = build_lm(tiny(card=2048, context=64), "q4")
+    lm = build_lm(tiny(card=2048, context=64), request.param)
     mimi = Mimi(tiny_mimi(bins=2048, total_codebooks=8, num_codebooks=8, context=250))
     mimi.prepare()
-    return ModelBundle(lm, mimi, None, Path("."), "tiny-q4", True)
+    return ModelBundle(lm, mimi, None, Path("."), f"tiny-{request.param}", True)
 
 
 def _run(bundle, kernels: Kernels, monkeypatch) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple]]:

@@ -101,7 +101,7 @@ def test_depformer_provided_tokens_and_early_stop(lm):
     assert np.array_equal(s1, s2) and np.array_equal(s1[:, 8:], user)
 
 
-def test_top_k_is_taken_on_the_scaled_logits_and_the_draw_is_one_fused_chain(tmp_path):
+def test_a_draw_keeps_the_top_k_scaled_logits_in_one_fused_chain(tmp_path):
     """A draw is argmax(logits / T + Gumbel) over the k largest scaled logits, as Kyutai's
     softmax(logits / T) restricted to the top k; the division is in the draw's one elementwise
     chain (a compiled step's fused kernels each cost a GPU run-time compile on a fresh machine)."""

@@ -2,7 +2,8 @@
 product does (`nn.cuda.CudaKernel.translation_unit`, `nn.nvrtc.compile_cubin`).
 
 `capture_kernels` records every launch of a `CudaKernel` within the block (its name, activation
-type and full translation unit) and answers it with zeros; `compile_sm90` compiles one for sm_90
+type and full translation unit) and answers it with zeros (one leaf array per output, as a
+kernel's outputs are to MLX's compile); `compile_sm90` compiles one for sm_90
 (an H100) and returns NVRTC's log of a failure. Needs `nvidia-cuda-nvrtc` and CUDA's headers.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from rolekit.nn import cuda, nvrtc
 from rolekit.nn.cuda_text import CUDA_TYPES
@@ -37,7 +39,11 @@ def capture_kernels(monkeypatch: Any) -> Iterator[dict[Launch, None]]:
         t = dict(template).get("T")
         source = self.translation_unit([a.dtype for a in inputs], output_dtypes, template)
         seen[Launch(self.name, None if t is None else CUDA_TYPES[t], source)] = None
-        return [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
+        # like a kernel's: each output an array of its own, a leaf of the graph (no op to fuse)
+        return [
+            mx.array(np.zeros(s, np.float32), dtype=d)
+            for s, d in zip(output_shapes, output_dtypes, strict=True)
+        ]
 
     monkeypatch.setattr(cuda.CudaKernel, "__call__", call)
     yield seen
