@@ -122,8 +122,7 @@ class CompiledMimi:
             return 0
         enc_shapes, dec_shapes = self._carry_shapes(batch)
         off = mx.array(self.cfg.context, dtype=mx.int32)  # a position with every cache slot real
-        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
-        codes = mx.zeros((batch, self.num_codebooks, 1), dtype=mx.int32)
+        x, codes = self._scratch_frame(batch, self.num_codebooks)
         mx.eval(
             self._encode[True](x, _scratch(enc_shapes), off),
             self._decode[True](codes, _scratch(dec_shapes), off),
@@ -136,8 +135,7 @@ class CompiledMimi:
         scratch carries and uncompiled: inside `nn.cuda.compiling_ahead` this compiles the CUDA
         kernels those steps launch. No trace is cached, no state changes."""
         enc_shapes, dec_shapes = self._carry_shapes(batch)
-        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
-        codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
+        x, codes = self._scratch_frame(batch, codebooks)
         if self._use_kernels(batch):
             last = dict(self.kernels.last)  # type: ignore[union-attr]
             self.kernels.encode(x, _scratch(enc_shapes), 0)  # type: ignore[union-attr]
@@ -159,8 +157,7 @@ class CompiledMimi:
             return []
         enc_shapes, dec_shapes = self._carry_shapes(batch)
         off = mx.array(0, dtype=mx.int32)
-        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
-        codes = mx.zeros((batch, codebooks, 1), dtype=mx.int32)
+        x, codes = self._scratch_frame(batch, codebooks)
         traces = self.traces
         encode = mx.compile(partial(self._encode_impl, full=False))
         decode = mx.compile(partial(self._decode_impl, full=False))
@@ -168,6 +165,11 @@ class CompiledMimi:
         out = [a for _, a in tree_flatten(outs) if isinstance(a, mx.array)]
         self.traces = traces  # not the engine's traces
         return out
+
+    def _scratch_frame(self, batch: int, codebooks: int) -> tuple[mx.array, mx.array]:
+        """(pcm [B, 1920, 1] float32, codes [B, codebooks, 1] int32) of zeros: one frame's step inputs."""
+        x = mx.zeros((batch, self.frame_size, 1), dtype=mx.float32)
+        return x, mx.zeros((batch, codebooks, 1), dtype=mx.int32)
 
     def _use_kernels(self, batch: int) -> bool:
         """The one-kernel steps serve this batch (`Kernels.mimi`, CUDA, supported)."""

@@ -124,8 +124,7 @@ class CompiledStep(EagerStep):
         if not graphs:  # `begin` past every graph's first position (a prompt longer than the context)
             return []
         pos, cap, shape = graphs[0]
-        b, h, _, d = lm_cache.rings[0].keys.shape
-        if 2 * len(lm_cache.rings) * b * h * cap * d * lm_cache.rings[0].keys.dtype.size > budget:
+        if _scratch_bytes(lm_cache, cap) > budget:
             return []
         c = self.constants
         step = mx.compile(lambda *a: S.lm_step(c, shape, *a))
@@ -144,16 +143,14 @@ class CompiledStep(EagerStep):
         `__call__` takes them; nothing of the caller's state changes, and the scratch rings are
         given back to the device (MLX's buffer cache emptied). Returns the graphs built."""
         ring = lm_cache.rings[0].keys
-        b, h, _, d = ring.shape
-        n_rings = 2 * len(lm_cache.rings)
+        b = ring.shape[0]
         start = self._start_array(lm_cache.start)
         built, ran = 0, False
         for pos, cap, shape in self.upcoming(lm_cache, horizon):
             if (cap, shape) in self.built:
                 continue
             key = (id(self.constants.lm), b, ring.dtype, cap, shape)
-            scratch = n_rings * b * h * cap * d * ring.dtype.size
-            run = budget is not None and scratch <= budget and key not in _RUN
+            run = budget is not None and _scratch_bytes(lm_cache, cap) <= budget and key not in _RUN
             kv = _scratch_rings(lm_cache, cap)
             res = self.function(shape)(*args, mx.array(pos, dtype=mx.int32), start, *kv)
             kv = None
@@ -167,6 +164,12 @@ class CompiledStep(EagerStep):
         if ran:
             mx.clear_cache()  # the scratch rings go back to the device, not to this process's cache
         return built
+
+
+def _scratch_bytes(lm_cache: LmCache, capacity: int) -> int:
+    """Bytes of `_scratch_rings(lm_cache, capacity)` once evaluated."""
+    b, h, _, d = lm_cache.rings[0].keys.shape
+    return 2 * len(lm_cache.rings) * b * h * capacity * d * lm_cache.rings[0].keys.dtype.size
 
 
 def _scratch_rings(lm_cache: LmCache, capacity: int) -> list[mx.array]:

@@ -205,8 +205,8 @@ class Engine:
         reach them; steps may run meanwhile (a launch waits for its own kernel). `begin`: the LM
         position of the first of those steps (default: the cache's; the prefill passes the
         prompt's length before its pass). Later processes read them from the kernel cache. Builds
-        throwaway graphs, evaluated only on scratch state (`mlx_kernels`); state unchanged. Returns the build (`wait()` gives the kernel
-        count), None when no rolekit kernel runs.
+        throwaway graphs, evaluated only on scratch state (`mlx_kernels`); state unchanged.
+        Returns the build (`wait()` gives the kernel count), None when no rolekit kernel runs.
 
         `mlx_kernels` (the prefill's): when some of those kernels compile now (a machine that
         lacks them), also build MLX's own kernels of a step meanwhile, instead of after them: the
@@ -223,9 +223,8 @@ class Engine:
                 self.mimi_steps.build_lazily(self.batch, N_CODEBOOKS)
             self.lm_step.build_lazily(self.lm_cache, args, horizon, begin)  # type: ignore[union-attr]
             if mlx_kernels and ahead.futures:
-                outs = self.lm_step.run_placeholders(
-                    self.lm_cache, args, begin, int(0.5 * free_memory_bytes())
-                )  # type: ignore[union-attr]
+                budget = int(0.5 * free_memory_bytes())
+                outs = self.lm_step.run_placeholders(self.lm_cache, args, begin, budget)  # type: ignore[union-attr]
                 if isinstance(self.mimi_steps, CompiledMimi):
                     outs += self.mimi_steps.run_placeholders(self.batch, N_CODEBOOKS)
                 mx.eval(outs)
@@ -270,9 +269,10 @@ class Engine:
 
         First it starts compiling rolekit's CUDA kernels of the conversation after the prompt
         (`compile_kernels_ahead`), so that they compile beside the prompt pass and beside MLX's
-        own kernels of a step (built then, on a machine that lacks rolekit's) instead of after them; the warm-up's build finds
-        them compiled or compiling (`nn.cubins`), waits for those it needs and cancels the rest
-        not yet started (`kernel_build`). An interrupt cancels those not started.
+        own kernels of a step (built then, on a machine that lacks rolekit's) instead of after
+        them; the warm-up's build finds them compiled or compiling (`nn.cubins`), waits for those
+        it needs and cancels the rest not yet started (`kernel_build`). An interrupt cancels
+        those not started.
 
         The prompt pass's block products take `Kernels.prompt_blocks` (on CUDA: a quantized
         checkpoint's weights dequantized into MLX's dense product, which needs no kernel compiled
