@@ -2,7 +2,7 @@
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
 # Stages: write cold cold_second engine_b1 engine_b1_ab engine_b16 engine_b32 respond respond_warm test16 test64 test64_q4
-# kernel_path gpu_tests probe launch qmm qmm_split engine_qmm; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
+# kernel_path gpu_tests probe launch qmm qmm_split engine_qmm mimi_parts; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
@@ -106,6 +106,12 @@ for stage in "$@"; do
       for s in 1 0; do
         timed "engine_q4_b16_split$s" "${RK[@]}" bench engine -m "$M" --quant q4 --batch 16 --steps 100 \
           --no-reference --kernels "qmm_split=$s" --json-out "$OUT/engine_q4_b16_split$s.json"
+      done
+      ;;
+    mimi_parts)  # batch 1 q4: Mimi's step kernels in one piece, then in 4 linked parts (the default)
+      for p in 1 4; do
+        timed "engine_q4_b1_mimi$p" "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
+          --no-reference --kernels "mimi_parts=$p" --json-out "$OUT/engine_q4_b1_mimi$p.json"
       done
       ;;
     engine_qmm)

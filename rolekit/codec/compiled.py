@@ -50,7 +50,7 @@ class CompiledMimi:
         mimi.prepare()  # codebook tables exist before tracing (else the trace would build them)
         # CUDA: each step as one kernel (`codec.mimi_cuda`) where it applies; else the transformers'
         # linears in the layout of the fused kernels (the one-kernel steps read [in, out] best)
-        self.kernels = mimi_cuda.MimiKernels(mimi) if kernels.mimi else None
+        self.kernels = mimi_cuda.MimiKernels(mimi, kernels.mimi_parts) if kernels.mimi else None
         self._kernel_ok: dict[int, bool] = {}
         if kernels.fused and self.kernels is None:
             rows_layout(mimi.encoder_transformer)

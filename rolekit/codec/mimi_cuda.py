@@ -80,9 +80,9 @@ class _Launch:
     """A program's kernel and its call layout, fixed once: where each input comes from ("weight":
     the array; "carry": the carry key; "io" / "off" / "bar": the step's own), output shapes and types."""
 
-    def __init__(self, prog: Program, kind: str) -> None:
+    def __init__(self, prog: Program, kind: str, parts: int = 1) -> None:
         self.prog, self.kind = prog, kind
-        self.kernel = make_kernel(prog, kind)
+        self.kernel = make_kernel(prog, kind, parts)
         self.inputs: list[tuple[str, Any]] = []
         for name in _input_names(prog, kind):
             if name in prog.carries_in:
@@ -99,10 +99,11 @@ class _Launch:
 
 
 class MimiKernels:
-    """The two kernels of one Mimi: `encode` / `decode` a step from fixed-shape carries."""
+    """The two kernels of one Mimi: `encode` / `decode` a step from fixed-shape carries; `parts`:
+    how many parts each kernel's stages are compiled in (`make_kernel`)."""
 
-    def __init__(self, mimi: Any) -> None:
-        self.mimi = mimi
+    def __init__(self, mimi: Any, parts: int = 1) -> None:
+        self.mimi, self.parts = mimi, parts
         self._programs: dict[tuple, _Launch] = {}
         self.bars = {"enc": mx.zeros((4,), dtype=mx.uint32), "dec": mx.zeros((4,), dtype=mx.uint32)}
         self.last: dict[str, tuple[Program, mx.array]] = {}  # kind -> (program, scratch) of the last call
@@ -114,7 +115,7 @@ class MimiKernels:
             prog = build()
             for name in prog.carries_in:  # each call passes its own carries: keep no old ones
                 prog.inputs[name] = mx.zeros((0,), dtype=mx.float32)
-            found = self._programs[key] = _Launch(prog, key[0])
+            found = self._programs[key] = _Launch(prog, key[0], self.parts)
         return found
 
     def _call(
@@ -176,9 +177,15 @@ class MimiKernels:
         return False
 
 
-def make_kernel(prog: Program, kind: str) -> Any:
-    """The compiled kernel of a program (cached by source); `kind` "enc" or "dec"."""
-    return _kernel(tuple(_input_names(prog, kind)), tuple(_output_names(prog)), Emit(prog).source())
+def make_kernel(prog: Program, kind: str, parts: int = 1) -> Any:
+    """The compiled kernel of a program (cached by source); `kind` "enc" or "dec"; `parts` > 1:
+    its stages in that many parts, compiled apart and linked (`nn.jitlink`), else inline."""
+    names = (tuple(_input_names(prog, kind)), tuple(_output_names(prog)))
+    emit = Emit(prog)
+    if parts <= 1:
+        return _kernel(*names, emit.source())
+    body, bodies = emit.split(parts)
+    return _kernel(*names, body, tuple(bodies), tuple(d for d, _ in emit.part_params()))
 
 
 def _input_names(prog: Program, kind: str) -> list[str]:
@@ -190,9 +197,22 @@ def _output_names(prog: Program) -> list[str]:
 
 
 @cache
-def _kernel(inputs: tuple[str, ...], outputs: tuple[str, ...], source: str) -> Any:
+def _kernel(
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    source: str,
+    parts: tuple[str, ...] = (),
+    part_params: tuple[str, ...] = (),
+) -> Any:
     # XS_FLOATS of staging, raised past 48 KB so that MLX lifts the block's shared-memory limit (the
     # static RVQ / attention buffers come on top)
     return build_kernel(
-        "mimi", list(inputs), list(outputs), source, HEADER, shared_memory=max(XS_FLOATS * 4, 48004)
+        "mimi",
+        list(inputs),
+        list(outputs),
+        source,
+        HEADER,
+        shared_memory=max(XS_FLOATS * 4, 48004),
+        parts=parts,
+        part_params=part_params,
     )

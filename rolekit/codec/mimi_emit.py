@@ -288,14 +288,14 @@ class Emit:
         """The code of one job: the method named after its class (Mat -> mat, TrSide -> trside)."""
         return getattr(self, type(job).__name__.lower())(job)
 
-    def source(self) -> str:
+    def _head(self) -> list[str]:
+        """The kernel's opening: constants, thread ids, the grid barrier, the offset, shared memory."""
         p = self.p
         ln_rows = max(
             [p.b * j.x.to for st in p.stages for j in st.jobs if isinstance(j, Mat) and j.x.f == "ln"] or [1]
         )
         head = [
-            f"  constexpr int NT = {THREADS};\n  constexpr int NW = NT / 32;\n  constexpr size_t ZS = {p.zero};\n",
-            "  const int lane = threadIdx.x & 31; const int warp = threadIdx.x >> 5;\n",
+            *self._ids(),
             "  unsigned int* barp = const_cast<unsigned int*>(reinterpret_cast<const unsigned int*>(bar));\n",
             "  unsigned long long epoch = grid_start(barp);\n",
             "  const int offset = off[0];\n",
@@ -311,11 +311,71 @@ class Emit:
             )
         elif "first" in s:
             head.append(f"  __shared__ float vq[{p.b * 2 * s['qd']}];\n")
-        body = [f"  stamp(S + ZS + {p.stamps}, 0);\n"]
-        for i, st in enumerate(p.stages):
-            body.append(f"  // stage {i}\n")
-            body += ["  " + self.job(j).replace("\n", "\n  ").rstrip(" ") for j in st.jobs]
-            if i < len(p.stages) - 1:
-                body.append("  grid_sync(barp, epoch);\n")
-            body.append(f"  stamp(S + ZS + {p.stamps}, {i + 1});\n")
-        return "".join(head + body)
+        return head
+
+    def _ids(self) -> list[str]:
+        return [
+            f"  constexpr int NT = {THREADS};\n  constexpr int NW = NT / 32;\n  constexpr size_t ZS = {self.p.zero};\n",
+            "  const int lane = threadIdx.x & 31; const int warp = threadIdx.x >> 5;\n",
+        ]
+
+    def _stage(self, i: int) -> str:
+        """Stage i's code, then the grid barrier (but after the last) and its time stamp."""
+        p = self.p
+        out = [f"  // stage {i}\n"]
+        out += ["  " + self.job(j).replace("\n", "\n  ").rstrip(" ") for j in p.stages[i].jobs]
+        if i < len(p.stages) - 1:
+            out.append("  grid_sync(barp, epoch);\n")
+        out.append(f"  stamp(S + ZS + {p.stamps}, {i + 1});\n")
+        return "".join(out)
+
+    def source(self) -> str:
+        """The kernel's body: every stage inline."""
+        stages = [self._stage(i) for i in range(len(self.p.stages))]
+        return "".join([*self._head(), f"  stamp(S + ZS + {self.p.stamps}, 0);\n", *stages])
+
+    def part_params(self) -> list[tuple[str, str]]:
+        """What a part takes after the kernel's arguments, as (declaration, the kernel's name for
+        it): the kernel's own state, its shared arrays as pointers to their rows."""
+        p, s = self.p, self.p.search
+        out = [
+            ("const int offset", "offset"),
+            ("unsigned int* barp", "barp"),
+            ("unsigned long long& epoch", "epoch"),
+            ("float* lnm", "lnm"),
+            ("float* lnr", "lnr"),
+        ]
+        if "rf" in s:
+            qd, b = s["qd"], p.b
+            out += [(f"float (*res)[{qd}]", "res"), (f"float (*rsf)[{qd}]", "rsf")]
+            out += [
+                (f"float (*wbd)[2][{b}]", "wbd"),
+                (f"int (*wbc)[2][{b}]", "wbc"),
+                (f"int (*sel)[{b}]", "sel"),
+            ]
+        elif "first" in s:
+            out.append(("float* vq", "vq"))
+        return out
+
+    def split(self, n: int) -> tuple[str, list[str]]:
+        """The kernel's body and the bodies of at most `n` parts (`nn.cuda.CudaKernel.parts`): the
+        stages in order, cut where the code is about evenly shared; the body calls the parts in
+        order. The stages' code is `source()`'s."""
+        stages = [self._stage(i) for i in range(len(self.p.stages))]
+        total = sum(len(t) for t in stages)
+        groups: list[list[str]] = [[]]
+        done = 0
+        for text in stages:
+            if groups[-1] and done >= total * len(groups) / n:
+                groups.append([])
+            groups[-1].append(text)
+            done += len(text)
+        opening = [
+            *self._ids(),
+            "  extern __shared__ float xs[];\n",
+            "  (void)lane; (void)warp; (void)offset; (void)lnm; (void)lnr; (void)barp; (void)epoch;\n",
+        ]
+        parts = ["".join(opening + g) for g in groups]
+        args = ", ".join(name for _, name in self.part_params())
+        calls = [f"  rolekit_part_{i}(ROLEKIT_KERNEL_ARGS, {args});\n" for i in range(len(parts))]
+        return "".join([*self._head(), f"  stamp(S + ZS + {self.p.stamps}, 0);\n", *calls]), parts

@@ -270,7 +270,7 @@ def _mb(n: int) -> str:
 # --- CUDA kernels --------------------------------------------------------------------------------
 
 
-def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel) -> Check:
+def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel, linker: Any = None) -> Check:
     needs = SCRIPTED + ("live",)
     if backend != "cuda":
         return Check("cuda-kernels", "skip", f"no CUDA ({backend} backend)")
@@ -288,14 +288,18 @@ def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel) -> Check:
     from rolekit.nn.cuda import launch_path
 
     how = launch_path()  # "precompiled": MLX hashes each cubin at every launch (slower steps)
-    return Check(
-        "cuda-kernels",
-        "ok",
-        f"a rolekit kernel compiled and ran ({ms:.0f} ms, cache {cubin_dir()}, launched {how})",
-        None,
-        needs,
-        {"ms": round(ms, 1), "launch": how},
-    )
+    if linker is None:
+        from rolekit.nn import jitlink
+
+        linker = jitlink.version()
+    detail = f"a rolekit kernel compiled and ran ({ms:.0f} ms, cache {cubin_dir()}, launched {how})"
+    data = {"ms": round(ms, 1), "launch": how, "linker": None if not linker else "{}.{}".format(*linker)}
+    if not linker:  # Mimi's step kernels then compile whole: a fresh machine's first step waits longer
+        fix = 'pip install nvidia-nvjitlink (part of "rolekit[cuda]")'
+        detail += "; no nvJitLink: Mimi's kernels compile in one piece (~30 s more on a fresh machine)"
+        return Check("cuda-kernels", "warn", detail, fix, needs, data)
+    detail += f"; kernels in parts linked by nvJitLink {data['linker']}"
+    return Check("cuda-kernels", "ok", detail, None, needs, data)
 
 
 # --- hub -----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ this process and in `folder` (`$ROLEKIT_CACHE/kernels/rolekit`, set by `rolekit.
 and `nn.cuda` launches it (from MLX's own kernel cache, `nn.mlxcache`).
 
 A cubin is named by the SHA-256 of everything that decides it: the full source, the target
-architecture, NVRTC's version and options, and the CUDA headers (`nvrtc.headers_fingerprint`). A
+architecture, NVRTC's version and options, the CUDA headers (`nvrtc.headers_fingerprint`) and
+the linker of sources with parts (`jitlink.tag`; `jitlink.build` compiles every source). A
 file holds the cubin followed by the SHA-256 of it, written atomically; a file whose digest does not
 match (damaged, truncated, not ours) is removed and the kernel compiled again. A folder that cannot
 be written leaves the cache in memory only. Two processes may compile one kernel at once (the last
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rolekit.atomic import replaced_file
-from rolekit.nn import nvrtc
+from rolekit.nn import jitlink, nvrtc
 
 Compiler = Callable[[str, str, str], bytes]  # (source, name, arch) -> cubin
 DIGEST = 32  # bytes of SHA-256 after the cubin in a cache file
@@ -67,7 +68,9 @@ class BinaryCache:
         if self.compiler is not None:
             compiler = "custom"
         else:
-            compiler = "nvrtc-{}.{}-{}".format(*nvrtc.version(), nvrtc.headers_fingerprint())
+            compiler = "nvrtc-{}.{}-{}-{}".format(
+                *nvrtc.version(), nvrtc.headers_fingerprint(), jitlink.tag()
+            )
         h = hashlib.sha256()
         for part in (compiler, arch, " ".join(nvrtc.OPTIONS), source):
             h.update(part.encode())
@@ -111,7 +114,7 @@ class BinaryCache:
 
     def prefetch(self, source: str, name: str, arch: str, pool: Executor) -> Future | None:
         """Start compiling `source` in a thread of `pool` (with NVRTC: in a process of its own,
-        `nvrtc.compile_in_subprocess`) unless this process or the folder already has it; the result goes
+        `jitlink.build`) unless this process or the folder already has it; the result goes
         to memory and the folder, and a `get` meanwhile waits for it. Returns the compile's future,
         None when nothing had to be compiled. A failed compile is left for `get` to report."""
         key = self.key(source, arch)
@@ -125,15 +128,9 @@ class BinaryCache:
             return None
         if self.compiler is not None:
             job = pool.submit(_timed, self.compiler, source, name, arch)
-        else:  # a process of its own, with this process's library and headers
+        else:  # a process of its own (one per part), with this process's library and headers
             job = pool.submit(
-                _timed,
-                nvrtc.compile_in_subprocess,
-                source,
-                name,
-                arch,
-                nvrtc.library_path(),
-                nvrtc.include_dirs(),
+                _timed, jitlink.build, source, name, arch, nvrtc.library_path(), nvrtc.include_dirs()
             )
         with self._guard:
             self._pending[key] = job
@@ -178,8 +175,10 @@ class BinaryCache:
 
     def _compile(self, source: str, name: str, arch: str) -> bytes:
         t0 = time.perf_counter()
-        compiler = self.compiler or nvrtc.compile_cubin
-        data = compiler(source, name, arch)
+        if self.compiler is not None:
+            data = self.compiler(source, name, arch)
+        else:
+            data = jitlink.build(source, name, arch, isolated=False)
         self._count("compiled", time.perf_counter() - t0)
         return data
 

@@ -20,7 +20,7 @@ import mlx.core as mx
 
 from rolekit.errors import KernelError
 from rolekit.nn import cubins, mlxcache, nvrtc
-from rolekit.nn.cuda_text import CUDA_TYPES, PRELUDE, Template, shared_header, source_tag
+from rolekit.nn.cuda_text import CUDA_TYPES, Template, shared_header, source_tag, translation_unit
 from rolekit.notices import notice
 
 
@@ -142,7 +142,10 @@ class CudaKernel:
     `bool`, or a type alias for a dtype). `threads`: launch bounds (a block of at most that many
     threads; without them NVRTC may give a thread 255 registers, capping a block at 256
     threads); `shared_memory`: dynamic shared memory in bytes (MLX raises the block's limit past
-    48000).
+    48000). `parts`: bodies of `__device__ __noinline__` functions `rolekit_part_<i>`, each taking
+    the kernel's arguments then `part_params` (declarations); the body calls them as
+    `rolekit_part_<i>(ROLEKIT_KERNEL_ARGS, ...)`. Each part is compiled apart and the kernel linked
+    (`nn.jitlink`): a long kernel compiles in about the time of its largest part.
 
     Called like the function `mx.fast.cuda_kernel` returns (inputs, output shapes and dtypes,
     grid in threads, threadgroup, template, init_value), it compiles the source for this GPU once
@@ -155,6 +158,8 @@ class CudaKernel:
     header: str = ""
     threads: int = 0
     shared_memory: int = 0
+    parts: tuple[str, ...] = ()
+    part_params: tuple[str, ...] = ()
 
     @cached_property
     def _launchers(self) -> dict[tuple, Callable[..., list[mx.array]]]:
@@ -164,33 +169,25 @@ class CudaKernel:
     @cached_property
     def name(self) -> str:
         """`rolekit_<family>_<source_tag of the header set and body>`."""
-        return f"rolekit_{self.family}_{source_tag(shared_header() + self.header + self.source)}"
+        text = shared_header() + self.header + self.source + "".join(self.parts) + ",".join(self.part_params)
+        return f"rolekit_{self.family}_{source_tag(text)}"
 
     def translation_unit(
         self, input_dtypes: Sequence[mx.Dtype], output_dtypes: Sequence[mx.Dtype], template: Template = ()
     ) -> str:
         """The full source NVRTC compiles for one launch's dtypes and template values."""
-        params = [f"    const {CUDA_TYPES[d]}* {n}" for n, d in zip(self.inputs, input_dtypes, strict=True)]
-        params += [f"    {CUDA_TYPES[d]}* {n}" for n, d in zip(self.outputs, output_dtypes, strict=True)]
-        consts = []
-        for key, value in template:
-            if isinstance(value, bool):
-                consts.append(f"  constexpr bool {key} = {'true' if value else 'false'};\n")
-            elif isinstance(value, int):
-                consts.append(f"  constexpr int {key} = {value};\n")
-            else:
-                consts.append(f"  using {key} = {CUDA_TYPES[value]};\n")
-        bounds = f" __launch_bounds__({self.threads})" if self.threads else ""
-        return (
-            PRELUDE
-            + shared_header()
-            + self.header
-            + f'\nextern "C" __global__ void{bounds} {self.name}(\n'
-            + ",\n".join(params)
-            + ") {\n"
-            + "".join(consts)
-            + self.source
-            + "\n}\n"
+        types = [f"const {CUDA_TYPES[d]}*" for d in input_dtypes]
+        types += [f"{CUDA_TYPES[d]}*" for d in output_dtypes]
+        return translation_unit(
+            self.name,
+            [*self.inputs, *self.outputs],
+            types,
+            self.source,
+            self.header,
+            self.threads,
+            template,
+            self.parts,
+            self.part_params,
         )
 
     def __call__(
@@ -295,9 +292,21 @@ def build_kernel(
     header: str = "",
     threads: int = 0,
     shared_memory: int = 0,
+    parts: Sequence[str] = (),
+    part_params: Sequence[str] = (),
 ) -> CudaKernel:
     """The one place a rolekit kernel is named and built (`CudaKernel`)."""
-    return CudaKernel(family, tuple(inputs), tuple(outputs), source, header, threads, shared_memory)
+    return CudaKernel(
+        family,
+        tuple(inputs),
+        tuple(outputs),
+        source,
+        header,
+        threads,
+        shared_memory,
+        tuple(parts),
+        tuple(part_params),
+    )
 
 
 class AheadBuild:

@@ -1,15 +1,18 @@
 """The text of rolekit's CUDA kernels: device code shipped as package data (`<package>/device/`),
 the shared header set every kernel includes, the prelude of CUDA's types, the CUDA type of each
-MLX dtype, and kernel-name tags. `nn.cuda` builds translation units from these."""
+MLX dtype, kernel-name tags, and `translation_unit`, the full source of one kernel launch."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
 import mlx.core as mx
+
+from rolekit.nn.jitlink import PART
 
 
 def source_tag(source: str) -> str:
@@ -65,3 +68,54 @@ CUDA_TYPES = {
 }
 
 Template = Sequence[tuple[str, "int | bool | mx.Dtype"]]
+
+
+def translation_unit(
+    name: str,
+    names: Sequence[str],
+    types: Sequence[str],
+    body: str,
+    header: str = "",
+    threads: int = 0,
+    template: Template = (),
+    parts: Sequence[str] = (),
+    part_params: Sequence[str] = (),
+) -> str:
+    """The source of kernel `name`: `PRELUDE`, the shared header set, `header`, then `extern "C"
+    __global__ void name(types[i] names[i], ...)` (launch bounds `threads` where > 0) running
+    `body` after the `template` values as constants (`int`, `bool`, or a type alias for a dtype).
+    With `parts`, each is first the body of a `__device__ __noinline__ rolekit_part_<i>` of its
+    own (`PART` lines: compiled apart, `nn.jitlink`), which takes a table of the kernel's
+    arguments (unpacked under their names where the part uses them) and `part_params`; the kernel
+    fills the table in shared memory (not as arguments: those would be copied to every thread's
+    stack at each call) and calls a part as `rolekit_part_<i>(ROLEKIT_KERNEL_ARGS, ...)`."""
+    params = [f"    {t} {n}" for t, n in zip(types, names, strict=True)]
+    consts = []
+    for key, value in template:
+        if isinstance(value, bool):
+            consts.append(f"  constexpr bool {key} = {'true' if value else 'false'};\n")
+        elif isinstance(value, int):
+            consts.append(f"  constexpr int {key} = {value};\n")
+        else:
+            consts.append(f"  using {key} = {CUDA_TYPES[value]};\n")
+    bounds = f" __launch_bounds__({threads})" if threads else ""
+    text = [PRELUDE, shared_header(), header]
+    opening: list[str] = []
+    if parts:
+        sig = ",\n".join(["    void* const* rolekit_args", *(f"    {p}" for p in part_params)])
+        sigs = [f"void rolekit_part_{i}(\n{sig})" for i in range(len(parts))]
+        for head, part in zip(sigs, parts, strict=True):
+            used = set(re.findall(r"[A-Za-z_]\w*", part))
+            unpack = [
+                f"  {t} {n} = static_cast<{t}>(rolekit_args[{i}]);\n"
+                for i, (t, n) in enumerate(zip(types, names, strict=True))
+                if n in used
+            ]
+            text += [PART, f"__device__ __noinline__ {head} {{\n", *consts, *unpack, part, "\n}\n"]
+        text += [PART, *(f"__device__ {head};\n" for head in sigs)]
+        text.append("#define ROLEKIT_KERNEL_ARGS rolekit_args\n")
+        opening.append(f"  __shared__ void* rolekit_args[{len(names)}];\n  if (threadIdx.x == 0) {{\n")
+        opening += [f"    rolekit_args[{i}] = (void*){n};\n" for i, n in enumerate(names)]
+        opening.append("  }\n  __syncthreads();\n")
+    text += [f'\nextern "C" __global__ void{bounds} {name}(\n', ",\n".join(params), ") {\n"]
+    return "".join(text + consts + opening + [body, "\n}\n"])

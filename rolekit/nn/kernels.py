@@ -13,7 +13,8 @@ Each field names one kernel family and the module that owns it:
 - `depformer` (+ `depformer_threads`): `lm.depformer_cuda` (a frame's depformer, sampling included),
 - `embed`: `nn.embed_cuda` (a step's summed token embeddings),
 - `conv`: `codec.conv_cuda` (a streaming conv's carry, ELU and windows),
-- `mimi`: `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel each),
+- `mimi` (+ `mimi_parts`): `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel
+  each),
 - `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module),
 - `qmm`: `nn.qmm` (q4 products of batched rows on tensor cores, in the temporal and depformer
   blocks).
@@ -88,6 +89,9 @@ class Kernels:
     qmm: bool = False
     temporal_tuning: TemporalTuning = field(default_factory=TemporalTuning)
     depformer_threads: int = 256  # a multiple of 32, up to 1024 (8 warps fit one block per SM)
+    # each Mimi step kernel's stages in this many parts, compiled at once and linked (`nn.jitlink`):
+    # a fresh machine waits for the largest part, not the whole kernel; 1: one piece, no calls
+    mimi_parts: int = 4
     # tuning: `nn.qmm` cuts a product's k range over blocks to fill the GPU (partial sums added by
     # MLX: a second launch); False: one block per 128 columns, one launch (`Blocks.QMM_WHOLE`)
     qmm_split: bool = True
@@ -124,6 +128,8 @@ class Kernels:
                 out[name] = value if isinstance(value, TemporalTuning) else _tuning(str(value))
             elif name == "depformer_threads":
                 out[name] = _threads(value)
+            elif name == "mimi_parts":
+                out[name] = _parts(value)
             else:
                 out[name] = _flag(name, value)
         return replace(self, **out)
@@ -187,6 +193,16 @@ def _threads(value: Any) -> int:
         n = 0
     if not (32 <= n <= 1024 and n % 32 == 0):
         raise ConfigError(f"{OPTION} depformer_threads={value!r}: a multiple of 32 from 32 to 1024")
+    return n
+
+
+def _parts(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= 16:
+        raise ConfigError(f"{OPTION} mimi_parts={value!r}: an integer from 1 to 16")
     return n
 
 

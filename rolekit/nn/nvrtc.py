@@ -7,7 +7,7 @@ toolkit's; the CUDA headers are chosen as MLX's JIT chooses them (`include_dirs`
 
 Thread-safe, but NVRTC serializes part of a compile inside one process (MLX's own JIT included):
 kernels compiled at once each go to a process of their own (`compile_in_subprocess`, running this
-module: `python -m rolekit.nn.nvrtc NAME ARCH LIBRARY INCLUDES < source > cubin`), with this
+module: `python -m rolekit.nn.nvrtc NAME ARCH LIBRARY INCLUDES [--rdc] < source > cubin`), with this
 process's library and include path. No mlx here.
 """
 
@@ -64,11 +64,11 @@ def _candidates() -> list[str]:
                     found.append(path)
     except OSError:
         pass
-    for root in _site_dirs():
+    for root in site_dirs():
         for path in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")), reverse=True):
             if "builtins" not in os.path.basename(path):
                 found.append(path)
-    for home in _cuda_homes():
+    for home in cuda_homes():
         found += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")), reverse=True)
     named = ctypes.util.find_library("nvrtc")
     if named:
@@ -76,7 +76,8 @@ def _candidates() -> list[str]:
     return found
 
 
-def _site_dirs() -> list[str]:
+def site_dirs() -> list[str]:
+    """Python's package folders where CUDA's wheels may be (MLX's first)."""
     dirs = []
     spec = importlib.util.find_spec("mlx")
     if spec is not None and spec.submodule_search_locations:
@@ -85,7 +86,8 @@ def _site_dirs() -> list[str]:
     return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
-def _cuda_homes() -> list[str]:
+def cuda_homes() -> list[str]:
+    """The CUDA toolkit folders that exist: $CUDA_HOME, $CUDA_PATH, /usr/local/cuda."""
     homes = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
     return [h for h in dict.fromkeys(homes) if h and os.path.isdir(h)]
 
@@ -103,9 +105,9 @@ def include_dirs() -> tuple[str, ...]:
         for p in spec.submodule_search_locations:
             dirs += [os.path.join(p, "include"), os.path.join(p, "include", "cccl")]
     runtimes = [
-        os.path.join(r, "nvidia", n, "include") for r in _site_dirs() for n in ("cu13", "cuda_runtime")
+        os.path.join(r, "nvidia", n, "include") for r in site_dirs() for n in ("cu13", "cuda_runtime")
     ]
-    runtimes += [os.path.join(h, "include") for h in _cuda_homes()]
+    runtimes += [os.path.join(h, "include") for h in cuda_homes()]
     runtime = next((r for r in runtimes if os.path.exists(os.path.join(r, "cuda_bf16.h"))), None)
     if runtime is None:
         raise FileNotFoundError(
@@ -152,12 +154,17 @@ def _check(rc: int, what: str) -> None:
 
 
 def compile_cubin(
-    source: str, name: str, arch: str, lib_path: str | None = None, includes: tuple[str, ...] | None = None
+    source: str,
+    name: str,
+    arch: str,
+    lib_path: str | None = None,
+    includes: tuple[str, ...] | None = None,
+    rdc: bool = False,
 ) -> bytes:
     """Machine code (a cubin) of `source` for `arch` (e.g. "sm_90a"), C++17, device code by
     default, with libnvrtc at `lib_path` and the include path `includes` (defaults:
-    `library_path()`, `include_dirs()`). Raises CompileError with NVRTC's log when the source
-    does not compile."""
+    `library_path()`, `include_dirs()`); `rdc`: relocatable device code, a cubin for a linker
+    (`nn.jitlink`). Raises CompileError with NVRTC's log when the source does not compile."""
     lib = library(lib_path)
     prog = ctypes.c_void_p()
     _check(
@@ -166,6 +173,8 @@ def compile_cubin(
     )
     try:
         opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in OPTIONS)]
+        if rdc:
+            opts.append(b"--relocatable-device-code=true")
         opts += [f"--include-path={d}".encode() for d in (include_dirs() if includes is None else includes)]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         if rc != 0:
@@ -184,14 +193,20 @@ def compile_cubin(
 
 
 def compile_in_subprocess(
-    source: str, name: str, arch: str, lib_path: str | None = None, includes: tuple[str, ...] | None = None
+    source: str,
+    name: str,
+    arch: str,
+    lib_path: str | None = None,
+    includes: tuple[str, ...] | None = None,
+    rdc: bool = False,
 ) -> bytes:
     """`compile_cubin` in a new Python process running this module (defaults as there, resolved
     here so that the worker uses this process's NVRTC and headers). Raises CompileError."""
     lib_path = lib_path or library_path()
     includes = include_dirs() if includes is None else includes
+    argv = [name, arch, lib_path, os.pathsep.join(includes), *(["--rdc"] if rdc else [])]
     out = subprocess.run(
-        [sys.executable, "-m", "rolekit.nn.nvrtc", name, arch, lib_path, os.pathsep.join(includes)],
+        [sys.executable, "-m", "rolekit.nn.nvrtc", *argv],
         input=source.encode(),
         capture_output=True,
         check=False,
@@ -202,10 +217,15 @@ def compile_in_subprocess(
 
 
 def _main(argv: list[str]) -> int:
-    name, arch, lib_path, includes = argv
+    name, arch, lib_path, includes, *flags = argv
     try:
         cubin = compile_cubin(
-            sys.stdin.read(), name, arch, lib_path, tuple(filter(None, includes.split(os.pathsep)))
+            sys.stdin.read(),
+            name,
+            arch,
+            lib_path,
+            tuple(filter(None, includes.split(os.pathsep))),
+            rdc="--rdc" in flags,
         )
     except CompileError as exc:
         sys.stderr.write(str(exc))

@@ -6,6 +6,8 @@ compiled CUDA kernel) steps a stream interchangeably with its MLX graphs."""
 
 from __future__ import annotations
 
+import re
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -65,7 +67,8 @@ def program_kernel(monkeypatch):
     """mimi_cuda's kernels replaced by their program run with numpy: the kinds of the calls."""
     calls: list[str] = []
 
-    def make_kernel(prog, kind):
+    def make_kernel(prog, kind, parts):
+        assert parts == Kernels().mimi_parts  # the policy's default reaches the kernel
         names = mimi_cuda._input_names(prog, kind)
         outs = mimi_cuda._output_names(prog)
 
@@ -150,6 +153,53 @@ def test_released_codec_programs_write_every_carry():
     assert enc.outputs["codes"][0] == (1, 8, 1) and dec.outputs["pcm"][0] == (1, 1920, 1)
 
 
+def _stage_blocks(text: str) -> list[str]:
+    return re.split(r"(?=  // stage \d+\n)", text)[1:]
+
+
+@pytest.mark.parametrize("parts", [2, 4, 7])
+def test_released_codec_kernels_in_parts_run_every_stage_once_in_order(parts):
+    """`Emit.split`: the parts hold the stages of the one-piece body, each once and in order, cut
+    about evenly, and the kernel calls the parts in order with the state they declare."""
+    from rolekit.codec.mimi_emit import Emit
+
+    mimi = Mimi(mimi_202407())
+    mimi.prepare()
+    enc_shapes, dec_shapes = CompiledMimi(mimi)._carry_shapes(1)
+    enc = mimi_cuda.encoder_program(mimi, 1, _fixed({}, enc_shapes))
+    dec = mimi_cuda.decoder_program(mimi, 1, _fixed({}, dec_shapes), 8)
+    for prog in (enc, dec):
+        emit = Emit(prog)
+        whole = emit.source()
+        body, bodies = emit.split(parts)
+        assert len(bodies) == parts
+        stages = [b for part in bodies for b in _stage_blocks(part)]
+        assert stages == _stage_blocks(whole) and len(stages) == len(prog.stages)
+        sizes = [sum(map(len, _stage_blocks(part))) for part in bodies]
+        assert max(sizes) < 2 * sum(sizes) / parts
+        names = ", ".join(n for _, n in emit.part_params())
+        assert re.findall(r"rolekit_part_(\d+)\(ROLEKIT_KERNEL_ARGS, ([^)]*)\);", body) == [
+            (str(i), names) for i in range(parts)
+        ]
+        assert body.startswith(whole[: whole.index("  stamp(")])  # the one-piece kernel's opening
+        for name in ("res", "wbd", "sel") if prog is enc else ("vq",):
+            assert name in names
+        # the part's declarations match the kernel's shared arrays (rows of res [B][QD] etc.)
+        decls = dict((n, d) for d, n in emit.part_params())
+        if prog is enc:
+            qd = prog.search["qd"]
+            assert f"res[1][{qd}]" in body and decls["res"] == f"float (*res)[{qd}]"
+
+
+def test_the_kernel_policy_picks_how_many_parts_mimi_kernels_compile_in():
+    from rolekit.errors import ConfigError
+
+    assert Kernels().mimi_parts == 4 and Kernels.for_device(overrides="mimi_parts=1").mimi_parts == 1
+    for bad in ("0", "17", "two"):
+        with pytest.raises(ConfigError, match="mimi_parts"):
+            Kernels.for_device(overrides=f"mimi_parts={bad}")
+
+
 def test_mimi_rows_check_compares_a_batch_with_its_rows_alone():
     """`check_mimi_rows` on the tiny codec: a batch of 3 streams gives each row's codes and audio
     of that row stepped alone (here on MLX's graphs; on a GPU through the kernels)."""
@@ -174,9 +224,20 @@ def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
 @pytest.mark.parametrize("batch", [1, 4])
 def test_mimi_kernels_on_cuda_match_the_ops(batch):
     """Full-size Mimi: the one-kernel encode / decode steps against MLX's ops over 30 frames."""
+    from rolekit import notices
     from tests.codec.check_mimi_kernels import check_mimi_kernels
 
     res = check_mimi_kernels(frames=30, size="full", batch=batch)
+    assert res["one_kernel_steps"] and res["ok"], res
+    assert "kernel-link" not in notices.said()  # the default kernels in parts were linked
+
+
+@pytest.mark.gpu
+def test_mimi_kernels_in_one_piece_on_cuda_match_the_ops():
+    from tests.codec.check_mimi_kernels import check_mimi_kernels
+
+    one_piece = Kernels.for_device(overrides={"mimi_parts": 1})
+    res = check_mimi_kernels(frames=30, size="full", batch=1, kernels=one_piece)
     assert res["one_kernel_steps"] and res["ok"], res
 
 

@@ -14,8 +14,12 @@ from rolekit.doctor import checks as dc
 
 def test_cuda_kernel_check_reports_compile_success_failure_and_absence():
     assert dc.check_cuda("cpu").status == "skip"
-    ok = dc.check_cuda("cuda", compile_probe=lambda: None)
-    assert ok.status == "ok" and "compiled and ran" in ok.detail
+    ok = dc.check_cuda("cuda", compile_probe=lambda: None, linker=(13, 5))
+    assert ok.status == "ok" and "compiled and ran" in ok.detail and "nvJitLink 13.5" in ok.detail
+    unlinked = dc.check_cuda("cuda", compile_probe=lambda: None, linker=())
+    assert (
+        unlinked.status == "warn" and "nvidia-nvjitlink" in unlinked.fix and unlinked.data["linker"] is None
+    )
 
     def broken():
         raise RuntimeError("nvrtcCompileProgram failed: cannot open source file cuda_bf16.h\nmore")

@@ -1,5 +1,5 @@
 """Capture the CUDA kernels rolekit launches, on a machine without a GPU, and compile them as the
-product does (`nn.cuda.CudaKernel.translation_unit`, `nn.nvrtc.compile_cubin`).
+product does (`nn.cuda.CudaKernel.translation_unit`, `nn.jitlink.build`).
 
 `capture_kernels` records every launch of a `CudaKernel` within the block (its name, activation
 type and full translation unit) and answers it with zeros (one leaf array per output, as a
@@ -17,7 +17,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.nn import cuda, nvrtc
+from rolekit.nn import cuda, jitlink, nvrtc
 from rolekit.nn.cuda_text import CUDA_TYPES
 
 
@@ -61,9 +61,10 @@ def pretend_cuda(monkeypatch: Any) -> None:
 
 
 def compile_sm90(source: str, name: str = "kernel") -> str | None:
-    """NVRTC-compile `source` for sm_90 as the product does; None on success, else the log."""
+    """Compile `source` for sm_90 as the product does (`nn.jitlink.build`: a kernel in parts part
+    by part, then linked); None on success, else the log."""
     try:
-        nvrtc.compile_cubin(source, name, "sm_90a")
+        jitlink.build(source, name, "sm_90a", isolated=False)
     except nvrtc.CompileError as exc:
         return str(exc)
     return None
