@@ -2,7 +2,7 @@
 # The product-path GPU rows of bench/RESULTS.md (issue 17), as stages:
 #   source bench/gpu_setup.sh; bash bench/gpu_product.sh STAGE...
 # Stages: write cold cold_second engine_b1 engine_b1_ab engine_b16 engine_b32 respond respond_warm test16 test64 test64_q4
-# kernel_path gpu_tests probe launch qmm qmm_split engine_qmm mimi_parts; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
+# kernel_path gpu_tests probe launch qmm qmm_split engine_qmm mimi_parts token_ring; diagnostics: matmul (benchmarks/matmul.py), cold_diag (benchmarks/cold_start.py), gap
 # (benchmarks/batch_gap.py), harness_ab (the old harness
 # at commit $AB, unpacked in .ab/: git archive $AB rolekit | tar -x -C .ab).
 # Every stage writes its JSON under $OUT (command timings as <name>.time.json: wall s, peak RSS kB).
@@ -112,6 +112,12 @@ for stage in "$@"; do
       for p in 1 4; do
         timed "engine_q4_b1_mimi$p" "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
           --no-reference --kernels "mimi_parts=$p" --json-out "$OUT/engine_q4_b1_mimi$p.json"
+      done
+      ;;
+    token_ring)  # batch 1 q4: the token ring's bookkeeping as MLX ops, then as rolekit's two kernels (the default)
+      for r in 0 1; do
+        timed "engine_q4_b1_ring$r" "${RK[@]}" bench engine -m "$M" --quant q4 --batch 1 --steps "$STEPS" \
+          --no-reference --kernels "token_ring=$r" --json-out "$OUT/engine_q4_b1_ring$r.json"
       done
       ;;
     engine_qmm)

@@ -48,7 +48,7 @@ KERNELS = typer.Option(
     "",
     "--kernels",
     help="Override which of rolekit's CUDA kernels run, NAME=0|1,... (fused, ring_attention, temporal, "
-    "depformer, embed, conv, mimi, qmv, qmm; depformer_threads=N; temporal_tuning=threads=N/stages=N; "
+    "depformer, embed, conv, mimi, token_ring, qmv, qmm; depformer_threads=N; temporal_tuning=threads=N/stages=N; "
     "mimi_parts=N; qmm_split=0|1; dense_prompt=0|1). "
     "Default: all but qmv on a CUDA GPU, none elsewhere.",
 )

@@ -52,6 +52,7 @@ from rolekit.codec.mimi_program import (
     describe,
 )
 from rolekit.codec.mimi_reference import reference_step
+from rolekit.nn import jitlink
 from rolekit.nn.cuda import build_kernel, sm_count
 
 __all__ = [
@@ -179,10 +180,11 @@ class MimiKernels:
 
 def make_kernel(prog: Program, kind: str, parts: int = 1) -> Any:
     """The compiled kernel of a program (cached by source); `kind` "enc" or "dec"; `parts` > 1:
-    its stages in that many parts, compiled apart and linked (`nn.jitlink`), else inline."""
+    its stages in that many parts, compiled apart and linked (`nn.jitlink`) where nvJitLink is
+    found, else inline."""
     names = (tuple(_input_names(prog, kind)), tuple(_output_names(prog)))
     emit = Emit(prog)
-    if parts <= 1:
+    if parts <= 1 or jitlink.library_path() is None:  # no linker: the one-piece kernel
         return _kernel(*names, emit.source())
     body, bodies = emit.split(parts)
     return _kernel(*names, body, tuple(bodies), tuple(d for d, _ in emit.part_params()))

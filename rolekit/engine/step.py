@@ -19,8 +19,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from rolekit.engine import ring as R
-from rolekit.frames import N_CODEBOOKS
+from rolekit.engine import ring_cuda
 from rolekit.lm.sampling import SamplingParams, sample
 from rolekit.lm.temporal import LmCache
 from rolekit.lm.temporal_cuda import TemporalKernel
@@ -44,14 +43,15 @@ class StepConstants:
 
 
 def model_input(
-    c: StepConstants, cache: mx.array, provided: mx.array, at: R.Cols, user: mx.array
-) -> tuple[mx.array, mx.array, mx.array]:
+    c: StepConstants, cache: mx.array, provided: mx.array, cols: mx.array, user: mx.array
+) -> tuple[mx.array, mx.array, mx.array, tuple[mx.array, ...]]:
     """User codes [B, 8] into the ring at offset + delay -> (ring cache, ring provided, model input
-    embeddings [B, 1, D]); `at` the rows' ring columns of this call."""
-    tokens = mx.concatenate([mx.zeros((c.batch, 1 + N_CODEBOOKS), mx.int32), user], axis=1)
-    ring = R.provide(mx, R.Ring(cache, provided), tokens, None, at, c.initial)  # `at` masked
-    x = c.lm.embed(R.model_input(mx, ring, at)[:, :, None], c.kernels)  # [B, 1, D]
-    return ring.cache, ring.provided, x
+    embeddings [B, 1, D], what the call's targets force: text target [B], text provided [B],
+    depformer codes [B, dep_q]); `cols` the rows' packed ring columns of this call."""
+    fn = ring_cuda.ring_in if _ring_kernels(c, cache) else ring_cuda.reference_in
+    cache, provided, tokens, *forced = fn(cache, provided, cols, user, c.initial, c.lm.cfg.dep_q)
+    x = c.lm.embed(tokens[:, :, None], c.kernels)  # [B, 1, D]
+    return cache, provided, x, tuple(forced)
 
 
 def sample_and_commit(
@@ -60,21 +60,26 @@ def sample_and_commit(
     text_logits: mx.array,
     cache: mx.array,
     provided: mx.array,
-    at: R.Cols,
+    cols: mx.array,
+    forced: tuple[mx.array, ...],
     text_keys: mx.array,
     dep_keys: mx.array,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """Text sampling, depformer, ring commit: hidden [B, D] (after the final norm), text_logits
-    [B, V], per-row keys [B, 2] -> (ring cache, ring provided, out [B, 9] = text + 8 agent codes)."""
-    ring = R.Ring(cache=cache, provided=provided)
+    [B, V], `forced` from `model_input`, per-row keys [B, 2] -> (ring cache, ring provided, out
+    [B, 9] = text + 8 agent codes)."""
+    text_target, text_given, dep_given = forced
     text = sample_text(c, text_logits, text_keys)  # [B]
-    forced = R.forced_text(mx, ring, at, text)
-    dep_given = R.depformer_provided(mx, ring, at, c.lm.cfg.dep_q)  # [B, dep_q]
     # One depformer pass for all rows: per-row keys keep each row equal to its batch-1 run.
     keys = None if c.greedy else dep_keys
-    audio = c.lm.depformer(hidden, forced, dep_given, c.sampling, keys, c.dep_steps, c.kernels)
-    ring = R.commit(mx, ring, at, text, audio[:, : c.dep_steps])
-    return ring.cache, ring.provided, R.output(mx, ring, at)
+    forced_text = mx.where(text_given, text_target, text)  # a provided text token wins
+    audio = c.lm.depformer(hidden, forced_text, dep_given, c.sampling, keys, c.dep_steps, c.kernels)
+    fn = ring_cuda.ring_out if _ring_kernels(c, cache) else ring_cuda.reference_out
+    return fn(cache, provided, cols, text, audio[:, : c.dep_steps])
+
+
+def _ring_kernels(c: StepConstants, cache: mx.array) -> bool:
+    return c.kernels.token_ring and ring_cuda.covers(cache, c.lm.cfg.dep_q)
 
 
 def sample_text(c: StepConstants, logits: mx.array, keys: mx.array) -> mx.array:
@@ -123,8 +128,9 @@ def lm_step(
     [B, H, C, Dh] (`LmCache.release`) -> (ring cache, ring provided, out [B, 9] = text + 8 agent
     codes, next keys [B, 2], K0', V0', ...: the rings with position `pos` written)."""
     lm = c.lm
-    at = R.unpack(cols)
-    ring_cache, ring_provided, x = model_input(c, ring_cache, ring_provided, at, user)  # x [B, 1, D]
+    ring_cache, ring_provided, x, forced = model_input(
+        c, ring_cache, ring_provided, cols, user
+    )  # x [B, 1, D]
     rings = [RingKV(k, v) for k, v in zip(kv[0::2], kv[1::2], strict=True)]
     cap = rings[0].capacity
     view = step_view(pos, start, cap, lm.context, shape.length, shape.masked, shape.ring_kernel, shape.fused)
@@ -136,7 +142,7 @@ def lm_step(
     logits = lm.text_linear(hidden)  # [B, 1, text_card]
     split = mx.vmap(lambda k: mx.random.split(k, 3))(keys)  # [B, 3, 2] per-row key streams
     ring_cache, ring_provided, out = sample_and_commit(
-        c, hidden[:, 0], logits[:, 0], ring_cache, ring_provided, at, split[:, 1], split[:, 2]
+        c, hidden[:, 0], logits[:, 0], ring_cache, ring_provided, cols, forced, split[:, 1], split[:, 2]
     )
     return (ring_cache, ring_provided, out, split[:, 0], *(a for r in rings for a in (r.keys, r.values)))
 

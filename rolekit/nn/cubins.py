@@ -68,9 +68,9 @@ class BinaryCache:
         if self.compiler is not None:
             compiler = "custom"
         else:
-            compiler = "nvrtc-{}.{}-{}-{}".format(
-                *nvrtc.version(), nvrtc.headers_fingerprint(), jitlink.tag()
-            )
+            compiler = "nvrtc-{}.{}-{}".format(*nvrtc.version(), nvrtc.headers_fingerprint())
+            if jitlink.PART in source:  # in parts: linked, or compiled whole without a linker
+                compiler += "-" + jitlink.tag()
         h = hashlib.sha256()
         for part in (compiler, arch, " ".join(nvrtc.OPTIONS), source):
             h.update(part.encode())

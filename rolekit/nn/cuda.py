@@ -210,7 +210,7 @@ class CudaKernel:
             ahead = _AHEAD.get()
             if ahead is not None:  # building ahead: compile in the background, answer with placeholders
                 ahead.submit(source, self.name)
-                return ahead.placeholders(output_shapes, output_dtypes)
+                return ahead.placeholders(output_shapes, output_dtypes, inputs)
             launcher = self._launchers[launch] = self._launcher(source, launch)
         return launcher(
             inputs=list(inputs),
@@ -319,16 +319,22 @@ class AheadBuild:
         self.futures: list[Future] = []
         self.filled = 0  # placeholders handed out (`placeholders`)
 
-    def placeholders(self, shapes: Sequence[Sequence[int]], dtypes: Sequence[mx.Dtype]) -> list[mx.array]:
+    def placeholders(
+        self, shapes: Sequence[Sequence[int]], dtypes: Sequence[mx.Dtype], inputs: Sequence[mx.array] = ()
+    ) -> list[mx.array]:
         """Stand-ins for a kernel's outputs: lazy constants, each with a fill value of its own
         (0, 1, 2, ...: small, so an integer one is a valid index), so that `mx.compile` never
-        merges two of them into one array where a kernel's outputs would stay apart (the fused
-        kernels MLX builds around them are those it builds around the kernel's)."""
+        merges two of them into one array where a kernel's outputs would stay apart, and which
+        depend on the kernel's `inputs` (`mx.depends`), so that what computes only a kernel's
+        inputs is evaluated too (the fused kernels MLX builds around them are those it builds
+        around the kernel's)."""
         out = []
         for shape, dtype in zip(shapes, dtypes, strict=True):
-            out.append(mx.full(tuple(shape), self.filled % 64, dtype=dtype))
+            # (a bool fill value: `mx.full` of an int with dtype bool makes an int32 array)
+            value = bool(self.filled % 2) if dtype == mx.bool_ else self.filled % 64
+            out.append(mx.full(tuple(shape), value, dtype=dtype))
             self.filled += 1
-        return out
+        return with_inputs(out, inputs)
 
     def submit(self, source: str, name: str) -> None:
         if not self.sources and mlxcache.folder() is not None:  # the check before the first launch
@@ -359,6 +365,12 @@ class AheadBuild:
         for job in self.futures:
             job.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def with_inputs(outputs: list[mx.array], inputs: Sequence[mx.array]) -> list[mx.array]:
+    """`outputs` made to depend on `inputs` (`mx.depends`): evaluating them evaluates what
+    computes the inputs, as a kernel's outputs do."""
+    return list(mx.depends(list(outputs), list(inputs))) if inputs else list(outputs)
 
 
 _AHEAD: ContextVar[AheadBuild | None] = ContextVar("rolekit_cuda_ahead", default=None)

@@ -25,7 +25,8 @@ from rolekit.notices import notice
 
 PART = "\n// ---- rolekit: a part compiled apart ----\n"
 INPUT_CUBIN = 1  # nvJitLinkInputType: a relocatable cubin (NVRTC with -rdc)
-# the first ABI of each major release, which all its minors keep (the header maps plain names to these)
+# the first ABI of each major release: every later minor still exports it (a header maps the plain
+# names to its own minor's, e.g. `__nvJitLinkCreate_13_5`)
 ABIS = ("_13_0", "_12_0")
 
 
@@ -36,7 +37,9 @@ class LinkError(RuntimeError):
 @lru_cache(maxsize=1)
 def library_path() -> str | None:
     """libnvJitLink: the `nvidia-nvjitlink` wheel's (beside NVRTC's), else the toolkit's, else
-    the system's; None without one (sources with parts then compile whole)."""
+    the system's, the first of NVRTC's major version (it links NVRTC's relocatable cubins; a
+    version without `nvJitLinkVersion`, before 12.3, is not used); None without one (sources with
+    parts then compile whole)."""
     found: list[str] = []
     for root in nvrtc.site_dirs():
         found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvJitLink.so*")), reverse=True)
@@ -45,25 +48,35 @@ def library_path() -> str | None:
     named = ctypes.util.find_library("nvJitLink")
     if named:
         found.append(named)
-    for path in found:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        if any(hasattr(lib, f"__nvJitLinkCreate{abi}") for abi in ABIS):
+    try:
+        major = nvrtc.version()[0]
+    except (OSError, RuntimeError):  # no NVRTC: nothing to link
+        return None
+    for path in dict.fromkeys(found):
+        v = _version(path)
+        if v is not None and v[0] == major:
             return path
     return None
 
 
-def version() -> tuple[int, int] | None:
-    """(major, minor) of the nvJitLink in use, None without one."""
-    path = library_path()
-    if path is None:
+def _version(path: str) -> tuple[int, int] | None:
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    if not hasattr(lib, "nvJitLinkVersion") or not any(hasattr(lib, f"__nvJitLinkCreate{a}") for a in ABIS):
         return None
     major, minor = ctypes.c_uint(), ctypes.c_uint()
-    if ctypes.CDLL(path).nvJitLinkVersion(ctypes.byref(major), ctypes.byref(minor)):
+    if lib.nvJitLinkVersion(ctypes.byref(major), ctypes.byref(minor)):
         return None
     return major.value, minor.value
+
+
+@lru_cache(maxsize=1)
+def version() -> tuple[int, int] | None:
+    """(major, minor) of the nvJitLink in use (`library_path`), None without one."""
+    path = library_path()
+    return None if path is None else _version(path)
 
 
 def tag() -> str:
@@ -98,7 +111,8 @@ def link(objects: Sequence[bytes], arch: str) -> bytes:
         if rc:
             raise LinkError(f"nvJitLink could not link ({rc}): {_log(fn, handle)}")
         size = ctypes.c_size_t()
-        fn("GetLinkedCubinSize")(handle, ctypes.byref(size))
+        if fn("GetLinkedCubinSize")(handle, ctypes.byref(size)) or not size.value:
+            raise LinkError("nvJitLinkGetLinkedCubinSize failed")
         out = ctypes.create_string_buffer(size.value)
         if fn("GetLinkedCubin")(handle, out):
             raise LinkError("nvJitLinkGetLinkedCubin failed")
@@ -133,21 +147,23 @@ def build(
 ) -> bytes:
     """The cubin of one rolekit translation unit for `arch`. A source with parts (`units`):
     each part compiled at once in a process of its own (relocatable), then linked (`link`);
-    otherwise, or where that fails, the whole source at once, in a process of its own when
+    otherwise, or where the link fails, the whole source at once, in a process of its own when
     `isolated` (NVRTC serializes part of a compile inside a process), else in this one. NVRTC's
-    library and include path as in `nvrtc.compile_cubin`. Raises nvrtc.CompileError."""
+    library and include path as in `nvrtc.compile_cubin`. Raises nvrtc.CompileError (a part that
+    does not compile: the whole would not either)."""
     lib_path = lib_path or nvrtc.library_path()
     includes = nvrtc.include_dirs() if includes is None else includes
     parts = units(source)
     if parts and library_path() is not None:
-        with ThreadPoolExecutor(len(parts)) as pool:
+        with ThreadPoolExecutor(min(len(parts), os.cpu_count() or 1)) as pool:
             jobs = [
                 pool.submit(nvrtc.compile_in_subprocess, u, f"{name}_part{i}", arch, lib_path, includes, True)
                 for i, u in enumerate(parts)
             ]
             try:
-                return link([job.result() for job in jobs], arch)
-            except (nvrtc.CompileError, LinkError) as exc:
+                objects = [job.result() for job in jobs]  # a part that does not compile raises here
+                return link(objects, arch)
+            except (LinkError, OSError) as exc:  # the link (or a worker process) failed
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 notice(
                     "kernel-link", f"{name} compiles as one piece (slower): its parts did not link: {first}"

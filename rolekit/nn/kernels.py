@@ -15,6 +15,8 @@ Each field names one kernel family and the module that owns it:
 - `conv`: `codec.conv_cuda` (a streaming conv's carry, ELU and windows),
 - `mimi` (+ `mimi_parts`): `codec.mimi_cuda` (Mimi's encode step and decode step as one kernel
   each),
+- `token_ring`: `engine.ring_cuda` (a step's token-ring bookkeeping: input side and commit side as
+  one kernel each),
 - `qmv`: `nn.qmv` (few-row q4 / q8 products; off by default, see that module),
 - `qmm`: `nn.qmm` (q4 products of batched rows on tensor cores, in the temporal and depformer
   blocks).
@@ -85,6 +87,7 @@ class Kernels:
     embed: bool = False
     conv: bool = False
     mimi: bool = False
+    token_ring: bool = False
     qmv: bool = False
     qmm: bool = False
     temporal_tuning: TemporalTuning = field(default_factory=TemporalTuning)

@@ -157,17 +157,17 @@ def _stage_blocks(text: str) -> list[str]:
     return re.split(r"(?=  // stage \d+\n)", text)[1:]
 
 
-@pytest.mark.parametrize("parts", [2, 4, 7])
-def test_released_codec_kernels_in_parts_run_every_stage_once_in_order(parts):
+@pytest.mark.parametrize(("parts", "batch"), [(2, 1), (4, 1), (7, 1), (4, 5)])
+def test_released_codec_kernels_in_parts_run_every_stage_once_in_order(parts, batch):
     """`Emit.split`: the parts hold the stages of the one-piece body, each once and in order, cut
     about evenly, and the kernel calls the parts in order with the state they declare."""
     from rolekit.codec.mimi_emit import Emit
 
     mimi = Mimi(mimi_202407())
     mimi.prepare()
-    enc_shapes, dec_shapes = CompiledMimi(mimi)._carry_shapes(1)
-    enc = mimi_cuda.encoder_program(mimi, 1, _fixed({}, enc_shapes))
-    dec = mimi_cuda.decoder_program(mimi, 1, _fixed({}, dec_shapes), 8)
+    enc_shapes, dec_shapes = CompiledMimi(mimi)._carry_shapes(batch)
+    enc = mimi_cuda.encoder_program(mimi, batch, _fixed({}, enc_shapes))
+    dec = mimi_cuda.decoder_program(mimi, batch, _fixed({}, dec_shapes), 8)
     for prog in (enc, dec):
         emit = Emit(prog)
         whole = emit.source()
@@ -188,7 +188,8 @@ def test_released_codec_kernels_in_parts_run_every_stage_once_in_order(parts):
         decls = dict((n, d) for d, n in emit.part_params())
         if prog is enc:
             qd = prog.search["qd"]
-            assert f"res[1][{qd}]" in body and decls["res"] == f"float (*res)[{qd}]"
+            assert f"res[{batch}][{qd}]" in body and decls["res"] == f"float (*res)[{qd}]"
+            assert f"wbd[NW][2][{batch}]" in body and decls["wbd"] == f"float (*wbd)[2][{batch}]"
 
 
 def test_the_kernel_policy_picks_how_many_parts_mimi_kernels_compile_in():
@@ -222,11 +223,16 @@ def test_mimi_kernel_check_runs_and_compares_codes_and_audio():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 4])
-def test_mimi_kernels_on_cuda_match_the_ops(batch):
-    """Full-size Mimi: the one-kernel encode / decode steps against MLX's ops over 30 frames."""
+def test_mimi_kernels_on_cuda_match_the_ops(batch, tmp_path, monkeypatch):
+    """Full-size Mimi: the one-kernel encode / decode steps against MLX's ops over 30 frames (the
+    kernels compiled here, in their default 4 parts, linked)."""
     from rolekit import notices
+    from rolekit.nn import cubins, jitlink
     from tests.codec.check_mimi_kernels import check_mimi_kernels
 
+    assert jitlink.library_path() is not None
+    monkeypatch.setattr(cubins, "CACHE", cubins.BinaryCache(tmp_path))  # compiled, not read
+    notices.reset()
     res = check_mimi_kernels(frames=30, size="full", batch=batch)
     assert res["one_kernel_steps"] and res["ok"], res
     assert "kernel-link" not in notices.said()  # the default kernels in parts were linked

@@ -13,11 +13,7 @@ import pytest
 from rolekit.engine.engine import Engine
 from rolekit.nn import cubins, cuda, mlxcache
 from rolekit.nn.kernels import Kernels
-from tests.nn.nvrtc import capture_kernels, pretend_cuda
-
-ALL = Kernels(
-    fused=True, ring_attention=True, temporal=True, depformer=True, embed=True, conv=True, mimi=True
-)
+from tests.nn.nvrtc import ALL, capture_kernels, pretend_cuda
 
 
 class Recording:
@@ -156,7 +152,7 @@ import pytest
 from rolekit.nn import cubins, mlxcache
 from dataclasses import replace
 from tests.engine.test_compile_ahead import ALL, Recording, _engine
-from tests.nn.nvrtc import capture_kernels, pretend_cuda
+from tests.nn.nvrtc import ALL, capture_kernels, pretend_cuda
 
 def built():  # MLX's CPU JIT keeps each fused kernel it compiles as a library under TMPDIR
     return {p.name for p in Path(os.environ["TMPDIR"]).rglob("*.so")}
@@ -173,8 +169,9 @@ before = built()
 with capture_kernels(mp):
     for _ in range(4):
         engine.step(np.zeros((batch, 1920), np.float32))
+    steps = built() - before
     engine.prepare(None, evaluate=True)
-print(json.dumps({"ahead": len(before), "later": sorted(built() - before)}))
+print(json.dumps({"ahead": len(before), "later": sorted(steps), "warmup": sorted(built() - before - steps)}))
 """
 
 
@@ -182,8 +179,9 @@ print(json.dumps({"ahead": len(before), "later": sorted(built() - before)}))
 def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_path, quant, batch, mimi):
     """With `mlx_kernels` (the prefill's), the build ahead also runs the next step graph (and
     Mimi's compiled graphs, where its one-kernel steps are off) with rolekit's kernels as
-    placeholders: MLX builds every fused kernel the conversation's steps and later graphs then
-    use, while rolekit's compile, instead of one at a time after them. Here on CPU, where MLX's
+    placeholders: MLX builds every fused kernel the conversation's steps then use, while
+    rolekit's compile, instead of one at a time after them (those only later graphs use are
+    built by the warm-up, `prepare`, as without the build ahead). Here on CPU, where MLX's
     JIT names fused kernels as on CUDA and keeps each as a file under TMPDIR (a fresh one per
     process: the count is this process's); the later steps' kernels answer with arrays of their
     own, as real kernels do, so a placeholder that changed MLX's fusion would show."""
@@ -204,8 +202,10 @@ def test_mlx_fused_kernels_of_the_steps_are_built_beside_rolekits_compiles(tmp_p
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         found[ahead] = json.loads(res.stdout.strip().splitlines()[-1])
-    assert found["1"]["ahead"] >= 5 and found["1"]["later"] == []  # all of them, ahead
+    assert found["1"]["ahead"] >= 5 and found["1"]["later"] == []  # all the steps', ahead
     assert found["0"]["ahead"] == 0 and len(found["0"]["later"]) == found["1"]["ahead"]  # else: later
+    # the later graphs (other attended prefixes, masks) may add some, built by the warm-up
+    assert found["1"]["warmup"] == found["0"]["warmup"]
 
 
 def test_placeholders_stay_apart_in_a_compiled_graph(tmp_path):

@@ -2,8 +2,8 @@
 product does (`nn.cuda.CudaKernel.translation_unit`, `nn.jitlink.build`).
 
 `capture_kernels` records every launch of a `CudaKernel` within the block (its name, activation
-type and full translation unit) and answers it with zeros (one leaf array per output, as a
-kernel's outputs are to MLX's compile); `compile_sm90` compiles one for sm_90
+type and full translation unit) and answers it with zeros (one array per output, as a
+kernel's outputs are to MLX's compile, each depending on the launch's inputs as a kernel's do); `compile_sm90` compiles one for sm_90
 (an H100) and returns NVRTC's log of a failure. Needs `nvidia-cuda-nvrtc` and CUDA's headers.
 """
 
@@ -19,6 +19,19 @@ import numpy as np
 
 from rolekit.nn import cuda, jitlink, nvrtc
 from rolekit.nn.cuda_text import CUDA_TYPES
+from rolekit.nn.kernels import Kernels
+
+# every default kernel of a CUDA GPU on (`Kernels.for_device` there, without the device)
+ALL = Kernels(
+    fused=True,
+    ring_attention=True,
+    temporal=True,
+    depformer=True,
+    embed=True,
+    conv=True,
+    mimi=True,
+    token_ring=True,
+)
 
 
 @dataclass(frozen=True)
@@ -39,11 +52,12 @@ def capture_kernels(monkeypatch: Any) -> Iterator[dict[Launch, None]]:
         t = dict(template).get("T")
         source = self.translation_unit([a.dtype for a in inputs], output_dtypes, template)
         seen[Launch(self.name, None if t is None else CUDA_TYPES[t], source)] = None
-        # like a kernel's: each output an array of its own, a leaf of the graph (no op to fuse)
-        return [
+        # like a kernel's: each output an array of its own (no op to fuse) that needs the inputs
+        outs = [
             mx.array(np.zeros(s, np.float32), dtype=d)
             for s, d in zip(output_shapes, output_dtypes, strict=True)
         ]
+        return cuda.with_inputs(outs, inputs)
 
     monkeypatch.setattr(cuda.CudaKernel, "__call__", call)
     yield seen

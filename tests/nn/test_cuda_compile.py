@@ -18,13 +18,10 @@ import pytest
 from rolekit import notices
 from rolekit.nn import jitlink
 from rolekit.nn.kernels import Kernels, TemporalTuning
-from tests.nn.nvrtc import capture_kernels, compile_sm90, pretend_cuda
+from tests.nn.nvrtc import ALL, capture_kernels, compile_sm90, pretend_cuda
 
 pytestmark = pytest.mark.nvrtc
 
-ALL = Kernels(
-    fused=True, ring_attention=True, temporal=True, depformer=True, embed=True, conv=True, mimi=True
-)
 # each entry selects kernels the others do not reach (the temporal kernel covers the fused and
 # ring-attention ones inside the step; the Mimi kernel covers the conv windows)
 POLICIES = {
@@ -61,6 +58,7 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
     from rolekit.codec.compiled import CompiledMimi
     from rolekit.codec.config import mimi_202407
     from rolekit.codec.mimi import Mimi
+    from rolekit.codec.mimi_cuda import MAX_BATCH
 
     pretend_cuda(monkeypatch)
     with capture_kernels(monkeypatch) as seen:
@@ -68,11 +66,11 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
             for quant in TUNED.get(name, ("fp32", "bf16", "q4", "q8")):
                 for batch in (1, 2):
                     _engine_launches(monkeypatch, seen, kernels, quant, batch)
-        for kernels in (ALL, dataclasses.replace(ALL, mimi=False)):
+        for kernels, batch in ((ALL, 1), (ALL, MAX_BATCH), (dataclasses.replace(ALL, mimi=False), 1)):
             mimi = Mimi(mimi_202407())
             codec = CompiledMimi(mimi, kernels)
-            state = codec.make_state(1)
-            codes = codec.encode_step(mx.zeros((1, 1, 1920)), state)
+            state = codec.make_state(batch)
+            codes = codec.encode_step(mx.zeros((batch, 1, 1920)), state)
             codec.decode_step(codes, state)
         # the tensor-core q4 product serves 5..64 rows at dims the tiny engines lack: three 16-row tiles
         from rolekit.nn import qmm
@@ -80,7 +78,7 @@ def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
         scales = mx.zeros((256, 8), mx.float16)
         qmm.qmm(mx.zeros((40, 512), mx.bfloat16), mx.zeros((256, 64), mx.uint32), scales, scales, 64)
     families = {k.name.split("_")[1] for k in seen}
-    expected = {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm"}
+    expected = {"fused", "ring", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm", "tokenring"}
     assert families == expected, families
     # one launch per kernel source and activation type (other template values only set constants)
     distinct = {(k.name, k.dtype): k for k in seen}

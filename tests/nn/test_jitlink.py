@@ -122,18 +122,65 @@ def test_without_a_linker_the_parts_compile_as_one_unit(monkeypatch):
     assert tools.calls == [("here", "k", "whole", source)]
 
 
-def test_a_failed_link_says_so_once_and_compiles_the_kernel_whole(monkeypatch):
+@pytest.mark.parametrize("failure", ["link", "process"])
+def test_a_failed_link_says_so_once_and_compiles_the_kernel_whole(monkeypatch, failure):
     notices.reset()
     said: list[str] = []
     notices.set_sink(said.append)
     try:
-        tools = Toolchain(monkeypatch, link_fails=True)
+        tools = Toolchain(monkeypatch, link_fails=failure == "link")
+        if failure == "process":  # e.g. no process could be started for a part
+            spawn = tools.subprocess
+
+            def subprocess(source, name, *a, **k):  # noqa: ANN001, ANN202
+                if name.endswith("_part0"):
+                    raise OSError("[Errno 12] Cannot allocate memory")
+                return spawn(source, name, *a, **k)
+
+            monkeypatch.setattr(nvrtc, "compile_in_subprocess", subprocess)
         source = two_parts().translation_unit([mx.float32, mx.float32], [mx.float32])
         assert jitlink.build(source, "k", "sm_90a", isolated=True) == b"obj:k"
     finally:
         notices.set_sink(None)
     assert tools.calls[-1] == ("process", "k", "whole", source)
-    assert len(said) == 1 and "k compiles as one piece" in said[0] and "undefined rolekit_part_1" in said[0]
+    why = "undefined rolekit_part_1" if failure == "link" else "Cannot allocate memory"
+    assert len(said) == 1 and "k compiles as one piece" in said[0] and why in said[0]
+
+
+def test_a_part_that_does_not_compile_is_the_error_and_nothing_compiles_again(monkeypatch):
+    tools = Toolchain(monkeypatch)
+
+    def broken(source: str, name: str, *_a: object, **_k: object) -> bytes:
+        tools.calls.append(("process", name))
+        if name.endswith("_part1"):
+            raise nvrtc.CompileError("NVRTC could not compile k_part1: identifier undefined")
+        return b"obj"
+
+    monkeypatch.setattr(nvrtc, "compile_in_subprocess", broken)
+    source = two_parts().translation_unit([mx.float32, mx.float32], [mx.float32])
+    with pytest.raises(nvrtc.CompileError, match="k_part1"):
+        jitlink.build(source, "k", "sm_90a")
+    assert sorted(c[1] for c in tools.calls) == ["k_part0", "k_part1", "k_part2"]  # no whole compile
+
+
+def test_the_linker_is_the_first_of_nvrtcs_major_version(tmp_path, monkeypatch):
+    """A CUDA 12 wheel's nvJitLink (e.g. torch's) sorts first but cannot link NVRTC 13's cubins; one
+    without `nvJitLinkVersion` (before 12.3) is never used."""
+    versions = {"cu12": (12, 8), "cu13": (13, 5), "old": None}
+    for name in versions:
+        (tmp_path / "nvidia" / name / "lib").mkdir(parents=True)
+        (tmp_path / "nvidia" / name / "lib" / "libnvJitLink.so.1").write_bytes(b"")
+    monkeypatch.setattr(nvrtc, "site_dirs", lambda: [str(tmp_path)])
+    monkeypatch.setattr(nvrtc, "cuda_homes", lambda: [])
+    monkeypatch.setattr(jitlink.ctypes.util, "find_library", lambda _: None)
+    monkeypatch.setattr(jitlink, "_version", lambda path: versions[path.split("/")[-3]])
+    for major, want in ((13, "cu13"), (12, "cu12"), (11, None)):
+        monkeypatch.setattr(nvrtc, "version", lambda major=major: (major, 0))
+        jitlink.library_path.cache_clear()
+        found = jitlink.library_path()
+        assert (found and found.split("/")[-3]) == want
+    jitlink.library_path.cache_clear()
+    jitlink.version.cache_clear()
 
 
 def test_the_cache_key_names_the_linker(monkeypatch):
@@ -142,11 +189,13 @@ def test_the_cache_key_names_the_linker(monkeypatch):
     monkeypatch.setattr(nvrtc, "version", lambda: (13, 5))
     monkeypatch.setattr(nvrtc, "headers_fingerprint", lambda: "h")
     cache = cubins.BinaryCache()
-    keys = set()
+    in_parts = two_parts().translation_unit([mx.float32, mx.float32], [mx.float32])
+    keys, plain = set(), set()
     for tag in ("whole", "jitlink-13.5", "jitlink-13.6"):
         monkeypatch.setattr(jitlink, "tag", lambda tag=tag: tag)
-        keys.add(cache.key("src", "sm_90a"))
-    assert len(keys) == 3
+        keys.add(cache.key(in_parts, "sm_90a"))
+        plain.add(cache.key("src", "sm_90a"))
+    assert len(keys) == 3 and len(plain) == 1  # a source without parts keeps its cubin
 
 
 @pytest.mark.nvrtc

@@ -23,7 +23,8 @@ def test_on_cuda_every_default_kernel_runs_and_qmv_is_opt_in(monkeypatch):
     assert all(getattr(policy, f) for f in KERNEL_FIELDS if f not in OPT_IN) and not policy.qmv
     assert OPT_IN == ("qmv",) and policy.qmm
     assert set(KERNEL_FIELDS) == {
-        "fused", "ring_attention", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm"
+        "fused", "ring_attention", "temporal", "depformer", "embed", "conv", "mimi", "qmv", "qmm",
+        "token_ring",
     }  # fmt: skip
     off = Kernels.for_device(mx.gpu, {"fused": False, "qmv": True})
     assert not off.fused and off.qmv and off.temporal
