@@ -97,11 +97,15 @@ def ring_out(
     return out[0], out[1], out[2]
 
 
-def covers(cache: mx.array, dep_q: int) -> bool:
-    """The kernels are written for this ring: [B, 17, CT] int32 and at most 16 given codes."""
-    return (
-        cache.ndim == 3 and cache.shape[1] == N_STREAMS and cache.dtype == mx.int32 and 0 < dep_q < N_STREAMS
-    )
+def covers(cache: mx.array, provided: mx.array, cols: mx.array, dep_q: int) -> bool:
+    """The kernels are written for this ring: cache [B, 17, CT] int32, provided of its shape and
+    cols [B or 1, R.PACKED, CT] bool, at most 16 given codes."""
+    if cache.ndim != 3 or cache.shape[1] != N_STREAMS or cache.dtype != mx.int32 or not 0 < dep_q < N_STREAMS:
+        return False
+    b, _, ct = cache.shape
+    if provided.dtype != mx.bool_ or provided.shape != cache.shape or cols.dtype != mx.bool_:
+        return False
+    return cols.ndim == 3 and cols.shape[0] in (1, b) and cols.shape[1:] == (R.PACKED, ct)
 
 
 def _shape(cache: mx.array, cols: mx.array) -> list[tuple[str, int]]:

@@ -48,7 +48,7 @@ def model_input(
     """User codes [B, 8] into the ring at offset + delay -> (ring cache, ring provided, model input
     embeddings [B, 1, D], what the call's targets force: text target [B], text provided [B],
     depformer codes [B, dep_q]); `cols` the rows' packed ring columns of this call."""
-    fn = ring_cuda.ring_in if _ring_kernels(c, cache) else ring_cuda.reference_in
+    fn = ring_cuda.ring_in if _ring_kernels(c, cache, provided, cols) else ring_cuda.reference_in
     cache, provided, tokens, *forced = fn(cache, provided, cols, user, c.initial, c.lm.cfg.dep_q)
     x = c.lm.embed(tokens[:, :, None], c.kernels)  # [B, 1, D]
     return cache, provided, x, tuple(forced)
@@ -74,12 +74,12 @@ def sample_and_commit(
     keys = None if c.greedy else dep_keys
     forced_text = mx.where(text_given, text_target, text)  # a provided text token wins
     audio = c.lm.depformer(hidden, forced_text, dep_given, c.sampling, keys, c.dep_steps, c.kernels)
-    fn = ring_cuda.ring_out if _ring_kernels(c, cache) else ring_cuda.reference_out
+    fn = ring_cuda.ring_out if _ring_kernels(c, cache, provided, cols) else ring_cuda.reference_out
     return fn(cache, provided, cols, text, audio[:, : c.dep_steps])
 
 
-def _ring_kernels(c: StepConstants, cache: mx.array) -> bool:
-    return c.kernels.token_ring and ring_cuda.covers(cache, c.lm.cfg.dep_q)
+def _ring_kernels(c: StepConstants, cache: mx.array, provided: mx.array, cols: mx.array) -> bool:
+    return c.kernels.token_ring and ring_cuda.covers(cache, provided, cols, c.lm.cfg.dep_q)
 
 
 def sample_text(c: StepConstants, logits: mx.array, keys: mx.array) -> mx.array:

@@ -323,11 +323,11 @@ class AheadBuild:
         self, shapes: Sequence[Sequence[int]], dtypes: Sequence[mx.Dtype], inputs: Sequence[mx.array] = ()
     ) -> list[mx.array]:
         """Stand-ins for a kernel's outputs: lazy constants, each with a fill value of its own
-        (0, 1, 2, ...: small, so an integer one is a valid index), so that `mx.compile` never
-        merges two of them into one array where a kernel's outputs would stay apart, and which
-        depend on the kernel's `inputs` (`mx.depends`), so that what computes only a kernel's
-        inputs is evaluated too (the fused kernels MLX builds around them are those it builds
-        around the kernel's)."""
+        (0, 1, 2, ...: small, so an integer one is a valid index; bool ones alternate), so that
+        `mx.compile` never merges two of them into one array where a kernel's outputs would stay
+        apart, and which depend on the kernel's `inputs` (`mx.depends`: its node also keeps two
+        equal bool constants apart), so that what computes only a kernel's inputs is evaluated
+        too (the fused kernels MLX builds around them are those it builds around the kernel's)."""
         out = []
         for shape, dtype in zip(shapes, dtypes, strict=True):
             # (a bool fill value: `mx.full` of an int with dtype bool makes an int32 array)

@@ -17,7 +17,7 @@ from rolekit.frames import MAX_DELAY, N_STREAMS, USER_STREAMS
 DEP_Q = 16
 
 
-def _state(rng: np.random.Generator, batch: int, offsets: list[int]) -> dict[str, np.ndarray]:
+def _state(rng: np.random.Generator, batch: int, offsets: list[int], na: int = 8) -> dict[str, np.ndarray]:
     cache = rng.integers(-2, 2048, (batch, N_STREAMS, R.CT)).astype(np.int32)
     cache[rng.random(cache.shape) < 0.1] = -1  # provided ZERO_TOKENs: a given -1 is still given
     return {
@@ -27,76 +27,95 @@ def _state(rng: np.random.Generator, batch: int, offsets: list[int]) -> dict[str
         "user": rng.integers(0, 2048, (batch, len(USER_STREAMS))).astype(np.int32),
         "initial": np.array([32000] + [2048] * (N_STREAMS - 1), np.int32),
         "text": rng.integers(0, 32000, (batch,)).astype(np.int32),
-        "audio": rng.integers(0, 2048, (batch, 8)).astype(np.int32),
+        "audio": rng.integers(0, 2048, (batch, na)).astype(np.int32),
     }
 
 
-def algorithm_in(st: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """device/ring_in.cu, thread by thread."""
-    cache, provided, cols = st["cache"].copy(), st["provided"].copy(), st["cols"]
-    b_n, ns, ct = cache.shape
-    tokens = np.zeros((b_n, ns), np.int32)
-    text_target, text_given = np.zeros(b_n, np.int32), np.zeros(b_n, bool)
-    dep = np.zeros((b_n, DEP_Q), np.int32)
-    for b in range(b_n):
-        col = cols[0 if cols.shape[0] == 1 else b]
-        for s in range(ns):
-            write, init, prev, now = col[s], col[ns + s], col[2 * ns + s], col[3 * ns + s]
-            tok = st["user"][b, s - USER_STREAMS[0]] if s >= USER_STREAMS[0] else 0
-            inp = target = 0
-            given = False
-            for c in range(ct):
-                v, p = cache[b, s, c], provided[b, s, c]
-                if write[c]:
-                    v = tok
-                if init[c]:
-                    v = st["initial"][s]
-                p = p or write[c] or init[c]
-                cache[b, s, c], provided[b, s, c] = v, p
-                if prev[c]:
-                    inp += v
-                if now[c]:
-                    target += v
-                    given = given or p
-            tokens[b, s] = inp
-            if s == 0:
-                text_target[b], text_given[b] = target, given
-            elif s <= DEP_Q:
-                dep[b, s - 1] = target if given else -1
-    return cache, provided, tokens, text_target, text_given, dep
+def algorithm_in(st: dict[str, np.ndarray], dq: int = DEP_Q) -> tuple[np.ndarray, ...]:
+    """device/ring_in.cu over flat buffers with its pointer arithmetic, thread by thread."""
+    b_n, ns, ct = st["cache"].shape
+    cb_n, packed = st["cols"].shape[:2]
+    cache, provided, cols = st["cache"].ravel(), st["provided"].ravel(), st["cols"].ravel()
+    user, initial, nu, user0 = st["user"].ravel(), st["initial"], len(USER_STREAMS), USER_STREAMS[0]
+    cache_out = np.full(cache.size, 777, np.int32)  # a write the kernel skipped would show
+    provided_out = np.zeros(provided.size, bool)
+    tokens = np.full(b_n * ns, 777, np.int32)
+    text_target, text_given = np.full(b_n, 777, np.int32), np.zeros(b_n, bool)
+    dep = np.full(b_n * dq, 777, np.int32)
+    for i in range(-(-b_n * ns // ring_cuda.THREADS) * ring_cuda.THREADS):  # the grid, rounded up
+        if i >= b_n * ns:
+            continue
+        b, s = i // ns, i - (i // ns) * ns
+        col = (0 if cb_n == 1 else b) * packed * ct
+        write, init, prev, now = (
+            col + s * ct,
+            col + (ns + s) * ct,
+            col + (2 * ns + s) * ct,
+            col + (3 * ns + s) * ct,
+        )
+        tok = user[b * nu + (s - user0)] if s >= user0 else 0
+        row = (b * ns + s) * ct
+        inp = target = 0
+        given = False
+        for c in range(ct):
+            v, p = cache[row + c], provided[row + c]
+            if cols[write + c]:
+                v = tok
+            if cols[init + c]:
+                v = initial[s]
+            p = p or cols[write + c] or cols[init + c]
+            cache_out[row + c], provided_out[row + c] = v, p
+            if cols[prev + c]:
+                inp += v
+            if cols[now + c]:
+                target += v
+                given = given or p
+        tokens[i] = inp
+        if s == 0:
+            text_target[b], text_given[b] = target, given
+        elif s <= dq:
+            dep[b * dq + (s - 1)] = target if given else -1
+    shape = st["cache"].shape
+    return (
+        cache_out.reshape(shape), provided_out.reshape(shape), tokens.reshape(b_n, ns),
+        text_target, text_given, dep.reshape(b_n, dq),
+    )  # fmt: skip
 
 
 def algorithm_out(
-    cache: np.ndarray, provided: np.ndarray, st: dict[str, np.ndarray]
+    cache3: np.ndarray, provided3: np.ndarray, st: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, ...]:
-    """device/ring_out.cu, thread by thread."""
-    cols, text, audio = st["cols"], st["text"], st["audio"]
-    b_n, ns, ct = cache.shape
-    new_cache, new_prov = cache.copy(), provided.copy()
-    out = np.zeros((b_n, R.OUT_STREAMS), np.int32)
-    for b in range(b_n):
-        col = cols[0 if cols.shape[0] == 1 else b]
-        for s in range(ns):
-            prev, now = col[2 * ns + s], col[3 * ns + s]
-            at_out = col[4 * ns + (s if s < R.OUT_STREAMS else 0)]
-            target, given = 0, False
-            for c in range(ct):
-                if now[c]:
-                    target += cache[b, s, c]
-                    given = given or (provided[b, s, c] and not prev[c])
-            na = audio.shape[1]
-            sampled = text[b] if s == 0 else (audio[b, s - 1] if s <= na else target)
-            nxt = target if given else sampled
-            read = 0
-            for c in range(ct):
-                v = nxt if now[c] else cache[b, s, c]
-                new_cache[b, s, c] = v
-                new_prov[b, s, c] = provided[b, s, c] and not prev[c]
-                if at_out[c]:
-                    read += v
-            if s < R.OUT_STREAMS:
-                out[b, s] = read
-    return new_cache, new_prov, out
+    """device/ring_out.cu over flat buffers with its pointer arithmetic, thread by thread."""
+    b_n, ns, ct = cache3.shape
+    cb_n, packed = st["cols"].shape[:2]
+    cache, provided, cols = cache3.ravel(), provided3.ravel(), st["cols"].ravel()
+    text, na, audio, no = st["text"], st["audio"].shape[1], st["audio"].ravel(), R.OUT_STREAMS
+    cache_out = np.full(cache.size, 777, np.int32)
+    provided_out = np.ones(provided.size, bool)
+    out = np.full(b_n * no, 777, np.int32)
+    for i in range(b_n * ns):
+        b, s = i // ns, i - (i // ns) * ns
+        col = (0 if cb_n == 1 else b) * packed * ct
+        prev, now = col + (2 * ns + s) * ct, col + (3 * ns + s) * ct
+        at_out = col + (4 * ns + (s if s < no else 0)) * ct
+        row = (b * ns + s) * ct
+        target, given = 0, False
+        for c in range(ct):
+            if cols[now + c]:
+                target += cache[row + c]
+                given = given or (provided[row + c] and not cols[prev + c])
+        sampled = text[b] if s == 0 else (audio[b * na + (s - 1)] if s <= na else target)
+        nxt = target if given else sampled
+        read = 0
+        for c in range(ct):
+            v = nxt if cols[now + c] else cache[row + c]
+            cache_out[row + c] = v
+            provided_out[row + c] = provided[row + c] and not cols[prev + c]
+            if cols[at_out + c]:
+                read += v
+        if s < no:
+            out[b * no + s] = read
+    return cache_out.reshape(cache3.shape), provided_out.reshape(cache3.shape), out.reshape(b_n, no)
 
 
 def _mx(st: dict[str, np.ndarray], *names: str) -> list[mx.array]:
@@ -108,14 +127,15 @@ def _mx(st: dict[str, np.ndarray], *names: str) -> list[mx.array]:
     [[1, 2, 3], [0, MAX_DELAY, MAX_DELAY + 1], [57, 58, 1000], [5]],
 )
 @pytest.mark.parametrize("shared_columns", [False, True])
-def test_the_kernels_algorithm_gives_the_ring_ops(offsets, shared_columns):
+@pytest.mark.parametrize(("dq", "na"), [(16, 8), (8, 16), (1, 1)])
+def test_the_kernels_algorithm_gives_the_ring_ops(offsets, shared_columns, dq, na):
     rng = np.random.default_rng(sum(offsets) + shared_columns)
-    st = _state(rng, len(offsets), offsets)
+    st = _state(rng, len(offsets), offsets, na)
     if shared_columns:  # one offset for every row: cols [1, PACKED, CT]
         st["cols"] = np.asarray(R.pack(np, R.step_columns(np, offsets[0])))
         assert st["cols"].shape[0] == 1
-    want = ring_cuda.reference_in(*_mx(st, "cache", "provided", "cols", "user", "initial"), DEP_Q)
-    got = algorithm_in(st)
+    want = ring_cuda.reference_in(*_mx(st, "cache", "provided", "cols", "user", "initial"), dq)
+    got = algorithm_in(st, dq)
     for w, g in zip(want, got, strict=True):
         assert np.array_equal(np.array(w), g)
     cache, provided = got[0], got[1]
@@ -141,14 +161,31 @@ def test_the_step_launches_the_ring_kernels_where_the_policy_asks(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 5])
-def test_ring_kernels_on_cuda_equal_the_ring_ops(batch):
+@pytest.mark.parametrize(("dq", "na"), [(16, 8), (8, 16)])
+def test_ring_kernels_on_cuda_equal_the_ring_ops(batch, dq, na):
     rng = np.random.default_rng(batch)
-    for offsets in ([1] * batch, list(range(batch)), list(rng.integers(1, 3000, batch))):
-        st = _state(rng, batch, [int(o) for o in offsets])
+    cases = [[1] * batch, list(range(batch)), [int(o) for o in rng.integers(1, 3000, batch)]]
+    for offsets, shared in [(o, False) for o in cases] + [(cases[2], True)]:
+        st = _state(rng, batch, offsets, na)
+        if shared:  # one set of columns for every row: cols [1, PACKED, CT]
+            st["cols"] = np.asarray(R.pack(np, R.step_columns(np, offsets[0])))
         args = _mx(st, "cache", "provided", "cols", "user", "initial")
-        want, got = ring_cuda.reference_in(*args, DEP_Q), ring_cuda.ring_in(*args, DEP_Q)
+        assert ring_cuda.covers(args[0], args[1], args[2], dq)
+        want, got = ring_cuda.reference_in(*args, dq), ring_cuda.ring_in(*args, dq)
         for w, g in zip(want, got, strict=True):
             assert w.dtype == g.dtype and np.array_equal(np.array(w), np.array(g))
         tail = [got[0], got[1], *_mx(st, "cols", "text", "audio")]
         for w, g in zip(ring_cuda.reference_out(*tail), ring_cuda.ring_out(*tail), strict=True):
             assert w.dtype == g.dtype and np.array_equal(np.array(w), np.array(g))
+
+
+def test_the_kernels_cover_only_the_rings_they_are_written_for():
+    rng = np.random.default_rng(0)
+    st = _state(rng, 2, [3, 4])
+    cache, provided, cols = _mx(st, "cache", "provided", "cols")
+    assert ring_cuda.covers(cache, provided, cols, 16) and ring_cuda.covers(cache, provided, cols[:1], 16)
+    assert not ring_cuda.covers(cache, provided.astype(mx.int32), cols, 16)
+    assert not ring_cuda.covers(cache, provided, cols.astype(mx.int32), 16)
+    assert not ring_cuda.covers(cache, provided, cols[:, :70], 16)
+    assert not ring_cuda.covers(cache.astype(mx.int64), provided, cols, 16)
+    assert not ring_cuda.covers(cache, provided, cols, 17) and not ring_cuda.covers(cache, provided, cols, 0)
