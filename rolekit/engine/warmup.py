@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from rolekit import notices
 from rolekit.frames import FRAME_SAMPLES
-from rolekit.nn import cubins, cuda
+from rolekit.nn import cubins, cuda, jitlink
 
 WARMUP_STEPS = 4  # every phase of a step has run once by the fourth call
 
@@ -37,11 +38,16 @@ class WarmupResult:
     # seconds that took), read from the kernel cache, reused from this process
     kernels: dict[str, float] = field(default_factory=dict)
 
-    def kernel_report(self) -> dict[str, float | str]:
-        """`kernels` with the ahead build's count and seconds and how cubins launch
-        (`nn.cuda.launch_path`), as the JSON summaries give them."""
+    def kernel_report(self) -> dict[str, float | str | bool]:
+        """`kernels` with the ahead build's count and seconds, how cubins launch
+        (`nn.cuda.launch_path`) and how kernels in parts are linked (`nn.jitlink.tag`: "none"
+        without CUDA; `link_failed`: some compiled whole after a failed link), as the JSON
+        summaries give them."""
         ahead = {"ahead": self.ahead, "ahead_s": round(self.ahead_ms / 1000.0, 2)}
-        return {**self.kernels, **ahead, "launch": cuda.launch_path()}
+        launch = cuda.launch_path()
+        link = "none" if launch == "none" else jitlink.tag()
+        failed = "kernel-link" in notices.said()
+        return {**self.kernels, **ahead, "launch": launch, "link": link, "link_failed": failed}
 
     @property
     def seconds(self) -> float:

@@ -50,8 +50,29 @@ def test_warmup_command_reports_the_path_to_the_first_step(tiny_bundle, tmp_path
     assert summary["prefill_to_first_step_s"] >= summary["warmup_s"]
     from_start = summary["prefill_ms"] / 1000.0 + summary["prefill_to_first_step_s"]
     assert abs(summary["prefill_start_to_first_step_s"] - from_start) <= 0.011  # two roundings
+    kernels = summary["rolekit_kernels"]  # no CUDA here: nothing launched, nothing linked
+    assert kernels["launch"] == "none" and kernels["link"] == "none" and kernels["link_failed"] is False
     bad = RUNNER.invoke(app, ["warmup", "-m", "tiny", "--json-out", str(tmp_path / "no" / "w.json")])
     assert bad.exit_code == 2 and "--json-out" in bad.output
+
+
+def test_the_kernel_report_says_how_kernels_in_parts_were_linked(monkeypatch):
+    from rolekit import notices
+    from rolekit.engine.warmup import WarmupResult
+    from rolekit.nn import cuda, jitlink
+
+    notices.reset()
+    monkeypatch.setattr(cuda, "launch_path", lambda: "mlx-cache")
+    monkeypatch.setattr(jitlink, "tag", lambda: "jitlink-13.5")
+    report = WarmupResult(kernels={"compiled": 3}).kernel_report()
+    assert report["link"] == "jitlink-13.5" and report["link_failed"] is False and report["compiled"] == 3
+    notices.set_sink(lambda _text: None)
+    try:
+        notices.notice("kernel-link", "rolekit_mimi_x compiles as one piece (slower): ...")
+    finally:
+        notices.set_sink(None)
+    assert WarmupResult().kernel_report()["link_failed"] is True
+    notices.reset()
 
 
 def test_kernel_caches_default_under_rolekit_cache_and_user_values_win(tmp_path, monkeypatch):
