@@ -289,7 +289,8 @@ class Emit:
         return getattr(self, type(job).__name__.lower())(job)
 
     def _head(self) -> list[str]:
-        """The kernel's opening: constants, thread ids, the grid barrier, the offset, shared memory."""
+        """The kernel's opening: constants, thread ids, the grid barrier, the offset, shared memory,
+        the first time stamp."""
         p = self.p
         ln_rows = max(
             [p.b * j.x.to for st in p.stages for j in st.jobs if isinstance(j, Mat) and j.x.f == "ln"] or [1]
@@ -311,7 +312,7 @@ class Emit:
             )
         elif "first" in s:
             head.append(f"  __shared__ float vq[{p.b * 2 * s['qd']}];\n")
-        return head
+        return [*head, f"  stamp(S + ZS + {p.stamps}, 0);\n"]
 
     def _ids(self) -> list[str]:
         return [
@@ -319,20 +320,22 @@ class Emit:
             "  const int lane = threadIdx.x & 31; const int warp = threadIdx.x >> 5;\n",
         ]
 
-    def _stage(self, i: int) -> str:
-        """Stage i's code, then the grid barrier (but after the last) and its time stamp."""
+    def _stages(self) -> list[str]:
+        """Each stage's code, then the grid barrier (but after the last) and its time stamp."""
         p = self.p
-        out = [f"  // stage {i}\n"]
-        out += ["  " + self.job(j).replace("\n", "\n  ").rstrip(" ") for j in p.stages[i].jobs]
-        if i < len(p.stages) - 1:
-            out.append("  grid_sync(barp, epoch);\n")
-        out.append(f"  stamp(S + ZS + {p.stamps}, {i + 1});\n")
-        return "".join(out)
+        texts = []
+        for i, st in enumerate(p.stages):
+            out = [f"  // stage {i}\n"]
+            out += ["  " + self.job(j).replace("\n", "\n  ").rstrip(" ") for j in st.jobs]
+            if i < len(p.stages) - 1:
+                out.append("  grid_sync(barp, epoch);\n")
+            out.append(f"  stamp(S + ZS + {p.stamps}, {i + 1});\n")
+            texts.append("".join(out))
+        return texts
 
     def source(self) -> str:
         """The kernel's body: every stage inline."""
-        stages = [self._stage(i) for i in range(len(self.p.stages))]
-        return "".join([*self._head(), f"  stamp(S + ZS + {self.p.stamps}, 0);\n", *stages])
+        return "".join(self._head() + self._stages())
 
     def part_params(self) -> list[tuple[str, str]]:
         """What a part takes after the kernel's arguments, as (declaration, the kernel's name for
@@ -361,7 +364,7 @@ class Emit:
         """The kernel's body and the bodies of at most `n` parts (`nn.cuda.CudaKernel.parts`): the
         stages in order, cut where the code is about evenly shared; the body calls the parts in
         order. The stages' code is `source()`'s."""
-        stages = [self._stage(i) for i in range(len(self.p.stages))]
+        stages = self._stages()
         total = sum(len(t) for t in stages)
         groups: list[list[str]] = [[]]
         done = 0
@@ -378,4 +381,4 @@ class Emit:
         parts = ["".join(opening + g) for g in groups]
         args = ", ".join(name for _, name in self.part_params())
         calls = [f"  rolekit_part_{i}(ROLEKIT_KERNEL_ARGS, {args});\n" for i in range(len(parts))]
-        return "".join([*self._head(), f"  stamp(S + ZS + {self.p.stamps}, 0);\n", *calls]), parts
+        return "".join(self._head() + calls), parts

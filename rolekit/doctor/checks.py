@@ -296,7 +296,9 @@ def check_cuda(backend: str, compile_probe: Any = compile_cuda_kernel, linker: A
     data = {"ms": round(ms, 1), "launch": how, "linker": None if not linker else "{}.{}".format(*linker)}
     if not linker:  # Mimi's step kernels then compile whole: a fresh machine's first step waits longer
         fix = 'pip install nvidia-nvjitlink (part of "rolekit[cuda]")'
-        detail += "; no nvJitLink: Mimi's kernels compile in one piece (~30 s more on a fresh machine)"
+        detail += (
+            "; no nvJitLink: Mimi's kernels compile in one piece (a fresh machine's first step waits longer)"
+        )
         return Check("cuda-kernels", "warn", detail, fix, needs, data)
     detail += f"; kernels in parts linked by nvJitLink {data['linker']}"
     return Check("cuda-kernels", "ok", detail, None, needs, data)

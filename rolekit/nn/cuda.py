@@ -142,9 +142,10 @@ class CudaKernel:
     `bool`, or a type alias for a dtype). `threads`: launch bounds (a block of at most that many
     threads; without them NVRTC may give a thread 255 registers, capping a block at 256
     threads); `shared_memory`: dynamic shared memory in bytes (MLX raises the block's limit past
-    48000). `parts`: bodies of `__device__ __noinline__` functions `rolekit_part_<i>`, each taking
-    the kernel's arguments then `part_params` (declarations); the body calls them as
-    `rolekit_part_<i>(ROLEKIT_KERNEL_ARGS, ...)`. Each part is compiled apart and the kernel linked
+    48000). `parts`: bodies of `__device__ __noinline__` functions `rolekit_part_<i>`, which see
+    the kernel's arguments by their names (from a table in shared memory) and take `part_params`
+    (declarations) besides; the body calls them as `rolekit_part_<i>(ROLEKIT_KERNEL_ARGS, ...)`
+    (`cuda_text.translation_unit`). Each part is compiled apart and the kernel linked
     (`nn.jitlink`): a long kernel compiles in about the time of its largest part.
 
     Called like the function `mx.fast.cuda_kernel` returns (inputs, output shapes and dtypes,

@@ -13,8 +13,6 @@ nvJitLink is found or linking fails (a notice says so). No mlx here.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,19 +38,11 @@ def library_path() -> str | None:
     the system's, the first of NVRTC's major version (it links NVRTC's relocatable cubins; a
     version without `nvJitLinkVersion`, before 12.3, is not used); None without one (sources with
     parts then compile whole)."""
-    found: list[str] = []
-    for root in nvrtc.site_dirs():
-        found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvJitLink.so*")), reverse=True)
-    for home in nvrtc.cuda_homes():
-        found += sorted(glob.glob(os.path.join(home, "lib64", "libnvJitLink.so*")), reverse=True)
-    named = ctypes.util.find_library("nvJitLink")
-    if named:
-        found.append(named)
     try:
         major = nvrtc.version()[0]
     except (OSError, RuntimeError):  # no NVRTC: nothing to link
         return None
-    for path in dict.fromkeys(found):
+    for path in dict.fromkeys(nvrtc.installed("nvJitLink")):
         v = _version(path)
         if v is not None and v[0] == major:
             return path

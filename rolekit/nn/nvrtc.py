@@ -64,13 +64,18 @@ def _candidates() -> list[str]:
                     found.append(path)
     except OSError:
         pass
+    return found + [p for p in installed("nvrtc") if "builtins" not in os.path.basename(p)]
+
+
+def installed(stem: str) -> list[str]:
+    """The CUDA library `lib<stem>.so*` wherever it may be installed, in the order to try: the
+    `nvidia-*` wheels' (`site_dirs`), the toolkit's (`cuda_homes`), then the system's."""
+    found: list[str] = []
     for root in site_dirs():
-        for path in sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")), reverse=True):
-            if "builtins" not in os.path.basename(path):
-                found.append(path)
+        found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", f"lib{stem}.so*")), reverse=True)
     for home in cuda_homes():
-        found += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")), reverse=True)
-    named = ctypes.util.find_library("nvrtc")
+        found += sorted(glob.glob(os.path.join(home, "lib64", f"lib{stem}.so*")), reverse=True)
+    named = ctypes.util.find_library(stem)
     if named:
         found.append(named)
     return found
